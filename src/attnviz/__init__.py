@@ -1,0 +1,41 @@
+"""attnviz: see what a transformer attends to.
+
+The public API is re-exported lazily so `import attnviz` (and `attnviz --help`) stays fast:
+torch and transformers are imported only when a model is loaded.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "load_model": "attnviz.models",
+    "resolve_model": "attnviz.models",
+    "LoadedModel": "attnviz.models",
+    "BUNDLED": "attnviz.models",
+    "extract": "attnviz.extract",
+    "extract_batch": "attnviz.extract",
+    "Attention": "attnviz.extract",
+    "QKV": "attnviz.extract",
+    "AttnvizError": "attnviz.errors",
+}
+
+__all__ = [*_EXPORTS, "__version__"]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from attnviz.errors import AttnvizError  # noqa: F401
+    from attnviz.extract import QKV, Attention, extract, extract_batch  # noqa: F401
+    from attnviz.models import BUNDLED, LoadedModel, load_model, resolve_model  # noqa: F401
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'attnviz' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -1,0 +1,110 @@
+"""Shared options, declared once so every command spells them the same, and small parsers."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from attnviz.errors import InputError
+
+ModelOpt = Annotated[
+    str,
+    typer.Option(
+        "--model",
+        "-m",
+        help="Bundled alias (minilm, smollm2), Hugging Face hub id, model folder or .gguf file.",
+    ),
+]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+DtypeOpt = Annotated[
+    str, typer.Option("--dtype", help="float32, float16 or bfloat16 (half precision: CUDA only).")
+]
+TrustOpt = Annotated[
+    bool,
+    typer.Option("--trust-remote-code", help="Allow a model's own Python code to run (off by default)."),
+]
+TextArg = Annotated[
+    str | None,
+    typer.Argument(help="The text; omit it (or give -) to read --file or standard input."),
+]
+FileOpt = Annotated[Path | None, typer.Option("--file", "-f", help="Read the text from this file.")]
+LayerOpt = Annotated[
+    int | None, typer.Option("--layer", "-l", help="Layer index (negative counts from the end).")
+]
+LayersOpt = Annotated[
+    str | None, typer.Option("--layers", help="Layers to keep, e.g. 0,2 or 1-3 (default: all).")
+]
+HeadOpt = Annotated[int | None, typer.Option("--head", help="Head index.")]
+HeadsOpt = Annotated[
+    str | None, typer.Option("--heads", help="Heads to keep, e.g. 0,5,10 or 0-3 (default: all).")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON to stdout.")]
+WordsOpt = Annotated[
+    bool, typer.Option("--words", help="Merge subword pieces into words (rows still sum to 1).")
+]
+TruncateOpt = Annotated[
+    bool,
+    typer.Option("--truncate", help="Cut texts longer than the model's limit instead of failing."),
+]
+SpecialOpt = Annotated[
+    bool,
+    typer.Option("--special/--no-special", help="Add the tokenizer's special tokens ([CLS], [SEP], BOS)."),
+]
+
+
+def parse_indices(value: str | None, what: str = "index") -> list[int] | None:
+    """'0,5,10' or '1-3' or '-1' -> a list of ints; None stays None (all)."""
+    if value is None or value.strip() in ("", "all"):
+        return None
+    out: list[int] = []
+    for part in value.split(","):
+        part = part.strip()
+        try:
+            if "-" in part[1:]:
+                lo, hi = part[0] + part[1:].split("-", 1)[0], part[1:].split("-", 1)[1]
+                out.extend(range(int(lo), int(hi) + 1))
+            else:
+                out.append(int(part))
+        except ValueError:
+            raise InputError(f"bad {what} list '{value}': use numbers like 0,5,10 or 1-3") from None
+    return out
+
+
+def read_text(text: str | None, file: Path | None) -> str:
+    """The text from the argument, --file, or standard input (`-` or nothing on a pipe)."""
+    if file is not None:
+        try:
+            data = file.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise InputError(f"cannot read {file}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError:
+            raise InputError(f"{file} is not UTF-8 text") from None
+        return data.strip()
+    if text is not None and text != "-":
+        return text
+    if text == "-" or not sys.stdin.isatty():
+        data = sys.stdin.read().strip()
+        if data:
+            return data
+    raise InputError("no text given: pass it as an argument, with --file, or on standard input")
+
+
+def load(model: str, device: str, dtype: str, trust_remote_code: bool = False) -> Any:
+    """Load a model, with a spinner on an interactive terminal only."""
+    from attnviz.models import load_model
+
+    if sys.stderr.isatty():
+        from rich.console import Console
+
+        with Console(stderr=True).status(f"loading {model}..."):
+            return load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    return load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+
+
+def print_json(data: Any) -> None:
+    import json
+
+    typer.echo(json.dumps(data, indent=2, ensure_ascii=False))

@@ -1,0 +1,88 @@
+"""`attnviz extract`: attention to a .safetensors/.npz file, or its shapes as JSON."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from attnviz.cli import command
+from attnviz.cli._options import (
+    DeviceOpt,
+    DtypeOpt,
+    FileOpt,
+    HeadsOpt,
+    JsonOpt,
+    LayersOpt,
+    ModelOpt,
+    SpecialOpt,
+    TextArg,
+    TruncateOpt,
+    TrustOpt,
+    WordsOpt,
+    load,
+    parse_indices,
+    print_json,
+    read_text,
+)
+
+
+@command("extract")
+def extract_cmd(
+    text: TextArg = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write .safetensors or .npz here.")
+    ] = None,
+    file: FileOpt = None,
+    model: ModelOpt = "minilm",
+    layers: LayersOpt = None,
+    heads: HeadsOpt = None,
+    words: WordsOpt = False,
+    special: SpecialOpt = True,
+    truncate: TruncateOpt = False,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "float32",
+    trust_remote_code: TrustOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Extract per-layer, per-head attention for a text and save it with its tokens."""
+    from attnviz.errors import InputError
+    from attnviz.extract import extract
+
+    body = read_text(text, file)
+    if output is not None and output.suffix.lower() not in (".safetensors", ".npz"):
+        raise InputError(f"unknown output format '{output.suffix}'; use .safetensors or .npz")
+    loaded = load(model, device, dtype, trust_remote_code)
+    att = extract(
+        body,
+        loaded,
+        layers=parse_indices(layers, "layer"),
+        heads=parse_indices(heads, "head"),
+        words=words,
+        special_tokens=special,
+        truncate=truncate,
+    )
+    if output is not None:
+        att.save(output)
+    meta = att.metadata()
+    summary = {
+        "model": meta["model"],
+        "kind": meta["kind"],
+        "level": meta["level"],
+        "tokens": meta["tokens"],
+        "layers": meta["layers"],
+        "heads": meta["heads"],
+        "shapes": {name: list(a.shape) for name, a in att.streams.items()},
+        "truncated": meta["truncated"],
+        "output": str(output) if output is not None else None,
+    }
+    if as_json:
+        print_json(summary)
+        return
+    if att.truncated:
+        typer.echo(f"note: cut {att.truncated} tokens to fit the model's limit", err=True)
+    shapes = ", ".join(f"{k} {tuple(v)}" for k, v in summary["shapes"].items())
+    typer.echo(f"{att.model} ({att.kind}): {att.n_tokens} {att.level}s; attention {shapes}")
+    if output is not None:
+        typer.echo(f"wrote {output}")

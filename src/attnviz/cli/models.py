@@ -1,0 +1,58 @@
+"""`attnviz models` and `attnviz info`."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import typer
+
+from attnviz.cli import command
+from attnviz.cli._options import DeviceOpt, DtypeOpt, JsonOpt, TrustOpt, load, print_json
+
+
+@command("models")
+def models_cmd(as_json: JsonOpt = False) -> None:
+    """List the bundled model aliases and whether each is installed."""
+    from attnviz.models import DEFAULT_MODEL, list_bundled
+
+    rows = list_bundled()
+    if as_json:
+        print_json([dataclasses.asdict(r) for r in rows])
+        return
+    for r in rows:
+        mark = "installed" if r.installed else f"not installed ({r.install})"
+        default = " (default)" if r.alias == DEFAULT_MODEL else ""
+        typer.echo(f"{r.alias:<9} {mark:<10} {r.description}{default}")
+    typer.echo("Also accepted: a Hugging Face hub id (from the local cache), a model folder, a .gguf file.")
+
+
+@command("info")
+def info_cmd(
+    model: str = typer.Argument("minilm", help="Alias, hub id, model folder or .gguf file."),
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "float32",
+    trust_remote_code: TrustOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Print a model's layers, heads, kind, maximum length and parameter count."""
+    from attnviz.models import model_info
+
+    info = model_info(load(model, device, dtype, trust_remote_code))
+    if as_json:
+        print_json(dataclasses.asdict(info))
+        return
+    kv = f" ({info.kv_heads} key/value heads, grouped-query)" if info.kv_heads != info.heads else ""
+    lines = [
+        ("model", f"{info.name} ({info.origin}: {info.path})"),
+        ("architecture", info.architecture),
+        ("kind", info.kind + (" (causal)" if info.causal else "")),
+        ("layers", str(info.layers)),
+        ("heads", f"{info.heads} per layer{kv}"),
+        ("head size", str(info.head_dim)),
+        ("hidden size", str(info.hidden_size)),
+        ("max length", str(info.max_length) if info.max_length else "unbounded"),
+        ("parameters", f"{info.parameters:,}"),
+        ("device", f"{info.device} ({info.dtype})"),
+    ]
+    for key, value in lines:
+        typer.echo(f"{key:<13}{value}")

@@ -1,0 +1,102 @@
+"""Token <-> word alignment, display labels, and finding a word's pieces in a text.
+
+Words are defined on the text itself (runs of word characters, or one punctuation mark), not by
+the tokenizer, so "transformers" -> "transform" "##ers", GPT-2's "Ġcat" and SentencePiece's "▁cat"
+all map back to the same word whatever the tokenizer family.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from attnviz.errors import TokenNotFoundError
+
+WORD_RE = re.compile(r"\w+(?:['’]\w+)*|[^\w\s]")
+_PIECE_MARKS = ("Ġ", "▁", "Ċ", "##")
+
+
+def words_of(text: str) -> list[tuple[str, int, int]]:
+    """The words of a text as (word, start, end) character spans."""
+    return [(m.group(), m.start(), m.end()) for m in WORD_RE.finditer(text)]
+
+
+def align_words(
+    text: str, spans: Sequence[tuple[int, int]], special: Sequence[bool]
+) -> tuple[list[int | None], list[str]]:
+    """Map each token to the index of the word its first visible character falls in."""
+    words = words_of(text)
+    starts = [w[1] for w in words]
+    ends = [w[2] for w in words]
+    word_ids: list[int | None] = []
+    j = 0
+    for (start, end), is_special in zip(spans, special, strict=True):
+        while start < end and text[start].isspace():
+            start += 1
+        if is_special or start >= end:
+            word_ids.append(None)
+            continue
+        j = _find_word(starts, ends, start)
+        word_ids.append(j)
+    return word_ids, [w[0] for w in words]
+
+
+def _find_word(starts: list[int], ends: list[int], pos: int) -> int | None:
+    from bisect import bisect_right
+
+    i = bisect_right(starts, pos) - 1
+    if i >= 0 and pos < ends[i]:
+        return i
+    return None
+
+
+def display(token: str) -> str:
+    """A token as people read it: GPT-2's Ġ and SentencePiece's ▁ become nothing, Ċ a newline."""
+    out = token.replace("Ġ", "").replace("▁", "").replace("Ċ", "\\n")
+    return out if out else token
+
+
+def normalise(word: str) -> str:
+    """Case-folded, with subword marks removed: how user queries and tokens are compared."""
+    out = word
+    for mark in _PIECE_MARKS:
+        out = out.replace(mark, "")
+    return out.casefold().strip()
+
+
+@dataclass(frozen=True)
+class Match:
+    """Where a queried word sits: its unit index in the view, and every occurrence found."""
+
+    query: str
+    index: int  # index in the (token- or word-level) sequence that was searched
+    occurrences: tuple[int, ...]  # all indices where the query occurs
+    occurrence: int  # which occurrence was used (1-based)
+
+
+def locate(query: str, units: Sequence[str], occurrence: int | None = None) -> Match:
+    """Find `query` in a sequence of tokens or words: by `@N` position, else by case-free text.
+
+    Raises TokenNotFoundError listing the units the text does have.
+    """
+    q = query.strip()
+    if re.fullmatch(r"@-?\d+", q):
+        pos = int(q[1:])
+        if not -len(units) <= pos < len(units):
+            raise TokenNotFoundError(
+                f"position {q} is out of range: the text has {len(units)} tokens (@0-@{len(units) - 1})"
+            )
+        pos %= len(units)
+        return Match(query=q, index=pos, occurrences=(pos,), occurrence=1)
+    target = normalise(q)
+    found = tuple(i for i, u in enumerate(units) if target and normalise(u) == target)
+    if not found:
+        shown = " ".join(display(u) for u in units)
+        raise TokenNotFoundError(f"'{query}' is not in the text; its tokens are: {shown}")
+    n = 1 if occurrence is None else occurrence
+    if not 1 <= n <= len(found):
+        raise TokenNotFoundError(
+            f"'{query}' occurs {len(found)} time(s); occurrence {n} does not exist (1-{len(found)})"
+        )
+    return Match(query=q, index=found[n - 1], occurrences=found, occurrence=n)
