@@ -1,8 +1,47 @@
-"""Per-head statistics: row entropy, classic pattern scores (self, previous, sinks...), roles."""
+"""Per-head statistics: row entropy, classic pattern scores (self, previous, sinks...), roles.
+
+Every score is a number in [0, 1] per layer and head, averaged over the queries that had a choice
+(in a causal model the first token can only see itself, so its row says nothing about the head):
+
+- self:        mean over queries of the weight on the query's own position (the diagonal).
+- previous:    mean over queries i >= 1 of the weight on position i-1.
+- next:        mean over queries i < n-1 of the weight on position i+1 (0 in causal models: masked).
+- first:       mean over queries i >= 1 of the weight on position 0 ([CLS] / BOS / first token).
+- last_sep:    mean over queries of the weight on the separator tokens ([SEP], </s>, EOS: special
+               tokens after position 0; without any, the last token of an encoder's text).
+- punctuation: mean over queries of the weight on punctuation tokens (e.g. "," "." "?").
+- broad:       mean over queries of the row's entropy divided by its largest possible entropy
+               (1.0: spread evenly over every visible key; 0.0: all on one key).
+
+A head's role is its strongest position pattern when that score reaches `threshold`, else "broad"
+when its broad score reaches `broad_threshold`, else "mixed".
+"""
 
 from __future__ import annotations
 
+import unicodedata
+from collections.abc import Mapping, Sequence
+
 import numpy as np
+
+from attnviz.tokens import display
+
+PATTERNS: tuple[str, ...] = ("self", "previous", "next", "first", "last_sep", "punctuation", "broad")
+# Patterns measuring attention mass on some positions (comparable with each other); `broad` is not.
+MASS_PATTERNS: tuple[str, ...] = PATTERNS[:-1]
+ROLE_NAMES: tuple[str, ...] = (*PATTERNS, "mixed")
+DEFINITIONS: dict[str, str] = {
+    "self": "mean over queries of the weight on the query's own position (the diagonal)",
+    "previous": "mean over queries i >= 1 of the weight on position i-1",
+    "next": "mean over queries i < n-1 of the weight on position i+1 (0 for causal models)",
+    "first": "mean over queries i >= 1 of the weight on position 0 ([CLS] / BOS / first token)",
+    "last_sep": "mean over queries of the weight on [SEP] / </s> / EOS (special tokens after position 0;"
+    " without any, an encoder text's last token)",
+    "punctuation": "mean over queries of the weight on punctuation tokens",
+    "broad": "mean over queries of the row entropy divided by log2(number of visible keys)",
+}
+THRESHOLD = 0.5
+BROAD_THRESHOLD = 0.8
 
 
 def row_entropy(attn: np.ndarray, visible: np.ndarray | None = None) -> np.ndarray:
@@ -21,3 +60,84 @@ def row_entropy(attn: np.ndarray, visible: np.ndarray | None = None) -> np.ndarr
 def uniform_bound(visible: np.ndarray) -> np.ndarray:
     """The largest possible entropy of each row: log2 of its number of visible keys. [q, k] -> [q]."""
     return np.log2(np.maximum(np.asarray(visible).sum(axis=-1), 1))
+
+
+def is_punctuation(token: str) -> bool:
+    """True for a token made only of punctuation marks once subword marks are dropped."""
+    text = display(token).replace("##", "").strip()
+    return bool(text) and all(unicodedata.category(c).startswith("P") for c in text)
+
+
+def _weights(mask: np.ndarray) -> np.ndarray:
+    """A query mask -> averaging weights that sum to 1 (all zero when no query qualifies)."""
+    m = mask.astype(np.float32)
+    total = m.sum()
+    return m / total if total > 0 else m
+
+
+def pattern_scores(
+    attn: np.ndarray, special: Sequence[bool], tokens: Sequence[str], causal: bool
+) -> dict[str, np.ndarray]:
+    """Every classic pattern's score for one text: name -> [layers, heads] float32 in [0, 1].
+
+    `attn` is [layers, heads, n, n] for one text at token level (rows sum to 1).
+    """
+    a = np.asarray(attn, dtype=np.float32)  # [layers, heads, q, k]
+    if a.ndim != 4 or a.shape[-1] != a.shape[-2]:
+        raise ValueError(f"attn must be [layers, heads, n, n], got shape {a.shape}")
+    n = a.shape[-1]
+    if len(special) != n or len(tokens) != n:
+        raise ValueError(f"attn has {n} tokens but special/tokens have {len(special)}/{len(tokens)}")
+    zeros = np.zeros(a.shape[:2], dtype=np.float32)
+    if n < 2:
+        return {name: zeros.copy() for name in PATTERNS}
+    pos = np.arange(n)
+    n_visible = pos + 1 if causal else np.full(n, n)  # [q] keys each query may see
+    chooses = n_visible > 1  # [q] queries whose row says something about the head
+    out: dict[str, np.ndarray] = {}
+
+    out["self"] = np.diagonal(a, axis1=2, axis2=3) @ _weights(chooses)
+    out["previous"] = np.diagonal(a, offset=-1, axis1=2, axis2=3) @ _weights(chooses[1:])
+    if causal:
+        out["next"] = zeros.copy()
+    else:
+        out["next"] = np.diagonal(a, offset=1, axis1=2, axis2=3) @ _weights(chooses[:-1])
+    out["first"] = a[:, :, 1:, 0] @ _weights(chooses[1:])
+
+    spec = np.asarray(special, dtype=bool)
+    seps = spec & (pos > 0)
+    if not seps.any() and not causal:
+        seps = pos == n - 1
+    out["last_sep"] = a[..., seps].sum(-1) @ _weights(chooses) if seps.any() else zeros.copy()
+
+    punct = np.array([is_punctuation(t) for t in tokens], dtype=bool) & ~spec
+    out["punctuation"] = a[..., punct].sum(-1) @ _weights(chooses) if punct.any() else zeros.copy()
+
+    # normalised entropy; masked keys are exact zeros and add nothing (0 * log 0 -> 0)
+    plogp = a * np.log2(np.maximum(a, np.float32(1e-30)))
+    bound = np.log2(np.maximum(n_visible, 2)).astype(np.float32)  # [q]
+    out["broad"] = (-plogp.sum(-1) / bound) @ _weights(chooses)
+    return {name: np.clip(out[name], 0.0, 1.0).astype(np.float32) for name in PATTERNS}
+
+
+def role_of(
+    scores: Mapping[str, np.ndarray],
+    threshold: float = THRESHOLD,
+    broad_threshold: float = BROAD_THRESHOLD,
+) -> np.ndarray:
+    """Each head's role: its strongest position pattern past `threshold`, else broad, else mixed.
+
+    Returns a [layers, heads] array of names from ROLE_NAMES.
+    """
+    names = [p for p in MASS_PATTERNS if p in scores]
+    if not names:
+        raise ValueError(f"scores has none of the patterns {', '.join(MASS_PATTERNS)}")
+    stack = np.stack([np.asarray(scores[p], dtype=np.float64) for p in names])  # [patterns, L, H]
+    best = stack.argmax(axis=0)
+    top = np.take_along_axis(stack, best[None], axis=0)[0]
+    role = np.asarray(names, dtype=object)[best]
+    fallback: np.ndarray | str = "mixed"
+    if "broad" in scores:
+        fallback = np.where(np.asarray(scores["broad"]) >= broad_threshold, "broad", "mixed")
+    role = np.where(top >= threshold, role, fallback)
+    return role.astype(f"<U{max(len(r) for r in ROLE_NAMES)}")
