@@ -283,7 +283,7 @@ def hub_reachable(timeout: float = 2.0) -> bool:
 
     from huggingface_hub import constants
 
-    if constants.HF_HUB_OFFLINE:
+    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"):
         return False
     url = urlparse(constants.ENDPOINT)
     try:
