@@ -1,0 +1,27 @@
+"""The README documents every command, and its quick-start commands really parse."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from attnviz.cli import app
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+
+
+def _commands() -> list[str]:
+    import typer.main
+
+    group = typer.main.get_command(app)
+    return sorted(group.commands)
+
+
+def test_every_command_is_in_the_readme():
+    missing = [name for name in _commands() if f"attnviz {name}" not in README]
+    assert not missing, f"commands missing from README.md: {missing}"
+
+
+def test_readme_shows_the_two_commands_ci_runs():
+    ci = (Path(__file__).resolve().parents[1] / ".ci" / "run").read_text()
+    for line in ("bash scripts/setup.sh", ".venv/bin/python -m pytest"):
+        assert line in README and line in ci
