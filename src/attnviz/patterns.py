@@ -21,10 +21,16 @@ from __future__ import annotations
 
 import unicodedata
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from attnviz.errors import InputError
 from attnviz.tokens import display
+
+if TYPE_CHECKING:
+    from attnviz.extract import Attention
 
 PATTERNS: tuple[str, ...] = ("self", "previous", "next", "first", "last_sep", "punctuation", "broad")
 # Patterns measuring attention mass on some positions (comparable with each other); `broad` is not.
@@ -141,3 +147,96 @@ def role_of(
         fallback = np.where(np.asarray(scores["broad"]) >= broad_threshold, "broad", "mixed")
     role = np.where(top >= threshold, role, fallback)
     return role.astype(f"<U{max(len(r) for r in ROLE_NAMES)}")
+
+
+@dataclass(frozen=True)
+class HeadPattern:
+    """One head's pattern scores (mean over texts), their spread, and its role."""
+
+    layer: int
+    head: int
+    role: str
+    scores: dict[str, float]
+    spread: dict[str, float] | None = None  # standard deviation over texts; None for one text
+
+    def as_dict(self) -> dict[str, Any]:
+        """Flat JSON-ready record: layer, head, role, each score, and `<score>_std` over texts."""
+        out: dict[str, Any] = {"layer": self.layer, "head": self.head, "role": self.role}
+        out.update(self.scores)
+        if self.spread is not None:
+            out.update({f"{k}_std": v for k, v in self.spread.items()})
+        return out
+
+
+@dataclass(frozen=True)
+class PatternTable:
+    """Pattern scores of every extracted head, over one text or the mean of many."""
+
+    model: str
+    layers: tuple[int, ...]
+    heads: tuple[int, ...]
+    mean: dict[str, np.ndarray]  # name -> [layers, heads]
+    std: dict[str, np.ndarray] | None  # name -> [layers, heads]; None for one text
+    roles: np.ndarray  # [layers, heads] of ROLE_NAMES
+    texts: int
+    threshold: float = THRESHOLD
+    broad_threshold: float = BROAD_THRESHOLD
+
+    def rows(self, sort: str | None = None) -> list[HeadPattern]:
+        """One record per head, in layer-then-head order or by descending `sort` score."""
+        if sort is not None and sort not in self.mean:
+            raise InputError(f"unknown pattern '{sort}': use one of {', '.join(PATTERNS)}")
+        out = []
+        std = self.std
+        for li, layer in enumerate(self.layers):
+            for hi, head in enumerate(self.heads):
+                out.append(
+                    HeadPattern(
+                        layer=layer,
+                        head=head,
+                        role=str(self.roles[li, hi]),
+                        scores={k: float(v[li, hi]) for k, v in self.mean.items()},
+                        spread=None if std is None else {k: float(v[li, hi]) for k, v in std.items()},
+                    )
+                )
+        if sort is not None:
+            out.sort(key=lambda r: -r.scores[sort])
+        return out
+
+    def counts(self) -> dict[str, int]:
+        """How many heads have each role."""
+        return {name: int((self.roles == name).sum()) for name in ROLE_NAMES}
+
+
+def head_patterns(
+    atts: Attention | Sequence[Attention],
+    threshold: float = THRESHOLD,
+    broad_threshold: float = BROAD_THRESHOLD,
+) -> PatternTable:
+    """Score every head on one text, or on many (mean and standard deviation over the texts)."""
+    items = [atts] if not isinstance(atts, Sequence) else list(atts)
+    if not items:
+        raise InputError("no texts given")
+    first = items[0]
+    per_text: dict[str, list[np.ndarray]] = {name: [] for name in PATTERNS}
+    for att in items:
+        if att.level != "token":
+            raise InputError("pattern scores need token-level attention (extract without words=True)")
+        if att.layers != first.layers or att.heads != first.heads:
+            raise InputError("all texts must be extracted with the same layers and heads")
+        for name, value in pattern_scores(att.attn, att.special, att.tokens, att.causal).items():
+            per_text[name].append(value)
+    stacks = {name: np.stack(v) for name, v in per_text.items()}  # [texts, layers, heads]
+    mean = {name: s.mean(axis=0) for name, s in stacks.items()}
+    std = {name: s.std(axis=0) for name, s in stacks.items()} if len(items) > 1 else None
+    return PatternTable(
+        model=first.model,
+        layers=tuple(first.layers),
+        heads=tuple(first.heads),
+        mean=mean,
+        std=std,
+        roles=role_of(mean, threshold, broad_threshold),
+        texts=len(items),
+        threshold=threshold,
+        broad_threshold=broad_threshold,
+    )

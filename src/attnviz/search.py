@@ -1,0 +1,317 @@
+"""Ranking heads that link two tokens: every layer and head scored in one vectorised pass.
+
+A word is matched in the word-level view (case-free, whatever the tokenizer's subword marks), then
+scored on the token-level tensor as that view merges pieces: the mean over the query word's pieces
+of the summed weight on the key word's pieces. A `@N` query is token N exactly.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+
+from attnviz.errors import InputError, TokenNotFoundError
+from attnviz.patterns import pattern_scores, role_of
+from attnviz.tokens import display, locate, normalise
+
+if TYPE_CHECKING:
+    from attnviz.extract import Attention
+
+Direction = Literal["both", "a2b", "b2a"]
+DIRECTIONS: tuple[str, ...] = ("both", "a2b", "b2a")
+Occurrence = int | Literal["all"] | None
+
+
+@dataclass(frozen=True)
+class HeadScore:
+    """One row of the ranking: how strongly A and B attend to each other in one head."""
+
+    rank: int
+    layer: int
+    head: int
+    score: float  # what the ranking sorts on (see `direction`)
+    a2b: float  # A as query, B as key: how much A looks at B
+    b2a: float
+    role: str  # the head's dominant pattern (see attnviz.patterns)
+
+    def as_dict(self) -> dict[str, int | float | str]:
+        """Exactly the fields the JSON output promises."""
+        return {
+            "rank": self.rank,
+            "layer": self.layer,
+            "head": self.head,
+            "score": self.score,
+            "a2b": self.a2b,
+            "b2a": self.b2a,
+            "role": self.role,
+        }
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A query resolved in a text: the word (or token) found and the token positions it covers."""
+
+    query: str
+    label: str  # the word or token as found in the text
+    tokens: tuple[int, ...]  # token positions that were used
+    occurrence: int  # which occurrence (1-based; 0: all of them)
+    occurrences: int  # how many times it occurs in the text
+
+    def describe(self) -> str:
+        """'paris' = token 6 (occurrence 1 of 2), for the line saying which positions were used."""
+        where = ", ".join(str(t) for t in self.tokens)
+        noun = "token" if len(self.tokens) == 1 else "tokens"
+        if self.occurrences <= 1:
+            which = ""
+        elif self.occurrence == 0:
+            which = f" (all {self.occurrences} occurrences)"
+        else:
+            which = f" (occurrence {self.occurrence} of {self.occurrences})"
+        return f"'{self.label}' = {noun} {where}{which}"
+
+
+@dataclass(frozen=True)
+class HeadSearch:
+    """The ranking for a pair of words, with what was matched and over how many texts."""
+
+    a: str
+    b: str
+    direction: str
+    ranking: tuple[HeadScore, ...]
+    units: tuple[tuple[Unit, Unit], ...]  # (A, B) as found in each text used
+    used: tuple[int, ...]  # index of each text used (those containing both words)
+    texts_used: int
+    texts_total: int
+    model: str = ""
+
+    @property
+    def best(self) -> HeadScore:
+        return self.ranking[0]
+
+
+def pair_scores(attn: np.ndarray, a: Sequence[int], b: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """A->B and B->A for every head at once: attn [layers, heads, q, k] -> two [layers, heads].
+
+    A unit of several tokens is merged as the word view does: mean over query pieces, sum over keys.
+    """
+    ia = np.asarray(a, dtype=int)
+    ib = np.asarray(b, dtype=int)
+    a2b = attn[:, :, ia][:, :, :, ib].sum(-1).mean(-1)
+    b2a = attn[:, :, ib][:, :, :, ia].sum(-1).mean(-1)
+    return a2b.astype(np.float64), b2a.astype(np.float64)
+
+
+def combine(a2b: np.ndarray, b2a: np.ndarray, direction: str) -> np.ndarray:
+    """The score ranked on: the larger of both directions, or one of them."""
+    if direction == "both":
+        return np.maximum(a2b, b2a)
+    if direction == "a2b":
+        return a2b
+    if direction == "b2a":
+        return b2a
+    raise InputError(f"unknown direction '{direction}': use {', '.join(DIRECTIONS)}")
+
+
+def rank(
+    score: np.ndarray,
+    a2b: np.ndarray,
+    b2a: np.ndarray,
+    layers: Sequence[int],
+    heads: Sequence[int],
+    roles: np.ndarray | None = None,
+    top: int | None = None,
+) -> tuple[HeadScore, ...]:
+    """Heads by descending score; ties keep layer-then-head order, as a brute-force loop would."""
+    flat = score.ravel()
+    order = np.argsort(-flat, kind="stable")
+    if top is not None:
+        order = order[: max(top, 0)]
+    n_heads = score.shape[1]
+    out = []
+    for r, idx in enumerate(order, start=1):
+        li, hi = divmod(int(idx), n_heads)
+        out.append(
+            HeadScore(
+                rank=r,
+                layer=int(layers[li]),
+                head=int(heads[hi]),
+                score=float(flat[idx]),
+                a2b=float(a2b[li, hi]),
+                b2a=float(b2a[li, hi]),
+                role=str(roles[li, hi]) if roles is not None else "",
+            )
+        )
+    return tuple(out)
+
+
+def _unit_tokens(att: Attention, view: Attention, index: int) -> tuple[int, ...]:
+    """Token positions behind unit `index` of the word view (a word's pieces, or one special)."""
+    wid = view.word_ids[index]
+    if wid is not None:
+        return tuple(i for i, w in enumerate(att.word_ids) if w == wid)
+    # units without a word keep token order: the k-th such unit is the k-th such token
+    k = sum(1 for w in view.word_ids[:index] if w is None)
+    loose = [i for i, w in enumerate(att.word_ids) if w is None]
+    return (loose[k],)
+
+
+def parse_occurrence(value: str | int | None) -> tuple[Occurrence, Occurrence]:
+    """'2' (both words), '1,3' (A then B), 'all' -> occurrences for A and B."""
+    if value is None:
+        return None, None
+    if isinstance(value, int):
+        return value, value
+    parts = [p.strip().lower() for p in str(value).split(",")]
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2:
+        raise InputError(f"bad occurrence '{value}': use N, N,M or all")
+    out: list[Occurrence] = []
+    for p in parts:
+        if p == "all":
+            out.append("all")
+        elif p in ("", "first"):
+            out.append(None)
+        elif re.fullmatch(r"\d+", p) and int(p) >= 1:
+            out.append(int(p))
+        else:
+            raise InputError(f"bad occurrence '{value}': use a number from 1, N,M or all")
+    return out[0], out[1]
+
+
+def resolve(att: Attention, query: str, occurrence: Occurrence = None, view: Attention | None = None) -> Unit:
+    """Find a word (case-free, any subword split) or `@N` token position in one text."""
+    q = query.strip()
+    if re.fullmatch(r"@-?\d+", q):
+        m = locate(q, att.tokens)
+        return Unit(
+            query=q, label=display(att.tokens[m.index]), tokens=(m.index,), occurrence=1, occurrences=1
+        )
+    view = view if view is not None else att.to_words()
+    if occurrence == "all":
+        m = locate(q, view.tokens)
+        toks = tuple(sorted(t for i in m.occurrences for t in _unit_tokens(att, view, i)))
+        label = display(view.tokens[m.index])
+        return Unit(query=q, label=label, tokens=toks, occurrence=0, occurrences=len(m.occurrences))
+    m = locate(q, view.tokens, occurrence)
+    return Unit(
+        query=q,
+        label=display(view.tokens[m.index]),
+        tokens=_unit_tokens(att, view, m.index),
+        occurrence=m.occurrence,
+        occurrences=len(m.occurrences),
+    )
+
+
+def resolve_pair(
+    att: Attention, a: str, b: str, occurrence: tuple[Occurrence, Occurrence] = (None, None)
+) -> tuple[Unit, Unit]:
+    """Both queries; the same word twice means its first and second occurrences by default."""
+    view = att.to_words()
+    occ_a, occ_b = occurrence
+    same = not a.strip().startswith("@") and normalise(a) == normalise(b)
+    if same and occ_a is None and occ_b is None:
+        occ_a, occ_b = 1, 2
+    try:
+        ua = resolve(att, a, occ_a, view)
+        ub = resolve(att, b, occ_b, view)
+    except TokenNotFoundError as exc:
+        if "occurrence" in str(exc) and occ_a == occ_b:
+            raise TokenNotFoundError(f"{exc}; --occurrence N,M picks A's and B's separately") from None
+        raise
+    if set(ua.tokens) & set(ub.tokens):
+        raise InputError(
+            f"{ua.describe()} and {ub.describe()} overlap: pick other occurrences with --occurrence N,M"
+        )
+    return ua, ub
+
+
+def _positions(att: Attention, layers: Sequence[int] | None) -> list[int]:
+    """Rows of `attn` for model layers (negative: counted from the last extracted layer)."""
+    if layers is None:
+        return list(range(len(att.layers)))
+    out = []
+    for layer in layers:
+        if layer < 0 and -len(att.layers) <= layer:
+            out.append(len(att.layers) + layer)
+        else:
+            out.append(att.layer_pos(layer))
+    return sorted(set(out))
+
+
+def find_heads(
+    att: Attention | Sequence[Attention],
+    a: str,
+    b: str,
+    *,
+    occurrence: str | int | tuple[Occurrence, Occurrence] | None = None,
+    direction: str = "both",
+    top: int | None = 5,
+    layers: Sequence[int] | None = None,
+) -> HeadSearch:
+    """Rank every head by how strongly A and B attend to each other (mean over texts with both).
+
+    One Attention: a missing word raises TokenNotFoundError listing the text's tokens. Several:
+    texts lacking either word are skipped; none having both is an error.
+    """
+    atts = [att] if not isinstance(att, Sequence) else list(att)
+    if not atts:
+        raise InputError("no texts given")
+    if direction not in DIRECTIONS:
+        raise InputError(f"unknown direction '{direction}': use {', '.join(DIRECTIONS)}")
+    occ = occurrence if isinstance(occurrence, tuple) else parse_occurrence(occurrence)
+    first = atts[0]
+    pos = _positions(first, layers)
+    sum_a2b = np.zeros((len(pos), len(first.heads)))
+    sum_b2a = np.zeros_like(sum_a2b)
+    pattern_sum: dict[str, np.ndarray] = {}
+    used: list[tuple[Unit, Unit]] = []
+    used_index: list[int] = []
+    for index, one in enumerate(atts):
+        if one.level != "token":
+            raise InputError("find_heads needs token-level attention (extract without words=True)")
+        if one.layers != first.layers or one.heads != first.heads:
+            raise InputError("all texts must be extracted with the same layers and heads")
+        try:
+            units = resolve_pair(one, a, b, occ)
+        except TokenNotFoundError:
+            if len(atts) == 1:
+                raise
+            continue
+        attn = one.attn[pos]  # [layers, heads, q, k]
+        a2b, b2a = pair_scores(attn, units[0].tokens, units[1].tokens)
+        sum_a2b += a2b
+        sum_b2a += b2a
+        for name, value in pattern_scores(attn, one.special, one.tokens, one.causal).items():
+            pattern_sum[name] = pattern_sum.get(name, 0.0) + value
+        used.append(units)
+        used_index.append(index)
+    if not used:
+        raise TokenNotFoundError(f"none of the {len(atts)} texts contains both '{a}' and '{b}'")
+    n = len(used)
+    a2b, b2a = sum_a2b / n, sum_b2a / n
+    roles = role_of({k: v / n for k, v in pattern_sum.items()})
+    ranking = rank(
+        combine(a2b, b2a, direction),
+        a2b,
+        b2a,
+        [first.layers[p] for p in pos],
+        first.heads,
+        roles,
+        top,
+    )
+    return HeadSearch(
+        a=a,
+        b=b,
+        direction=direction,
+        ranking=ranking,
+        units=tuple(used),
+        used=tuple(used_index),
+        texts_used=n,
+        texts_total=len(atts),
+        model=first.model,
+    )
