@@ -1,6 +1,6 @@
 """Figures for `attnviz heads`: a layers x heads map coloured by role, and one of a score.
 
-Arrays and labels in, a file out; never a model.
+Arrays and labels in, a file out; never a model. Built on plots.py's figure and save helpers.
 """
 
 from __future__ import annotations
@@ -28,24 +28,26 @@ _SHORT = {"previous": "prev", "punctuation": "punct", "last_sep": "sep", "mixed"
 
 
 def _figure(n_layers: int, n_heads: int) -> tuple[Any, Any]:
-    """A pyplot-free figure, so saving never touches the user's backend or open windows."""
-    from matplotlib.figure import Figure
+    """A pyplot-free figure (plots.new_figure), sized to the grid."""
+    from attnviz.plots import new_figure
 
     width = min(max(4.0, 0.75 * n_heads + 2.5), 30)
     height = min(max(3.0, 0.42 * n_layers + 1.6), 30)
-    fig = Figure(figsize=(width, height))
-    return fig, fig.subplots()
+    fig = new_figure((width, height), 150)
+    return fig, fig.add_subplot()
 
 
 def _save(fig: Any, path: str | Path) -> Path:
+    """Write through plots.save (format from the extension, reproducible metadata)."""
+    from attnviz.plots import save
+
     path = Path(path)
-    try:
-        if path.parent and not path.parent.exists():
+    if path.parent and not path.parent.exists():
+        try:
             path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=150, bbox_inches="tight")
-    except (OSError, ValueError) as exc:
-        raise InputError(f"cannot write {path}: {exc}") from exc
-    return path
+        except OSError as exc:
+            raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
+    return save(fig, path)
 
 
 def _axes(ax: Any, layers: Sequence[int], heads: Sequence[int]) -> None:

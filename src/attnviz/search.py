@@ -87,6 +87,7 @@ class HeadSearch:
     texts_used: int
     texts_total: int
     model: str = ""
+    causal: bool = False
 
     @property
     def best(self) -> HeadScore:
@@ -314,4 +315,5 @@ def find_heads(
         texts_used=n,
         texts_total=len(atts),
         model=first.model,
+        causal=first.causal,
     )

@@ -41,6 +41,14 @@ TextsOpt = Annotated[
 PlotOpt = Annotated[Path | None, typer.Option("--plot", help="Save a figure here (.png, .svg or .pdf).")]
 
 
+def _check_plot(plot: Path | None) -> None:
+    """Fail on a bad --plot extension before the model loads."""
+    if plot is not None:
+        from attnviz.outputs import image_format
+
+        image_format(plot)
+
+
 def texts_from(text: str | None, file: Path | None) -> list[str]:
     """One text from the argument, or one per non-empty line of --file / standard input."""
     if text is not None and text != "-" and file is None:
@@ -102,6 +110,7 @@ def find_head_cmd(
     if top < 0:
         raise InputError("--top must be 0 (all) or more")
     occ = parse_occurrence(occurrence)
+    _check_plot(plot)
     texts = texts_from(text, file)
     if not texts:
         raise InputError("no text given: pass --text, --file or standard input")
@@ -140,7 +149,8 @@ def _say_matches(result: HeadSearch, texts: list[str], err: bool) -> None:
 
 def _print_ranking(result: HeadSearch) -> None:
     score = {"both": "max(A->B, B->A)", "a2b": "A->B", "b2a": "B->A"}[result.direction]
-    typer.echo(f"score = {score}")
+    note = " (causal model: the earlier word cannot attend to the later one)" if result.causal else ""
+    typer.echo(f"score = {score}{note}")
     typer.echo(f"{'rank':>4} {'layer':>5} {'head':>4} {'score':>7} {'A->B':>7} {'B->A':>7}  role")
     for h in result.ranking:
         typer.echo(
@@ -149,25 +159,21 @@ def _print_ranking(result: HeadSearch) -> None:
 
 
 def _plot_best(result: HeadSearch, atts: list[Attention], path: Path) -> None:
-    """The winning head's heatmap on the first text used, with A and B highlighted."""
-    from attnviz.errors import InputError
+    """The winning head's heatmap on the first text used, with A's and B's tokens highlighted."""
+    from attnviz import plots
 
-    try:
-        from attnviz import plots
-    except ImportError:
-        raise InputError("--plot needs attnviz.plots, which this installation lacks") from None
     best = result.best
-    ua, ub = result.units[0]
     att = atts[result.used[0]]
-    highlight = sorted({*ua.tokens, *ub.tokens})
-    plots.head_heatmap(
-        att,
-        best.layer,
-        best.head,
-        path,
-        highlight=highlight,
-        title=f"layer {best.layer}, head {best.head}: '{ua.label}' <-> '{ub.label}' (score {best.score:.3f})",
+    ua, ub = result.units[0]
+    fig = plots.heatmap(
+        att.head(best.layer, best.head),
+        att.labels,
+        visible=att.visible(),
+        highlight=sorted({*ua.tokens, *ub.tokens}),
+        title=f"{att.model} · layer {best.layer} · head {best.head}: "
+        f"{ua.label} ↔ {ub.label} (score {best.score:.3f})",
     )
+    plots.save(fig, path)
 
 
 # -- heads -------------------------------------------------------------------------------------
@@ -220,6 +226,7 @@ def heads_cmd(
 
     if top is not None and top < 0:
         raise InputError("--top must be 0 (all) or more")
+    _check_plot(plot)
     layer_list = parse_indices(layers, "layer")
     head_list = parse_indices(heads, "head")
     if induction:
