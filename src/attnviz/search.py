@@ -269,6 +269,7 @@ def find_heads(
     pos = _positions(first, layers)
     sum_a2b = np.zeros((len(pos), len(first.heads)))
     sum_b2a = np.zeros_like(sum_a2b)
+    sum_score = np.zeros_like(sum_a2b)  # mean of each text's score (not the score of the means)
     pattern_sum: dict[str, np.ndarray] = {}
     used: list[tuple[Unit, Unit]] = []
     used_index: list[int] = []
@@ -287,6 +288,7 @@ def find_heads(
         a2b, b2a = pair_scores(attn, units[0].tokens, units[1].tokens)
         sum_a2b += a2b
         sum_b2a += b2a
+        sum_score += combine(a2b, b2a, direction)
         for name, value in pattern_scores(attn, one.special, one.tokens, one.causal).items():
             pattern_sum[name] = pattern_sum.get(name, 0.0) + value
         used.append(units)
@@ -297,7 +299,7 @@ def find_heads(
     a2b, b2a = sum_a2b / n, sum_b2a / n
     roles = role_of({k: v / n for k, v in pattern_sum.items()})
     ranking = rank(
-        combine(a2b, b2a, direction),
+        sum_score / n,
         a2b,
         b2a,
         [first.layers[p] for p in pos],

@@ -1,0 +1,174 @@
+"""`attnviz find-head` and `attnviz heads`: tables, JSON, plots, text sources and one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from attnviz.cli import app
+from attnviz.patterns import PATTERNS
+
+runner = CliRunner()
+FIELDS = {"rank", "layer", "head", "score", "a2b", "b2a", "role"}
+TEXT = "The cat sat on the mat, and the cat slept."
+
+
+def _ok(args: list[str], **kwargs):
+    result = runner.invoke(app, args, **kwargs)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def _one_line_error(result, *needles: str) -> str:
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for needle in needles:
+        assert needle in lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def bert(tiny_model_path) -> str:
+    return str(tiny_model_path("bert"))
+
+
+@pytest.fixture(scope="module")
+def llama(tiny_model_path) -> str:
+    return str(tiny_model_path("llama"))
+
+
+def test_find_head_table_says_which_positions_were_used(bert):
+    out = _ok(["find-head", "cat", "mat", "-t", TEXT, "-m", bert, "-n", "2,1"]).stdout
+    lines = out.splitlines()
+    assert "A 'cat' = token 10 (occurrence 2 of 2)" in lines[0] and "B 'mat' = token 6" in lines[0]
+    assert lines[2].split() == ["rank", "layer", "head", "score", "A->B", "B->A", "role"]
+    assert len(lines) == 3 + 5  # --top defaults to 5
+
+
+def test_find_head_json_has_exactly_the_promised_fields(bert):
+    result = _ok(["find-head", "cat", "mat", "-t", TEXT, "-m", bert, "--json", "-k", "0"])
+    rows = json.loads(result.stdout)
+    assert len(rows) == 2 * 4 and all(set(r) == FIELDS for r in rows)
+    assert [r["rank"] for r in rows] == list(range(1, 9))
+    assert all(r["score"] == max(r["a2b"], r["b2a"]) for r in rows)
+    assert "token" in result.stderr  # the positions used go to stderr beside --json
+
+
+def test_find_head_direction_layer_and_positions(bert):
+    rows = json.loads(
+        _ok(["find-head", "@2", "@6", "-t", TEXT, "-m", bert, "--json", "-d", "b2a", "-l", "1"]).stdout
+    )
+    assert {r["layer"] for r in rows} == {1} and all(r["score"] == r["b2a"] for r in rows)
+
+
+def test_find_head_reads_file_and_stdin(bert, tmp_path):
+    src = tmp_path / "sentences.txt"
+    src.write_text("the cat sat on the mat\na dog slept\n\nthe mat and the cat\n", encoding="utf-8")
+    by_file = _ok(["find-head", "cat", "mat", "-f", str(src), "-m", bert])
+    assert "mean over 2 of 3 texts" in by_file.stdout and "text 3:" in by_file.stdout
+    by_stdin = _ok(["find-head", "cat", "mat", "-m", bert], input=src.read_text())
+    assert by_stdin.stdout == by_file.stdout
+    one = _ok(["find-head", "cat", "mat", "-m", bert], input="the cat sat on the mat\n")
+    assert "mean over" not in one.stdout
+
+
+def test_find_head_plot_writes_the_winning_heads_heatmap(bert, tmp_path):
+    out = tmp_path / "best.png"
+    result = _ok(["find-head", "cat", "mat", "-t", TEXT, "-m", bert, "--plot", str(out)])
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"wrote {out}" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (["find-head", "cat", "dog", "-t", TEXT], ["'dog' is not in the text", "[CLS] The cat sat"]),
+        (["find-head", "cat", "mat", "-t", TEXT, "-n", "3"], ["occurrence 3", "--occurrence N,M"]),
+        (["find-head", "cat", "mat", "-t", TEXT, "-d", "up"], ["--direction"]),
+        (["find-head", "cat", "mat", "-t", TEXT, "--plot", "x.jpg"], ["image format"]),
+        (["find-head", "cat", "mat", "-t", TEXT, "-l", "9"], ["layer 9"]),
+        (["find-head", "cat", "@99", "-t", TEXT], ["@99 is out of range"]),
+        (["heads", TEXT, "--sort", "diagonal"], ["unknown --sort"]),
+        (["heads", "--induction"], ["applies to causal"]),
+        (["heads", TEXT, "--induction"], ["drop the text"]),
+    ],
+)
+def test_errors_are_one_line(bert, args, needles):
+    _one_line_error(runner.invoke(app, [*args, "-m", bert]), *needles)
+
+
+def test_heads_table_and_json(bert):
+    table = _ok(["heads", TEXT, "-m", bert]).stdout.splitlines()
+    assert table[1].split() == [
+        "layer",
+        "head",
+        "self",
+        "prev",
+        "next",
+        "first",
+        "sep",
+        "punct",
+        "broad",
+        "role",
+    ]
+    assert len(table) == 2 + 2 * 4 + 1 and table[-1].startswith("roles: ")
+    rows = json.loads(_ok(["heads", TEXT, "-m", bert, "--json", "--sort", "previous", "-k", "3"]).stdout)
+    assert len(rows) == 3 and set(rows[0]) == {"layer", "head", "role", *PATTERNS}
+    assert [r["previous"] for r in rows] == sorted((r["previous"] for r in rows), reverse=True)
+
+
+def test_heads_over_a_file_gives_mean_and_spread(bert, tmp_path):
+    src = tmp_path / "texts.txt"
+    src.write_text("the cat sat on the mat\na dog chased the cat\n", encoding="utf-8")
+    out = _ok(["heads", "-f", str(src), "-m", bert]).stdout
+    assert "over 2 texts" in out and "±" in out
+    rows = json.loads(_ok(["heads", "-f", str(src), "-m", bert, "--json"]).stdout)
+    assert {"self_std", "broad_std"} <= set(rows[0])
+
+
+def test_heads_plot_is_a_role_map(bert, tmp_path):
+    out = tmp_path / "roles.svg"
+    _ok(["heads", TEXT, "-m", bert, "--plot", str(out), "--layers", "1"])
+    assert out.read_text().lstrip().startswith("<?xml")
+
+
+def test_heads_induction_on_a_tiny_causal_model(llama, tmp_path):
+    rows = json.loads(
+        _ok(["heads", "--induction", "-m", llama, "--seq-len", "8", "--batch", "2", "--json"]).stdout
+    )
+    assert len(rows) == 8 and set(rows[0]) == {"rank", "layer", "head", "induction", "duplicate"}
+    out = tmp_path / "ind.png"
+    text = _ok(
+        ["heads", "--induction", "-m", llama, "--seq-len", "8", "--sort", "duplicate", "--plot", str(out)]
+    )
+    assert "chance" in text.stdout and out.exists()
+
+
+@pytest.mark.slow
+def test_minilm_seed_sentence_paris_french(minilm, seed_text):
+    from attnviz.extract import extract
+
+    result = _ok(["find-head", "paris", "french", "--text", seed_text, "--json"])
+    rows = json.loads(result.stdout)
+    att = extract(seed_text, minilm)
+    ia, ib = att.tokens.index("paris"), att.tokens.index("french")
+    scores = [
+        (max(att.attn[l_, h, ia, ib], att.attn[l_, h, ib, ia]), -l_, -h)
+        for l_ in range(minilm.num_layers)
+        for h in range(minilm.num_heads)
+    ]
+    score, neg_layer, neg_head = max(scores)
+    assert (rows[0]["layer"], rows[0]["head"]) == (-neg_layer, -neg_head)
+    assert rows[0]["score"] == pytest.approx(float(score))
+
+
+@pytest.mark.slow
+def test_smollm2_induction_command(smollm2):
+    rows = json.loads(
+        _ok(
+            ["heads", "--induction", "-m", "smollm2", "--seq-len", "20", "--batch", "2", "--json", "-k", "3"]
+        ).stdout
+    )
+    assert rows[0]["induction"] > 0.5

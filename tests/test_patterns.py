@@ -1,0 +1,243 @@
+"""Pattern scores on synthetic attention with a known answer, roles, aggregation and speed."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from attnviz.extract import Attention
+from attnviz.patterns import (
+    PATTERNS,
+    ROLE_NAMES,
+    head_patterns,
+    is_punctuation,
+    pattern_scores,
+    role_of,
+    row_entropy,
+    uniform_bound,
+)
+
+N = 8
+# [CLS] w w , w w . [SEP]: specials at both ends, punctuation at 3 and 6
+TOKENS = ["[CLS]", "the", "cat", ",", "sat", "down", ".", "[SEP]"]
+SPECIAL = [True, False, False, False, False, False, False, True]
+
+
+def one_head(matrix: np.ndarray) -> np.ndarray:
+    """[q, k] -> [1, 1, q, k]."""
+    return np.asarray(matrix, dtype=np.float32)[None, None]
+
+
+def diagonal(n: int = N) -> np.ndarray:
+    return np.eye(n)
+
+
+def previous(n: int = N) -> np.ndarray:
+    m = np.eye(n, k=-1)
+    m[0, 0] = 1.0  # the first token has no previous token: it keeps itself
+    return m
+
+
+def next_token(n: int = N) -> np.ndarray:
+    m = np.eye(n, k=1)
+    m[-1, -1] = 1.0
+    return m
+
+
+def column(j: int, n: int = N) -> np.ndarray:
+    m = np.zeros((n, n))
+    m[:, j] = 1.0
+    return m
+
+
+def causal_uniform(n: int = N) -> np.ndarray:
+    m = np.tril(np.ones((n, n)))
+    return m / m.sum(-1, keepdims=True)
+
+
+def score(matrix: np.ndarray, causal: bool = False, name: str | None = None) -> dict[str, float]:
+    out = {k: float(v[0, 0]) for k, v in pattern_scores(one_head(matrix), SPECIAL, TOKENS, causal).items()}
+    return out if name is None else out[name]
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_pure_diagonal_head_scores_one_on_self(causal):
+    s = score(diagonal(), causal)
+    assert s["self"] == pytest.approx(1.0)
+    assert s["previous"] == pytest.approx(0.0) and s["next"] == pytest.approx(0.0)
+    assert s["broad"] == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_pure_previous_token_head_scores_one_on_previous(causal):
+    s = score(previous(), causal)
+    assert s["previous"] == pytest.approx(1.0)
+    assert s["self"] < 0.2  # only the first row, and that one is ignored in causal models
+    assert s["next"] == pytest.approx(0.0)
+
+
+def test_pure_next_token_head_scores_one_on_next():
+    s = score(next_token())
+    assert s["next"] == pytest.approx(1.0)
+    assert s["previous"] == pytest.approx(0.0)
+
+
+def test_next_is_zero_for_causal_models():
+    assert score(causal_uniform(), causal=True, name="next") == 0.0
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_first_token_sink_scores_one_on_first(causal):
+    s = score(column(0), causal)
+    assert s["first"] == pytest.approx(1.0)
+    assert s["last_sep"] == pytest.approx(0.0)
+
+
+def test_sep_sink_scores_one_on_last_sep():
+    s = score(column(N - 1))
+    assert s["last_sep"] == pytest.approx(1.0)
+    assert s["first"] == pytest.approx(0.0)
+
+
+def test_last_sep_without_separators_is_the_encoder_texts_last_token():
+    tokens, special = TOKENS[1:-1], SPECIAL[1:-1]
+    n = len(tokens)
+    s = pattern_scores(one_head(column(n - 1, n)), special, tokens, causal=False)
+    assert s["last_sep"][0, 0] == pytest.approx(1.0)
+    causal = pattern_scores(one_head(causal_uniform(n)), special, tokens, causal=True)
+    assert causal["last_sep"][0, 0] == 0.0  # nothing to sink into: no EOS in a causal text
+
+
+def test_punctuation_sink_scores_one_on_punctuation():
+    m = np.zeros((N, N))
+    m[:, 3] = 0.5
+    m[:, 6] = 0.5
+    assert score(m, name="punctuation") == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_uniform_head_scores_one_on_broad(causal):
+    m = causal_uniform() if causal else np.full((N, N), 1.0 / N)
+    s = score(m, causal)
+    assert s["broad"] == pytest.approx(1.0, abs=1e-5)
+    assert s["self"] < 0.5
+
+
+def test_scores_equal_their_one_line_definitions_on_random_attention():
+    rng = np.random.default_rng(0)
+    attn = rng.random((3, 4, N, N)).astype(np.float32)
+    attn /= attn.sum(-1, keepdims=True)
+    s = pattern_scores(attn, SPECIAL, TOKENS, causal=False)
+    for layer in range(3):
+        for head in range(4):
+            a = attn[layer, head].astype(np.float64)
+            assert s["self"][layer, head] == pytest.approx(np.mean([a[i, i] for i in range(N)]), abs=1e-6)
+            assert s["previous"][layer, head] == pytest.approx(
+                np.mean([a[i, i - 1] for i in range(1, N)]), abs=1e-6
+            )
+            assert s["next"][layer, head] == pytest.approx(
+                np.mean([a[i, i + 1] for i in range(N - 1)]), abs=1e-6
+            )
+            assert s["first"][layer, head] == pytest.approx(np.mean([a[i, 0] for i in range(1, N)]), abs=1e-6)
+            assert s["last_sep"][layer, head] == pytest.approx(a[:, N - 1].mean(), abs=1e-6)
+            assert s["punctuation"][layer, head] == pytest.approx((a[:, 3] + a[:, 6]).mean(), abs=1e-6)
+            entropy = [-(a[i] * np.log2(a[i])).sum() / np.log2(N) for i in range(N)]
+            assert s["broad"][layer, head] == pytest.approx(np.mean(entropy), abs=1e-5)
+
+
+def test_causal_scores_skip_the_first_query_which_has_no_choice():
+    rng = np.random.default_rng(1)
+    attn = np.tril(rng.random((1, 1, N, N))).astype(np.float32)
+    attn /= attn.sum(-1, keepdims=True)
+    s = pattern_scores(attn, SPECIAL, TOKENS, causal=True)
+    a = attn[0, 0].astype(np.float64)
+    assert s["self"][0, 0] == pytest.approx(np.mean([a[i, i] for i in range(1, N)]), abs=1e-6)
+    entropy = [-(a[i, : i + 1] * np.log2(a[i, : i + 1])).sum() / np.log2(i + 1) for i in range(1, N)]
+    assert s["broad"][0, 0] == pytest.approx(np.mean(entropy), abs=1e-5)
+
+
+def test_shapes_names_and_degenerate_inputs():
+    attn = np.ones((2, 3, 1, 1), dtype=np.float32)
+    s = pattern_scores(attn, [True], ["[CLS]"], causal=False)
+    assert tuple(s) == PATTERNS
+    assert all(v.shape == (2, 3) and not v.any() for v in s.values())
+    with pytest.raises(ValueError, match="tokens"):
+        pattern_scores(np.ones((1, 1, 3, 3)) / 3, [False, False], ["a", "b"], causal=False)
+    with pytest.raises(ValueError, match="shape"):
+        pattern_scores(np.ones((3, 3)), [False] * 3, ["a"] * 3, causal=False)
+
+
+def test_is_punctuation_across_tokenizer_families():
+    assert all(is_punctuation(t) for t in [",", ".", "Ġ,", "▁.", "?!", "»"])
+    assert not any(is_punctuation(t) for t in ["cat", "Ġcat", "'s", "##s", "Ġ", "3"])
+
+
+def test_roles_name_the_dominant_pattern_past_the_threshold():
+    heads = [diagonal(), previous(), next_token(), column(0), column(N - 1), np.full((N, N), 1 / N)]
+    blend = 0.4 * diagonal() + 0.35 * previous() + 0.25 * np.full((N, N), 1 / N)
+    attn = np.stack([*heads, blend])[None].astype(np.float32)  # [1, 7, N, N]
+    roles = role_of(pattern_scores(attn, SPECIAL, TOKENS, causal=False))
+    assert roles.shape == (1, 7)
+    assert list(roles[0]) == ["self", "previous", "next", "first", "last_sep", "broad", "mixed"]
+    assert set(ROLE_NAMES) >= set(roles[0])
+    relaxed = role_of(pattern_scores(attn, SPECIAL, TOKENS, causal=False), threshold=0.3)
+    assert relaxed[0, 6] == "self"
+
+
+def _att(attn: np.ndarray, causal: bool = False) -> Attention:
+    layers, heads, n, _ = attn.shape
+    return Attention(
+        model="synthetic",
+        kind="decoder" if causal else "encoder",
+        text="the cat , sat down .",
+        tokens=tuple(TOKENS[:n]),
+        spans=tuple((0, 0) for _ in range(n)),
+        word_ids=tuple(None for _ in range(n)),
+        words=(),
+        special=tuple(SPECIAL[:n]),
+        layers=tuple(range(layers)),
+        heads=tuple(range(heads)),
+        attn=attn.astype(np.float32),
+        causal=causal,
+    )
+
+
+def test_head_patterns_over_texts_gives_mean_spread_and_roles():
+    a = np.stack([diagonal(), column(0)])[None]  # [1, 2, N, N]
+    b = np.stack([diagonal(), column(N - 1)])[None]
+    table = head_patterns([_att(a), _att(b)])
+    assert table.texts == 2 and table.std is not None
+    assert table.mean["self"][0, 0] == pytest.approx(1.0) and table.std["self"][0, 0] == pytest.approx(0.0)
+    assert table.mean["first"][0, 1] == pytest.approx(0.5) and table.std["first"][0, 1] == pytest.approx(0.5)
+    assert list(table.roles[0]) == ["self", "first"]  # 0.5 first, 0.5 last_sep: the first wins the tie
+    rows = table.rows()
+    assert [(r.layer, r.head) for r in rows] == [(0, 0), (0, 1)]
+    record = rows[0].as_dict()
+    assert {"layer", "head", "role", *PATTERNS, *(f"{p}_std" for p in PATTERNS)} == set(record)
+    assert table.rows(sort="first")[0].head == 1
+    assert table.counts()["self"] == 1
+    single = head_patterns(_att(a))
+    assert single.std is None and "self_std" not in single.rows()[0].as_dict()
+
+
+def test_row_entropy_and_uniform_bound_keep_their_signatures():
+    visible = np.tril(np.ones((4, 4), dtype=bool))
+    uniform = visible / visible.sum(-1, keepdims=True)
+    assert np.allclose(row_entropy(uniform, visible), uniform_bound(visible))
+
+
+def test_pattern_scores_cost_well_under_a_millisecond():
+    rng = np.random.default_rng(0)
+    n = 40
+    attn = rng.random((6, 12, n, n)).astype(np.float32)
+    attn /= attn.sum(-1, keepdims=True)
+    tokens = ["[CLS]", *(["w", ","] * 19), "[SEP]"]
+    special = [True, *[False] * 38, True]
+    timings = []
+    for _ in range(30):
+        start = time.perf_counter()
+        pattern_scores(attn, special, tokens, causal=False)
+        timings.append(time.perf_counter() - start)
+    assert min(timings) < 1e-3, f"fastest of 30 runs took {min(timings) * 1e3:.2f} ms"
