@@ -73,6 +73,9 @@ def test_find_head_reads_file_and_stdin(bert, tmp_path):
     assert by_stdin.stdout == by_file.stdout
     one = _ok(["find-head", "cat", "mat", "-m", bert], input="the cat sat on the mat\n")
     assert "mean over" not in one.stdout
+    _one_line_error(
+        runner.invoke(app, ["find-head", "cat", "dog", "-m", bert], input="the cat sat\n"), "cat sat"
+    )
 
 
 def test_find_head_plot_writes_the_winning_heads_heatmap(bert, tmp_path):

@@ -173,8 +173,12 @@ def test_many_texts_rank_by_the_mean_over_texts_with_both_words(family):
     best = np.unravel_index(mean.argmax(), mean.shape)
     assert (result.best.layer, result.best.head) == (int(best[0]), int(best[1]))
     assert result.best.score == pytest.approx(mean.max())
+    streamed = find_heads(iter(atts), "cat", "mat", top=None)  # a generator is consumed once
+    assert streamed.ranking == result.ranking and streamed.texts_total == 3
     with pytest.raises(TokenNotFoundError, match="none of the 3 texts"):
         find_heads(atts, "cat", "bird")
+    with pytest.raises(TokenNotFoundError, match="its tokens are"):
+        find_heads(iter(atts[1:2]), "cat", "mat")  # one text: the error lists its words
 
 
 def test_roles_come_from_the_pattern_scores(family):

@@ -20,7 +20,7 @@ when its broad score reaches `broad_threshold`, else "mixed".
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -209,26 +209,37 @@ class PatternTable:
 
 
 def head_patterns(
-    atts: Attention | Sequence[Attention],
+    atts: Attention | Iterable[Attention],
     threshold: float = THRESHOLD,
     broad_threshold: float = BROAD_THRESHOLD,
 ) -> PatternTable:
-    """Score every head on one text, or on many (mean and standard deviation over the texts)."""
-    items = [atts] if not isinstance(atts, Sequence) else list(atts)
-    if not items:
-        raise InputError("no texts given")
-    first = items[0]
-    per_text: dict[str, list[np.ndarray]] = {name: [] for name in PATTERNS}
-    for att in items:
+    """Score every head on one text, or on many (mean and standard deviation; streams, one pass)."""
+    from attnviz.extract import Attention
+
+    first: Attention | None = None
+    total: dict[str, np.ndarray] = {}
+    squares: dict[str, np.ndarray] = {}
+    n = 0
+    for att in [atts] if isinstance(atts, Attention) else atts:
         if att.level != "token":
             raise InputError("pattern scores need token-level attention (extract without words=True)")
-        if att.layers != first.layers or att.heads != first.heads:
+        if first is None:
+            first = att
+        elif att.layers != first.layers or att.heads != first.heads:
             raise InputError("all texts must be extracted with the same layers and heads")
         for name, value in pattern_scores(att.attn, att.special, att.tokens, att.causal).items():
-            per_text[name].append(value)
-    stacks = {name: np.stack(v) for name, v in per_text.items()}  # [texts, layers, heads]
-    mean = {name: s.mean(axis=0) for name, s in stacks.items()}
-    std = {name: s.std(axis=0) for name, s in stacks.items()} if len(items) > 1 else None
+            v = value.astype(np.float64)
+            total[name] = total[name] + v if name in total else v
+            squares[name] = squares[name] + v * v if name in squares else v * v
+        n += 1
+    if first is None:
+        raise InputError("no texts given")
+    mean = {name: total[name] / n for name in PATTERNS}
+    std = (
+        {name: np.sqrt(np.maximum(squares[name] / n - mean[name] ** 2, 0.0)) for name in PATTERNS}
+        if n > 1
+        else None
+    )
     return PatternTable(
         model=first.model,
         layers=tuple(first.layers),
@@ -236,7 +247,7 @@ def head_patterns(
         mean=mean,
         std=std,
         roles=role_of(mean, threshold, broad_threshold),
-        texts=len(items),
+        texts=n,
         threshold=threshold,
         broad_threshold=broad_threshold,
     )

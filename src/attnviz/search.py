@@ -8,14 +8,14 @@ of the summed weight on the key word's pieces. A `@N` query is token N exactly.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from attnviz.errors import InputError, TokenNotFoundError
-from attnviz.patterns import pattern_scores, role_of
+from attnviz.patterns import PATTERNS, pattern_scores, role_of
 from attnviz.tokens import display, locate, normalise
 
 if TYPE_CHECKING:
@@ -245,7 +245,7 @@ def _positions(att: Attention, layers: Sequence[int] | None) -> list[int]:
 
 
 def find_heads(
-    att: Attention | Sequence[Attention],
+    att: Attention | Iterable[Attention],
     a: str,
     b: str,
     *,
@@ -256,55 +256,59 @@ def find_heads(
 ) -> HeadSearch:
     """Rank every head by how strongly A and B attend to each other (mean over texts with both).
 
-    One Attention: a missing word raises TokenNotFoundError listing the text's tokens. Several:
-    texts lacking either word are skipped; none having both is an error.
+    One text: a missing word raises TokenNotFoundError listing the text's words. Several (any
+    iterable, consumed once, so a corpus can stream): texts lacking either word are skipped, and
+    none having both is an error.
     """
-    atts = [att] if not isinstance(att, Sequence) else list(att)
-    if not atts:
-        raise InputError("no texts given")
+    from attnviz.extract import Attention
+
     if direction not in DIRECTIONS:
         raise InputError(f"unknown direction '{direction}': use {', '.join(DIRECTIONS)}")
     occ = occurrence if isinstance(occurrence, tuple) else parse_occurrence(occurrence)
-    first = atts[0]
-    pos = _positions(first, layers)
-    sum_a2b = np.zeros((len(pos), len(first.heads)))
-    sum_b2a = np.zeros_like(sum_a2b)
-    sum_score = np.zeros_like(sum_a2b)  # mean of each text's score (not the score of the means)
-    pattern_sum: dict[str, np.ndarray] = {}
+    items = iter([att] if isinstance(att, Attention) else att)
+    first: Attention | None = None
+    pos: list[int] = []
+    sums: dict[str, np.ndarray] = {}  # a2b, b2a, score and each pattern, summed over texts used
     used: list[tuple[Unit, Unit]] = []
     used_index: list[int] = []
-    for index, one in enumerate(atts):
+    missing: TokenNotFoundError | None = None
+    total = 0
+    for index, one in enumerate(items):
+        total += 1
         if one.level != "token":
             raise InputError("find_heads needs token-level attention (extract without words=True)")
-        if one.layers != first.layers or one.heads != first.heads:
+        if first is None:
+            first, pos = one, _positions(one, layers)
+        elif one.layers != first.layers or one.heads != first.heads:
             raise InputError("all texts must be extracted with the same layers and heads")
         try:
             units = resolve_pair(one, a, b, occ)
-        except TokenNotFoundError:
-            if len(atts) == 1:
-                raise
+        except TokenNotFoundError as exc:
+            missing = missing or exc
             continue
         attn = one.attn[pos]  # [layers, heads, q, k]
         a2b, b2a = pair_scores(attn, units[0].tokens, units[1].tokens)
-        sum_a2b += a2b
-        sum_b2a += b2a
-        sum_score += combine(a2b, b2a, direction)
-        for name, value in pattern_scores(attn, one.special, one.tokens, one.causal).items():
-            pattern_sum[name] = pattern_sum.get(name, 0.0) + value
+        per_text = {"a2b": a2b, "b2a": b2a, "score": combine(a2b, b2a, direction)}
+        per_text.update(pattern_scores(attn, one.special, one.tokens, one.causal))
+        for name, value in per_text.items():
+            sums[name] = sums[name] + value if name in sums else value.astype(np.float64)
         used.append(units)
         used_index.append(index)
+    if first is None:
+        raise InputError("no texts given")
     if not used:
-        raise TokenNotFoundError(f"none of the {len(atts)} texts contains both '{a}' and '{b}'")
+        if total == 1 and missing is not None:
+            raise missing
+        raise TokenNotFoundError(f"none of the {total} texts contains both '{a}' and '{b}'")
     n = len(used)
-    a2b, b2a = sum_a2b / n, sum_b2a / n
-    roles = role_of({k: v / n for k, v in pattern_sum.items()})
+    mean = {name: value / n for name, value in sums.items()}
     ranking = rank(
-        sum_score / n,
-        a2b,
-        b2a,
+        mean["score"],
+        mean["a2b"],
+        mean["b2a"],
         [first.layers[p] for p in pos],
         first.heads,
-        roles,
+        role_of({name: mean[name] for name in PATTERNS}),
         top,
     )
     return HeadSearch(
@@ -315,7 +319,7 @@ def find_heads(
         units=tuple(used),
         used=tuple(used_index),
         texts_used=n,
-        texts_total=len(atts),
+        texts_total=total,
         model=first.model,
         causal=first.causal,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -57,12 +58,21 @@ def texts_from(text: str | None, file: Path | None) -> list[str]:
     return [line for line in lines if line]
 
 
-def _extract_all(
-    texts: list[str], loaded: object, layers: list[int] | None, heads: list[int] | None, truncate: bool
-) -> list[Attention]:
+def _stream(
+    texts: list[str],
+    loaded: object,
+    layers: list[int] | None,
+    heads: list[int] | None,
+    truncate: bool,
+    chunk: int = 32,
+) -> Iterator[Attention]:
+    """Extract `chunk` texts at a time, so a long --file never holds every tensor at once."""
     from attnviz.extract import extract_batch
 
-    return extract_batch(texts, loaded, layers=layers, heads=heads, truncate=truncate)
+    for start in range(0, len(texts), chunk):
+        yield from extract_batch(
+            texts[start : start + chunk], loaded, layers=layers, heads=heads, truncate=truncate
+        )
 
 
 # -- find-head ---------------------------------------------------------------------------------
@@ -115,17 +125,19 @@ def find_head_cmd(
     if not texts:
         raise InputError("no text given: pass --text, --file or standard input")
     loaded = load(model, device, dtype, trust_remote_code)
-    atts = _extract_all(texts, loaded, parse_indices(layer, "layer"), None, truncate)
-    result = find_heads(
-        atts if len(atts) > 1 else atts[0], a, b, occurrence=occ, direction=direction, top=top or None
-    )
+    layer_list = parse_indices(layer, "layer")
+    atts = _stream(texts, loaded, layer_list, None, truncate)
+    result = find_heads(atts, a, b, occurrence=occ, direction=direction, top=top or None)
     _say_matches(result, texts, err=as_json)
     if as_json:
         print_json([h.as_dict() for h in result.ranking])
     else:
         _print_ranking(result)
     if plot is not None:
-        _plot_best(result, atts, plot)
+        from attnviz.extract import extract
+
+        first = extract(texts[result.used[0]], loaded, layers=layer_list, truncate=truncate)
+        _plot_best(result, first, plot)
         typer.echo(f"wrote {plot}", err=as_json)
 
 
@@ -158,12 +170,11 @@ def _print_ranking(result: HeadSearch) -> None:
         )
 
 
-def _plot_best(result: HeadSearch, atts: list[Attention], path: Path) -> None:
+def _plot_best(result: HeadSearch, att: Attention, path: Path) -> None:
     """The winning head's heatmap on the first text used, with A's and B's tokens highlighted."""
     from attnviz import plots
 
     best = result.best
-    att = atts[result.used[0]]
     ua, ub = result.units[0]
     fig = plots.heatmap(
         att.head(best.layer, best.head),
@@ -243,8 +254,7 @@ def heads_cmd(
     if not texts:
         raise InputError("no text given: pass it as an argument, with --file, or on standard input")
     loaded = load(model, device, dtype, trust_remote_code)
-    atts = _extract_all(texts, loaded, layer_list, head_list, truncate)
-    table = head_patterns(atts, threshold, broad_threshold)
+    table = head_patterns(_stream(texts, loaded, layer_list, head_list, truncate), threshold, broad_threshold)
     rows = table.rows(sort)[: top or None]
     if as_json:
         print_json([r.as_dict() for r in rows])
