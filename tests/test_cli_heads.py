@@ -94,6 +94,7 @@ def test_find_head_plot_writes_the_winning_heads_heatmap(bert, tmp_path):
         (["find-head", "cat", "mat", "-t", TEXT, "-l", "9"], ["layer 9"]),
         (["find-head", "cat", "@99", "-t", TEXT], ["@99 is out of range"]),
         (["heads", TEXT, "--sort", "diagonal"], ["unknown --sort"]),
+        (["heads", TEXT, "--file", "x.txt"], ["not both"]),
         (["heads", "--induction"], ["applies to causal"]),
         (["heads", TEXT, "--induction"], ["drop the text"]),
     ],

@@ -52,7 +52,11 @@ def _check_plot(plot: Path | None) -> None:
 
 def texts_from(text: str | None, file: Path | None) -> list[str]:
     """One text from the argument, or one per non-empty line of --file / standard input."""
-    if text is not None and text != "-" and file is None:
+    if text is not None and text != "-" and file is not None:
+        from attnviz.errors import InputError
+
+        raise InputError("give the text or --file, not both")
+    if text is not None and text != "-":
         return [text]
     lines = [line.strip() for line in read_text(text, file).splitlines()]
     return [line for line in lines if line]
