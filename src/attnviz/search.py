@@ -271,7 +271,7 @@ def find_heads(
     sums: dict[str, np.ndarray] = {}  # a2b, b2a, score and each pattern, summed over texts used
     used: list[tuple[Unit, Unit]] = []
     used_index: list[int] = []
-    missing: TokenNotFoundError | None = None
+    missing: InputError | None = None
     total = 0
     for index, one in enumerate(items):
         total += 1
@@ -283,7 +283,7 @@ def find_heads(
             raise InputError("all texts must be extracted with the same layers and heads")
         try:
             units = resolve_pair(one, a, b, occ)
-        except TokenNotFoundError as exc:
+        except InputError as exc:  # missing word, or A and B on the same tokens: skip this text
             missing = missing or exc
             continue
         attn = one.attn[pos]  # [layers, heads, q, k]
