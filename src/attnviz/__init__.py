@@ -20,6 +20,12 @@ _EXPORTS = {
     "Attention": "attnviz.extract",
     "QKV": "attnviz.extract",
     "AttnvizError": "attnviz.errors",
+    "find_heads": "attnviz.search",
+    "HeadScore": "attnviz.search",
+    "pattern_scores": "attnviz.patterns",
+    "head_patterns": "attnviz.patterns",
+    "row_entropy": "attnviz.patterns",
+    "induction_scores": "attnviz.induction",
 }
 
 __all__ = [*_EXPORTS, "__version__"]
@@ -27,7 +33,10 @@ __all__ = [*_EXPORTS, "__version__"]
 if TYPE_CHECKING:  # pragma: no cover
     from attnviz.errors import AttnvizError  # noqa: F401
     from attnviz.extract import QKV, Attention, extract, extract_batch  # noqa: F401
+    from attnviz.induction import induction_scores  # noqa: F401
     from attnviz.models import BUNDLED, LoadedModel, load_model, resolve_model  # noqa: F401
+    from attnviz.patterns import head_patterns, pattern_scores, row_entropy  # noqa: F401
+    from attnviz.search import HeadScore, find_heads  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:
