@@ -1,1 +1,403 @@
-"""Placeholder: filled in by its issue."""
+"""`attnviz heatmap`, `entropy`, `toy` and `explain`: pictures and the five steps of attention."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from attnviz.cli import command
+from attnviz.cli._options import (
+    DeviceOpt,
+    DtypeOpt,
+    FileOpt,
+    HeadOpt,
+    HeadsOpt,
+    JsonOpt,
+    LayerOpt,
+    ModelOpt,
+    TextArg,
+    TruncateOpt,
+    TrustOpt,
+    WordsOpt,
+    load,
+    parse_indices,
+    print_json,
+    read_text,
+)
+
+OutputOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--output",
+        "-o",
+        help="Image file; the format comes from the extension (.png, .svg, .pdf). A folder gets a "
+        "default name inside. Default: a new file under outputs/, never overwriting an earlier one.",
+    ),
+]
+VmaxOpt = Annotated[
+    str,
+    typer.Option(
+        "--vmax",
+        help="Top of the colour scale: auto (the largest weight shown, so diffuse heads are not "
+        "washed out) or a number (1.0: the fixed 0-1 scale).",
+    ),
+]
+CmapOpt = Annotated[
+    str, typer.Option("--cmap", help="Matplotlib colour map: viridis, magma, cividis, Blues...")
+]
+AnnotateOpt = Annotated[
+    bool, typer.Option("--annotate", help="Write the weights in the cells (short texts only).")
+]
+DpiOpt = Annotated[
+    int | None, typer.Option("--dpi", help="Resolution of PNG files (default 150; 100 for the overview).")
+]
+SizeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--size", help="Figure size in inches, WIDTHxHEIGHT, e.g. 10x8 (default: grows with the text)."
+    ),
+]
+HighlightOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--highlight",
+        help="Outline these tokens' rows and columns: words or @positions, e.g. paris,french.",
+    ),
+]
+DecimalsOpt = Annotated[int, typer.Option("--decimals", help="Decimals printed in the tables (0-10).")]
+DimsOpt = Annotated[
+    int, typer.Option("--dims", help="Vector dimensions printed (0: all); tables stay narrow.")
+]
+
+
+# -- helpers: parsing and writing, no tensor logic ---------------------------------------------
+def _style(vmax: str | None, cmap: str, dpi: int | None, size: str | None) -> dict[str, Any]:
+    """Check the drawing options before any model loads; InputError on the first bad one."""
+    from attnviz.errors import InputError
+    from attnviz.plots import colormap, parse_size, parse_vmax
+
+    if dpi is not None and not 10 <= dpi <= 1200:
+        raise InputError(f"bad --dpi {dpi}: use a resolution between 10 and 1200")
+    colormap(cmap)
+    return {"vmax": parse_vmax(vmax), "cmap": cmap, "dpi": dpi, "size": parse_size(size)}
+
+
+def _words(value: str | None) -> list[str]:
+    return [w.strip() for w in (value or "").split(",") if w.strip()]
+
+
+def _write(fig: Any, output: Path | None, parts: tuple[Any, ...]) -> Path:
+    """Save to `-o` or a fresh default path; a reserved default file is removed if saving fails."""
+    from attnviz.outputs import output_path
+    from attnviz.plots import save
+
+    reserved = output is None or output.is_dir()
+    path = output_path(output, parts)
+    try:
+        save(fig, path)
+    except BaseException:
+        if reserved:
+            path.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _note(message: str) -> None:
+    typer.echo(f"note: {message}", err=True)
+
+
+def _extracted(att: Any) -> None:
+    if att.truncated:
+        _note(f"cut {att.truncated} tokens to fit the model's limit")
+
+
+def _heads_arg(head: int | None, heads: str | None) -> list[int] | None:
+    from attnviz.errors import InputError
+
+    if head is not None and heads is not None:
+        raise InputError("give --head or --heads, not both")
+    return [head] if head is not None else parse_indices(heads, "head")
+
+
+def _selection_name(att: Any, layer_given: bool, average: bool = False) -> tuple[str, ...]:
+    """File-name parts naming the layer and head selection: L1-H5, L1-H0_5_10, L1-mean, overview."""
+    layers = f"L{att.layers[0]}" if layer_given else ("all-layers" if len(att.layers) > 1 else None)
+    if average:
+        return tuple(p for p in (layers, "mean") if p)
+    if len(att.heads) == 1:
+        heads = f"H{att.heads[0]}"
+    elif len(att.heads) <= 6:
+        heads = "H" + "_".join(str(h) for h in att.heads)
+    else:
+        heads = "all-heads"
+    if layers == "all-layers" and heads == "all-heads":
+        return ("overview",)
+    return tuple(p for p in (layers, heads) if p)
+
+
+# -- heatmap ----------------------------------------------------------------------------------
+@command("heatmap")
+def heatmap_cmd(
+    text: TextArg = None,
+    layer: LayerOpt = None,
+    head: HeadOpt = None,
+    heads: HeadsOpt = None,
+    average: Annotated[
+        bool, typer.Option("--average", help="Draw the mean over the selected heads (per layer).")
+    ] = False,
+    words: WordsOpt = False,
+    vmax: VmaxOpt = "auto",
+    cmap: CmapOpt = "viridis",
+    annotate: AnnotateOpt = False,
+    highlight: HighlightOpt = None,
+    dpi: DpiOpt = None,
+    size: SizeOpt = None,
+    output: OutputOpt = None,
+    file: FileOpt = None,
+    model: ModelOpt = "minilm",
+    truncate: TruncateOpt = False,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "float32",
+    trust_remote_code: TrustOpt = False,
+) -> None:
+    """Draw attention as a heatmap: one head (--layer --head), several (--heads), a layer, its mean
+    (--average), or with no selection the whole model as a layers x heads grid. Prints the path."""
+    from attnviz.explain import positions_of
+    from attnviz.extract import extract
+    from attnviz.outputs import check_output, slug
+    from attnviz.plots import annotate_limit, attention_figure
+
+    body = read_text(text, file)
+    head_list = _heads_arg(head, heads)
+    style = _style(vmax, cmap, dpi, size)
+    check_output(output)
+    loaded = load(model, device, dtype, trust_remote_code)
+    att = extract(
+        body,
+        loaded,
+        layers=[layer] if layer is not None else None,
+        heads=head_list,
+        words=words,
+        truncate=truncate,
+    )
+    _extracted(att)
+    marks = positions_of(att, _words(highlight))
+    if annotate:
+        limit = annotate_limit(len(att.layers), len(att.heads), average)
+        if att.n_tokens > limit:
+            why = "the whole-model overview" if limit == 0 else f"more than {limit} {att.level}s in this view"
+            _note(f"--annotate skipped: the numbers cannot be read in {why} ({att.n_tokens} {att.level}s)")
+    fig = attention_figure(att, average=average, annotate=annotate, highlight=marks, **style)
+    parts = ("heatmap", slug(body), loaded.name, *_selection_name(att, layer is not None, average))
+    path = _write(fig, output, (*parts, "words") if words else parts)
+    typer.echo(str(path))
+
+
+# -- entropy ----------------------------------------------------------------------------------
+@command("entropy")
+def entropy_cmd(
+    text: TextArg = None,
+    layer: LayerOpt = None,
+    head: HeadOpt = None,
+    heads: HeadsOpt = None,
+    words: WordsOpt = False,
+    cmap: Annotated[str, typer.Option("--cmap", help="Colour map of the layers x heads heatmap.")] = "magma",
+    highlight: HighlightOpt = None,
+    dpi: DpiOpt = None,
+    size: SizeOpt = None,
+    output: OutputOpt = None,
+    as_json: Annotated[
+        bool,
+        typer.Option("--json", help="Print the numbers as JSON (a picture is written only with -o)."),
+    ] = False,
+    file: FileOpt = None,
+    model: ModelOpt = "minilm",
+    truncate: TruncateOpt = False,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "float32",
+    trust_remote_code: TrustOpt = False,
+) -> None:
+    """Row entropy of attention in bits: per query token for one head (--layer --head), with the
+    uniform bound for reference; otherwise the mean of every head as a layers x heads heatmap."""
+    from attnviz.explain import positions_of, row_entropy_of
+    from attnviz.extract import extract
+    from attnviz.outputs import check_output, slug
+    from attnviz.plots import entropy_figure
+
+    body = read_text(text, file)
+    head_list = _heads_arg(head, heads)
+    style = _style("auto", cmap, dpi, size)
+    check_output(output)
+    loaded = load(model, device, dtype, trust_remote_code)
+    att = extract(
+        body,
+        loaded,
+        layers=[layer] if layer is not None else None,
+        heads=head_list,
+        words=words,
+        truncate=truncate,
+    )
+    _extracted(att)
+    ent = row_entropy_of(att)
+    marks = positions_of(att, _words(highlight))
+    path = None
+    if output is not None or not as_json:
+        fig = entropy_figure(ent, cmap=cmap, highlight=marks, dpi=style["dpi"], size=style["size"])
+        parts = ("entropy", slug(body), loaded.name, *_selection_name(att, layer is not None))
+        path = _write(fig, output, (*parts, "words") if words else parts)
+    if as_json:
+        print_json({**ent.to_dict(), "output": str(path) if path else None})
+    else:
+        typer.echo(str(path))
+
+
+# -- toy --------------------------------------------------------------------------------------
+@command("toy")
+def toy_cmd(
+    tokens: Annotated[
+        str,
+        typer.Option(
+            "--tokens", help="How many made-up tokens (e.g. 12), or the tokens: 'I like transformers'."
+        ),
+    ] = "12",
+    dim: Annotated[int, typer.Option("--dim", help="Model width d_model; each head gets dim/heads.")] = 16,
+    heads: Annotated[int, typer.Option("--heads", help="Number of attention heads.")] = 2,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed: the same seed, the same numbers.")] = 0,
+    causal: Annotated[
+        bool, typer.Option("--causal", help="Mask the future, as a decoder (GPT-style) does.")
+    ] = False,
+    temperature: Annotated[
+        float,
+        typer.Option("--temperature", help="Divide scores by this too: below 1 sharpens, above 1 flattens."),
+    ] = 1.0,
+    steps: Annotated[
+        bool, typer.Option("--steps", help="Print the five steps of attention as labelled tables.")
+    ] = False,
+    head: Annotated[int | None, typer.Option("--head", help="With --steps: only this head.")] = None,
+    decimals: DecimalsOpt = 4,
+    dims: DimsOpt = 8,
+    vmax: VmaxOpt = "auto",
+    cmap: CmapOpt = "viridis",
+    annotate: AnnotateOpt = False,
+    dpi: DpiOpt = None,
+    size: SizeOpt = None,
+    output: OutputOpt = None,
+) -> None:
+    """A toy self-attention built from scratch (random embeddings and Q/K/V, no pretrained model):
+    draws each head's attention and row entropy; --steps prints the five steps."""
+    from attnviz.errors import InputError
+    from attnviz.outputs import check_output, slug
+    from attnviz.plots import toy_figure
+    from attnviz.toy import build_toy, format_steps, parse_tokens
+
+    style = _style(vmax, cmap, dpi, size)
+    if not 0 <= decimals <= 10:
+        raise InputError(f"bad --decimals {decimals}: use 0-10")
+    check_output(output)
+    toy = build_toy(tokens, dim=dim, heads=heads, seed=seed, causal=causal, temperature=temperature)
+    if head is not None and not 0 <= head < toy.num_heads:
+        raise InputError(f"head {head} is out of range: the toy has heads 0-{toy.num_heads - 1}")
+    if steps:
+        for h in [head] if head is not None else range(toy.num_heads):
+            title = f"{toy.describe()} · head {h}"
+            typer.echo(format_steps(toy.steps[h], toy.labels, title=title, decimals=decimals, max_dims=dims))
+            typer.echo("")
+    fig = toy_figure(
+        toy.weights,
+        toy.entropy(),
+        toy.bound(),
+        toy.labels,
+        visible=toy.visible(),
+        title=toy.describe(),
+        annotate=annotate,
+        vmax=style["vmax"],
+        cmap=cmap,
+        dpi=style["dpi"] or 150,
+        size=style["size"],
+    )
+    what = f"{toy.n_tokens}tok" if tokens.strip().isdigit() else slug(" ".join(parse_tokens(tokens)), 24)
+    parts = (
+        "toy",
+        what,
+        f"d{dim}",
+        f"{heads}heads",
+        f"seed{seed}",
+        "causal" if causal else None,
+        f"T{temperature:g}" if temperature != 1.0 else None,
+    )
+    typer.echo(str(_write(fig, output, parts)))
+
+
+# -- explain --------------------------------------------------------------------------------------
+@command("explain")
+def explain_cmd(
+    text: TextArg = None,
+    layer: LayerOpt = None,
+    head: HeadOpt = None,
+    query: Annotated[
+        str | None,
+        typer.Option("--query", "-q", help="Follow one token (a word or @position) through the steps."),
+    ] = None,
+    key: Annotated[
+        str | None,
+        typer.Option("--key", "-k", help="With --query: the key worked out by hand (default: the top one)."),
+    ] = None,
+    decimals: DecimalsOpt = 4,
+    dims: DimsOpt = 8,
+    file: FileOpt = None,
+    model: ModelOpt = "minilm",
+    truncate: TruncateOpt = False,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "float32",
+    trust_remote_code: TrustOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """The five steps of attention for a real model's head, from the query, key and value vectors
+    it computed for this text: scores, scaling, mask, softmax, weighted sum of values."""
+    from attnviz.errors import InputError
+    from attnviz.explain import explain_head, positions
+    from attnviz.extract import extract
+    from attnviz.toy import format_focus, format_steps
+
+    body = read_text(text, file)
+    if layer is None or head is None:
+        raise InputError("explain needs one head: pass --layer L --head H")
+    if key is not None and query is None:
+        raise InputError("--key needs --query (the token whose row is followed)")
+    if not 0 <= decimals <= 10:
+        raise InputError(f"bad --decimals {decimals}: use 0-10")
+    loaded = load(model, device, dtype, trust_remote_code)
+    att = extract(body, loaded, layers=[layer], heads=[head], qkv=True, truncate=truncate)
+    _extracted(att)
+    ex = explain_head(att, att.layers[0], att.heads[0])
+    q_pos = k_pos = None
+    if query is not None:
+        found = positions(att, query)
+        q_pos = found[0]
+        if len(found) > 1:
+            _note(f"'{query}' is at tokens {found}; following the first (use @N for another)")
+        if key is not None:
+            k_pos = positions(att, key)[0]
+    if as_json:
+        print_json({**ex.to_dict(), "query": q_pos, "key": k_pos})
+        return
+    if q_pos is not None:
+        typer.echo(
+            format_focus(
+                ex.steps, ex.labels, q_pos, key=k_pos, title=ex.title, decimals=decimals, max_dims=dims
+            )
+        )
+    else:
+        if att.n_tokens > 16:
+            _note(f"{att.n_tokens} tokens make wide tables; --query WORD follows one token")
+        typer.echo(format_steps(ex.steps, ex.labels, title=ex.title, decimals=decimals, max_dims=dims))
+    typer.echo("")
+    diff = ex.max_difference
+    if diff < 1e-3:
+        typer.echo(
+            f"check: step 4 equals {ex.model}'s own attention for this head (largest difference {diff:.1e})"
+        )
+    else:
+        typer.echo(f"check: step 4 differs from {ex.model}'s own attention by up to {diff:.3g}")

@@ -1,0 +1,306 @@
+"""Figures checked by their data: tick labels, image arrays, colour scales, masks, grids, files."""
+
+from __future__ import annotations
+
+import re
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from attnviz import plots
+from attnviz.errors import InputError
+from attnviz.extract import Attention
+
+TOKENS = ("[CLS]", "the", "cat", "costs", "$5", "[SEP]")
+
+
+def fake_attention(
+    n: int = 6, layers: int = 2, heads: int = 3, causal: bool = False, level: str = "token"
+) -> Attention:
+    """Rows that sum to 1 (zero in the future when causal), with a $ token to trip mathtext."""
+    rng = np.random.default_rng(0)
+    attn = rng.random((layers, heads, n, n)).astype(np.float32)  # [layers, heads, q, k]
+    if causal:
+        attn = np.where(np.tril(np.ones((n, n), dtype=bool)), attn, 0.0).astype(np.float32)
+    attn /= attn.sum(axis=-1, keepdims=True)
+    tokens = TOKENS[:n] if n <= len(TOKENS) else tuple(f"tok{i}" for i in range(n))
+    return Attention(
+        model="fake",
+        kind="decoder" if causal else "encoder",
+        text=" ".join(tokens),
+        tokens=tokens,
+        spans=tuple((0, 0) for _ in tokens),
+        word_ids=tuple(None for _ in tokens),
+        words=(),
+        special=tuple(False for _ in tokens),
+        layers=tuple(range(layers)),
+        heads=tuple(range(heads)),
+        attn=attn,
+        causal=causal,
+        level=level,
+    )
+
+
+def images(fig):
+    return [im for ax in fig.axes for im in ax.get_images()]
+
+
+def labels(axis) -> list[str]:
+    return [t.get_text() for t in axis.get_ticklabels()]
+
+
+def data_axes(fig):
+    """Axes that hold a heatmap (not colour bars)."""
+    return [ax for ax in fig.axes if ax.get_images() and ax.get_label() != "<colorbar>"]
+
+
+# -- one head -----------------------------------------------------------------------------------
+def test_heatmap_axes_are_tokens_and_scale_is_the_largest_weight():
+    att = fake_attention()
+    m = att.head(1, 2)
+    fig = plots.heatmap(m, att.labels, title="fake · layer 1 · head 2")
+    (ax,) = data_axes(fig)
+    assert labels(ax.xaxis) == list(TOKENS)
+    assert labels(ax.yaxis) == list(TOKENS)
+    (im,) = ax.get_images()
+    assert im.get_array().shape == (6, 6)
+    np.testing.assert_allclose(im.get_array(), m)
+    assert im.get_clim() == pytest.approx((0.0, float(m.max())))
+    assert ax.get_title() == "fake · layer 1 · head 2"
+    assert "attending from" in ax.get_ylabel() and "attending to" in ax.get_xlabel()
+    bar = next(a for a in fig.axes if a is not ax)
+    assert bar.get_ylabel() == "attention weight"
+
+
+def test_fixed_scale_and_colour_map():
+    att = fake_attention()
+    fig = plots.heatmap(att.head(0, 0), att.labels, vmax=1.0, cmap="magma")
+    (im,) = images(fig)
+    assert im.get_clim() == (0.0, 1.0)
+    assert im.get_cmap().name == "magma"
+
+
+def test_dollar_tokens_are_not_mathtext():
+    att = fake_attention()
+    fig = plots.heatmap(att.head(0, 0), att.labels)
+    fig.canvas.draw()  # would raise on an unbalanced $ if parsed as mathtext
+    assert "$5" in labels(data_axes(fig)[0].xaxis)
+
+
+def test_causal_future_is_masked_not_zero_and_the_legend_says_so():
+    att = fake_attention(causal=True)
+    visible = att.visible()
+    fig = plots.heatmap(att.head(0, 1), att.labels, visible=visible)
+    (ax,) = data_axes(fig)
+    (im,) = ax.get_images()
+    arr = im.get_array()
+    assert np.array_equal(np.ma.getmaskarray(arr), ~visible)
+    assert any(p.get_hatch() for p in ax.patches)  # the hatched background shows through
+    legend = ax.get_legend()
+    assert legend is not None and "masked" in legend.get_texts()[0].get_text()
+
+
+def test_encoder_has_no_mask_and_no_legend():
+    att = fake_attention()
+    fig = plots.heatmap(att.head(0, 0), att.labels, visible=att.visible())
+    (ax,) = data_axes(fig)
+    assert not np.ma.getmaskarray(ax.get_images()[0].get_array()).any()
+    assert ax.get_legend() is None
+
+
+def test_annotate_writes_each_visible_weight():
+    att = fake_attention(causal=True)
+    m = att.head(0, 0)
+    fig = plots.heatmap(m, att.labels, visible=att.visible(), annotate=True)
+    (ax,) = data_axes(fig)
+    texts = sorted(t.get_text() for t in ax.texts)
+    assert texts == sorted(f"{v:.2f}" for v in m[att.visible()])
+
+
+def test_highlight_outlines_rows_and_columns():
+    att = fake_attention()
+    fig = plots.heatmap(att.head(0, 0), att.labels, highlight=[2, 3])
+    (ax,) = data_axes(fig)
+    outlines = [p for p in ax.patches if not p.get_fill()]
+    assert len(outlines) == 4  # a row and a column each
+    bold = [t.get_text() for t in ax.get_xticklabels() if t.get_fontweight() == "bold"]
+    assert bold == ["cat", "costs"]
+
+
+def test_long_text_grows_then_thins_labels_and_renders_in_seconds():
+    n = 512
+    rng = np.random.default_rng(0)
+    m = rng.random((n, n)).astype(np.float32)
+    m /= m.sum(axis=1, keepdims=True)
+    words = [f"w{i}" for i in range(n)]
+    start = time.perf_counter()
+    fig = plots.heatmap(m, words, dpi=72)
+    fig.canvas.draw()
+    elapsed = time.perf_counter() - start
+    assert elapsed < 20
+    assert max(fig.get_size_inches()) == plots.MAX_SIDE
+    (ax,) = data_axes(fig)
+    shown = labels(ax.xaxis)
+    assert 20 < len(shown) < n
+    step = int(ax.get_xticks()[1] - ax.get_xticks()[0])
+    assert shown == words[::step]
+    small = plots.heatmap(m[:8, :8], words[:8])
+    assert max(small.get_size_inches()) < plots.MAX_SIDE
+
+
+def test_label_step():
+    assert plots.label_step(10, 5.0) == (1, plots.FONT)
+    step, font = plots.label_step(512, 12.0)
+    assert step > 1 and font == plots.MIN_FONT
+
+
+# -- several heads, the layer, the model ------------------------------------------------------------
+def test_heads_side_by_side_share_one_scale():
+    att = fake_attention(layers=1, heads=3)
+    fig = plots.attention_figure(att)
+    axes = data_axes(fig)
+    assert [ax.get_title() for ax in axes] == ["head 0", "head 1", "head 2"]
+    clims = {im.get_clim() for im in images(fig)}
+    assert len(clims) == 1
+    assert clims.pop() == pytest.approx((0.0, float(att.attn.max())))
+    assert fig.get_suptitle() == "fake · layer 0 · heads 0-2"
+    assert labels(axes[0].xaxis) == list(TOKENS)
+
+
+def test_whole_layer_in_a_grid():
+    att = fake_attention(layers=1, heads=12)
+    fig = plots.attention_figure(att)
+    axes = data_axes(fig)
+    assert len(axes) == 12
+    rows = {round(ax.get_position().y0, 3) for ax in axes}
+    assert len(rows) == 3  # 4 columns x 3 rows
+
+
+def test_average_is_the_mean_over_heads():
+    att = fake_attention(layers=1, heads=4)
+    fig = plots.attention_figure(att, average=True)
+    (im,) = images(data_axes(fig)[0].figure)[:1]
+    np.testing.assert_allclose(im.get_array(), att.attn[0].mean(axis=0), rtol=1e-6)
+    assert "mean of 4 heads" in data_axes(fig)[0].get_title()
+
+
+def test_overview_is_a_layers_by_heads_grid_of_titled_panels():
+    att = fake_attention(layers=3, heads=4, causal=True)
+    fig = plots.attention_figure(att)
+    axes = data_axes(fig)
+    assert [ax.get_title() for ax in axes] == [f"L{layer} H{h}" for layer in range(3) for h in range(4)]
+    for ax, (layer, h) in zip(axes, [(a, b) for a in range(3) for b in range(4)], strict=True):
+        np.testing.assert_allclose(ax.get_images()[0].get_array().filled(0), att.attn[layer, h])
+        assert np.array_equal(np.ma.getmaskarray(ax.get_images()[0].get_array()), ~att.visible())
+    # rows of the grid are layers, columns heads
+    assert axes[0].get_position().y0 > axes[4].get_position().y0
+    assert axes[0].get_position().x0 < axes[1].get_position().x0
+    assert "3 layers x 4 heads" in fig.get_suptitle()
+    assert any("masked" in t.get_text() for leg in fig.legends for t in leg.get_texts())
+
+
+def test_word_level_title():
+    fig = plots.attention_figure(fake_attention(layers=1, heads=1, level="word"))
+    assert data_axes(fig)[0].get_title() == "fake · layer 0 · head 0 (words)"
+
+
+def test_annotate_limit():
+    assert plots.annotate_limit(1, 1) == plots.ANNOTATE_MAX
+    assert plots.annotate_limit(1, 12, average=True) == plots.ANNOTATE_MAX
+    assert plots.annotate_limit(6, 12) == 0
+    assert 0 < plots.annotate_limit(1, 3) < plots.ANNOTATE_MAX
+
+
+# -- entropy --------------------------------------------------------------------------------
+def test_entropy_bars_and_uniform_bound():
+    from attnviz.explain import row_entropy_of
+    from attnviz.patterns import row_entropy
+
+    att = fake_attention(layers=1, heads=1, causal=True)
+    ent = row_entropy_of(att)
+    fig = plots.entropy_figure(ent)
+    (ax,) = fig.axes
+    heights = [p.get_height() for p in ax.patches]
+    np.testing.assert_allclose(heights, row_entropy(att.attn[0, 0], att.visible()), atol=1e-9)
+    bound_line = next(line for line in ax.get_lines() if line.get_label() == plots.BOUND_LABEL)
+    np.testing.assert_allclose(bound_line.get_ydata()[1:], np.log2(np.arange(1, 7)))
+    assert labels(ax.xaxis) == list(TOKENS)
+    assert ax.get_ylabel() == "row entropy (bits)"
+    assert "layer 0 · head 0" in ax.get_title()
+
+
+def test_entropy_grid_is_layers_by_heads():
+    from attnviz.explain import row_entropy_of
+
+    att = fake_attention(layers=2, heads=3)
+    ent = row_entropy_of(att)
+    fig = plots.entropy_figure(ent)
+    ax = data_axes(fig)[0]
+    np.testing.assert_allclose(ax.get_images()[0].get_array(), ent.mean)
+    assert labels(ax.yaxis) == ["L0", "L1"]
+    assert labels(ax.xaxis) == ["H0", "H1", "H2"]
+    assert ax.get_images()[0].get_clim()[1] == pytest.approx(np.log2(6))
+
+
+# -- the toy -------------------------------------------------------------------------------------
+def test_toy_figure_has_a_heatmap_per_head_and_the_entropy_plot():
+    from attnviz.toy import build_toy
+
+    toy = build_toy(6, dim=8, heads=2, causal=True)
+    fig = plots.toy_figure(
+        toy.weights, toy.entropy(), toy.bound(), toy.labels, visible=toy.visible(), title=toy.describe()
+    )
+    axes = data_axes(fig)
+    assert [ax.get_title() for ax in axes] == ["head 0", "head 1"]
+    for h, ax in enumerate(axes):
+        np.testing.assert_allclose(ax.get_images()[0].get_array().filled(0), toy.weights[h], atol=1e-6)
+        assert np.array_equal(np.ma.getmaskarray(ax.get_images()[0].get_array()), ~toy.visible())
+    entropy_ax = next(ax for ax in fig.axes if ax.get_ylabel() == "row entropy (bits)")
+    assert len(entropy_ax.patches) == 2 * 6
+
+
+# -- options and files ---------------------------------------------------------------------------
+def test_parse_vmax_size_and_cmap():
+    assert plots.parse_vmax("auto") is None
+    assert plots.parse_vmax("0.5") == 0.5
+    for bad in ("x", "0", "-1", "nan"):
+        with pytest.raises(InputError, match="--vmax"):
+            plots.parse_vmax(bad)
+    assert plots.parse_size("8x6") == (8.0, 6.0)
+    assert plots.parse_size("7") == (7.0, 7.0)
+    assert plots.parse_size(None) is None
+    for bad in ("8x", "axb", "0x5", "1x2x3"):
+        with pytest.raises(InputError, match="--size"):
+            plots.parse_size(bad)
+    with pytest.raises(InputError, match="colour map"):
+        plots.colormap("no-such-map")
+
+
+@pytest.mark.parametrize("ext", ["png", "svg", "pdf"])
+def test_saved_files_open_with_the_expected_size(tmp_path: Path, ext: str):
+    att = fake_attention()
+    fig = plots.heatmap(att.head(0, 0), att.labels, size=(6, 4), dpi=50)
+    path = plots.save(fig, tmp_path / f"h.{ext}")
+    data = path.read_bytes()
+    if ext == "png":
+        from PIL import Image
+
+        with Image.open(path) as im:
+            assert im.format == "PNG" and im.size == (300, 200)
+    elif ext == "svg":
+        root = ET.fromstring(data)
+        assert root.tag.endswith("svg")
+        assert root.get("width") == "432pt" and root.get("height") == "288pt"
+    else:
+        assert data.startswith(b"%PDF")
+        assert len(re.findall(rb"/Type\s*/Page\b(?!s)", data)) == 1
+        assert re.search(rb"/MediaBox\s*\[\s*0 0 432 288\s*\]", data)
+
+
+def test_save_rejects_unknown_format(tmp_path: Path):
+    att = fake_attention()
+    with pytest.raises(InputError, match="unknown image format"):
+        plots.save(plots.heatmap(att.head(0, 0), att.labels), tmp_path / "h.jpg")
