@@ -140,6 +140,8 @@ def test_whole_layer_average_and_model_overview(minilm, figures):
     (ax,) = heat_axes(figures[-1][0])
     assert "mean of 12 heads" in ax.get_title()
     assert figures[-1][1].name.endswith("-L1-mean.png")
+    ok("heatmap", SEED, "--head", "3", "--dpi", "30")
+    assert [ax.get_title() for ax in heat_axes(figures[-1][0])] == [f"layer {i}" for i in range(6)]
     ok("heatmap", SEED, "--dpi", "30")
     fig, path = figures[-1]
     axes = heat_axes(fig)
@@ -207,7 +209,7 @@ def test_causal_model_masks_the_future(tiny_model_path, figures, tmp_path):
     arr = ax.get_images()[0].get_array()
     n = arr.shape[0]
     assert np.array_equal(np.ma.getmaskarray(arr), np.triu(np.ones((n, n), dtype=bool), k=1))
-    assert "masked" in ax.get_legend().get_texts()[0].get_text()
+    assert "masked" in figures[-1][0].legends[0].get_texts()[0].get_text()
     ok("heatmap", "the cat sat on the mat", "--model", model)  # overview of a causal model
     fig = figures[-1][0]
     assert all(np.ma.getmaskarray(a.get_images()[0].get_array())[0, -1] for a in heat_axes(fig))

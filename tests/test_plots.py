@@ -99,8 +99,8 @@ def test_causal_future_is_masked_not_zero_and_the_legend_says_so():
     arr = im.get_array()
     assert np.array_equal(np.ma.getmaskarray(arr), ~visible)
     assert any(p.get_hatch() for p in ax.patches)  # the hatched background shows through
-    legend = ax.get_legend()
-    assert legend is not None and "masked" in legend.get_texts()[0].get_text()
+    (legend,) = fig.legends  # outside the axes, so it never hides a cell
+    assert "masked" in legend.get_texts()[0].get_text()
 
 
 def test_encoder_has_no_mask_and_no_legend():
@@ -108,7 +108,7 @@ def test_encoder_has_no_mask_and_no_legend():
     fig = plots.heatmap(att.head(0, 0), att.labels, visible=att.visible())
     (ax,) = data_axes(fig)
     assert not np.ma.getmaskarray(ax.get_images()[0].get_array()).any()
-    assert ax.get_legend() is None
+    assert not fig.legends
 
 
 def test_annotate_writes_each_visible_weight():
@@ -304,3 +304,19 @@ def test_save_rejects_unknown_format(tmp_path: Path):
     att = fake_attention()
     with pytest.raises(InputError, match="unknown image format"):
         plots.save(plots.heatmap(att.head(0, 0), att.labels), tmp_path / "h.jpg")
+
+
+def test_default_names_never_overwrite(tmp_path: Path):
+    from attnviz.outputs import default_name, output_path, reserve, slug
+
+    assert slug("Émily wanted: Paris!") == "emily-wanted-paris"
+    assert slug("日本語") == "text"
+    assert len(slug("word " * 40)) <= 40
+    name = default_name("heatmap", "emily", "org/model", "L1", None, "H5")
+    assert name == "heatmap-emily-org-model-L1-H5.png"
+    paths = [reserve(tmp_path / "new", "a.png") for _ in range(3)]
+    assert [p.name for p in paths] == ["a.png", "a-2.png", "a-3.png"]
+    assert output_path(tmp_path / "deep" / "x.svg", ()) == tmp_path / "deep" / "x.svg"
+    assert (tmp_path / "deep").is_dir()
+    with pytest.raises(InputError, match="no extension"):
+        output_path(tmp_path / "x", ())

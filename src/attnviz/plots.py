@@ -283,7 +283,7 @@ def heatmap(
         ax.set_title(title)
     _colorbar(fig, image, ax, scale, top, WEIGHT_LABEL)
     if visible is not None and not visible.all():
-        ax.legend(handles=[_mask_patch()], loc="upper right", fontsize=8, framealpha=0.95)
+        fig.legend(handles=[_mask_patch()], loc="outside lower right", fontsize=8)
     return fig
 
 
@@ -411,6 +411,7 @@ def overview(
         color="#444444",
     )
     low = height - top_m - nl * (panel + gap_y) + gap_y  # bottom edge of the last row
+    low = max(low, height - top_m - 6.0)  # a tall grid gets a colour bar of readable length
     cax = fig.add_axes(
         ((width - right + 0.25) / width, low / height, 0.18 / width, (height - top_m - low) / height)
     )
