@@ -146,3 +146,18 @@ def test_console_script_errors_without_traceback(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 2 and out.stderr.strip().startswith("error:") and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["extract", "--bogus"], "No such option: --bogus"),
+        (["nosuchcommand"], "No such command"),
+        (["extract", "x", "--device"], "requires an argument"),
+    ],
+)
+def test_usage_errors_are_one_line_from_the_console_script(argv, needle):
+    code = f"from attnviz.cli import main; import sys; sys.argv=['attnviz', *{argv!r}]; main()"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0]

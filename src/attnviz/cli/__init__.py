@@ -78,14 +78,24 @@ from attnviz.cli import pictures as _pictures  # noqa: E402,F401
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: every failure is one `error:` line on stderr."""
     try:
-        app()
+        code = app(standalone_mode=False)
+    except typer.TyperException as exc:  # usage errors: bad option values, unknown options...
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        print(f"error: {exc.format_message()}{hint}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(130)
     except Exception as exc:  # an unexpected bug: still one line unless debugging
         if os.environ.get("ATTNVIZ_DEBUG"):
             raise
+        message = str(exc).splitlines()[0] if str(exc) else ""
         print(
-            f"error: unexpected {type(exc).__name__}: {exc} (ATTNVIZ_DEBUG=1 shows the traceback)",
+            f"error: unexpected {type(exc).__name__}: {message} (ATTNVIZ_DEBUG=1 shows the traceback)",
             file=sys.stderr,
         )
         sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
