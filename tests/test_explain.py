@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 
 from attnviz.errors import InputError, TokenNotFoundError
-from attnviz.explain import explain, explain_head, positions, positions_of, row_entropy_of
+from attnviz.explain import explain, explain_head
 from attnviz.extract import extract
+from attnviz.patterns import row_entropy_of
+from attnviz.tokens import positions, positions_of
 
 
 @pytest.mark.slow

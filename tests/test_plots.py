@@ -216,8 +216,7 @@ def test_annotate_limit():
 
 # -- entropy --------------------------------------------------------------------------------
 def test_entropy_bars_and_uniform_bound():
-    from attnviz.explain import row_entropy_of
-    from attnviz.patterns import row_entropy
+    from attnviz.patterns import row_entropy, row_entropy_of
 
     att = fake_attention(layers=1, heads=1, causal=True)
     ent = row_entropy_of(att)
@@ -233,7 +232,7 @@ def test_entropy_bars_and_uniform_bound():
 
 
 def test_entropy_grid_is_layers_by_heads():
-    from attnviz.explain import row_entropy_of
+    from attnviz.patterns import row_entropy_of
 
     att = fake_attention(layers=2, heads=3)
     ent = row_entropy_of(att)

@@ -4,8 +4,6 @@ vectors captured in the forward pass, and the row entropy of its attention (seed
 
 from __future__ import annotations
 
-import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -87,99 +85,3 @@ def explain(
         text, model, layers=[layer], heads=[head], qkv=True, truncate=truncate, device=device, dtype=dtype
     )
     return explain_head(att, att.layers[0], att.heads[0])
-
-
-def positions(att: Attention, word: str) -> list[int]:
-    """Every position of `word` in the view: by `@N`, by token text, else every piece of that word.
-
-    "lessons" finds "lesson" "##s" at token level; raises TokenNotFoundError listing the tokens.
-    """
-    from attnviz.tokens import locate, normalise
-
-    q = word.strip()
-    if re.fullmatch(r"@-?\d+", q):
-        return [locate(q, att.tokens).index]
-    target = normalise(q)
-    hits = [i for i, t in enumerate(att.tokens) if target and normalise(t) == target]
-    if not hits and att.level == "token" and att.words:
-        hits = [
-            i
-            for i, w in enumerate(att.word_ids)
-            if w is not None and w < len(att.words) and normalise(att.words[w]) == target
-        ]
-    if not hits:
-        locate(q, att.tokens)  # raises, listing the tokens the text has
-    return hits
-
-
-def positions_of(att: Attention, words: Sequence[str]) -> list[int]:
-    """Positions of several words (a comma-separated --highlight), in order, without repeats."""
-    out: list[int] = []
-    for w in words:
-        for p in positions(att, w):
-            if p not in out:
-                out.append(p)
-    return out
-
-
-@dataclass(frozen=True)
-class RowEntropy:
-    """Row entropy (bits) of every extracted head, and the uniform bound it is measured against."""
-
-    model: str
-    kind: str
-    level: str
-    labels: tuple[str, ...]
-    layers: tuple[int, ...]
-    heads: tuple[int, ...]
-    entropy: np.ndarray  # [layers, heads, q] bits
-    bound: np.ndarray  # [q] log2 of each row's visible keys
-
-    @property
-    def mean(self) -> np.ndarray:
-        """[layers, heads] mean over query rows."""
-        return self.entropy.mean(axis=-1)
-
-    def head(self, layer: int, head: int) -> np.ndarray:
-        return self.entropy[self.layers.index(layer), self.heads.index(head)]
-
-    def to_dict(self) -> dict[str, Any]:
-        base: dict[str, Any] = {
-            "model": self.model,
-            "kind": self.kind,
-            "level": self.level,
-            "tokens": list(self.labels),
-            "uniform_bound": np.round(self.bound, 4).tolist(),
-        }
-        if len(self.layers) == 1 and len(self.heads) == 1:
-            return {
-                **base,
-                "layer": self.layers[0],
-                "head": self.heads[0],
-                "entropy": np.round(self.entropy[0, 0], 4).tolist(),
-                "mean_entropy": round(float(self.mean[0, 0]), 4),
-            }
-        return {
-            **base,
-            "layers": list(self.layers),
-            "heads": list(self.heads),
-            "mean_entropy": np.round(self.mean, 4).tolist(),
-            "uniform_bound_mean": round(float(self.bound.mean()), 4),
-        }
-
-
-def row_entropy_of(att: Attention) -> RowEntropy:
-    """Row entropy of every head in `att`, masked keys excluded."""
-    from attnviz.patterns import row_entropy, uniform_bound
-
-    visible = att.visible()  # [q, k]
-    return RowEntropy(
-        model=att.model,
-        kind=att.kind,
-        level=att.level,
-        labels=tuple(att.labels),
-        layers=tuple(att.layers),
-        heads=tuple(att.heads),
-        entropy=row_entropy(att.attn, visible),
-        bound=uniform_bound(visible),
-    )

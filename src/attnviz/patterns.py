@@ -251,3 +251,64 @@ def head_patterns(
         threshold=threshold,
         broad_threshold=broad_threshold,
     )
+
+
+@dataclass(frozen=True)
+class RowEntropy:
+    """Row entropy (bits) of every extracted head, and the uniform bound it is measured against."""
+
+    model: str
+    kind: str
+    level: str
+    labels: tuple[str, ...]
+    layers: tuple[int, ...]
+    heads: tuple[int, ...]
+    entropy: np.ndarray  # [layers, heads, q] bits
+    bound: np.ndarray  # [q] log2 of each row's visible keys
+
+    @property
+    def mean(self) -> np.ndarray:
+        """[layers, heads] mean over query rows."""
+        return self.entropy.mean(axis=-1)
+
+    def head(self, layer: int, head: int) -> np.ndarray:
+        return self.entropy[self.layers.index(layer), self.heads.index(head)]
+
+    def to_dict(self) -> dict[str, Any]:
+        base: dict[str, Any] = {
+            "model": self.model,
+            "kind": self.kind,
+            "level": self.level,
+            "tokens": list(self.labels),
+            "uniform_bound": np.round(self.bound, 4).tolist(),
+        }
+        if len(self.layers) == 1 and len(self.heads) == 1:
+            return {
+                **base,
+                "layer": self.layers[0],
+                "head": self.heads[0],
+                "entropy": np.round(self.entropy[0, 0], 4).tolist(),
+                "mean_entropy": round(float(self.mean[0, 0]), 4),
+            }
+        return {
+            **base,
+            "layers": list(self.layers),
+            "heads": list(self.heads),
+            "mean_entropy": np.round(self.mean, 4).tolist(),
+            "uniform_bound_mean": round(float(self.bound.mean()), 4),
+        }
+
+
+def row_entropy_of(att: Attention) -> RowEntropy:
+    """Row entropy of every head in `att`, masked keys excluded."""
+    visible = att.visible()  # [q, k]
+    return RowEntropy(
+        model=att.model,
+        kind=att.kind,
+        level=att.level,
+        labels=tuple(att.labels),
+        layers=tuple(att.layers),
+        heads=tuple(att.heads),
+        entropy=row_entropy(att.attn, visible),
+        bound=uniform_bound(visible),
+    )

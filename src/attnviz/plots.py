@@ -22,8 +22,8 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
     from matplotlib.image import AxesImage
 
-    from attnviz.explain import RowEntropy
     from attnviz.extract import Attention
+    from attnviz.patterns import RowEntropy
 
 DEFAULT_CMAP = "viridis"
 DEFAULT_DPI = 150

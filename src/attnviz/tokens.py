@@ -10,8 +10,12 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from attnviz.errors import TokenNotFoundError
+
+if TYPE_CHECKING:
+    from attnviz.extract import Attention
 
 WORD_RE = re.compile(r"\w+(?:['’]\w+)*|[^\w\s]")
 _PIECE_MARKS = ("Ġ", "▁", "Ċ", "##")
@@ -100,3 +104,34 @@ def locate(query: str, units: Sequence[str], occurrence: int | None = None) -> M
             f"'{query}' occurs {len(found)} time(s); occurrence {n} does not exist (1-{len(found)})"
         )
     return Match(query=q, index=found[n - 1], occurrences=found, occurrence=n)
+
+
+def positions(att: Attention, word: str) -> list[int]:
+    """Every position of `word` in the view: by `@N`, by token text, else every piece of that word.
+
+    "lessons" finds "lesson" "##s" at token level; raises TokenNotFoundError listing the tokens.
+    """
+    q = word.strip()
+    if re.fullmatch(r"@-?\d+", q):
+        return [locate(q, att.tokens).index]
+    target = normalise(q)
+    hits = [i for i, t in enumerate(att.tokens) if target and normalise(t) == target]
+    if not hits and att.level == "token" and att.words:
+        hits = [
+            i
+            for i, w in enumerate(att.word_ids)
+            if w is not None and w < len(att.words) and normalise(att.words[w]) == target
+        ]
+    if not hits:
+        locate(q, att.tokens)  # raises, listing the tokens the text has
+    return hits
+
+
+def positions_of(att: Attention, words: Sequence[str]) -> list[int]:
+    """Positions of several words (a comma-separated --highlight), in order, without repeats."""
+    out: list[int] = []
+    for w in words:
+        for p in positions(att, w):
+            if p not in out:
+                out.append(p)
+    return out

@@ -164,10 +164,10 @@ def heatmap_cmd(
 ) -> None:
     """Draw attention as a heatmap: one head (--layer --head), several (--heads), a layer, its mean
     (--average), or with no selection the whole model as a layers x heads grid. Prints the path."""
-    from attnviz.explain import positions_of
     from attnviz.extract import extract
     from attnviz.outputs import check_output, slug
     from attnviz.plots import annotate_limit, attention_figure
+    from attnviz.tokens import positions_of
 
     body = read_text(text, file)
     head_list = _heads_arg(head, heads)
@@ -221,10 +221,11 @@ def entropy_cmd(
 ) -> None:
     """Row entropy of attention in bits: per query token for one head (--layer --head), with the
     uniform bound for reference; otherwise the mean of every head as a layers x heads heatmap."""
-    from attnviz.explain import positions_of, row_entropy_of
     from attnviz.extract import extract
     from attnviz.outputs import check_output, slug
+    from attnviz.patterns import row_entropy_of
     from attnviz.plots import entropy_figure
+    from attnviz.tokens import positions_of
 
     body = read_text(text, file)
     head_list = _heads_arg(head, heads)
@@ -357,8 +358,9 @@ def explain_cmd(
     """The five steps of attention for a real model's head, from the query, key and value vectors
     it computed for this text: scores, scaling, mask, softmax, weighted sum of values."""
     from attnviz.errors import InputError
-    from attnviz.explain import explain_head, positions
+    from attnviz.explain import explain_head
     from attnviz.extract import extract
+    from attnviz.tokens import positions
     from attnviz.toy import format_focus, format_steps
 
     body = read_text(text, file)
