@@ -1,0 +1,373 @@
+"""Batch analyses in Python: readers and rejects, batched statistics equal to the text alone,
+the Parquet output folder, its summary, resume, and refusal of another run's folder."""
+
+from __future__ import annotations
+
+import gzip
+import itertools
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from attnviz.batch import (
+    HEADS_DIR,
+    REJECTS_FILE,
+    RUN_FILE,
+    SUMMARY_FILE,
+    Item,
+    Reject,
+    count_records,
+    iter_records,
+    read_corpus,
+    read_results,
+    records_frame,
+    run_batch_analysis,
+    stat_columns,
+    statistics_of,
+    summarise,
+)
+from attnviz.config import BatchConfig, make_config, parse_probe
+from attnviz.errors import InputError
+from attnviz.extract import extract
+from attnviz.models import load_model
+
+TEXTS = [
+    "Emily always wanted to visit Paris so she took some French lessons.",
+    "The cat sat.",
+    "The trophy did not fit in the suitcase because it was too big!",
+    "Hi",
+    "A dog chased the cat across the garden, and she hid; transformers attend to tokens?",
+    "She said: Emily, the trophy is here.",
+]
+PROBES = (parse_probe("she:Emily"), parse_probe("it|she:trophy|cat"), parse_probe("@1:@-2"))
+
+
+def _config(**kw) -> BatchConfig:
+    return make_config(**{"probes": PROBES, "batch_size": 4, "texts_per_part": 4, "plots": False, **kw})
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tiny_model_path):
+    return load_model(str(tiny_model_path("bert")), device="cpu")
+
+
+def _corpus_lines(tmp_path, n: int = 12) -> list[str]:
+    return [TEXTS[i % len(TEXTS)] + f" Number {i}." for i in range(n)]
+
+
+# -- readers --------------------------------------------------------------------------------
+def test_txt_reader_keeps_line_numbers_and_rejects_bad_lines(tmp_path):
+    path = tmp_path / "c.txt"
+    path.write_bytes(b"\xef\xbb\xbffirst line\n\n   \nbad \xff\xfe bytes\r\nlast line without newline")
+    recs = list(read_corpus(path))
+    assert recs[0] == Item(0, 1, "first line")  # BOM dropped
+    assert [(r.line, r.reason) for r in recs if isinstance(r, Reject)] == [
+        (2, "empty"),
+        (3, "empty"),
+        (4, "undecodable"),
+    ]
+    assert recs[-1] == Item(4, 5, "last line without newline")
+    assert count_records(path) == 5
+
+
+def test_jsonl_reader(tmp_path):
+    lines = [
+        json.dumps({"text": "one", "id": 1}),
+        "{not json",
+        json.dumps({"body": "no text field"}),
+        json.dumps({"text": 42}),
+        json.dumps(["a", "list"]),
+        "",
+        json.dumps({"text": "two"}),
+        json.dumps({"body": "other field"}),
+    ]
+    path = tmp_path / "c.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    recs = list(read_corpus(path))
+    reasons = [r.reason if isinstance(r, Reject) else r.text for r in recs]
+    assert reasons == [
+        "one",
+        "malformed_json",
+        "missing_field",
+        "not_text",
+        "malformed_json",
+        "empty",
+        "two",
+        "missing_field",
+    ]
+    assert [r.line for r in recs] == list(range(1, 9))
+    body = [r for r in read_corpus(path, field="body") if isinstance(r, Item)]
+    assert [(r.line, r.text) for r in body] == [(3, "no text field"), (8, "other field")]
+
+
+def test_csv_reader_multiline_and_missing_column(tmp_path):
+    path = tmp_path / "c.csv"
+    path.write_text('id,text\n1,hello\n2,"two\nlines"\n3,\n4\n5,end\n', encoding="utf-8")
+    recs = list(read_corpus(path))
+    assert recs[0] == Item(0, 2, "hello")
+    assert recs[1] == Item(1, 3, "two\nlines")
+    assert [(r.line, r.reason) for r in recs[2:4]] == [(5, "empty"), (6, "missing_field")]
+    assert recs[4] == Item(4, 7, "end")
+    assert count_records(path) == 5
+    with pytest.raises(InputError, match=r"no column 'body'.*id, text"):
+        list(read_corpus(path, column="body"))
+
+
+def test_parquet_and_gzip_readers(tmp_path):
+    pq_path = tmp_path / "c.parquet"
+    pd.DataFrame({"sentence": ["a b", None, "c d"]}).to_parquet(pq_path)
+    recs = list(read_corpus(pq_path, column="sentence"))
+    assert [r.text if isinstance(r, Item) else r.reason for r in recs] == ["a b", "missing_field", "c d"]
+    assert count_records(pq_path) == 3
+    gz = tmp_path / "c.txt.gz"
+    gz.write_bytes(gzip.compress(b"one\ntwo\n"))
+    assert [r.text for r in read_corpus(gz)] == ["one", "two"]
+
+
+def test_python_iterables_and_missing_files(tmp_path):
+    recs = list(read_corpus(iter(["a", "", 3, "b"])))
+    assert [type(r).__name__ for r in recs] == ["Item", "Reject", "Reject", "Item"]
+    assert recs[2].reason == "not_text"
+    with pytest.raises(InputError, match="no such input file"):
+        list(read_corpus(tmp_path / "nope.txt"))
+
+
+# -- statistics -----------------------------------------------------------------------------
+def _assert_same(batched, alone, where=""):
+    assert sorted(batched) == sorted(alone)
+    for key, ref in alone.items():
+        got = batched[key]
+        assert np.array_equal(np.isnan(got), np.isnan(ref)), f"{where} {key}: found-ness differs"
+        np.testing.assert_allclose(got, ref, atol=2e-5, rtol=1e-4, err_msg=f"{where} {key}")
+
+
+@pytest.mark.parametrize("arch", ["bert", "gpt2", "llama", "t5"])
+def test_statistics_alone_equal_statistics_in_a_padded_batch(tiny_model_path, arch):
+    loaded = load_model(str(tiny_model_path(arch)), device="cpu")
+    cfg = _config(batch_size=len(TEXTS), texts_per_part=100)
+    recs = list(iter_records(TEXTS, cfg, model=loaded))
+    assert [r.text_id for r in recs] == list(range(len(TEXTS)))
+    lengths = {r.n_tokens for r in recs}
+    assert len(lengths) > 2  # one batch of very different lengths: real padding
+    for rec in recs:
+        _assert_same(rec.values, statistics_of(extract(rec.text, loaded), cfg), f"{arch} text {rec.text_id}")
+
+
+@pytest.mark.slow
+def test_minilm_statistics_match_extract_alone(minilm):
+    cfg = _config(batch_size=8, layers=(0, 3, 5), heads=(1, 2, 9))
+    recs = list(iter_records(TEXTS, cfg, model=minilm))
+    for rec in recs:
+        alone = extract(rec.text, minilm, layers=[0, 3, 5], heads=[1, 2, 9])
+        assert rec.values["entropy"].shape == (3, 3)
+        _assert_same(rec.values, statistics_of(alone, cfg), f"text {rec.text_id}")
+    # the probe is the word-level weight she -> Emily, read straight off the word view
+    words = extract(TEXTS[0], minilm, words=True, layers=[0, 3, 5], heads=[1, 2, 9])
+    i, j = words.tokens.index("she"), words.tokens.index("Emily")
+    np.testing.assert_allclose(recs[0].values["probe_she_emily_ab"], words.attn[:, :, i, j], atol=1e-5)
+    np.testing.assert_allclose(recs[0].values["probe_she_emily_ba"], words.attn[:, :, j, i], atol=1e-5)
+    assert np.isnan(recs[1].values["probe_she_emily_ab"]).all()  # "The cat sat." has neither word
+
+
+def test_only_asked_statistics_are_computed(tiny_bert):
+    cfg = make_config(statistics="entropy", plots=False)
+    assert stat_columns(cfg) == ["entropy"]
+    (rec,) = iter_records(["the cat sat"], cfg, model=tiny_bert)
+    assert list(rec.values) == ["entropy"]
+    frame = records_frame(["the cat sat", "a dog"], cfg, model=tiny_bert)
+    assert list(frame.columns) == ["text_id", "layer", "head", "n_tokens", "entropy"]
+    assert len(frame) == 2 * 2 * 4
+
+
+def test_too_long_texts_are_rejected_or_cut(tiny_bert):
+    long = "the cat sat on the mat " * 4  # about 26 tokens
+    rejects: list[Reject] = []
+    recs = list(
+        iter_records(["short one", long], _config(max_length=12), model=tiny_bert, on_reject=rejects.append)
+    )
+    assert [r.text_id for r in recs] == [0]
+    assert rejects[0].reason == "too_long" and "--truncate" in rejects[0].detail
+    cut = list(iter_records([long], _config(max_length=12, truncate=True), model=tiny_bert))
+    assert cut[0].n_tokens == 12 and cut[0].truncated > 0
+
+
+def test_buckets_limit_padding_and_memory(tiny_bert):
+    from attnviz.batch import Analyzer
+
+    cfg = make_config(batch_size=3, attention_memory_mb=1)
+    analyzer = Analyzer(tiny_bert, cfg)
+    items = [Item(i, i + 1, "cat " * (1 + (i * 7) % 60)) for i in range(12)]  # 3-62 tokens
+    batches, rejects = analyzer.bucket(items)
+    assert not rejects
+    assert sorted(e.item.text_id for b in batches for e in b) == list(range(12))
+    for b in batches:
+        lengths = [e.n_tokens for e in b]
+        assert len(b) <= 3 and lengths == sorted(lengths)
+    ranges = sorted((b[0].n_tokens, b[-1].n_tokens) for b in batches)
+    for (_, hi), (lo, _) in itertools.pairwise(ranges):
+        assert hi <= lo  # bucketed by length: batches do not overlap
+    tight = Analyzer(tiny_bert, make_config(batch_size=32, attention_memory_mb=1))
+    one_mb = 2**20 // (2 * 4 * 4)  # [q, k] entries per MiB for 2 layers x 4 heads of float32
+    tight_batches = tight.bucket(items)[0]
+    assert len(tight_batches) > 1  # the budget, not batch_size, cut them
+    for b in tight_batches:
+        assert len(b) == 1 or len(b) * b[-1].n_tokens ** 2 <= one_mb
+
+
+# -- the output folder ----------------------------------------------------------------------
+def test_run_writes_parts_summary_and_rejects(tiny_bert, tmp_path):
+    corpus = tmp_path / "c.txt"
+    lines = _corpus_lines(tmp_path, 10)
+    lines[3] = ""
+    corpus.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = tmp_path / "out"
+    seen = []
+    result = run_batch_analysis(corpus, _config(plots=True), out, model=tiny_bert, progress=seen.append)
+    assert (result.processed, result.rejected, result.status) == (9, 1, "complete")
+    assert seen[-1].done == 10 and seen[-1].total == 10
+    assert len(list((out / HEADS_DIR).glob("part-*.parquet"))) == 3  # 4 texts per part
+    # the read-back line of the README: side files never get in the way
+    frame = pd.read_parquet(out)
+    assert len(frame) == 9 * 2 * 4
+    assert frame.groupby(["text_id", "layer", "head"]).size().max() == 1
+    assert sorted(frame.text_id.unique()) == [i for i in range(10) if i != 3]
+    lowest = frame.groupby(["layer", "head"])["entropy"].mean().nsmallest(3)
+    assert len(lowest) == 3
+    # summary: mean, std (sample) and count per head equal pandas on the long table
+    summary = pd.read_csv(out / SUMMARY_FILE)
+    expect = frame.groupby(["layer", "head"])["entropy"].agg(["mean", "std", "count"]).reset_index()
+    np.testing.assert_allclose(summary["entropy_mean"], expect["mean"], rtol=1e-5)
+    np.testing.assert_allclose(summary["entropy_std"], expect["std"], rtol=1e-4)
+    assert (summary["entropy_count"] == expect["count"]).all()
+    assert (summary["probe_she_emily_ab_count"] < 9).all()  # only texts holding both words count
+    assert set(summary["role"]) <= {
+        "self",
+        "previous",
+        "next",
+        "first",
+        "last_sep",
+        "punctuation",
+        "broad",
+        "mixed",
+    }
+    assert (out / "_plots" / "entropy.png").is_file() and (out / "_plots" / "role.png").is_file()
+    rejects = [json.loads(x) for x in (out / REJECTS_FILE).read_text().splitlines()]
+    assert rejects == [{"text_id": 3, "line": 4, "reason": "empty", "detail": "empty text", "excerpt": ""}]
+    run = json.loads((out / RUN_FILE).read_text())
+    assert run["status"] == "complete" and run["counts"]["texts"] == 9 and run["counts"]["rejected"] == 1
+    assert run["config"]["probes"][0]["name"] == "she_emily" and "torch" in run["versions"]
+    assert run["timings"]["forward_s"] >= 0
+    with_texts = read_results(out, texts=True)
+    assert with_texts.loc[with_texts.text_id == 0, "text"].iloc[0] == lines[0]
+
+
+def test_refuses_another_run_unless_overwrite(tiny_bert, tmp_path):
+    out = tmp_path / "out"
+    run_batch_analysis(["a cat", "a dog"], _config(), out, model=tiny_bert)
+    with pytest.raises(InputError, match=r"already holds this run.*--resume"):
+        run_batch_analysis(["a cat", "a dog"], _config(), out, model=tiny_bert)
+    with pytest.raises(InputError, match=r"already holds a different run.*--overwrite"):
+        run_batch_analysis(["a cat"], _config(statistics="entropy"), out, model=tiny_bert)
+    with pytest.raises(InputError, match=r"different settings \(statistics\)"):
+        run_batch_analysis(["a cat"], _config(statistics="entropy"), out, model=tiny_bert, resume=True)
+    done = run_batch_analysis(["a cat"], _config(statistics="entropy"), out, model=tiny_bert, overwrite=True)
+    assert done.processed == 1 and len(pd.read_parquet(out)) == 8
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match="not empty"):
+        run_batch_analysis(["a cat"], _config(), foreign, model=tiny_bert)
+    run_batch_analysis(["a cat"], _config(), foreign, model=tiny_bert, overwrite=True)
+    assert (foreign / "notes.txt").read_text() == "mine"  # overwrite removes only our own files
+
+
+def test_resume_after_a_crash_neither_duplicates_nor_skips(tiny_bert, tmp_path):
+    lines = _corpus_lines(tmp_path, 14)
+    lines[5] = ""
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = tmp_path / "out"
+
+    class Crash(Exception):
+        pass
+
+    calls = {"n": 0}
+
+    def crash_after_first_part(p):
+        calls["n"] += 1
+        if p.processed >= 4 and (out / HEADS_DIR / "part-00000.parquet").exists():
+            raise Crash
+
+    with pytest.raises(Crash):
+        run_batch_analysis(
+            corpus, _config(batch_size=2), out, model=tiny_bert, progress=crash_after_first_part
+        )
+    assert json.loads((out / RUN_FILE).read_text())["status"] == "failed"
+    partial = pd.read_parquet(out)
+    assert 0 < partial.text_id.nunique() < 13
+    # debris of a write cut short, and a texts part whose statistics part never landed
+    (out / HEADS_DIR / ".part-00009.parquet.tmp").write_bytes(b"half")
+    (out / "_texts" / "part-00007.parquet").write_bytes(b"orphan")
+    with open(out / REJECTS_FILE, "a") as f:
+        f.write('{"text_id": 99, "li')  # a reject line cut short by the kill
+    result = run_batch_analysis(corpus, _config(batch_size=2), out, model=tiny_bert, resume=True)
+    assert result.resumed == partial.text_id.nunique()
+    assert result.resumed + result.processed == 13
+    frame = pd.read_parquet(out)
+    assert sorted(frame.text_id.unique()) == [i for i in range(14) if i != 5]
+    assert frame.groupby(["text_id", "layer", "head"]).size().max() == 1
+    rejects = (out / REJECTS_FILE).read_text().splitlines()
+    assert [json.loads(x)["text_id"] for x in rejects] == [5]  # not written twice
+    assert not (out / HEADS_DIR / ".part-00009.parquet.tmp").exists()
+    assert not (out / "_texts" / "part-00007.parquet").exists()
+    texts = pd.read_parquet(out / "_texts")
+    assert sorted(texts.text_id) == sorted(frame.text_id.unique())
+    run = json.loads((out / RUN_FILE).read_text())
+    assert run["status"] == "complete" and len(run["sessions"]) == 2
+
+
+def test_interrupt_keeps_complete_batches(tiny_bert, tmp_path):
+    out = tmp_path / "out"
+
+    def interrupt(p):
+        if p.processed >= 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_batch_analysis(
+            _corpus_lines(tmp_path, 12),
+            _config(batch_size=3, texts_per_part=100),
+            out,
+            model=tiny_bert,
+            progress=interrupt,
+        )
+    run = json.loads((out / RUN_FILE).read_text())
+    assert run["status"] == "interrupted"
+    assert pd.read_parquet(out).text_id.nunique() == 3  # the finished batch was committed on the way out
+
+
+def test_save_attention_writes_the_raw_tensors(tiny_bert, tmp_path):
+    from safetensors.numpy import load_file
+
+    out = tmp_path / "out"
+    run_batch_analysis(TEXTS[:3], _config(save_attention=True, layers=(1,)), out, model=tiny_bert)
+    shards = sorted((out / "_attention").glob("*.safetensors"))
+    assert shards
+    arrays = {k: v for s in shards for k, v in load_file(s).items()}
+    assert sorted(arrays) == ["0", "1", "2"]
+    for i in range(3):
+        np.testing.assert_allclose(arrays[str(i)], extract(TEXTS[i], tiny_bert, layers=[1]).attn, atol=1e-5)
+
+
+def test_summarise_streams_parts(tiny_bert, tmp_path):
+    out = tmp_path / "out"
+    run_batch_analysis(
+        _corpus_lines(tmp_path, 9), _config(texts_per_part=2, statistics="entropy"), out, model=tiny_bert
+    )
+    summary = summarise(out)
+    frame = pd.read_parquet(out)
+    expect = frame.groupby(["layer", "head"])["entropy"].std().to_numpy()
+    np.testing.assert_allclose(summary["entropy_std"], expect, rtol=1e-4)
+    assert "role" not in summary  # no pattern scores kept, so no roles

@@ -1,0 +1,192 @@
+"""`attnviz batch` on the command line: outputs, config files, rejects, refusals, kill and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from attnviz.cli import app
+
+runner = CliRunner()
+pytestmark = pytest.mark.slow  # every test here runs the bundled MiniLM
+
+SENTENCES = [
+    "Emily always wanted to visit Paris so she took some French lessons.",
+    "The trophy did not fit in the suitcase because it was too big.",
+    "The cat sat on the mat, and the cat slept.",
+    "Attention is a weighted average of value vectors.",
+    "A dog chased the cat across the garden while the bird sang.",
+]
+
+
+def _corpus(path: Path, n: int, extra: bytes = b"") -> Path:
+    lines = [f"{SENTENCES[i % len(SENTENCES)]} This is sentence number {i}." for i in range(n)]
+    path.write_bytes(("\n".join(lines) + "\n").encode() + extra)
+    return path
+
+
+def _one_line_error(result, *needles: str) -> None:
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for needle in needles:
+        assert needle in lines[0]
+
+
+def test_batch_end_to_end(minilm, tmp_path):
+    corpus = _corpus(tmp_path / "c.txt", 6, extra=b"\n\xff\xfe\n" + b"word " * 600 + b"\n")
+    result = runner.invoke(
+        app, ["batch", str(corpus), "-o", "out", "--probe", "she:Emily", "--layers", "0,5"]
+    )
+    assert result.exit_code == 0, result.output
+    last = result.stdout.strip().splitlines()[-1]
+    assert last.startswith("done: 6 texts processed, 3 rejected") and "texts/s" in last
+    assert "━" not in result.stderr  # no progress bar when stderr is not a terminal
+    frame = pd.read_parquet("out")  # the README's read-back line
+    assert len(frame) == 6 * 2 * 12 and set(frame.layer) == {0, 5}
+    lowest = frame.groupby(["layer", "head"])["entropy"].mean().nsmallest(5)
+    assert len(lowest) == 5
+    assert {"probe_she_emily_ab", "probe_she_emily_ba", "pattern_first"} <= set(frame.columns)
+    reasons = [json.loads(x)["reason"] for x in Path("out/_rejects.jsonl").read_text().splitlines()]
+    assert reasons == ["empty", "undecodable", "too_long"]
+    for name in ("_summary.csv", "_run.json", "_plots/entropy.png", "_plots/role.png"):
+        assert (Path("out") / name).is_file(), name
+    run = json.loads(Path("out/_run.json").read_text())
+    assert run["counts"] == {"texts": 6, "rejected": 3, "parts": 1, "rows": 144}
+    # --truncate keeps the long line instead
+    again = runner.invoke(app, ["batch", str(corpus), "-o", "out", "--truncate", "--overwrite", "--json"])
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["processed"] == 7
+
+
+def _readme_block(needle: str) -> str:
+    """The README's python block holding `needle` (README.md, else the batch fragment in docs/)."""
+    root = Path(__file__).resolve().parents[1]
+    for doc in (root / "README.md", root / "docs" / "README-batch.md"):
+        if doc.is_file():
+            for block in re.findall(r"```python\n(.*?)```", doc.read_text(encoding="utf-8"), re.S):
+                if needle in block:
+                    return block
+    raise AssertionError(f"no README python block holds {needle!r}")
+
+
+def test_readme_read_back_lines_run(minilm, tmp_path, capsys):
+    corpus = _corpus(tmp_path / "c.txt", 4)
+    assert runner.invoke(app, ["batch", str(corpus), "-o", "out", "--no-plots"]).exit_code == 0
+    block = _readme_block('pd.read_parquet("out")')
+    assert len(block.strip().splitlines()) == 3  # the three-line example
+    exec(compile(block, "README", "exec"), {})
+    printed = capsys.readouterr().out
+    assert "entropy" in printed and "layer" in printed
+
+
+def test_config_file_with_command_line_overrides(minilm, tmp_path):
+    Path("configs").mkdir()
+    Path("configs/mine.toml").write_text(
+        '[statistics]\nkeep = ["entropy"]\n[output]\nplots = false\n'
+        '[[probes]]\nname = "it_trophy"\na = "it"\nb = "trophy"\n'
+    )
+    shown = runner.invoke(
+        app, ["batch", "x.txt", "-o", "out", "-c", "mine", "--stats", "entropy,special", "--show-config"]
+    )
+    assert shown.exit_code == 0, shown.output
+    assert 'keep = ["entropy", "special"]' in shown.stdout and 'name = "it_trophy"' in shown.stdout
+    corpus = _corpus(tmp_path / "c.jsonl", 0)
+    corpus.write_text("\n".join(json.dumps({"body": s}) for s in SENTENCES) + "\n")
+    result = runner.invoke(
+        app,
+        ["batch", str(corpus), "-o", "out", "-c", "mine", "--field", "body", "--stats", "entropy,special"],
+    )
+    assert result.exit_code == 0, result.output
+    frame = pd.read_parquet("out")
+    assert list(frame.columns) == [
+        "text_id",
+        "layer",
+        "head",
+        "n_tokens",
+        "entropy",
+        "special",
+        "probe_it_trophy_ab",
+        "probe_it_trophy_ba",
+    ]
+    assert frame.loc[frame.text_id == 1, "probe_it_trophy_ab"].notna().all()
+    assert frame.loc[frame.text_id == 0, "probe_it_trophy_ab"].isna().all()
+    assert not Path("out/_plots").exists()
+
+
+def test_standard_input_and_refusals(minilm):
+    result = runner.invoke(
+        app, ["batch", "-", "-o", "out", "--stats", "entropy"], input="one text\ntwo texts\n"
+    )
+    assert result.exit_code == 0, result.output
+    assert "done: 2 texts processed, 0 rejected" in result.stdout
+    same = runner.invoke(app, ["batch", "-", "-o", "out", "--stats", "entropy"], input="one text\n")
+    _one_line_error(same, "already holds this run", "--resume")
+    other = runner.invoke(app, ["batch", "-", "-o", "out"], input="one text\n")
+    _one_line_error(other, "different run", "--overwrite")
+    _one_line_error(runner.invoke(app, ["batch", "missing.txt", "-o", "o2"]), "no such input file")
+    _one_line_error(runner.invoke(app, ["batch", "-", "-o", "o3", "--probe", "nocolon"]), "bad probe")
+    Path("t.csv").write_text("id,text\n1,hi\n")
+    _one_line_error(
+        runner.invoke(app, ["batch", "t.csv", "-o", "o4", "--column", "body"]), "no column 'body'"
+    )
+
+
+def _start(corpus: Path, out: Path) -> subprocess.Popen:
+    cmd = [sys.executable, "-c", "from attnviz.cli import main; main()", "batch", str(corpus), "-o", str(out)]
+    cmd += ["--batch-size", "1", "--texts-per-part", "10", "--threads", "1", "--no-plots"]
+    return subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy()
+    )
+
+
+def _wait_for_first_part(proc: subprocess.Popen, out: Path) -> None:
+    deadline = time.monotonic() + 120
+    while not (out / "heads" / "part-00000.parquet").exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "no part was committed in time"
+        time.sleep(0.02)
+
+
+def test_killed_run_resumes_without_duplicates_or_gaps(minilm, tmp_path):
+    corpus = _corpus(tmp_path / "c.txt", 300)
+    out = tmp_path / "out"
+    proc = _start(corpus, out)
+    _wait_for_first_part(proc, out)
+    proc.kill()  # SIGKILL: no chance to clean up
+    proc.wait()
+    run = json.loads((out / "_run.json").read_text())
+    assert run["status"] == "running"  # it never got to say otherwise
+    before = pd.read_parquet(out).text_id.nunique()
+    assert 10 <= before < 300
+    result = runner.invoke(app, ["batch", str(corpus), "-o", str(out), "--resume", "--no-plots"])
+    assert result.exit_code == 0, result.output
+    assert f"done: 300 texts processed ({300 - before} now, {before} before), 0 rejected" in result.stdout
+    frame = pd.read_parquet(out)
+    assert sorted(frame.text_id.unique()) == list(range(300))
+    assert frame.groupby(["text_id", "layer", "head"]).size().max() == 1
+    assert len(frame) == 300 * 72
+
+
+def test_sigterm_commits_finished_batches_and_says_how_to_resume(minilm, tmp_path):
+    corpus = _corpus(tmp_path / "c.txt", 300)
+    out = tmp_path / "out"
+    proc = _start(corpus, out)
+    _wait_for_first_part(proc, out)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "--resume" in err
+    run = json.loads((out / "_run.json").read_text())
+    assert run["status"] == "interrupted"
+    assert run["counts"]["texts"] == pd.read_parquet(out).text_id.nunique()

@@ -1,0 +1,151 @@
+"""Batch configuration: TOML files, their checks, and the command line overriding them."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from attnviz.config import (
+    DEFAULT_STATISTICS,
+    BatchConfig,
+    load_config,
+    make_config,
+    parse_index_list,
+    parse_probe,
+)
+from attnviz.errors import InputError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_defaults():
+    cfg = BatchConfig()
+    assert cfg.model == "minilm" and cfg.statistics == DEFAULT_STATISTICS and cfg.probes == ()
+    assert not cfg.save_attention and cfg.plots and cfg.layers is None
+
+
+@pytest.mark.parametrize("name", ["default", "coreference"])
+def test_shipped_configs_load(name):
+    cfg = make_config(REPO / "configs" / f"{name}.toml")
+    assert cfg.source and cfg.source.endswith(f"{name}.toml")
+    if name == "coreference":
+        assert cfg.probes and all(p.a and p.b for p in cfg.probes)
+    else:
+        assert cfg.model == "minilm" and not cfg.save_attention
+
+
+def test_default_toml_matches_the_defaults():
+    """configs/default.toml spells out the defaults: loading it changes nothing."""
+    cfg = make_config(REPO / "configs" / "default.toml")
+    assert cfg == BatchConfig()
+
+
+def test_bare_name_finds_configs_folder(tmp_path):
+    (tmp_path / "configs").mkdir()
+    _write(tmp_path / "configs" / "mine.toml", "[run]\nbatch_size = 8\n")
+    assert make_config("mine").batch_size == 8  # tests run in tmp_path (conftest)
+    with pytest.raises(InputError, match="no such config file"):
+        make_config("missing")
+
+
+def test_command_line_overrides_the_file(tmp_path):
+    path = _write(
+        tmp_path / "c.toml",
+        """
+[model]
+name = "smollm2"
+[run]
+batch_size = 8
+layers = "0-2"
+[statistics]
+keep = ["entropy"]
+[[probes]]
+a = "she"
+b = ["Emily", "Anna"]
+""",
+    )
+    from_file = make_config(path)
+    assert (from_file.model, from_file.batch_size, from_file.layers) == ("smollm2", 8, (0, 1, 2))
+    assert from_file.statistics == ("entropy",)
+    assert from_file.probes[0].name == "she_emily" and from_file.probes[0].b == ("Emily", "Anna")
+    # options left out (None) keep the file's values; given ones win
+    merged = make_config(path, model=None, batch_size=64, layers="all", probes=(parse_probe("it:cat"),))
+    assert merged.model == "smollm2" and merged.batch_size == 64 and merged.layers is None
+    assert [p.name for p in merged.probes] == ["it_cat"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[modle]\nname = 'x'\n", "unknown section"),
+        ("[run]\nbatchsize = 3\n", "unknown key 'batchsize'"),
+        ("[run]\nbatch_size = 'big'\n", "batch_size must be a whole number"),
+        ("[run]\nbatch_size = 0\n", "at least 1"),
+        ("[input]\ntruncate = 1\n", "truncate must be true or false"),
+        ("[statistics]\nkeep = ['entropy', 'vibes']\n", "unknown statistic 'vibes'"),
+        ("[statistics]\nkeep = []\n", "nothing to record"),
+        ("[[probes]]\na = 'x'\n", "needs a and b"),
+        ("[[probes]]\na = 'x'\nb = 'y'\n[[probes]]\na = 'x'\nb = 'y'\n", "used twice"),
+        ("[[probes]]\nname = 'a b'\na = 'x'\nb = 'y'\n", "letters, digits"),
+        ("[run]\nlayers = '0-x'\n", "bad layer list"),
+        ("not toml [", "not valid TOML"),
+    ],
+)
+def test_bad_files_are_one_line_errors(tmp_path, text, message):
+    path = _write(tmp_path / "bad.toml", text)
+    with pytest.raises(InputError, match=message) as info:
+        make_config(path)
+    assert "\n" not in str(info.value).strip()
+
+
+def test_probe_syntax():
+    p = parse_probe("he|she:Emily")
+    assert (p.name, p.a, p.b) == ("he_emily", ("he", "she"), ("Emily",))
+    assert p.columns == ("probe_he_emily_ab", "probe_he_emily_ba")
+    assert parse_probe("ante=it:trophy|suitcase").name == "ante"
+    assert parse_probe("@1:@-2").name == "at1_at_2"
+    for bad in ("nocolon", "a:b:c", ":b", "a:"):
+        with pytest.raises(InputError, match="probe"):
+            parse_probe(bad)
+
+
+def test_index_lists():
+    assert parse_index_list("0,2,4-5", "layer") == (0, 2, 4, 5)
+    assert parse_index_list("-1", "layer") == (-1,)
+    assert parse_index_list([1, 3], "head") == (1, 3)
+    assert parse_index_list("all", "head") is None and parse_index_list(None, "head") is None
+
+
+def test_statistics_shorthands():
+    assert make_config(statistics="all").statistics == DEFAULT_STATISTICS
+    assert make_config(statistics="entropy, special").statistics == ("entropy", "special")
+    assert make_config(statistics="none", probes=(parse_probe("a:b"),)).statistics == ()
+
+
+def test_to_toml_round_trips(tmp_path):
+    cfg = make_config(layers=(0, 1), threads=2, probes=(parse_probe("he|she:Emily"),), truncate=True)
+    text = cfg.to_toml()
+    tomllib.loads(text)  # valid TOML
+    again = make_config(_write(tmp_path / "round.toml", text))
+    assert again == cfg
+
+
+def test_identity_ignores_speed_settings():
+    a = make_config(batch_size=8, device="cpu", threads=1)
+    b = make_config(batch_size=64, device="auto")
+    assert a.identity() == b.identity()
+    assert a.identity() != make_config(layers=(0,)).identity()
+
+
+def test_load_config_reports_the_file(tmp_path):
+    path = _write(tmp_path / "x.toml", "[output]\nplots = false\ntexts_per_part = 100\n")
+    values = load_config(path)
+    assert values["plots"] is False and values["texts_per_part"] == 100
+    assert values["source"] == str(path)
