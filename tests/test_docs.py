@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from attnviz.cli import app
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
@@ -25,3 +27,14 @@ def test_readme_shows_the_two_commands_ci_runs():
     ci = (Path(__file__).resolve().parents[1] / ".ci" / "run").read_text()
     for line in ("bash scripts/setup.sh", ".venv/bin/python -m pytest"):
         assert line in README and line in ci
+
+
+@pytest.mark.slow
+def test_readme_python_api_block_runs(minilm, tmp_path, monkeypatch):
+    start = README.index("## Python API\n")
+    block = README[start:].split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(block, "README.md", "exec"), namespace)
+    assert namespace["att"].attn.shape == (1, 12, 8, 8)
+    assert (tmp_path / "layer1.png").is_file() and (tmp_path / "paris.npz").is_file()

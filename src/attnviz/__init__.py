@@ -26,11 +26,16 @@ _EXPORTS = {
     "head_patterns": "attnviz.patterns",
     "row_entropy": "attnviz.patterns",
     "induction_scores": "attnviz.induction",
+    "run_batch_analysis": "attnviz.batch",
+    "iter_records": "attnviz.batch",
+    "BatchConfig": "attnviz.config",
 }
 
 __all__ = [*_EXPORTS, "__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover
+    from attnviz.batch import iter_records, run_batch_analysis  # noqa: F401
+    from attnviz.config import BatchConfig  # noqa: F401
     from attnviz.errors import AttnvizError  # noqa: F401
     from attnviz.extract import QKV, Attention, extract, extract_batch  # noqa: F401
     from attnviz.induction import induction_scores  # noqa: F401
