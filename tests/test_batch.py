@@ -30,7 +30,7 @@ from attnviz.batch import (
 )
 from attnviz.config import BatchConfig, make_config, parse_probe
 from attnviz.errors import InputError
-from attnviz.extract import extract
+from attnviz.extraction import extract
 from attnviz.models import load_model
 
 TEXTS = [

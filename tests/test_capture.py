@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from attnviz.extract import extract
+from attnviz.extraction import extract
 from attnviz.models import load_model
 
 TEXT = "The cat sat on the mat, transformers attend."

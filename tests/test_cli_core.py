@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from attnviz.cli import app
-from attnviz.extract import Attention
+from attnviz.extraction import Attention
 
 runner = CliRunner()
 

@@ -152,7 +152,7 @@ def test_heads_induction_on_a_tiny_causal_model(llama, tmp_path):
 
 @pytest.mark.slow
 def test_minilm_seed_sentence_paris_french(minilm, seed_text):
-    from attnviz.extract import extract
+    from attnviz.extraction import extract
 
     result = _ok(["find-head", "paris", "french", "--text", seed_text, "--json"])
     rows = json.loads(result.stdout)

@@ -104,7 +104,7 @@ def test_one_head_to_png_with_size_and_dpi(minilm, figures, tmp_path):
 
 
 def minilm_head(loaded, layer, head):
-    from attnviz.extract import extract
+    from attnviz.extraction import extract
 
     return extract(SEED, loaded, layers=[layer], heads=[head]).head(layer, head)
 

@@ -7,7 +7,7 @@ import pytest
 
 from attnviz.errors import InputError, TokenNotFoundError
 from attnviz.explain import explain, explain_head
-from attnviz.extract import extract
+from attnviz.extraction import extract
 from attnviz.patterns import row_entropy_of
 from attnviz.tokens import positions, positions_of
 

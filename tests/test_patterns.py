@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from attnviz.extract import Attention
+from attnviz.extraction import Attention
 from attnviz.patterns import (
     PATTERNS,
     ROLE_NAMES,

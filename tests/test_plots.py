@@ -12,7 +12,7 @@ import pytest
 
 from attnviz import plots
 from attnviz.errors import InputError
-from attnviz.extract import Attention
+from attnviz.extraction import Attention
 
 TOKENS = ("[CLS]", "the", "cat", "costs", "$5", "[SEP]")
 

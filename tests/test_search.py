@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from attnviz.errors import InputError, TokenNotFoundError
-from attnviz.extract import Attention, extract
+from attnviz.extraction import Attention, extract
 from attnviz.search import combine, find_heads, pair_scores, parse_occurrence, rank, resolve, resolve_pair
 
 # Every word after "Emily" is split into pieces by all three tiny tokenizers; two words repeat.
@@ -159,7 +159,7 @@ def test_direction_top_and_layers(family):
 
 def test_many_texts_rank_by_the_mean_over_texts_with_both_words(family):
     _, loaded, _ = family
-    from attnviz.extract import extract_batch
+    from attnviz.extraction import extract_batch
 
     texts = ["the cat sat on the mat", "a dog slept", "the mat and the cat"]
     atts = extract_batch(texts, loaded)

@@ -15,10 +15,10 @@ _EXPORTS = {
     "resolve_model": "attnviz.models",
     "LoadedModel": "attnviz.models",
     "BUNDLED": "attnviz.models",
-    "extract": "attnviz.extract",
-    "extract_batch": "attnviz.extract",
-    "Attention": "attnviz.extract",
-    "QKV": "attnviz.extract",
+    "extract": "attnviz.extraction",
+    "extract_batch": "attnviz.extraction",
+    "Attention": "attnviz.extraction",
+    "QKV": "attnviz.extraction",
     "AttnvizError": "attnviz.errors",
     "find_heads": "attnviz.search",
     "HeadScore": "attnviz.search",
@@ -37,7 +37,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from attnviz.batch import iter_records, run_batch_analysis  # noqa: F401
     from attnviz.config import BatchConfig  # noqa: F401
     from attnviz.errors import AttnvizError  # noqa: F401
-    from attnviz.extract import QKV, Attention, extract, extract_batch  # noqa: F401
+    from attnviz.extraction import QKV, Attention, extract, extract_batch  # noqa: F401
     from attnviz.induction import induction_scores  # noqa: F401
     from attnviz.models import BUNDLED, LoadedModel, load_model, resolve_model  # noqa: F401
     from attnviz.patterns import head_patterns, pattern_scores, row_entropy  # noqa: F401

@@ -48,7 +48,7 @@ from attnviz.errors import InputError, TokenNotFoundError
 if TYPE_CHECKING:
     import pandas as pd
 
-    from attnviz.extract import Attention, Encoded
+    from attnviz.extraction import Attention, Encoded
     from attnviz.models import LoadedModel
 
 RUN_FORMAT = 1
@@ -422,7 +422,7 @@ class Analyzer:
     """Runs batches through a loaded model and turns recorded attention into statistics."""
 
     def __init__(self, loaded: LoadedModel, config: BatchConfig) -> None:
-        from attnviz.extract import check_index
+        from attnviz.extraction import check_index
 
         self.loaded = loaded
         self.config = config
@@ -506,7 +506,7 @@ class Analyzer:
         """Pad a batch's stored tokenisation (as extract.tokenize would), or tokenise it again."""
         import torch
 
-        from attnviz.extract import Encoded, tokenize
+        from attnviz.extraction import Encoded, tokenize
 
         texts = [e.item.text for e in batch]
         if any(e.ids is None for e in batch):
@@ -567,7 +567,7 @@ class Analyzer:
             "attention_mask": enc.attention_mask.to(loaded.device),
         }
         if loaded.capture.encoder_decoder:  # statistics use the encoder; the decoder reads the text
-            from attnviz.extract import _decoder_inputs
+            from attnviz.extraction import _decoder_inputs
 
             dec = _decoder_inputs(loaded, enc, None, len(enc.texts))
             inputs["decoder_input_ids"] = dec.input_ids.to(loaded.device)

@@ -13,7 +13,7 @@ from attnviz.errors import InputError
 from attnviz.toy import Steps, five_steps
 
 if TYPE_CHECKING:
-    from attnviz.extract import Attention
+    from attnviz.extraction import Attention
     from attnviz.models import LoadedModel
 
 
@@ -79,7 +79,7 @@ def explain(
     dtype: str | None = "float32",
 ) -> Explained:
     """Run the model on `text`, capturing one head's vectors, and return its five steps."""
-    from attnviz.extract import extract
+    from attnviz.extraction import extract
 
     att = extract(
         text, model, layers=[layer], heads=[head], qkv=True, truncate=truncate, device=device, dtype=dtype

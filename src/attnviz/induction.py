@@ -17,7 +17,7 @@ import numpy as np
 from attnviz.errors import InputError
 
 if TYPE_CHECKING:
-    from attnviz.extract import Encoded
+    from attnviz.extraction import Encoded
     from attnviz.models import LoadedModel
 
 SCORES = ("induction", "duplicate")
@@ -109,7 +109,7 @@ def random_repeats(loaded: LoadedModel, seq_len: int, batch: int, seed: int) -> 
     """`batch` sequences of `seq_len` distinct random ordinary tokens, each repeated twice."""
     import torch
 
-    from attnviz.extract import Encoded
+    from attnviz.extraction import Encoded
 
     tok = loaded.tokenizer
     vocab = int(getattr(loaded.model.config, "vocab_size", 0) or len(tok))
@@ -152,7 +152,7 @@ def induction_scores(
     chunk: int = 8,
 ) -> InductionResult:
     """Run the repeated-random-tokens test; causal models only."""
-    from attnviz.extract import check_index, run_batch
+    from attnviz.extraction import check_index, run_batch
 
     if not loaded.causal:
         raise InputError(

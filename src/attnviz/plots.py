@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
     from matplotlib.image import AxesImage
 
-    from attnviz.extract import Attention
+    from attnviz.extraction import Attention
     from attnviz.patterns import RowEntropy
 
 DEFAULT_CMAP = "viridis"

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from attnviz.errors import TokenNotFoundError
 
 if TYPE_CHECKING:
-    from attnviz.extract import Attention
+    from attnviz.extraction import Attention
 
 WORD_RE = re.compile(r"\w+(?:['’]\w+)*|[^\w\s]")
 _PIECE_MARKS = ("Ġ", "▁", "Ċ", "##")

@@ -48,7 +48,7 @@ def extract_cmd(
 ) -> None:
     """Extract per-layer, per-head attention for a text and save it with its tokens."""
     from attnviz.errors import InputError
-    from attnviz.extract import extract
+    from attnviz.extraction import extract
 
     body = read_text(text, file)
     if output is not None and output.suffix.lower() not in (".safetensors", ".npz"):

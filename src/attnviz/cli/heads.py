@@ -26,7 +26,7 @@ from attnviz.cli._options import (
 )
 
 if TYPE_CHECKING:
-    from attnviz.extract import Attention
+    from attnviz.extraction import Attention
     from attnviz.induction import InductionResult
     from attnviz.patterns import PatternTable
     from attnviz.search import HeadSearch
@@ -71,7 +71,7 @@ def _stream(
     chunk: int = 32,
 ) -> Iterator[Attention]:
     """Extract `chunk` texts at a time, so a long --file never holds every tensor at once."""
-    from attnviz.extract import extract_batch
+    from attnviz.extraction import extract_batch
 
     for start in range(0, len(texts), chunk):
         yield from extract_batch(
@@ -138,7 +138,7 @@ def find_head_cmd(
     else:
         _print_ranking(result)
     if plot is not None:
-        from attnviz.extract import extract
+        from attnviz.extraction import extract
 
         first = extract(texts[result.used[0]], loaded, layers=layer_list, truncate=truncate)
         _plot_best(result, first, plot)

@@ -164,7 +164,7 @@ def heatmap_cmd(
 ) -> None:
     """Draw attention as a heatmap: one head (--layer --head), several (--heads), a layer, its mean
     (--average), or with no selection the whole model as a layers x heads grid. Prints the path."""
-    from attnviz.extract import extract
+    from attnviz.extraction import extract
     from attnviz.outputs import check_output, slug
     from attnviz.plots import annotate_limit, attention_figure
     from attnviz.tokens import positions_of
@@ -221,7 +221,7 @@ def entropy_cmd(
 ) -> None:
     """Row entropy of attention in bits: per query token for one head (--layer --head), with the
     uniform bound for reference; otherwise the mean of every head as a layers x heads heatmap."""
-    from attnviz.extract import extract
+    from attnviz.extraction import extract
     from attnviz.outputs import check_output, slug
     from attnviz.patterns import row_entropy_of
     from attnviz.plots import entropy_figure
@@ -359,7 +359,7 @@ def explain_cmd(
     it computed for this text: scores, scaling, mask, softmax, weighted sum of values."""
     from attnviz.errors import InputError
     from attnviz.explain import explain_head
-    from attnviz.extract import extract
+    from attnviz.extraction import extract
     from attnviz.tokens import positions
     from attnviz.toy import format_focus, format_steps
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from attnviz.errors import InputError, TextTooLongError
-from attnviz.extract import Attention, extract, extract_batch
+from attnviz.extraction import Attention, extract, extract_batch
 from attnviz.models import load_model
 
 TEXTS = ["The cat sat.", "Transformers are great; transformers attend to tokens in Paris.", "A dog"]
