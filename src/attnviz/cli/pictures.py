@@ -108,9 +108,31 @@ def _note(message: str) -> None:
     typer.echo(f"note: {message}", err=True)
 
 
-def _extracted(att: Any) -> None:
+def _extract_selection(
+    text: str | None,
+    file: Path | None,
+    layer: int | None,
+    head_list: list[int] | None,
+    words: bool,
+    truncate: bool,
+    output: Path | None,
+    load_args: tuple[str, str, str, bool],
+) -> tuple[str, Any, Any]:
+    """Read the text, check -o before loading, load the model, extract the selection.
+
+    Returns (text, loaded model, Attention); a truncation is reported as a note.
+    """
+    from attnviz.extraction import extract
+    from attnviz.outputs import check_output
+
+    body = read_text(text, file)
+    check_output(output)
+    loaded = load(*load_args)
+    layers = [layer] if layer is not None else None
+    att = extract(body, loaded, layers=layers, heads=head_list, words=words, truncate=truncate)
     if att.truncated:
         _note(f"cut {att.truncated} tokens to fit the model's limit")
+    return body, loaded, att
 
 
 def _heads_arg(head: int | None, heads: str | None) -> list[int] | None:
@@ -164,25 +186,15 @@ def heatmap_cmd(
 ) -> None:
     """Draw attention as a heatmap: one head (--layer --head), several (--heads), a layer, its mean
     (--average), or with no selection the whole model as a layers x heads grid. Prints the path."""
-    from attnviz.extraction import extract
-    from attnviz.outputs import check_output, slug
+    from attnviz.outputs import slug
     from attnviz.plots import annotate_limit, attention_figure
     from attnviz.tokens import positions_of
 
-    body = read_text(text, file)
     head_list = _heads_arg(head, heads)
     style = _style(vmax, cmap, dpi, size)
-    check_output(output)
-    loaded = load(model, device, dtype, trust_remote_code)
-    att = extract(
-        body,
-        loaded,
-        layers=[layer] if layer is not None else None,
-        heads=head_list,
-        words=words,
-        truncate=truncate,
+    body, loaded, att = _extract_selection(
+        text, file, layer, head_list, words, truncate, output, (model, device, dtype, trust_remote_code)
     )
-    _extracted(att)
     marks = positions_of(att, _words(highlight))
     if annotate:
         limit = annotate_limit(len(att.layers), len(att.heads), average)
@@ -221,26 +233,16 @@ def entropy_cmd(
 ) -> None:
     """Row entropy of attention in bits: per query token for one head (--layer --head), with the
     uniform bound for reference; otherwise the mean of every head as a layers x heads heatmap."""
-    from attnviz.extraction import extract
-    from attnviz.outputs import check_output, slug
+    from attnviz.outputs import slug
     from attnviz.patterns import row_entropy_of
     from attnviz.plots import entropy_figure
     from attnviz.tokens import positions_of
 
-    body = read_text(text, file)
     head_list = _heads_arg(head, heads)
     style = _style("auto", cmap, dpi, size)
-    check_output(output)
-    loaded = load(model, device, dtype, trust_remote_code)
-    att = extract(
-        body,
-        loaded,
-        layers=[layer] if layer is not None else None,
-        heads=head_list,
-        words=words,
-        truncate=truncate,
+    body, loaded, att = _extract_selection(
+        text, file, layer, head_list, words, truncate, output, (model, device, dtype, trust_remote_code)
     )
-    _extracted(att)
     ent = row_entropy_of(att)
     marks = positions_of(att, _words(highlight))
     path = None
@@ -372,7 +374,8 @@ def explain_cmd(
         raise InputError(f"bad --decimals {decimals}: use 0-10")
     loaded = load(model, device, dtype, trust_remote_code)
     att = extract(body, loaded, layers=[layer], heads=[head], qkv=True, truncate=truncate)
-    _extracted(att)
+    if att.truncated:
+        _note(f"cut {att.truncated} tokens to fit the model's limit")
     ex = explain_head(att, att.layers[0], att.heads[0])
     q_pos = k_pos = None
     if query is not None:
