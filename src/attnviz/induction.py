@@ -63,13 +63,10 @@ class InductionResult:
         if by not in SCORES:
             raise InputError(f"unknown score '{by}': use {' or '.join(SCORES)}")
         key = self.induction if by == "induction" else self.duplicate
-        order = np.argsort(-key.ravel(), kind="stable")
-        if top is not None:
-            order = order[: max(top, 0)]
-        n_heads = key.shape[1]
+        from attnviz.search import ranked_positions
+
         out = []
-        for r, idx in enumerate(order, start=1):
-            li, hi = divmod(int(idx), n_heads)
+        for r, (li, hi) in enumerate(ranked_positions(key, top), start=1):
             out.append(
                 InductionScore(
                     rank=r,

@@ -117,6 +117,14 @@ def combine(a2b: np.ndarray, b2a: np.ndarray, direction: str) -> np.ndarray:
     raise InputError(f"unknown direction '{direction}': use {', '.join(DIRECTIONS)}")
 
 
+def ranked_positions(score: np.ndarray, top: int | None = None) -> list[tuple[int, int]]:
+    """(layer row, head column) pairs of a [layers, heads] score, best first; ties in layer-head order."""
+    order = np.argsort(-score.ravel(), kind="stable")
+    if top is not None:
+        order = order[: max(top, 0)]
+    return [divmod(int(idx), score.shape[1]) for idx in order]
+
+
 def rank(
     score: np.ndarray,
     a2b: np.ndarray,
@@ -128,19 +136,14 @@ def rank(
 ) -> tuple[HeadScore, ...]:
     """Heads by descending score; ties keep layer-then-head order, as a brute-force loop would."""
     flat = score.ravel()
-    order = np.argsort(-flat, kind="stable")
-    if top is not None:
-        order = order[: max(top, 0)]
-    n_heads = score.shape[1]
     out = []
-    for r, idx in enumerate(order, start=1):
-        li, hi = divmod(int(idx), n_heads)
+    for r, (li, hi) in enumerate(ranked_positions(score, top), start=1):
         out.append(
             HeadScore(
                 rank=r,
                 layer=int(layers[li]),
                 head=int(heads[hi]),
-                score=float(flat[idx]),
+                score=float(flat[li * score.shape[1] + hi]),
                 a2b=float(a2b[li, hi]),
                 b2a=float(b2a[li, hi]),
                 role=str(roles[li, hi]) if roles is not None else "",
