@@ -381,3 +381,64 @@ def test_help_does_not_import_heavy_libraries():
     assert "HEAVY []" in out
     for option in ("--vmax", "--cmap", "--annotate", "--highlight", "--average", "--words", "--size"):
         assert option in out
+
+
+# -- encoder-decoder streams -------------------------------------------------------------------
+def test_cross_attention_of_one_head(tiny_model_path, figures, tmp_path):
+    from attnviz.extraction import extract
+    from attnviz.models import load_model
+
+    model = str(tiny_model_path("t5"))
+    out = tmp_path / "cross.png"
+    ok(
+        "heatmap",
+        "the cat sat",
+        "-m",
+        model,
+        "--stream",
+        "cross",
+        "--layer",
+        "1",
+        "--head",
+        "2",
+        "-o",
+        str(out),
+    )
+    att = extract("the cat sat", load_model(model, device="cpu"))
+    fig, path = figures[-1]
+    (ax,) = heat_axes(fig)
+    assert path == out and "cross-attention" in ax.get_title()
+    assert ticks(ax.yaxis) == att.decoder.labels and ticks(ax.xaxis) == att.labels
+    image = ax.get_images()[0].get_array()
+    assert image.shape == (att.decoder.n_tokens, att.n_tokens)
+    np.testing.assert_allclose(image, att.cross[1, 2], atol=1e-6)
+
+
+def test_decoder_stream_is_causal_and_hatched(tiny_model_path, figures, tmp_path):
+    model = str(tiny_model_path("t5"))
+    ok(
+        "heatmap",
+        "the cat sat",
+        "-m",
+        model,
+        "--stream",
+        "decoder",
+        "--layer",
+        "0",
+        "--head",
+        "1",
+        "-o",
+        str(tmp_path / "dec.png"),
+    )
+    fig, _ = figures[-1]
+    (ax,) = heat_axes(fig)
+    image = ax.get_images()[0].get_array()
+    assert image.mask[0, 1] and not image.mask[1, 0]  # the future is masked, not drawn as 0
+    assert ticks(ax.yaxis)[0] == "<pad>"  # the decoder's start token
+
+
+def test_stream_errors(tiny_model_path):
+    model = str(tiny_model_path("t5"))
+    bad("heatmap", "the cat", "-m", model, "--stream", "cross", "--layer", "1", match="one head")
+    bad("heatmap", "the cat", "-m", model, "--stream", "sideways", match="unknown --stream")
+    bad("heatmap", "the cat", "-m", str(tiny_model_path("bert")), "--stream", "decoder", match="no decoder")

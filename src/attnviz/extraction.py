@@ -77,6 +77,16 @@ class Attention:
             out["cross"] = self.cross
         return out
 
+    def stream(self, name: str) -> Attention:
+        """The square self-attention stream `name` as an Attention: `self`/`encoder` or `decoder`."""
+        if name in ("self", "encoder"):
+            return self
+        if name == "decoder":
+            if self.decoder is None:
+                raise InputError(f"{self.model} is not an encoder-decoder model: it has no decoder stream")
+            return self.decoder
+        raise InputError(f"unknown attention stream '{name}': use self, decoder or cross")
+
     def layer_pos(self, layer: int) -> int:
         """Row of `attn` holding model layer `layer`."""
         try:

@@ -479,6 +479,37 @@ def attention_figure(
     return overview(att.attn, layers, heads, title=title, dpi=dpi or OVERVIEW_DPI, **style)
 
 
+def cross_figure(
+    att: Attention,
+    layer: int,
+    head: int,
+    *,
+    vmax: float | None = None,
+    cmap: str = DEFAULT_CMAP,
+    annotate: bool = False,
+    dpi: float | None = None,
+    size: tuple[float, float] | None = None,
+) -> Figure:
+    """One head's cross-attention of an encoder-decoder model: decoder tokens (rows) read encoder tokens."""
+    from attnviz.errors import InputError
+
+    if att.cross is None or att.decoder is None:
+        raise InputError(f"{att.model} has no cross-attention: only encoder-decoder models do")
+    matrix = att.cross[att.layer_pos(layer), att.head_pos(head)]  # [decoder q, encoder k]
+    title = f"{att.model} · cross-attention · layer {layer} · head {head}"
+    return heatmap(
+        matrix,
+        att.decoder.labels,
+        att.labels,
+        title=title,
+        vmax=vmax,
+        cmap=cmap,
+        annotate=annotate,
+        dpi=dpi or DEFAULT_DPI,
+        size=size,
+    )
+
+
 def _ranges(values: Sequence[int]) -> str:
     if len(values) > 2 and list(values) == list(range(values[0], values[-1] + 1)):
         return f"{values[0]}-{values[-1]}"

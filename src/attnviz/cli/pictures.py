@@ -173,6 +173,13 @@ def heatmap_cmd(
     vmax: VmaxOpt = "auto",
     cmap: CmapOpt = "viridis",
     annotate: AnnotateOpt = False,
+    stream: Annotated[
+        str,
+        typer.Option(
+            "--stream",
+            help="Encoder-decoder models: self (encoder), decoder, or cross (one head, decoder on encoder).",
+        ),
+    ] = "self",
     highlight: HighlightOpt = None,
     dpi: DpiOpt = None,
     size: SizeOpt = None,
@@ -186,15 +193,28 @@ def heatmap_cmd(
 ) -> None:
     """Draw attention as a heatmap: one head (--layer --head), several (--heads), a layer, its mean
     (--average), or with no selection the whole model as a layers x heads grid. Prints the path."""
+    from attnviz.errors import InputError
     from attnviz.outputs import slug
-    from attnviz.plots import annotate_limit, attention_figure
+    from attnviz.plots import annotate_limit, attention_figure, cross_figure
     from attnviz.tokens import positions_of
+
+    if stream not in ("self", "decoder", "cross"):
+        raise InputError(f"unknown --stream '{stream}': use self, decoder or cross")
 
     head_list = _heads_arg(head, heads)
     style = _style(vmax, cmap, dpi, size)
+    if stream == "cross" and (layer is None or head_list is None or len(head_list) != 1 or words):
+        raise InputError("--stream cross draws one head at token level: pass --layer L --head H")
     body, loaded, att = _extract_selection(
         text, file, layer, head_list, words, truncate, output, (model, device, dtype, trust_remote_code)
     )
+    if stream == "cross":
+        fig = cross_figure(att, att.layers[0], att.heads[0], annotate=annotate, **style)
+        parts = ("heatmap", slug(body), loaded.name, "cross", *_selection_name(att, True))
+        typer.echo(str(_write(fig, output, parts)))
+        return
+    if stream != "self":
+        att = att.stream(stream)
     marks = positions_of(att, _words(highlight))
     if annotate:
         limit = annotate_limit(len(att.layers), len(att.heads), average)
@@ -202,7 +222,14 @@ def heatmap_cmd(
             why = "the whole-model overview" if limit == 0 else f"more than {limit} {att.level}s in this view"
             _note(f"--annotate skipped: the numbers cannot be read in {why} ({att.n_tokens} {att.level}s)")
     fig = attention_figure(att, average=average, annotate=annotate, highlight=marks, **style)
-    parts = ("heatmap", slug(body), loaded.name, *_selection_name(att, layer is not None, average))
+    stream_part = () if stream == "self" else (stream,)
+    parts = (
+        "heatmap",
+        slug(body),
+        loaded.name,
+        *stream_part,
+        *_selection_name(att, layer is not None, average),
+    )
     path = _write(fig, output, (*parts, "words") if words else parts)
     typer.echo(str(path))
 
