@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 ATTN_IMPLEMENTATION = "attnviz"
-STREAMS = ("self", "encoder", "decoder", "cross")
 _CROSS_NAMES = ("encdecattention", "encoder_attn", "crossattention", "cross_attn")
 
 _registered = False
