@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from attnviz.cli import command
+from attnviz.cli._app import command
 from attnviz.cli._options import DeviceOpt, DtypeOpt, HeadsOpt, JsonOpt, LayersOpt, ModelOpt
 
 # Every option defaults to None, "not given", so a value from --config is only overridden when the

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from attnviz.cli import command
+from attnviz.cli._app import command
 from attnviz.cli._options import (
     DeviceOpt,
     DtypeOpt,

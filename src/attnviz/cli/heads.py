@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from attnviz.cli import command
+from attnviz.cli._app import command
 from attnviz.cli._options import (
     DeviceOpt,
     DtypeOpt,

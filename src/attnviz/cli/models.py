@@ -6,7 +6,7 @@ import dataclasses
 
 import typer
 
-from attnviz.cli import command
+from attnviz.cli._app import command
 from attnviz.cli._options import DeviceOpt, DtypeOpt, JsonOpt, TrustOpt, load, print_json
 
 
