@@ -110,7 +110,7 @@ def test_extract_truncate_says_how_much(tiny_model_path):
         (["extract", "x", "--dtype", "float16", "--device", "cpu"], ["CUDA"]),
         (["extract", "x", "-o", "out.pkl"], ["format"]),
         (["extract", "--file", "/no/such/file.txt"], ["cannot read"]),
-        (["extract", "x", "--layers", "a,b"], ["bad layer list"]),
+        (["extract", "x", "--layers", "a,b"], ["bad --layers value"]),
         (["info", "./nothing-here"], ["unknown model"]),
     ],
 )

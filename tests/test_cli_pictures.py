@@ -355,7 +355,7 @@ def test_bad_options_fail_before_loading(tmp_path):
     bad("heatmap", SEED, "--size", "huge", match="--size")
     bad("heatmap", SEED, "--dpi", "0", match="--dpi")
     bad("heatmap", SEED, "--head", "1", "--heads", "2,3", match="not both")
-    bad("heatmap", SEED, "--heads", "a,b", match="bad head list")
+    bad("heatmap", SEED, "--heads", "a,b", match="bad --heads value")
     bad("explain", SEED, "--layer", "1", match="--layer L --head H")
     bad("explain", SEED, "-l", "1", "--head", "1", "--key", "x", match="--key needs --query")
     bad("toy", "--dim", "10", "--heads", "3", match="divisible")

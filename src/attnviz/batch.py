@@ -422,13 +422,13 @@ class Analyzer:
     """Runs batches through a loaded model and turns recorded attention into statistics."""
 
     def __init__(self, loaded: LoadedModel, config: BatchConfig) -> None:
-        from attnviz.extraction import check_index
+        from attnviz.selection import resolve_indices
 
         self.loaded = loaded
         self.config = config
         cap = loaded.capture
-        self.layers = check_index(config.layers, loaded.num_layers, "layer", loaded.name)
-        self.heads = check_index(config.heads, cap.num_heads, "head", loaded.name)
+        self.layers = resolve_indices(config.layers, loaded.num_layers, "layer", loaded.name)
+        self.heads = resolve_indices(config.heads, cap.num_heads, "head", loaded.name)
         self.layer_ids = self.layers if self.layers is not None else list(range(cap.num_layers))
         self.head_ids = self.heads if self.heads is not None else list(range(cap.num_heads))
         self.stream = "encoder" if cap.encoder_decoder else "self"

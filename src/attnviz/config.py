@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from attnviz.errors import InputError
+from attnviz.selection import parse_indices
 
 # Per-head statistics `attnviz batch` can record; probes are added by listing probes.
 STATISTICS: dict[str, str] = {
@@ -205,32 +206,6 @@ def _check(cfg: BatchConfig) -> None:
 
 
 # -- parsing ------------------------------------------------------------------------------------
-def parse_index_list(value: Any, what: str) -> tuple[int, ...] | None:
-    """`"all"`, `[0, 2]`, `"0,2"` or `"1-3"` -> indices; None and "all" mean all."""
-    if value is None:
-        return None
-    if isinstance(value, int) and not isinstance(value, bool):
-        return (value,)
-    if isinstance(value, list | tuple):
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-            raise InputError(f"{what}s must be whole numbers, got {value!r}")
-        return tuple(value) if value else None
-    if not isinstance(value, str):
-        raise InputError(f"bad {what} list {value!r}: use numbers like 0,5,10 or 1-3")
-    text = value.strip()
-    if text in ("", "all"):
-        return None
-    out: list[int] = []
-    for part in text.split(","):
-        part = part.strip()
-        m = re.fullmatch(r"(-?\d+)(?:-(-?\d+))?", part)
-        if m is None:
-            raise InputError(f"bad {what} list '{value}': use numbers like 0,5,10 or 1-3")
-        lo = int(m.group(1))
-        out.extend(range(lo, int(m.group(2)) + 1) if m.group(2) is not None else [lo])
-    return tuple(out)
-
-
 def probe_name(a: str, b: str) -> str:
     """A column-safe name from a probe's first words: ('She', 'Emily') -> 'she_emily'."""
     name = _NAME_RE.sub("_", f"{a}_{b}".casefold().replace("@", "at")).strip("_")
@@ -351,7 +326,7 @@ def _coerce(values: dict[str, Any], where: str = "") -> dict[str, Any]:
         if value is None:
             continue
         if name in ("layers", "heads"):
-            out[name] = parse_index_list(value, name[:-1])
+            out[name] = parse_indices(value, name, where[5:-1] if where else None)
         elif name == "statistics":
             items = [value] if isinstance(value, str) else value
             if not isinstance(items, list | tuple) or not all(isinstance(s, str) for s in items):

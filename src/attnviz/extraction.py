@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from attnviz.errors import InputError, TextTooLongError
+from attnviz.selection import resolve_indices
 from attnviz.tokens import align_words, display
 
 if TYPE_CHECKING:
@@ -266,20 +267,6 @@ def _ranges(values: Sequence[int]) -> str:
     return ", ".join(str(v) for v in values) if len(values) < 8 else f"{values[0]}-{values[-1]}"
 
 
-def check_index(values: Sequence[int] | None, count: int, what: str, model: str) -> list[int] | None:
-    """Validate layer/head indices (negative counts from the end); None means all."""
-    if values is None:
-        return None
-    out: list[int] = []
-    for v in values:
-        if not -count <= v < count:
-            raise InputError(f"{what} {v} is out of range: {model} has {what}s 0-{count - 1}")
-        out.append(v % count)
-    if not out:
-        raise InputError(f"no {what}s selected")
-    return sorted(set(out))
-
-
 def extract(
     text: str,
     model: str | LoadedModel | None = None,
@@ -336,8 +323,8 @@ def extract_batch(
     for i, t in enumerate(texts):
         if not isinstance(t, str) or not t.strip():
             raise InputError(f"text {i + 1} is empty" if len(texts) > 1 else "the text is empty")
-    layer_list = check_index(layers, loaded.num_layers, "layer", loaded.name)
-    head_list = check_index(heads, loaded.capture.num_heads, "head", loaded.name)
+    layer_list = resolve_indices(layers, loaded.num_layers, "layer", loaded.name)
+    head_list = resolve_indices(heads, loaded.capture.num_heads, "head", loaded.name)
     out: list[Attention] = []
     for start in range(0, len(texts), max(1, batch_size)):
         chunk = texts[start : start + batch_size]

@@ -149,7 +149,8 @@ def induction_scores(
     chunk: int = 8,
 ) -> InductionResult:
     """Run the repeated-random-tokens test; causal models only."""
-    from attnviz.extraction import check_index, run_batch
+    from attnviz.extraction import run_batch
+    from attnviz.selection import resolve_indices
 
     if not loaded.causal:
         raise InputError(
@@ -162,8 +163,8 @@ def induction_scores(
     n = prefix + 2 * seq_len
     if loaded.max_length and n > loaded.max_length:
         raise InputError(f"{n} tokens exceed {loaded.name}'s limit of {loaded.max_length}: lower --seq-len")
-    layer_list = check_index(layers, loaded.num_layers, "layer", loaded.name)
-    head_list = check_index(heads, loaded.capture.num_heads, "head", loaded.name)
+    layer_list = resolve_indices(layers, loaded.num_layers, "layer", loaded.name)
+    head_list = resolve_indices(heads, loaded.capture.num_heads, "head", loaded.name)
     ind_sum: Any = 0.0
     dup_sum: Any = 0.0
     kept: tuple[tuple[int, ...], tuple[int, ...]] = ((), ())

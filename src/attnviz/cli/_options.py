@@ -55,24 +55,6 @@ SpecialOpt = Annotated[
 ]
 
 
-def parse_indices(value: str | None, what: str = "index") -> list[int] | None:
-    """'0,5,10' or '1-3' or '-1' -> a list of ints; None stays None (all)."""
-    if value is None or value.strip() in ("", "all"):
-        return None
-    out: list[int] = []
-    for part in value.split(","):
-        part = part.strip()
-        try:
-            if "-" in part[1:]:
-                lo, hi = part[0] + part[1:].split("-", 1)[0], part[1:].split("-", 1)[1]
-                out.extend(range(int(lo), int(hi) + 1))
-            else:
-                out.append(int(part))
-        except ValueError:
-            raise InputError(f"bad {what} list '{value}': use numbers like 0,5,10 or 1-3") from None
-    return out
-
-
 def read_text(text: str | None, file: Path | None) -> str:
     """The text from the argument, --file, or standard input (`-` or nothing on a pipe)."""
     if file is not None:

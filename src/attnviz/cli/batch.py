@@ -91,7 +91,6 @@ def batch_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Record per-head statistics (entropy, patterns, probes...) for every text of a corpus."""
-    from attnviz.cli._options import parse_indices
     from attnviz.config import make_config, parse_probe
 
     cfg = make_config(
@@ -105,8 +104,8 @@ def batch_cmd(
         field=field,
         column=column,
         batch_size=batch_size,
-        layers=_indices(parse_indices(layers, "layer")) if layers is not None else None,
-        heads=_indices(parse_indices(heads, "head")) if heads is not None else None,
+        layers=layers,
+        heads=heads,
         statistics=stats,
         probes=tuple(parse_probe(p) for p in probe) if probe else None,
         truncate=truncate,
@@ -120,10 +119,6 @@ def batch_cmd(
         typer.echo(cfg.to_toml(), nl=False)
         return
     _run(input, outdir, cfg, resume, overwrite, as_json)
-
-
-def _indices(values: list[int] | None) -> Any:
-    return "all" if values is None else tuple(values)
 
 
 def _run(source: str, outdir: Path, cfg: Any, resume: bool, overwrite: bool, as_json: bool) -> None:

@@ -22,10 +22,10 @@ from attnviz.cli._options import (
     TrustOpt,
     WordsOpt,
     load,
-    parse_indices,
     print_json,
     read_text,
 )
+from attnviz.selection import parse_indices
 
 
 @command("extract")
@@ -57,8 +57,8 @@ def extract_cmd(
     att = extract(
         body,
         loaded,
-        layers=parse_indices(layers, "layer"),
-        heads=parse_indices(heads, "head"),
+        layers=parse_indices(layers, "--layers"),
+        heads=parse_indices(heads, "--heads"),
         words=words,
         special_tokens=special,
         truncate=truncate,

@@ -20,10 +20,10 @@ from attnviz.cli._options import (
     TruncateOpt,
     TrustOpt,
     load,
-    parse_indices,
     print_json,
     read_text,
 )
+from attnviz.selection import parse_indices
 
 if TYPE_CHECKING:
     from attnviz.extraction import Attention
@@ -129,7 +129,7 @@ def find_head_cmd(
     if not texts:
         raise InputError("no text given: pass --text, --file or standard input")
     loaded = load(model, device, dtype, trust_remote_code)
-    layer_list = parse_indices(layer, "layer")
+    layer_list = parse_indices(layer, "--layer")
     atts = _stream(texts, loaded, layer_list, None, truncate)
     result = find_heads(atts, a, b, occurrence=occ, direction=direction, top=top or None)
     _say_matches(result, texts, err=as_json)
@@ -242,8 +242,8 @@ def heads_cmd(
     if top is not None and top < 0:
         raise InputError("--top must be 0 (all) or more")
     _check_plot(plot)
-    layer_list = parse_indices(layers, "layer")
-    head_list = parse_indices(heads, "head")
+    layer_list = parse_indices(layers, "--layers")
+    head_list = parse_indices(heads, "--heads")
     if induction:
         if text is not None or file is not None:
             raise InputError("--induction makes its own random text: drop the text and --file")

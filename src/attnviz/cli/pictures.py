@@ -22,10 +22,10 @@ from attnviz.cli._options import (
     TrustOpt,
     WordsOpt,
     load,
-    parse_indices,
     print_json,
     read_text,
 )
+from attnviz.selection import parse_indices
 
 OutputOpt = Annotated[
     Path | None,
@@ -140,7 +140,7 @@ def _heads_arg(head: int | None, heads: str | None) -> list[int] | None:
 
     if head is not None and heads is not None:
         raise InputError("give --head or --heads, not both")
-    return [head] if head is not None else parse_indices(heads, "head")
+    return [head] if head is not None else parse_indices(heads, "--heads")
 
 
 def _selection_name(att: Any, layer_given: bool, average: bool = False) -> tuple[str, ...]:
