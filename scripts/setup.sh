@@ -1,8 +1,27 @@
 #!/usr/bin/env bash
-# Set up everything on a fresh machine: a .venv with the CPU build of torch 2.13.0, attnviz with
-# its dev extras, and both bundled models. Safe to run again.
+# Set up everything on a fresh machine: system packages (headless Chromium and its driver for the
+# browser tests, Noto fonts for CJK and emoji labels), a .venv with the CPU build of torch 2.13.0,
+# attnviz with its dev extras, and both bundled models. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# System packages, from Debian, only when missing (needs root, as on CI; otherwise say what to install).
+need=()
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+[ -d /usr/share/fonts/opentype/noto ] || need+=(fonts-noto-cjk)
+[ -f /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ] || need+=(fonts-noto-color-emoji)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  else
+    echo "missing system packages: ${need[*]} (run: sudo apt-get install ${need[*]})" >&2
+    exit 1
+  fi
+fi
+
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 pip() { .venv/bin/python -m pip --disable-pip-version-check "$@"; }
