@@ -9,8 +9,6 @@ from __future__ import annotations
 import os
 import sys
 
-import typer
-
 # Command modules register themselves on import; each is a few lines over the library.
 from attnviz.cli import batch as _batch  # noqa: F401
 from attnviz.cli import extract as _extract  # noqa: F401
@@ -23,15 +21,13 @@ __all__ = ["app", "command", "fail", "main"]
 
 
 def main() -> None:
-    """Console-script entry point: every failure is one `error:` line on stderr."""
+    """Console-script entry point: every failure is one `error:` line on stderr.
+
+    Usage errors are handled by the app itself (cli/_app.py `Group`), so CliRunner sees the same.
+    """
     try:
-        code = app(standalone_mode=False)
-    except typer.TyperException as exc:  # usage errors: bad option values, unknown options...
-        ctx = getattr(exc, "ctx", None)
-        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-        print(f"error: {exc.format_message()}{hint}", file=sys.stderr)
-        sys.exit(exc.exit_code)
-    except (typer.Abort, KeyboardInterrupt):
+        app()
+    except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)
     except Exception as exc:  # an unexpected bug: still one line unless debugging
@@ -43,4 +39,3 @@ def main() -> None:
             file=sys.stderr,
         )
         sys.exit(1)
-    sys.exit(code if isinstance(code, int) else 0)
