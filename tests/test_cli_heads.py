@@ -41,7 +41,7 @@ def llama(tiny_model_path) -> str:
 
 
 def test_find_head_table_says_which_positions_were_used(bert):
-    out = _ok(["find-head", "cat", "mat", "-t", TEXT, "-m", bert, "-n", "2,1"]).stdout
+    out = _ok(["find-head", "cat", "mat", TEXT, "-m", bert, "-n", "2,1"]).stdout
     lines = out.splitlines()
     assert "A 'cat' = token 10 (occurrence 2 of 2)" in lines[0] and "B 'mat' = token 6" in lines[0]
     assert lines[2].split() == ["rank", "layer", "head", "score", "A->B", "B->A", "role"]
@@ -49,7 +49,7 @@ def test_find_head_table_says_which_positions_were_used(bert):
 
 
 def test_find_head_json_has_exactly_the_promised_fields(bert):
-    result = _ok(["find-head", "cat", "mat", "-t", TEXT, "-m", bert, "--json", "-k", "0"])
+    result = _ok(["find-head", "cat", "mat", TEXT, "-m", bert, "--json", "-k", "0"])
     rows = json.loads(result.stdout)
     assert len(rows) == 2 * 4 and all(set(r) == FIELDS for r in rows)
     assert [r["rank"] for r in rows] == list(range(1, 9))
@@ -59,40 +59,46 @@ def test_find_head_json_has_exactly_the_promised_fields(bert):
 
 def test_find_head_direction_layer_and_positions(bert):
     rows = json.loads(
-        _ok(["find-head", "@2", "@6", "-t", TEXT, "-m", bert, "--json", "-d", "b2a", "-l", "1"]).stdout
+        _ok(["find-head", "@2", "@6", TEXT, "-m", bert, "--json", "-d", "b2a", "--layer", "1"]).stdout
     )
     assert {r["layer"] for r in rows} == {1} and all(r["score"] == r["b2a"] for r in rows)
 
 
-def test_find_head_reads_file_and_stdin(bert, tmp_path):
+def test_find_head_reads_texts_file_and_stdin(bert, tmp_path):
     src = tmp_path / "sentences.txt"
     src.write_text("the cat sat on the mat\na dog slept\n\nthe mat and the cat\n", encoding="utf-8")
-    by_file = _ok(["find-head", "cat", "mat", "-f", str(src), "-m", bert])
+    by_file = _ok(["find-head", "cat", "mat", "--texts", str(src), "-m", bert])
     assert "mean over 2 of 3 texts" in by_file.stdout and "text 3:" in by_file.stdout
-    by_stdin = _ok(["find-head", "cat", "mat", "-m", bert], input=src.read_text())
+    by_stdin = _ok(["find-head", "cat", "mat", "--texts", "-", "-m", bert], input=src.read_text())
     assert by_stdin.stdout == by_file.stdout
     one = _ok(["find-head", "cat", "mat", "-m", bert], input="the cat sat on the mat\n")
     assert "mean over" not in one.stdout
+    # --file is one text, as in every command: the whole file, line breaks and all
+    whole = _ok(["find-head", "cat", "mat", "-f", str(src), "-m", bert])
+    assert "mean over" not in whole.stdout and "occurrence 1 of 2" in whole.stdout
     _one_line_error(
-        runner.invoke(app, ["find-head", "cat", "dog", "-m", bert], input="the cat sat\n"), "cat sat"
+        runner.invoke(app, ["find-head", "cat", "dog", "-m", bert], input="the cat sat\n"), "'dog'"
     )
 
 
 def test_find_head_plot_writes_the_winning_heads_heatmap(bert, tmp_path):
     out = tmp_path / "best.png"
-    result = _ok(["find-head", "cat", "mat", "-t", TEXT, "-m", bert, "--plot", str(out)])
+    result = _ok(["find-head", "cat", "mat", TEXT, "-m", bert, "--plot", str(out)])
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"wrote {out}" in result.stdout
 
 
 @pytest.mark.parametrize(
     ("args", "needles"),
     [
-        (["find-head", "cat", "dog", "-t", TEXT], ["'dog' is not in the text", "[CLS] The cat sat"]),
-        (["find-head", "cat", "mat", "-t", TEXT, "-n", "3"], ["occurrence 3", "--occurrence N,M"]),
-        (["find-head", "cat", "mat", "-t", TEXT, "-d", "up"], ["--direction"]),
-        (["find-head", "cat", "mat", "-t", TEXT, "--plot", "x.jpg"], ["image format"]),
-        (["find-head", "cat", "mat", "-t", TEXT, "-l", "9"], ["layer 9"]),
-        (["find-head", "cat", "@99", "-t", TEXT], ["@99 is out of range"]),
+        (["find-head", "cat", "dog", TEXT], ["'dog' does not occur in the text", "spelling"]),
+        (["find-head", "cat", "ca", TEXT], ["'ca' is not in the text", "[CLS] The cat sat"]),
+        (["find-head", "cat", "mat", TEXT, "-n", "3"], ["occurrence 3", "--occurrence N,M"]),
+        (["find-head", "cat", "mat", TEXT, "-d", "up"], ["--direction"]),
+        (["find-head", "cat", "mat", TEXT, "--plot", "x.jpg"], ["image format"]),
+        (["find-head", "cat", "mat", TEXT, "-l", "9"], ["layer 9"]),
+        (["find-head", "cat", "mat", TEXT, "-l", "0,1"], ["--layers 0,1"]),
+        (["find-head", "cat", "mat", TEXT, "-l", "1", "--layers", "0"], ["not both"]),
+        (["find-head", "cat", "@99", TEXT], ["@99 is out of range"]),
         (["heads", TEXT, "--sort", "diagonal"], ["unknown --sort"]),
         (["heads", TEXT, "--file", "x.txt"], ["not both"]),
         (["heads", "--induction"], ["applies to causal"]),
@@ -126,9 +132,9 @@ def test_heads_table_and_json(bert):
 def test_heads_over_a_file_gives_mean_and_spread(bert, tmp_path):
     src = tmp_path / "texts.txt"
     src.write_text("the cat sat on the mat\na dog chased the cat\n", encoding="utf-8")
-    out = _ok(["heads", "-f", str(src), "-m", bert]).stdout
+    out = _ok(["heads", "--texts", str(src), "-m", bert]).stdout
     assert "over 2 texts" in out and "±" in out
-    rows = json.loads(_ok(["heads", "-f", str(src), "-m", bert, "--json"]).stdout)
+    rows = json.loads(_ok(["heads", "--texts", str(src), "-m", bert, "--json"]).stdout)
     assert {"self_std", "broad_std"} <= set(rows[0])
 
 
@@ -154,7 +160,7 @@ def test_heads_induction_on_a_tiny_causal_model(llama, tmp_path):
 def test_minilm_seed_sentence_paris_french(minilm, seed_text):
     from attnviz.extraction import extract
 
-    result = _ok(["find-head", "paris", "french", "--text", seed_text, "--json"])
+    result = _ok(["find-head", "paris", "french", seed_text, "--json"])
     rows = json.loads(result.stdout)
     att = extract(seed_text, minilm)
     ia, ib = att.tokens.index("paris"), att.tokens.index("french")

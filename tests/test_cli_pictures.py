@@ -255,7 +255,7 @@ def test_entropy_bound_grows_in_a_causal_model(tiny_model_path):
 
 # -- toy ----------------------------------------------------------------------------------------
 def test_toy_renders_heads_and_entropy(figures):
-    result = ok("toy", "--tokens", "6", "--dim", "8", "--heads", "2", "--seed", "1", "--dpi", "40")
+    result = ok("toy", "--tokens", "6", "--dim", "8", "--num-heads", "2", "--seed", "1", "--dpi", "40")
     fig, path = figures[-1]
     assert result.stdout.strip() == str(path)
     assert path.name == "toy-6tok-d8-2heads-seed1.png"
@@ -305,7 +305,7 @@ def test_toy_steps_equal_the_library(figures):
     from attnviz.toy import build_toy, format_steps
 
     toy = build_toy(4, dim=8, heads=1, seed=7)
-    out = ok("toy", "--tokens", "4", "--dim", "8", "--heads", "1", "--seed", "7", "--steps").stdout
+    out = ok("toy", "--tokens", "4", "--dim", "8", "--num-heads", "1", "--seed", "7", "--steps").stdout
     assert format_steps(toy.steps[0], toy.labels) in out
 
 
@@ -358,7 +358,7 @@ def test_bad_options_fail_before_loading(tmp_path):
     bad("heatmap", SEED, "--heads", "a,b", match="bad --heads value")
     bad("explain", SEED, "--layer", "1", match="--layer L --head H")
     bad("explain", SEED, "-l", "1", "--head", "1", "--key", "x", match="--key needs --query")
-    bad("toy", "--dim", "10", "--heads", "3", match="divisible")
+    bad("toy", "--dim", "10", "--num-heads", "3", match="divisible by --num-heads")
     bad("toy", "--tokens", "0", match="--tokens")
     bad("toy", "--temperature", "0", match="--temperature")
     bad("toy", "--head", "5", match="head 5 is out of range")

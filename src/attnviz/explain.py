@@ -27,6 +27,10 @@ class Explained:
     labels: tuple[str, ...]
     steps: Steps
     attention: np.ndarray  # [q, k] float32, as extracted
+    query: int | None = None  # the followed query token (--query), if any
+    key: int | None = None  # the key worked out by hand (--key), if any
+    query_matches: tuple[int, ...] = ()  # every position the --query word has (the first is used)
+    truncated: int = 0  # tokens cut by truncate=True
 
     @property
     def max_difference(self) -> float:
@@ -44,11 +48,22 @@ class Explained:
             "head": self.head,
             "max_difference_from_model": self.max_difference,
             **self.steps.to_dict(self.labels),
+            "query": self.query,
+            "key": self.key,
         }
 
 
-def explain_head(att: Attention, layer: int, head: int) -> Explained:
-    """The five steps for one head of an Attention extracted with `qkv=True`."""
+def explain_head(
+    att: Attention, layer: int, head: int, query: str | None = None, key: str | None = None
+) -> Explained:
+    """The five steps for one head of an Attention extracted with `qkv=True`.
+
+    `query` (a word or `@N`) picks the token whose row is followed, `key` the key worked out by hand.
+    """
+    from attnviz.tokens import positions
+
+    if key is not None and query is None:
+        raise InputError("--key needs --query (the token whose row is followed)")
     if att.qkv is None:
         raise InputError("this attention has no query/key/value vectors: extract it with qkv=True")
     pos = att.head_pos(head)
@@ -58,6 +73,7 @@ def explain_head(att: Attention, layer: int, head: int) -> Explained:
         raise InputError(f"layer {layer} has no captured query/key/value vectors")
     bias = vectors.bias[pos if vectors.bias.shape[0] > 1 else 0]  # [q, k]
     steps = five_steps(vectors.q[pos], vectors.k[pos], vectors.v[pos], scale=vectors.scaling, bias=bias)
+    matches = tuple(positions(att, query)) if query is not None else ()
     return Explained(
         model=att.model,
         layer=layer,
@@ -65,6 +81,10 @@ def explain_head(att: Attention, layer: int, head: int) -> Explained:
         labels=tuple(att.labels),
         steps=steps,
         attention=att.head(layer, head),
+        query=matches[0] if matches else None,
+        key=positions(att, key)[0] if key is not None else None,
+        query_matches=matches,
+        truncated=att.truncated,
     )
 
 
@@ -74,6 +94,9 @@ def explain(
     *,
     layer: int,
     head: int,
+    query: str | None = None,
+    key: str | None = None,
+    special_tokens: bool = True,
     truncate: bool = False,
     device: str | None = "auto",
     dtype: str | None = "float32",
@@ -81,7 +104,17 @@ def explain(
     """Run the model on `text`, capturing one head's vectors, and return its five steps."""
     from attnviz.extraction import extract
 
+    if key is not None and query is None:
+        raise InputError("--key needs --query (the token whose row is followed)")
     att = extract(
-        text, model, layers=[layer], heads=[head], qkv=True, truncate=truncate, device=device, dtype=dtype
+        text,
+        model,
+        layers=[layer],
+        heads=[head],
+        qkv=True,
+        special_tokens=special_tokens,
+        truncate=truncate,
+        device=device,
+        dtype=dtype,
     )
-    return explain_head(att, att.layers[0], att.heads[0])
+    return explain_head(att, att.layers[0], att.heads[0], query=query, key=key)

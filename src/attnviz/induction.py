@@ -138,6 +138,36 @@ def random_repeats(loaded: LoadedModel, seq_len: int, batch: int, seed: int) -> 
     return enc, p
 
 
+@dataclass(frozen=True)
+class InductionSettings:
+    """What one induction test runs: checked before a model loads, so bad values fail fast."""
+
+    seq_len: int = 50
+    batch: int = 4
+    seed: int = 0
+    layers: tuple[int, ...] | None = None
+    heads: tuple[int, ...] | None = None
+    sort: str = "induction"
+
+    def check(self) -> InductionSettings:
+        if self.seq_len < 2 or self.batch < 1:
+            raise InputError("use --seq-len of at least 2 and --batch of at least 1")
+        if self.sort not in SCORES:
+            raise InputError(f"unknown --sort '{self.sort}' with --induction: use {' or '.join(SCORES)}")
+        return self
+
+    def run(self, loaded: LoadedModel) -> InductionResult:
+        """The test on `loaded` with these settings."""
+        return induction_scores(
+            loaded,
+            seq_len=self.seq_len,
+            batch=self.batch,
+            seed=self.seed,
+            layers=self.layers,
+            heads=self.heads,
+        )
+
+
 def induction_scores(
     loaded: LoadedModel,
     *,

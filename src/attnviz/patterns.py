@@ -207,6 +207,20 @@ class PatternTable:
         """How many heads have each role."""
         return {name: int((self.roles == name).sum()) for name in ROLE_NAMES}
 
+    def role_scores(self) -> np.ndarray:
+        """[layers, heads]: each head's score on its own role (NaN for mixed), to label a role map."""
+        out = np.full(self.roles.shape, np.nan)
+        for name, values in self.mean.items():
+            out = np.where(self.roles == name, values, out)
+        return out
+
+
+def check_thresholds(threshold: float, broad_threshold: float) -> None:
+    """Both thresholds are fractions of a row's attention: 0-1 (checked before a model loads)."""
+    for option, value in (("--threshold", threshold), ("--broad-threshold", broad_threshold)):
+        if not 0.0 <= value <= 1.0:
+            raise InputError(f"bad {option} {value:g}: pattern scores are fractions, use a value in 0-1")
+
 
 def head_patterns(
     atts: Attention | Iterable[Attention],
@@ -216,6 +230,7 @@ def head_patterns(
     """Score every head on one text, or on many (mean and standard deviation; streams, one pass)."""
     from attnviz.extraction import Attention
 
+    check_thresholds(threshold, broad_threshold)
     first: Attention | None = None
     total: dict[str, np.ndarray] = {}
     squares: dict[str, np.ndarray] = {}

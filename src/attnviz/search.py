@@ -188,7 +188,12 @@ def parse_occurrence(value: str | int | None) -> tuple[Occurrence, Occurrence]:
 
 
 def resolve(att: Attention, query: str, occurrence: Occurrence = None, view: Attention | None = None) -> Unit:
-    """Find a word (case-free, any subword split) or `@N` token position in one text."""
+    """Find a word, a phrase of several words, a subword piece or an `@N` position in one text.
+
+    Matching is case-free and ignores subword marks. A word is looked up among the text's words
+    first, then among its tokens (so a piece such as `##s` or `s` of "lesson ##s" is found by its
+    string). A phrase ("new york") is its words in a row; it covers all their pieces.
+    """
     q = query.strip()
     if re.fullmatch(r"@-?\d+", q):
         m = locate(q, att.tokens)
@@ -196,12 +201,19 @@ def resolve(att: Attention, query: str, occurrence: Occurrence = None, view: Att
             query=q, label=display(att.tokens[m.index]), tokens=(m.index,), occurrence=1, occurrences=1
         )
     view = view if view is not None else att.to_words()
-    if occurrence == "all":
-        m = locate(q, view.tokens)
-        toks = tuple(sorted(t for i in m.occurrences for t in _unit_tokens(att, view, i)))
-        label = display(view.tokens[m.index])
-        return Unit(query=q, label=label, tokens=toks, occurrence=0, occurrences=len(m.occurrences))
-    m = locate(q, view.tokens, occurrence)
+    if len(q.split()) > 1:
+        return _resolve_phrase(att, view, q, occurrence)
+    try:
+        if occurrence == "all":
+            m = locate(q, view.tokens)
+            toks = tuple(sorted(t for i in m.occurrences for t in _unit_tokens(att, view, i)))
+            label = display(view.tokens[m.index])
+            return Unit(query=q, label=label, tokens=toks, occurrence=0, occurrences=len(m.occurrences))
+        m = locate(q, view.tokens, occurrence)
+    except TokenNotFoundError as exc:
+        if "is not in the text" not in str(exc):
+            raise
+        return _resolve_piece(att, q, occurrence, exc)
     return Unit(
         query=q,
         label=display(view.tokens[m.index]),
@@ -209,6 +221,77 @@ def resolve(att: Attention, query: str, occurrence: Occurrence = None, view: Att
         occurrence=m.occurrence,
         occurrences=len(m.occurrences),
     )
+
+
+def _resolve_piece(att: Attention, q: str, occurrence: Occurrence, missing: TokenNotFoundError) -> Unit:
+    """A subword piece by its string, when no whole word matches; else the word-level error."""
+    try:
+        m = locate(q, att.tokens, None if occurrence == "all" else occurrence)
+    except TokenNotFoundError:
+        raise missing from None
+    if occurrence == "all":
+        return Unit(query=q, label=display(att.tokens[m.index]), tokens=m.occurrences, occurrence=0,
+                    occurrences=len(m.occurrences))  # fmt: skip
+    return Unit(
+        query=q,
+        label=display(att.tokens[m.index]),
+        tokens=(m.index,),
+        occurrence=m.occurrence,
+        occurrences=len(m.occurrences),
+    )
+
+
+def _resolve_phrase(att: Attention, view: Attention, q: str, occurrence: Occurrence) -> Unit:
+    """Several words in a row ("new york"): the tokens of all of them, as one unit."""
+    wanted = [normalise(w) for w in q.split()]
+    units = [normalise(t) for t in view.tokens]
+    n = len(wanted)
+    starts = [i for i in range(len(units) - n + 1) if units[i : i + n] == wanted]
+    if not starts:
+        shown = " ".join(display(u) for u in view.tokens)
+        raise TokenNotFoundError(f"'{q}' is not in the text as words in a row; its words are: {shown}")
+    if occurrence == "all":
+        chosen, which = starts, 0
+    else:
+        which = 1 if occurrence is None else occurrence
+        if not 1 <= which <= len(starts):
+            raise TokenNotFoundError(
+                f"'{q}' occurs {len(starts)} time(s); occurrence {which} does not exist (1-{len(starts)})"
+            )
+        chosen = [starts[which - 1]]
+    toks = tuple(sorted({t for s in chosen for i in range(s, s + n) for t in _unit_tokens(att, view, i)}))
+    label = " ".join(display(view.tokens[i]) for i in range(chosen[0], chosen[0] + n))
+    return Unit(query=q, label=label, tokens=toks, occurrence=which, occurrences=len(starts))
+
+
+def _loose(text: str) -> str:
+    """Case-folded, accents removed, runs of spaces as one: for the cheap check before loading."""
+    import unicodedata
+
+    folded = unicodedata.normalize("NFKD", text.casefold())
+    return " ".join("".join(c for c in folded if not unicodedata.combining(c)).split())
+
+
+def check_queries(texts: Sequence[str], a: str, b: str) -> None:
+    """Fail before a model loads when A or B cannot be in any text (checked case-free as plain text).
+
+    A word that passes may still be missing as a token (the tokenizer decides); `@N` is not checked.
+    """
+    wanted = [q for q in (a, b) if not re.fullmatch(r"\s*@-?\d+\s*", q)]
+    if not wanted:
+        return
+    for q in wanted:
+        if not _loose(q):
+            raise InputError("an empty word was given: pass a word, a phrase or @N")
+    loose = [_loose(t) for t in texts]
+    for q in wanted:
+        if not any(_loose(q) in t for t in loose):
+            where = "the text" if len(texts) == 1 else f"any of the {len(texts)} texts"
+            raise TokenNotFoundError(
+                f"'{q.strip()}' does not occur in {where}: check its spelling, or use @N for a token position"
+            )
+    if len(texts) > 1 and len(wanted) == 2 and not any(all(_loose(q) in t for q in wanted) for t in loose):
+        raise TokenNotFoundError(f"none of the {len(texts)} texts contains both '{a}' and '{b}'")
 
 
 def resolve_pair(

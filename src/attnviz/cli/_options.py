@@ -10,17 +10,89 @@ import typer
 
 from attnviz.errors import InputError
 
+# -- value completion (shell Tab): cheap, never imports a heavy library at start-up -------------
+
+
+def complete_model(incomplete: str) -> list[str]:
+    """Bundled aliases, hub ids already in the Hugging Face cache, then folders and .gguf files."""
+    import os
+
+    from attnviz.models import BUNDLED
+
+    out = [alias for alias in BUNDLED if alias.startswith(incomplete)]
+    hub = Path(
+        os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME", "~/.cache/huggingface")) / "hub"
+    )
+    try:
+        cached = sorted(
+            p.name[len("models--") :].replace("--", "/") for p in hub.expanduser().glob("models--*")
+        )
+    except OSError:
+        cached = []
+    out += [name for name in cached if name.startswith(incomplete)]
+    return out + _paths(incomplete, lambda p: p.is_dir() or p.suffix == ".gguf")
+
+
+def complete_cmap(incomplete: str) -> list[str]:
+    """Matplotlib's colour maps (imported only when the shell asks)."""
+    from matplotlib import colormaps
+
+    return sorted(name for name in colormaps if name.startswith(incomplete))
+
+
+def complete_config(incomplete: str) -> list[str]:
+    """Names of configs/*.toml (as `--config NAME` takes them), then .toml files."""
+    names = sorted(p.stem for p in Path("configs").glob("*.toml"))
+    return [n for n in names if n.startswith(incomplete)] + _paths(
+        incomplete, lambda p: p.is_dir() or p.suffix == ".toml"
+    )
+
+
+def _paths(incomplete: str, keep: Any) -> list[str]:
+    folder = Path(incomplete).parent if incomplete else Path(".")
+    try:
+        found = sorted(folder.glob(Path(incomplete).name + "*" if incomplete else "*"))
+    except (OSError, ValueError):
+        return []
+    return [str(p) + ("/" if p.is_dir() else "") for p in found if keep(p) and not p.name.startswith(".")]
+
+
+def _one(what: str) -> Any:
+    """A parser for `--layer`/`--head`: one whole number; a list gets a message naming the fix."""
+
+    def parse(value: str) -> int:
+        text = value.strip()
+        try:
+            return int(text)
+        except ValueError:
+            if "," in text or "-" in text[1:]:
+                raise typer.BadParameter(
+                    f"'{value}' is a list; --{what} takes one {what} (commands that take several have"
+                    f" --{what}s, e.g. --{what}s {text})"
+                ) from None
+            raise typer.BadParameter(f"'{value}' is not a {what} number: use a whole number") from None
+
+    return parse
+
+
+# -- shared options: one spelling and one meaning everywhere (docs/cli.md lists them) -----------
+
 ModelOpt = Annotated[
     str,
     typer.Option(
         "--model",
         "-m",
+        metavar="MODEL",
+        autocompletion=complete_model,
         help="Bundled alias (minilm, smollm2), Hugging Face hub id, model folder or .gguf file.",
     ),
 ]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+DeviceOpt = Annotated[str, typer.Option("--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N.")]
 DtypeOpt = Annotated[
-    str, typer.Option("--dtype", help="float32, float16 or bfloat16 (half precision: CUDA only).")
+    str,
+    typer.Option(
+        "--dtype", metavar="DTYPE", help="float32, float16 or bfloat16 (half precision: CUDA only)."
+    ),
 ]
 TrustOpt = Annotated[
     bool,
@@ -30,17 +102,40 @@ TextArg = Annotated[
     str | None,
     typer.Argument(help="The text; omit it (or give -) to read --file or standard input."),
 ]
-FileOpt = Annotated[Path | None, typer.Option("--file", "-f", help="Read the text from this file.")]
+FileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--file", "-f", metavar="FILE", help="Read the text from this file (the whole file is one text)."
+    ),
+]
+TextsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--texts",
+        metavar="FILE",
+        help="Many texts, one per line (- reads standard input); scores are averaged over them.",
+    ),
+]
 LayerOpt = Annotated[
-    int | None, typer.Option("--layer", "-l", help="Layer index (negative counts from the end).")
+    int | None,
+    typer.Option(
+        "--layer", "-l", metavar="L", parser=_one("layer"), help="One layer (negative counts from the end)."
+    ),
 ]
 LayersOpt = Annotated[
-    str | None, typer.Option("--layers", help="Layers to keep, e.g. 0,2 or 1-3 (default: all).")
+    str | None,
+    typer.Option(
+        "--layers",
+        metavar="LIST",
+        help="Layers to keep: 3, 0,2 or 1-3; negative counts from the end (default: all).",
+    ),
 ]
-HeadOpt = Annotated[int | None, typer.Option("--head", help="Head index.")]
+HeadOpt = Annotated[int | None, typer.Option("--head", metavar="H", parser=_one("head"), help="One head.")]
 HeadsOpt = Annotated[
-    str | None, typer.Option("--heads", help="Heads to keep, e.g. 0,5,10 or 0-3 (default: all).")
+    str | None,
+    typer.Option("--heads", metavar="LIST", help="Heads to keep: 0,5,10 or 0-3 (default: all)."),
 ]
+TopOpt = Annotated[int, typer.Option("--top", "-k", metavar="N", min=0, help="Show the N best (0: all).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON to stdout.")]
 WordsOpt = Annotated[
     bool, typer.Option("--words", help="Merge subword pieces into words (rows still sum to 1).")
@@ -51,7 +146,43 @@ TruncateOpt = Annotated[
 ]
 SpecialOpt = Annotated[
     bool,
-    typer.Option("--special/--no-special", help="Add the tokenizer's special tokens ([CLS], [SEP], BOS)."),
+    typer.Option(
+        "--special/--no-special",
+        help="Add the tokenizer's special tokens ([CLS], [SEP], BOS); --no-special encodes the words alone.",
+    ),
+]
+OutputOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--output",
+        "-o",
+        metavar="FILE",
+        help="Image file; the format comes from the extension (.png, .svg, .pdf). A folder gets a "
+        "default name inside. Default: a new file under outputs/, never overwriting an earlier one.",
+    ),
+]
+PlotOpt = Annotated[
+    Path | None,
+    typer.Option("--plot", metavar="FILE", help="Also draw a figure into this file (.png, .svg or .pdf)."),
+]
+CmapOpt = Annotated[
+    str,
+    typer.Option(
+        "--cmap",
+        metavar="NAME",
+        autocompletion=complete_cmap,
+        help="Matplotlib colour map: viridis, magma, cividis, Blues...",
+    ),
+]
+ConfigOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--config",
+        "-c",
+        metavar="FILE",
+        autocompletion=complete_config,
+        help="TOML file, or a name in configs/ (e.g. coreference).",
+    ),
 ]
 
 

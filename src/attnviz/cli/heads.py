@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -12,11 +12,17 @@ from attnviz.cli._app import command
 from attnviz.cli._options import (
     DeviceOpt,
     DtypeOpt,
+    FileOpt,
     HeadsOpt,
     JsonOpt,
+    LayerOpt,
     LayersOpt,
     ModelOpt,
+    PlotOpt,
+    SpecialOpt,
     TextArg,
+    TextsOpt,
+    TopOpt,
     TruncateOpt,
     TrustOpt,
     load,
@@ -27,55 +33,63 @@ from attnviz.selection import parse_indices
 
 if TYPE_CHECKING:
     from attnviz.extraction import Attention
-    from attnviz.induction import InductionResult
+    from attnviz.induction import InductionResult, InductionSettings
     from attnviz.patterns import PatternTable
     from attnviz.search import HeadSearch
 
-TextsOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--file",
-        "-f",
-        help="Read texts from this file, one per line (several lines: scores are averaged over them).",
-    ),
-]
-PlotOpt = Annotated[Path | None, typer.Option("--plot", help="Save a figure here (.png, .svg or .pdf).")]
-
 
 def _check_plot(plot: Path | None) -> None:
-    """Fail on a bad --plot extension before the model loads."""
+    """Fail on a bad --plot extension or an unwritable place before the model loads."""
     if plot is not None:
-        from attnviz.outputs import image_format
+        from attnviz.outputs import check_output
 
-        image_format(plot)
+        check_output(plot)
 
 
-def texts_from(text: str | None, file: Path | None) -> list[str]:
-    """One text from the argument, or one per non-empty line of --file / standard input."""
-    if text is not None and text != "-" and file is not None:
-        from attnviz.errors import InputError
+def texts_from(text: str | None, file: Path | None, texts: Path | None) -> list[str]:
+    """The text argument or --file (one text), or --texts (one text per non-empty line)."""
+    from attnviz.errors import InputError
 
-        raise InputError("give the text or --file, not both")
-    if text is not None and text != "-":
-        return [text]
-    lines = [line.strip() for line in read_text(text, file).splitlines()]
-    return [line for line in lines if line]
+    given = [name for name, v in (("the text", text), ("--file", file), ("--texts", texts)) if v is not None]
+    if len(given) > 1:
+        raise InputError(f"give one of the text, --file or --texts, not both {given[0]} and {given[1]}")
+    if texts is not None:
+        lines = read_text("-", None) if str(texts) == "-" else read_text(None, texts)
+        out = [line.strip() for line in lines.splitlines() if line.strip()]
+        if not out:
+            raise InputError(f"{texts} has no texts: write one text per line")
+        return out
+    return [read_text(text, file)]
+
+
+def _layer_choice(layer: int | None, layers: str | None) -> tuple[int, ...] | None:
+    from attnviz.errors import InputError
+
+    if layer is not None and layers is not None:
+        raise InputError("give --layer (one layer) or --layers (a list), not both")
+    return (layer,) if layer is not None else parse_indices(layers, "--layers")
 
 
 def _stream(
     texts: list[str],
     loaded: object,
-    layers: list[int] | None,
-    heads: list[int] | None,
+    layers: Sequence[int] | None,
+    heads: Sequence[int] | None,
     truncate: bool,
+    special: bool = True,
     chunk: int = 32,
 ) -> Iterator[Attention]:
-    """Extract `chunk` texts at a time, so a long --file never holds every tensor at once."""
+    """Extract `chunk` texts at a time, so a long --texts file never holds every tensor at once."""
     from attnviz.extraction import extract_batch
 
     for start in range(0, len(texts), chunk):
         yield from extract_batch(
-            texts[start : start + chunk], loaded, layers=layers, heads=heads, truncate=truncate
+            texts[start : start + chunk],
+            loaded,
+            layers=layers,
+            heads=heads,
+            truncate=truncate,
+            special_tokens=special,
         )
 
 
@@ -84,29 +98,39 @@ def _stream(
 
 @command("find-head")
 def find_head_cmd(
-    a: Annotated[str, typer.Argument(help="First word (any case, any subword split) or @N token position.")],
-    b: Annotated[str, typer.Argument(help="Second word or @N token position.")],
-    text: Annotated[str | None, typer.Option("--text", "-t", help="The text (else --file or stdin).")] = None,
-    file: TextsOpt = None,
+    a: Annotated[
+        str,
+        typer.Argument(
+            help="First word (any case), several words in a row ('new york'), a subword piece, or @N."
+        ),
+    ],
+    b: Annotated[str, typer.Argument(help="Second word, words in a row, piece, or @N token position.")],
+    text: TextArg = None,
+    file: FileOpt = None,
+    texts: TextsOpt = None,
     occurrence: Annotated[
         str | None,
         typer.Option(
             "--occurrence",
             "-n",
+            metavar="N|N,M|all",
             help="Which occurrence: N (both words), N,M (A then B) or all (default: the first of each).",
         ),
     ] = None,
     direction: Annotated[
         str,
         typer.Option(
-            "--direction", "-d", help="both (the larger of A->B and B->A), a2b (A looks at B) or b2a."
+            "--direction",
+            "-d",
+            metavar="both|a2b|b2a",
+            help="both (the larger of A->B and B->A), a2b (A looks at B) or b2a.",
         ),
     ] = "both",
-    top: Annotated[int, typer.Option("--top", "-k", help="How many heads to show (0: all).")] = 5,
-    layer: Annotated[
-        str | None,
-        typer.Option("--layer", "-l", help="Only these layers: 3, 0,2 or 1-3 (negative: from the end)."),
-    ] = None,
+    top: TopOpt = 5,
+    layer: LayerOpt = None,
+    layers: LayersOpt = None,
+    heads: HeadsOpt = None,
+    special: SpecialOpt = True,
     model: ModelOpt = "minilm",
     truncate: TruncateOpt = False,
     device: DeviceOpt = "auto",
@@ -115,24 +139,27 @@ def find_head_cmd(
     as_json: JsonOpt = False,
     plot: PlotOpt = None,
 ) -> None:
-    """Rank every layer and head by how strongly words A and B attend to each other."""
+    """Rank every layer and head by how strongly A and B attend to each other in the text.
+
+    A word of several pieces counts as the mean over its query pieces of the summed weight on the
+    other's pieces; so do several words in a row. With --texts, the score is the mean over the
+    texts that contain both.
+    """
     from attnviz.errors import InputError
-    from attnviz.search import DIRECTIONS, find_heads, parse_occurrence
+    from attnviz.search import DIRECTIONS, check_queries, find_heads, parse_occurrence
 
     if direction not in DIRECTIONS:
         raise InputError(f"unknown --direction '{direction}': use {', '.join(DIRECTIONS)}")
-    if top < 0:
-        raise InputError("--top must be 0 (all) or more")
     occ = parse_occurrence(occurrence)
+    layer_list = _layer_choice(layer, layers)
+    head_list = parse_indices(heads, "--heads")
     _check_plot(plot)
-    texts = texts_from(text, file)
-    if not texts:
-        raise InputError("no text given: pass --text, --file or standard input")
+    items = texts_from(text, file, texts)
+    check_queries(items, a, b)
     loaded = load(model, device, dtype, trust_remote_code)
-    layer_list = parse_indices(layer, "--layer")
-    atts = _stream(texts, loaded, layer_list, None, truncate)
+    atts = _stream(items, loaded, layer_list, head_list, truncate, special)
     result = find_heads(atts, a, b, occurrence=occ, direction=direction, top=top or None)
-    _say_matches(result, texts, err=as_json)
+    _say_matches(result, items, err=as_json)
     if as_json:
         print_json([h.as_dict() for h in result.ranking])
     else:
@@ -140,7 +167,14 @@ def find_head_cmd(
     if plot is not None:
         from attnviz.extraction import extract
 
-        first = extract(texts[result.used[0]], loaded, layers=layer_list, truncate=truncate)
+        first = extract(
+            items[result.used[0]],
+            loaded,
+            layers=layer_list,
+            heads=head_list,
+            truncate=truncate,
+            special_tokens=special,
+        )
         _plot_best(result, first, plot)
         typer.echo(f"wrote {plot}", err=as_json)
 
@@ -197,37 +231,56 @@ def _plot_best(result: HeadSearch, att: Attention, path: Path) -> None:
 @command("heads")
 def heads_cmd(
     text: TextArg = None,
-    file: TextsOpt = None,
+    file: FileOpt = None,
+    texts: TextsOpt = None,
     induction: Annotated[
         bool,
         typer.Option("--induction", help="Run the induction-head test (causal models) instead of patterns."),
     ] = False,
     seq_len: Annotated[
-        int, typer.Option("--seq-len", help="--induction: random tokens per copy.", min=2)
+        int, typer.Option("--seq-len", metavar="N", help="--induction: random tokens per copy.", min=2)
     ] = 50,
-    batch: Annotated[int, typer.Option("--batch", help="--induction: how many random sequences.", min=1)] = 4,
-    seed: Annotated[int, typer.Option("--seed", help="--induction: random seed.")] = 0,
+    batch: Annotated[
+        int, typer.Option("--batch", metavar="N", help="--induction: how many random sequences.", min=1)
+    ] = 4,
+    seed: Annotated[int, typer.Option("--seed", metavar="N", help="--induction: random seed.")] = 0,
     sort: Annotated[
         str | None,
         typer.Option(
             "--sort",
             "-s",
+            metavar="SCORE",
             help="Sort by this score, highest first (self, previous, next, first, last_sep, punctuation,"
             " broad; --induction: induction or duplicate).",
         ),
     ] = None,
     top: Annotated[
         int | None,
-        typer.Option("--top", "-k", help="Show this many heads (default: all; 10 with --induction; 0: all)."),
+        typer.Option(
+            "--top",
+            "-k",
+            metavar="N",
+            min=0,
+            help="Show the N best (default: all; 10 with --induction; 0: all).",
+        ),
     ] = None,
     threshold: Annotated[
-        float, typer.Option("--threshold", help="A pattern score from which it names the head's role.")
+        float,
+        typer.Option(
+            "--threshold",
+            metavar="0-1",
+            help="A pattern score from which the head is named by that pattern.",
+        ),
     ] = 0.5,
     broad_threshold: Annotated[
-        float, typer.Option("--broad-threshold", help="The broad score from which a head is 'broad'.")
+        float,
+        typer.Option(
+            "--broad-threshold", metavar="0-1", help="The broad score from which a head is 'broad'."
+        ),
     ] = 0.8,
     layers: LayersOpt = None,
     heads: HeadsOpt = None,
+    special: SpecialOpt = True,
     model: ModelOpt = "minilm",
     truncate: TruncateOpt = False,
     device: DeviceOpt = "auto",
@@ -238,27 +291,27 @@ def heads_cmd(
 ) -> None:
     """Score every head on the classic patterns and name its role; or find induction heads."""
     from attnviz.errors import InputError
+    from attnviz.patterns import PATTERNS, check_thresholds, head_patterns
 
-    if top is not None and top < 0:
-        raise InputError("--top must be 0 (all) or more")
     _check_plot(plot)
     layer_list = parse_indices(layers, "--layers")
     head_list = parse_indices(heads, "--heads")
     if induction:
-        if text is not None or file is not None:
-            raise InputError("--induction makes its own random text: drop the text and --file")
-        _induction(model, device, dtype, trust_remote_code, seq_len, batch, seed, layer_list, head_list,
-                   sort, top, as_json, plot)  # fmt: skip
-        return
-    from attnviz.patterns import PATTERNS, head_patterns
+        from attnviz.induction import InductionSettings
 
+        if text is not None or file is not None or texts is not None:
+            raise InputError("--induction makes its own random text: drop the text, --file and --texts")
+        settings = InductionSettings(seq_len, batch, seed, layer_list, head_list, sort or "induction").check()
+        loaded = load(model, device, dtype, trust_remote_code)
+        _induction(settings.run(loaded), settings, top, as_json, plot)
+        return
     if sort is not None and sort not in PATTERNS:
         raise InputError(f"unknown --sort '{sort}': use one of {', '.join(PATTERNS)}")
-    texts = texts_from(text, file)
-    if not texts:
-        raise InputError("no text given: pass it as an argument, with --file, or on standard input")
+    check_thresholds(threshold, broad_threshold)
+    items = texts_from(text, file, texts)
     loaded = load(model, device, dtype, trust_remote_code)
-    table = head_patterns(_stream(texts, loaded, layer_list, head_list, truncate), threshold, broad_threshold)
+    atts = _stream(items, loaded, layer_list, head_list, truncate, special)
+    table = head_patterns(atts, threshold, broad_threshold)
     rows = table.rows(sort)[: top or None]
     if as_json:
         print_json([r.as_dict() for r in rows])
@@ -267,22 +320,16 @@ def heads_cmd(
     if plot is not None:
         from attnviz.roles_plot import role_map
 
-        best = _role_scores(table)
         where = f"{table.texts} texts" if table.texts > 1 else "one text"
         role_map(
-            table.roles, table.layers, table.heads, plot, best, title=f"{table.model}: head roles ({where})"
+            table.roles,
+            table.layers,
+            table.heads,
+            plot,
+            table.role_scores(),
+            title=f"{table.model}: head roles ({where})",
         )
         typer.echo(f"wrote {plot}", err=as_json)
-
-
-def _role_scores(table: PatternTable) -> object:
-    """Each head's score on its own role (NaN for mixed), for labelling the role map."""
-    import numpy as np
-
-    out = np.full(table.roles.shape, np.nan)
-    for name, values in table.mean.items():
-        out = np.where(table.roles == name, values, out)
-    return out
 
 
 _COLUMNS = (("self", "self"), ("previous", "prev"), ("next", "next"), ("first", "first"),
@@ -311,28 +358,10 @@ def _print_patterns(table: PatternTable, rows: list) -> None:
 
 
 def _induction(
-    model: str,
-    device: str,
-    dtype: str,
-    trust_remote_code: bool,
-    seq_len: int,
-    batch: int,
-    seed: int,
-    layers: list[int] | None,
-    heads: list[int] | None,
-    sort: str | None,
-    top: int | None,
-    as_json: bool,
-    plot: Path | None,
+    result: InductionResult, settings: InductionSettings, top: int | None, as_json: bool, plot: Path | None
 ) -> None:
-    from attnviz.errors import InputError
-    from attnviz.induction import SCORES, induction_scores
-
-    by = sort or "induction"
-    if by not in SCORES:
-        raise InputError(f"unknown --sort '{by}' with --induction: use induction or duplicate")
-    loaded = load(model, device, dtype, trust_remote_code)
-    result = induction_scores(loaded, seq_len=seq_len, batch=batch, seed=seed, layers=layers, heads=heads)
+    """Print (or write as JSON) an induction test's ranking, and draw its score map on --plot."""
+    by = settings.sort
     ranking = result.ranking(by, 10 if top is None else top or None)
     if as_json:
         print_json([s.as_dict() for s in ranking])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -9,6 +10,7 @@ import typer
 
 from attnviz.cli._app import command
 from attnviz.cli._options import (
+    CmapOpt,
     DeviceOpt,
     DtypeOpt,
     FileOpt,
@@ -17,25 +19,19 @@ from attnviz.cli._options import (
     JsonOpt,
     LayerOpt,
     ModelOpt,
+    OutputOpt,
+    SpecialOpt,
     TextArg,
     TruncateOpt,
     TrustOpt,
     WordsOpt,
+    complete_cmap,
     load,
     print_json,
     read_text,
 )
 from attnviz.selection import parse_indices
 
-OutputOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--output",
-        "-o",
-        help="Image file; the format comes from the extension (.png, .svg, .pdf). A folder gets a "
-        "default name inside. Default: a new file under outputs/, never overwriting an earlier one.",
-    ),
-]
 VmaxOpt = Annotated[
     str,
     typer.Option(
@@ -44,31 +40,44 @@ VmaxOpt = Annotated[
         "washed out) or a number (1.0: the fixed 0-1 scale).",
     ),
 ]
-CmapOpt = Annotated[
-    str, typer.Option("--cmap", help="Matplotlib colour map: viridis, magma, cividis, Blues...")
-]
 AnnotateOpt = Annotated[
     bool, typer.Option("--annotate", help="Write the weights in the cells (short texts only).")
 ]
 DpiOpt = Annotated[
-    int | None, typer.Option("--dpi", help="Resolution of PNG files (default 150; 100 for the overview).")
+    int | None,
+    typer.Option(
+        "--dpi", metavar="N", help="Resolution of PNG files in dots per inch, 10-1200 (default 150)."
+    ),
 ]
 SizeOpt = Annotated[
     str | None,
     typer.Option(
-        "--size", help="Figure size in inches, WIDTHxHEIGHT, e.g. 10x8 (default: grows with the text)."
+        "--size",
+        metavar="WxH",
+        help="Figure size in inches, WIDTHxHEIGHT, e.g. 10x8 (default: grows with the text).",
     ),
 ]
 HighlightOpt = Annotated[
     str | None,
     typer.Option(
         "--highlight",
+        metavar="WORDS",
         help="Outline these tokens' rows and columns: words or @positions, e.g. paris,french.",
     ),
 ]
-DecimalsOpt = Annotated[int, typer.Option("--decimals", help="Decimals printed in the tables (0-10).")]
+EntropyHighlightOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--highlight",
+        metavar="WORDS",
+        help="One head (--layer --head): mark these query tokens' bars, e.g. paris,french or @3.",
+    ),
+]
+DecimalsOpt = Annotated[
+    int, typer.Option("--decimals", metavar="N", help="Decimals printed in the tables (0-10).")
+]
 DimsOpt = Annotated[
-    int, typer.Option("--dims", help="Vector dimensions printed (0: all); tables stay narrow.")
+    int, typer.Option("--dims", metavar="N", help="Vector dimensions printed (0: all); tables stay narrow.")
 ]
 
 
@@ -117,6 +126,7 @@ def _extract_selection(
     truncate: bool,
     output: Path | None,
     load_args: tuple[str, str, str, bool],
+    special: bool = True,
 ) -> tuple[str, Any, Any]:
     """Read the text, check -o before loading, load the model, extract the selection.
 
@@ -126,13 +136,23 @@ def _extract_selection(
     from attnviz.outputs import check_output
 
     body = read_text(text, file)
+    _one_text_note(file, body)
     check_output(output)
     loaded = load(*load_args)
     layers = [layer] if layer is not None else None
-    att = extract(body, loaded, layers=layers, heads=head_list, words=words, truncate=truncate)
+    att = extract(
+        body, loaded, layers=layers, heads=head_list, words=words, truncate=truncate, special_tokens=special
+    )
     if att.truncated:
         _note(f"cut {att.truncated} tokens to fit the model's limit")
     return body, loaded, att
+
+
+def _one_text_note(file: Path | None, body: str) -> None:
+    """--file is one text everywhere; say so when the file looks like one text per line."""
+    lines = [line for line in body.splitlines() if line.strip()]
+    if file is not None and len(lines) > 1:
+        _note(f"{file} has {len(lines)} lines, drawn as one text (find-head and heads average over --texts)")
 
 
 def _heads_arg(head: int | None, heads: str | None) -> list[int] | None:
@@ -177,6 +197,7 @@ def heatmap_cmd(
         str,
         typer.Option(
             "--stream",
+            metavar="self|decoder|cross",
             help="Encoder-decoder models: self (encoder), decoder, or cross (one head, decoder on encoder).",
         ),
     ] = "self",
@@ -185,6 +206,7 @@ def heatmap_cmd(
     size: SizeOpt = None,
     output: OutputOpt = None,
     file: FileOpt = None,
+    special: SpecialOpt = True,
     model: ModelOpt = "minilm",
     truncate: TruncateOpt = False,
     device: DeviceOpt = "auto",
@@ -206,7 +228,15 @@ def heatmap_cmd(
     if stream == "cross" and (layer is None or head_list is None or len(head_list) != 1 or words):
         raise InputError("--stream cross draws one head at token level: pass --layer L --head H")
     body, loaded, att = _extract_selection(
-        text, file, layer, head_list, words, truncate, output, (model, device, dtype, trust_remote_code)
+        text,
+        file,
+        layer,
+        head_list,
+        words,
+        truncate,
+        output,
+        (model, device, dtype, trust_remote_code),
+        special,
     )
     if stream == "cross":
         fig = cross_figure(att, att.layers[0], att.heads[0], annotate=annotate, **style)
@@ -242,8 +272,16 @@ def entropy_cmd(
     head: HeadOpt = None,
     heads: HeadsOpt = None,
     words: WordsOpt = False,
-    cmap: Annotated[str, typer.Option("--cmap", help="Colour map of the layers x heads heatmap.")] = "magma",
-    highlight: HighlightOpt = None,
+    cmap: Annotated[
+        str,
+        typer.Option(
+            "--cmap",
+            metavar="NAME",
+            autocompletion=complete_cmap,
+            help="Colour map of the layers x heads heatmap.",
+        ),
+    ] = "magma",
+    highlight: EntropyHighlightOpt = None,
     dpi: DpiOpt = None,
     size: SizeOpt = None,
     output: OutputOpt = None,
@@ -252,6 +290,7 @@ def entropy_cmd(
         typer.Option("--json", help="Print the numbers as JSON (a picture is written only with -o)."),
     ] = False,
     file: FileOpt = None,
+    special: SpecialOpt = True,
     model: ModelOpt = "minilm",
     truncate: TruncateOpt = False,
     device: DeviceOpt = "auto",
@@ -268,7 +307,15 @@ def entropy_cmd(
     head_list = _heads_arg(head, heads)
     style = _style("auto", cmap, dpi, size)
     body, loaded, att = _extract_selection(
-        text, file, layer, head_list, words, truncate, output, (model, device, dtype, trust_remote_code)
+        text,
+        file,
+        layer,
+        head_list,
+        words,
+        truncate,
+        output,
+        (model, device, dtype, trust_remote_code),
+        special,
     )
     ent = row_entropy_of(att)
     marks = positions_of(att, _words(highlight))
@@ -289,23 +336,37 @@ def toy_cmd(
     tokens: Annotated[
         str,
         typer.Option(
-            "--tokens", help="How many made-up tokens (e.g. 12), or the tokens: 'I like transformers'."
+            "--tokens",
+            metavar="N|WORDS",
+            help="How many made-up tokens (e.g. 12), or the tokens: 'I like transformers'.",
         ),
     ] = "12",
-    dim: Annotated[int, typer.Option("--dim", help="Model width d_model; each head gets dim/heads.")] = 16,
-    heads: Annotated[int, typer.Option("--heads", help="Number of attention heads.")] = 2,
-    seed: Annotated[int, typer.Option("--seed", help="Random seed: the same seed, the same numbers.")] = 0,
+    dim: Annotated[
+        int, typer.Option("--dim", metavar="N", help="Model width d_model; each head gets dim/num-heads.")
+    ] = 16,
+    num_heads: Annotated[
+        int, typer.Option("--num-heads", metavar="N", help="Number of attention heads.")
+    ] = 2,
+    seed: Annotated[
+        int, typer.Option("--seed", metavar="N", help="Random seed: the same seed, the same numbers.")
+    ] = 0,
     causal: Annotated[
         bool, typer.Option("--causal", help="Mask the future, as a decoder (GPT-style) does.")
     ] = False,
     temperature: Annotated[
         float,
-        typer.Option("--temperature", help="Divide scores by this too: below 1 sharpens, above 1 flattens."),
+        typer.Option(
+            "--temperature",
+            metavar="T",
+            help="Divide scores by this too: below 1 sharpens, above 1 flattens.",
+        ),
     ] = 1.0,
     steps: Annotated[
         bool, typer.Option("--steps", help="Print the five steps of attention as labelled tables.")
     ] = False,
-    head: Annotated[int | None, typer.Option("--head", help="With --steps: only this head.")] = None,
+    head: Annotated[
+        int | None, typer.Option("--head", metavar="H", help="With --steps: only this head.")
+    ] = None,
     decimals: DecimalsOpt = 4,
     dims: DimsOpt = 8,
     vmax: VmaxOpt = "auto",
@@ -323,10 +384,16 @@ def toy_cmd(
     from attnviz.toy import build_toy, format_steps, parse_tokens
 
     style = _style(vmax, cmap, dpi, size)
+    if re.fullmatch(r"\s*-\d+\s*", tokens):
+        raise InputError(f"--tokens {tokens.strip()}: give a count of 1 or more, or the tokens themselves")
+    if num_heads < 1 or dim % num_heads:
+        raise InputError(
+            f"--dim {dim} is not divisible by --num-heads {num_heads}; each head gets dim/num-heads"
+        )
     if not 0 <= decimals <= 10:
         raise InputError(f"bad --decimals {decimals}: use 0-10")
     check_output(output)
-    toy = build_toy(tokens, dim=dim, heads=heads, seed=seed, causal=causal, temperature=temperature)
+    toy = build_toy(tokens, dim=dim, heads=num_heads, seed=seed, causal=causal, temperature=temperature)
     if head is not None and not 0 <= head < toy.num_heads:
         raise InputError(f"head {head} is out of range: the toy has heads 0-{toy.num_heads - 1}")
     if steps:
@@ -352,7 +419,7 @@ def toy_cmd(
         "toy",
         what,
         f"d{dim}",
-        f"{heads}heads",
+        f"{num_heads}heads",
         f"seed{seed}",
         "causal" if causal else None,
         f"T{temperature:g}" if temperature != 1.0 else None,
@@ -368,15 +435,20 @@ def explain_cmd(
     head: HeadOpt = None,
     query: Annotated[
         str | None,
-        typer.Option("--query", "-q", help="Follow one token (a word or @position) through the steps."),
+        typer.Option(
+            "--query", "-q", metavar="WORD", help="Follow one token (a word or @position) through the steps."
+        ),
     ] = None,
     key: Annotated[
         str | None,
-        typer.Option("--key", "-k", help="With --query: the key worked out by hand (default: the top one)."),
+        typer.Option(
+            "--key", metavar="WORD", help="With --query: the key worked out by hand (default: the top one)."
+        ),
     ] = None,
     decimals: DecimalsOpt = 4,
     dims: DimsOpt = 8,
     file: FileOpt = None,
+    special: SpecialOpt = True,
     model: ModelOpt = "minilm",
     truncate: TruncateOpt = False,
     device: DeviceOpt = "auto",
@@ -387,9 +459,7 @@ def explain_cmd(
     """The five steps of attention for a real model's head, from the query, key and value vectors
     it computed for this text: scores, scaling, mask, softmax, weighted sum of values."""
     from attnviz.errors import InputError
-    from attnviz.explain import explain_head
-    from attnviz.extraction import extract
-    from attnviz.tokens import positions
+    from attnviz.explain import explain
     from attnviz.toy import format_focus, format_steps
 
     body = read_text(text, file)
@@ -400,30 +470,25 @@ def explain_cmd(
     if not 0 <= decimals <= 10:
         raise InputError(f"bad --decimals {decimals}: use 0-10")
     loaded = load(model, device, dtype, trust_remote_code)
-    att = extract(body, loaded, layers=[layer], heads=[head], qkv=True, truncate=truncate)
-    if att.truncated:
-        _note(f"cut {att.truncated} tokens to fit the model's limit")
-    ex = explain_head(att, att.layers[0], att.heads[0])
-    q_pos = k_pos = None
-    if query is not None:
-        found = positions(att, query)
-        q_pos = found[0]
-        if len(found) > 1:
-            _note(f"'{query}' is at tokens {found}; following the first (use @N for another)")
-        if key is not None:
-            k_pos = positions(att, key)[0]
+    ex = explain(
+        body, loaded, layer=layer, head=head, query=query, key=key, special_tokens=special, truncate=truncate
+    )
+    if ex.truncated:
+        _note(f"cut {ex.truncated} tokens to fit the model's limit")
+    if len(ex.query_matches) > 1:
+        _note(f"'{query}' is at tokens {list(ex.query_matches)}; following the first (use @N for another)")
     if as_json:
-        print_json({**ex.to_dict(), "query": q_pos, "key": k_pos})
+        print_json(ex.to_dict())
         return
-    if q_pos is not None:
+    if ex.query is not None:
         typer.echo(
             format_focus(
-                ex.steps, ex.labels, q_pos, key=k_pos, title=ex.title, decimals=decimals, max_dims=dims
+                ex.steps, ex.labels, ex.query, key=ex.key, title=ex.title, decimals=decimals, max_dims=dims
             )
         )
     else:
-        if att.n_tokens > 16:
-            _note(f"{att.n_tokens} tokens make wide tables; --query WORD follows one token")
+        if len(ex.labels) > 16:
+            _note(f"{len(ex.labels)} tokens make wide tables; --query WORD follows one token")
         typer.echo(format_steps(ex.steps, ex.labels, title=ex.title, decimals=decimals, max_dims=dims))
     typer.echo("")
     diff = ex.max_difference
