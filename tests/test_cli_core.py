@@ -42,8 +42,10 @@ def test_help_does_not_import_heavy_libraries():
 
 
 def test_version():
+    from attnviz import __version__
+
     result = runner.invoke(app, ["--version"])
-    assert result.exit_code == 0 and "attnviz" in result.stdout
+    assert result.exit_code == 0 and result.stdout == f"attnviz {__version__}\n"
 
 
 def test_models_lists_bundled_aliases():

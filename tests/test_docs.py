@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -38,3 +39,89 @@ def test_readme_python_api_block_runs(minilm, tmp_path, monkeypatch):
     exec(compile(block, "README.md", "exec"), namespace)
     assert namespace["att"].attn.shape == (1, 12, 8, 8)
     assert (tmp_path / "layer1.png").is_file() and (tmp_path / "paris.npz").is_file()
+
+
+# -- docs/cli.md is generated from the commands' own help -------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _generator():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gen_cli_docs", ROOT / "scripts" / "gen_cli_docs.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cli_reference_is_what_the_generator_writes_now():
+    """Like sqlite-utils' cog check: change a command, then run scripts/gen_cli_docs.py."""
+    current = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
+    assert current == _generator().render(), "docs/cli.md is stale: run python scripts/gen_cli_docs.py"
+
+
+def test_cli_reference_has_every_command_with_its_usage():
+    doc = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
+    for name in _commands():
+        assert f"## attnviz {name}\n" in doc and f"Usage: attnviz {name} " in doc
+
+
+def test_generator_is_deterministic_whatever_the_terminal(monkeypatch):
+    gen = _generator()
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    assert gen.render() == gen.render()
+    assert "\x1b[" not in gen.render()
+    assert max(len(line) for line in gen.help_text(["heatmap"]).splitlines()) <= 80
+
+
+# -- help text: every command at 80 columns ----------------------------------------------------
+
+
+def _command_objects() -> dict:
+    import typer.main
+
+    return typer.main.get_command(app).commands
+
+
+@pytest.mark.parametrize("name", _commands())
+def test_help_at_80_columns_shows_every_option_whole(name):
+    from typer.testing import CliRunner
+
+    result = CliRunner().invoke(app, [name, "--help"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    text = result.stdout
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "…" not in text and "<bool>" not in text
+    usage = text.split("Usage: ", 1)[1].splitlines()[0]
+    assert "{" not in usage and "}" not in usage, usage
+    for param in _command_objects()[name].params:
+        for opt in (*param.opts, *param.secondary_opts):
+            if opt.startswith("-"):
+                assert re.search(rf"(^|[\s,]){re.escape(opt)}([\s,/]|$)", text, re.M), (name, opt)
+
+
+def test_one_short_option_one_long_option_everywhere():
+    """-k is --top, -l is --layer, -f is --file, -o is --output... in every command that has them."""
+    seen: dict[str, tuple[str, str]] = {}
+    for name, cmd in _command_objects().items():
+        for param in cmd.params:
+            longs = [o for o in param.opts if o.startswith("--")] or ["(none)"]
+            for short in (o for o in param.opts if o.startswith("-") and not o.startswith("--")):
+                if short in seen:
+                    assert seen[short][1] == longs[0], f"{short}: {seen[short]} vs {name} {longs[0]}"
+                seen[short] = (name, longs[0])
+    assert seen["-k"][1] == "--top" and seen["-l"][1] == "--layer" and seen["-f"][1] == "--file"
+
+
+@pytest.mark.parametrize("option", ["--layer", "--head"])
+def test_singular_selection_options_take_one_index_everywhere(option):
+    from typer.testing import CliRunner
+
+    having = [n for n, c in _command_objects().items() if any(option in p.opts for p in c.params)]
+    assert having
+    for name in having:
+        result = CliRunner().invoke(app, [name, "x y", option, "1,2"])
+        assert result.exit_code == 2, (name, result.output)
+        assert f"{option} takes one" in result.stderr and f"{option}s" in result.stderr, result.stderr

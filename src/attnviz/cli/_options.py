@@ -57,7 +57,7 @@ def _paths(incomplete: str, keep: Any) -> list[str]:
     return [str(p) + ("/" if p.is_dir() else "") for p in found if keep(p) and not p.name.startswith(".")]
 
 
-def _one(what: str) -> Any:
+def one_index(what: str) -> Any:
     """A parser for `--layer`/`--head`: one whole number; a list gets a message naming the fix."""
 
     def parse(value: str) -> int:
@@ -119,7 +119,11 @@ TextsOpt = Annotated[
 LayerOpt = Annotated[
     int | None,
     typer.Option(
-        "--layer", "-l", metavar="L", parser=_one("layer"), help="One layer (negative counts from the end)."
+        "--layer",
+        "-l",
+        metavar="L",
+        parser=one_index("layer"),
+        help="One layer (negative counts from the end).",
     ),
 ]
 LayersOpt = Annotated[
@@ -130,7 +134,9 @@ LayersOpt = Annotated[
         help="Layers to keep: 3, 0,2 or 1-3; negative counts from the end (default: all).",
     ),
 ]
-HeadOpt = Annotated[int | None, typer.Option("--head", metavar="H", parser=_one("head"), help="One head.")]
+HeadOpt = Annotated[
+    int | None, typer.Option("--head", metavar="H", parser=one_index("head"), help="One head.")
+]
 HeadsOpt = Annotated[
     str | None,
     typer.Option("--heads", metavar="LIST", help="Heads to keep: 0,5,10 or 0-3 (default: all)."),

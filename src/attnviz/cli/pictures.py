@@ -27,6 +27,7 @@ from attnviz.cli._options import (
     WordsOpt,
     complete_cmap,
     load,
+    one_index,
     print_json,
     read_text,
 )
@@ -365,7 +366,8 @@ def toy_cmd(
         bool, typer.Option("--steps", help="Print the five steps of attention as labelled tables.")
     ] = False,
     head: Annotated[
-        int | None, typer.Option("--head", metavar="H", help="With --steps: only this head.")
+        int | None,
+        typer.Option("--head", metavar="H", parser=one_index("head"), help="With --steps: only this head."),
     ] = None,
     decimals: DecimalsOpt = 4,
     dims: DimsOpt = 8,
