@@ -182,3 +182,111 @@ def test_smollm2_induction_command(smollm2):
         ).stdout
     )
     assert rows[0]["induction"] > 0.5
+
+
+# -- one meaning per option, errors before loading (issue 12) -----------------------------------
+NO_MODEL = ["-m", "/nonexistent/model"]  # loading this fails: an error naming anything else came first
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (["find-head", "paris", "german", "Emily visits Paris"], ["'german' does not occur in the text"]),
+        (["find-head", "paris", "berlin", "--texts", "-"], ["'berlin' does not occur in any of the 2"]),
+        (["find-head", "paris", "rome", "--texts", "-"], ["none of the 2 texts contains both"]),
+        (["find-head", "a", "b", "a b", "--plot", "x.gif"], ["unknown image format"]),
+        (["find-head", "a", "b", "a b", "--plot", "blocker/x.png"], ["cannot write", "not a folder"]),
+        (["heads", "a b", "--threshold", "2"], ["bad --threshold 2", "0-1"]),
+        (["heads", "a b", "--broad-threshold", "-0.1"], ["bad --broad-threshold"]),
+        (["heads", "--induction", "--sort", "self"], ["unknown --sort 'self' with --induction"]),
+        (["heads", "a b", "--plot", "blocker/x.png"], ["cannot write"]),
+        (["heads", "a b", "--texts", "list.txt"], ["not both the text and --texts"]),
+    ],
+)
+def test_errors_come_before_the_model_loads(args, needles, tmp_path):
+    (tmp_path / "blocker").write_text("x")
+    (tmp_path / "list.txt").write_text("a b\n")
+    result = runner.invoke(app, [*args, *NO_MODEL], input="Paris is big\nRome is old\n")
+    _one_line_error(result, *needles)
+
+
+SELECTION_CASES = [("3-1", "bad {opt} range '3-1': write it low to high (1-3)"), ("", "{opt} is empty"),
+                   ("a,b", "bad {opt} value 'a,b'")]  # fmt: skip
+
+
+@pytest.mark.parametrize(("value", "message"), SELECTION_CASES)
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["find-head", "a", "b", "a b", "--layers"],
+        ["find-head", "a", "b", "a b", "--heads"],
+        ["heads", "a b", "--layers"],
+        ["heads", "a b", "--heads"],
+        ["heads", "--induction", "--layers"],
+        ["heatmap", "a b", "--heads"],
+        ["entropy", "a b", "--heads"],
+    ],
+)
+def test_every_command_reads_a_selection_the_same_way(command, value, message):
+    result = runner.invoke(app, [*command, value, *NO_MODEL])
+    _one_line_error(result, message.format(opt=command[-1]))
+
+
+def test_negative_layers_count_from_the_end_in_find_head_and_heads(bert):
+    last = json.loads(
+        _ok(["find-head", "cat", "mat", TEXT, "--layers", "-1", "-k", "0", "--json", "-m", bert]).stdout
+    )
+    assert {r["layer"] for r in last} == {1}
+    both = json.loads(
+        _ok(["find-head", "cat", "mat", TEXT, "--layers", "0,-1", "-k", "0", "--json", "-m", bert]).stdout
+    )
+    assert {r["layer"] for r in both} == {0, 1}
+    one = json.loads(
+        _ok(["find-head", "cat", "mat", TEXT, "--layer", "-1", "-k", "0", "--json", "-m", bert]).stdout
+    )
+    assert one == last
+    rows = json.loads(_ok(["heads", TEXT, "--layers", "-1", "--heads", "-2--1", "--json", "-m", bert]).stdout)
+    assert {(r["layer"], r["head"]) for r in rows} == {(1, 2), (1, 3)}
+
+
+def test_find_head_takes_the_text_as_third_argument_and_phrases(bert):
+    out = _ok(["find-head", "the cat", "mat", "The cat sat on the mat.", "-m", bert]).stdout
+    assert "A 'The cat' = tokens 1, 2" in out and "B 'mat' = token 6" in out
+    rows = json.loads(_ok(["find-head", "the cat", "mat", "The cat sat on the mat.", "-m", bert,
+                           "-k", "0", "--json"]).stdout)  # fmt: skip
+    from attnviz.extraction import extract
+
+    att = extract("The cat sat on the mat.", bert)
+    by_hand = att.attn[:, :, [1, 2]][:, :, :, [6]].sum(-1).mean(-1)  # mean over A's pieces, sum over B's
+    for r in rows:
+        assert r["a2b"] == pytest.approx(float(by_hand[r["layer"], r["head"]]), abs=1e-6)
+
+
+def test_no_special_encodes_the_words_alone(bert):
+    with_special = _ok(["find-head", "@0", "mat", TEXT, "-m", bert]).stdout
+    without = _ok(["find-head", "@0", "mat", TEXT, "-m", bert, "--no-special"]).stdout
+    assert "A '[CLS]' = token 0" in with_special and "B 'mat' = token 6" in with_special
+    assert "A 'the' = token 0" in without and "B 'mat' = token 5" in without
+    rows = json.loads(_ok(["heads", TEXT, "-m", bert, "--no-special", "--json"]).stdout)
+    assert all(r["first"] >= 0 for r in rows)
+
+
+def test_usage_errors_are_one_line_through_the_console_script(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(sys.executable).with_name("attnviz")
+    if not script.exists():
+        pytest.skip("the attnviz console script is not installed in this environment")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    for args, needle in (
+        (["heads", "a b", "--threshold", "2"], "bad --threshold 2"),
+        (["heatmap", "a b", "--layer", "0,2"], "--layers 0,2"),
+        (["find-head", "x"], "Missing argument 'B'"),
+    ):
+        out = subprocess.run([str(script), *args], capture_output=True, text=True, env=env, cwd=tmp_path)
+        lines = out.stderr.strip().splitlines()
+        assert out.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), out.stderr
+        assert needle in lines[0] and "Traceback" not in out.stderr

@@ -442,3 +442,34 @@ def test_stream_errors(tiny_model_path):
     bad("heatmap", "the cat", "-m", model, "--stream", "cross", "--layer", "1", match="one head")
     bad("heatmap", "the cat", "-m", model, "--stream", "sideways", match="unknown --stream")
     bad("heatmap", "the cat", "-m", str(tiny_model_path("bert")), "--stream", "decoder", match="no decoder")
+
+
+# -- one meaning per option (issue 12) -----------------------------------------------------------
+NO_MODEL = ("-m", "/nonexistent/model")  # loading this fails: an error naming anything else came first
+
+
+def test_options_checked_before_the_model_loads():
+    bad("toy", "--tokens", "-5", match="--tokens -5: give a count of 1 or more")
+    bad("heatmap", SEED, "--layer", "1,2", *NO_MODEL, match="--layer takes one layer.*--layers 1,2")
+    bad("heatmap", SEED, "--heads", "3-1", *NO_MODEL, match="bad --heads range '3-1'")
+    bad("entropy", SEED, "--heads", "", *NO_MODEL, match="--heads is empty")
+    bad("explain", SEED, "-l", "1", "--head", "1", "-k", "x", *NO_MODEL, match="No such option: -k")
+
+
+def test_file_is_one_text_and_a_many_line_file_gets_a_note(tmp_path, figures, tiny_model_path):
+    src = tmp_path / "sentences.txt"
+    src.write_text("the cat sat\nthe dog ran\n", encoding="utf-8")
+    bert = str(tiny_model_path("bert"))
+    result = runner.invoke(app, ["heatmap", "--file", str(src), "-l", "0", "--head", "0", "-m", bert])
+    assert result.exit_code == 0, result.output
+    assert "has 2 lines, drawn as one text" in result.stderr and "--texts" in result.stderr
+    labels = ticks(heat_axes(figures[-1][0])[0].xaxis)
+    assert labels[0] == "[CLS]" and labels.count("[SEP]") == 1 and "dog" in labels  # one text
+
+
+@pytest.mark.slow
+def test_no_special_drops_the_special_tokens(minilm, figures):
+    data = json.loads(ok("entropy", SEED, "-l", "0", "--head", "0", "--json", "--no-special").stdout)
+    assert data["tokens"] == SEED_TOKENS[1:-1]
+    ok("heatmap", SEED, "-l", "0", "--head", "0", "--no-special", "--dpi", "30")
+    assert ticks(heat_axes(figures[-1][0])[0].xaxis) == SEED_TOKENS[1:-1]
