@@ -90,3 +90,18 @@ def test_row_entropy_of_masks_the_future():
     assert np.all(ent.entropy <= ent.bound + 1e-6)
     data = ent.to_dict()
     assert data["layers"] == [0, 1] and len(data["mean_entropy"]) == 2
+
+
+def test_explain_follows_a_query_and_key_in_the_library(tiny_model_path):
+    model = str(tiny_model_path("bert"))
+    text = "the cat sat on the cat"
+    ex = explain(text, model, layer=1, head=2, query="cat", key="sat")
+    assert ex.query_matches == (2, 6) and ex.query == 2 and ex.key == 3
+    assert ex.to_dict()["query"] == 2 and ex.to_dict()["key"] == 3
+    plain = explain(text, model, layer=1, head=2)
+    assert plain.query is None and plain.key is None
+    np.testing.assert_allclose(plain.steps.weights, ex.steps.weights)
+    no_special = explain(text, model, layer=1, head=2, special_tokens=False)
+    assert no_special.labels[0] != "[CLS]" and len(no_special.labels) == len(plain.labels) - 2
+    with pytest.raises(InputError, match="--key needs --query"):
+        explain(text, model, layer=1, head=2, key="sat")

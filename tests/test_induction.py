@@ -99,3 +99,23 @@ def test_smollm2_has_real_induction_heads(smollm2):
     assert top[0].induction > 0.5
     assert all(s.induction > 10 * result.chance for s in top)
     assert top[0].duplicate < 0.2  # it attends to the next token, not to the copy itself
+
+
+def test_settings_are_checked_before_a_model_loads():
+    from attnviz.induction import InductionSettings
+
+    assert InductionSettings(seq_len=8, batch=2).check().sort == "induction"
+    with pytest.raises(InputError, match="--seq-len of at least 2"):
+        InductionSettings(seq_len=1).check()
+    with pytest.raises(InputError, match="unknown --sort 'self' with --induction"):
+        InductionSettings(sort="self").check()
+
+
+def test_settings_run_equals_the_function(tiny_llama):
+    from attnviz.induction import InductionSettings
+
+    settings = InductionSettings(seq_len=6, batch=2, seed=3, layers=(-1,), heads=(0, 2))
+    ran = settings.run(tiny_llama)
+    direct = induction_scores(tiny_llama, seq_len=6, batch=2, seed=3, layers=[-1], heads=[0, 2])
+    assert ran.layers == direct.layers == (1,) and ran.heads == (0, 2)
+    np.testing.assert_array_equal(ran.induction, direct.induction)

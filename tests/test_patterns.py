@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from attnviz.errors import InputError
 from attnviz.extraction import Attention
 from attnviz.patterns import (
     PATTERNS,
@@ -224,3 +225,23 @@ def test_row_entropy_and_uniform_bound_keep_their_signatures():
     visible = np.tril(np.ones((4, 4), dtype=bool))
     uniform = visible / visible.sum(-1, keepdims=True)
     assert np.allclose(row_entropy(uniform, visible), uniform_bound(visible))
+
+
+def test_thresholds_are_fractions():
+    from attnviz.patterns import check_thresholds
+
+    check_thresholds(0.0, 1.0)
+    for t, b, option in ((2.0, 0.8, "--threshold"), (0.5, -0.1, "--broad-threshold")):
+        with pytest.raises(InputError, match=f"bad {option}"):
+            check_thresholds(t, b)
+
+
+def test_role_scores_are_each_heads_score_on_its_own_role():
+    from attnviz.patterns import PatternTable
+
+    mean = {name: np.full((1, 2), 0.1) for name in PATTERNS}
+    mean["previous"] = np.array([[0.9, 0.2]])
+    roles = np.array([["previous", "mixed"]])
+    table = PatternTable("m", (0,), (0, 1), mean, None, roles, texts=1)
+    scores = table.role_scores()
+    assert scores[0, 0] == pytest.approx(0.9) and np.isnan(scores[0, 1])

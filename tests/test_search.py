@@ -222,3 +222,48 @@ def test_find_heads_rejects_word_level_attention():
     )
     with pytest.raises(InputError, match="token-level"):
         find_heads(att, "a", "b")
+
+
+def test_a_phrase_is_its_words_in_a_row(family):
+    _, _, att = family
+    view = att.to_words()
+    unit = resolve(att, "PARISIAN  catsuits", view=view)
+    first_two = [i for i, w in enumerate(att.words) if w in ("Parisian", "catsuits")][:2]
+    expected = tuple(i for i, w in enumerate(att.word_ids) if w in first_two)
+    assert unit.tokens == expected and unit.label == "Parisian catsuits"
+    assert (unit.occurrence, unit.occurrences) == (1, 2)
+    second = resolve(att, "parisian catsuits", 2, view)
+    assert min(second.tokens) > max(unit.tokens)
+    assert resolve(att, "parisian catsuits", "all", view).tokens == tuple(sorted(unit.tokens + second.tokens))
+    with pytest.raises(TokenNotFoundError, match="as words in a row"):
+        resolve(att, "catsuits parisian emily", view=view)
+    # find_heads scores the phrase as one unit: mean over its query pieces, sum over the key's pieces
+    emily = resolve(att, "emily", view=view).tokens
+    result = find_heads(att, "parisian catsuits", "emily", top=None)
+    a2b, _ = pair_scores(att.attn, expected, emily)
+    for h in result.ranking:
+        assert h.a2b == pytest.approx(float(a2b[h.layer, h.head]))
+
+
+def test_a_subword_piece_is_found_by_its_string(family):
+    arch, _, att = family
+    word = resolve(att, "parisian")
+    piece_index = word.tokens[-1]
+    piece = att.tokens[piece_index]
+    unit = resolve(att, piece)
+    assert unit.tokens == (piece_index,), f"{arch}: {piece!r} in {att.tokens}"
+    assert unit.occurrences == 2  # the word occurs twice, and so does its last piece
+
+
+def test_check_queries_before_loading():
+    from attnviz.search import check_queries
+
+    check_queries(["Emily visits PARIS"], "paris", "emily")  # case-free
+    check_queries(["Un café à Paris"], "CAFE", "a")  # accents do not count
+    check_queries(["New  York\nand London"], "new york", "@3")  # spaces are spaces; @N is not checked
+    with pytest.raises(TokenNotFoundError, match="'berlin' does not occur in the text"):
+        check_queries(["Emily visits Paris"], "paris", "berlin")
+    with pytest.raises(TokenNotFoundError, match="none of the 2 texts contains both"):
+        check_queries(["Paris", "Rome"], "paris", "rome")
+    with pytest.raises(InputError, match="empty word"):
+        check_queries(["Paris"], " ", "paris")
