@@ -125,3 +125,51 @@ def test_singular_selection_options_take_one_index_everywhere(option):
         result = CliRunner().invoke(app, [name, "x y", option, "1,2"])
         assert result.exit_code == 2, (name, result.output)
         assert f"{option} takes one" in result.stderr and f"{option}s" in result.stderr, result.stderr
+
+
+# -- value completion ---------------------------------------------------------------------------
+
+
+def test_model_completion_offers_aliases_cached_hub_ids_and_folders(tmp_path, monkeypatch):
+    from attnviz.cli._options import complete_model
+
+    hub = tmp_path / "hf" / "hub"
+    (hub / "models--google-bert--bert-base-uncased").mkdir(parents=True)
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+    (tmp_path / "my-model").mkdir()
+    (tmp_path / "small.gguf").write_text("x")
+    (tmp_path / "notes.txt").write_text("x")
+    monkeypatch.chdir(tmp_path)
+    assert complete_model("")[:2] == ["minilm", "smollm2"]
+    assert complete_model("m") == ["minilm", "my-model/"]
+    assert complete_model("google") == ["google-bert/bert-base-uncased"]
+    assert complete_model("s") == ["smollm2", "small.gguf"]
+
+
+def test_cmap_and_config_completion(tmp_path, monkeypatch):
+    from attnviz.cli._options import complete_cmap, complete_config
+
+    assert "viridis" in complete_cmap("vir") and all(c.startswith("vir") for c in complete_cmap("vir"))
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "coreference.toml").write_text("")
+    (tmp_path / "corpus.toml").write_text("")
+    monkeypatch.chdir(tmp_path)
+    assert complete_config("co") == ["coreference", "configs/", "corpus.toml"]
+
+
+@pytest.mark.parametrize(
+    ("words", "expected"),
+    [("attnviz heatmap --cmap vir", "viridis"), ("attnviz entropy --cmap mag", "magma"),
+     ("attnviz heads -m min", "minilm"), ("attnviz find-head a b --model smo", "smollm2")],
+)  # fmt: skip
+def test_completers_are_wired_to_their_options(words, expected):
+    """What bash gets on Tab, through Typer's own completion protocol."""
+    from typer.testing import CliRunner
+
+    env = {
+        "_ATTNVIZ_COMPLETE": "complete_bash",
+        "COMP_WORDS": words,
+        "COMP_CWORD": str(len(words.split()) - 1),
+    }
+    result = CliRunner().invoke(app, [], env=env, prog_name="attnviz")
+    assert expected in result.stdout.split(), result.output
