@@ -173,3 +173,23 @@ def test_completers_are_wired_to_their_options(words, expected):
     }
     result = CliRunner().invoke(app, [], env=env, prog_name="attnviz")
     assert expected in result.stdout.split(), result.output
+
+
+@pytest.mark.slow
+def test_heads_guide_python_block_runs(minilm, smollm2):
+    doc = (ROOT / "docs" / "heads.md").read_text(encoding="utf-8")
+    block = doc.split("## Python API for heads\n", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict = {}
+    exec(compile(block, "docs/heads.md", "exec"), namespace)
+    best = namespace["found"].best
+    assert (best.layer, best.head) == (5, 3) and best.score == pytest.approx(0.417, abs=1e-3)
+    assert namespace["ind"].ranking(top=1)[0].induction > 0.5
+
+
+def test_heads_guide_documents_every_option_of_its_commands():
+    doc = (ROOT / "docs" / "heads.md").read_text(encoding="utf-8")
+    skip = {"--help", "--model", "--device", "--dtype", "--trust-remote-code", "--truncate", "--special"}
+    for name in ("find-head", "heads"):
+        for param in _command_objects()[name].params:
+            for opt in (o for o in param.opts if o.startswith("--") and o not in skip):
+                assert opt in doc, f"docs/heads.md does not mention {name} {opt}"
