@@ -193,3 +193,11 @@ def test_heads_guide_documents_every_option_of_its_commands():
         for param in _command_objects()[name].params:
             for opt in (o for o in param.opts if o.startswith("--") and o not in skip):
                 assert opt in doc, f"docs/heads.md does not mention {name} {opt}"
+
+
+def test_attnviz_alone_prints_the_help_not_an_error():
+    from typer.testing import CliRunner
+
+    result = CliRunner().invoke(app, [])
+    assert result.exit_code == 0 and result.stdout.startswith("Usage: attnviz [OPTIONS] COMMAND")
+    assert "error" not in result.stderr and all(f" {name} " in result.stdout for name in _commands())

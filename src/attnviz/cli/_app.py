@@ -69,6 +69,9 @@ class Group(TyperGroup):
         except Exception as exc:
             if not hasattr(exc, "format_message") or not hasattr(exc, "exit_code"):
                 raise  # not a usage error: cli.main() reports it
+            if type(exc).__name__ == "NoArgsIsHelpError":  # plain `attnviz`: the help, not an error
+                typer.echo(exc.format_message())
+                sys.exit(0)
             ctx = getattr(exc, "ctx", None)
             hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
             typer.echo(f"error: {exc.format_message()}{hint}", err=True)
