@@ -107,15 +107,23 @@ def help_text(args: list[str]) -> str:
     return "\n".join(line.rstrip() for line in result.stdout.strip("\n").splitlines())
 
 
-def _names(command: object) -> set[str]:
-    """Option names of a command (long forms, and each argument as its metavar: TEXT...)."""
-    out: set[str] = set()
+def _names(command: object) -> dict[str, bool]:
+    """Option names of a command -> whether it is a flag (arguments by metavar: TEXT...)."""
+    out: dict[str, bool] = {}
     for param in command.params:  # type: ignore[attr-defined]
         if param.param_type_name == "argument":
-            out.add((param.metavar or param.name or "").upper())
+            out[(param.metavar or param.name or "").upper()] = False
         else:
-            out.update(o for o in (*param.opts, *param.secondary_opts) if o.startswith("--"))
+            for o in (*param.opts, *param.secondary_opts):
+                if o.startswith("--"):
+                    out[o] = bool(getattr(param, "is_flag", False))
     return out
+
+
+def _is_flag(spelling: str) -> bool:
+    """`--json` is a flag; `--layer L` and `TEXT` take a value."""
+    words = spelling.strip("`").split("`")[0].split()
+    return words[-1].startswith("--") and not words[0].isupper()
 
 
 def _first_line(command: object) -> str:
@@ -144,8 +152,12 @@ def render() -> str:
         "|---|---|---|",
     ]
     for flag, (spelling, meaning) in SHARED.items():
-        having = [name for name, opts in names.items() if flag in opts]
+        kind = _is_flag(spelling)
+        having = [name for name, opts in names.items() if opts.get(flag) == kind]
+        other = [name for name, opts in names.items() if flag in opts and opts[flag] != kind]
         used = ", ".join(f"`{n}`" for n in having) if having else "-"
+        if other:  # the same name used another way: shown, so it is seen and fixed
+            used += "; **different meaning in** " + ", ".join(f"`{n}`" for n in other)
         out.append(f"| {spelling} | {meaning} | {used} |")
     out += ["", "## Commands", ""]
     out += [f"- [`attnviz {name}`](#attnviz-{name}): {_first_line(cmd)}" for name, cmd in cmds.items()]

@@ -201,3 +201,19 @@ def test_attnviz_alone_prints_the_help_not_an_error():
     result = CliRunner().invoke(app, [])
     assert result.exit_code == 0 and result.stdout.startswith("Usage: attnviz [OPTIONS] COMMAND")
     assert "error" not in result.stderr and all(f" {name} " in result.stdout for name in _commands())
+
+
+# Known clashes in modules this branch does not own, each with who fixes it; a new one fails.
+KNOWN_CLASHES = {"--texts": "batch's --texts/--no-texts keeps its texts table: the batch owner renames it"}
+
+
+def test_an_option_name_is_a_flag_everywhere_or_takes_a_value_everywhere():
+    kinds: dict[str, dict[bool, list[str]]] = {}
+    for name, cmd in _command_objects().items():
+        for param in cmd.params:
+            if param.param_type_name != "option":
+                continue
+            for opt in (o for o in (*param.opts, *param.secondary_opts) if o.startswith("--")):
+                kinds.setdefault(opt, {}).setdefault(bool(param.is_flag), []).append(name)
+    clashes = {opt: k for opt, k in kinds.items() if len(k) > 1 and opt not in KNOWN_CLASHES}
+    assert not clashes, f"one name, two kinds of option: {clashes}"
