@@ -473,3 +473,17 @@ def test_no_special_drops_the_special_tokens(minilm, figures):
     assert data["tokens"] == SEED_TOKENS[1:-1]
     ok("heatmap", SEED, "-l", "0", "--head", "0", "--no-special", "--dpi", "30")
     assert ticks(heat_axes(figures[-1][0])[0].xaxis) == SEED_TOKENS[1:-1]
+
+
+def _option_help(command: str, option: str) -> str:
+    import typer.main
+
+    cmd = typer.main.get_command(app).commands[command]
+    return next(p.help for p in cmd.params if option in p.opts)
+
+
+def test_option_help_says_what_the_option_does_in_that_command():
+    assert "overview" not in _option_help("toy", "--dpi") and "grid" in _option_help("heatmap", "--dpi")
+    assert "rows and columns" not in _option_help("entropy", "--highlight")
+    assert "bars" in _option_help("entropy", "--highlight")
+    assert "rows and columns" in _option_help("heatmap", "--highlight")

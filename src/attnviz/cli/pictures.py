@@ -50,6 +50,14 @@ DpiOpt = Annotated[
         "--dpi", metavar="N", help="Resolution of PNG files in dots per inch, 10-1200 (default 150)."
     ),
 ]
+HeatmapDpiOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--dpi",
+        metavar="N",
+        help="Resolution of PNG files in dots per inch, 10-1200 (default 150; 100 for the whole-model grid).",
+    ),
+]
 SizeOpt = Annotated[
     str | None,
     typer.Option(
@@ -203,7 +211,7 @@ def heatmap_cmd(
         ),
     ] = "self",
     highlight: HighlightOpt = None,
-    dpi: DpiOpt = None,
+    dpi: HeatmapDpiOpt = None,
     size: SizeOpt = None,
     output: OutputOpt = None,
     file: FileOpt = None,
