@@ -35,10 +35,10 @@ _EXPORTS = {
 __all__ = [*_EXPORTS, "__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover
+    from attnviz.attention import QKV, Attention, Encoded  # noqa: F401
     from attnviz.batch import iter_records, run_batch_analysis  # noqa: F401
     from attnviz.config import BatchConfig  # noqa: F401
     from attnviz.errors import AttnvizError  # noqa: F401
-    from attnviz.attention import QKV, Attention, Encoded  # noqa: F401
     from attnviz.extraction import extract, extract_batch  # noqa: F401
     from attnviz.induction import induction_scores  # noqa: F401
     from attnviz.models import BUNDLED, LoadedModel, load_model, resolve_model  # noqa: F401
