@@ -251,13 +251,14 @@ def _digest_index() -> Path:
 
 
 def file_digest(path: Path) -> str:
-    """The sha256 of a file's content, remembered per path, size, mtime_ns and inode.
+    """The sha256 of a file's content, remembered per path, size, inode, mtime_ns and ctime_ns.
 
-    Hashing reads the file once (about 0.2 s for SmolLM2's 100 MB); a file replaced in place gets
-    a new inode or mtime, so it is hashed again and can never reuse the old file's weights.
+    Hashing reads the file once (about 0.2 s for SmolLM2's 100 MB). A replaced file has a new
+    inode or change time (which, unlike the modification time, cannot be set back), so it is hashed
+    again and can never reuse the old file's weights.
     """
     stat = path.stat()
-    key = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ino}"
+    key = f"{path.resolve()}:{stat.st_size}:{stat.st_ino}:{stat.st_mtime_ns}:{stat.st_ctime_ns}"
     index_path = _digest_index()
     try:
         index = json.loads(index_path.read_text())
@@ -464,6 +465,24 @@ def _dequantise(
     progress: Callable[[LoadNotice], None] | None,
 ) -> tuple[Any, Any]:
     """Read the GGUF file into float32 weights, and save them as a cache entry when `folder` is set."""
+    cached = " (first load, cached afterwards)" if folder is not None else ""
+    _notify(progress, "status", f"de-quantising {source.name}{cached}...")
+    model, tokenizer = _read_gguf(source, gguf, trust_remote_code)
+    if folder is not None:
+        from attnviz.outputs import write_error
+
+        _notify(progress, "status", f"writing {source.name}'s de-quantised weights to {folder.parent}...")
+        try:
+            _write_entry(model, tokenizer, folder, gguf, digest)
+        except OSError as exc:  # an unwritable or full cache only costs speed next time
+            _notify(progress, "warning", f"{write_error(folder, exc)} (the model still loads, uncached)")
+    if torch_dtype is not None:
+        model = model.to(torch_dtype)
+    return model, tokenizer
+
+
+def _read_gguf(source: ModelSource, gguf: Path, trust_remote_code: bool) -> tuple[Any, Any]:
+    """The slow part: transformers de-quantises every tensor of the GGUF file to float32."""
     from transformers import AutoModel, AutoTokenizer
 
     for needed in ("gguf", "accelerate"):
@@ -477,8 +496,6 @@ def _dequantise(
 
     if not isinstance(gguf_utils.tqdm, partial):
         gguf_utils.tqdm = partial(gguf_utils.tqdm, disable=True)  # its own progress bar, unasked for
-    cached = " (first load, cached afterwards)" if folder is not None else ""
-    _notify(progress, "status", f"de-quantising {source.name}{cached}...")
     common = {"trust_remote_code": trust_remote_code}
     src = ModelSource(source.spec, source.name, "folder", str(gguf.parent))
     tokenizer = _from_pretrained(AutoTokenizer, src, gguf_file=gguf.name, **common)
@@ -487,22 +504,19 @@ def _dequantise(
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    if folder is not None:
-        from attnviz.outputs import atomic_output, write_error
-
-        _notify(progress, "status", f"writing {source.name}'s de-quantised weights to {folder.parent}...")
-        try:
-            with atomic_output(folder, folder=True) as tmp:
-                model.save_pretrained(tmp)
-                tokenizer.save_pretrained(tmp)
-                files = {p.name: p.stat().st_size for p in tmp.iterdir() if p.is_file()}
-                entry = {"source": str(gguf), "source_sha256": digest, "files": files}
-                (tmp / ENTRY_FILE).write_text(json.dumps(entry, indent=1))
-        except OSError as exc:  # an unwritable or full cache only costs speed next time
-            _notify(progress, "warning", f"{write_error(folder, exc)} (the model still loads, uncached)")
-    if torch_dtype is not None:
-        model = model.to(torch_dtype)
     return model, tokenizer
+
+
+def _write_entry(model: Any, tokenizer: Any, folder: Path, gguf: Path, digest: str) -> None:
+    """Save a cache entry atomically; its entry file (written last) records what makes it valid."""
+    from attnviz.outputs import atomic_output
+
+    with atomic_output(folder, folder=True) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        files = {p.name: p.stat().st_size for p in tmp.iterdir() if p.is_file()}
+        entry = {"source": str(gguf), "source_sha256": digest, "files": files}
+        (tmp / ENTRY_FILE).write_text(json.dumps(entry, indent=1))
 
 
 def hub_reachable(timeout: float = 2.0) -> bool:

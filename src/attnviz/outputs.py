@@ -176,6 +176,18 @@ def write_error(path: Path, exc: OSError) -> str:
     return f"cannot write {path}: {exc.strerror or exc}"
 
 
+def _set_modes(tmp: Path) -> None:
+    if not tmp.is_dir():
+        os.chmod(tmp, default_mode())
+        return
+    os.chmod(tmp, default_mode(folder=True))
+    for root, dirs, files in os.walk(tmp):
+        for d in dirs:
+            os.chmod(os.path.join(root, d), default_mode(folder=True))
+        for f in files:
+            os.chmod(os.path.join(root, f), default_mode())
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | Path, folder: bool = False) -> Iterator[Path]:
     """Yield a temporary path next to `path`; on success rename it to `path`, else remove it.
@@ -197,6 +209,7 @@ def atomic_output(path: str | Path, folder: bool = False) -> Iterator[Path]:
         os.chmod(tmp, default_mode())
     try:
         yield tmp
+        _set_modes(tmp)  # writers that replace the file themselves (safetensors) leave it 0600
         os.replace(tmp, path)  # a folder replaces only an empty folder; the caller clears its own
     except BaseException:
         if tmp.is_dir():
