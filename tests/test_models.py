@@ -232,7 +232,7 @@ def test_stale_temporary_entries_of_dead_processes_are_removed(fake_gguf, tmp_pa
 
 
 def test_interrupted_cache_write_leaves_nothing_behind(fake_gguf, monkeypatch):
-    gguf, reads = fake_gguf
+    gguf, _ = fake_gguf
     root = models.cache_dir() / "gguf"
 
     def full_disk(self, folder, *a, **kw):
