@@ -406,22 +406,19 @@ def _load_gguf(
     loaded = _try_cached(source, folder, digest, torch_dtype, trust_remote_code, progress)
     if loaded is not None:
         return (*loaded, True)
-    try:
-        lock = _locked(folder.parent / f".{folder.name}.lock")
-        lock.__enter__()
-    except OSError as exc:  # no usable cache folder: load straight from the GGUF file, uncached
-        where = f"{folder.parent} ({exc.strerror or exc})"
-        _notify(progress, "warning", f"cannot use the cache in {where}; loading without it")
-        return (*_dequantise(source, gguf, None, digest, torch_dtype, trust_remote_code, progress), False)
-    try:
-        if folder.exists():  # another process built it while we waited for the lock
+    with contextlib.ExitStack() as stack:
+        try:  # one writer per entry: a second process waits here, then finds the entry built
+            stack.enter_context(_locked(folder.parent / f".{folder.name}.lock"))
+        except OSError as exc:  # no usable cache folder: load straight from the GGUF file, uncached
+            where = f"{folder.parent} ({exc.strerror or exc})"
+            _notify(progress, "warning", f"cannot use the cache in {where}; loading without it")
+            return (*_dequantise(source, gguf, None, digest, torch_dtype, trust_remote_code, progress), False)
+        if folder.exists():  # built by another process while we waited, or found broken above
             loaded = _try_cached(source, folder, digest, torch_dtype, trust_remote_code, None)
             if loaded is not None:
                 return (*loaded, True)
-            shutil.rmtree(folder, ignore_errors=True)  # our own entry, found broken above
+            shutil.rmtree(folder, ignore_errors=True)  # our own entry, broken: rebuilt below
         return (*_dequantise(source, gguf, folder, digest, torch_dtype, trust_remote_code, progress), False)
-    finally:
-        lock.__exit__(None, None, None)
 
 
 def _try_cached(
