@@ -88,6 +88,14 @@ def test_save_and_load_round_trip(tiny_model_path, tmp_path, suffix):
         assert load_file(str(path))["encoder"].shape == att.attn.shape
 
 
+@pytest.mark.parametrize("suffix", [".safetensors", ".npz"])
+def test_damaged_files_are_one_clear_error(tmp_path, suffix):
+    path = tmp_path / f"bad{suffix}"
+    path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not a file")
+    with pytest.raises(InputError, match=r"bad\.(safetensors|npz) is not a readable attention file"):
+        Attention.load(path)
+
+
 def test_unknown_output_format(tiny_model_path, tmp_path):
     att = extract("the cat", load_model(str(tiny_model_path("bert")), device="cpu"))
     with pytest.raises(InputError, match="format"):

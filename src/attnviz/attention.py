@@ -215,16 +215,21 @@ class Attention:
         path = Path(path)
         if not path.is_file():
             raise _input_error(f"no such file: {path}")
-        if path.suffix.lower() == ".safetensors":
-            from safetensors import safe_open
+        try:
+            if path.suffix.lower() == ".safetensors":
+                from safetensors import safe_open
 
-            with safe_open(str(path), framework="numpy") as f:
-                meta = json.loads((f.metadata() or {})["attnviz"])
-                arrays = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-        else:
-            with np.load(path, allow_pickle=False) as data:
-                meta = json.loads(str(data["metadata"]))
-                arrays = {k: data[k] for k in data.files if k != "metadata"}
+                with safe_open(str(path), framework="numpy") as f:
+                    meta = json.loads((f.metadata() or {})["attnviz"])
+                    arrays = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+            else:
+                with np.load(path, allow_pickle=False) as data:
+                    meta = json.loads(str(data["metadata"]))
+                    arrays = {k: data[k] for k in data.files if k != "metadata"}
+        except Exception as exc:  # damaged, cut short or foreign (safetensors has its own error type)
+            raise _input_error(
+                f"{path} is not a readable attention file from `attnviz extract -o` ({type(exc).__name__})"
+            ) from exc
         main = arrays.get("self", arrays.get("encoder"))
         decoder = None
         if "decoder" in arrays and meta.get("decoder_tokens"):
