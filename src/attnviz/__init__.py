@@ -14,6 +14,7 @@ _EXPORTS = {
     "load_model": "attnviz.models",
     "resolve_model": "attnviz.models",
     "LoadedModel": "attnviz.models",
+    "LoadNotice": "attnviz.models",
     "BUNDLED": "attnviz.models",
     "extract": "attnviz.extraction",
     "extract_batch": "attnviz.extraction",
@@ -41,7 +42,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from attnviz.errors import AttnvizError  # noqa: F401
     from attnviz.extraction import extract, extract_batch  # noqa: F401
     from attnviz.induction import induction_scores  # noqa: F401
-    from attnviz.models import BUNDLED, LoadedModel, load_model, resolve_model  # noqa: F401
+    from attnviz.models import BUNDLED, LoadedModel, LoadNotice, load_model, resolve_model  # noqa: F401
     from attnviz.patterns import head_patterns, pattern_scores, row_entropy  # noqa: F401
     from attnviz.search import HeadScore, find_heads  # noqa: F401
 
