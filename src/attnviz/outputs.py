@@ -1,10 +1,21 @@
-"""Where pictures go: checked `-o` paths, and default names under `outputs/` that never overwrite."""
+"""Where outputs go: checked `-o` paths, default names that never overwrite, and atomic writes.
+
+Every file attnviz writes goes through `atomic_output`: written under a temporary name in the same
+folder, then renamed, so a full disk or an interrupt never leaves a half-written file behind, and
+created with the permissions the user's umask asks for.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import hashlib
 import os
 import re
+import shutil
+import tempfile
 import unicodedata
+from collections.abc import Iterator
 from pathlib import Path
 
 from attnviz.errors import InputError
@@ -35,10 +46,24 @@ def image_format(path: Path) -> str:
     return ext
 
 
-def default_name(*parts: str | int | None, ext: str = "png") -> str:
-    """Join the non-empty parts into one file name: heatmap-emily-always-minilm-L1-H5.png."""
+MAX_NAME = 120  # characters of a default file name, extension included (file systems allow 255 bytes)
+
+
+def default_name(*parts: str | int | None, ext: str = "png", max_len: int = MAX_NAME) -> str:
+    """Join the non-empty parts into one file name: heatmap-emily-always-minilm-L1-H5.png.
+
+    Names longer than `max_len` keep their start and end and get a short hash of the whole name in
+    the middle, so a model folder with a 240-character name still gives a valid, distinct name.
+    """
     cleaned = [re.sub(r"[^A-Za-z0-9_.+-]+", "-", str(p)).strip("-.") for p in parts if p not in (None, "")]
-    return "-".join(c for c in cleaned if c) + f".{ext}"
+    stem = "-".join(c for c in cleaned if c)
+    suffix = f".{ext}"
+    if len(stem) + len(suffix) <= max_len:
+        return stem + suffix
+    digest = hashlib.sha256(stem.encode()).hexdigest()[:8]
+    room = max_len - len(suffix) - len(digest) - 2
+    head, tail = stem[: room - room // 3].rstrip("-."), stem[len(stem) - room // 3 :].lstrip("-.")
+    return f"{head}-{digest}-{tail}".strip("-") + suffix
 
 
 def _writable_dir(folder: Path) -> Path:
@@ -99,3 +124,96 @@ def check_output(output: Path | None) -> None:
         raise InputError(f"cannot write {output}: {parent} is a file, not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise InputError(f"cannot write {output}: permission denied in {parent}")
+
+
+DATA_FORMATS = (".safetensors", ".npz")
+
+
+def check_data_output(output: Path | None) -> None:
+    """Fail fast on a `-o` for arrays (extract) that could not be written: format, folder, rights."""
+    if output is None:
+        return
+    if output.is_dir():
+        raise InputError(f"{output} is a folder; give a file name ending in .safetensors or .npz")
+    if output.suffix.lower() not in DATA_FORMATS:
+        shown = output.suffix or "(none)"
+        raise InputError(f"unknown output format '{shown}' for {output}; end it with .safetensors or .npz")
+    _check_parent(output)
+
+
+def _check_parent(output: Path) -> None:
+    if output.exists() and not os.access(output, os.W_OK):
+        raise InputError(f"cannot write {output}: permission denied")
+    parent = output.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if parent.exists() and not parent.is_dir():
+        raise InputError(f"cannot write {output}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write {output}: permission denied in {parent}; choose another -o")
+
+
+def umask() -> int:
+    """The process umask (read by setting and restoring it: there is no other portable way)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def default_mode(folder: bool = False) -> int:
+    """The permissions `open()`/`mkdir()` would give a new file or folder under the user's umask."""
+    return (0o777 if folder else 0o666) & ~umask()
+
+
+def no_space(exc: OSError) -> bool:
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def write_error(path: Path, exc: OSError) -> str:
+    """One line a user can act on, for an OSError met while writing `path`."""
+    if no_space(exc):
+        return f"no space left on the device to write {path}; free some space or choose another -o"
+    return f"cannot write {path}: {exc.strerror or exc}"
+
+
+def _set_modes(tmp: Path) -> None:
+    if not tmp.is_dir():
+        os.chmod(tmp, default_mode())
+        return
+    os.chmod(tmp, default_mode(folder=True))
+    for root, dirs, files in os.walk(tmp):
+        for d in dirs:
+            os.chmod(os.path.join(root, d), default_mode(folder=True))
+        for f in files:
+            os.chmod(os.path.join(root, f), default_mode())
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | Path, folder: bool = False) -> Iterator[Path]:
+    """Yield a temporary path next to `path`; on success rename it to `path`, else remove it.
+
+    The temporary file (or folder, with `folder=True`) gets the mode the user's umask gives new
+    files, not tempfile's 0600. Errors while writing propagate unchanged (see `write_error`).
+    """
+    path = Path(path)
+    parent = path.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".{path.name[:80]}.tmp{os.getpid()}-"
+    if folder:
+        tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+        os.chmod(tmp, default_mode(folder=True))
+    else:
+        fd, name = tempfile.mkstemp(prefix=prefix, suffix=path.suffix, dir=parent)
+        os.close(fd)
+        tmp = Path(name)
+        os.chmod(tmp, default_mode())
+    try:
+        yield tmp
+        _set_modes(tmp)  # writers that replace the file themselves (safetensors) leave it 0600
+        os.replace(tmp, path)  # a folder replaces only an empty folder; the caller clears its own
+    except BaseException:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        raise

@@ -10,12 +10,13 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
 
 from attnviz.errors import TokenNotFoundError
 
 if TYPE_CHECKING:
-    from attnviz.extraction import Attention
+    from attnviz.attention import Attention
 
 WORD_RE = re.compile(r"\w+(?:['’]\w+)*|[^\w\s]")
 _PIECE_MARKS = ("Ġ", "▁", "Ċ", "##")
@@ -44,6 +45,124 @@ def align_words(
         j = _find_word(starts, ends, start)
         word_ids.append(j)
     return word_ids, [w[0] for w in words]
+
+
+def word_units(
+    tokens: Sequence[str], word_ids: Sequence[int | None], words: Sequence[str]
+) -> tuple[list[str], list[int]]:
+    """The word-level view's unit labels, and each token's unit index.
+
+    A word's pieces share one unit labelled with the word; special tokens (word id None) stay
+    units of their own. The one builder behind `Attention.to_words` and batch statistics.
+    """
+    labels: list[str] = []
+    unit_of: list[int] = []
+    seen: dict[int, int] = {}
+    for tok, wid in zip(tokens, word_ids, strict=True):
+        if wid is None:
+            labels.append(tok)
+            unit_of.append(len(labels) - 1)
+        elif wid in seen:
+            unit_of.append(seen[wid])
+        else:
+            seen[wid] = len(labels)
+            labels.append(words[wid])
+            unit_of.append(len(labels) - 1)
+    return labels, unit_of
+
+
+@lru_cache(maxsize=1)
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2's byte-level BPE alphabet, reversed: the printable stand-in character -> its byte."""
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
+    chars = list(printable)
+    n = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(printable, chars, strict=True)}
+
+
+def is_byte_level(tokenizer: Any) -> bool:
+    """True for byte-level BPE tokenizers (GPT-2, Llama 3, SmolLM2), whose pieces spell bytes."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and "ByteLevel" in repr(getattr(backend, "decoder", None)):
+        return True
+    return hasattr(tokenizer, "byte_decoder")
+
+
+_SHOWN = {" ": "Ġ", "\n": "Ċ"}  # the marks display() and normalise() already understand
+
+
+def _show(char: str) -> str:
+    if char in _SHOWN:
+        return _SHOWN[char]
+    if char.isprintable():
+        return char
+    return char.encode("unicode_escape").decode("ascii")
+
+
+def readable(pieces: Sequence[str], special: Sequence[str] = ()) -> list[str]:
+    """Byte-level BPE pieces as text: 'ä' '¸' 'Ń' -> '中' '\\xb8' '\\xad', 'ðŁĺĢ' -> '😀', 'ĠParis' stays.
+
+    The bytes of all pieces are decoded together; a character split over several pieces is shown
+    on the piece holding its first byte, and the later pieces show their bytes as `\\xNN`.
+    Spaces and newlines keep the Ġ and Ċ marks that `display` turns into nothing and `\\n`.
+    Special tokens and pieces that are not byte-level spellings are kept as they are.
+    """
+    table = _byte_decoder()
+    specials = set(special)
+    labels: list[str | None] = [None] * len(pieces)
+    data = bytearray()
+    owner: list[int] = []  # piece index of each byte in `data`
+
+    def flush() -> None:
+        out = [""] * len(pieces)
+        p = 0
+        while p < len(data):
+            lead = data[p]
+            size = 1 if lead < 0x80 else 2 if lead >> 5 == 0b110 else 3 if lead >> 4 == 0b1110 else 4
+            try:
+                char = bytes(data[p : p + size]).decode("utf-8") if lead < 0x80 or lead >= 0xC0 else None
+            except UnicodeDecodeError:
+                char = None
+            if char is None:
+                out[owner[p]] += f"\\x{lead:02x}"
+                p += 1
+                continue
+            out[owner[p]] += _show(char)
+            for q in range(p + 1, p + size):
+                if owner[q] != owner[p]:
+                    out[owner[q]] += f"\\x{data[q]:02x}"
+            p += size
+        for i in set(owner):
+            labels[i] = out[i]
+        data.clear()
+        owner.clear()
+
+    for i, piece in enumerate(pieces):
+        if piece in specials or not piece or any(c not in table for c in piece):
+            flush()
+            labels[i] = piece
+            continue
+        data.extend(table[c] for c in piece)
+        owner.extend([i] * len(piece))
+    flush()
+    return [label if label else piece for label, piece in zip(labels, pieces, strict=True)]
+
+
+def token_labels(tokenizer: Any, ids: Sequence[int]) -> tuple[list[str], list[str]]:
+    """(readable labels, raw pieces) of a row of token ids, for any tokenizer family."""
+    pieces = tokenizer.convert_ids_to_tokens(list(ids))
+    if not is_byte_level(tokenizer):
+        return list(pieces), list(pieces)
+    return readable(pieces, getattr(tokenizer, "all_special_tokens", ()) or ()), list(pieces)
 
 
 def _find_word(starts: list[int], ends: list[int], pos: int) -> int | None:

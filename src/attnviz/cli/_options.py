@@ -211,16 +211,37 @@ def read_text(text: str | None, file: Path | None) -> str:
     raise InputError("no text given: pass it as an argument, with --file, or on standard input")
 
 
-def load(model: str, device: str, dtype: str, trust_remote_code: bool = False) -> Any:
-    """Load a model, with a spinner on an interactive terminal only."""
-    from attnviz.models import load_model
+def load(model: str, device: str, dtype: str, trust_remote_code: bool = False, quiet: bool = False) -> Any:
+    """Load a model; on an interactive terminal (and without `quiet`, e.g. --json) show a status line.
 
-    if sys.stderr.isatty():
-        from rich.console import Console
+    The library reports slow steps (de-quantising a GGUF file) and repairs (a rebuilt cache entry)
+    as notices: status notices update the spinner, warnings are one `warning:` line on stderr.
+    Nothing is ever written to stdout.
+    """
+    from attnviz.models import LoadNotice, load_model
 
-        with Console(stderr=True).status(f"loading {model}..."):
-            return load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
-    return load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    def warn(notice: LoadNotice) -> None:
+        if notice.kind == "warning":
+            typer.echo(f"warning: {notice.message}", err=True)
+
+    if not sys.stderr.isatty() or quiet:
+        return load_model(
+            model, device=device, dtype=dtype, trust_remote_code=trust_remote_code, progress=warn
+        )
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    with console.status(f"loading {model}...") as status:
+
+        def show(notice: LoadNotice) -> None:
+            if notice.kind == "status":
+                status.update(notice.message)
+            else:
+                console.print(f"warning: {notice.message}", markup=False, highlight=False)
+
+        return load_model(
+            model, device=device, dtype=dtype, trust_remote_code=trust_remote_code, progress=show
+        )
 
 
 def print_json(data: Any) -> None:

@@ -49,16 +49,23 @@ def extract_cmd(
     """Extract per-layer, per-head attention for a text and save it with its tokens."""
     from attnviz.errors import InputError
     from attnviz.extraction import extract
+    from attnviz.outputs import check_data_output
 
+    # everything the user typed is checked before the model loads (which can take a minute)
     body = read_text(text, file)
-    if output is not None and output.suffix.lower() not in (".safetensors", ".npz"):
-        raise InputError(f"unknown output format '{output.suffix}'; use .safetensors or .npz")
-    loaded = load(model, device, dtype, trust_remote_code)
+    if not body.strip():
+        raise InputError(
+            "the text is empty: give some text as the argument, with --file or on standard input"
+        )
+    layer_list = parse_indices(layers, "--layers")
+    head_list = parse_indices(heads, "--heads")
+    check_data_output(output)
+    loaded = load(model, device, dtype, trust_remote_code, quiet=as_json)
     att = extract(
         body,
         loaded,
-        layers=parse_indices(layers, "--layers"),
-        heads=parse_indices(heads, "--heads"),
+        layers=layer_list,
+        heads=head_list,
         words=words,
         special_tokens=special,
         truncate=truncate,
@@ -71,6 +78,8 @@ def extract_cmd(
         "kind": meta["kind"],
         "level": meta["level"],
         "tokens": meta["tokens"],
+        "token_ids": meta["token_ids"],
+        "pieces": meta["pieces"],
         "layers": meta["layers"],
         "heads": meta["heads"],
         "shapes": {name: list(a.shape) for name, a in att.streams.items()},

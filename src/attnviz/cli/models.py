@@ -21,7 +21,7 @@ def models_cmd(as_json: JsonOpt = False) -> None:
         return
     for r in rows:
         mark = "installed" if r.installed else f"not installed ({r.install})"
-        default = " (default)" if r.alias == DEFAULT_MODEL else ""
+        default = "  [used when --model is not given]" if r.alias == DEFAULT_MODEL else ""
         typer.echo(f"{r.alias:<9} {mark:<10} {r.description}{default}")
     typer.echo("Also accepted: a Hugging Face hub id (from the local cache), a model folder, a .gguf file.")
 
@@ -37,7 +37,7 @@ def info_cmd(
     """Print a model's layers, heads, kind, maximum length and parameter count."""
     from attnviz.models import model_info
 
-    info = model_info(load(model, device, dtype, trust_remote_code))
+    info = model_info(load(model, device, dtype, trust_remote_code, quiet=as_json))
     if as_json:
         print_json(dataclasses.asdict(info))
         return

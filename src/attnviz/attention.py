@@ -1,0 +1,293 @@
+"""The result types every command passes around: Attention, QKV and Encoded.
+
+A leaf module: at import time it needs only numpy, never another attnviz module, so any module
+can import these types without a cycle (errors, labels and file writing are imported where used).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FORMAT_VERSION = 1
+
+
+def _input_error(message: str) -> Exception:
+    from attnviz.errors import InputError
+
+    return InputError(message)
+
+
+@dataclass(frozen=True)
+class QKV:
+    """One layer's per-head vectors, as the model used them (after rotary embeddings)."""
+
+    q: np.ndarray  # [heads, q, d]
+    k: np.ndarray  # [heads, k, d] (grouped-query keys repeated per head)
+    v: np.ndarray  # [heads, k, d]
+    scaling: float  # what scores are multiplied by (usually 1/sqrt(d))
+    bias: np.ndarray  # [heads or 1, q, k] additive: 0 visible, -inf masked, plus any position bias
+
+
+@dataclass(frozen=True)
+class Attention:
+    """The attention of one text: what every command draws, ranks or summarises."""
+
+    model: str
+    kind: str  # "encoder", "decoder" or "encoder-decoder"
+    text: str
+    tokens: tuple[str, ...]  # readable pieces (byte-level BPE decoded to text; see tokens.readable)
+    spans: tuple[tuple[int, int], ...]  # character span of each token in `text` ((0, 0): special)
+    word_ids: tuple[int | None, ...]  # index into `words`; None for special tokens
+    words: tuple[str, ...]
+    special: tuple[bool, ...]
+    layers: tuple[int, ...]  # model layer index of each row of `attn`
+    heads: tuple[int, ...]  # model head index of each column of `attn`
+    attn: np.ndarray  # [layers, heads, q, k] float32
+    causal: bool = False
+    level: str = "token"  # "token" or "word"
+    truncated: int = 0  # tokens cut by --truncate
+    decoder: Attention | None = None  # encoder-decoder: decoder self-attention
+    cross: np.ndarray | None = None  # encoder-decoder: [layers, heads, decoder q, encoder k]
+    qkv: dict[int, QKV] | None = field(default=None, repr=False)
+    token_ids: tuple[int, ...] = ()  # the tokenizer's ids (token level only; () for words/old files)
+    pieces: tuple[str, ...] = ()  # the tokenizer's raw pieces, e.g. 'ĠParis' or 'ðŁĺ' (token level)
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def labels(self) -> list[str]:
+        """Tokens as people read them (for axes and tables)."""
+        from attnviz.tokens import display
+
+        return [display(t) for t in self.tokens]
+
+    @property
+    def streams(self) -> dict[str, np.ndarray]:
+        """Every attention array by name: `self` (or `encoder`), `decoder`, `cross`."""
+        if self.kind != "encoder-decoder":
+            return {"self": self.attn}
+        out = {"encoder": self.attn}
+        if self.decoder is not None:
+            out["decoder"] = self.decoder.attn
+        if self.cross is not None:
+            out["cross"] = self.cross
+        return out
+
+    def stream(self, name: str) -> Attention:
+        """The square self-attention stream `name` as an Attention: `self`/`encoder` or `decoder`."""
+        if name in ("self", "encoder"):
+            return self
+        if name == "decoder":
+            if self.decoder is None:
+                raise _input_error(f"{self.model} is not an encoder-decoder model: it has no decoder stream")
+            return self.decoder
+        raise _input_error(f"unknown attention stream '{name}': use self, decoder or cross")
+
+    def layer_pos(self, layer: int) -> int:
+        """Row of `attn` holding model layer `layer`."""
+        try:
+            return self.layers.index(layer)
+        except ValueError:
+            raise _input_error(f"layer {layer} was not extracted (have {_ranges(self.layers)})") from None
+
+    def head_pos(self, head: int) -> int:
+        try:
+            return self.heads.index(head)
+        except ValueError:
+            raise _input_error(f"head {head} was not extracted (have {_ranges(self.heads)})") from None
+
+    def head(self, layer: int, head: int) -> np.ndarray:
+        """One head's [q, k] matrix, by model layer and head index."""
+        return self.attn[self.layer_pos(layer), self.head_pos(head)]
+
+    def visible(self) -> np.ndarray:
+        """[q, k] bool: which keys each query may see (the causal mask, or all)."""
+        n = self.n_tokens
+        if self.causal and self.level == "token":
+            return np.tril(np.ones((n, n), dtype=bool))
+        if self.causal:
+            return self.attn.max(axis=(0, 1)) > 0
+        return np.ones((n, n), dtype=bool)
+
+    def to_words(self) -> Attention:
+        """Merge subword pieces into words: sum over key pieces, mean over query pieces.
+
+        Special tokens stay units of their own; every row still sums to 1.
+        """
+        from attnviz.tokens import word_units
+
+        if self.level == "word":
+            return self
+        labels, unit_of = word_units(self.tokens, self.word_ids, self.words)
+        unit_word: list[int | None] = [None] * len(labels)
+        for u, wid in zip(unit_of, self.word_ids, strict=True):
+            unit_word[u] = wid
+        units = list(zip(labels, unit_word, strict=True))  # (label, word id) per unit
+        assign = np.zeros((len(units), self.n_tokens), dtype=np.float32)  # [units, tokens]
+        assign[unit_of, np.arange(self.n_tokens)] = 1.0
+        mean_q = assign / assign.sum(axis=1, keepdims=True)
+
+        def merge(a: np.ndarray | None) -> np.ndarray | None:
+            if a is None:
+                return None
+            return np.einsum("uq,lhqk,vk->lhuv", mean_q, a, assign, optimize=True).astype(np.float32)
+
+        spans = []
+        for u, (_label, wid) in enumerate(units):
+            members = [i for i, x in enumerate(unit_of) if x == u]
+            spans.append(
+                (self.spans[members[0]][0], self.spans[members[-1]][1]) if wid is not None else (0, 0)
+            )
+        return replace(
+            self,
+            tokens=tuple(label for label, _ in units),
+            spans=tuple(spans),
+            word_ids=tuple(wid for _, wid in units),
+            special=tuple(wid is None for _, wid in units),
+            attn=merge(self.attn),
+            level="word",
+            cross=None,
+            decoder=None,
+            qkv=None,
+            token_ids=(),
+            pieces=(),
+        )
+
+    # -- files --------------------------------------------------------------------------------
+    def metadata(self) -> dict[str, Any]:
+        """Everything but the arrays, as JSON-ready values."""
+        return {
+            "format": FORMAT_VERSION,
+            "model": self.model,
+            "kind": self.kind,
+            "text": self.text,
+            "tokens": list(self.tokens),
+            "token_ids": list(self.token_ids),
+            "pieces": list(self.pieces),
+            "spans": [list(s) for s in self.spans],
+            "word_ids": list(self.word_ids),
+            "words": list(self.words),
+            "special": list(self.special),
+            "layers": list(self.layers),
+            "heads": list(self.heads),
+            "causal": self.causal,
+            "level": self.level,
+            "truncated": self.truncated,
+            "shape": list(self.attn.shape),
+            "decoder_tokens": list(self.decoder.tokens) if self.decoder is not None else None,
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Write the arrays and metadata to .safetensors or .npz (never pickle)."""
+        from attnviz.outputs import atomic_output, check_data_output, write_error
+
+        path = Path(path)
+        check_data_output(path)
+        arrays = {name: np.ascontiguousarray(a, dtype=np.float32) for name, a in self.streams.items()}
+        meta = json.dumps(self.metadata())
+        try:
+            with atomic_output(path) as tmp:
+                if path.suffix.lower() == ".safetensors":
+                    from safetensors.numpy import save_file
+
+                    save_file(arrays, str(tmp), metadata={"attnviz": meta})
+                else:
+                    np.savez_compressed(tmp, **arrays, metadata=np.array(meta))
+        except OSError as exc:
+            raise _input_error(write_error(path, exc)) from exc
+        except Exception as exc:  # safetensors reports I/O failures (a full disk) as its own error
+            if "No space left" in str(exc) or "os error 28" in str(exc):
+                raise _input_error(write_error(path, OSError(28, "No space left on device"))) from exc
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Attention:
+        """Read a file written by `save`."""
+        path = Path(path)
+        if not path.is_file():
+            raise _input_error(f"no such file: {path}")
+        try:
+            if path.suffix.lower() == ".safetensors":
+                from safetensors import safe_open
+
+                with safe_open(str(path), framework="numpy") as f:
+                    meta = json.loads((f.metadata() or {})["attnviz"])
+                    arrays = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+            else:
+                with np.load(path, allow_pickle=False) as data:
+                    meta = json.loads(str(data["metadata"]))
+                    arrays = {k: data[k] for k in data.files if k != "metadata"}
+        except Exception as exc:  # damaged, cut short or foreign (safetensors has its own error type)
+            raise _input_error(
+                f"{path} is not a readable attention file from `attnviz extract -o` ({type(exc).__name__})"
+            ) from exc
+        main = arrays.get("self", arrays.get("encoder"))
+        decoder = None
+        if "decoder" in arrays and meta.get("decoder_tokens"):
+            dt = tuple(meta["decoder_tokens"])
+            decoder = _plain(meta, dt, arrays["decoder"], causal=True)
+        return cls(
+            model=meta["model"],
+            kind=meta["kind"],
+            text=meta["text"],
+            tokens=tuple(meta["tokens"]),
+            token_ids=tuple(meta.get("token_ids") or ()),
+            pieces=tuple(meta.get("pieces") or ()),
+            spans=tuple(tuple(s) for s in meta["spans"]),
+            word_ids=tuple(meta["word_ids"]),
+            words=tuple(meta["words"]),
+            special=tuple(meta["special"]),
+            layers=tuple(meta["layers"]),
+            heads=tuple(meta["heads"]),
+            attn=main,
+            causal=meta["causal"],
+            level=meta["level"],
+            truncated=meta["truncated"],
+            decoder=decoder,
+            cross=arrays.get("cross"),
+        )
+
+
+def _plain(meta: dict[str, Any], tokens: tuple[str, ...], attn: np.ndarray, causal: bool) -> Attention:
+    return Attention(
+        model=meta["model"],
+        kind="decoder",
+        text=meta["text"],
+        tokens=tokens,
+        spans=tuple((0, 0) for _ in tokens),
+        word_ids=tuple(None for _ in tokens),
+        words=(),
+        special=tuple(False for _ in tokens),
+        layers=tuple(meta["layers"]),
+        heads=tuple(meta["heads"]),
+        attn=attn,
+        causal=causal,
+    )
+
+
+def _ranges(values: Sequence[int]) -> str:
+    return ", ".join(str(v) for v in values) if len(values) < 8 else f"{values[0]}-{values[-1]}"
+
+
+@dataclass
+class Encoded:
+    """Tokenised texts, right-padded, with what is needed to cut results back per text."""
+
+    texts: list[str]
+    input_ids: Any  # [batch, seq] tensor
+    attention_mask: Any
+    lengths: list[int]
+    offsets: list[list[tuple[int, int]]]
+    special: list[list[bool]]
+    tokens: list[list[str]]  # readable labels (tokens.readable)
+    truncated: list[int]
+    pieces: list[list[str]] | None = None  # the tokenizer's raw pieces, when they differ from `tokens`
