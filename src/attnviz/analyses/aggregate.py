@@ -42,12 +42,11 @@ class Derived(Attention):
         return meta
 
 
-def derive(att: Attention, note: str | None = None, **changes: Any) -> Derived:
+def derive(att: Attention, note: str | Sequence[str] = (), **changes: Any) -> Derived:
     """A Derived copy of `att` with `changes`, keeping any earlier notes and weighting."""
     values = {f.name: getattr(att, f.name) for f in fields(att)}
     values.update(changes)
-    if note:
-        values["notes"] = (*getattr(att, "notes", ()), note)
+    values["notes"] = (*getattr(att, "notes", ()), *([note] if isinstance(note, str) else note))
     return Derived(**values)
 
 
@@ -101,7 +100,7 @@ def aggregate(
         pooled_layers, sel_layers = sel_layers, sel_layers[:1]
     return derive(
         att,
-        "; ".join(notes),
+        notes,
         attn=np.ascontiguousarray(arr),
         layers=sel_layers,
         heads=sel_heads,
