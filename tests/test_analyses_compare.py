@@ -93,3 +93,11 @@ def test_minilm_trophy(minilm) -> None:
     assert result.alignment.mode == "positional"
     np.testing.assert_allclose(result.change, brute_change(a, b, result.alignment.pairs), atol=1e-6)
     assert result.change.max() > 0.01
+
+
+def test_same_length_but_shifted_aligns_on_shared_tokens() -> None:
+    a = ("[CLS]", "the", "cat", "sat", "on", "the", "mat", "[SEP]")
+    b = ("[CLS]", "the", "b", "##i", "##g", "cat", "sat", "[SEP]")
+    got = align(a, b)
+    assert got.mode == "shared"
+    assert got.pairs == ((0, 0), (1, 1), (2, 5), (3, 6), (7, 7))

@@ -1,9 +1,10 @@
 """Minimal pairs: which heads change between two texts that differ in a word or two?
 
-The two token sequences are aligned position by position when they have the same length, else on
-the tokens they share (difflib's matching blocks, case-free). Per head, the change is the mean over
-aligned query tokens of the Jensen-Shannon divergence (base 2, in [0, 1]) between the two rows,
-each restricted to the aligned keys and renormalised.
+The two token sequences are aligned position by position when they match one to one (same length,
+differing only by in-place substitutions: "too big" / "too small"), else on the tokens they share
+(difflib's matching blocks, case-free). Per head, the change is the mean over aligned query tokens
+of the Jensen-Shannon divergence (base 2, in [0, 1]) between the two rows, each restricted to the
+aligned keys and renormalised.
 """
 
 from __future__ import annotations
@@ -60,15 +61,20 @@ class Alignment:
 
 
 def align(tokens_a: tuple[str, ...], tokens_b: tuple[str, ...]) -> Alignment:
-    """Same length: position by position; otherwise the longest matching blocks of equal tokens."""
-    if len(tokens_a) == len(tokens_b):
-        pairs = tuple((i, i) for i in range(len(tokens_a)))
-        return Alignment("positional", pairs, tuple(tokens_a), tuple(tokens_b))
+    """Position by position when the texts match one to one (same length, differing only by
+    same-size substitutions in place); otherwise the longest matching blocks of equal tokens."""
     from difflib import SequenceMatcher
 
     a = [normalise(t) or t for t in tokens_a]
     b = [normalise(t) or t for t in tokens_b]
     matcher = SequenceMatcher(a=a, b=b, autojunk=False)
+    in_place = all(
+        op == "equal" or (op == "replace" and i1 == j1 and i2 == j2)
+        for op, i1, i2, j1, j2 in matcher.get_opcodes()
+    )
+    if len(tokens_a) == len(tokens_b) and in_place:
+        pairs = tuple((i, i) for i in range(len(tokens_a)))
+        return Alignment("positional", pairs, tuple(tokens_a), tuple(tokens_b))
     pairs = tuple(
         (block.a + k, block.b + k) for block in matcher.get_matching_blocks() for k in range(block.size)
     )
