@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from attnviz.analyses.cluster import HeadDistances
     from attnviz.analyses.compare import Comparison
     from attnviz.analyses.rollout import Rollout
+    from attnviz.extraction import Attention
 
 DIVERGING = "RdBu_r"
 ROLE_MARKERS = {
@@ -170,16 +171,20 @@ def cluster_map(dist: HeadDistances, *, cmap: str = "viridis_r") -> Any:
     )
     font = max(3.0, min(8.0, 500 / max(1, len(labels))))
     grid.ax_heatmap.tick_params(labelsize=font)
-    grid.figure.suptitle(f"{dist.model} · head distances over {dist.texts} texts", y=1.0)
+    grid.figure.suptitle(
+        f"{dist.model} · head distances over {dist.texts} texts (side colours: layer)", y=0.998, va="top"
+    )
     return grid
 
 
 def _layer_colours(layers: Sequence[int]) -> list[Any]:
     from matplotlib import colormaps
 
-    cm = colormaps["viridis"]
-    top = max(max(layers), 1)
-    return [cm(layer / top) for layer in layers]
+    distinct = sorted(set(layers))
+    cm = colormaps["tab10" if len(distinct) <= 10 else "turbo"]
+    if len(distinct) <= 10:
+        return [cm(distinct.index(layer)) for layer in layers]
+    return [cm(distinct.index(layer) / (len(distinct) - 1)) for layer in layers]
 
 
 def save_clustermap(grid: Any, path: str | Path, dpi: float | None = None) -> Path:
@@ -233,4 +238,65 @@ def embedding_figure(dist: HeadDistances, *, dpi: float = DEFAULT_DPI) -> Figure
     ax.set_xlabel("MDS 1")
     ax.set_ylabel("MDS 2")
     ax.set_title(f"{dist.model} · heads placed by attention similarity ({dist.texts} texts)", fontsize=10)
+    return fig
+
+
+# -- norm weighting -----------------------------------------------------------------------------
+def weighting_figure(
+    att: Attention,
+    weighted: Attention,
+    layer: int,
+    head: int,
+    *,
+    cmap: str = DEFAULT_CMAP,
+    dpi: float = DEFAULT_DPI,
+) -> Figure:
+    """One head as attention weights and as norm-weighted contributions, each on its own scale."""
+    labels = att.labels
+    n = len(labels)
+    side = _side(n)
+    fig = new_figure((side * 2 + 3.5, side + 1.8), dpi)
+    axes = fig.subplots(1, 2)
+    visible = att.visible() if att.causal else None
+    for ax, source, title, bar in (
+        (axes[0], att, "attention weights α", "attention weight"),
+        (axes[1], weighted, "norm-weighted ||α f(x)||", "contribution norm"),
+    ):
+        matrix = source.head(layer, head)
+        image = draw_matrix(ax, matrix, visible=visible, vmax=float(matrix.max()) or 1.0, cmap=colormap(cmap))
+        _ticks(ax, labels, "y", side)
+        _ticks(ax, labels, "x", side)
+        ax.set_title(title)
+        ax.set_ylabel(QUERY_LABEL)
+        ax.set_xlabel(KEY_LABEL)
+        fig.colorbar(image, ax=ax, shrink=0.85).set_label(bar)
+    fig.suptitle(f"{att.model} · layer {layer} · head {head}: weight vs value-weighted norm", fontsize=10)
+    return fig
+
+
+# -- aggregated / special-free attention --------------------------------------------------------
+def derived_title(att: Attention) -> str:
+    """A title that says what was done: pooled heads or layers, special tokens hidden, norm weights."""
+    notes = list(getattr(att, "notes", ()))
+    pooled_l = getattr(att, "pooled_layers", None)
+    pooled_h = getattr(att, "pooled_heads", None)
+    where = []
+    if pooled_l is None:
+        where.append(f"layer {att.layers[0]}" if len(att.layers) == 1 else f"{len(att.layers)} layers")
+    if pooled_h is None:
+        where.append(f"head {att.heads[0]}" if len(att.heads) == 1 else f"{len(att.heads)} heads")
+    return " · ".join([att.model, *where, *notes])
+
+
+def derived_figure(att: Attention, **style: Any) -> Figure:
+    """`plots.attention_figure`, titled with how the attention was derived (so a figure never lies)."""
+    from attnviz.plots import attention_figure
+
+    fig = attention_figure(att, **style)
+    title = derived_title(att)
+    if fig._suptitle is not None and fig._suptitle.get_text():
+        fig.suptitle(f"{fig._suptitle.get_text()}\n{'; '.join(getattr(att, 'notes', ()))}")
+    else:
+        ax = next(a for a in fig.axes if a.get_images())
+        ax.set_title(title, fontsize=9)
     return fig
