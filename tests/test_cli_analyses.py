@@ -188,3 +188,14 @@ def test_cluster_errors(bert, tmp_path) -> None:
     bad("cluster", str(one), "-m", bert, match="at least two texts, got 1")
     bad("cluster", "--file", str(one), "-m", bert, "--limit", "1", match="at least two texts")
     bad("cluster", str(tmp_path / "missing.txt"), "-m", bert, match="no such input file")
+
+
+def test_docs_page_shows_each_command_and_its_figures() -> None:
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    page = (docs / "analyses.md").read_text(encoding="utf-8")
+    for name in ("rollout", "compare", "cluster"):
+        assert f"## `attnviz {name}" in page
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", page)
+    assert len(images) >= 6
+    for image in images:
+        assert (docs / image).stat().st_size > 10_000, image
