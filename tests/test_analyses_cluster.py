@@ -88,3 +88,11 @@ def test_minilm(minilm) -> None:
     atts = extract_batch(texts, minilm, layers=[0, 5])
     np.testing.assert_allclose(got.matrix, brute_distances(atts), atol=1e-6)
     assert got.matrix.shape == (24, 24)
+
+
+def test_too_long_text_is_numbered_in_the_whole_input(tiny_model_path) -> None:
+    from attnviz.errors import TextTooLongError
+
+    texts = ["the cat sat", "a dog", "the bird sang", "the cat " * 40]
+    with pytest.raises(TextTooLongError, match=r"^text 4 has \d+ tokens .*--truncate"):
+        cluster_texts(texts, str(tiny_model_path("bert")), batch_size=2, device="cpu")

@@ -138,3 +138,12 @@ def test_minilm(minilm) -> None:
     weighted = norm_weighted(att, minilm)
     share_att, share_norm = special_share(att), special_share(weighted)
     assert share_norm.mean() < share_att.mean()  # [CLS]/[SEP] weights shrink once norms count
+
+
+@pytest.mark.slow
+def test_smollm2_grouped_query_heads(smollm2) -> None:
+    """SmolLM2: 9 query heads share 3 key/value heads; checked on the first and last layer."""
+    text = "The cat sat on the mat."
+    expected = brute_norms(smollm2, "llama", text)
+    att = extract(text, smollm2, layers=[0, 29], qkv=True)
+    np.testing.assert_allclose(value_norms(att, smollm2), expected[[0, 29]], rtol=1e-3, atol=1e-4)

@@ -7,6 +7,7 @@ a thousand texts cost the memory of one; pattern roles (`attnviz heads`) are sco
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from attnviz.errors import InputError
+from attnviz.errors import InputError, TextTooLongError
 from attnviz.extraction import Attention
 
 if TYPE_CHECKING:
@@ -176,8 +177,15 @@ def cluster_texts(
     def stream() -> Iterator[Attention]:
         for start in range(0, len(texts), batch_size):
             chunk = texts[start : start + batch_size]
-            yield from extract_batch(
-                chunk, loaded, layers=layers, heads=heads, truncate=truncate, batch_size=batch_size
-            )
+            try:
+                yield from extract_batch(
+                    chunk, loaded, layers=layers, heads=heads, truncate=truncate, batch_size=batch_size
+                )
+            except TextTooLongError as exc:  # number the text in the whole input, not in its batch
+                match = re.match(r"(?:text (\d+)|the text) has (.*)", str(exc))
+                if match is None:
+                    raise
+                index = start + int(match.group(1) or 1)
+                raise TextTooLongError(f"text {index} has {match.group(2)}") from None
 
     return head_distances(stream())
