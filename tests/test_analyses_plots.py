@@ -46,3 +46,30 @@ def test_clustermap_and_embedding(tmp_path) -> None:
     assert len(points) == 6
     legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert set(legend) <= set(dist.roles) and legend
+
+
+def test_derived_figure_says_what_was_done() -> None:
+    from attnviz.analyses.aggregate import aggregate, without_special
+    from attnviz.analysis_plots import derived_figure
+
+    att = synthetic(("[CLS]", "a", "b", "[SEP]"), (True, False, False, True), layers=2, heads=3)
+    one = without_special(aggregate(att, "heads", "max", layers=[1]))
+    fig = derived_figure(one)
+    ax = next(a for a in fig.axes if a.get_images())
+    assert (
+        ax.get_title() == "synthetic · layer 1 · max of heads 0-2 · special tokens hidden, rows renormalised"
+    )
+    np.testing.assert_allclose(ax.get_images()[0].get_array(), one.attn[0, 0])
+    grid = derived_figure(without_special(att))
+    assert grid.get_suptitle().endswith("special tokens hidden, rows renormalised")
+
+
+def test_weighting_figure_draws_both_arrays() -> None:
+    from attnviz.analysis_plots import weighting_figure
+
+    att = synthetic(("a", "b", "c"), layers=1, heads=2)
+    fake = synthetic(("a", "b", "c"), layers=1, heads=2, seed=9)
+    fig = weighting_figure(att, fake, 0, 1)
+    images = [a.get_images()[0].get_array() for a in fig.axes if a.get_images()]
+    np.testing.assert_allclose(images[0], att.attn[0, 1])
+    np.testing.assert_allclose(images[1], fake.attn[0, 1])

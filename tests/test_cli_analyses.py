@@ -90,7 +90,7 @@ def test_rollout_picture_and_token_row(bert, figures, tmp_path) -> None:
 
     row = rollout(extract("the cat sat on the mat", bert, layers=[1], device="cpu")).row(2)
     np.testing.assert_allclose([p.get_height() for p in bars.patches], row, atol=1e-9)
-    assert "layers 1" in fig._suptitle.get_text()
+    assert "layers 1" in fig.get_suptitle()
 
 
 def test_rollout_errors(bert) -> None:

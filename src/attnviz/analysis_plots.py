@@ -294,8 +294,8 @@ def derived_figure(att: Attention, **style: Any) -> Figure:
 
     fig = attention_figure(att, **style)
     title = derived_title(att)
-    if fig._suptitle is not None and fig._suptitle.get_text():
-        fig.suptitle(f"{fig._suptitle.get_text()}\n{'; '.join(getattr(att, 'notes', ()))}")
+    if fig.get_suptitle():
+        fig.suptitle(f"{fig.get_suptitle()}\n{'; '.join(getattr(att, 'notes', ()))}")
     else:
         ax = next(a for a in fig.axes if a.get_images())
         ax.set_title(title, fontsize=9)
