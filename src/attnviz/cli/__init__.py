@@ -10,6 +10,7 @@ import os
 import sys
 
 # Command modules register themselves on import; each is a few lines over the library.
+from attnviz.cli import analyses as _analyses  # noqa: F401
 from attnviz.cli import batch as _batch  # noqa: F401
 from attnviz.cli import extract as _extract  # noqa: F401
 from attnviz.cli import heads as _heads  # noqa: F401

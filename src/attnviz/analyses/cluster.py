@@ -1,0 +1,191 @@
+"""Clusters of heads (Clark et al. 2019): heads that attend alike sit close together.
+
+The distance between two heads is the mean over query tokens of the Jensen-Shannon divergence
+(base 2) between their attention rows, averaged over texts. Texts stream through one at a time, so
+a thousand texts cost the memory of one; pattern roles (`attnviz heads`) are scored in the same pass.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from attnviz.errors import InputError, TextTooLongError
+from attnviz.extraction import Attention
+
+if TYPE_CHECKING:
+    from attnviz.models import LoadedModel
+    from attnviz.patterns import PatternTable
+
+
+@dataclass(frozen=True)
+class HeadDistances:
+    """Mean JS divergence between every pair of heads over a set of texts, and each head's role."""
+
+    model: str
+    layers: tuple[int, ...]
+    heads: tuple[int, ...]
+    matrix: np.ndarray  # [layers*heads, layers*heads] float64, symmetric, zero diagonal, in [0, 1]
+    texts: int
+    roles: tuple[str, ...]  # per head (layer-major), from the pattern scores of the same texts
+
+    @property
+    def labels(self) -> list[str]:
+        """L0H0, L0H1, ... in the matrix's (layer-major) order."""
+        return [f"L{layer}H{head}" for layer in self.layers for head in self.heads]
+
+    @property
+    def head_layers(self) -> list[int]:
+        return [layer for layer in self.layers for _ in self.heads]
+
+    def to_csv(self, path: str | Path) -> Path:
+        """A heads x heads CSV with labelled rows and columns."""
+        import csv
+
+        path = Path(path)
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(["head", *self.labels])
+            for label, row in zip(self.labels, self.matrix, strict=True):
+                writer.writerow([label, *(f"{v:.6f}" for v in row)])
+        return path
+
+    def embedding(self, dims: int = 2) -> np.ndarray:
+        """Classical (Torgerson) MDS of the distances: [heads, dims]."""
+        return classical_mds(self.matrix, dims)
+
+    def nearest(self, top: int = 10) -> list[dict[str, Any]]:
+        """The closest pairs of distinct heads, for the `--json` output."""
+        n = len(self.matrix)
+        iu = np.triu_indices(n, 1)
+        order = np.argsort(self.matrix[iu], kind="stable")[:top]
+        labels = self.labels
+        return [
+            {"a": labels[iu[0][k]], "b": labels[iu[1][k]], "distance": float(self.matrix[iu][k])}
+            for k in order
+        ]
+
+
+def classical_mds(distances: np.ndarray, dims: int = 2) -> np.ndarray:
+    """Torgerson MDS: double-centre the squared distances and keep the top eigenvectors."""
+    d2 = np.asarray(distances, dtype=np.float64) ** 2
+    n = len(d2)
+    centre = np.eye(n) - np.ones((n, n)) / n
+    b = -0.5 * centre @ d2 @ centre
+    values, vectors = np.linalg.eigh(b)
+    order = np.argsort(values)[::-1][:dims]
+    return vectors[:, order] * np.sqrt(np.maximum(values[order], 0.0))
+
+
+def _xlogx(x: np.ndarray) -> np.ndarray:
+    return np.where(x > 0, x * np.log2(np.where(x > 0, x, 1.0)), 0.0)
+
+
+def pairwise_js(rows: np.ndarray) -> np.ndarray:
+    """[heads, q, k] rows -> [heads, heads]: mean over q of the JS divergence between two heads."""
+    rows = rows.astype(np.float64)
+    neg_entropy = _xlogx(rows).sum(axis=-1)  # [heads, q]
+    n = len(rows)
+    out = np.zeros((n, n))
+    for a in range(n):
+        mid = (rows[a][None] + rows[a:]) / 2  # [n - a, q, k]
+        js = 0.5 * (neg_entropy[a][None] + neg_entropy[a:]) - _xlogx(mid).sum(axis=-1)
+        out[a, a:] = np.clip(js, 0.0, 1.0).mean(axis=-1)
+    out = np.triu(out, 1)
+    return out + out.T
+
+
+class _Accumulator:
+    def __init__(self) -> None:
+        self.total: np.ndarray | None = None
+        self.first: Attention | None = None
+        self.n = 0
+
+    def feed(self, atts: Iterable[Attention]) -> Iterator[Attention]:
+        for att in atts:
+            if att.level != "token":
+                raise InputError("clustering needs token-level attention (extract without words=True)")
+            if self.first is None:
+                self.first = att
+            elif att.layers != self.first.layers or att.heads != self.first.heads:
+                raise InputError("all texts must be extracted with the same layers and heads")
+            flat = att.attn.reshape(-1, att.n_tokens, att.n_tokens)  # [layers*heads, q, k]
+            d = pairwise_js(flat)
+            self.total = d if self.total is None else self.total + d
+            self.n += 1
+            yield att
+
+
+def head_distances(atts: Iterable[Attention]) -> HeadDistances:
+    """Distances between heads averaged over extracted texts (at least two)."""
+    from attnviz.patterns import head_patterns
+
+    acc = _Accumulator()
+    table: PatternTable = head_patterns(acc.feed(atts))
+    if acc.n < 2 or acc.first is None or acc.total is None:
+        raise InputError(f"clustering needs at least two texts, got {acc.n}")
+    return HeadDistances(
+        model=acc.first.model,
+        layers=tuple(acc.first.layers),
+        heads=tuple(acc.first.heads),
+        matrix=acc.total / acc.n,
+        texts=acc.n,
+        roles=tuple(str(r) for r in table.roles.reshape(-1)),
+    )
+
+
+def read_texts(
+    source: str | Path | Iterable[str], fmt: str = "auto", field: str = "text", column: str = "text"
+) -> tuple[list[str], int]:
+    """Texts from a corpus (as `batch` reads it: txt, jsonl, csv, parquet, `-`) and how many were skipped."""
+    from attnviz.batch import Item, read_corpus
+
+    texts, skipped = [], 0
+    for rec in read_corpus(source, fmt, field, column):
+        if isinstance(rec, Item):
+            texts.append(rec.text)
+        else:
+            skipped += 1
+    return texts, skipped
+
+
+def cluster_texts(
+    texts: Sequence[str],
+    model: str | LoadedModel | None = None,
+    *,
+    layers: Sequence[int] | None = None,
+    heads: Sequence[int] | None = None,
+    truncate: bool = False,
+    batch_size: int = 16,
+    device: str | None = "auto",
+    dtype: str | None = "float32",
+) -> HeadDistances:
+    """Run texts through the model, `batch_size` at a time, and return the head distances."""
+    from attnviz.extraction import extract_batch
+    from attnviz.models import LoadedModel, load_model
+
+    texts = list(texts)
+    if len(texts) < 2:
+        raise InputError(f"clustering needs at least two texts, got {len(texts)}")
+    loaded = model if isinstance(model, LoadedModel) else load_model(model, device=device, dtype=dtype)
+
+    def stream() -> Iterator[Attention]:
+        for start in range(0, len(texts), batch_size):
+            chunk = texts[start : start + batch_size]
+            try:
+                yield from extract_batch(
+                    chunk, loaded, layers=layers, heads=heads, truncate=truncate, batch_size=batch_size
+                )
+            except TextTooLongError as exc:  # number the text in the whole input, not in its batch
+                match = re.match(r"(?:text (\d+)|the text) has (.*)", str(exc))
+                if match is None:
+                    raise
+                index = start + int(match.group(1) or 1)
+                raise TextTooLongError(f"text {index} has {match.group(2)}") from None
+
+    return head_distances(stream())

@@ -1,0 +1,159 @@
+"""Value-weighted attention (Kobayashi et al. 2020): `||alpha_ij * f_h(x_j)||`, not just `alpha_ij`.
+
+`f_h(x) = (x W_V^h + b_V^h) W_O^h` is head h's value vector pushed through its slice of the output
+projection: what key j actually adds to query i's output. Sink tokens ([CLS], [SEP], BOS) often get
+large weights and tiny vectors; this view shows it. The value vectors come from the capture (they
+include the value bias; grouped-query heads already repeated per query head), the output
+projection from the model's own weights: BERT `attention.output.dense`, DistilBERT `out_lin`, GPT-2
+`c_proj` (a Conv1D: weights stored transposed), Llama `o_proj`, T5 `o`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from attnviz.analyses.aggregate import Derived, derive
+from attnviz.errors import InputError
+from attnviz.extraction import Attention
+
+if TYPE_CHECKING:
+    from attnviz.models import LoadedModel
+
+WEIGHTINGS = ("attention", "norm")
+_OWN = ("o_proj", "c_proj", "out_lin", "out_proj", "o")  # output projection as a child of the module
+_PARENT = ("output.dense",)  # BERT family: a sibling of the self-attention module
+
+
+def check_weighting(weighting: str) -> None:
+    if weighting not in WEIGHTINGS:
+        raise InputError(f"unknown weighting '{weighting}': use attention or norm")
+
+
+def _child(module: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        module = getattr(module, part, None)
+        if module is None:
+            return None
+    return module
+
+
+def output_projections(loaded: LoadedModel) -> dict[int, np.ndarray]:
+    """Model layer -> output projection weight as [hidden, heads * head_dim] (x @ W.T convention).
+
+    Raises InputError naming the model when a layer's projection cannot be found or read.
+    """
+    cap = loaded.capture
+    main = "encoder" if cap.encoder_decoder else "self"
+    named = {id(m): (n, m) for n, m in loaded.model.named_modules()}
+    by_name = dict(loaded.model.named_modules())
+    out: dict[int, np.ndarray] = {}
+    for ident, (stream, layer) in cap.index.items():
+        if stream != main or ident not in named:
+            continue
+        name, module = named[ident]
+        parent = by_name.get(name.rsplit(".", 1)[0]) if "." in name else None
+        proj = next((p for p in (_child(module, c) for c in _OWN) if p is not None), None)
+        if proj is None and parent is not None:
+            proj = next((p for p in (_child(parent, c) for c in _PARENT) if p is not None), None)
+        weight = getattr(proj, "weight", None)
+        if weight is None or weight.ndim != 2:
+            raise InputError(
+                f"cannot read the attention output projection of {loaded.name} "
+                f"({type(module).__name__}): norm weighting supports BERT, DistilBERT, GPT-2, Llama and T5"
+            )
+        w = weight.detach().float().cpu().numpy()
+        if type(proj).__name__ == "Conv1D":  # GPT-2 stores [in, out]
+            w = w.T
+        out[layer] = w
+    if not out:
+        raise InputError(f"cannot find the attention layers of {loaded.name} for norm weighting")
+    return out
+
+
+def value_norms(att: Attention, loaded: LoadedModel) -> np.ndarray:
+    """`||f_h(x_j)||` for every extracted layer, head and key token: [layers, heads, k] float32."""
+    if att.qkv is None:
+        raise InputError("norm weighting needs the value vectors: extract with qkv=True")
+    if att.level != "token":
+        raise InputError("norm weighting works on tokens: extract without words=True")
+    projections = output_projections(loaded)
+    norms = np.zeros((len(att.layers), len(att.heads), att.n_tokens), dtype=np.float32)
+    for li, layer in enumerate(att.layers):
+        vectors = att.qkv.get(layer)
+        if vectors is None or layer not in projections:
+            raise InputError(f"layer {layer} has no captured value vectors")
+        w = projections[layer]  # [hidden, heads * d]
+        d = vectors.v.shape[-1]
+        if w.shape[1] % d:
+            raise InputError(
+                f"the output projection of {loaded.name} layer {layer} takes {w.shape[1]} inputs, "
+                f"not a multiple of the head size {d}"
+            )
+        for hi, head in enumerate(att.heads):
+            pushed = vectors.v[hi].astype(np.float64) @ w[:, head * d : (head + 1) * d].T  # [k, hidden]
+            norms[li, hi] = np.linalg.norm(pushed, axis=-1)
+    return norms
+
+
+def norm_weighted(
+    source: Attention | str,
+    model: str | LoadedModel | None = None,
+    *,
+    layers: Sequence[int] | None = None,
+    heads: Sequence[int] | None = None,
+    special_tokens: bool = True,
+    truncate: bool = False,
+    device: str | None = "auto",
+    dtype: str | None = "float32",
+) -> Derived:
+    """A text's (or an Attention's) norm-weighted attention: `attn[l, h, i, j] * ||f_h(x_j)||`.
+
+    Rows no longer sum to 1: their total is the size of what the head writes for that query. An
+    Attention given here must carry its value vectors (`extract(..., qkv=True)`).
+    """
+    from attnviz.extraction import extract
+    from attnviz.models import LoadedModel, load_model
+
+    loaded = model if isinstance(model, LoadedModel) else load_model(model, device=device, dtype=dtype)
+    if isinstance(source, str):
+        att = extract(
+            source,
+            loaded,
+            layers=layers,
+            heads=heads,
+            special_tokens=special_tokens,
+            truncate=truncate,
+            qkv=True,
+        )
+    else:
+        att = source
+        if getattr(att, "weighting", "attention") != "attention":
+            raise InputError("this attention is already norm-weighted")
+    norms = value_norms(att, loaded)  # [layers, heads, k]
+    weighted = (att.attn * norms[:, :, None, :]).astype(np.float32)
+    return derive(
+        att, "norm-weighted: ||alpha f(x)||", attn=weighted, weighting="norm", decoder=None, cross=None
+    )
+
+
+def special_share(att: Attention) -> np.ndarray:
+    """Per head, the mean over non-special queries of the share of a row's total on special keys.
+
+    [layers, heads] float32. On plain attention and on its norm-weighted twin this shows how much
+    of a head's apparent focus on [CLS]/[SEP]/BOS survives once value norms are counted.
+    """
+    special = np.asarray(att.special, dtype=bool)
+    if not special.any() or special.all():
+        return np.zeros(att.attn.shape[:2], dtype=np.float32)
+    total = att.attn.sum(axis=-1)  # [layers, heads, q]
+    on_special = att.attn[..., special].sum(axis=-1)
+    share = np.divide(on_special, total, out=np.zeros_like(total), where=total > 0)
+    return share[..., ~special].mean(axis=-1).astype(np.float32)
+
+
+def weighting_statistics(att: Attention, weighted: Attention) -> dict[str, np.ndarray]:
+    """Batch statistics, [layers, heads] each: special-token share under attention and under norms."""
+    return {"special_attention": special_share(att), "special_norm": special_share(weighted)}

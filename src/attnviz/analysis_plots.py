@@ -1,0 +1,302 @@
+"""Figures for the analyses: rollout, minimal-pair changes, head clusters. Never loads a model.
+
+Built on `attnviz.plots` (its Agg figures, colour maps, tick thinning and `save`); the cluster map
+is seaborn's `clustermap`, drawn on its own figure and closed by `save_clustermap`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from attnviz.plots import (
+    DEFAULT_CMAP,
+    DEFAULT_DPI,
+    KEY_LABEL,
+    MAX_SIDE,
+    QUERY_LABEL,
+    colormap,
+    draw_matrix,
+    label_step,
+    new_figure,
+)
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+    from attnviz.analyses.cluster import HeadDistances
+    from attnviz.analyses.compare import Comparison
+    from attnviz.analyses.rollout import Rollout
+    from attnviz.extraction import Attention
+
+DIVERGING = "RdBu_r"
+ROLE_MARKERS = {
+    "self": "o",
+    "previous": "<",
+    "next": ">",
+    "first": "^",
+    "last_sep": "v",
+    "punctuation": "P",
+    "broad": "s",
+    "mixed": "X",
+}
+
+
+def _ticks(ax: Axes, labels: Sequence[str], axis: str, inches: float) -> None:
+    step, font = label_step(len(labels), inches)
+    ticks = list(range(0, len(labels), step))
+    target = ax.yaxis if axis == "y" else ax.xaxis
+    target.set_ticks(ticks)
+    target.set_ticklabels([labels[i] for i in ticks], fontsize=font, parse_math=False)
+    if axis == "x":
+        ax.tick_params(axis="x", labelrotation=90, length=2)
+
+
+def _side(n: int) -> float:
+    return min(MAX_SIDE * 0.6, max(3.5, n * 0.3))
+
+
+# -- rollout ------------------------------------------------------------------------------------
+def rollout_figure(
+    ro: Rollout, token: int = 0, *, cmap: str = DEFAULT_CMAP, dpi: float = DEFAULT_DPI
+) -> Figure:
+    """The rollout matrix as a heatmap, and one output token's row as bars over the input tokens."""
+    n = len(ro.labels)
+    side = _side(n)
+    fig = new_figure((side * 2 + 2.5, side + 1.8), dpi)
+    heat, bars = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.15, 1]})
+    visible = np.tril(np.ones((n, n), dtype=bool)) if ro.causal else None
+    image = draw_matrix(heat, ro.matrix, visible=visible, vmax=float(ro.matrix.max()), cmap=colormap(cmap))
+    _ticks(heat, ro.labels, "y", side)
+    _ticks(heat, ro.labels, "x", side)
+    heat.set_ylabel("output position (after the last layer)")
+    heat.set_xlabel("input token")
+    heat.set_title("rollout R")
+    fig.colorbar(image, ax=heat, shrink=0.85).set_label("share of the input reaching the output")
+    row = ro.row(token)
+    bars.bar(np.arange(n), row, color="#3b6ea8")
+    bars.set_xlim(-0.5, n - 0.5)
+    _ticks(bars, ro.labels, "x", side)
+    bars.set_ylabel("rollout weight")
+    bars.set_title(f"row of '{ro.labels[token]}' (@{token})")
+    fig.suptitle(ro.title, fontsize=10)
+    return fig
+
+
+# -- compare ------------------------------------------------------------------------------------
+def change_figure(cmp: Comparison, *, cmap: str = "magma", dpi: float = DEFAULT_DPI) -> Figure:
+    """Layers x heads map of the change (mean JS divergence, bits) between the two texts."""
+    n_layers, n_heads = cmp.change.shape
+    fig = new_figure((max(4.5, n_heads * 0.45 + 2.2), max(3.0, n_layers * 0.45 + 1.6)), dpi)
+    ax = fig.add_subplot()
+    image = ax.imshow(cmp.change, cmap=colormap(cmap), vmin=0.0, aspect="auto")
+    ax.set_xticks(range(n_heads), [str(h) for h in cmp.heads])
+    ax.set_yticks(range(n_layers), [str(layer) for layer in cmp.layers])
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.set_title(f"{cmp.model} · change per head (JS divergence, bits)", fontsize=10)
+    fig.colorbar(image, ax=ax, shrink=0.9).set_label("mean JS divergence over aligned tokens")
+    return fig
+
+
+def pair_figure(
+    cmp: Comparison, layer: int, head: int, *, cmap: str = DEFAULT_CMAP, dpi: float = DEFAULT_DPI
+) -> Figure:
+    """One head on both texts (aligned tokens, rows renormalised) and A - B centred on 0."""
+    a, b = cmp.pair(layer, head)
+    diff = a - b
+    n = len(cmp.labels_a)
+    side = _side(n)
+    fig = new_figure((side * 3 + 3.5, side + 1.8), dpi)
+    axes = fig.subplots(1, 3)
+    visible = cmp.visible()
+    top = float(max(a.max(), b.max()))
+    for ax, matrix, labels, title in (
+        (axes[0], a, cmp.labels_a, "text A"),
+        (axes[1], b, cmp.labels_b, "text B"),
+    ):
+        image = draw_matrix(ax, matrix, visible=visible, vmax=top, cmap=colormap(cmap))
+        _ticks(ax, labels, "y", side)
+        _ticks(ax, labels, "x", side)
+        ax.set_title(title)
+        ax.set_ylabel(QUERY_LABEL)
+        ax.set_xlabel(KEY_LABEL)
+    fig.colorbar(image, ax=axes[:2].tolist(), shrink=0.85).set_label(
+        "attention weight (aligned, renormalised)"
+    )
+    bound = float(np.abs(diff).max()) or 1.0
+    shown = np.ma.masked_array(diff, mask=~visible) if visible is not None else diff
+    image = axes[2].imshow(shown, cmap=colormap(DIVERGING), vmin=-bound, vmax=bound, aspect="equal")
+    labels = [f"{x}/{y}" if x != y else x for x, y in zip(cmp.labels_a, cmp.labels_b, strict=True)]
+    _ticks(axes[2], labels, "y", side)
+    _ticks(axes[2], labels, "x", side)
+    axes[2].set_title("A - B")
+    fig.colorbar(image, ax=axes[2], shrink=0.85).set_label("difference (0: unchanged)")
+    li, hi = cmp.layers.index(layer), cmp.heads.index(head)
+    fig.suptitle(
+        f"{cmp.model} · layer {layer} · head {head} · change {cmp.change[li, hi]:.3f} bits", fontsize=10
+    )
+    return fig
+
+
+# -- cluster ------------------------------------------------------------------------------------
+def cluster_map(dist: HeadDistances, *, cmap: str = "viridis_r") -> Any:
+    """Seaborn clustermap of the head distances (average linkage on the precomputed distances)."""
+    import pandas as pd
+    import seaborn as sns
+    from scipy.cluster.hierarchy import linkage
+    from scipy.spatial.distance import squareform
+
+    labels = dist.labels
+    frame = pd.DataFrame(dist.matrix, index=labels, columns=labels)
+    condensed = squareform(np.clip((dist.matrix + dist.matrix.T) / 2, 0, None), checks=False)
+    link = linkage(condensed, method="average")
+    side = min(24.0, max(6.0, len(labels) * 0.14 + 3))
+    layer_colours = _layer_colours(dist.head_layers)
+    grid = sns.clustermap(
+        frame,
+        row_linkage=link,
+        col_linkage=link,
+        cmap=cmap,
+        figsize=(side, side),
+        row_colors=layer_colours,
+        col_colors=layer_colours,
+        xticklabels=True,
+        yticklabels=True,
+        cbar_kws={"label": "mean JS divergence (bits)"},
+    )
+    font = max(3.0, min(8.0, 500 / max(1, len(labels))))
+    grid.ax_heatmap.tick_params(labelsize=font)
+    grid.figure.suptitle(
+        f"{dist.model} · head distances over {dist.texts} texts (side colours: layer)", y=0.998, va="top"
+    )
+    return grid
+
+
+def _layer_colours(layers: Sequence[int]) -> list[Any]:
+    from matplotlib import colormaps
+
+    distinct = sorted(set(layers))
+    cm = colormaps["tab10" if len(distinct) <= 10 else "turbo"]
+    if len(distinct) <= 10:
+        return [cm(distinct.index(layer)) for layer in layers]
+    return [cm(distinct.index(layer) / (len(distinct) - 1)) for layer in layers]
+
+
+def save_clustermap(grid: Any, path: str | Path, dpi: float | None = None) -> Path:
+    """Save a clustermap and close its pyplot figure (seaborn draws through pyplot)."""
+    import matplotlib.pyplot as plt
+
+    from attnviz import plots
+
+    try:
+        return plots.save(grid.figure, path, dpi=dpi or 100)
+    finally:
+        plt.close(grid.figure)
+
+
+def embedding_figure(dist: HeadDistances, *, dpi: float = DEFAULT_DPI) -> Figure:
+    """Classical MDS of the head distances: colour = layer, marker = role from `attnviz heads`."""
+    from matplotlib import colormaps
+    from matplotlib.colors import Normalize
+    from matplotlib.lines import Line2D
+
+    coords = dist.embedding(2)
+    fig = new_figure((8.0, 6.5), dpi)
+    ax = fig.add_subplot()
+    layers = np.array(dist.head_layers)
+    norm = Normalize(vmin=min(dist.layers), vmax=max(max(dist.layers), min(dist.layers) + 1))
+    cm = colormaps["viridis"]
+    roles = np.array(dist.roles)
+    present = [r for r in ROLE_MARKERS if (roles == r).any()]
+    for role in present:
+        sel = roles == role
+        ax.scatter(
+            coords[sel, 0],
+            coords[sel, 1],
+            c=cm(norm(layers[sel])),
+            marker=ROLE_MARKERS[role],
+            s=46,
+            edgecolors="black",
+            linewidths=0.4,
+        )
+    if len(dist.labels) <= 150:
+        for (x, y), label in zip(coords, dist.labels, strict=True):
+            ax.annotate(label, (x, y), fontsize=5, xytext=(2, 2), textcoords="offset points", alpha=0.7)
+    handles = [
+        Line2D([], [], marker=ROLE_MARKERS[r], linestyle="", color="grey", markeredgecolor="black", label=r)
+        for r in present
+    ]
+    ax.legend(handles=handles, title="role", fontsize=8, loc="best")
+    from matplotlib.cm import ScalarMappable
+
+    fig.colorbar(ScalarMappable(norm=norm, cmap=cm), ax=ax, shrink=0.9).set_label("layer")
+    ax.set_xlabel("MDS 1")
+    ax.set_ylabel("MDS 2")
+    ax.set_title(f"{dist.model} · heads placed by attention similarity ({dist.texts} texts)", fontsize=10)
+    return fig
+
+
+# -- norm weighting -----------------------------------------------------------------------------
+def weighting_figure(
+    att: Attention,
+    weighted: Attention,
+    layer: int,
+    head: int,
+    *,
+    cmap: str = DEFAULT_CMAP,
+    dpi: float = DEFAULT_DPI,
+) -> Figure:
+    """One head as attention weights and as norm-weighted contributions, each on its own scale."""
+    labels = att.labels
+    n = len(labels)
+    side = _side(n)
+    fig = new_figure((side * 2 + 3.5, side + 1.8), dpi)
+    axes = fig.subplots(1, 2)
+    visible = att.visible() if att.causal else None
+    for ax, source, title, bar in (
+        (axes[0], att, "attention weights α", "attention weight"),
+        (axes[1], weighted, "norm-weighted ||α f(x)||", "contribution norm"),
+    ):
+        matrix = source.head(layer, head)
+        image = draw_matrix(ax, matrix, visible=visible, vmax=float(matrix.max()) or 1.0, cmap=colormap(cmap))
+        _ticks(ax, labels, "y", side)
+        _ticks(ax, labels, "x", side)
+        ax.set_title(title)
+        ax.set_ylabel(QUERY_LABEL)
+        ax.set_xlabel(KEY_LABEL)
+        fig.colorbar(image, ax=ax, shrink=0.85).set_label(bar)
+    fig.suptitle(f"{att.model} · layer {layer} · head {head}: weight vs value-weighted norm", fontsize=10)
+    return fig
+
+
+# -- aggregated / special-free attention --------------------------------------------------------
+def derived_title(att: Attention) -> str:
+    """A title that says what was done: pooled heads or layers, special tokens hidden, norm weights."""
+    notes = list(getattr(att, "notes", ()))
+    pooled_l = getattr(att, "pooled_layers", None)
+    pooled_h = getattr(att, "pooled_heads", None)
+    where = []
+    if pooled_l is None:
+        where.append(f"layer {att.layers[0]}" if len(att.layers) == 1 else f"{len(att.layers)} layers")
+    if pooled_h is None:
+        where.append(f"head {att.heads[0]}" if len(att.heads) == 1 else f"{len(att.heads)} heads")
+    return " · ".join([att.model, *where, *notes])
+
+
+def derived_figure(att: Attention, **style: Any) -> Figure:
+    """`plots.attention_figure`, titled with how the attention was derived (so a figure never lies)."""
+    from attnviz.plots import attention_figure
+
+    fig = attention_figure(att, **style)
+    title = derived_title(att)
+    if fig.get_suptitle():
+        fig.suptitle(f"{fig.get_suptitle()}\n{'; '.join(getattr(att, 'notes', ()))}")
+    else:
+        ax = next(a for a in fig.axes if a.get_images())
+        ax.set_title(title, fontsize=9)
+    return fig

@@ -1,0 +1,288 @@
+"""`attnviz rollout`, `compare` and `cluster`: analyses over heads and layers, a few lines each."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from attnviz.cli._app import command
+from attnviz.cli._options import (
+    DeviceOpt,
+    DtypeOpt,
+    FileOpt,
+    HeadOpt,
+    HeadsOpt,
+    JsonOpt,
+    LayerOpt,
+    LayersOpt,
+    ModelOpt,
+    TextArg,
+    TruncateOpt,
+    TrustOpt,
+    load,
+    print_json,
+    read_text,
+)
+from attnviz.selection import parse_indices
+
+OutputOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--output",
+        "-o",
+        help="Image file (.png, .svg, .pdf) or a folder for a default name. With --json a picture is "
+        "written only when -o is given. Default: a new file under outputs/.",
+    ),
+]
+CmapOpt = Annotated[str, typer.Option("--cmap", help="Matplotlib colour map of the heatmap.")]
+DpiOpt = Annotated[int | None, typer.Option("--dpi", help="Resolution of PNG files (default 150).")]
+
+
+def _note(message: str) -> None:
+    typer.echo(f"note: {message}", err=True)
+
+
+def _check_style(cmap: str, dpi: int | None) -> None:
+    from attnviz.errors import InputError
+    from attnviz.plots import colormap
+
+    if dpi is not None and not 10 <= dpi <= 1200:
+        raise InputError(f"bad --dpi {dpi}: use a resolution between 10 and 1200")
+    colormap(cmap)
+
+
+def _write(fig: Any, output: Path | None, parts: tuple[Any, ...], dpi: int | None) -> Path:
+    """Save to `-o` or a fresh default path under outputs/; a reserved default file is removed on failure."""
+    from attnviz import plots
+    from attnviz.outputs import output_path
+
+    reserved = output is None or output.is_dir()
+    path = output_path(output, parts)
+    try:
+        plots.save(fig, path, dpi)
+    except BaseException:
+        if reserved:
+            path.unlink(missing_ok=True)
+        raise
+    return path
+
+
+# -- rollout ------------------------------------------------------------------------------------
+@command("rollout")
+def rollout_cmd(
+    text: TextArg = None,
+    head_fusion: Annotated[
+        str, typer.Option("--head-fusion", help="How heads are fused per layer: mean, max or min.")
+    ] = "mean",
+    residual: Annotated[
+        float, typer.Option("--residual", help="r in A' = r*A + (1-r)*I (0: identity, 1: attention only).")
+    ] = 0.5,
+    layers: Annotated[
+        str | None,
+        typer.Option("--layers", help="Consecutive layers to multiply, e.g. 0-3 (default: all)."),
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option("--token", help="Output token whose row is drawn as bars: a word or @N (default @0)."),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print {model, tokens, rollout} as JSON (picture only with -o).")
+    ] = False,
+    cmap: CmapOpt = "viridis",
+    dpi: DpiOpt = None,
+    output: OutputOpt = None,
+    file: FileOpt = None,
+    model: ModelOpt = "minilm",
+    truncate: TruncateOpt = False,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "float32",
+    trust_remote_code: TrustOpt = False,
+) -> None:
+    """Attention rollout (Abnar & Zuidema 2020): fuse heads, add the residual, renormalise, multiply
+    the layers. Draws R (output positions x input tokens) and one token's row; prints the path."""
+    from attnviz.analyses.rollout import check_options, rollout
+    from attnviz.analysis_plots import rollout_figure
+    from attnviz.extraction import extract
+    from attnviz.outputs import check_output, slug
+    from attnviz.tokens import positions
+
+    check_options(head_fusion, residual)
+    _check_style(cmap, dpi)
+    layer_list = parse_indices(layers, "--layers")
+    body = read_text(text, file)
+    check_output(output)
+    loaded = load(model, device, dtype, trust_remote_code)
+    att = extract(body, loaded, layers=layer_list, truncate=truncate)
+    if att.truncated:
+        _note(f"cut {att.truncated} tokens to fit the model's limit")
+    index = positions(att, token)[0] if token else 0
+    ro = rollout(att, head_fusion, residual)
+    path = None
+    if output is not None or not as_json:
+        fig = rollout_figure(ro, index, cmap=cmap, dpi=dpi or 150)
+        span = f"L{ro.layers[0]}-{ro.layers[-1]}"
+        path = _write(fig, output, ("rollout", slug(body), loaded.name, span, head_fusion), dpi)
+    if as_json:
+        print_json({**ro.to_dict(), "token": index, "output": str(path) if path else None})
+    else:
+        typer.echo(str(path))
+
+
+# -- compare ------------------------------------------------------------------------------------
+@command("compare")
+def compare_cmd(
+    text_a: Annotated[str, typer.Argument(help="First text of the minimal pair.")],
+    text_b: Annotated[str, typer.Argument(help="Second text of the minimal pair.")],
+    top: Annotated[int, typer.Option("--top", help="Rows of the ranked table (0: all heads).")] = 10,
+    layer: LayerOpt = None,
+    head: HeadOpt = None,
+    layers: LayersOpt = None,
+    heads: HeadsOpt = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the ranked rows as JSON (picture only with -o).")
+    ] = False,
+    cmap: CmapOpt = "viridis",
+    dpi: DpiOpt = None,
+    output: OutputOpt = None,
+    model: ModelOpt = "minilm",
+    truncate: TruncateOpt = False,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "float32",
+    trust_remote_code: TrustOpt = False,
+) -> None:
+    """Which heads change between two texts? Per head, the mean Jensen-Shannon divergence (bits)
+    between aligned rows. Draws a layers x heads map, or with --layer --head both heatmaps and A - B."""
+    from attnviz.analyses.compare import compare
+    from attnviz.analysis_plots import change_figure, pair_figure
+    from attnviz.errors import InputError
+    from attnviz.extraction import extract_batch
+    from attnviz.outputs import check_output, slug
+
+    if (layer is None) != (head is None):
+        raise InputError("--layer and --head go together: they pick the head drawn side by side")
+    if top < 0:
+        raise InputError(f"bad --top {top}: use 0 (all heads) or more")
+    for name, value in (("TEXT_A", text_a), ("TEXT_B", text_b)):
+        if not value.strip():
+            raise InputError(f"{name} is empty")
+    _check_style(cmap, dpi)
+    layer_list = parse_indices(layers, "--layers")
+    head_list = parse_indices(heads, "--heads")
+    check_output(output)
+    loaded = load(model, device, dtype, trust_remote_code)
+    att_a, att_b = extract_batch(
+        [text_a, text_b], loaded, layers=layer_list, heads=head_list, truncate=truncate
+    )
+    result = compare(att_a, att_b)
+    _note(result.alignment.describe())
+    path = None
+    if output is not None or not as_json:
+        if layer is not None and head is not None:
+            pick_layer = att_a.layers[att_a.layer_pos(layer % loaded.num_layers)]
+            fig = pair_figure(result, pick_layer, head, cmap=cmap, dpi=dpi or 150)
+            parts = ("compare", slug(text_a, 24), loaded.name, f"L{pick_layer}-H{head}")
+        else:
+            fig = change_figure(result, dpi=dpi or 150)
+            parts = ("compare", slug(text_a, 24), loaded.name)
+        path = _write(fig, output, parts, dpi)
+    rows = result.ranked(top or None)
+    if as_json:
+        print_json(
+            {
+                "model": result.model,
+                "alignment": result.alignment.to_dict(),
+                "rows": rows,
+                "output": str(path) if path else None,
+            }
+        )
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("rank", "layer", "head", "change (bits)", title="heads that change most")
+    for row in rows:
+        table.add_row(str(row["rank"]), str(row["layer"]), str(row["head"]), f"{row['change']:.4f}")
+    Console(width=100).print(table)
+    typer.echo(str(path))
+
+
+# -- cluster ------------------------------------------------------------------------------------
+@command("cluster")
+def cluster_cmd(
+    source: Annotated[
+        str | None,
+        typer.Argument(
+            help="Corpus as `batch` reads it (.txt a text per line, .jsonl, .csv, .parquet) or -."
+        ),
+    ] = None,
+    file: FileOpt = None,
+    outdir: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Output folder (default: outputs/cluster-MODEL).")
+    ] = None,
+    fmt: Annotated[str, typer.Option("--format", help="auto, txt, jsonl, csv or parquet.")] = "auto",
+    field: Annotated[str, typer.Option("--field", help="JSON key holding the text.")] = "text",
+    column: Annotated[str, typer.Option("--column", help="CSV / Parquet column holding the text.")] = "text",
+    limit: Annotated[int | None, typer.Option("--limit", help="Use at most this many texts.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Texts per forward pass.")] = 16,
+    layers: LayersOpt = None,
+    heads: HeadsOpt = None,
+    as_json: JsonOpt = False,
+    model: ModelOpt = "minilm",
+    truncate: TruncateOpt = False,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "float32",
+    trust_remote_code: TrustOpt = False,
+) -> None:
+    """Cluster heads by how alike they attend (Clark et al. 2019): mean JS divergence between heads
+    over the texts. Writes distances.csv, a seaborn clustermap and a 2-D MDS map coloured by layer."""
+    from attnviz.analyses.cluster import cluster_texts, read_texts
+    from attnviz.analysis_plots import cluster_map, embedding_figure, save_clustermap
+    from attnviz.errors import InputError
+    from attnviz.outputs import slug
+
+    if source is not None and file is not None:
+        raise InputError("give the corpus as an argument or with --file, not both")
+    where: Any = file if file is not None else source
+    if where is None:
+        if sys.stdin.isatty():
+            raise InputError("no texts given: pass a corpus file, --file, or pipe texts (one per line)")
+        where = "-"
+    if batch_size < 1:
+        raise InputError(f"bad --batch-size {batch_size}: use 1 or more")
+    layer_list = parse_indices(layers, "--layers")
+    head_list = parse_indices(heads, "--heads")
+    texts, skipped = read_texts(where, fmt, field, column)
+    if limit is not None:
+        texts = texts[: max(limit, 0)]
+    if len(texts) < 2:
+        raise InputError(f"clustering needs at least two texts, got {len(texts)}")
+    if skipped:
+        _note(f"skipped {skipped} empty or unreadable records")
+    loaded = load(model, device, dtype, trust_remote_code)
+    folder = outdir or Path("outputs") / f"cluster-{slug(loaded.name)}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot write to {folder}: {exc.strerror or exc}") from None
+    dist = cluster_texts(
+        texts, loaded, layers=layer_list, heads=head_list, truncate=truncate, batch_size=batch_size
+    )
+    files = [dist.to_csv(folder / "distances.csv")]
+    files.append(save_clustermap(cluster_map(dist), folder / "clustermap.png"))
+    files.append(_write(embedding_figure(dist), folder / "embedding.png", (), None))
+    if as_json:
+        print_json(
+            {
+                "model": dist.model,
+                "texts": dist.texts,
+                "skipped": skipped,
+                "files": [str(f) for f in files],
+                "nearest": dist.nearest(10),
+            }
+        )
+    else:
+        for f in files:
+            typer.echo(str(f))

@@ -1,0 +1,75 @@
+"""Figures of the analyses, read back by their data: arrays drawn, labels, colour scales."""
+
+from __future__ import annotations
+
+import numpy as np
+from analyses_helpers import synthetic
+
+from attnviz.analyses.cluster import head_distances
+from attnviz.analyses.compare import compare
+from attnviz.analyses.rollout import rollout
+from attnviz.analysis_plots import cluster_map, embedding_figure, pair_figure, rollout_figure, save_clustermap
+
+
+def test_rollout_figure_masks_the_future_of_a_decoder() -> None:
+    ro = rollout(synthetic(("<s>", "a", "b", "c"), causal=True))
+    fig = rollout_figure(ro, token=3)
+    image = fig.axes[0].get_images()[0].get_array()
+    assert image.shape == (4, 4)
+    assert image.mask[0, 1] and not image.mask[1, 0]  # future hatched, never drawn as 0
+    np.testing.assert_allclose([p.get_height() for p in fig.axes[1].patches], ro.row(3))
+
+
+def test_pair_figure_difference_is_a_minus_b() -> None:
+    a = synthetic(("[CLS]", "too", "big", "[SEP]"), seed=1)
+    b = synthetic(("[CLS]", "too", "small", "[SEP]"), seed=2)
+    cmp = compare(a, b)
+    fig = pair_figure(cmp, 1, 2)
+    diff = next(ax for ax in fig.axes if ax.get_title() == "A - B")
+    rows_a, rows_b = cmp.pair(1, 2)
+    np.testing.assert_allclose(diff.get_images()[0].get_array(), rows_a - rows_b, atol=1e-7)
+    assert [t.get_text() for t in diff.get_yticklabels()][2] == "big/small"
+
+
+def test_clustermap_and_embedding(tmp_path) -> None:
+    atts = [synthetic(("a", "b", "c"), seed=s) for s in (1, 2)]
+    dist = head_distances(atts)
+    grid = cluster_map(dist)
+    order = grid.dendrogram_row.reordered_ind
+    shown = [t.get_text() for t in grid.ax_heatmap.get_yticklabels()]
+    assert shown == [dist.labels[i] for i in order]
+    np.testing.assert_allclose(grid.data2d.to_numpy(), dist.matrix[np.ix_(order, order)])
+    path = save_clustermap(grid, tmp_path / "c.png")
+    assert path.stat().st_size > 1000
+    fig = embedding_figure(dist)
+    points = np.concatenate([c.get_offsets() for c in fig.axes[0].collections])
+    assert len(points) == 6
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert set(legend) <= set(dist.roles) and legend
+
+
+def test_derived_figure_says_what_was_done() -> None:
+    from attnviz.analyses.aggregate import aggregate, without_special
+    from attnviz.analysis_plots import derived_figure
+
+    att = synthetic(("[CLS]", "a", "b", "[SEP]"), (True, False, False, True), layers=2, heads=3)
+    one = without_special(aggregate(att, "heads", "max", layers=[1]))
+    fig = derived_figure(one)
+    ax = next(a for a in fig.axes if a.get_images())
+    assert (
+        ax.get_title() == "synthetic · layer 1 · max of heads 0-2 · special tokens hidden, rows renormalised"
+    )
+    np.testing.assert_allclose(ax.get_images()[0].get_array(), one.attn[0, 0])
+    grid = derived_figure(without_special(att))
+    assert grid.get_suptitle().endswith("special tokens hidden, rows renormalised")
+
+
+def test_weighting_figure_draws_both_arrays() -> None:
+    from attnviz.analysis_plots import weighting_figure
+
+    att = synthetic(("a", "b", "c"), layers=1, heads=2)
+    fake = synthetic(("a", "b", "c"), layers=1, heads=2, seed=9)
+    fig = weighting_figure(att, fake, 0, 1)
+    images = [a.get_images()[0].get_array() for a in fig.axes if a.get_images()]
+    np.testing.assert_allclose(images[0], att.attn[0, 1])
+    np.testing.assert_allclose(images[1], fake.attn[0, 1])
