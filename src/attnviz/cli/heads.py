@@ -265,7 +265,7 @@ def heads_cmd(
     else:
         _print_patterns(table, rows)
     if plot is not None:
-        from attnviz.roles_plot import role_map
+        from attnviz.plots import role_map
 
         best = _role_scores(table)
         where = f"{table.texts} texts" if table.texts > 1 else "one text"
@@ -339,7 +339,7 @@ def _induction(
     else:
         _print_induction(result, ranking)
     if plot is not None:
-        from attnviz.roles_plot import score_map
+        from attnviz.plots import score_map
 
         values = result.induction if by == "induction" else result.duplicate
         title = f"{result.model}: {by} scores (chance {result.chance:.3f})"

@@ -1,4 +1,4 @@
-"""Figures from arrays and labels: attention heatmaps, head grids, row entropy. Never loads a model.
+"""Attention heatmaps: one head, a few heads side by side, and the whole model at a glance.
 
 Every function returns a matplotlib `Figure` (made without pyplot, drawn with Agg), so tests can
 read its axes, tick labels and images, and nothing global is left behind. Masked cells (the future,
@@ -9,232 +9,52 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from attnviz.errors import InputError
+from attnviz.plots._common import (
+    ANNOTATE_MAX,
+    CELL,
+    DEFAULT_CMAP,
+    DEFAULT_DPI,
+    KEY_LABEL,
+    LABEL_EVERY_PANEL,
+    MAX_GRID,
+    MAX_SIDE,
+    OVERVIEW_DPI,
+    QUERY_LABEL,
+    SUBTITLE_COLOUR,
+    WEIGHT_LABEL,
+    colorbar,
+    colormap,
+    draw_matrix,
+    label_inches,
+    mask_patch,
+    new_figure,
+    quoted,
+    ranges,
+    resolve_vmax,
+    set_ticks,
+    with_text,
+)
+from attnviz.plots.fonts import with_fonts
 
 if TYPE_CHECKING:
-    from matplotlib.axes import Axes
-    from matplotlib.colors import Colormap
     from matplotlib.figure import Figure
-    from matplotlib.image import AxesImage
 
     from attnviz.extraction import Attention
-    from attnviz.patterns import RowEntropy
 
-DEFAULT_CMAP = "viridis"
-DEFAULT_DPI = 150
-OVERVIEW_DPI = 100
-ANNOTATE_MAX = 30  # tokens: beyond this, numbers written in cells cannot be read
-MAX_SIDE = 16.0  # inches: a figure grows with the text up to this, then labels are thinned
-MAX_GRID = 30.0  # inches: the bound for grids of many panels
-CELL = 0.3  # inches per token while the figure may still grow
-FONT = 9.0
-MIN_FONT = 6.0
-LABEL_EVERY_PANEL = 24  # tokens: longer texts get labels on the outer panels of a grid only
-LABEL_CHARS = 24  # longer tokens are cut with an ellipsis on the axes
-MASK_HATCH = "////"
-MASK_EDGE = "#b0b0b0"
-MASKED_LABEL = "masked: future token (causal model)"
-HIGHLIGHT = "#ff2d2d"
-QUERY_LABEL = "query token (attending from)"
-KEY_LABEL = "key token (attending to)"
-WEIGHT_LABEL = "attention weight"
+OVERVIEW_PANEL = 1.25  # inches: a panel of the whole-model overview, unless the text needs more
+OVERVIEW_MAX = 80.0  # inches: an overview that needs more (a long text, many heads) is refused
+OVERVIEW_ASPECT = 1.5  # width / height the overview's blocks of layers are wrapped towards
+OVERVIEW_NOTE = "each panel: rows = query tokens (attending from), columns = key tokens (attending to)"
 
 
-# -- small helpers ----------------------------------------------------------------------------
-def new_figure(size: tuple[float, float], dpi: float, constrained: bool = True) -> Figure:
-    """A Figure on an Agg canvas, outside pyplot (no global state, garbage-collected)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=size, dpi=dpi, layout="constrained" if constrained else None)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def colormap(name: str) -> Colormap:
-    """A copy of a named colour map with masked cells transparent; InputError for unknown names."""
-    import matplotlib
-
-    try:
-        cmap = matplotlib.colormaps[name]
-    except KeyError:
-        raise InputError(
-            f"unknown colour map '{name}'; try viridis, magma, cividis, Blues or Greys"
-        ) from None
-    return cmap.with_extremes(bad=(0, 0, 0, 0))
-
-
-def parse_vmax(value: str | float | None) -> float | None:
-    """'auto' (or None) -> None (the largest weight shown); otherwise a positive number."""
-    if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
-        return None
-    try:
-        out = float(value)
-    except ValueError:
-        raise InputError(f"bad --vmax '{value}': use a number like 1.0, or auto") from None
-    if not math.isfinite(out) or out <= 0:
-        raise InputError(f"bad --vmax '{value}': it must be a number above 0")
-    return out
-
-
-def parse_size(value: str | None) -> tuple[float, float] | None:
-    """'8x6' or '8,6' (inches) or '8' (square) -> (width, height); None lets the figure size itself."""
-    if value is None or not value.strip():
-        return None
-    parts = value.lower().replace(",", "x").split("x")
-    try:
-        nums = [float(p) for p in parts]
-    except ValueError:
-        nums = []
-    if len(nums) == 1:
-        nums = nums * 2
-    if len(nums) != 2 or not all(math.isfinite(n) and 0.5 <= n <= 100 for n in nums):
-        raise InputError(f"bad --size '{value}': use WIDTHxHEIGHT in inches, e.g. 8x6 (0.5-100 each)")
-    return nums[0], nums[1]
-
-
-def resolve_vmax(vmax: float | None, arrays: Sequence[np.ndarray], visible: np.ndarray | None) -> float:
-    """The top of the colour scale: as given, else the largest visible value shown (so diffuse heads
-    are not washed out)."""
-    if vmax is not None:
-        return float(vmax)
-    top = 0.0
-    for a in arrays:
-        values = a[visible] if visible is not None else a
-        if values.size:
-            top = max(top, float(np.nanmax(values)))
-    return top if top > 0 else 1.0
-
-
-def _cut(label: str) -> str:
-    return label if len(label) <= LABEL_CHARS else label[: LABEL_CHARS - 1] + "…"
-
-
-def label_step(n: int, axis_inches: float, font: float = FONT) -> tuple[int, float]:
-    """Show every `step`-th label at `fontsize` so labels of n cells in `axis_inches` never overlap."""
-    if n <= 0:
-        return 1, font
-    room = axis_inches / n * 72 * 0.85  # points per cell a label may use
-    if room >= font:
-        return 1, font
-    if room >= MIN_FONT:
-        return 1, room
-    step = math.ceil(MIN_FONT / room)
-    return step, MIN_FONT
-
-
-def _label_inches(labels: Sequence[str], font: float = FONT) -> float:
-    longest = max((len(_cut(x)) for x in labels), default=1)
-    return longest * font * 0.6 / 72 + 0.45
-
-
-def _set_ticks(
-    ax: Axes,
-    rows: Sequence[str],
-    cols: Sequence[str],
-    axis_inches: tuple[float, float],
-    highlight: Sequence[int] = (),
-    show: tuple[bool, bool] = (True, True),
-) -> None:
-    """Token labels on both axes, thinned when there are too many to read; highlighted ones kept.
-
-    `show` (rows, columns) False keeps the ticks but writes no labels (inner panels of a grid).
-    """
-    pairs = ((ax.yaxis, rows, axis_inches[1], show[0]), (ax.xaxis, cols, axis_inches[0], show[1]))
-    for axis, labels, inches, shown in pairs:
-        step, font = label_step(len(labels), inches)
-        ticks = sorted(set(range(0, len(labels), step)) | {h for h in highlight if 0 <= h < len(labels)})
-        axis.set_ticks(ticks)
-        if not shown:
-            axis.set_ticklabels([])
-            continue
-        axis.set_ticklabels([_cut(labels[i]) for i in ticks], fontsize=font, parse_math=False)
-        for tick, label in zip(ticks, axis.get_ticklabels(), strict=True):
-            if tick in highlight:
-                label.set_color(HIGHLIGHT)
-                label.set_fontweight("bold")
-    ax.tick_params(axis="x", labelrotation=90, length=2)
-    ax.tick_params(axis="y", length=2)
-
-
-def _mask_patch(edge: str = MASK_EDGE) -> Any:
-    from matplotlib.patches import Patch
-
-    return Patch(facecolor="white", edgecolor=edge, hatch=MASK_HATCH, label=MASKED_LABEL)
-
-
-def draw_matrix(
-    ax: Axes,
-    matrix: np.ndarray,
-    *,
-    visible: np.ndarray | None,
-    vmax: float,
-    cmap: Colormap,
-    annotate: bool = False,
-    highlight: Sequence[int] = (),
-    cell_inches: float = CELL,
-) -> AxesImage:
-    """One [q, k] matrix on `ax`: masked cells hatched (not zero), optional numbers and outlines."""
-    from matplotlib.patches import Rectangle
-
-    matrix = np.asarray(matrix, dtype=np.float32)  # [q, k]
-    n_q, n_k = matrix.shape
-    masked = np.ma.masked_array(matrix, mask=~visible if visible is not None else False)
-    if visible is not None and not visible.all():
-        ax.add_patch(
-            Rectangle(
-                (-0.5, -0.5),
-                n_k,
-                n_q,
-                facecolor="white",
-                edgecolor=MASK_EDGE,
-                hatch=MASK_HATCH,
-                linewidth=0,
-                zorder=0.5,
-            )
-        )
-    image = ax.imshow(masked, cmap=cmap, vmin=0.0, vmax=vmax, aspect="equal", zorder=1)
-    ax.set_xlim(-0.5, n_k - 0.5)
-    ax.set_ylim(n_q - 0.5, -0.5)
-    if annotate:
-        font = max(4.0, min(8.0, cell_inches * 72 * 0.32))
-        for i in range(n_q):
-            for j in range(n_k):
-                if masked.mask is not np.ma.nomask and masked.mask[i, j]:
-                    continue
-                r, g, b, _ = cmap(min(1.0, float(matrix[i, j]) / vmax))
-                dark = 0.299 * r + 0.587 * g + 0.114 * b < 0.5
-                ax.text(
-                    j,
-                    i,
-                    f"{matrix[i, j]:.2f}",
-                    ha="center",
-                    va="center",
-                    fontsize=font,
-                    color="white" if dark else "black",
-                    zorder=2,
-                )
-    for h in highlight:
-        style = {"fill": False, "edgecolor": HIGHLIGHT, "linewidth": 1.4, "zorder": 3}
-        if 0 <= h < n_q:
-            ax.add_patch(Rectangle((-0.5, h - 0.5), n_k, 1, **style))
-        if 0 <= h < n_k:
-            ax.add_patch(Rectangle((h - 0.5, -0.5), 1, n_q, **style))
-    return image
-
-
-def _colorbar(fig: Figure, image: AxesImage, ax: Any, vmax: float, top: float, label: str) -> Any:
-    bar = fig.colorbar(image, ax=ax, extend="max" if top > vmax * 1.0001 else "neither", shrink=0.9)
-    bar.set_label(label)
-    return bar
-
-
-# -- attention heatmaps ------------------------------------------------------------------------
+# -- one head and a few ----------------------------------------------------------------------
+@with_fonts
 def heatmap(
     matrix: np.ndarray,
     rows: Sequence[str],
@@ -248,45 +68,52 @@ def heatmap(
     highlight: Sequence[int] = (),
     dpi: float = DEFAULT_DPI,
     size: tuple[float, float] | None = None,
+    text: str | None = None,
 ) -> Figure:
-    """One head: queries as rows ("attending from"), keys as columns ("attending to")."""
+    """One head: queries as rows ("attending from"), keys as columns ("attending to").
+
+    `text` (shortened, quoted) is written above the title, so a saved picture says what was read.
+    """
     cols = rows if cols is None else cols
     matrix = np.asarray(matrix)  # [q, k]
     n_q, n_k = matrix.shape
-    margin = _label_inches(list(rows) + list(cols))
+    margin = label_inches(list(rows) + list(cols))
+    extra = 0.3 if text else 0.0
     if size is None:
         size = (
             min(MAX_SIDE, max(5.0, n_k * CELL + margin + 1.6)),
-            min(MAX_SIDE, max(4.0, n_q * CELL + margin + 0.7)),
+            min(MAX_SIDE, max(4.0, n_q * CELL + margin + 0.7 + extra)),
         )
-    side = min(size[0] - margin - 1.6, size[1] - margin - 0.7)
+    side = min(size[0] - margin - 1.6, size[1] - margin - 0.7 - extra)
     axis_inches = (max(1.0, side), max(1.0, side))
     fig = new_figure(size, dpi)
     ax = fig.add_subplot()
     top = resolve_vmax(None, [matrix], visible)
     scale = resolve_vmax(vmax, [matrix], visible)
-    cm = colormap(cmap)
     image = draw_matrix(
         ax,
         matrix,
         visible=visible,
         vmax=scale,
-        cmap=cm,
+        cmap=colormap(cmap),
         annotate=annotate and max(n_q, n_k) <= ANNOTATE_MAX,
         highlight=highlight,
         cell_inches=axis_inches[0] / max(n_q, n_k),
     )
-    _set_ticks(ax, rows, cols, axis_inches, highlight)
+    set_ticks(ax, rows, cols, axis_inches, highlight)
     ax.set_ylabel(QUERY_LABEL)
     ax.set_xlabel(KEY_LABEL)
     if title:
-        ax.set_title(title)
-    _colorbar(fig, image, ax, scale, top, WEIGHT_LABEL)
+        ax.set_title(title, parse_math=False)
+    if text:
+        fig.suptitle(quoted(text), fontsize=9, color=SUBTITLE_COLOUR, parse_math=False)
+    colorbar(fig, image, ax, scale, top, WEIGHT_LABEL)
     if visible is not None and not visible.all():
-        fig.legend(handles=[_mask_patch()], loc="outside lower right", fontsize=8)
+        fig.legend(handles=[mask_patch()], loc="outside lower right", fontsize=8)
     return fig
 
 
+@with_fonts
 def heatmap_panels(
     panels: Sequence[np.ndarray],
     titles: Sequence[str],
@@ -311,24 +138,24 @@ def heatmap_panels(
     ncols = max(1, min(ncols, n))
     nrows = math.ceil(n / ncols)
     n_q, n_k = np.asarray(panels[0]).shape
-    margin = _label_inches(list(rows) + list(cols))
+    margin = label_inches(list(rows) + list(cols))
+    head_room = 0.9 + 0.25 * title.count("\n")
     if size is None:
         panel = min(max(2.2, max(n_q, n_k) * 0.22), 4.5)
         width = ncols * (panel + margin) + 1.2
-        height = nrows * (panel + margin) + 0.9
+        height = nrows * (panel + margin) + head_room
         shrink = min(1.0, MAX_GRID / width, MAX_GRID / height)
         size = (width * shrink, height * shrink)
-    panel = max(0.8, min(size[0] / ncols - margin, (size[1] - 0.9) / nrows - margin))
+    panel = max(0.8, min(size[0] / ncols - margin, (size[1] - head_room) / nrows - margin))
     fig = new_figure(size, dpi)
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
     top = resolve_vmax(None, panels, visible)
     scale = resolve_vmax(vmax, panels, visible)
     cm = colormap(cmap)
-    image = None
-    for k, ax in enumerate(axes):
-        if k >= n:
-            ax.set_axis_off()
-            continue
+    every = max(n_q, n_k) <= LABEL_EVERY_PANEL
+    for ax in axes[n:]:
+        ax.set_axis_off()
+    for k, ax in enumerate(axes[:n]):
         image = draw_matrix(
             ax,
             panels[k],
@@ -340,22 +167,92 @@ def heatmap_panels(
             cell_inches=panel / max(n_q, n_k),
         )
         left, bottom = k % ncols == 0, k + ncols >= n
-        every = max(n_q, n_k) <= LABEL_EVERY_PANEL
-        _set_ticks(ax, rows, cols, (panel, panel), highlight, (every or left, every or bottom))
+        set_ticks(ax, rows, cols, (panel, panel), highlight, (every or left, every or bottom))
         ax.set_title(titles[k], fontsize=10)
         if left:
             ax.set_ylabel(QUERY_LABEL, fontsize=8)
         if bottom:
             ax.set_xlabel(KEY_LABEL, fontsize=8)
     if title:
-        fig.suptitle(title)
-    assert image is not None
-    _colorbar(fig, image, axes[:n].tolist(), scale, top, WEIGHT_LABEL)
+        fig.suptitle(title, parse_math=False)
+    colorbar(fig, image, axes[:n].tolist(), scale, top, WEIGHT_LABEL)
     if visible is not None and not visible.all():
-        fig.legend(handles=[_mask_patch()], loc="outside lower right", fontsize=8)
+        fig.legend(handles=[mask_patch()], loc="outside lower right", fontsize=8)
     return fig
 
 
+# -- the whole model ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class OverviewLayout:
+    """Where the panels of a layers x heads overview go: blocks of layers wrapped side by side, so a
+    deep model is not drawn as a thin strip."""
+
+    n_layers: int
+    n_heads: int
+    blocks: int  # groups of layers drawn side by side
+    panel: float  # inches
+    size: tuple[float, float]  # inches
+    left: float = 0.35
+    right: float = 1.2  # room for the colour bar
+    top: float = 1.05  # the title, the text and the note
+    bottom: float = 0.5  # room for the mask legend
+    gap_x: float = 0.08
+    gap_y: float = 0.24  # room for the panel titles
+    block_gap: float = 0.4
+
+    @property
+    def rows(self) -> int:
+        return math.ceil(self.n_layers / self.blocks)
+
+    def grid_inches(self, panel: float) -> tuple[float, float]:
+        width = self.blocks * self.n_heads * (panel + self.gap_x) + (self.blocks - 1) * self.block_gap
+        return width, self.rows * (panel + self.gap_y)
+
+    def origin(self, li: int, hi: int) -> tuple[float, float]:
+        """The lower-left corner (inches from the figure's lower left) of layer li, head hi."""
+        block, row = divmod(li, self.rows)
+        x = self.left + (block * self.n_heads + hi) * (self.panel + self.gap_x) + block * self.block_gap
+        y = self.size[1] - self.top - (row + 1) * (self.panel + self.gap_y) + self.gap_y
+        return x, y
+
+
+def overview_layout(
+    n_layers: int, n_heads: int, n_tokens: int, dpi: float, size: tuple[float, float] | None = None
+) -> OverviewLayout:
+    """Choose blocks and panel size: at least one pixel per token, wrapped towards a 3:2 page.
+
+    InputError when a long text would need a picture over OVERVIEW_MAX inches: draw one layer instead.
+    """
+    base = OverviewLayout(n_layers, n_heads, 1, OVERVIEW_PANEL, (1.0, 1.0))
+    panel = max(OVERVIEW_PANEL, n_tokens / dpi)
+
+    def aspect(blocks: int) -> float:
+        trial = OverviewLayout(n_layers, n_heads, blocks, panel, (1.0, 1.0))
+        w, h = trial.grid_inches(panel)
+        return abs(math.log((w + base.left + base.right) / (h + base.top + base.bottom) / OVERVIEW_ASPECT))
+
+    blocks = min(range(1, n_layers + 1), key=aspect)
+    trial = OverviewLayout(n_layers, n_heads, blocks, panel, (1.0, 1.0))
+    if size is None:
+        w, h = trial.grid_inches(panel)
+        size = (w + trial.left + trial.right, h + trial.top + trial.bottom)
+        if max(size) > OVERVIEW_MAX:
+            raise InputError(
+                f"the whole-model overview of {n_tokens} tokens ({n_layers} layers x {n_heads} heads) "
+                f"would be {size[0] * dpi:.0f}x{size[1] * dpi:.0f} px; draw one layer with --layer N "
+                "(or pick fewer --layers/--heads, or a shorter text)"
+            )
+        return OverviewLayout(n_layers, n_heads, blocks, panel, size)
+    w1, h1 = trial.grid_inches(1.0)
+    w0, h0 = trial.grid_inches(0.0)
+    room = min(
+        (size[0] - trial.left - trial.right - w0) / (w1 - w0),
+        (size[1] - trial.top - trial.bottom - h0) / (h1 - h0),
+    )
+    return OverviewLayout(n_layers, n_heads, blocks, max(0.1, room), size)
+
+
+@with_fonts
 def overview(
     attn: np.ndarray,
     layers: Sequence[int],
@@ -371,28 +268,22 @@ def overview(
     """The whole model at a glance: a layers x heads grid of small heatmaps, each titled "L1 H5".
 
     Small enough to spot diagonal, previous-token and [CLS]/[SEP]-column heads at once; no tick
-    labels (rows are queries, columns keys, as in the single-head picture).
+    labels (rows are queries, columns keys, as in the single-head picture). Panels grow so every
+    token gets a pixel; deep models wrap their layers into side-by-side blocks.
     """
     attn = np.asarray(attn)  # [layers, heads, q, k]
-    nl, nh = attn.shape[:2]
-    left, right, top_m, bottom, gap_x, gap_y = 0.35, 1.1, 0.75, 0.45, 0.08, 0.22
-    if size is None:
-        panel = min(1.25, (MAX_GRID - left - right) / nh - gap_x, (MAX_GRID - top_m - bottom) / nl - gap_y)
-        panel = max(0.45, panel)
-        size = (left + right + nh * (panel + gap_x), top_m + bottom + nl * (panel + gap_y))
-    width, height = size
-    panel = max(0.1, min((width - left - right) / nh - gap_x, (height - top_m - bottom) / nl - gap_y))
-    fig = new_figure(size, dpi, constrained=False)
-    top = resolve_vmax(None, [attn.reshape(-1, *attn.shape[2:])[i] for i in range(nl * nh)], visible)
-    scale = resolve_vmax(vmax, [attn.reshape(-1, *attn.shape[2:])[i] for i in range(nl * nh)], visible)
+    nl, nh, n_q, n_k = attn.shape
+    lay = overview_layout(nl, nh, max(n_q, n_k), dpi, size)
+    width, height = lay.size
+    fig = new_figure(lay.size, dpi, constrained=False)
+    flat = [attn[li, hi] for li in range(nl) for hi in range(nh)]
+    top, scale = resolve_vmax(None, flat, visible), resolve_vmax(vmax, flat, visible)
     cm = colormap(cmap)
-    font = max(4.0, min(8.0, panel * 72 * 0.14))
-    image = None
+    font = max(7.0, min(9.0, lay.panel * 72 * 0.12))
     for li, layer in enumerate(layers):
         for hi, head in enumerate(heads):
-            x = left + hi * (panel + gap_x)
-            y = height - top_m - (li + 1) * (panel + gap_y) + gap_y
-            ax = fig.add_axes((x / width, y / height, panel / width, panel / height))
+            x, y = lay.origin(li, hi)
+            ax = fig.add_axes((x / width, y / height, lay.panel / width, lay.panel / height))
             image = draw_matrix(ax, attn[li, hi], visible=visible, vmax=scale, cmap=cm)
             ax.set_xticks([])
             ax.set_yticks([])
@@ -400,26 +291,18 @@ def overview(
                 spine.set_linewidth(0.4)
             ax.set_title(f"L{layer} H{head}", fontsize=font, pad=2)
     if title:
-        fig.suptitle(title, y=1 - 0.15 / height, va="top")
-    fig.text(
-        0.5,
-        1 - 0.45 / height,
-        "each panel: rows = query tokens (attending from), columns = key tokens (attending to)",
-        ha="center",
-        va="top",
-        fontsize=8,
-        color="#444444",
-    )
-    low = height - top_m - nl * (panel + gap_y) + gap_y  # bottom edge of the last row
-    low = max(low, height - top_m - 6.0)  # a tall grid gets a colour bar of readable length
-    cax = fig.add_axes(
-        ((width - right + 0.25) / width, low / height, 0.18 / width, (height - top_m - low) / height)
-    )
-    assert image is not None
+        fig.suptitle(title, y=1 - 0.12 / height, va="top", fontsize=12, parse_math=False)
+    fig.text(0.5, 1 - 0.78 / height, OVERVIEW_NOTE, ha="center", va="top", fontsize=8, color=SUBTITLE_COLOUR)
+    grid_h = lay.grid_inches(lay.panel)[1] - lay.gap_y
+    bar_h = min(grid_h, 6.0)
+    bar_y = height - lay.top - grid_h / 2 - bar_h / 2  # centred on the grid
+    cax = fig.add_axes(((width - lay.right + 0.2) / width, bar_y / height, 0.18 / width, bar_h / height))
     bar = fig.colorbar(image, cax=cax, extend="max" if top > scale * 1.0001 else "neither")
     bar.set_label(WEIGHT_LABEL)
     if visible is not None and not visible.all():
-        fig.legend(handles=[_mask_patch()], loc="lower right", fontsize=7, frameon=False)
+        fig.legend(
+            handles=[mask_patch()], loc="lower right", bbox_to_anchor=(1, 0), fontsize=7, frameon=False
+        )
     return fig
 
 
@@ -432,6 +315,7 @@ def annotate_limit(n_layers: int, n_heads: int, average: bool = False) -> int:
     return ANNOTATE_MAX // 2
 
 
+# -- from an Attention ------------------------------------------------------------------------
 def attention_figure(
     att: Attention,
     *,
@@ -446,36 +330,35 @@ def attention_figure(
     """The right picture for what was extracted: one head, a few heads, a layer, or the whole model.
 
     The selection is `att.layers` x `att.heads`; `average` draws the mean over those heads per layer.
+    The text (shortened) is in every title.
     """
     labels = att.labels
-    visible = att.visible()
     level = " (words)" if att.level == "word" else ""
-    style = {"visible": visible, "vmax": vmax, "cmap": cmap, "size": size}
+    style = {"visible": att.visible(), "vmax": vmax, "cmap": cmap, "size": size}
     many = {"annotate": annotate, "highlight": highlight, "dpi": dpi or DEFAULT_DPI, **style}
     layers, heads = list(att.layers), list(att.heads)
-    head_list = _ranges(heads)
     if average:
         means = att.attn.mean(axis=1)  # [layers, q, k]
         what = f"mean of {len(heads)} heads" if len(heads) > 1 else f"head {heads[0]}"
         if len(layers) == 1:
             title = f"{att.model} · layer {layers[0]} · {what}{level}"
-            return heatmap(means[0], labels, title=title, **many)
+            return heatmap(means[0], labels, title=title, text=att.text, **many)
         titles = [f"layer {layer}" for layer in layers]
-        return heatmap_panels(
-            list(means), titles, labels, title=f"{att.model} · {what} per layer{level}", **many
-        )
+        title = with_text(f"{att.model} · {what} per layer{level}", att.text)
+        return heatmap_panels(list(means), titles, labels, title=title, **many)
     if len(layers) == 1 and len(heads) == 1:
         title = f"{att.model} · layer {layers[0]} · head {heads[0]}{level}"
-        return heatmap(att.attn[0, 0], labels, title=title, **many)
+        return heatmap(att.attn[0, 0], labels, title=title, text=att.text, **many)
     if len(layers) == 1:
         titles = [f"head {h}" for h in heads]
-        title = f"{att.model} · layer {layers[0]} · heads {head_list}{level}"
+        title = with_text(f"{att.model} · layer {layers[0]} · heads {ranges(heads)}{level}", att.text)
         return heatmap_panels(list(att.attn[0]), titles, labels, title=title, **many)
     if len(heads) == 1:
         titles = [f"layer {layer}" for layer in layers]
-        title = f"{att.model} · head {heads[0]} in every layer{level}"
+        title = with_text(f"{att.model} · head {heads[0]} in every layer{level}", att.text)
         return heatmap_panels(list(att.attn[:, 0]), titles, labels, title=title, **many)
-    title = f"{att.model} · {len(layers)} layers x {len(heads)} heads · {att.n_tokens} {att.level}s{level}"
+    what = f"{len(layers)} layers x {len(heads)} heads · {att.n_tokens} {att.level}s"
+    title = with_text(f"{att.model} · {what}", att.text)
     return overview(att.attn, layers, heads, title=title, dpi=dpi or OVERVIEW_DPI, **style)
 
 
@@ -491,285 +374,18 @@ def cross_figure(
     size: tuple[float, float] | None = None,
 ) -> Figure:
     """One head's cross-attention of an encoder-decoder model: decoder tokens (rows) read encoder tokens."""
-    from attnviz.errors import InputError
-
     if att.cross is None or att.decoder is None:
         raise InputError(f"{att.model} has no cross-attention: only encoder-decoder models do")
     matrix = att.cross[att.layer_pos(layer), att.head_pos(head)]  # [decoder q, encoder k]
-    title = f"{att.model} · cross-attention · layer {layer} · head {head}"
     return heatmap(
         matrix,
         att.decoder.labels,
         att.labels,
-        title=title,
+        title=f"{att.model} · cross-attention · layer {layer} · head {head}",
         vmax=vmax,
         cmap=cmap,
         annotate=annotate,
         dpi=dpi or DEFAULT_DPI,
         size=size,
-    )
-
-
-def _ranges(values: Sequence[int]) -> str:
-    if len(values) > 2 and list(values) == list(range(values[0], values[-1] + 1)):
-        return f"{values[0]}-{values[-1]}"
-    return ", ".join(str(v) for v in values)
-
-
-# -- row entropy -------------------------------------------------------------------------------
-ENTROPY_LABEL = "row entropy (bits)"
-BOUND_LABEL = "uniform attention: log2(visible keys)"
-
-
-def entropy_bars(
-    entropy: np.ndarray,
-    bound: np.ndarray,
-    labels: Sequence[str],
-    *,
-    title: str = "",
-    highlight: Sequence[int] = (),
-    dpi: float = DEFAULT_DPI,
-    size: tuple[float, float] | None = None,
-    ax: Axes | None = None,
-) -> Figure:
-    """Each query token's row entropy in bits, with the uniform-attention bound for reference.
-
-    Low bars: the token attends to one or a few keys; bars at the line: it spreads evenly.
-    """
-    entropy = np.asarray(entropy, dtype=float)  # [q]
-    bound = np.asarray(bound, dtype=float)  # [q]
-    n = len(entropy)
-    margin = _label_inches(labels)
-    if ax is None:
-        if size is None:
-            size = (min(MAX_SIDE * 1.25, max(6.0, n * 0.28 + 1.5)), 3.2 + margin)
-        fig = new_figure(size, dpi)
-        ax = fig.add_subplot()
-        width = size[0] - 1.2
-    else:
-        fig = ax.figure
-        width = ax.get_position().width * fig.get_figwidth()
-    x = np.arange(n)
-    ax.bar(x, entropy, width=0.8, color="#3b6ea8", label="row entropy", zorder=2)
-    ax.step(
-        np.concatenate([[-0.5], x + 0.5]),
-        np.concatenate([[bound[0] if n else 0.0], bound]),
-        where="pre",
-        color="black",
-        linestyle="--",
-        linewidth=1.2,
-        label=BOUND_LABEL,
-        zorder=3,
-    )
-    ax.set_xlim(-0.5, n - 0.5)
-    ax.set_ylim(0, max(1.0, float(bound.max()) if n else 1.0) * 1.12)
-    step, font = label_step(n, width)
-    ticks = sorted(set(range(0, n, step)) | {h for h in highlight if 0 <= h < n})
-    ax.set_xticks(ticks)
-    ax.set_xticklabels([_cut(labels[i]) for i in ticks], fontsize=font, rotation=90, parse_math=False)
-    for tick, label in zip(ticks, ax.get_xticklabels(), strict=True):
-        if tick in highlight:
-            label.set_color(HIGHLIGHT)
-            label.set_fontweight("bold")
-    ax.set_ylabel(ENTROPY_LABEL)
-    ax.set_xlabel(QUERY_LABEL)
-    ax.grid(axis="y", alpha=0.3, zorder=0)
-    ax.legend(loc="upper left", fontsize=8, framealpha=0.95)
-    if title:
-        ax.set_title(title)
-    return fig
-
-
-def entropy_grid(
-    values: np.ndarray,
-    layers: Sequence[int],
-    heads: Sequence[int],
-    *,
-    bound: float,
-    title: str = "",
-    cmap: str = "magma",
-    annotate: bool = True,
-    dpi: float = DEFAULT_DPI,
-    size: tuple[float, float] | None = None,
-) -> Figure:
-    """Mean row entropy of every head, layers as rows and heads as columns; the colour scale runs
-    from 0 (every query on one key) to the uniform bound (every query spread evenly)."""
-    values = np.asarray(values, dtype=float)  # [layers, heads]
-    nl, nh = values.shape
-    if size is None:
-        cell = min(0.55, max(0.25, 14.0 / max(nh, nl)))
-        size = (max(5.0, nh * cell + 2.6), max(3.0, nl * cell + 1.6))
-    fig = new_figure(size, dpi)
-    ax = fig.add_subplot()
-    cm = colormap(cmap)
-    top = max(bound, float(values.max()) if values.size else 0.0, 1e-6)
-    image = ax.imshow(values, cmap=cm, vmin=0.0, vmax=top, aspect="auto")
-    ax.set_xticks(range(nh), [f"H{h}" for h in heads], fontsize=8)
-    ax.set_yticks(range(nl), [f"L{layer}" for layer in layers], fontsize=8)
-    ax.set_xlabel("head")
-    ax.set_ylabel("layer")
-    cell_pts = min(size[0] / max(nh, 1), size[1] / max(nl, 1)) * 72
-    if annotate and cell_pts >= 14:
-        for i in range(nl):
-            for j in range(nh):
-                r, g, b, _ = cm(values[i, j] / top)
-                dark = 0.299 * r + 0.587 * g + 0.114 * b < 0.5
-                ax.text(
-                    j,
-                    i,
-                    f"{values[i, j]:.1f}",
-                    ha="center",
-                    va="center",
-                    fontsize=min(8.0, cell_pts * 0.3),
-                    color="white" if dark else "black",
-                )
-    bar = fig.colorbar(image, ax=ax, shrink=0.9)
-    bar.set_label("mean row entropy (bits); the top is uniform attention")
-    if title:
-        ax.set_title(title)
-    return fig
-
-
-# -- the toy ---------------------------------------------------------------------------------
-def toy_figure(
-    weights: np.ndarray,
-    entropy: np.ndarray,
-    bound: np.ndarray,
-    labels: Sequence[str],
-    *,
-    visible: np.ndarray | None = None,
-    title: str = "",
-    vmax: float | None = None,
-    cmap: str = DEFAULT_CMAP,
-    annotate: bool = False,
-    dpi: float = DEFAULT_DPI,
-    size: tuple[float, float] | None = None,
-) -> Figure:
-    """Seed 000's two plots for every head: the attention heatmaps side by side (shared scale), and
-    the row entropy of each head against the uniform bound, so heads that specialise stand out."""
-    weights = np.asarray(weights)  # [heads, q, k]
-    entropy = np.asarray(entropy)  # [heads, q]
-    nh, n, _ = weights.shape
-    ncols = min(nh, 4)
-    nrows = math.ceil(nh / ncols)
-    margin = _label_inches(labels)
-    if size is None:
-        panel = min(max(2.4, n * 0.25), 5.0)
-        width = min(MAX_GRID, ncols * (panel + margin) + 1.4)
-        size = (max(width, 7.0), min(MAX_GRID, nrows * (panel + margin) + 0.8 + 3.4))
-    panel = max(0.8, size[0] / ncols - margin - 0.3)
-    fig = new_figure(size, dpi)
-    top_fig, bottom_fig = fig.subfigures(2, 1, height_ratios=[max(1.0, size[1] - 3.4), 3.4])
-    axes = np.atleast_1d(top_fig.subplots(nrows, ncols, squeeze=False)).ravel()
-    scale = resolve_vmax(vmax, list(weights), visible)
-    top = resolve_vmax(None, list(weights), visible)
-    cm = colormap(cmap)
-    image = None
-    for h, ax in enumerate(axes):
-        if h >= nh:
-            ax.set_axis_off()
-            continue
-        image = draw_matrix(
-            ax,
-            weights[h],
-            visible=visible,
-            vmax=scale,
-            cmap=cm,
-            annotate=annotate and n <= ANNOTATE_MAX // 2,
-            cell_inches=panel / n,
-        )
-        _set_ticks(ax, labels, labels, (panel, panel))
-        ax.set_title(f"head {h}", fontsize=10)
-        if h % ncols == 0:
-            ax.set_ylabel(QUERY_LABEL, fontsize=8)
-        ax.set_xlabel(KEY_LABEL, fontsize=8)
-    assert image is not None
-    _colorbar(top_fig, image, axes[:nh].tolist(), scale, top, WEIGHT_LABEL)
-    if visible is not None and not visible.all():
-        top_fig.legend(handles=[_mask_patch()], loc="outside lower right", fontsize=8)
-    if title:
-        top_fig.suptitle(title)
-    ax = bottom_fig.add_subplot()
-    x = np.arange(n)
-    width = 0.8 / nh
-    colors = [cm(0.15 + 0.7 * h / max(1, nh - 1)) if nh > 1 else "#3b6ea8" for h in range(nh)]
-    for h in range(nh):
-        ax.bar(x - 0.4 + width * (h + 0.5), entropy[h], width=width, color=colors[h], label=f"head {h}")
-    ax.step(
-        np.concatenate([[-0.5], x + 0.5]),
-        np.concatenate([[bound[0]], bound]),
-        where="pre",
-        color="black",
-        linestyle="--",
-        linewidth=1.2,
-        label=BOUND_LABEL,
-    )
-    ax.set_xlim(-0.5, n - 0.5)
-    ax.set_ylim(0, max(1.0, float(np.max(bound))) * 1.3)
-    step, font = label_step(n, size[0] - 1.5)
-    ax.set_xticks(range(0, n, step), [labels[i] for i in range(0, n, step)], fontsize=font, parse_math=False)
-    ax.set_ylabel(ENTROPY_LABEL)
-    ax.set_xlabel(QUERY_LABEL)
-    ax.set_title("row entropy: low = peaky (one or few keys), at the line = uniform", fontsize=10)
-    ax.legend(fontsize=7, ncols=min(nh + 1, 5), loc="upper left", framealpha=0.95)
-    return fig
-
-
-# -- files ----------------------------------------------------------------------------------
-def save(fig: Figure, path: str | Path, dpi: float | None = None) -> Path:
-    """Write a figure; the format comes from the extension (png, svg, pdf)."""
-    from attnviz.outputs import image_format
-
-    path = Path(path)
-    fmt = image_format(path)
-    metadata: dict[str, Any] = {
-        "png": {"Software": None},
-        "svg": {"Date": None},
-        "pdf": {"CreationDate": None},
-    }[fmt]
-    try:
-        fig.savefig(path, format=fmt, dpi=dpi or fig.dpi, metadata=metadata)
-    except OSError as exc:
-        raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
-    return path
-
-
-def entropy_figure(
-    ent: RowEntropy,
-    *,
-    cmap: str | None = None,
-    highlight: Sequence[int] = (),
-    dpi: float | None = None,
-    size: tuple[float, float] | None = None,
-) -> Figure:
-    """One head: bars per query token; several: a layers x heads heatmap of mean row entropy."""
-    level = " (words)" if ent.level == "word" else ""
-    if len(ent.layers) == 1 and len(ent.heads) == 1:
-        mean = float(ent.mean[0, 0])
-        title = (
-            f"{ent.model} · layer {ent.layers[0]} · head {ent.heads[0]}{level} · "
-            f"mean row entropy {mean:.2f} bits"
-        )
-        return entropy_bars(
-            ent.entropy[0, 0],
-            ent.bound,
-            ent.labels,
-            title=title,
-            highlight=highlight,
-            dpi=dpi or DEFAULT_DPI,
-            size=size,
-        )
-    title = (
-        f"{ent.model} · mean row entropy per head{level} · {len(ent.labels)} {ent.level}s "
-        f"(uniform: {ent.bound.mean():.2f} bits)"
-    )
-    return entropy_grid(
-        ent.mean,
-        ent.layers,
-        ent.heads,
-        bound=float(ent.bound.mean()),
-        title=title,
-        cmap=cmap or "magma",
-        dpi=dpi or DEFAULT_DPI,
-        size=size,
+        text=att.text,
     )

@@ -1,18 +1,20 @@
-"""Figures for `attnviz heads`: a layers x heads map coloured by role, and one of a score.
-
-Arrays and labels in, a file out; never a model. Built on plots.py's figure and save helpers.
-"""
+"""Figures for `attnviz heads`: a layers x heads map coloured by role, and one of a score."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from attnviz.errors import InputError
 from attnviz.patterns import ROLE_NAMES
+from attnviz.plots._common import DEFAULT_CMAP, DEFAULT_DPI, colormap, new_figure, write_cells
+from attnviz.plots.fonts import with_fonts
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 ROLE_COLOURS: dict[str, str] = {
     "self": "#4c72b0",
@@ -24,62 +26,47 @@ ROLE_COLOURS: dict[str, str] = {
     "broad": "#da8bc3",
     "mixed": "#e5e5e5",
 }
-_SHORT = {"previous": "prev", "punctuation": "punct", "last_sep": "sep", "mixed": ""}
+SHORT = {"previous": "prev", "punctuation": "punct", "last_sep": "sep", "mixed": ""}
 
 
-def _figure(n_layers: int, n_heads: int) -> tuple[Any, Any]:
-    """A pyplot-free figure (plots.new_figure), sized to the grid."""
-    from attnviz.plots import new_figure
-
+def _grid(n_layers: int, n_heads: int, dpi: float) -> tuple[Figure, Axes]:
     width = min(max(4.0, 0.75 * n_heads + 2.5), 30)
     height = min(max(3.0, 0.42 * n_layers + 1.6), 30)
-    fig = new_figure((width, height), 150)
+    fig = new_figure((width, height), dpi)
     return fig, fig.add_subplot()
 
 
-def _save(fig: Any, path: str | Path) -> Path:
-    """Write through plots.save (format from the extension, reproducible metadata)."""
-    from attnviz.plots import save
-
-    path = Path(path)
-    if path.parent and not path.parent.exists():
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
-    return save(fig, path)
-
-
-def _axes(ax: Any, layers: Sequence[int], heads: Sequence[int]) -> None:
+def _axes(ax: Axes, layers: Sequence[int], heads: Sequence[int]) -> None:
     ax.set_xticks(range(len(heads)), [str(h) for h in heads])
     ax.set_yticks(range(len(layers)), [str(layer) for layer in layers])
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
 
 
-def role_map(
+@with_fonts
+def role_figure(
     roles: np.ndarray,
     layers: Sequence[int],
     heads: Sequence[int],
-    path: str | Path,
     scores: np.ndarray | None = None,
     title: str | None = None,
-) -> Path:
-    """Save a layers x heads grid, one colour per role, each cell labelled with its role (and score)."""
+    dpi: float = DEFAULT_DPI,
+) -> Figure:
+    """A layers x heads grid, one colour per role, each cell labelled with its role (and score)."""
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
 
-    roles = np.asarray(roles)
+    roles = np.asarray(roles)  # [layers, heads] role names
     index = {name: i for i, name in enumerate(ROLE_NAMES)}
     codes = np.vectorize(lambda r: index.get(str(r), index["mixed"]))(roles)  # [layers, heads]
-    fig, ax = _figure(len(layers), len(heads))
+    fig, ax = _grid(len(layers), len(heads), dpi)
     cmap = ListedColormap([ROLE_COLOURS[name] for name in ROLE_NAMES])
     ax.imshow(codes, cmap=cmap, vmin=-0.5, vmax=len(ROLE_NAMES) - 0.5, aspect="auto")
     small = len(heads) > 16 or len(layers) > 24
     for li in range(roles.shape[0]):
         for hi in range(roles.shape[1]):
             role = str(roles[li, hi])
-            label = _SHORT.get(role, role)
+            label = SHORT.get(role, role)
             if scores is not None and role != "mixed":
                 label += f"\n{scores[li, hi]:.2f}"
             if label:
@@ -93,8 +80,46 @@ def role_map(
         fontsize=8,
         frameon=False,
     )
-    ax.set_title(title or "head roles")
-    return _save(fig, path)
+    ax.set_title(title or "head roles", parse_math=False)
+    return fig
+
+
+@with_fonts
+def score_figure(
+    values: np.ndarray,
+    layers: Sequence[int],
+    heads: Sequence[int],
+    title: str | None = None,
+    label: str = "score",
+    cmap: str = DEFAULT_CMAP,
+    dpi: float = DEFAULT_DPI,
+) -> Figure:
+    """A layers x heads heatmap of one score (e.g. induction), each cell annotated when they fit."""
+    values = np.asarray(values, dtype=float)  # [layers, heads]
+    fig, ax = _grid(len(layers), len(heads), dpi)
+    cm = colormap(cmap)
+    top = max(1e-9, float(np.nanmax(values)) if values.size else 0.0)
+    image = ax.imshow(values, cmap=cm, vmin=0.0, vmax=top, aspect="auto")
+    if len(heads) <= 16 and len(layers) <= 32:
+        write_cells(ax, values, cm, top, fontsize=6)
+    _axes(ax, layers, heads)
+    fig.colorbar(image, ax=ax, label=label)
+    ax.set_title(title or label, parse_math=False)
+    return fig
+
+
+def role_map(
+    roles: np.ndarray,
+    layers: Sequence[int],
+    heads: Sequence[int],
+    path: str | Path,
+    scores: np.ndarray | None = None,
+    title: str | None = None,
+) -> Path:
+    """Save `role_figure` to `path` (format from the extension)."""
+    from attnviz import plots
+
+    return plots.save(role_figure(roles, layers, heads, scores, title), path)
 
 
 def score_map(
@@ -105,17 +130,7 @@ def score_map(
     title: str | None = None,
     label: str = "score",
 ) -> Path:
-    """Save a layers x heads heatmap of one score (e.g. induction), each cell annotated."""
-    values = np.asarray(values, dtype=float)
-    fig, ax = _figure(len(layers), len(heads))
-    im = ax.imshow(values, cmap="viridis", vmin=0.0, vmax=max(1e-9, float(values.max())), aspect="auto")
-    if len(heads) <= 16 and len(layers) <= 32:
-        for li in range(values.shape[0]):
-            for hi in range(values.shape[1]):
-                v = values[li, hi]
-                colour = "black" if v > 0.6 * values.max() else "white"
-                ax.text(hi, li, f"{v:.2f}", ha="center", va="center", fontsize=6, color=colour)
-    _axes(ax, layers, heads)
-    fig.colorbar(im, ax=ax, label=label)
-    ax.set_title(title or label)
-    return _save(fig, path)
+    """Save `score_figure` to `path` (format from the extension)."""
+    from attnviz import plots
+
+    return plots.save(score_figure(values, layers, heads, title, label), path)
