@@ -2,8 +2,9 @@
 
 matplotlib (>= 3.6) falls back glyph by glyph along the `font.family` list. The colour emoji font
 (Noto Color Emoji) is a bitmap font that Agg cannot draw, so emoji come from the monochrome Symbola.
-A font that is not installed is simply left out of the chain, and matplotlib's "Glyph missing"
-warning is silenced: a missing glyph is then drawn as a box, never a message on stderr.
+A font that is not installed is simply left out of the chain (no "font not found" message), and
+matplotlib's "Glyph missing" warning is silenced while attnviz builds and saves a figure: a glyph
+no installed font has is drawn as a box, never a message on stderr.
 """
 
 from __future__ import annotations
@@ -46,7 +47,6 @@ def font_chain() -> list[str]:
     if _chain is None:
         from matplotlib import font_manager
 
-        warnings.filterwarnings("ignore", message=GLYPH_MISSING, category=UserWarning)
         known = {f.name for f in font_manager.fontManager.ttflist}
         chain = [BASE]
         for name, patterns in FALLBACKS:
