@@ -10,6 +10,7 @@ no installed font has is drawn as a box, never a message on stderr.
 from __future__ import annotations
 
 import glob
+import logging
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -23,6 +24,7 @@ FALLBACKS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "Noto Sans CJK JP",
         (
             "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",
+            "/usr/share/fonts/opentype/noto/NotoSansCJK-Bold.ttc",
             "/usr/share/fonts/**/NotoSansCJK-Regular.ttc",
             "/usr/share/fonts/**/NotoSansCJKjp-Regular.otf",
         ),
@@ -51,18 +53,33 @@ def font_chain() -> list[str]:
         chain = [BASE]
         for name, patterns in FALLBACKS:
             if name not in known:
-                for path in (p for pattern in patterns for p in sorted(glob.glob(pattern, recursive=True))):
+                for path in dict.fromkeys(
+                    p for pattern in patterns for p in sorted(glob.glob(pattern, recursive=True))
+                ):
                     try:
                         font_manager.fontManager.addfont(path)
                     except (OSError, RuntimeError, ValueError):
                         continue
-                    known = {f.name for f in font_manager.fontManager.ttflist}
-                    if name in known:
-                        break
+                known = {f.name for f in font_manager.fontManager.ttflist}
             if name in known:
                 chain.append(name)
+        logging.getLogger("matplotlib.font_manager").addFilter(_QuietFallbacks(chain[1:]))
         _chain = chain
     return list(_chain)
+
+
+class _QuietFallbacks(logging.Filter):
+    """Drops matplotlib's "Failed to find font weight bold for Symbola" notes: a fallback font with
+    no bold face is drawn regular, which is what we want, and nothing should reach stderr."""
+
+    def __init__(self, names: list[str]) -> None:
+        super().__init__()
+        self.names = tuple(names)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        weight_note = str(record.msg).startswith("findfont: Failed to find font weight")
+        return not (weight_note and len(args) > 1 and args[1] in self.names)
 
 
 @contextmanager
