@@ -57,6 +57,7 @@ def role_figure(
     from matplotlib.patches import Patch
 
     roles = np.asarray(roles)  # [layers, heads] role names
+    scores = None if scores is None else np.asarray(scores, dtype=float)  # [layers, heads]
     index = {name: i for i, name in enumerate(ROLE_NAMES)}
     codes = np.vectorize(lambda r: index.get(str(r), index["mixed"]))(roles)  # [layers, heads]
     fig, ax = _grid(len(layers), len(heads), dpi)
