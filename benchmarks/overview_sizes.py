@@ -16,7 +16,7 @@ import numpy as np
 from attnviz import plots
 from attnviz.errors import InputError
 
-CASES = ((6, 12, 12), (6, 12, 363), (30, 9, 12), (30, 9, 363), (30, 9, 512))
+CASES = ((6, 12, 12), (6, 12, 363), (6, 12, 512), (30, 9, 12), (30, 9, 256), (30, 9, 363))
 
 
 def main() -> None:

@@ -423,6 +423,28 @@ def test_heatmap_layouts_overlap_nothing(layers: int, heads: int, causal: bool):
     assert layout_problems(fig) == []
 
 
+def test_entropy_layouts_overlap_nothing_and_quote_the_text():
+    from attnviz.patterns import row_entropy_of
+
+    for layers, heads in ((1, 1), (2, 3)):
+        att = fake_attention(layers=layers, heads=heads, causal=True)
+        fig = plots.entropy_figure(row_entropy_of(att), text=att.text, highlight=[2])
+        titles = [fig.get_suptitle(), *(ax.get_title() for ax in fig.axes)]
+        assert any("“[CLS] the cat costs $5 [SEP]”" in t for t in titles)
+        assert layout_problems(fig) == []
+
+
+def test_overview_at_a_given_size_fits_it():
+    att = fake_attention(layers=3, heads=4)
+    fig = plots.attention_figure(att, size=(8, 6))
+    assert tuple(fig.get_size_inches()) == (8, 6)
+    axes = data_axes(fig)
+    assert len(axes) == 12
+    assert all(ax.get_position().x0 >= 0 and ax.get_position().x1 <= 1 for ax in axes)
+    assert all(ax.get_position().y0 >= 0 and ax.get_position().y1 <= 1 for ax in axes)
+    assert layout_problems(fig) == []
+
+
 def test_every_attention_title_quotes_the_text():
     for layers, heads in ((1, 1), (1, 3), (3, 1), (3, 4)):
         fig = plots.attention_figure(fake_attention(layers=layers, heads=heads))
@@ -432,6 +454,11 @@ def test_every_attention_title_quotes_the_text():
     long = type(long)(**{**long.__dict__, "text": "word " * 100})
     fig = plots.attention_figure(long)
     assert fig.get_suptitle() == "“" + ("word " * 14)[:69] + "…”"
+    assert layout_problems(fig) == []
+    small = fake_attention(layers=2, heads=2)
+    small = type(small)(**{**small.__dict__, "text": "word " * 100})
+    fig = plots.attention_figure(small)  # a 2 x 2 overview under a 70-character quote
+    assert layout_problems(fig) == []
 
 
 def squares(n: int, layers: int, heads: int) -> np.ndarray:
@@ -456,8 +483,9 @@ def test_overview_of_a_long_text_gives_every_token_a_pixel():
 def test_overview_too_large_is_refused_with_a_hint():
     with pytest.raises(InputError, match="--layer"):
         plots.overview(squares(200, 6, 12), range(6), range(12), dpi=10)
-    layout = plots.overview_layout(30, 9, 363, 100)
-    assert max(layout.size) <= plots.OVERVIEW_MAX
+    assert max(plots.overview_layout(6, 12, 363, 100).size) <= plots.OVERVIEW_MAX  # MiniLM: drawn
+    with pytest.raises(InputError, match="6873x5960 px"):
+        plots.overview_layout(30, 9, 363, 100)  # SmolLM2: 270 panels of 363 px is too much
 
 
 def test_deep_model_layout_is_wrapped_into_blocks():

@@ -185,6 +185,7 @@ def _plot_best(result: HeadSearch, att: Attention, path: Path) -> None:
         att.labels,
         visible=att.visible(),
         highlight=sorted({*ua.tokens, *ub.tokens}),
+        text=att.text,
         title=f"{att.model} · layer {best.layer} · head {best.head}: "
         f"{ua.label} ↔ {ub.label} (score {best.score:.3f})",
     )

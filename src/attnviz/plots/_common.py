@@ -132,6 +132,13 @@ def with_text(title: str, text: str | None) -> str:
     return f"{title}\n{line}" if title and line else title or line
 
 
+def text_inches(text: str, fontsize: float = 12.0) -> float:
+    """About how wide (inches) the longest line of `text` is drawn, plus a margin: figures that size
+    themselves are made at least this wide, so no title is cut off."""
+    longest = max((len(line) for line in text.split("\n")), default=0)
+    return longest * fontsize * 0.6 / 72 + 0.4
+
+
 def ranges(values: Sequence[int]) -> str:
     """[0, 1, 2, 3] -> '0-3'; anything else listed."""
     if len(values) > 2 and list(values) == list(range(values[0], values[-1] + 1)):

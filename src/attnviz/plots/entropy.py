@@ -16,6 +16,7 @@ from attnviz.plots._common import (
     label_inches,
     new_figure,
     quoted,
+    text_inches,
     token_ticks,
     with_text,
     write_cells,
@@ -71,7 +72,8 @@ def entropy_bars(
     margin = label_inches(labels)
     if ax is None:
         if size is None:
-            size = (min(MAX_SIDE * 1.25, max(6.0, n * 0.28 + 1.5)), 3.2 + margin + (0.3 if text else 0))
+            width = max(min(MAX_SIDE * 1.25, max(6.0, n * 0.28 + 1.5)), text_inches(title))
+            size = (max(width, text_inches(quoted(text), 9)), 3.2 + margin + (0.3 if text else 0))
         fig = new_figure(size, dpi)
         ax = fig.add_subplot()
         width = size[0] - 1.2
@@ -114,7 +116,8 @@ def entropy_grid(
     nl, nh = values.shape
     if size is None:
         cell = min(0.55, max(0.25, 14.0 / max(nh, nl)))
-        size = (max(5.0, nh * cell + 2.6), max(3.0, nl * cell + 1.6 + 0.25 * title.count("\n")))
+        width = max(5.0, nh * cell + 2.6, text_inches(title))
+        size = (width, max(3.0, nl * cell + 1.6 + 0.25 * title.count("\n")))
     fig = new_figure(size, dpi)
     ax = fig.add_subplot()
     cm = colormap(cmap)
@@ -128,7 +131,7 @@ def entropy_grid(
     if annotate and cell_pts >= 14:
         write_cells(ax, values, cm, top, fmt="{:.1f}", fontsize=min(8.0, cell_pts * 0.3))
     bar = fig.colorbar(image, ax=ax, shrink=0.9)
-    bar.set_label("mean row entropy (bits); the top is uniform attention")
+    bar.set_label("mean row entropy (bits)\ntop: uniform attention")
     if title:
         ax.set_title(title, parse_math=False)
     return fig

@@ -38,6 +38,7 @@ from attnviz.plots._common import (
     ranges,
     resolve_vmax,
     set_ticks,
+    text_inches,
     with_text,
 )
 from attnviz.plots.fonts import with_fonts
@@ -48,7 +49,7 @@ if TYPE_CHECKING:
     from attnviz.extraction import Attention
 
 OVERVIEW_PANEL = 1.25  # inches: a panel of the whole-model overview, unless the text needs more
-OVERVIEW_MAX = 80.0  # inches: an overview that needs more (a long text, many heads) is refused
+OVERVIEW_MAX = 50.0  # inches: an overview that needs more (a long text, many heads) is refused
 OVERVIEW_ASPECT = 1.5  # width / height the overview's blocks of layers are wrapped towards
 OVERVIEW_NOTE = "each panel: rows = query tokens (attending from), columns = key tokens (attending to)"
 
@@ -81,7 +82,11 @@ def heatmap(
     extra = 0.3 if text else 0.0
     if size is None:
         size = (
-            min(MAX_SIDE, max(5.0, n_k * CELL + margin + 1.6)),
+            max(
+                min(MAX_SIDE, max(5.0, n_k * CELL + margin + 1.6)),
+                text_inches(title),
+                text_inches(quoted(text), 9),
+            ),
             min(MAX_SIDE, max(4.0, n_q * CELL + margin + 0.7 + extra)),
         )
     side = min(size[0] - margin - 1.6, size[1] - margin - 0.7 - extra)
@@ -142,7 +147,7 @@ def heatmap_panels(
     head_room = 0.9 + 0.25 * title.count("\n")
     if size is None:
         panel = min(max(2.2, max(n_q, n_k) * 0.22), 4.5)
-        width = ncols * (panel + margin) + 1.2
+        width = max(ncols * (panel + margin) + 1.2, text_inches(title))
         height = nrows * (panel + margin) + head_room
         shrink = min(1.0, MAX_GRID / width, MAX_GRID / height)
         size = (width * shrink, height * shrink)
@@ -217,7 +222,12 @@ class OverviewLayout:
 
 
 def overview_layout(
-    n_layers: int, n_heads: int, n_tokens: int, dpi: float, size: tuple[float, float] | None = None
+    n_layers: int,
+    n_heads: int,
+    n_tokens: int,
+    dpi: float,
+    size: tuple[float, float] | None = None,
+    min_width: float = 0.0,
 ) -> OverviewLayout:
     """Choose blocks and panel size: at least one pixel per token, wrapped towards a 3:2 page.
 
@@ -242,7 +252,9 @@ def overview_layout(
                 f"would be {size[0] * dpi:.0f}x{size[1] * dpi:.0f} px; draw one layer with --layer N "
                 "(or pick fewer --layers/--heads, or a shorter text)"
             )
-        return OverviewLayout(n_layers, n_heads, blocks, panel, size)
+        extra = max(0.0, min_width - size[0])  # a long title: widen, and centre the grid under it
+        size = (size[0] + extra, size[1])
+        return OverviewLayout(n_layers, n_heads, blocks, panel, size, left=trial.left + extra / 2)
     w1, h1 = trial.grid_inches(1.0)
     w0, h0 = trial.grid_inches(0.0)
     room = min(
@@ -273,7 +285,7 @@ def overview(
     """
     attn = np.asarray(attn)  # [layers, heads, q, k]
     nl, nh, n_q, n_k = attn.shape
-    lay = overview_layout(nl, nh, max(n_q, n_k), dpi, size)
+    lay = overview_layout(nl, nh, max(n_q, n_k), dpi, size, text_inches(title))
     width, height = lay.size
     fig = new_figure(lay.size, dpi, constrained=False)
     flat = [attn[li, hi] for li in range(nl) for hi in range(nh)]

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from attnviz.patterns import ROLE_NAMES
-from attnviz.plots._common import DEFAULT_CMAP, DEFAULT_DPI, colormap, new_figure, write_cells
+from attnviz.plots._common import DEFAULT_CMAP, DEFAULT_DPI, colormap, new_figure, text_inches, write_cells
 from attnviz.plots.fonts import with_fonts
 
 if TYPE_CHECKING:
@@ -29,8 +29,8 @@ ROLE_COLOURS: dict[str, str] = {
 SHORT = {"previous": "prev", "punctuation": "punct", "last_sep": "sep", "mixed": ""}
 
 
-def _grid(n_layers: int, n_heads: int, dpi: float) -> tuple[Figure, Axes]:
-    width = min(max(4.0, 0.75 * n_heads + 2.5), 30)
+def _grid(n_layers: int, n_heads: int, dpi: float, title: str) -> tuple[Figure, Axes]:
+    width = min(max(4.0, 0.75 * n_heads + 2.5, text_inches(title)), 30)
     height = min(max(3.0, 0.42 * n_layers + 1.6), 30)
     fig = new_figure((width, height), dpi)
     return fig, fig.add_subplot()
@@ -60,7 +60,8 @@ def role_figure(
     scores = None if scores is None else np.asarray(scores, dtype=float)  # [layers, heads]
     index = {name: i for i, name in enumerate(ROLE_NAMES)}
     codes = np.vectorize(lambda r: index.get(str(r), index["mixed"]))(roles)  # [layers, heads]
-    fig, ax = _grid(len(layers), len(heads), dpi)
+    title = title or "head roles"
+    fig, ax = _grid(len(layers), len(heads), dpi, title)
     cmap = ListedColormap([ROLE_COLOURS[name] for name in ROLE_NAMES])
     ax.imshow(codes, cmap=cmap, vmin=-0.5, vmax=len(ROLE_NAMES) - 0.5, aspect="auto")
     small = len(heads) > 16 or len(layers) > 24
@@ -81,7 +82,7 @@ def role_figure(
         fontsize=8,
         frameon=False,
     )
-    ax.set_title(title or "head roles", parse_math=False)
+    ax.set_title(title, parse_math=False)
     return fig
 
 
@@ -97,7 +98,8 @@ def score_figure(
 ) -> Figure:
     """A layers x heads heatmap of one score (e.g. induction), each cell annotated when they fit."""
     values = np.asarray(values, dtype=float)  # [layers, heads]
-    fig, ax = _grid(len(layers), len(heads), dpi)
+    title = title or label
+    fig, ax = _grid(len(layers), len(heads), dpi, title)
     cm = colormap(cmap)
     top = max(1e-9, float(np.nanmax(values)) if values.size else 0.0)
     image = ax.imshow(values, cmap=cm, vmin=0.0, vmax=top, aspect="auto")
@@ -105,7 +107,7 @@ def score_figure(
         write_cells(ax, values, cm, top, fontsize=6)
     _axes(ax, layers, heads)
     fig.colorbar(image, ax=ax, label=label)
-    ax.set_title(title or label, parse_math=False)
+    ax.set_title(title, parse_math=False)
     return fig
 
 

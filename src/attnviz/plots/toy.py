@@ -24,6 +24,7 @@ from attnviz.plots._common import (
     new_figure,
     resolve_vmax,
     set_ticks,
+    text_inches,
     token_ticks,
     with_text,
 )
@@ -71,7 +72,7 @@ def toy_figure(
         panel = min(max(2.4, n * 0.25), 5.0)
         width = min(MAX_GRID, ncols * (panel + margin) + 1.4)
         height = nrows * (panel + margin) + head_room + 0.3 + ENTROPY_HEIGHT
-        size = (max(width, 7.0), min(MAX_GRID, height))
+        size = (max(width, 7.0, text_inches(title)), min(MAX_GRID, height))
     panel = max(0.8, size[0] / ncols - margin - 0.3)
     fig = new_figure(size, dpi)
     if title:
