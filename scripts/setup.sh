@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything on a fresh machine: system packages (headless Chromium and its driver for the
-# browser tests, Noto fonts for CJK and emoji labels), a .venv with the CPU build of torch 2.13.0,
+# browser tests, Noto CJK and Symbola fonts for CJK and emoji labels in figures, Noto Color Emoji
+# for the browser), a .venv with the CPU build of torch 2.13.0,
 # attnviz with its dev extras, and both bundled models. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +12,8 @@ command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 [ -d /usr/share/fonts/opentype/noto ] || need+=(fonts-noto-cjk)
 [ -f /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ] || need+=(fonts-noto-color-emoji)
+# matplotlib's Agg cannot draw the colour (bitmap) emoji font: figures take emoji from Symbola.
+ls /usr/share/fonts/truetype/*/Symbola*.ttf >/dev/null 2>&1 || need+=(fonts-symbola)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     export DEBIAN_FRONTEND=noninteractive

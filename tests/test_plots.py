@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import time
+import warnings
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -166,7 +168,7 @@ def test_heads_side_by_side_share_one_scale():
     clims = {im.get_clim() for im in images(fig)}
     assert len(clims) == 1
     assert clims.pop() == pytest.approx((0.0, float(att.attn.max())))
-    assert fig.get_suptitle() == "fake · layer 0 · heads 0-2"
+    assert fig.get_suptitle() == "fake · layer 0 · heads 0-2\n“[CLS] the cat costs $5 [SEP]”"
     assert labels(axes[0].xaxis) == list(TOKENS)
 
 
@@ -319,3 +321,291 @@ def test_default_names_never_overwrite(tmp_path: Path):
     assert (tmp_path / "deep").is_dir()
     with pytest.raises(InputError, match="no extension"):
         output_path(tmp_path / "x", ())
+
+
+# -- layout: nothing overlaps, nothing is cut off, big grids stay legible --------------------------
+def text_boxes(fig) -> list[tuple[str, object]]:
+    """Every drawn piece of text (titles, axis and tick labels, figure texts) and every legend as
+    one box, in pixels; legend entries count as their legend, cell numbers are left out."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    out = []
+    seen: set[int] = set()
+
+    def add(name, artist):
+        if artist is None or id(artist) in seen or not artist.get_visible():
+            return
+        seen.add(id(artist))
+        if not hasattr(artist, "get_text") or artist.get_text():
+            out.append((name, artist.get_window_extent(renderer)))
+
+    def visit(container):
+        add("suptitle", getattr(container, "_suptitle", None))
+        for t in container.texts:
+            add(t.get_text(), t)
+        for legend in container.legends:
+            add("legend", legend)
+        for sub in container.subfigs:
+            visit(sub)
+
+    visit(fig)
+    for ax in fig.axes:
+        for t in (ax.title, ax._left_title, ax._right_title, ax.xaxis.label, ax.yaxis.label):
+            add(t.get_text(), t)
+        for axis in (ax.xaxis, ax.yaxis):
+            low, high = sorted(axis.get_view_interval())
+            for loc, t in zip(axis.get_majorticklocs(), axis.get_ticklabels(), strict=False):
+                if low - 1e-9 <= loc <= high + 1e-9:
+                    add(f"tick {t.get_text()}", t)
+        add("legend", ax.get_legend())
+    return out
+
+
+def layout_problems(fig, tolerance: float = 1.0) -> list[tuple[str, ...]]:
+    """Pairs of text boxes that overlap by more than `tolerance` pixels both ways, and boxes that
+    stick out of the picture (cut off when saved); one draw."""
+    boxes = text_boxes(fig)
+    width, height = fig.canvas.get_width_height()
+    found: list[tuple[str, ...]] = []
+    for i, (a, ba) in enumerate(boxes):
+        if (
+            ba.x0 < -tolerance
+            or ba.y0 < -tolerance
+            or ba.x1 > width + tolerance
+            or ba.y1 > height + tolerance
+        ):
+            found.append(("outside", a))
+        for b, bb in boxes[i + 1 :]:
+            w = min(ba.x1, bb.x1) - max(ba.x0, bb.x0)
+            h = min(ba.y1, bb.y1) - max(ba.y0, bb.y0)
+            if w > tolerance and h > tolerance:
+                found.append((a, b))
+    return found
+
+
+def test_causal_toy_title_and_legend_overlap_nothing():
+    from attnviz.toy import build_toy
+
+    toy = build_toy(12, dim=16, heads=2, causal=True)  # `attnviz toy --causal`
+    fig = plots.toy_figure(
+        toy.weights, toy.entropy(), toy.bound(), toy.labels, visible=toy.visible(), title=toy.describe()
+    )
+    assert layout_problems(fig) == []
+    assert (
+        fig.get_suptitle().startswith(toy.describe())
+        and "“t0 t1 t2 t3 t4 t5 t6 t7 t8 t9 t10 t11”" in fig.get_suptitle()
+    )
+    names = [
+        t.get_text()
+        for leg in [*fig.legends, *(ax.get_legend() for ax in fig.axes)]
+        if leg
+        for t in leg.get_texts()
+    ]
+    assert plots.MASKED_LABEL in names and "head 1" in names
+
+
+@pytest.mark.parametrize("heads", [1, 2, 4, 6])
+def test_toy_layouts_overlap_nothing(heads: int):
+    from attnviz.toy import build_toy
+
+    toy = build_toy("the cat sat on the mat because it was tired", dim=12, heads=heads, causal=heads % 2 == 0)
+    fig = plots.toy_figure(
+        toy.weights, toy.entropy(), toy.bound(), toy.labels, visible=toy.visible(), title=toy.describe()
+    )
+    assert layout_problems(fig) == []
+
+
+@pytest.mark.parametrize(
+    ("layers", "heads", "causal"), [(1, 1, False), (1, 3, True), (1, 12, False), (4, 1, True)]
+)
+def test_heatmap_layouts_overlap_nothing(layers: int, heads: int, causal: bool):
+    fig = plots.attention_figure(fake_attention(layers=layers, heads=heads, causal=causal))
+    assert layout_problems(fig) == []
+
+
+def test_entropy_layouts_overlap_nothing_and_quote_the_text():
+    from attnviz.patterns import row_entropy_of
+
+    for layers, heads in ((1, 1), (2, 3)):
+        att = fake_attention(layers=layers, heads=heads, causal=True)
+        fig = plots.entropy_figure(row_entropy_of(att), text=att.text, highlight=[2])
+        titles = [fig.get_suptitle(), *(ax.get_title() for ax in fig.axes)]
+        assert any("“[CLS] the cat costs $5 [SEP]”" in t for t in titles)
+        assert layout_problems(fig) == []
+
+
+def test_overview_at_a_given_size_fits_it():
+    att = fake_attention(layers=3, heads=4)
+    fig = plots.attention_figure(att, size=(8, 6))
+    assert tuple(fig.get_size_inches()) == (8, 6)
+    axes = data_axes(fig)
+    assert len(axes) == 12
+    assert all(ax.get_position().x0 >= 0 and ax.get_position().x1 <= 1 for ax in axes)
+    assert all(ax.get_position().y0 >= 0 and ax.get_position().y1 <= 1 for ax in axes)
+    assert layout_problems(fig) == []
+
+
+def test_every_attention_title_quotes_the_text():
+    for layers, heads in ((1, 1), (1, 3), (3, 1), (3, 4)):
+        fig = plots.attention_figure(fake_attention(layers=layers, heads=heads))
+        titles = [fig.get_suptitle(), *(ax.get_title() for ax in fig.axes)]
+        assert any("“[CLS] the cat costs $5 [SEP]”" in t for t in titles), (layers, heads)
+    long = fake_attention(layers=1, heads=1)
+    long = type(long)(**{**long.__dict__, "text": "word " * 100})
+    fig = plots.attention_figure(long)
+    assert fig.get_suptitle() == "“" + ("word " * 14)[:69] + "…”"
+    assert layout_problems(fig) == []
+    small = fake_attention(layers=2, heads=2)
+    small = type(small)(**{**small.__dict__, "text": "word " * 100})
+    fig = plots.attention_figure(small)  # a 2 x 2 overview under a 70-character quote
+    assert layout_problems(fig) == []
+
+
+def squares(n: int, layers: int, heads: int) -> np.ndarray:
+    """[layers, heads, n, n] diagonal attention without the memory (a read-only broadcast view)."""
+    return np.broadcast_to(np.eye(n, dtype=np.float32), (layers, heads, n, n))
+
+
+def test_overview_of_a_long_text_gives_every_token_a_pixel():
+    n = 363
+    fig = plots.overview(squares(n, 2, 3), range(2), range(3), title="fake · 2 layers x 3 heads")
+    fig.canvas.draw()
+    axes = data_axes(fig)
+    assert len(axes) == 6
+    for ax in axes:
+        box = ax.get_window_extent()
+        assert (
+            box.width >= n - 0.5 and box.height >= n - 0.5
+        )  # the old 125 px panels showed only the diagonal
+    assert layout_problems(fig) == []
+
+
+def test_overview_too_large_is_refused_with_a_hint():
+    with pytest.raises(InputError, match="--layer"):
+        plots.overview(squares(200, 6, 12), range(6), range(12), dpi=10)
+    assert max(plots.overview_layout(6, 12, 363, 100).size) <= plots.OVERVIEW_MAX  # MiniLM: drawn
+    with pytest.raises(InputError, match="6873x5960 px"):
+        plots.overview_layout(30, 9, 363, 100)  # SmolLM2: 270 panels of 363 px is too much
+
+
+def test_deep_model_layout_is_wrapped_into_blocks():
+    layout = plots.overview_layout(30, 9, 6, 100)
+    assert layout.blocks == 2 and layout.rows == 15
+    assert 0.8 < layout.size[0] / layout.size[1] < 2.5
+    assert layout.panel == pytest.approx(1.25)
+    x, y = layout.origin(15, 0)  # layer 15 starts the second block, at the top
+    assert x > layout.origin(0, 8)[0] and y == pytest.approx(layout.origin(0, 0)[1])
+
+
+@pytest.mark.slow
+def test_deep_model_overview_wraps_into_a_legible_page():
+    """SmolLM2's 30 layers x 9 heads: not an 883x3000 strip with 7 px titles and the bar at the top."""
+    att = fake_attention(n=6, layers=30, heads=9, causal=True)
+    fig = plots.attention_figure(att)
+    width, height = fig.canvas.get_width_height()
+    assert 0.8 < width / height < 2.5
+    axes = data_axes(fig)
+    assert [ax.get_title() for ax in axes] == [f"L{la} H{h}" for la in range(30) for h in range(9)]
+    assert min(ax.title.get_fontsize() for ax in axes) >= 7
+    for ax, (la, h) in zip(axes, [(a, b) for a in range(30) for b in range(9)], strict=True):
+        np.testing.assert_allclose(ax.get_images()[0].get_array().filled(0), att.attn[la, h])
+    first_block = {round(ax.get_position().x0, 4) for ax in axes[:9]}
+    later_block = {round(ax.get_position().x0, 4) for ax in axes[-9:]}
+    assert first_block.isdisjoint(later_block)  # layers wrapped into side-by-side blocks
+    (bar,) = [ax for ax in fig.axes if ax.get_ylabel() == plots.WEIGHT_LABEL]
+    grid_top = max(ax.get_position().y1 for ax in axes)
+    grid_bottom = min(ax.get_position().y0 for ax in axes)
+    middle = (bar.get_position().y0 + bar.get_position().y1) / 2
+    assert abs(middle - (grid_top + grid_bottom) / 2) < 0.05  # centred on the grid, not at its top
+    assert bar.get_position().height * fig.get_figheight() >= 4
+    assert layout_problems(fig) == []
+
+
+# -- fonts: CJK and emoji draw as glyphs, silently --------------------------------------------
+GLYPHS = ["中", "文", "🤗", "🦀", "ab"]
+
+
+def glyph(char: str, prop) -> np.ndarray:
+    """`char` drawn alone, large, with the font properties `prop` (RGB pixels)."""
+    prop = prop.copy()
+    prop.set_size(24)
+    prop.set_weight("normal")
+    fig = plots.new_figure((0.6, 0.6), 100, constrained=False)
+    fig.text(0.5, 0.5, char, fontproperties=prop, ha="center", va="center")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fig.canvas.draw()
+    return np.array(fig.canvas.buffer_rgba())[..., :3]
+
+
+def test_cjk_and_emoji_labels_draw_glyphs_without_a_warning(capfd):
+    from matplotlib.font_manager import FontProperties
+
+    m = np.full((5, 5), 0.2, dtype=np.float32)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fig = plots.heatmap(m, GLYPHS, title=" ".join(GLYPHS), highlight=[0, 2])  # bold CJK and emoji
+        fig.canvas.draw()  # outside attnviz's own calls: nothing is hidden, the glyphs are there
+    logging.getLogger("matplotlib.font_manager").warning(  # what a bold emoji used to print
+        "findfont: Failed to find font weight %s for %s, now using %s.", "bold", "Symbola", 400
+    )
+    assert [str(w.message) for w in caught] == []
+    assert capfd.readouterr().err == ""
+    tofu = FontProperties(family="DejaVu Sans")
+    assert np.array_equal(glyph("中", tofu), glyph("文", tofu))  # a missing glyph: the same empty box
+    drawn = {t.get_text(): t.get_fontproperties() for t in data_axes(fig)[0].get_yticklabels()}
+    for char in ("中", "文", "🤗", "🦀"):
+        assert not np.array_equal(glyph(char, drawn[char]), glyph(char, tofu)), char
+    assert not np.array_equal(glyph("中", drawn["中"]), glyph("文", drawn["文"]))
+
+
+def test_missing_fonts_fall_back_silently(monkeypatch, tmp_path, capfd):
+    from attnviz.plots import fonts
+
+    monkeypatch.setattr(fonts, "_chain", None)
+    monkeypatch.setattr(fonts, "FALLBACKS", (("No Such Font", ("/nonexistent/*.ttf",)),))
+    assert fonts.font_chain() == ["DejaVu Sans"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fig = plots.heatmap(np.eye(3, dtype=np.float32), ["中", "🤗", "a"])
+        plots.save(fig, tmp_path / "tofu.png")
+    assert [str(w.message) for w in caught] == []
+    assert capfd.readouterr().err == ""
+    assert (tmp_path / "tofu.png").stat().st_size > 0
+
+
+# -- head roles and scores --------------------------------------------------------------------------
+def test_role_figure_colours_each_head_by_its_role(tmp_path):
+    from attnviz.patterns import ROLE_NAMES
+
+    roles = np.array([["self", "previous", "mixed"], ["first", "broad", "last_sep"]])
+    scores = np.array([[0.9, 0.8, np.nan], [0.7, 0.6, 0.5]])
+    fig = plots.role_figure(roles, [0, 1], [0, 1, 2], scores, title="roles")
+    (ax,) = [a for a in fig.axes if a.get_images()]
+    codes = ax.get_images()[0].get_array()
+    np.testing.assert_array_equal(codes, [[ROLE_NAMES.index(r) for r in row] for row in roles])
+    assert labels(ax.xaxis) == ["0", "1", "2"] and labels(ax.yaxis) == ["0", "1"]
+    assert sorted(t.get_text() for t in ax.texts) == sorted(
+        ["self\n0.90", "prev\n0.80", "first\n0.70", "broad\n0.60", "sep\n0.50"]
+    )
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == [f"{n} (1)" for n in ROLE_NAMES if n in roles]
+    assert layout_problems(fig) == []
+    path = plots.role_map(roles, [0, 1], [0, 1, 2], tmp_path / "deep" / "roles.png", scores)
+    from PIL import Image
+
+    with Image.open(path) as im:
+        assert im.size == tuple(round(v * 150) for v in fig.get_size_inches())
+
+
+def test_score_figure_shows_the_scores(tmp_path):
+    values = np.array([[0.1, 0.9], [0.5, 0.0]])
+    fig = plots.score_figure(values, [2, 3], [0, 1], title="induction", label="induction score")
+    (ax,) = [a for a in fig.axes if a.get_images() and a.get_label() != "<colorbar>"]
+    np.testing.assert_allclose(ax.get_images()[0].get_array(), values)
+    assert ax.get_images()[0].get_clim() == (0.0, 0.9)
+    assert labels(ax.yaxis) == ["2", "3"]
+    assert sorted(t.get_text() for t in ax.texts) == ["0.00", "0.10", "0.50", "0.90"]
+    path = plots.score_map(values, [2, 3], [0, 1], tmp_path / "s.svg", label="induction score")
+    root = ET.fromstring(path.read_bytes())
+    assert root.get("width") == f"{fig.get_figwidth() * 72:g}pt"

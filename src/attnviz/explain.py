@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from attnviz.errors import InputError
-from attnviz.toy import Steps, five_steps
+from attnviz.steps import Steps, five_steps
 
 if TYPE_CHECKING:
     from attnviz.extraction import Attention

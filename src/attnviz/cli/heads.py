@@ -219,6 +219,7 @@ def _plot_best(result: HeadSearch, att: Attention, path: Path) -> None:
         att.labels,
         visible=att.visible(),
         highlight=sorted({*ua.tokens, *ub.tokens}),
+        text=att.text,
         title=f"{att.model} · layer {best.layer} · head {best.head}: "
         f"{ua.label} ↔ {ub.label} (score {best.score:.3f})",
     )
@@ -318,7 +319,7 @@ def heads_cmd(
     else:
         _print_patterns(table, rows)
     if plot is not None:
-        from attnviz.roles_plot import role_map
+        from attnviz.plots import role_map
 
         where = f"{table.texts} texts" if table.texts > 1 else "one text"
         role_map(
@@ -368,7 +369,7 @@ def _induction(
     else:
         _print_induction(result, ranking)
     if plot is not None:
-        from attnviz.roles_plot import score_map
+        from attnviz.plots import score_map
 
         values = result.induction if by == "induction" else result.duplicate
         title = f"{result.model}: {by} scores (chance {result.chance:.3f})"

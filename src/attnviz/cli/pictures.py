@@ -330,7 +330,9 @@ def entropy_cmd(
     marks = positions_of(att, _words(highlight))
     path = None
     if output is not None or not as_json:
-        fig = entropy_figure(ent, cmap=cmap, highlight=marks, dpi=style["dpi"], size=style["size"])
+        fig = entropy_figure(
+            ent, cmap=cmap, highlight=marks, dpi=style["dpi"], size=style["size"], text=att.text
+        )
         parts = ("entropy", slug(body), loaded.name, *_selection_name(att, layer is not None))
         path = _write(fig, output, (*parts, "words") if words else parts)
     if as_json:

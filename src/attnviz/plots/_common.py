@@ -1,0 +1,304 @@
+"""What every figure shares: a pyplot-free Agg figure, colour maps and scales, token tick labels,
+the hatched mask, numbers written in cells, titles with the text, and the one `save()`."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from attnviz.errors import InputError
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.colors import Colormap
+    from matplotlib.figure import Figure
+    from matplotlib.image import AxesImage
+
+DEFAULT_CMAP = "viridis"
+DEFAULT_DPI = 150
+OVERVIEW_DPI = 100
+ANNOTATE_MAX = 30  # tokens: beyond this, numbers written in cells cannot be read
+MAX_SIDE = 16.0  # inches: a figure grows with the text up to this, then labels are thinned
+MAX_GRID = 30.0  # inches: the bound for grids of many panels
+CELL = 0.3  # inches per token while the figure may still grow
+FONT = 9.0
+MIN_FONT = 6.0
+LABEL_EVERY_PANEL = 24  # tokens: longer texts get labels on the outer panels of a grid only
+LABEL_CHARS = 24  # longer tokens are cut with an ellipsis on the axes
+TEXT_CHARS = 70  # the text quoted in a title is cut to this many characters
+MASK_HATCH = "////"
+MASK_EDGE = "#b0b0b0"
+MASKED_LABEL = "masked: future token (causal model)"
+HIGHLIGHT = "#ff2d2d"
+QUERY_LABEL = "query token (attending from)"
+KEY_LABEL = "key token (attending to)"
+WEIGHT_LABEL = "attention weight"
+SUBTITLE_COLOUR = "#444444"
+
+
+# -- figures and scales ------------------------------------------------------------------------
+def new_figure(size: tuple[float, float], dpi: float, constrained: bool = True) -> Figure:
+    """A Figure on an Agg canvas, outside pyplot (no global state, garbage-collected)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size, dpi=dpi, layout="constrained" if constrained else None)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def colormap(name: str) -> Colormap:
+    """A copy of a named colour map with masked cells transparent; InputError for unknown names."""
+    import matplotlib
+
+    try:
+        cmap = matplotlib.colormaps[name]
+    except KeyError:
+        raise InputError(
+            f"unknown colour map '{name}'; try viridis, magma, cividis, Blues or Greys"
+        ) from None
+    return cmap.with_extremes(bad=(0, 0, 0, 0))
+
+
+def parse_vmax(value: str | float | None) -> float | None:
+    """'auto' (or None) -> None (the largest weight shown); otherwise a positive number."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
+        return None
+    try:
+        out = float(value)
+    except ValueError:
+        raise InputError(f"bad --vmax '{value}': use a number like 1.0, or auto") from None
+    if not math.isfinite(out) or out <= 0:
+        raise InputError(f"bad --vmax '{value}': it must be a number above 0")
+    return out
+
+
+def parse_size(value: str | None) -> tuple[float, float] | None:
+    """'8x6' or '8,6' (inches) or '8' (square) -> (width, height); None lets the figure size itself."""
+    if value is None or not value.strip():
+        return None
+    parts = value.lower().replace(",", "x").split("x")
+    try:
+        nums = [float(p) for p in parts]
+    except ValueError:
+        nums = []
+    if len(nums) == 1:
+        nums = nums * 2
+    if len(nums) != 2 or not all(math.isfinite(n) and 0.5 <= n <= 100 for n in nums):
+        raise InputError(f"bad --size '{value}': use WIDTHxHEIGHT in inches, e.g. 8x6 (0.5-100 each)")
+    return nums[0], nums[1]
+
+
+def resolve_vmax(vmax: float | None, arrays: Sequence[np.ndarray], visible: np.ndarray | None) -> float:
+    """The top of the colour scale: as given, else the largest visible value shown (so diffuse heads
+    are not washed out)."""
+    if vmax is not None:
+        return float(vmax)
+    top = 0.0
+    for a in arrays:
+        values = a[visible] if visible is not None else a
+        if values.size:
+            top = max(top, float(np.nanmax(values)))
+    return top if top > 0 else 1.0
+
+
+def colorbar(fig: Any, image: AxesImage, ax: Any, vmax: float, top: float, label: str) -> Any:
+    """A colour bar that says (with an arrow) when weights above the scale's top were clipped."""
+    bar = fig.colorbar(image, ax=ax, extend="max" if top > vmax * 1.0001 else "neither", shrink=0.9)
+    bar.set_label(label)
+    return bar
+
+
+# -- text ------------------------------------------------------------------------------------
+def cut(label: str, chars: int = LABEL_CHARS) -> str:
+    """A label of at most `chars` characters (an ellipsis marks the cut)."""
+    return label if len(label) <= chars else label[: chars - 1] + "…"
+
+
+def quoted(text: str | None, chars: int = TEXT_CHARS) -> str:
+    """The analysed text for a subtitle: whitespace folded, shortened, in quotes ('' for none)."""
+    if not text:
+        return ""
+    return f"“{cut(' '.join(text.split()), chars)}”"
+
+
+def with_text(title: str, text: str | None) -> str:
+    """A figure title with the text (shortened) on a second line."""
+    line = quoted(text)
+    return f"{title}\n{line}" if title and line else title or line
+
+
+def text_inches(text: str, fontsize: float = 12.0) -> float:
+    """About how wide (inches) the longest line of `text` is drawn, plus a margin: figures that size
+    themselves are made at least this wide, so no title is cut off."""
+    longest = max((len(line) for line in text.split("\n")), default=0)
+    return longest * fontsize * 0.6 / 72 + 0.4
+
+
+def ranges(values: Sequence[int]) -> str:
+    """[0, 1, 2, 3] -> '0-3'; anything else listed."""
+    if len(values) > 2 and list(values) == list(range(values[0], values[-1] + 1)):
+        return f"{values[0]}-{values[-1]}"
+    return ", ".join(str(v) for v in values)
+
+
+def label_step(n: int, axis_inches: float, font: float = FONT) -> tuple[int, float]:
+    """Show every `step`-th label at `fontsize` so labels of n cells in `axis_inches` never overlap."""
+    if n <= 0:
+        return 1, font
+    room = axis_inches / n * 72 * 0.85  # points per cell a label may use
+    if room >= font:
+        return 1, font
+    if room >= MIN_FONT:
+        return 1, room
+    step = math.ceil(MIN_FONT / room)
+    return step, MIN_FONT
+
+
+def label_inches(labels: Sequence[str], font: float = FONT) -> float:
+    """Room (inches) the longest label needs beside an axis."""
+    longest = max((len(cut(x)) for x in labels), default=1)
+    return longest * font * 0.6 / 72 + 0.45
+
+
+def token_ticks(
+    axis: Any, labels: Sequence[str], inches: float, highlight: Sequence[int] = (), shown: bool = True
+) -> None:
+    """Token labels on one axis, thinned when there are too many to read; highlighted ones kept."""
+    step, font = label_step(len(labels), inches)
+    ticks = sorted(set(range(0, len(labels), step)) | {h for h in highlight if 0 <= h < len(labels)})
+    axis.set_ticks(ticks)
+    if not shown:
+        axis.set_ticklabels([])
+        return
+    axis.set_ticklabels([cut(labels[i]) for i in ticks], fontsize=font, parse_math=False)
+    for tick, label in zip(ticks, axis.get_ticklabels(), strict=True):
+        if tick in highlight:
+            label.set_color(HIGHLIGHT)
+            label.set_fontweight("bold")
+
+
+def set_ticks(
+    ax: Axes,
+    rows: Sequence[str],
+    cols: Sequence[str],
+    axis_inches: tuple[float, float],
+    highlight: Sequence[int] = (),
+    show: tuple[bool, bool] = (True, True),
+) -> None:
+    """Token labels on both axes of a heatmap; `show` (rows, columns) False keeps ticks, no labels."""
+    token_ticks(ax.yaxis, rows, axis_inches[1], highlight, show[0])
+    token_ticks(ax.xaxis, cols, axis_inches[0], highlight, show[1])
+    ax.tick_params(axis="x", labelrotation=90, length=2)
+    ax.tick_params(axis="y", length=2)
+
+
+# -- drawing ---------------------------------------------------------------------------------
+def mask_patch(edge: str = MASK_EDGE) -> Any:
+    """The legend entry for hatched (masked) cells."""
+    from matplotlib.patches import Patch
+
+    return Patch(facecolor="white", edgecolor=edge, hatch=MASK_HATCH, label=MASKED_LABEL)
+
+
+def write_cells(
+    ax: Axes,
+    values: np.ndarray,
+    cmap: Colormap,
+    vmax: float,
+    *,
+    fmt: str = "{:.2f}",
+    fontsize: float = 7.0,
+    skip: np.ndarray | None = None,
+) -> None:
+    """A number in every cell of an image, white on dark colours and black on light ones."""
+    values = np.asarray(values, dtype=float)  # [rows, cols]
+    for i in range(values.shape[0]):
+        for j in range(values.shape[1]):
+            if (skip is not None and skip[i, j]) or not np.isfinite(values[i, j]):
+                continue
+            r, g, b, _ = cmap(min(1.0, values[i, j] / vmax) if vmax > 0 else 0.0)
+            dark = 0.299 * r + 0.587 * g + 0.114 * b < 0.5
+            ax.text(
+                j,
+                i,
+                fmt.format(values[i, j]),
+                ha="center",
+                va="center",
+                fontsize=fontsize,
+                color="white" if dark else "black",
+                zorder=2,
+            )
+
+
+def draw_matrix(
+    ax: Axes,
+    matrix: np.ndarray,
+    *,
+    visible: np.ndarray | None,
+    vmax: float,
+    cmap: Colormap,
+    annotate: bool = False,
+    highlight: Sequence[int] = (),
+    cell_inches: float = CELL,
+) -> AxesImage:
+    """One [q, k] matrix on `ax`: masked cells hatched (not zero), optional numbers and outlines."""
+    from matplotlib.patches import Rectangle
+
+    matrix = np.asarray(matrix, dtype=np.float32)  # [q, k]
+    n_q, n_k = matrix.shape
+    hidden = ~visible if visible is not None else np.zeros((n_q, n_k), dtype=bool)  # [q, k]
+    masked = np.ma.masked_array(matrix, mask=hidden)
+    if hidden.any():
+        ax.add_patch(
+            Rectangle(
+                (-0.5, -0.5),
+                n_k,
+                n_q,
+                facecolor="white",
+                edgecolor=MASK_EDGE,
+                hatch=MASK_HATCH,
+                linewidth=0,
+                zorder=0.5,
+            )
+        )
+    image = ax.imshow(masked, cmap=cmap, vmin=0.0, vmax=vmax, aspect="equal", zorder=1)
+    ax.set_xlim(-0.5, n_k - 0.5)
+    ax.set_ylim(n_q - 0.5, -0.5)
+    if annotate:
+        font = max(4.0, min(8.0, cell_inches * 72 * 0.32))
+        write_cells(ax, matrix, cmap, vmax, fontsize=font, skip=hidden)
+    for h in highlight:
+        style = {"fill": False, "edgecolor": HIGHLIGHT, "linewidth": 1.4, "zorder": 3}
+        if 0 <= h < n_q:
+            ax.add_patch(Rectangle((-0.5, h - 0.5), n_k, 1, **style))
+        if 0 <= h < n_k:
+            ax.add_patch(Rectangle((h - 0.5, -0.5), 1, n_q, **style))
+    return image
+
+
+# -- files ----------------------------------------------------------------------------------
+def save(fig: Figure, path: str | Path, dpi: float | None = None) -> Path:
+    """Write any attnviz figure; the format comes from the extension (png, svg, pdf), the folder is
+    made if missing, and the file carries no date or version (the same figure, the same bytes)."""
+    from attnviz.outputs import image_format
+    from attnviz.plots.fonts import fonts
+
+    path = Path(path)
+    fmt = image_format(path)
+    metadata: dict[str, Any] = {
+        "png": {"Software": None},
+        "svg": {"Date": None},
+        "pdf": {"CreationDate": None},
+    }[fmt]
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with fonts():
+            fig.savefig(path, format=fmt, dpi=dpi or fig.dpi, metadata=metadata)
+    except OSError as exc:
+        raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
+    return path
