@@ -162,6 +162,11 @@ class Attention:
             qkv=None,
         )
 
+    def _repr_html_(self) -> str:
+        from attnviz.views.notebook import attention_html
+
+        return attention_html(self)
+
     # -- files --------------------------------------------------------------------------------
     def metadata(self) -> dict[str, Any]:
         """Everything but the arrays, as JSON-ready values."""
