@@ -63,12 +63,17 @@ def _level(att: Attention) -> dict[str, Any]:
     }
 
 
-def estimate_bytes(att: Attention, words: bool = True) -> int:
-    """About how big the page for `att` will be (base64 float16 per level, plus the code)."""
-    layers, heads, n, _ = att.attn.shape
-    per_level = layers * heads * n * n * 2 * 4 // 3
-    word_units = len(att.words) + sum(att.special) if words and att.level == "token" else 0
-    return per_level + layers * heads * word_units * word_units * 2 * 4 // 3 + 40_000
+def _levels(att: Attention) -> list[Attention]:
+    """The token level, and the word level when merging changes anything."""
+    if att.level != "token":
+        return [att]
+    words = att.to_words()
+    return [att, words] if words.tokens != att.tokens else [att]
+
+
+def estimate_bytes(att: Attention) -> int:
+    """About how big the page for `att` will be: base64 float16 per level, plus the code."""
+    return sum(a.attn.size * 2 * 4 // 3 for a in _levels(att)) + 40_000
 
 
 def page_data(
@@ -84,8 +89,9 @@ def page_data(
         raise InputError(f"unknown level '{level}': use token or word")
     if att.attn.ndim != 4:
         raise InputError("the explorer needs attention shaped [layers, heads, q, k]")
+    shown = _levels(att)
     if max_mb is not None:
-        size = estimate_bytes(att)
+        size = sum(a.attn.size * 2 * 4 // 3 for a in shown) + 40_000
         if size > max_mb * 1e6:
             layers, heads, n, _ = att.attn.shape
             per_layer = size / layers / 1e6
@@ -94,14 +100,7 @@ def page_data(
                 f"heads, about {per_layer:.1f} MB a layer); narrow it with --layers (e.g. --layers 0) "
                 f"or --heads, or allow it with --max-mb"
             )
-    levels: dict[str, Any] = {}
-    if att.level == "token":
-        levels["token"] = _level(att)
-        words = att.to_words()
-        if words.tokens != att.tokens:
-            levels["word"] = _level(words)
-    else:
-        levels["word"] = _level(att)
+    levels = {a.level: _level(a) for a in shown}
     note = f"{att.truncated} tokens were cut to fit the model's limit" if att.truncated else ""
     return {
         "version": 1,

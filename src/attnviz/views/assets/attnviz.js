@@ -1,6 +1,6 @@
 /* attnviz explorer: head view, matrix view, model view. Hand-written, no framework, no network.
  * Every text that comes from the data (tokens, model name, text) goes in with textContent or
- * as an SVG/canvas text value, never through innerHTML. */
+ * as an SVG/canvas text value, never parsed as markup. */
 (function () {
   "use strict";
   var SVGNS = "http://www.w3.org/2000/svg";
@@ -240,7 +240,7 @@
         if (w < MIN_LINE || self.masked(sh, a, b)) continue;
         lines.appendChild(svg("line", {
           x1: left, y1: top + a * rowH + rowH / 2, x2: right, y2: top + b * rowH + rowH / 2,
-          stroke: headColour(h), "stroke-width": 2, "stroke-opacity": Math.min(1, w).toFixed(3),
+          stroke: headColour(h), "stroke-width": 1.5, "stroke-opacity": Math.min(1, w).toFixed(3),
           "data-q": a, "data-k": b, "data-head": self.data.heads[h], "data-w": w.toFixed(4),
         }));
       }
@@ -416,7 +416,7 @@
   };
   window.AttnViz = api;
 
-  // A page written by `attnviz view` carries its data in <script type="application/json">.
+  // A page written by `attnviz view` carries its data in a JSON script element.
   var node = document.getElementById("attnviz-data");
   if (node) {
     var start = function () { api.mount(document.getElementById("attnviz-root"), JSON.parse(node.textContent)); };
