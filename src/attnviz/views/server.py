@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from attnviz.models import LoadedModel
 
 MAX_TEXT_CHARS = 20_000  # longer texts are refused before tokenising (413)
-MAX_QUERY_BYTES = 100_000  # the whole query string
+MAX_QUERY_BYTES = 200_000  # the whole query string (a long text, percent-encoded)
 MAX_PAGE_MB = 25.0
 PAGE_CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; connect-src 'self'; "
@@ -87,9 +87,9 @@ def _status(exc: AttnvizError) -> int:
 class Params:
     """Query parameters, checked: each problem is one RequestError line."""
 
-    def __init__(self, request: Request) -> None:
-        if len(request.url.query.encode()) > MAX_QUERY_BYTES:
-            raise RequestError(f"the query string is over {MAX_QUERY_BYTES} bytes", 414)
+    def __init__(self, request: Request, max_bytes: int = MAX_QUERY_BYTES) -> None:
+        if len(request.url.query.encode()) > max_bytes:
+            raise RequestError(f"the query string is over {max_bytes} bytes", 414)
         self.q = request.query_params
 
     def text(self) -> str:
@@ -136,7 +136,12 @@ def _one_head(params: Params) -> tuple[int | None, int | None]:
     return layer, head
 
 
-def create_app(models: Mapping[str, LoadedModel], *, max_page_mb: float = MAX_PAGE_MB) -> Starlette:
+def create_app(
+    models: Mapping[str, LoadedModel],
+    *,
+    max_page_mb: float = MAX_PAGE_MB,
+    max_query_bytes: int = MAX_QUERY_BYTES,
+) -> Starlette:
     """The ASGI app over already loaded models (name -> model), the first one the default."""
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
@@ -156,7 +161,7 @@ def create_app(models: Mapping[str, LoadedModel], *, max_page_mb: float = MAX_PA
 
         async def endpoint(request: Request) -> Response:
             try:
-                params = Params(request)
+                params = Params(request, max_query_bytes)
                 result = await run_in_threadpool(handler, params)
             except AttnvizError as exc:
                 return error(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, _status(exc))
@@ -286,5 +291,12 @@ def serve(app: Starlette, host: str = "127.0.0.1", port: int = 8000) -> None:
     """Run uvicorn until Ctrl-C (which uvicorn turns into a clean shutdown)."""
     import uvicorn
 
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", limit_concurrency=64)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        limit_concurrency=64,
+        h11_max_incomplete_event_size=MAX_QUERY_BYTES + 16_384,  # a long text fits in the request line
+    )
     uvicorn.Server(config).run()
