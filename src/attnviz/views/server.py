@@ -287,8 +287,8 @@ def check_port(host: str, port: int) -> None:
             ) from None
 
 
-def serve(app: Starlette, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Run uvicorn until Ctrl-C (which uvicorn turns into a clean shutdown)."""
+def uvicorn_server(app: Starlette, host: str = "127.0.0.1", port: int = 8000) -> Any:
+    """The uvicorn server `serve` runs (tests run it in a thread, on a socket of their own)."""
     import uvicorn
 
     config = uvicorn.Config(
@@ -299,4 +299,9 @@ def serve(app: Starlette, host: str = "127.0.0.1", port: int = 8000) -> None:
         limit_concurrency=64,
         h11_max_incomplete_event_size=MAX_QUERY_BYTES + 16_384,  # a long text fits in the request line
     )
-    uvicorn.Server(config).run()
+    return uvicorn.Server(config)
+
+
+def serve(app: Starlette, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Run uvicorn until Ctrl-C (which uvicorn turns into a clean shutdown)."""
+    uvicorn_server(app, host, port).run()

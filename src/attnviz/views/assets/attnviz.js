@@ -52,7 +52,7 @@
     this.levels = {};
     var first = data.level in data.levels ? data.level : Object.keys(data.levels)[0];
     this.state = {
-      view: this.options.view || "head", level: first, layer: 0, head: 0,
+      view: this.options.view || data.view || "head", level: first, layer: 0, head: 0,
       heads: data.heads.map(function () { return true; }),
       hideSpecial: false, scale: data.scale === "1" ? "1" : "auto", hover: null,
     };
