@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import io
+import json
+import os
+import signal
 import socket
+import subprocess
+import sys
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -152,3 +159,34 @@ def test_serve_cli_fails_in_one_line_when_the_port_is_taken():
         port = s.getsockname()[1]
         result = CliRunner().invoke(cli_app, ["serve", "--port", str(port), "--model", "no/such"])
     assert result.exit_code == 2 and "another --port" in result.stderr
+
+
+def test_serve_answers_and_stops_cleanly_on_ctrl_c(tiny_model_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": src}
+    args = ["serve", "--model", str(tiny_model_path("bert")), "--port", str(port)]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from attnviz.cli import main; main()", *args],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        lines = []
+        for line in proc.stderr:  # blocks until the server says it listens (the socket is bound by then)
+            lines.append(line)
+            if line.startswith("serving on"):
+                break
+        assert lines and lines[-1].startswith(f"serving on http://127.0.0.1:{port}/"), lines
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/models", timeout=30) as r:
+            assert json.loads(r.read())[0]["layers"] == 2
+        proc.send_signal(signal.SIGINT)
+        rest = proc.communicate(timeout=30)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, rest
+    assert rest.strip().endswith("stopped") and "Traceback" not in rest

@@ -32,16 +32,20 @@ def serve_cmd(
 ) -> None:
     """Serve the explorer and a JSON API (attention, find-head, heatmap PNG) on a local web page;
     Ctrl-C stops it."""
-    from attnviz.views.server import check_port, create_app, serve
+    from attnviz.views.server import bind, create_app, serve
 
     names = list(dict.fromkeys(model or ["minilm"]))
-    check_port(host, port)
+    sock = bind(host, port)
     loaded = {}
-    for name in names:
-        start = time.perf_counter()
-        loaded[name] = load(name, device, dtype, trust_remote_code)
-        typer.echo(f"loaded {name} in {time.perf_counter() - start:.1f} s", err=True)
+    try:
+        for name in names:
+            start = time.perf_counter()
+            loaded[name] = load(name, device, dtype, trust_remote_code)
+            typer.echo(f"loaded {name} in {time.perf_counter() - start:.1f} s", err=True)
+    except BaseException:
+        sock.close()
+        raise
     typer.echo(f"serving on http://{host}:{port}/ (Ctrl-C stops)", err=True)
     with contextlib.suppress(KeyboardInterrupt):
-        serve(create_app(loaded), host, port)
+        serve(create_app(loaded), sock)
     typer.echo("stopped", err=True)

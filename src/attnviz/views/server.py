@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 from attnviz.errors import AttnvizError, InputError, TextTooLongError, TokenNotFoundError
 
 if TYPE_CHECKING:
+    import socket
+
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import Response
@@ -266,8 +268,12 @@ def create_app(
     return app
 
 
-def check_port(host: str, port: int) -> None:
-    """Fail with one line when the address cannot be bound (in use, or not this machine's)."""
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port, or one InputError line (in use, not this machine's...).
+
+    Bound before the models load, so a taken port fails fast; requests queue on it until uvicorn
+    accepts them.
+    """
     import socket
 
     if not 0 < port < 65536:
@@ -277,14 +283,17 @@ def check_port(host: str, port: int) -> None:
     except socket.gaierror:
         raise InputError(f"unknown --host '{host}'") from None
     family, _, _, _, addr = infos[0]
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(addr)
-        except OSError as exc:
-            raise InputError(
-                f"cannot listen on {host}:{port}: {exc.strerror or exc}; pass another --port"
-            ) from None
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(addr)
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        raise InputError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}; pass another --port"
+        ) from None
+    return sock
 
 
 def uvicorn_server(app: Starlette, host: str = "127.0.0.1", port: int = 8000) -> Any:
@@ -302,6 +311,10 @@ def uvicorn_server(app: Starlette, host: str = "127.0.0.1", port: int = 8000) ->
     return uvicorn.Server(config)
 
 
-def serve(app: Starlette, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Run uvicorn until Ctrl-C (which uvicorn turns into a clean shutdown)."""
-    uvicorn_server(app, host, port).run()
+def serve(app: Starlette, sock: socket.socket) -> None:
+    """Run uvicorn on a socket from `bind` until Ctrl-C (which uvicorn turns into a clean shutdown)."""
+    host, port = sock.getsockname()[:2]
+    try:
+        uvicorn_server(app, host, port).run(sockets=[sock])
+    finally:
+        sock.close()
