@@ -190,3 +190,24 @@ def test_serve_answers_and_stops_cleanly_on_ctrl_c(tiny_model_path):
             proc.kill()
     assert proc.returncode == 0, rest
     assert rest.strip().endswith("stopped") and "Traceback" not in rest
+
+
+def test_the_cache_runs_the_model_once_per_text_and_stays_bounded(models, monkeypatch):
+    import attnviz.extraction
+    from attnviz.views.server import Pool
+
+    calls = []
+    real = attnviz.extraction.extract
+    monkeypatch.setattr(attnviz.extraction, "extract", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    pool = Pool(dict(models))
+    one = pool.extract("bert", TEXT, layers=[1], heads=[2])
+    two = pool.extract("bert", TEXT, layers=[-1], heads=[0, 3], words=True)
+    assert calls == [TEXT] and one.layers == (1,) and two.heads == (0, 3) and two.level == "word"
+    np.testing.assert_allclose(
+        one.attn[0, 0], real(TEXT, models["bert"], layers=[1], heads=[2]).attn[0, 0], atol=1e-6
+    )
+    full = pool.cache["bert", TEXT, False].attn.nbytes
+    small = Pool(dict(models), cache_bytes=int(full * 2.5))
+    for i in range(4):
+        small.extract("bert", f"{TEXT} {i}")
+    assert [key[1] for key in small.cache] == [f"{TEXT} 2", f"{TEXT} 3"]  # the last two texts

@@ -25,7 +25,7 @@ def serve_cmd(
     host: Annotated[
         str, typer.Option("--host", help="Address to bind (default: this machine only).")
     ] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", "-p", help="Port to listen on.")] = 8000,
+    port: Annotated[int, typer.Option("--port", "-p", help="Port to listen on (0: any free port).")] = 8000,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "float32",
     trust_remote_code: TrustOpt = False,
@@ -45,7 +45,8 @@ def serve_cmd(
     except BaseException:
         sock.close()
         raise
-    typer.echo(f"serving on http://{host}:{port}/ (Ctrl-C stops)", err=True)
+    shown = f"[{host}]" if ":" in host else host
+    typer.echo(f"serving on http://{shown}:{sock.getsockname()[1]}/ (Ctrl-C stops)", err=True)
     with contextlib.suppress(KeyboardInterrupt):
         serve(create_app(loaded), sock)
     typer.echo("stopped", err=True)

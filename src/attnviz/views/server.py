@@ -10,8 +10,9 @@ from __future__ import annotations
 import io
 import logging
 import threading
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from attnviz.errors import AttnvizError, InputError, TextTooLongError, TokenNotFoundError
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
 MAX_TEXT_CHARS = 20_000  # longer texts are refused before tokenising (413)
 MAX_QUERY_BYTES = 200_000  # the whole query string (a long text, percent-encoded)
 MAX_PAGE_MB = 25.0
+CACHE_BYTES = 256_000_000  # attention arrays kept for the last texts
+CACHE_ITEMS = 32
 PAGE_CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; connect-src 'self'; "
     "img-src 'self' data:; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
@@ -47,11 +50,18 @@ class RequestError(AttnvizError):
 
 @dataclass
 class Pool:
-    """Models by name, each with the lock that serialises its forward passes."""
+    """Models by name, a lock per model that serialises its forward passes, and a small cache.
+
+    The cache keeps the whole attention of the last texts (all layers and heads, up to
+    `cache_bytes`), so flipping through the heads of one text runs the model once.
+    """
 
     models: dict[str, LoadedModel]
+    cache_bytes: int = CACHE_BYTES
     locks: dict[str, threading.Lock] = field(default_factory=dict)
     plot_lock: threading.Lock = field(default_factory=threading.Lock)
+    cache: OrderedDict[tuple[str, str, bool], Attention] = field(default_factory=OrderedDict)
+    cache_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -68,12 +78,59 @@ class Pool:
                 return name
         raise RequestError(f"unknown model '{requested}': this server has {', '.join(self.models)}", 404)
 
-    def extract(self, model: str, text: str, **kwargs: Any) -> Attention:
-        """Blocking: run it in a worker thread."""
+    def full(self, model: str, text: str, truncate: bool) -> Attention:
+        """Every layer and head of one text, from the cache or one forward pass. Blocking."""
         from attnviz.extraction import extract
 
+        key = (model, text, truncate)
+        with self.cache_lock:
+            if key in self.cache:
+                self.cache.move_to_end(key)
+                return self.cache[key]
         with self.locks[model]:
-            return extract(text, self.models[model], **kwargs)
+            att = extract(text, self.models[model], truncate=truncate)
+        if att.attn.nbytes <= self.cache_bytes:
+            with self.cache_lock:
+                self.cache[key] = att
+                while (
+                    len(self.cache) > CACHE_ITEMS
+                    or sum(a.attn.nbytes for a in self.cache.values()) > self.cache_bytes
+                ):
+                    self.cache.popitem(last=False)
+        return att
+
+    def extract(
+        self,
+        model: str,
+        text: str,
+        *,
+        layers: Sequence[int] | None = None,
+        heads: Sequence[int] | None = None,
+        words: bool = False,
+        truncate: bool = False,
+    ) -> Attention:
+        """`attnviz.extract` with the same selection rules, served from `full`. Blocking."""
+        import numpy as np
+
+        from attnviz.selection import resolve_indices
+
+        loaded = self.models[model]
+        ls = resolve_indices(layers, loaded.num_layers, "layer", loaded.name)
+        hs = resolve_indices(heads, loaded.capture.num_heads, "head", loaded.name)
+        att = self.full(model, text, truncate)
+        if ls is not None or hs is not None:
+            ls = ls if ls is not None else list(range(len(att.layers)))
+            hs = hs if hs is not None else list(range(len(att.heads)))
+            att = replace(
+                att,
+                layers=tuple(att.layers[i] for i in ls),
+                heads=tuple(att.heads[i] for i in hs),
+                attn=np.ascontiguousarray(att.attn[ls][:, hs]),  # [layers, heads, q, k]
+                decoder=None,
+                cross=None,
+                qkv=None,
+            )
+        return att.to_words() if words else att
 
 
 def _status(exc: AttnvizError) -> int:
@@ -276,8 +333,8 @@ def bind(host: str, port: int) -> socket.socket:
     """
     import socket
 
-    if not 0 < port < 65536:
-        raise InputError(f"bad --port {port}: use 1-65535")
+    if not 0 <= port < 65536:
+        raise InputError(f"bad --port {port}: use 1-65535 (or 0: any free port)")
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror:
