@@ -63,7 +63,9 @@ def main() -> None:
         ActionChains(d).move_to_element(token).perform()
         root.screenshot(str(DOCS / "view-head.png"))
         ActionChains(d).move_by_offset(400, 0).perform()
-        d.execute_script("arguments[0].attnviz.select(arguments[1], arguments[2])", root, best.layer, best.head)
+        d.execute_script(
+            "arguments[0].attnviz.select(arguments[1], arguments[2])", root, best.layer, best.head
+        )
         root.screenshot(str(DOCS / "view-matrix.png"))
         d.find_element(By.CSS_SELECTOR, "button[data-view=model]").click()
         root.screenshot(str(DOCS / "view-model.png"))
