@@ -211,3 +211,17 @@ def test_the_cache_runs_the_model_once_per_text_and_stays_bounded(models, monkey
     for i in range(4):
         small.extract("bert", f"{TEXT} {i}")
     assert [key[1] for key in small.cache] == [f"{TEXT} 2", f"{TEXT} 3"]  # the last two texts
+
+
+def test_an_unexpected_failure_is_one_json_line_and_the_server_keeps_answering(models, monkeypatch):
+    from attnviz.views.server import Pool
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("boom\nTraceback (most recent call last): secret")
+
+    with TestClient(create_app(models), raise_server_exceptions=False) as c:
+        monkeypatch.setattr(Pool, "full", broken)
+        r = c.get("/api/attention", params={"text": TEXT, "layer": 0, "head": 0})
+        assert r.status_code == 500 and r.json() == {"error": "internal error (RuntimeError)"}
+        monkeypatch.undo()
+        assert c.get("/api/attention", params={"text": TEXT, "layer": 0, "head": 0}).status_code == 200
