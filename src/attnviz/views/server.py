@@ -88,6 +88,9 @@ class Pool:
                 self.cache.move_to_end(key)
                 return self.cache[key]
         with self.locks[model]:
+            with self.cache_lock:  # another request may have run this text while we waited
+                if key in self.cache:
+                    return self.cache[key]
             att = extract(text, self.models[model], truncate=truncate)
         if att.attn.nbytes <= self.cache_bytes:
             with self.cache_lock:
