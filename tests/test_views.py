@@ -192,6 +192,11 @@ def test_repr_html_is_the_explorer_in_a_sandboxed_iframe():
     assert "<script" not in out.split("srcdoc=")[1].split('" sandbox')[0]  # all markup escaped
 
 
+def test_a_page_too_large_for_a_notebook_is_one_line():
+    out = long_attention(512, 6)._repr_html_()
+    assert out.startswith("<p>attnviz: the page would be about") and "<iframe" not in out
+
+
 def test_show_returns_a_view_outside_jupyter(tmp_path):
     import attnviz
 

@@ -21,9 +21,14 @@ def iframe(page: str, height: int = 640) -> str:
 
 
 def attention_html(att: Attention, **options: Any) -> str:
+    """The explorer; a page too large to embed is one escaped line saying how to narrow it."""
+    from attnviz.errors import InputError
     from attnviz.views.html import render_html
 
-    return iframe(render_html(att, **options))
+    try:
+        return iframe(render_html(att, **options))
+    except InputError as exc:
+        return f"<p>attnviz: {html.escape(str(exc))} (extract fewer layers or heads)</p>"
 
 
 def ranking_html(result: HeadSearch) -> str:
