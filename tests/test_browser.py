@@ -174,6 +174,7 @@ def test_hovering_a_token_shows_only_its_lines_and_top_keys(driver, tmp_path):
 
 
 def test_matrix_view_colours_every_cell_and_shows_the_causal_mask(driver, tmp_path):
+    from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
 
@@ -193,6 +194,15 @@ def test_matrix_view_colours_every_cell_and_shows_the_causal_mask(driver, tmp_pa
     assert np.abs(cells[a, b] - [253, 231, 37]).max() <= 2
     labels = js(driver, "return [...document.querySelectorAll('.av-rows div')].map(d => d.textContent)")
     assert labels == att.labels
+    # hovering a cell shows its value; a masked cell says so
+    canvas = driver.find_element(By.CSS_SELECTOR, "canvas.av-matrix")
+    cs = int(canvas.get_attribute("data-cell"))
+    for a, b in ((4, 2), (1, 5)):
+        x, y = b * cs + cs // 2 - n * cs // 2, a * cs + cs // 2 - n * cs // 2
+        ActionChains(driver).move_to_element_with_offset(canvas, x, y).perform()
+        tip = js(driver, "return document.querySelector('.av-tip').textContent")
+        value = "masked (future token)" if b > a else f"{half(att.attn[0, 0])[a, b]:.3f}"
+        assert tip == f"{att.labels[a]} → {att.labels[b]}: {value}"
     Select(driver.find_element(By.CSS_SELECTOR, "select.av-layer")).select_by_value("1")
     assert js(driver, "return document.getElementById('attnviz-root').dataset.layer") == "1"
     assert not np.array_equal(cell_colours(driver), cells)
