@@ -31,6 +31,7 @@ _EXPORTS = {
     "run_batch_analysis": "attnviz.batch",
     "iter_records": "attnviz.batch",
     "BatchConfig": "attnviz.config",
+    "show": "attnviz.views.notebook",
 }
 
 __all__ = [*_EXPORTS, "__version__"]
@@ -45,6 +46,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from attnviz.models import BUNDLED, LoadedModel, LoadNotice, load_model, resolve_model  # noqa: F401
     from attnviz.patterns import head_patterns, pattern_scores, row_entropy  # noqa: F401
     from attnviz.search import HeadScore, find_heads  # noqa: F401
+    from attnviz.views.notebook import show  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

@@ -117,6 +117,12 @@ class Attention:
             return self.attn.max(axis=(0, 1)) > 0
         return np.ones((n, n), dtype=bool)
 
+    def _repr_html_(self) -> str:
+        """Jupyter shows the interactive explorer (the same page as `attnviz view`)."""
+        from attnviz.views.notebook import attention_html
+
+        return attention_html(self)
+
     def to_words(self) -> Attention:
         """Merge subword pieces into words: sum over key pieces, mean over query pieces.
 

@@ -93,6 +93,11 @@ class HeadSearch:
     def best(self) -> HeadScore:
         return self.ranking[0]
 
+    def _repr_html_(self) -> str:
+        from attnviz.views.notebook import ranking_html
+
+        return ranking_html(self)
+
 
 def pair_scores(attn: np.ndarray, a: Sequence[int], b: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
     """A->B and B->A for every head at once: attn [layers, heads, q, k] -> two [layers, heads].

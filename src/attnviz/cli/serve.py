@@ -1,0 +1,52 @@
+"""`attnviz serve`: the explorer as a local web app with the models loaded once."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Annotated
+
+import typer
+
+from attnviz.cli._app import command
+from attnviz.cli._options import DeviceOpt, DtypeOpt, TrustOpt, load
+
+
+@command("serve")
+def serve_cmd(
+    model: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="Model to serve (alias, hub id, folder or .gguf); repeat it for several (default: minilm).",
+        ),
+    ] = None,
+    host: Annotated[
+        str, typer.Option("--host", help="Address to bind (default: this machine only).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", "-p", help="Port to listen on (0: any free port).")] = 8000,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "float32",
+    trust_remote_code: TrustOpt = False,
+) -> None:
+    """Serve the explorer and a JSON API (attention, find-head, heatmap PNG) on a local web page;
+    Ctrl-C stops it."""
+    from attnviz.views.server import bind, create_app, serve
+
+    names = list(dict.fromkeys(model or ["minilm"]))
+    sock = bind(host, port)
+    loaded = {}
+    try:
+        for name in names:
+            start = time.perf_counter()
+            loaded[name] = load(name, device, dtype, trust_remote_code)
+            typer.echo(f"loaded {name} in {time.perf_counter() - start:.1f} s", err=True)
+    except BaseException:
+        sock.close()
+        raise
+    shown = f"[{host}]" if ":" in host else host
+    typer.echo(f"serving on http://{shown}:{sock.getsockname()[1]}/ (Ctrl-C stops)", err=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        serve(create_app(loaded), sock)
+    typer.echo("stopped", err=True)

@@ -1,0 +1,82 @@
+"""`attnviz view`: the interactive explorer as one self-contained HTML file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from attnviz.cli._app import command
+from attnviz.cli._options import (
+    DeviceOpt,
+    DtypeOpt,
+    FileOpt,
+    HeadsOpt,
+    LayersOpt,
+    ModelOpt,
+    TextArg,
+    TruncateOpt,
+    TrustOpt,
+    load,
+    read_text,
+)
+from attnviz.selection import parse_indices
+
+
+@command("view")
+def view_cmd(
+    text: TextArg = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="The .html file (or a folder). Default: a new file under outputs/, never overwriting.",
+        ),
+    ] = None,
+    file: FileOpt = None,
+    model: ModelOpt = "minilm",
+    layers: LayersOpt = None,
+    heads: HeadsOpt = None,
+    words: Annotated[bool, typer.Option("--words", help="Open in the word-level view.")] = False,
+    start: Annotated[
+        str, typer.Option("--view", help="The view shown first: head, matrix or model.")
+    ] = "head",
+    scale: Annotated[
+        str, typer.Option("--scale", help="Colour scale: auto (largest weight shown) or 1 (0-1).")
+    ] = "auto",
+    max_mb: Annotated[
+        float, typer.Option("--max-mb", help="Refuse pages larger than this many megabytes.")
+    ] = 25.0,
+    open_: Annotated[bool, typer.Option("--open", help="Open the page in the default browser.")] = False,
+    truncate: TruncateOpt = False,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "float32",
+    trust_remote_code: TrustOpt = False,
+) -> None:
+    """Write an interactive explorer (head, matrix and model views) as one HTML file that works
+    offline; prints its path."""
+    from attnviz.errors import InputError
+    from attnviz.extraction import extract
+    from attnviz.views.html import SCALES, VIEWS, check_output, output_path, render_html, write_html
+
+    if start not in VIEWS:
+        raise InputError(f"unknown --view '{start}': use {', '.join(VIEWS)}")
+    if scale not in SCALES:
+        raise InputError(f"unknown --scale '{scale}': use auto or 1")
+    body = read_text(text, file)
+    check_output(output)
+    layer_list = parse_indices(layers, "--layers")
+    head_list = parse_indices(heads, "--heads")
+    loaded = load(model, device, dtype, trust_remote_code)
+    att = extract(body, loaded, layers=layer_list, heads=head_list, truncate=truncate)
+    if att.truncated:
+        typer.echo(f"note: cut {att.truncated} tokens to fit the model's limit", err=True)
+    page = render_html(att, level="word" if words else "token", scale=scale, view=start, max_mb=max_mb)
+    path = write_html(page, output_path(output, body, loaded.name))
+    typer.echo(str(path))
+    if open_:
+        import webbrowser
+
+        webbrowser.open(path.resolve().as_uri())

@@ -1,0 +1,380 @@
+"""`attnviz serve`: a Starlette app over models loaded once, for the page and for scripts.
+
+The forward pass runs in a worker thread under one lock per model, so the event loop keeps
+answering other requests. Every failure is a 4xx (or 500) `{"error": "one line"}`, never a
+traceback. Static files are the package's own assets, by fixed name.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from attnviz.errors import AttnvizError, InputError, TextTooLongError, TokenNotFoundError
+
+if TYPE_CHECKING:
+    import socket
+
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+
+    from attnviz.extraction import Attention
+    from attnviz.models import LoadedModel
+
+MAX_TEXT_CHARS = 20_000  # longer texts are refused before tokenising (413)
+MAX_QUERY_BYTES = 200_000  # the whole query string (a long text, percent-encoded)
+MAX_PAGE_MB = 25.0
+CACHE_BYTES = 256_000_000  # attention arrays kept for the last texts
+CACHE_ITEMS = 32
+PAGE_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; connect-src 'self'; "
+    "img-src 'self' data:; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+STATIC = {"attnviz.js": "text/javascript", "attnviz.css": "text/css", "serve.js": "text/javascript"}
+log = logging.getLogger("attnviz.serve")
+
+
+class RequestError(AttnvizError):
+    """A bad request, with the HTTP status it gets."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class Pool:
+    """Models by name, a lock per model that serialises its forward passes, and a small cache.
+
+    The cache keeps the whole attention of the last texts (all layers and heads, up to
+    `cache_bytes`), so flipping through the heads of one text runs the model once.
+    """
+
+    models: dict[str, LoadedModel]
+    cache_bytes: int = CACHE_BYTES
+    locks: dict[str, threading.Lock] = field(default_factory=dict)
+    plot_lock: threading.Lock = field(default_factory=threading.Lock)
+    cache: OrderedDict[tuple[str, str, bool], Attention] = field(default_factory=OrderedDict)
+    cache_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            raise InputError("no model to serve")
+        self.locks = {name: threading.Lock() for name in self.models}
+
+    def name(self, requested: str | None) -> str:
+        if requested in (None, ""):
+            return next(iter(self.models))
+        if requested in self.models:
+            return requested
+        for name, loaded in self.models.items():
+            if loaded.name == requested:
+                return name
+        raise RequestError(f"unknown model '{requested}': this server has {', '.join(self.models)}", 404)
+
+    def full(self, model: str, text: str, truncate: bool) -> Attention:
+        """Every layer and head of one text, from the cache or one forward pass. Blocking."""
+        from attnviz.extraction import extract
+
+        key = (model, text, truncate)
+        with self.cache_lock:
+            if key in self.cache:
+                self.cache.move_to_end(key)
+                return self.cache[key]
+        with self.locks[model]:
+            with self.cache_lock:  # another request may have run this text while we waited
+                if key in self.cache:
+                    return self.cache[key]
+            att = extract(text, self.models[model], truncate=truncate)
+        if att.attn.nbytes <= self.cache_bytes:
+            with self.cache_lock:
+                self.cache[key] = att
+                while (
+                    len(self.cache) > CACHE_ITEMS
+                    or sum(a.attn.nbytes for a in self.cache.values()) > self.cache_bytes
+                ):
+                    self.cache.popitem(last=False)
+        return att
+
+    def extract(
+        self,
+        model: str,
+        text: str,
+        *,
+        layers: Sequence[int] | None = None,
+        heads: Sequence[int] | None = None,
+        words: bool = False,
+        truncate: bool = False,
+    ) -> Attention:
+        """`attnviz.extract` with the same selection rules, served from `full`. Blocking."""
+        import numpy as np
+
+        from attnviz.selection import resolve_indices
+
+        loaded = self.models[model]
+        ls = resolve_indices(layers, loaded.num_layers, "layer", loaded.name)
+        hs = resolve_indices(heads, loaded.capture.num_heads, "head", loaded.name)
+        att = self.full(model, text, truncate)
+        if ls is not None or hs is not None:
+            ls = ls if ls is not None else list(range(len(att.layers)))
+            hs = hs if hs is not None else list(range(len(att.heads)))
+            att = replace(
+                att,
+                layers=tuple(att.layers[i] for i in ls),
+                heads=tuple(att.heads[i] for i in hs),
+                attn=np.ascontiguousarray(att.attn[ls][:, hs]),  # [layers, heads, q, k]
+                decoder=None,
+                cross=None,
+                qkv=None,
+            )
+        return att.to_words() if words else att
+
+
+def _status(exc: AttnvizError) -> int:
+    if isinstance(exc, RequestError):
+        return exc.status
+    if isinstance(exc, TokenNotFoundError):
+        return 404
+    if isinstance(exc, TextTooLongError):
+        return 413
+    return 400
+
+
+class Params:
+    """Query parameters, checked: each problem is one RequestError line."""
+
+    def __init__(self, request: Request, max_bytes: int = MAX_QUERY_BYTES) -> None:
+        if len(request.url.query.encode()) > max_bytes:
+            raise RequestError(f"the query string is over {max_bytes} bytes", 414)
+        self.q = request.query_params
+
+    def text(self) -> str:
+        text = self.q.get("text")
+        if text is None or not text.strip():
+            raise RequestError("missing parameter 'text'")
+        if len(text) > MAX_TEXT_CHARS:
+            raise RequestError(
+                f"the text has {len(text)} characters; this server takes at most {MAX_TEXT_CHARS}", 413
+            )
+        return text
+
+    def word(self, name: str) -> str:
+        value = self.q.get(name, "").strip()
+        if not value:
+            raise RequestError(f"missing parameter '{name}'")
+        return value
+
+    def int(self, name: str, default: int | None = None) -> int | None:
+        value = self.q.get(name)
+        if value is None or value == "":
+            return default
+        try:
+            return int(value)
+        except ValueError:
+            raise RequestError(f"parameter '{name}' must be an integer, not '{value[:40]}'") from None
+
+    def flag(self, name: str) -> bool:
+        value = self.q.get(name, "0").lower()
+        if value not in ("", "0", "1", "true", "false", "yes", "no"):
+            raise RequestError(f"parameter '{name}' must be 0 or 1")
+        return value in ("1", "true", "yes")
+
+    def indices(self, name: str) -> list[int] | None:
+        from attnviz.selection import parse_indices
+
+        return parse_indices(self.q.get(name) or None, name)
+
+
+def _one_head(params: Params) -> tuple[int | None, int | None]:
+    layer, head = params.int("layer"), params.int("head")
+    if (layer is None) != (head is None):
+        raise RequestError("give both 'layer' and 'head', or neither (every head)")
+    return layer, head
+
+
+def create_app(
+    models: Mapping[str, LoadedModel],
+    *,
+    max_page_mb: float = MAX_PAGE_MB,
+    max_query_bytes: int = MAX_QUERY_BYTES,
+) -> Starlette:
+    """The ASGI app over already loaded models (name -> model), the first one the default."""
+    from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
+    from starlette.exceptions import HTTPException
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+
+    from attnviz.views.html import asset, page_data
+
+    pool = Pool(dict(models))
+
+    def error(message: str, status: int) -> JSONResponse:
+        return JSONResponse({"error": message}, status_code=status)
+
+    def api(handler: Callable[[Params], Any]) -> Callable[[Request], Any]:
+        """Run a blocking handler in a worker thread; library errors become 4xx JSON."""
+
+        async def endpoint(request: Request) -> Response:
+            try:
+                params = Params(request, max_query_bytes)
+                result = await run_in_threadpool(handler, params)
+            except AttnvizError as exc:
+                return error(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, _status(exc))
+            except Exception as exc:  # a bug: logged here, one line to the client
+                log.exception("request failed: %s", request.url.path)
+                return error(f"internal error ({type(exc).__name__})", 500)
+            return result if isinstance(result, Response) else JSONResponse(result)
+
+        return endpoint
+
+    def attention(p: Params) -> dict[str, Any]:
+        text, name = p.text(), pool.name(p.q.get("model"))
+        layer, head = _one_head(p)
+        sel = {"layers": [layer], "heads": [head]} if layer is not None else {}
+        att = pool.extract(name, text, words=p.flag("words"), truncate=p.flag("truncate"), **sel)
+        out: dict[str, Any] = {"model": att.model, "tokens": list(att.tokens), "level": att.level}
+        if layer is None:
+            out.update(layers=list(att.layers), heads=list(att.heads), attention=att.attn.tolist())
+        else:
+            out.update(layer=att.layers[0], head=att.heads[0], attention=att.attn[0, 0].tolist())
+        out["truncated"] = att.truncated
+        return out
+
+    def view(p: Params) -> dict[str, Any]:
+        text, name = p.text(), pool.name(p.q.get("model"))
+        att = pool.extract(
+            name, text, layers=p.indices("layers"), heads=p.indices("heads"), truncate=p.flag("truncate")
+        )
+        return page_data(att, max_mb=max_page_mb)
+
+    def find_head(p: Params) -> list[dict[str, Any]]:
+        from attnviz.search import DIRECTIONS, find_heads
+
+        text, name = p.text(), pool.name(p.q.get("model"))
+        a, b = p.word("a"), p.word("b")
+        top = p.int("top", 5)
+        if top is None or top < 0:
+            raise RequestError("parameter 'top' must be 0 (all) or more")
+        direction = p.q.get("direction", "both")
+        if direction not in DIRECTIONS:
+            raise RequestError(f"unknown direction '{direction}': use {', '.join(DIRECTIONS)}")
+        att = pool.extract(name, text, layers=p.indices("layers"), truncate=p.flag("truncate"))
+        result = find_heads(att, a, b, direction=direction, top=top or None)
+        return [h.as_dict() for h in result.ranking]
+
+    def heatmap(p: Params) -> Response:
+        from attnviz.plots import attention_figure
+
+        text, name = p.text(), pool.name(p.q.get("model"))
+        layer, head = _one_head(p)
+        if layer is None:
+            raise RequestError("missing parameters 'layer' and 'head'")
+        att = pool.extract(
+            name, text, layers=[layer], heads=[head], words=p.flag("words"), truncate=p.flag("truncate")
+        )
+        with pool.plot_lock:
+            fig = attention_figure(att)
+            buf = io.BytesIO()
+            fig.savefig(buf, format="png", dpi=fig.dpi, metadata={"Software": None})
+        return Response(buf.getvalue(), media_type="image/png")
+
+    def model_list(_: Params) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": name,
+                "model": m.name,
+                "kind": m.kind,
+                "layers": m.num_layers,
+                "heads": m.capture.num_heads,
+                "max_tokens": m.max_length,
+            }
+            for name, m in pool.models.items()
+        ]
+
+    async def page(request: Request) -> Response:
+        return Response(
+            asset("serve.html"), media_type="text/html", headers={"Content-Security-Policy": PAGE_CSP}
+        )
+
+    async def static(request: Request) -> Response:
+        name = request.path_params["name"]
+        if name not in STATIC:
+            return error(f"no such file: {name[:80]}", 404)
+        return Response(asset(name), media_type=STATIC[name], headers={"Cache-Control": "no-cache"})
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        status = exc.status_code if isinstance(exc, HTTPException) else 500
+        detail = exc.detail if isinstance(exc, HTTPException) else "internal error"
+        return error(str(detail), status)
+
+    routes = [
+        Route("/", page),
+        Route("/static/{name}", static),
+        Route("/api/models", api(model_list)),
+        Route("/api/attention", api(attention)),
+        Route("/api/view", api(view)),
+        Route("/api/find-head", api(find_head)),
+        Route("/api/heatmap.png", api(heatmap)),
+    ]
+    app = Starlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: http_error})
+    app.state.pool = pool
+    return app
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port, or one InputError line (in use, not this machine's...).
+
+    Bound before the models load, so a taken port fails fast; requests queue on it until uvicorn
+    accepts them.
+    """
+    import socket
+
+    if not 0 <= port < 65536:
+        raise InputError(f"bad --port {port}: use 1-65535 (or 0: any free port)")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror:
+        raise InputError(f"unknown --host '{host}'") from None
+    family, _, _, _, addr = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(addr)
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        raise InputError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}; pass another --port"
+        ) from None
+    return sock
+
+
+def uvicorn_server(app: Starlette, host: str = "127.0.0.1", port: int = 8000) -> Any:
+    """The uvicorn server `serve` runs (tests run it in a thread, on a socket of their own)."""
+    import uvicorn
+
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        limit_concurrency=64,
+        h11_max_incomplete_event_size=MAX_QUERY_BYTES + 16_384,  # a long text fits in the request line
+    )
+    return uvicorn.Server(config)
+
+
+def serve(app: Starlette, sock: socket.socket) -> None:
+    """Run uvicorn on a socket from `bind` until Ctrl-C (which uvicorn turns into a clean shutdown)."""
+    host, port = sock.getsockname()[:2]
+    try:
+        uvicorn_server(app, host, port).run(sockets=[sock])
+    finally:
+        sock.close()

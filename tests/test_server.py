@@ -1,0 +1,227 @@
+"""The `attnviz serve` app, in-process (Starlette's TestClient) over tiny random models."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from starlette.testclient import TestClient
+from typer.testing import CliRunner
+
+from attnviz.cli import app as cli_app
+from attnviz.extraction import extract
+from attnviz.models import load_model
+from attnviz.search import find_heads
+from attnviz.views.server import MAX_TEXT_CHARS, create_app
+
+TEXT = "Emily always wanted to visit Paris so she took some French lessons."
+
+
+@pytest.fixture(scope="module")
+def models(tiny_model_path):
+    return {
+        "bert": load_model(str(tiny_model_path("bert")), device="cpu"),
+        "gpt2": load_model(str(tiny_model_path("gpt2")), device="cpu"),
+    }
+
+
+@pytest.fixture(scope="module")
+def client(models):
+    with TestClient(create_app(models), raise_server_exceptions=False) as c:
+        yield c
+
+
+def test_one_head_equals_extract(client, models):
+    r = client.get("/api/attention", params={"text": TEXT, "layer": 1, "head": 2})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    att = extract(TEXT, models["bert"])
+    assert body["model"] == att.model and body["tokens"] == list(att.tokens)
+    assert (body["layer"], body["head"]) == (1, 2)
+    np.testing.assert_allclose(np.array(body["attention"]), att.head(1, 2), atol=1e-6)
+
+
+def test_every_head_and_the_other_model_and_words(client, models):
+    body = client.get("/api/attention", params={"text": TEXT, "model": "gpt2"}).json()
+    att = extract(TEXT, models["gpt2"])
+    assert body["layers"] == [0, 1] and body["heads"] == [0, 1, 2, 3]
+    np.testing.assert_allclose(np.array(body["attention"]), att.attn, atol=1e-6)
+    words = client.get("/api/attention", params={"text": TEXT, "layer": -1, "head": 0, "words": 1}).json()
+    merged = extract(TEXT, models["bert"], words=True)
+    assert words["tokens"] == list(merged.tokens) and words["layer"] == 1
+    np.testing.assert_allclose(np.array(words["attention"]), merged.head(1, 0), atol=1e-6)
+
+
+def test_find_head_rows_equal_the_library(client, models):
+    r = client.get("/api/find-head", params={"text": TEXT, "a": "paris", "b": "french", "top": 3})
+    assert r.status_code == 200, r.text
+    expected = find_heads(extract(TEXT, models["bert"]), "paris", "french", top=3)
+    assert r.json() == [h.as_dict() for h in expected.ranking]
+
+
+def test_heatmap_png_is_the_heatmap_figure(client, models):
+    from PIL import Image
+
+    from attnviz.plots import attention_figure
+
+    r = client.get("/api/heatmap.png", params={"text": TEXT, "layer": 0, "head": 1})
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    image = Image.open(io.BytesIO(r.content))
+    fig = attention_figure(extract(TEXT, models["bert"], layers=[0], heads=[1]))
+    width, height = fig.get_size_inches() * fig.dpi
+    assert image.size == (round(width), round(height))
+
+
+def test_view_data_and_models(client, models):
+    data = client.get("/api/view", params={"text": TEXT, "layers": "1", "heads": "0,3"}).json()
+    assert data["layers"] == [1] and data["heads"] == [0, 3]
+    assert data["levels"]["token"]["shape"][:2] == [1, 2]
+    listed = client.get("/api/models").json()
+    assert [m["name"] for m in listed] == ["bert", "gpt2"] and listed[0]["layers"] == 2
+
+
+@pytest.mark.parametrize(
+    ("params", "status", "needle"),
+    [
+        ({"text": TEXT, "model": "nope"}, 404, "unknown model 'nope'"),
+        ({"text": TEXT, "layer": 7, "head": 0}, 400, "layer 7 is out of range"),
+        ({"text": TEXT, "layer": 0, "head": 9}, 400, "head 9 is out of range"),
+        ({"text": TEXT, "layer": 0}, 400, "both 'layer' and 'head'"),
+        ({"text": TEXT, "layer": "x", "head": 0}, 400, "must be an integer"),
+        ({}, 400, "missing parameter 'text'"),
+        ({"text": "   "}, 400, "missing parameter 'text'"),
+        ({"text": "x " * 100}, 413, "takes at most 64"),
+        ({"text": "x" * (MAX_TEXT_CHARS + 1)}, 413, "at most"),
+    ],
+)
+def test_bad_attention_requests_get_one_line_json(client, params, status, needle):
+    r = client.get("/api/attention", params=params)
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert needle in error and "\n" not in error and "Traceback" not in r.text
+
+
+def test_bad_find_head_and_heatmap_requests(client):
+    r = client.get("/api/find-head", params={"text": TEXT, "a": "paris", "b": "london"})
+    assert r.status_code == 404 and "london" in r.json()["error"]
+    r = client.get("/api/find-head", params={"text": TEXT, "a": "paris"})
+    assert r.status_code == 400 and "'b'" in r.json()["error"]
+    r = client.get("/api/find-head", params={"text": TEXT, "a": "paris", "b": "french", "direction": "up"})
+    assert r.status_code == 400
+    r = client.get("/api/heatmap.png", params={"text": TEXT})
+    assert r.status_code == 400 and "layer" in r.json()["error"]
+
+
+def test_long_query_strings_are_refused(models):
+    with TestClient(create_app(models, max_query_bytes=1000)) as small:
+        r = small.get("/api/attention", params={"text": "a" * 10, "pad": "y" * 2000})
+        assert r.status_code == 414 and "1000 bytes" in r.json()["error"]
+
+
+def test_unknown_paths_and_static_files_come_only_from_the_package(client):
+    assert client.get("/nowhere").json() == {"error": "Not Found"}
+    assert client.get("/static/..%2Fhtml.py").status_code == 404
+    assert client.get("/static/server.py").status_code == 404
+    js = client.get("/static/attnviz.js")
+    assert js.status_code == 200 and "AttnViz" in js.text
+    page = client.get("/")
+    assert "default-src 'none'" in page.headers["content-security-policy"]
+    assert '<script src="/static/serve.js">' in page.text
+    assert client.post("/api/attention").status_code == 405
+
+
+def test_concurrent_requests_all_answer(client, models):
+    expected = extract(TEXT, models["bert"]).head(1, 1)
+
+    def one(_: int) -> float:
+        r = client.get("/api/attention", params={"text": TEXT, "layer": 1, "head": 1})
+        assert r.status_code == 200
+        return float(np.abs(np.array(r.json()["attention"]) - expected).max())
+
+    with ThreadPoolExecutor(8) as pool:
+        assert max(pool.map(one, range(40))) < 1e-6
+
+
+def test_serve_cli_fails_in_one_line_when_the_port_is_taken():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        result = CliRunner().invoke(cli_app, ["serve", "--port", str(port), "--model", "no/such"])
+    assert result.exit_code == 2 and "another --port" in result.stderr
+
+
+def test_serve_answers_and_stops_cleanly_on_ctrl_c(tiny_model_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": src}
+    args = ["serve", "--model", str(tiny_model_path("bert")), "--port", str(port)]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from attnviz.cli import main; main()", *args],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        lines = []
+        for line in proc.stderr:  # blocks until the server says it listens (the socket is bound by then)
+            lines.append(line)
+            if line.startswith("serving on"):
+                break
+        assert lines and lines[-1].startswith(f"serving on http://127.0.0.1:{port}/"), lines
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/models", timeout=30) as r:
+            assert json.loads(r.read())[0]["layers"] == 2
+        proc.send_signal(signal.SIGINT)
+        rest = proc.communicate(timeout=30)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, rest
+    assert rest.strip().endswith("stopped") and "Traceback" not in rest
+
+
+def test_the_cache_runs_the_model_once_per_text_and_stays_bounded(models, monkeypatch):
+    import attnviz.extraction
+    from attnviz.views.server import Pool
+
+    calls = []
+    real = attnviz.extraction.extract
+    monkeypatch.setattr(attnviz.extraction, "extract", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    pool = Pool(dict(models))
+    one = pool.extract("bert", TEXT, layers=[1], heads=[2])
+    two = pool.extract("bert", TEXT, layers=[-1], heads=[0, 3], words=True)
+    assert calls == [TEXT] and one.layers == (1,) and two.heads == (0, 3) and two.level == "word"
+    np.testing.assert_allclose(
+        one.attn[0, 0], real(TEXT, models["bert"], layers=[1], heads=[2]).attn[0, 0], atol=1e-6
+    )
+    full = pool.cache["bert", TEXT, False].attn.nbytes
+    small = Pool(dict(models), cache_bytes=int(full * 2.5))
+    for i in range(4):
+        small.extract("bert", f"{TEXT} {i}")
+    assert [key[1] for key in small.cache] == [f"{TEXT} 2", f"{TEXT} 3"]  # the last two texts
+
+
+def test_an_unexpected_failure_is_one_json_line_and_the_server_keeps_answering(models, monkeypatch):
+    from attnviz.views.server import Pool
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("boom\nTraceback (most recent call last): secret")
+
+    with TestClient(create_app(models), raise_server_exceptions=False) as c:
+        monkeypatch.setattr(Pool, "full", broken)
+        r = c.get("/api/attention", params={"text": TEXT, "layer": 0, "head": 0})
+        assert r.status_code == 500 and r.json() == {"error": "internal error (RuntimeError)"}
+        monkeypatch.undo()
+        assert c.get("/api/attention", params={"text": TEXT, "layer": 0, "head": 0}).status_code == 200
