@@ -149,13 +149,14 @@ class OutputFolder:
         self.overwrite = overwrite
         if self.outdir.exists() and not self.outdir.is_dir():
             raise InputError(f"{self.outdir} exists and is not a folder; pick a folder with -o")
+        self.created = not self.outdir.exists()
         with writing(self.outdir, self.outdir):
             self.outdir.mkdir(parents=True, exist_ok=True)
         self.lock = _Lock(self.outdir)
         try:
             self.previous = _check_folder(self.outdir, config, source, resume, overwrite)
         except BaseException:
-            self.lock.release()
+            self.release()
             raise
         self.cleared = False
 
@@ -167,7 +168,13 @@ class OutputFolder:
             self.cleared = True
 
     def release(self) -> None:
+        """Free the lock; a folder made for a run that wrote nothing is removed again."""
         self.lock.release()
+        if self.created:
+            with contextlib.suppress(OSError):
+                if [p.name for p in self.outdir.iterdir()] == [LOCK_FILE]:
+                    (self.outdir / LOCK_FILE).unlink()
+                    self.outdir.rmdir()
 
     def __enter__(self) -> OutputFolder:
         return self
@@ -365,9 +372,10 @@ class Store:
         ids = np.concatenate([r.text_ids for r in results])
         order = np.argsort(ids, kind="stable")
         name = f"part-{self.next_part:05d}.parquet"
-        if self.config.keep_texts:
-            self._write_table(self.texts_dir / name, _texts_table(results, order))
-        self._write_table(self.heads_dir / name, self._heads_table(results, order))
+        with writing(self.heads_dir / name, self.outdir):  # a full disk: one line, parts so far kept
+            if self.config.keep_texts:
+                self._write_table(self.texts_dir / name, _texts_table(results, order))
+            self._write_table(self.heads_dir / name, self._heads_table(results, order))
         self.next_part += 1
         self.shard = 0
         self.parts_written += 1
