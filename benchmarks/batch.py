@@ -283,6 +283,32 @@ def memory(n: int, threads: int, batch_size: int) -> dict[str, dict[str, float]]
 
 
 # -- main ---------------------------------------------------------------------------------------
+def print_rates(
+    rate: dict[str, tuple[float, float]],
+) -> tuple[str, dict[str, tuple[float, float]]]:
+    """The rates table and the ratios to the floor and the baselines; returns (floor, ratios)."""
+    floor_name = max(("floor-sdpa", "floor-eager"), key=lambda k: rate[k][0])
+    print()
+    print(f"{'variant':<12} {'texts/s':>9} {'texts/CPU-s':>12}")
+    for name in ("floor-sdpa", "floor-eager", "b1-loop", "b2-seed", "c-batch"):
+        mark = "  <- floor" if name == floor_name else ""
+        print(f"{name:<12} {rate[name][0]:9.1f} {rate[name][1]:12.1f}{mark}")
+    c = rate["c-batch"]
+    ratios = {
+        "c/floor": (c[0] / rate[floor_name][0], c[1] / rate[floor_name][1]),
+        "c/b1-loop": (c[0] / rate["b1-loop"][0], c[1] / rate["b1-loop"][1]),
+        "c/b2-seed": (c[0] / rate["b2-seed"][0], c[1] / rate["b2-seed"][1]),
+        "eager/sdpa": (
+            rate["floor-eager"][0] / rate["floor-sdpa"][0],
+            rate["floor-eager"][1] / rate["floor-sdpa"][1],
+        ),
+    }
+    print()
+    for name, (w, cp) in ratios.items():
+        print(f"{name:<12} {w:6.2f}x wall   {cp:6.2f}x per CPU-second")
+    return floor_name, ratios
+
+
 def speed(args: argparse.Namespace) -> dict[str, object]:
     """The five variants, interleaved; prints the table and returns the figures."""
     import torch
@@ -337,25 +363,7 @@ def speed(args: argparse.Namespace) -> dict[str, object]:
         counts = {name: n for name, (n, _) in variants.items()} | {"b2-seed": len(seed_texts)}
 
     rate = {k: (counts[k] / w, counts[k] / c) for k, (w, c) in best.items()}  # texts/s, texts/CPU-s
-    floor_name = max(("floor-sdpa", "floor-eager"), key=lambda k: rate[k][0])
-    print()
-    print(f"{'variant':<12} {'texts/s':>9} {'texts/CPU-s':>12}")
-    for name in ("floor-sdpa", "floor-eager", "b1-loop", "b2-seed", "c-batch"):
-        mark = "  <- floor" if name == floor_name else ""
-        print(f"{name:<12} {rate[name][0]:9.1f} {rate[name][1]:12.1f}{mark}")
-    c = rate["c-batch"]
-    ratios = {
-        "c/floor": (c[0] / rate[floor_name][0], c[1] / rate[floor_name][1]),
-        "c/b1-loop": (c[0] / rate["b1-loop"][0], c[1] / rate["b1-loop"][1]),
-        "c/b2-seed": (c[0] / rate["b2-seed"][0], c[1] / rate["b2-seed"][1]),
-        "eager/sdpa": (
-            rate["floor-eager"][0] / rate["floor-sdpa"][0],
-            rate["floor-eager"][1] / rate["floor-sdpa"][1],
-        ),
-    }
-    print()
-    for name, (w, cp) in ratios.items():
-        print(f"{name:<12} {w:6.2f}x wall   {cp:6.2f}x per CPU-second")
+    floor_name, ratios = print_rates(rate)
     return {
         "texts": len(texts),
         "tokens": tokens,
