@@ -527,3 +527,17 @@ def test_output_folder_checks_come_before_the_model(tmp_path, monkeypatch):
     monkeypatch.setattr(pathlib.Path, "mkdir", denied)
     with pytest.raises(OutputError, match=r"cannot write to .*ro: read-only file system; pick a folder"):
         OutputFolder(tmp_path / "ro", BatchConfig(), ["x"], False, False)
+
+
+def test_the_package_stays_small():
+    """Issue 11's limits for attnviz.batch: no module over 600 lines, no function over 80."""
+    import ast
+
+    import attnviz.batch
+
+    for path in Path(attnviz.batch.__file__).parent.glob("*.py"):
+        source = path.read_text(encoding="utf-8")
+        assert source.count("\n") <= 600, path.name
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                assert node.end_lineno - node.lineno + 1 <= 80, f"{path.name}: {node.name}"
