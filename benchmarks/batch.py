@@ -20,6 +20,8 @@ each is kept; throughput per CPU-second (process CPU time) is reported as well, 
 lost to other processes do not count (threads spinning while they wait still do). Quote the
 ratios, not the absolute rates.
 
+--statistics times the statistics step alone (CPU ms for one batch of 32 texts, one thread).
+
 --memory [N] runs `attnviz batch` in fresh child processes on N and 10 x N texts (N: 2000) and
 compares their peak resident memory (VmHWM), its growth after the model was loaded, and the
 peak of Python-level allocations (tracemalloc: numpy and pyarrow included, torch's own not).
@@ -282,6 +284,37 @@ def memory(n: int, threads: int, batch_size: int) -> dict[str, dict[str, float]]
     return out
 
 
+def statistics_cost(texts: int, rounds: int = 15) -> dict[str, float]:
+    """CPU milliseconds of the statistics step alone, for the largest batch of a window (MiniLM,
+    every statistic and one probe, one thread): the part of `attnviz batch` that is ours to tune."""
+    import torch
+
+    from attnviz.batch import Analyzer, Item
+    from attnviz.batch.bucketing import encode
+    from attnviz.batch.statistics import Masks, batch_statistics, probe_masks
+    from attnviz.config import make_config, parse_probe
+    from attnviz.models import load_model
+
+    torch.set_num_threads(1)
+    loaded = load_model("minilm", device="cpu")
+    cfg = make_config(plots=False, probes=(parse_probe("she:Emily"),))
+    an = Analyzer(loaded, cfg)
+    batch = max(an.bucket([Item(i, i + 1, t) for i, t in enumerate(corpus(texts))])[0], key=len)
+    enc = encode(loaded, cfg, batch)
+    recorded = an._forward(enc).weights
+    weights = [recorded[(an.stream, layer)] for layer in an.layer_ids]
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.process_time()
+        with torch.inference_mode():
+            masks = Masks(enc, an.causal, weights[0].device, an._is_punct)
+            batch_statistics(weights, masks, cfg, probe_masks(enc, cfg, weights[0].device))
+        best = min(best, time.process_time() - start)
+    out = {"batch": len(batch), "tokens": int(enc.input_ids.shape[1]), "cpu_ms": round(best * 1000, 2)}
+    print(f"statistics: {out['cpu_ms']} CPU ms for a batch of {out['batch']} x {out['tokens']} tokens")
+    return out
+
+
 # -- main ---------------------------------------------------------------------------------------
 def print_rates(
     rate: dict[str, tuple[float, float]],
@@ -397,6 +430,9 @@ def main() -> None:
         help="peak memory on N vs 10 N texts (N: 2000)",
     )
     parser.add_argument("--no-speed", action="store_true", help="skip the throughput comparison")
+    parser.add_argument(
+        "--statistics", action="store_true", help="also time the statistics step alone (CPU ms per batch)"
+    )
     parser.add_argument("--memory-child", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
@@ -410,6 +446,8 @@ def main() -> None:
         return
 
     result: dict[str, object] = {} if args.no_speed else speed(args)
+    if args.statistics:
+        result["statistics"] = statistics_cost(64)
     if args.memory:
         mem = memory(args.memory, args.threads, args.batch_size)
         small, large = mem[str(args.memory)], mem[str(10 * args.memory)]

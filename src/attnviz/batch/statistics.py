@@ -120,7 +120,7 @@ class Layer:
 
     @cached_property
     def entropy(self) -> Any:  # [B, H, L] bits; 0 log 0 = 0
-        return -self.w.clamp_min(1e-30).log2().mul_(self.w).sum(-1)
+        return -self.w.clamp_min(1e-30).log2_().mul_(self.w).sum(-1)
 
     @cached_property
     def row_max(self) -> Any:  # [B, H, L]; padded rows 0
@@ -132,6 +132,8 @@ class Layer:
         import torch.nn.functional as F
 
         d = torch.diagonal(self.w, offset, -2, -1)
+        if offset == 0:
+            return d
         return F.pad(d, (-offset, 0) if offset < 0 else (0, offset))
 
 
@@ -324,7 +326,7 @@ def batch_statistics(
     qmat = torch.stack([p.queries for p in order], -1)[:, None]  # [B, 1, L, R]
     gather = _KeyGather([p.keys for p in keyed]) if keyed else None
     pad_rows = ~masks.valid[:, None, :, None]  # [B, 1, L, 1]: padded query rows hold the model's noise
-    is_max = torch.tensor([p.reduce == "max" for p in order], device=masks.device)
+    maxed = [i for i, p in enumerate(order) if p.reduce == "max"]
     n_heads = weights[0].shape[1]
     values = torch.empty((masks.B, len(weights), n_heads, len(order)), device=masks.device)
     for li, w in enumerate(weights):
@@ -333,8 +335,9 @@ def batch_statistics(
         if gather is not None:
             parts.append(gather.mass(layer.w))
         quantities = torch.cat(parts, -1).masked_fill_(pad_rows, 0.0)  # [B, H, L, R]
-        means = (quantities * qmat).sum(2)  # [B, H, R]
-        values[:, li] = torch.where(is_max, quantities.amax(2), means)
+        values[:, li] = (quantities * qmat).sum(2)  # [B, H, R]
+        if maxed:
+            values[:, li, :, maxed] = quantities[..., maxed].amax(2)
     host = values.cpu().numpy()
     out: dict[str, np.ndarray] = {}
     for i, p in enumerate(order):
