@@ -20,6 +20,8 @@ each is kept; throughput per CPU-second (process CPU time) is reported as well, 
 lost to other processes do not count (threads spinning while they wait still do). Quote the
 ratios, not the absolute rates.
 
+--statistics times the statistics step alone (CPU ms for one batch of 32 texts, one thread).
+
 --memory [N] runs `attnviz batch` in fresh child processes on N and 10 x N texts (N: 2000) and
 compares their peak resident memory (VmHWM), its growth after the model was loaded, and the
 peak of Python-level allocations (tracemalloc: numpy and pyarrow included, torch's own not).
@@ -282,7 +284,64 @@ def memory(n: int, threads: int, batch_size: int) -> dict[str, dict[str, float]]
     return out
 
 
+def statistics_cost(texts: int, rounds: int = 15) -> dict[str, float]:
+    """CPU milliseconds of the statistics step alone, for the largest batch of a window (MiniLM,
+    every statistic and one probe, one thread): the part of `attnviz batch` that is ours to tune."""
+    import torch
+
+    from attnviz.batch import Analyzer, Item
+    from attnviz.batch.bucketing import encode
+    from attnviz.batch.statistics import Masks, batch_statistics, probe_masks
+    from attnviz.config import make_config, parse_probe
+    from attnviz.models import load_model
+
+    torch.set_num_threads(1)
+    loaded = load_model("minilm", device="cpu")
+    cfg = make_config(plots=False, probes=(parse_probe("she:Emily"),))
+    an = Analyzer(loaded, cfg)
+    batch = max(an.bucket([Item(i, i + 1, t) for i, t in enumerate(corpus(texts))])[0], key=len)
+    enc = encode(loaded, cfg, batch)
+    recorded = an._forward(enc).weights
+    weights = [recorded[(an.stream, layer)] for layer in an.layer_ids]
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.process_time()
+        with torch.inference_mode():
+            masks = Masks(enc, an.causal, weights[0].device, an._is_punct)
+            batch_statistics(weights, masks, cfg, probe_masks(enc, cfg, weights[0].device))
+        best = min(best, time.process_time() - start)
+    out = {"batch": len(batch), "tokens": int(enc.input_ids.shape[1]), "cpu_ms": round(best * 1000, 2)}
+    print(f"statistics: {out['cpu_ms']} CPU ms for a batch of {out['batch']} x {out['tokens']} tokens")
+    return out
+
+
 # -- main ---------------------------------------------------------------------------------------
+def print_rates(
+    rate: dict[str, tuple[float, float]],
+) -> tuple[str, dict[str, tuple[float, float]]]:
+    """The rates table and the ratios to the floor and the baselines; returns (floor, ratios)."""
+    floor_name = max(("floor-sdpa", "floor-eager"), key=lambda k: rate[k][0])
+    print()
+    print(f"{'variant':<12} {'texts/s':>9} {'texts/CPU-s':>12}")
+    for name in ("floor-sdpa", "floor-eager", "b1-loop", "b2-seed", "c-batch"):
+        mark = "  <- floor" if name == floor_name else ""
+        print(f"{name:<12} {rate[name][0]:9.1f} {rate[name][1]:12.1f}{mark}")
+    c = rate["c-batch"]
+    ratios = {
+        "c/floor": (c[0] / rate[floor_name][0], c[1] / rate[floor_name][1]),
+        "c/b1-loop": (c[0] / rate["b1-loop"][0], c[1] / rate["b1-loop"][1]),
+        "c/b2-seed": (c[0] / rate["b2-seed"][0], c[1] / rate["b2-seed"][1]),
+        "eager/sdpa": (
+            rate["floor-eager"][0] / rate["floor-sdpa"][0],
+            rate["floor-eager"][1] / rate["floor-sdpa"][1],
+        ),
+    }
+    print()
+    for name, (w, cp) in ratios.items():
+        print(f"{name:<12} {w:6.2f}x wall   {cp:6.2f}x per CPU-second")
+    return floor_name, ratios
+
+
 def speed(args: argparse.Namespace) -> dict[str, object]:
     """The five variants, interleaved; prints the table and returns the figures."""
     import torch
@@ -337,25 +396,7 @@ def speed(args: argparse.Namespace) -> dict[str, object]:
         counts = {name: n for name, (n, _) in variants.items()} | {"b2-seed": len(seed_texts)}
 
     rate = {k: (counts[k] / w, counts[k] / c) for k, (w, c) in best.items()}  # texts/s, texts/CPU-s
-    floor_name = max(("floor-sdpa", "floor-eager"), key=lambda k: rate[k][0])
-    print()
-    print(f"{'variant':<12} {'texts/s':>9} {'texts/CPU-s':>12}")
-    for name in ("floor-sdpa", "floor-eager", "b1-loop", "b2-seed", "c-batch"):
-        mark = "  <- floor" if name == floor_name else ""
-        print(f"{name:<12} {rate[name][0]:9.1f} {rate[name][1]:12.1f}{mark}")
-    c = rate["c-batch"]
-    ratios = {
-        "c/floor": (c[0] / rate[floor_name][0], c[1] / rate[floor_name][1]),
-        "c/b1-loop": (c[0] / rate["b1-loop"][0], c[1] / rate["b1-loop"][1]),
-        "c/b2-seed": (c[0] / rate["b2-seed"][0], c[1] / rate["b2-seed"][1]),
-        "eager/sdpa": (
-            rate["floor-eager"][0] / rate["floor-sdpa"][0],
-            rate["floor-eager"][1] / rate["floor-sdpa"][1],
-        ),
-    }
-    print()
-    for name, (w, cp) in ratios.items():
-        print(f"{name:<12} {w:6.2f}x wall   {cp:6.2f}x per CPU-second")
+    floor_name, ratios = print_rates(rate)
     return {
         "texts": len(texts),
         "tokens": tokens,
@@ -389,6 +430,9 @@ def main() -> None:
         help="peak memory on N vs 10 N texts (N: 2000)",
     )
     parser.add_argument("--no-speed", action="store_true", help="skip the throughput comparison")
+    parser.add_argument(
+        "--statistics", action="store_true", help="also time the statistics step alone (CPU ms per batch)"
+    )
     parser.add_argument("--memory-child", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
@@ -402,6 +446,8 @@ def main() -> None:
         return
 
     result: dict[str, object] = {} if args.no_speed else speed(args)
+    if args.statistics:
+        result["statistics"] = statistics_cost(64)
     if args.memory:
         mem = memory(args.memory, args.threads, args.batch_size)
         small, large = mem[str(args.memory)], mem[str(10 * args.memory)]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import itertools
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -233,8 +234,14 @@ def test_run_writes_parts_summary_and_rejects(tiny_bert, tmp_path):
     assert len(frame) == 9 * 2 * 4
     assert frame.groupby(["text_id", "layer", "head"]).size().max() == 1
     assert sorted(frame.text_id.unique()) == [i for i in range(10) if i != 3]
+    # the README's "lowest-entropy heads" line, against a brute-force mean per head
     lowest = frame.groupby(["layer", "head"])["entropy"].mean().nsmallest(3)
-    assert len(lowest) == 3
+    per_head: dict[tuple[int, int], list[float]] = {}
+    for la, h, e in zip(frame["layer"], frame["head"], frame["entropy"], strict=True):
+        per_head.setdefault((int(la), int(h)), []).append(float(e))
+    brute = sorted((float(np.mean(v)), key) for key, v in per_head.items())[:3]
+    assert [tuple(int(x) for x in k) for k in lowest.index] == [key for _, key in brute]
+    np.testing.assert_allclose(lowest.to_numpy(), [m for m, _ in brute], rtol=1e-6)
     # summary: mean, std (sample) and count per head equal pandas on the long table
     summary = pd.read_csv(out / SUMMARY_FILE)
     expect = frame.groupby(["layer", "head"])["entropy"].agg(["mean", "std", "count"]).reset_index()
@@ -258,7 +265,11 @@ def test_run_writes_parts_summary_and_rejects(tiny_bert, tmp_path):
     run = json.loads((out / RUN_FILE).read_text())
     assert run["status"] == "complete" and run["counts"]["texts"] == 9 and run["counts"]["rejected"] == 1
     assert run["config"]["probes"][0]["name"] == "she_emily" and "torch" in run["versions"]
-    assert run["timings"]["forward_s"] >= 0
+    timings = run["timings"]
+    assert timings["forward_s"] > 0 and timings["statistics_s"] > 0 and timings["write_s"] > 0
+    parts = sum(timings[f"{k}_s"] for k in ("read", "tokenize", "forward", "statistics", "write"))
+    assert parts <= timings["run_s"] + 0.01  # the parts of the run fit inside it
+    assert run["sessions"][0]["timings"]["forward"] == timings["forward_s"]
     with_texts = read_results(out, texts=True)
     assert with_texts.loc[with_texts.text_id == 0, "text"].iloc[0] == lines[0]
 
@@ -371,3 +382,162 @@ def test_summarise_streams_parts(tiny_bert, tmp_path):
     expect = frame.groupby(["layer", "head"])["entropy"].std().to_numpy()
     np.testing.assert_allclose(summary["entropy_std"], expect, rtol=1e-4)
     assert "role" not in summary  # no pattern scores kept, so no roles
+
+
+def test_statistics_are_declared_once_in_column_order():
+    from attnviz.batch import STATISTICS
+    from attnviz.patterns import PATTERNS
+
+    names = [s.column for s in STATISTICS]
+    assert names == ["entropy", "max_weight", "mean_row_max", "special", *(f"pattern_{p}" for p in PATTERNS)]
+    assert all((s.row is None) != (s.keys is None) for s in STATISTICS)  # one way to compute each
+    cfg = make_config(statistics="special,entropy", probes=(parse_probe("a:b"),))
+    assert stat_columns(cfg) == ["entropy", "special", "probe_a_b_ab", "probe_a_b_ba"]
+
+
+# -- trust: what the folder, the input and the disk can do to a run ------------------------------
+def test_overwrite_never_deletes_files_attnviz_did_not_write(tiny_bert, tmp_path):
+    user = tmp_path / "u"
+    (user / "heads").mkdir(parents=True)
+    (user / "heads" / "important.txt").write_text("notes")
+    with pytest.raises(InputError, match=r"heads exists but no attnviz run wrote it") as info:
+        run_batch_analysis(["a cat"], _config(), user, model=tiny_bert, overwrite=True)
+    assert "\n" not in str(info.value)
+    assert (user / "heads" / "important.txt").read_text() == "notes"
+    # a real run, then files of the user's own inside its folders: --overwrite keeps them
+    out = tmp_path / "out"
+    run_batch_analysis(_corpus_lines(tmp_path, 9), _config(plots=True), out, model=tiny_bert)
+    assert len(list((out / HEADS_DIR).glob("part-*.parquet"))) == 3
+    (out / HEADS_DIR / "mine.txt").write_text("mine")
+    (out / "_plots" / "sketch.png").write_bytes(b"png")
+    (out / "keep.csv").write_text("x")
+    again = run_batch_analysis(["a cat"], _config(plots=False), out, model=tiny_bert, overwrite=True)
+    assert again.processed == 1
+    assert sorted(p.name for p in (out / HEADS_DIR).iterdir()) == ["mine.txt", "part-00000.parquet"]
+    assert sorted(p.name for p in (out / "_plots").iterdir()) == ["sketch.png"]  # its plots went
+    assert (out / "keep.csv").read_text() == "x"
+    assert pd.read_parquet(out / HEADS_DIR / "part-00000.parquet").text_id.tolist() == [0] * 8
+
+
+def test_a_file_named_gz_that_is_not_gzip_is_a_clear_error(tmp_path):
+    from attnviz.batch import check_input
+
+    fake = tmp_path / "c.txt.gz"
+    fake.write_text("plain text\n")
+    for call in (lambda: check_input(fake, BatchConfig()), lambda: list(read_corpus(fake))):
+        with pytest.raises(InputError, match=r"named \.gz but is not gzip-compressed"):
+            call()
+    empty = tmp_path / "e.txt"
+    empty.write_bytes(b"")
+    with pytest.raises(InputError, match=r"nothing to read: .*e\.txt is empty"):
+        check_input(empty, BatchConfig())
+
+
+def test_a_cut_short_gz_is_an_error_that_keeps_committed_parts(tiny_bert, tmp_path):
+    data = gzip.compress(("\n".join(_corpus_lines(tmp_path, 40)) + "\n").encode())
+    cut = tmp_path / "c.txt.gz"
+    cut.write_bytes(data[:-12])  # the end marker and the last bytes are gone
+    with pytest.raises(InputError, match=r"cut short.*texts before it are committed") as info:
+        run_batch_analysis(cut, _config(batch_size=2), tmp_path / "out", model=tiny_bert)
+    assert not isinstance(info.value, EOFError) and "\n" not in str(info.value)
+    run = json.loads((tmp_path / "out" / RUN_FILE).read_text())
+    frame = pd.read_parquet(tmp_path / "out")
+    assert run["status"] == "failed" and run["counts"]["texts"] == frame.text_id.nunique() >= 4
+    assert sorted(frame.text_id.unique()) == list(range(frame.text_id.nunique()))
+
+
+def test_csv_unterminated_quote_rejects_its_record_and_reads_on(tmp_path):
+    path = tmp_path / "c.csv"
+    path.write_text('id,text\n1,"two\nlines"\n2,"open quote\n3,next\n4,last\n', encoding="utf-8")
+    recs = list(read_corpus(path))
+    assert recs[0] == Item(0, 2, "two\nlines")
+    assert isinstance(recs[1], Reject) and (recs[1].line, recs[1].reason) == (4, "malformed_csv")
+    assert "never closes" in recs[1].detail and recs[1].excerpt == '2,"open quote'
+    assert recs[2:] == [Item(2, 5, "next"), Item(3, 6, "last")]
+    # a quote closed on the last line, without a final newline, is fine
+    ok = tmp_path / "ok.csv"
+    ok.write_text('text\n"a\nb"', encoding="utf-8")
+    assert list(read_corpus(ok)) == [Item(0, 2, "a\nb")]
+
+
+def test_empty_input_is_an_error_and_leaves_no_folder(tiny_bert, tmp_path):
+    for empty in ([], tmp_path / "blank.csv"):
+        if isinstance(empty, Path):
+            empty.write_text("text\n")  # a header, no records
+        out = tmp_path / f"out-{type(empty).__name__}"
+        with pytest.raises(InputError, match=r"nothing was read: .* held no records"):
+            run_batch_analysis(empty, _config(), out, model=tiny_bert)
+        assert not out.exists()
+
+
+def test_disk_full_is_one_line_and_committed_parts_survive(tiny_bert, tmp_path, monkeypatch):
+    import errno
+
+    from attnviz.batch import OutputError
+    from attnviz.batch.store import Store
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n".join(_corpus_lines(tmp_path, 12)) + "\n")
+    out = tmp_path / "out"
+    real = Store._write_table
+    calls = {"n": 0}
+
+    def fill_up(self, path, table):
+        calls["n"] += 1
+        if calls["n"] > 2:  # the texts and heads tables of part 0 land; then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(self, path, table)
+
+    monkeypatch.setattr(Store, "_write_table", fill_up)
+    with pytest.raises(OutputError) as info:
+        run_batch_analysis(corpus, _config(), out, model=tiny_bert)
+    assert str(info.value) == (
+        f"no space left on {out}; nothing committed is lost, free space and rerun with --resume"
+    )
+    assert pd.read_parquet(out).text_id.unique().tolist() == [0, 1, 2, 3]
+    assert not list((out / HEADS_DIR).glob(".*.tmp")) and not list((out / "_texts").glob(".*.tmp"))
+    monkeypatch.setattr(Store, "_write_table", real)
+    done = run_batch_analysis(corpus, _config(), out, model=tiny_bert, resume=True)
+    assert (done.resumed, done.processed) == (4, 8)
+    frame = pd.read_parquet(out)
+    assert sorted(frame.text_id.unique()) == list(range(12))
+    assert frame.groupby(["text_id", "layer", "head"]).size().max() == 1
+
+
+def test_output_folder_checks_come_before_the_model(tmp_path, monkeypatch):
+    import errno
+    import pathlib
+
+    from attnviz.batch import OutputError, OutputFolder
+
+    busy = r"another attnviz batch is writing to .*pick another -o"
+    with (
+        OutputFolder(tmp_path / "out", BatchConfig(), ["x"], False, False),
+        pytest.raises(InputError, match=busy),
+    ):
+        OutputFolder(tmp_path / "out", BatchConfig(), ["x"], False, False)
+    assert not (tmp_path / "out").exists()  # made for a run that never wrote: removed again
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(InputError, match="exists and is not a folder"):
+        OutputFolder(tmp_path / "file", BatchConfig(), ["x"], False, False)
+
+    def denied(self, *a, **k):
+        raise PermissionError(errno.EROFS, "Read-only file system", str(self))
+
+    monkeypatch.setattr(pathlib.Path, "mkdir", denied)
+    with pytest.raises(OutputError, match=r"cannot write to .*ro: read-only file system; pick a folder"):
+        OutputFolder(tmp_path / "ro", BatchConfig(), ["x"], False, False)
+
+
+def test_the_package_stays_small():
+    """Issue 11's limits for attnviz.batch: no module over 600 lines, no function over 80."""
+    import ast
+
+    import attnviz.batch
+
+    for path in Path(attnviz.batch.__file__).parent.glob("*.py"):
+        source = path.read_text(encoding="utf-8")
+        assert source.count("\n") <= 600, path.name
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                assert node.end_lineno - node.lineno + 1 <= 80, f"{path.name}: {node.name}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import re
@@ -11,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
@@ -18,7 +20,6 @@ from typer.testing import CliRunner
 from attnviz.cli import app
 
 runner = CliRunner()
-pytestmark = pytest.mark.slow  # every test here runs the bundled MiniLM
 
 SENTENCES = [
     "Emily always wanted to visit Paris so she took some French lessons.",
@@ -43,6 +44,7 @@ def _one_line_error(result, *needles: str) -> None:
         assert needle in lines[0]
 
 
+@pytest.mark.slow
 def test_batch_end_to_end(minilm, tmp_path):
     corpus = _corpus(tmp_path / "c.txt", 6, extra=b"\n\xff\xfe\n" + b"word " * 600 + b"\n")
     result = runner.invoke(
@@ -55,7 +57,10 @@ def test_batch_end_to_end(minilm, tmp_path):
     frame = pd.read_parquet("out")  # the README's read-back line
     assert len(frame) == 6 * 2 * 12 and set(frame.layer) == {0, 5}
     lowest = frame.groupby(["layer", "head"])["entropy"].mean().nsmallest(5)
-    assert len(lowest) == 5
+    summary = pd.read_csv("out/_summary.csv").set_index(["layer", "head"])["entropy_mean"]
+    assert list(lowest.index) == list(summary.nsmallest(5).index)  # the long table and the summary agree
+    np.testing.assert_allclose(lowest.to_numpy(), summary.nsmallest(5).to_numpy(), rtol=1e-5)
+    assert lowest.iloc[0] == frame["entropy"].groupby([frame["layer"], frame["head"]]).mean().min()
     assert {"probe_she_emily_ab", "probe_she_emily_ba", "pattern_first"} <= set(frame.columns)
     reasons = [json.loads(x)["reason"] for x in Path("out/_rejects.jsonl").read_text().splitlines()]
     assert reasons == ["empty", "undecodable", "too_long"]
@@ -70,9 +75,9 @@ def test_batch_end_to_end(minilm, tmp_path):
 
 
 def _readme_block(needle: str) -> str:
-    """The README's python block holding `needle` (README.md, else the batch fragment in docs/)."""
+    """The batch guide's python block holding `needle` (docs/batch.md, else README.md)."""
     root = Path(__file__).resolve().parents[1]
-    for doc in (root / "README.md", root / "docs" / "README-batch.md"):
+    for doc in (root / "docs" / "batch.md", root / "README.md"):
         if doc.is_file():
             for block in re.findall(r"```python\n(.*?)```", doc.read_text(encoding="utf-8"), re.S):
                 if needle in block:
@@ -80,6 +85,7 @@ def _readme_block(needle: str) -> str:
     raise AssertionError(f"no README python block holds {needle!r}")
 
 
+@pytest.mark.slow
 def test_readme_read_back_lines_run(minilm, tmp_path, capsys):
     corpus = _corpus(tmp_path / "c.txt", 4)
     assert runner.invoke(app, ["batch", str(corpus), "-o", "out", "--no-plots"]).exit_code == 0
@@ -90,6 +96,7 @@ def test_readme_read_back_lines_run(minilm, tmp_path, capsys):
     assert "entropy" in printed and "layer" in printed
 
 
+@pytest.mark.slow
 def test_config_file_with_command_line_overrides(minilm, tmp_path):
     Path("configs").mkdir()
     Path("configs/mine.toml").write_text(
@@ -124,6 +131,7 @@ def test_config_file_with_command_line_overrides(minilm, tmp_path):
     assert not Path("out/_plots").exists()
 
 
+@pytest.mark.slow
 def test_standard_input_and_refusals(minilm):
     result = runner.invoke(
         app, ["batch", "-", "-o", "out", "--stats", "entropy"], input="one text\ntwo texts\n"
@@ -158,6 +166,7 @@ def _wait_for_first_part(proc: subprocess.Popen, out: Path) -> None:
         time.sleep(0.02)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_without_duplicates_or_gaps(minilm, tmp_path):
     corpus = _corpus(tmp_path / "c.txt", 300)
     out = tmp_path / "out"
@@ -178,6 +187,7 @@ def test_killed_run_resumes_without_duplicates_or_gaps(minilm, tmp_path):
     assert len(frame) == 300 * 72
 
 
+@pytest.mark.slow
 def test_sigterm_commits_finished_batches_and_says_how_to_resume(minilm, tmp_path):
     corpus = _corpus(tmp_path / "c.txt", 300)
     out = tmp_path / "out"
@@ -190,3 +200,139 @@ def test_sigterm_commits_finished_batches_and_says_how_to_resume(minilm, tmp_pat
     run = json.loads((out / "_run.json").read_text())
     assert run["status"] == "interrupted"
     assert run["counts"]["texts"] == pd.read_parquet(out).text_id.nunique()
+
+
+# -- trust: one-line exit-2 answers, given before any model loads ---------------------------------
+@pytest.fixture
+def no_model(monkeypatch):
+    """Fail loudly if a command gets as far as loading a model."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the error")
+
+    monkeypatch.setattr("attnviz.cli._options.load", refuse)
+
+
+@pytest.fixture
+def tiny(tiny_model_path) -> str:
+    return str(tiny_model_path("bert"))
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--layers", "3-1"],
+        ["--heads", "3-1"],
+        ["--layers", ""],
+        ["--heads", "a,b"],
+        ["--layers=-1--3"],
+        ["--heads", "0,,2"],
+    ],
+)
+def test_selections_answer_as_extract_does(no_model, tmp_path, args):
+    corpus = _corpus(tmp_path / "c.txt", 2)
+    batch = runner.invoke(app, ["batch", str(corpus), "-o", "out", *args])
+    extract = runner.invoke(app, ["extract", "some text", *args])
+    _one_line_error(batch, args[0].split("=")[0])
+    assert batch.stderr == extract.stderr and extract.exit_code == 2
+    assert not Path("out").exists()
+
+
+def test_config_selections_name_the_file(no_model, tmp_path):
+    corpus = _corpus(tmp_path / "c.txt", 2)
+    Path("bad.toml").write_text("[run]\nlayers = '3-1'\n")
+    _one_line_error(
+        runner.invoke(app, ["batch", str(corpus), "-o", "out", "-c", "bad.toml"]),
+        "bad layers in bad.toml range '3-1'",
+    )
+    Path("trust.toml").write_text("[model]\ntrust_remote_code = true\n")
+    _one_line_error(
+        runner.invoke(app, ["batch", str(corpus), "-o", "out", "-c", "trust.toml"]),
+        "trust.toml",
+        "--trust-remote-code",
+    )
+
+
+def test_bad_inputs_and_folders_are_refused_before_the_model(no_model, tmp_path, monkeypatch):
+    corpus = _corpus(tmp_path / "c.txt", 2)
+    Path("fake.txt.gz").write_text("not compressed\n")
+    _one_line_error(runner.invoke(app, ["batch", "fake.txt.gz", "-o", "o1"]), "not gzip-compressed")
+    Path("empty.txt").write_bytes(b"")
+    _one_line_error(runner.invoke(app, ["batch", "empty.txt", "-o", "o2"]), "empty.txt is empty")
+    _one_line_error(
+        runner.invoke(app, ["batch", str(corpus), "-o", "o3", "--probe", "a b=she:Emily"]),
+        "bad probe name 'a b'",
+    )
+    # the issue's example: a folder of the user's own with a heads/ sub-folder, and --overwrite
+    Path("u/heads").mkdir(parents=True)
+    Path("u/heads/important.txt").write_text("notes")
+    _one_line_error(
+        runner.invoke(app, ["batch", str(corpus), "-o", "u", "--overwrite"]), "no attnviz run wrote it"
+    )
+    assert Path("u/heads/important.txt").read_text() == "notes"
+    # another run holds the folder
+    from attnviz.batch import BatchConfig, OutputFolder
+
+    with OutputFolder("busy", BatchConfig(), ["x"], False, False):
+        _one_line_error(runner.invoke(app, ["batch", str(corpus), "-o", "busy"]), "another attnviz batch")
+    assert not any(Path(p).exists() for p in ("o1", "o2", "o3"))
+
+    import errno
+    import pathlib
+
+    def read_only(self, *a, **k):
+        raise PermissionError(errno.EROFS, "Read-only file system", str(self))
+
+    monkeypatch.setattr(pathlib.Path, "mkdir", read_only)
+    _one_line_error(runner.invoke(app, ["batch", str(corpus), "-o", "ro/out"]), "read-only file system", "-o")
+
+
+def test_cut_short_gz_and_empty_input_are_one_line_errors(tiny, tmp_path):
+    data = gzip.compress(("\n".join(SENTENCES * 4) + "\n").encode())
+    Path("cut.txt.gz").write_bytes(data[:-12])
+    cut = runner.invoke(app, ["batch", "cut.txt.gz", "-o", "o1", "-m", tiny, "--texts-per-part", "4"])
+    _one_line_error(cut, "cut.txt.gz", "cut short", "texts before it are committed")
+    assert json.loads(Path("o1/_run.json").read_text())["status"] == "failed"
+    for stdin in ("", "\n"[:0]):
+        closed = runner.invoke(app, ["batch", "-", "-o", "o2", "-m", tiny], input=stdin)
+        _one_line_error(closed, "nothing was read: standard input held no records")
+        assert not Path("o2").exists()
+
+
+def test_disk_full_is_one_line_and_says_how_to_go_on(tiny, tmp_path, monkeypatch):
+    import errno
+
+    from attnviz.batch.store import Store
+
+    corpus = _corpus(tmp_path / "c.txt", 12)
+    real = Store._write_table
+    calls = {"n": 0}
+
+    def fill_up(self, path, table):
+        calls["n"] += 1
+        if calls["n"] > 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(self, path, table)
+
+    monkeypatch.setattr(Store, "_write_table", fill_up)
+    args = [
+        "batch",
+        str(corpus),
+        "-o",
+        "out",
+        "-m",
+        tiny,
+        "--texts-per-part",
+        "4",
+        "--no-plots",
+        "--truncate",
+    ]
+    full = runner.invoke(app, args)
+    _one_line_error(
+        full, "no space left on out; nothing committed is lost, free space and rerun with --resume"
+    )
+    assert sorted(pd.read_parquet("out").text_id.unique()) == [0, 1, 2, 3]
+    monkeypatch.setattr(Store, "_write_table", real)
+    again = runner.invoke(app, [*args, "--resume"])
+    assert again.exit_code == 0, again.output
+    assert "done: 12 texts processed (8 now, 4 before), 0 rejected" in again.stdout

@@ -94,6 +94,13 @@ b = ["Emily", "Anna"]
         ("[[probes]]\na = 'x'\nb = 'y'\n[[probes]]\na = 'x'\nb = 'y'\n", "used twice"),
         ("[[probes]]\nname = 'a b'\na = 'x'\nb = 'y'\n", "letters, digits"),
         ("[run]\nlayers = '0-x'\n", "bad layers in .*value"),
+        ("[run]\nlayers = '3-1'\n", r"bad layers in .*bad\.toml range '3-1': write it low to high \(1-3\)"),
+        ("[run]\nheads = '3-1'\n", r"bad heads in .*bad\.toml range '3-1'"),
+        ("[run]\nheads = '-1--3'\n", r"bad heads in .*range '-1--3'"),
+        ("[run]\nlayers = []\n", r"layers in .*bad\.toml is an empty list"),
+        ("[run]\nheads = ''\n", r"heads in .*bad\.toml is empty"),
+        ("[run]\nlayers = 'a,b'\n", r"bad layers in .*bad\.toml value 'a,b'"),
+        ("[model]\ntrust_remote_code = true\n", r"cannot be set in a config file .*pass --trust-remote-code"),
         ("not toml [", "not valid TOML"),
     ],
 )
@@ -113,6 +120,23 @@ def test_probe_syntax():
     for bad in ("nocolon", "a:b:c", ":b", "a:"):
         with pytest.raises(InputError, match="probe"):
             parse_probe(bad)
+    # a name that is not an identifier is an error, not silently part of word A
+    for bad in ("a b=she:Emily", "1st=she:Emily", "she-her=she:Emily", "=she:Emily"):
+        with pytest.raises(InputError, match=r"bad probe name .*letters, digits and _"):
+            parse_probe(bad)
+    assert parse_probe("_x1=she:Emily").name == "_x1"
+
+
+def test_trust_remote_code_comes_only_from_the_flag(tmp_path):
+    assert (
+        make_config(_write(tmp_path / "f.toml", "[model]\ntrust_remote_code = false\n")).trust_remote_code
+        is False
+    )
+    flagged = make_config(trust_remote_code=True)  # what --trust-remote-code passes
+    assert flagged.trust_remote_code
+    text = flagged.to_toml()
+    assert "trust_remote_code =" not in text  # --show-config never writes it into a file
+    assert make_config(_write(tmp_path / "shown.toml", text)).trust_remote_code is False
 
 
 def test_statistics_shorthands():

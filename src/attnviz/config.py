@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass
 from dataclasses import field as dc_field
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ STATISTICS: dict[str, str] = {
 DEFAULT_STATISTICS: tuple[str, ...] = tuple(STATISTICS)
 FORMATS = ("auto", "txt", "jsonl", "csv", "parquet")
 _NAME_RE = re.compile(r"[^0-9a-z_]+")
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 # TOML layout: section -> {key in the file: BatchConfig field}
 SECTIONS: dict[str, dict[str, str]] = {
@@ -154,7 +155,9 @@ class BatchConfig:
             lines.append(f"[{section}]")
             for key, name in keys.items():
                 value = data[name]
-                if value is None:
+                if name == "trust_remote_code":
+                    lines.append("# trust_remote_code: only the --trust-remote-code flag can enable it")
+                elif value is None:
                     lines.append(f"# {key} = (not set)")
                 else:
                     lines.append(f"{key} = {_toml_value(value)}")
@@ -225,8 +228,11 @@ def make_probe(a: Any, b: Any, name: str | None = None, where: str = "") -> Prob
     wa, wb = words(a, "a"), words(b, "b")
     if name is None:
         name = probe_name(wa[0], wb[0])
-    elif not re.fullmatch(r"[A-Za-z0-9_]+", name):
-        raise InputError(f"probe name '{name}' may hold only letters, digits and _{where}")
+    elif not _IDENTIFIER.fullmatch(name):
+        raise InputError(
+            f"bad probe name '{name}'{where}: a name holds only letters, digits and _, "
+            "and does not start with a digit"
+        )
     return Probe(name=name, a=wa, b=wb)
 
 
@@ -234,9 +240,9 @@ def parse_probe(spec: str) -> Probe:
     """Command-line form `A:B`, with alternatives `he|she:Emily` and an optional `name=A:B`."""
     name = None
     text = spec.strip()
-    m = re.fullmatch(r"([A-Za-z0-9_]+)=(.+)", text)
-    if m and ":" in m.group(2):
-        name, text = m.group(1), m.group(2)
+    head, sep, rest = text.partition("=")
+    if sep and ":" in rest and ":" not in head:  # name=A:B; a bad name is an error, not a word
+        name, text = head.strip(), rest
     # split on the last ':' that separates two non-empty sides
     if text.count(":") != 1:
         raise InputError(f"bad probe '{spec}': write it as A:B (e.g. she:Emily or he|she:Emily)")
@@ -289,6 +295,11 @@ def load_config(spec: str | Path) -> dict[str, Any]:
             if key not in keys:
                 raise InputError(
                     f"unknown key '{key}' in [{section}]{where}; keys there are {', '.join(keys)}"
+                )
+            if key == "trust_remote_code" and value is not False:
+                raise InputError(
+                    f"trust_remote_code cannot be set in a config file{where}; remove it and pass "
+                    "--trust-remote-code on the command line to let a model's own code run"
                 )
             out[keys[key]] = value
     return _coerce(out, where)
@@ -355,12 +366,3 @@ def make_config(config: str | Path | None = None, **options: Any) -> BatchConfig
     values: dict[str, Any] = load_config(config) if config is not None else {}
     values.update(_coerce(options))
     return BatchConfig(**values)
-
-
-def merge(base: BatchConfig, **options: Any) -> BatchConfig:
-    """`base` with the given (non-None) options replaced."""
-    return replace(base, **_coerce(options))
-
-
-def field_names() -> list[str]:
-    return [f.name for f in fields(BatchConfig)]

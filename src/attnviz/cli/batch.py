@@ -92,7 +92,10 @@ def batch_cmd(
 ) -> None:
     """Record per-head statistics (entropy, patterns, probes...) for every text of a corpus."""
     from attnviz.config import make_config, parse_probe
+    from attnviz.selection import parse_indices
 
+    for value, option in ((layers, "--layers"), (heads, "--heads")):
+        parse_indices(value, option)  # extract's one-line errors, naming the option ("all" stays)
     cfg = make_config(
         config,
         model=model,
@@ -122,17 +125,28 @@ def batch_cmd(
 
 
 def _run(source: str, outdir: Path, cfg: Any, resume: bool, overwrite: bool, as_json: bool) -> None:
-    import signal
     import sys
 
-    from attnviz.batch import check_input, check_outdir, run_batch_analysis
-    from attnviz.cli._options import load, print_json
+    from attnviz.batch import OutputFolder, check_input
+    from attnviz.cli._options import load
 
     check_input(source, cfg)
-    check_outdir(outdir, cfg, source, resume, overwrite)
-    if source == "-" and sys.stdin.isatty():
-        typer.echo("reading texts from standard input (end with Ctrl-D)...", err=True)
-    loaded = load(cfg.model, cfg.device, cfg.dtype, cfg.trust_remote_code)
+    # the folder is checked, created and locked before the model loads: a bad -o costs nothing
+    with OutputFolder(outdir, cfg, source, resume, overwrite) as folder:
+        if source == "-" and sys.stdin.isatty():
+            typer.echo("reading texts from standard input (end with Ctrl-D)...", err=True)
+        loaded = load(cfg.model, cfg.device, cfg.dtype, cfg.trust_remote_code)
+        result = _analyse(source, cfg, folder, loaded)
+    _report(result, outdir, as_json)
+
+
+def _analyse(source: str, cfg: Any, folder: Any, loaded: Any) -> Any:
+    """Run the analysis; Ctrl-C or kill keeps whole batches and says how to resume."""
+    import signal
+
+    from attnviz.batch import run_batch_analysis
+
+    outdir = folder.outdir
 
     def on_term(signum: int, frame: Any) -> None:  # kill: stop like Ctrl-C, keeping whole batches
         raise KeyboardInterrupt
@@ -141,9 +155,7 @@ def _run(source: str, outdir: Path, cfg: Any, resume: bool, overwrite: bool, as_
     bar = _ProgressBar()
     try:
         with bar:
-            result = run_batch_analysis(
-                source, cfg, outdir, resume=resume, overwrite=overwrite, model=loaded, progress=bar.update
-            )
+            return run_batch_analysis(source, cfg, outdir, model=loaded, progress=bar.update, folder=folder)
     except KeyboardInterrupt:
         typer.echo(
             f"interrupted: every text committed so far is in {outdir}; "
@@ -153,6 +165,11 @@ def _run(source: str, outdir: Path, cfg: Any, resume: bool, overwrite: bool, as_
         raise typer.Exit(130) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _report(result: Any, outdir: Path, as_json: bool) -> None:
+    from attnviz.cli._options import print_json
+
     if as_json:
         print_json(result.as_dict())
         return

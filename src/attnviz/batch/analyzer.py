@@ -1,0 +1,144 @@
+"""The analyser: batches through a loaded model, recorded attention turned into statistics."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from attnviz.batch.bucketing import Entry, cut_batches, encode, tokenize_window
+from attnviz.batch.corpus import Item, Reject
+from attnviz.batch.statistics import Masks, batch_statistics, probe_masks, stat_columns
+from attnviz.config import BatchConfig
+
+if TYPE_CHECKING:
+    from attnviz.extraction import Encoded
+    from attnviz.models import LoadedModel
+
+
+@dataclass
+class BatchResult:
+    """The statistics of one batch, column-wise: what a Parquet part is built from."""
+
+    text_ids: np.ndarray  # [B] int64
+    lines: np.ndarray  # [B] int64
+    n_tokens: np.ndarray  # [B] int32
+    truncated: np.ndarray  # [B] int32
+    texts: list[str]
+    stats: dict[str, np.ndarray]  # column -> [B, layers, heads] float32
+    attention: list[np.ndarray] | None = None  # per text [layers, heads, n, n] (--save-attention)
+    tokens: list[list[str]] | None = None
+
+    def __len__(self) -> int:
+        return len(self.text_ids)
+
+
+@dataclass
+class Timings:
+    """Where the time goes, summed over a run (seconds)."""
+
+    read: float = 0.0
+    tokenize: float = 0.0
+    forward: float = 0.0
+    statistics: float = 0.0
+    write: float = 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        return {k: round(v, 3) for k, v in self.__dict__.items()}
+
+
+class Analyzer:
+    """Runs batches through a loaded model and turns recorded attention into statistics."""
+
+    def __init__(self, loaded: LoadedModel, config: BatchConfig) -> None:
+        from attnviz.selection import resolve_indices
+
+        self.loaded = loaded
+        self.config = config
+        cap = loaded.capture
+        self.layers = resolve_indices(config.layers, loaded.num_layers, "layer", loaded.name)
+        self.heads = resolve_indices(config.heads, cap.num_heads, "head", loaded.name)
+        self.layer_ids = self.layers if self.layers is not None else list(range(cap.num_layers))
+        self.head_ids = self.heads if self.heads is not None else list(range(cap.num_heads))
+        self.stream = "encoder" if cap.encoder_decoder else "self"
+        self.causal = bool(cap.causal)
+        limits = [x for x in (config.max_length, loaded.max_length) if x]
+        self.limit = min(limits) if limits else None
+        self.columns = stat_columns(config)
+        self.timings = Timings()
+        self._punct: dict[str, bool] = {}
+
+    def bucket(self, items: list[Item]) -> tuple[list[list[Entry]], list[Reject]]:
+        """Reject over-long and token-less texts; sort the rest by length into batches.
+
+        The window is tokenised once here; batches reuse it (only texts to cut are tokenised again).
+        """
+        start = time.perf_counter()
+        entries, rejects = tokenize_window(self.loaded, self.config, items, self.limit)
+        batches = cut_batches(entries, self.config, len(self.layer_ids) * len(self.head_ids))
+        self.timings.tokenize += time.perf_counter() - start
+        return batches, rejects
+
+    def analyse(self, batch: Sequence[Entry | Item]) -> BatchResult:
+        """One forward pass and every statistic of a batch (texts of similar length)."""
+        import torch
+
+        t0 = time.perf_counter()
+        entries = [e if isinstance(e, Entry) else Entry(e, 0) for e in batch]
+        enc = encode(self.loaded, self.config, entries)
+        t1 = time.perf_counter()
+        rec = self._forward(enc)
+        t2 = time.perf_counter()
+        weights = [rec.weights[(self.stream, layer)] for layer in self.layer_ids]  # [B, H, L, L] each
+        with torch.inference_mode():
+            masks = Masks(enc, self.causal, weights[0].device, self._is_punct)
+            probes = probe_masks(enc, self.config, weights[0].device) if self.config.probes else []
+            stats = batch_statistics(weights, masks, self.config, probes)
+        attention = self._saved(weights, enc) if self.config.save_attention else None
+        t3 = time.perf_counter()
+        self.timings.tokenize += t1 - t0
+        self.timings.forward += t2 - t1
+        self.timings.statistics += t3 - t2
+        return BatchResult(
+            text_ids=np.array([e.item.text_id for e in entries], dtype=np.int64),
+            lines=np.array([e.item.line for e in entries], dtype=np.int64),
+            n_tokens=np.array(enc.lengths, dtype=np.int32),
+            truncated=np.array(enc.truncated, dtype=np.int32),
+            texts=enc.texts,
+            stats=stats,
+            attention=attention,
+            tokens=enc.tokens if attention is not None else None,
+        )
+
+    @staticmethod
+    def _saved(weights: list[Any], enc: Encoded) -> list[np.ndarray]:
+        """Per text its [layers, heads, n, n] float32 attention, padding cut off."""
+        host = [w.float().cpu().numpy() for w in weights]
+        return [
+            np.ascontiguousarray(np.stack([h[b, :, :n, :n] for h in host])) for b, n in enumerate(enc.lengths)
+        ]
+
+    def _forward(self, enc: Encoded) -> Any:
+        loaded = self.loaded
+        inputs: dict[str, Any] = {
+            "input_ids": enc.input_ids.to(loaded.device),
+            "attention_mask": enc.attention_mask.to(loaded.device),
+        }
+        if loaded.capture.encoder_decoder:  # statistics use the encoder; the decoder reads the text
+            from attnviz.extraction import _decoder_inputs
+
+            dec = _decoder_inputs(loaded, enc, None, len(enc.texts))
+            inputs["decoder_input_ids"] = dec.input_ids.to(loaded.device)
+            inputs["decoder_attention_mask"] = dec.attention_mask.to(loaded.device)
+        return loaded.capture.run(inputs, self.layers, self.heads)
+
+    def _is_punct(self, token: str) -> bool:
+        hit = self._punct.get(token)
+        if hit is None:
+            from attnviz.patterns import is_punctuation
+
+            hit = self._punct[token] = is_punctuation(token)
+        return hit

@@ -1,0 +1,430 @@
+"""The output folder: checks and lock (before any model loads), committed parts, resume, rejects.
+
+Each part is written as `heads/part-NNNNN.parquet` (one row group) under a hidden temporary name,
+then renamed: a killed run leaves only complete parts, and `--resume` reads the text ids of those
+parts to continue without duplicating or skipping a text. `--overwrite` deletes only files that
+attnviz names and writes, in a folder whose `_run.json` says an attnviz run wrote it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import re
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from attnviz.batch.corpus import Reject, Source, detect_format, input_label
+from attnviz.config import BatchConfig
+from attnviz.errors import AttnvizError, InputError
+
+if TYPE_CHECKING:
+    from attnviz.batch.analyzer import Analyzer, BatchResult
+
+RUN_FORMAT = 1
+HEADS_DIR = "heads"
+TEXTS_DIR = "_texts"
+ATTENTION_DIR = "_attention"
+PLOTS_DIR = "_plots"
+SUMMARY_FILE = "_summary.csv"
+RUN_FILE = "_run.json"
+REJECTS_FILE = "_rejects.jsonl"
+LOCK_FILE = ".lock"
+OUR_FILES = (HEADS_DIR, TEXTS_DIR, ATTENTION_DIR, PLOTS_DIR, SUMMARY_FILE, RUN_FILE, REJECTS_FILE)
+# What attnviz writes inside its folders (and the hidden temporary names it writes them under).
+OUR_NAMES = {
+    HEADS_DIR: re.compile(r"\.?part-\d{5}\.parquet(\.tmp)?"),
+    TEXTS_DIR: re.compile(r"\.?part-\d{5}\.parquet(\.tmp)?"),
+    ATTENTION_DIR: re.compile(r"\.?part-\d{5}-\d{4}\.safetensors(\.tmp)?"),
+    PLOTS_DIR: re.compile(r"\.?(entropy|role)\.png(\.tmp)?"),
+}
+
+
+class OutputError(AttnvizError):
+    """The output folder cannot be written (read-only, no permission, disk full)."""
+
+
+@contextlib.contextmanager
+def writing(path: Path, outdir: Path) -> Iterator[None]:
+    """Turn an OS error while writing into one line that says what to do."""
+    try:
+        yield
+    except OSError as exc:
+        raise _output_error(exc, path, outdir) from None
+
+
+def _output_error(exc: OSError, path: Path, outdir: Path) -> OutputError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return OutputError(
+            f"no space left on {outdir}; nothing committed is lost, free space and rerun with --resume"
+        )
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        why = "read-only file system" if exc.errno == errno.EROFS else "permission denied"
+        return OutputError(f"cannot write to {path}: {why}; pick a folder you can write to with -o")
+    return OutputError(f"cannot write to {path}: {exc.strerror or exc}")
+
+
+def part_index(name: str) -> int | None:
+    stem = name.split(".")[0]
+    try:
+        return int(stem.split("-")[1])
+    except (IndexError, ValueError):
+        return None
+
+
+def atomic_write(path: Path, write: Callable[[Path], None], outdir: Path | None = None) -> None:
+    """Write through a hidden temporary file, fsync, then rename: readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with writing(path, outdir or path.parent):
+        try:
+            write(tmp)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+    atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
+
+
+def identity(config: BatchConfig, source: Source) -> dict[str, Any]:
+    """What must match to resume: the settings, with the input format resolved."""
+    return {**config.identity(), "format": detect_format(source, config.format)}
+
+
+class _Lock:
+    """An exclusive lock on the output folder (released by the OS if the process dies)."""
+
+    def __init__(self, outdir: Path) -> None:
+        with writing(outdir / LOCK_FILE, outdir):
+            self.file = open(outdir / LOCK_FILE, "a+b")  # noqa: SIM115
+        try:
+            import fcntl
+
+            fcntl.flock(self.file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:  # pragma: no cover - not POSIX: no lock
+            pass
+        except OSError:
+            self.file.close()
+            raise InputError(
+                f"another attnviz batch is writing to {outdir}; "
+                "wait for it to finish or pick another -o folder"
+            ) from None
+
+    def release(self) -> None:
+        self.file.close()
+
+
+def read_run(outdir: Path) -> dict[str, Any] | None:
+    """The folder's `_run.json` when an attnviz run wrote it; None when there is none or it is not ours."""
+    path = outdir / RUN_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) and "attnviz_run" in data else None
+
+
+class OutputFolder:
+    """The output folder checked, created and locked: done before a model loads, so a folder that
+    cannot be used costs nothing. `release()` (or leaving the `with` block) frees the lock."""
+
+    def __init__(
+        self, outdir: str | Path, config: BatchConfig, source: Source, resume: bool, overwrite: bool
+    ):
+        self.outdir = Path(outdir).expanduser()
+        self.overwrite = overwrite
+        if self.outdir.exists() and not self.outdir.is_dir():
+            raise InputError(f"{self.outdir} exists and is not a folder; pick a folder with -o")
+        self.created = not self.outdir.exists()
+        with writing(self.outdir, self.outdir):
+            self.outdir.mkdir(parents=True, exist_ok=True)
+        self.lock = _Lock(self.outdir)
+        try:
+            self.previous = _check_folder(self.outdir, config, source, resume, overwrite)
+        except BaseException:
+            self.release()
+            raise
+        self.cleared = False
+
+    def clear(self) -> None:
+        """With --overwrite, delete the earlier run's files (only those attnviz wrote)."""
+        if self.overwrite and self.previous is not None and not self.cleared:
+            clear_run(self.outdir)
+            self.previous = None
+            self.cleared = True
+
+    def release(self) -> None:
+        """Free the lock; a folder made for a run that wrote nothing is removed again."""
+        self.lock.release()
+        if self.created:
+            with contextlib.suppress(OSError):
+                if [p.name for p in self.outdir.iterdir()] == [LOCK_FILE]:
+                    (self.outdir / LOCK_FILE).unlink()
+                    self.outdir.rmdir()
+
+    def __enter__(self) -> OutputFolder:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+def check_outdir(
+    outdir: str | Path, config: BatchConfig, source: Source, resume: bool, overwrite: bool
+) -> None:
+    """Raise the error `run_batch_analysis` would raise for this output folder, changing nothing."""
+    outdir = Path(outdir).expanduser()
+    if outdir.exists() and not outdir.is_dir():
+        raise InputError(f"{outdir} exists and is not a folder; pick a folder with -o")
+    if outdir.is_dir():
+        _check_folder(outdir, config, source, resume, overwrite)
+
+
+def _check_folder(
+    outdir: Path, config: BatchConfig, source: Source, resume: bool, overwrite: bool
+) -> dict[str, Any] | None:
+    """Refuse a folder holding another run (unless overwrite); return the earlier run to resume."""
+    previous = read_run(outdir)
+    if previous is None:
+        ours = [n for n in OUR_FILES if (outdir / n).exists()]
+        if ours:
+            raise InputError(
+                f"{outdir / ours[0]} exists but no attnviz run wrote it (no readable {RUN_FILE}); "
+                "move it away or pick another -o folder"
+            )
+        others = [p.name for p in outdir.iterdir() if not p.name.startswith(".")]
+        if others and not overwrite:
+            raise InputError(
+                f"{outdir} is not empty and holds no attnviz batch run; pick an empty folder "
+                "or pass --overwrite (which keeps files attnviz did not write)"
+            )
+        return None
+    if overwrite:
+        return previous
+    if not resume:
+        status = previous.get("status", "unknown")
+        done = previous.get("counts", {}).get("texts", "?")
+        same = previous.get("identity") == identity(config, source)
+        what = "this run" if same else "a different run"
+        hint = (
+            "pass --resume to continue it or --overwrite to start again"
+            if same
+            else "pass --overwrite to replace it, or pick another folder"
+        )
+        raise InputError(f"{outdir} already holds {what} ({status}, {done} texts); {hint}")
+    old = previous.get("identity") or {}
+    new = identity(config, source)
+    differ = [k for k in new if old.get(k) != new[k]]
+    if differ:
+        raise InputError(
+            f"cannot resume: {outdir} holds a run with different settings ({', '.join(differ)}); "
+            "pass --overwrite to start again"
+        )
+    label = input_label(source)
+    old_input = previous.get("input", {}).get("path")
+    if (
+        old_input not in (None, "-", "<python iterable>")
+        and label not in ("-", "<python iterable>")
+        and old_input != label
+    ):
+        raise InputError(f"cannot resume: {outdir} was a run over {old_input}, not {label}")
+    return previous
+
+
+def clear_run(outdir: Path) -> None:
+    """Delete what an attnviz run wrote: its named files, and its folders only once empty."""
+    for name in (SUMMARY_FILE, REJECTS_FILE, RUN_FILE):
+        with writing(outdir / name, outdir), contextlib.suppress(FileNotFoundError):
+            (outdir / name).unlink()
+    for folder, pattern in OUR_NAMES.items():
+        path = outdir / folder
+        if not path.is_dir():
+            continue
+        with writing(path, outdir):
+            for child in path.iterdir():
+                if child.is_file() and not child.is_symlink() and pattern.fullmatch(child.name):
+                    child.unlink()
+            if not any(path.iterdir()):
+                path.rmdir()
+
+
+class Store:
+    """Writes committed parts, rejects and the run record into the output folder."""
+
+    def __init__(self, outdir: Path, analyzer: Analyzer) -> None:
+        self.outdir = outdir
+        self.analyzer = analyzer
+        self.config = analyzer.config
+        self.heads_dir = outdir / HEADS_DIR
+        self.texts_dir = outdir / TEXTS_DIR
+        self.attention_dir = outdir / ATTENTION_DIR
+        with writing(outdir, outdir):
+            self.heads_dir.mkdir(parents=True, exist_ok=True)
+            if self.config.keep_texts:
+                self.texts_dir.mkdir(exist_ok=True)
+            if self.config.save_attention:
+                self.attention_dir.mkdir(exist_ok=True)
+            self.done_ids, self.next_part = self._committed()
+            self.reject_ids = self._read_rejects()
+            self.rejects = open(outdir / REJECTS_FILE, "a", encoding="utf-8")  # noqa: SIM115
+        self.shard = 0
+        self.parts_written = 0
+
+    # -- resume state -----------------------------------------------------------------------
+    def _committed(self) -> tuple[np.ndarray, int]:
+        """Text ids in committed parts; the next part number; stale temporary files removed."""
+        import pyarrow.parquet as pq
+
+        ids: list[np.ndarray] = []
+        last = -1
+        for path in sorted(self.heads_dir.glob("part-*.parquet")):
+            idx = part_index(path.name)
+            if idx is None:
+                continue
+            last = max(last, idx)
+            ids.append(np.unique(pq.read_table(path, columns=["text_id"]).column(0).to_numpy()))
+        next_part = last + 1
+        for folder in (self.heads_dir, self.texts_dir, self.attention_dir):
+            if not folder.is_dir():
+                continue
+            pattern = OUR_NAMES[folder.name]
+            for path in folder.iterdir():
+                if not pattern.fullmatch(path.name):
+                    continue  # not ours: never touched
+                idx = part_index(path.name.lstrip("."))
+                if path.name.startswith(".") and path.name.endswith(".tmp"):
+                    path.unlink()  # a write cut short
+                elif folder is not self.heads_dir and idx is not None and idx >= next_part:
+                    path.unlink()  # side files of a part that was never committed
+        done = np.unique(np.concatenate(ids)) if ids else np.zeros(0, dtype=np.int64)
+        return done, next_part
+
+    def _read_rejects(self) -> set[int]:
+        path = self.outdir / REJECTS_FILE
+        if not path.is_file():
+            return set()
+        data = path.read_bytes()
+        if data and not data.endswith(b"\n"):  # a line cut short by a kill: drop it
+            data = data[: data.rfind(b"\n") + 1]
+            path.write_bytes(data)
+        out: set[int] = set()
+        for line in data.splitlines():
+            with contextlib.suppress(json.JSONDecodeError, KeyError, TypeError):
+                out.add(int(json.loads(line)["text_id"]))
+        return out
+
+    def skip(self, text_id: int) -> bool:
+        if text_id in self.reject_ids:
+            return True
+        if not len(self.done_ids):
+            return False
+        i = np.searchsorted(self.done_ids, text_id)
+        return bool(i < len(self.done_ids) and self.done_ids[i] == text_id)
+
+    # -- writing ------------------------------------------------------------------------------
+    def reject(self, rej: Reject) -> None:
+        with writing(self.outdir / REJECTS_FILE, self.outdir):
+            self.rejects.write(json.dumps(rej.as_dict(), ensure_ascii=False) + "\n")
+            self.rejects.flush()
+
+    def save_attention(self, result: BatchResult) -> None:
+        """Raw tensors of one batch as a safetensors shard named after the part it belongs to."""
+        if result.attention is None:
+            return
+        from safetensors.numpy import save_file
+
+        an = self.analyzer
+        arrays = {str(int(t)): a for t, a in zip(result.text_ids, result.attention, strict=True)}
+        meta = {
+            "model": an.loaded.name,
+            "layers": json.dumps(an.layer_ids),
+            "heads": json.dumps(an.head_ids),
+            "tokens": json.dumps(
+                {str(int(t)): tk for t, tk in zip(result.text_ids, result.tokens or [], strict=True)}
+            ),
+        }
+        path = self.attention_dir / f"part-{self.next_part:05d}-{self.shard:04d}.safetensors"
+        start = time.perf_counter()
+        atomic_write(path, lambda p: save_file(arrays, str(p), metadata=meta), self.outdir)
+        self.analyzer.timings.write += time.perf_counter() - start
+        self.shard += 1
+        result.attention = None  # written: do not keep it until the commit
+
+    def commit(self, results: list[BatchResult]) -> int:
+        """Write the pending batches as one part (texts table first, the statistics last)."""
+        if not results:
+            return 0
+        start = time.perf_counter()
+        ids = np.concatenate([r.text_ids for r in results])
+        order = np.argsort(ids, kind="stable")
+        name = f"part-{self.next_part:05d}.parquet"
+        with writing(self.heads_dir / name, self.outdir):  # a full disk: one line, parts so far kept
+            if self.config.keep_texts:
+                self._write_table(self.texts_dir / name, _texts_table(results, order))
+            self._write_table(self.heads_dir / name, self._heads_table(results, order))
+        self.next_part += 1
+        self.shard = 0
+        self.parts_written += 1
+        self.analyzer.timings.write += time.perf_counter() - start
+        return len(ids)
+
+    def _heads_table(self, results: list[BatchResult], order: np.ndarray) -> Any:
+        import pyarrow as pa
+
+        an = self.analyzer
+        ids = np.concatenate([r.text_ids for r in results])[order]
+        n_tokens = np.concatenate([r.n_tokens for r in results])[order]
+        n_texts, n_layers, n_heads = len(ids), len(an.layer_ids), len(an.head_ids)
+        per_text = n_layers * n_heads
+        columns: dict[str, Any] = {
+            "text_id": pa.array(np.repeat(ids, per_text)),
+            "layer": pa.array(np.tile(np.repeat(np.asarray(an.layer_ids, np.int16), n_heads), n_texts)),
+            "head": pa.array(np.tile(np.asarray(an.head_ids, np.int16), n_texts * n_layers)),
+            "n_tokens": pa.array(np.repeat(n_tokens, per_text)),
+        }
+        for col in an.columns:
+            values = np.concatenate([r.stats[col] for r in results])[order]
+            columns[col] = pa.array(values.reshape(-1), type=pa.float32())
+        return pa.table(columns)
+
+    def _write_table(self, path: Path, table: Any) -> None:
+        """A Parquet part, one row group, written atomically (the seam the disk-full tests use)."""
+        import pyarrow.parquet as pq
+
+        atomic_write(
+            path,
+            lambda p: pq.write_table(table, p, compression="zstd", row_group_size=max(1, len(table))),
+            self.outdir,
+        )
+
+    def close(self) -> None:
+        self.rejects.close()
+
+
+def _texts_table(results: list[BatchResult], order: np.ndarray) -> Any:
+    import pyarrow as pa
+
+    texts = [t for r in results for t in r.texts]
+    return pa.table(
+        {
+            "text_id": pa.array(np.concatenate([r.text_ids for r in results])[order]),
+            "line": pa.array(np.concatenate([r.lines for r in results])[order]),
+            "n_tokens": pa.array(np.concatenate([r.n_tokens for r in results])[order]),
+            "truncated": pa.array(np.concatenate([r.truncated for r in results])[order]),
+            "text": pa.array([texts[i] for i in order], type=pa.string()),
+        }
+    )
