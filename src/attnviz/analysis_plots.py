@@ -293,10 +293,9 @@ def derived_figure(att: Attention, **style: Any) -> Figure:
     from attnviz.plots import attention_figure
 
     fig = attention_figure(att, **style)
-    title = derived_title(att)
-    if fig.get_suptitle():
-        fig.suptitle(f"{fig.get_suptitle()}\n{'; '.join(getattr(att, 'notes', ()))}")
-    else:
-        ax = next(a for a in fig.axes if a.get_images())
-        ax.set_title(title, fontsize=9)
+    panels = [a for a in fig.axes if a.get_images()]
+    if len(panels) == 1:
+        panels[0].set_title(derived_title(att), fontsize=9)
+    elif getattr(att, "notes", ()):
+        fig.suptitle(f"{fig.get_suptitle()}\n{'; '.join(att.notes)}".strip())
     return fig

@@ -25,7 +25,7 @@ def serve_cmd(
     host: Annotated[
         str, typer.Option("--host", help="Address to bind (default: this machine only).")
     ] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", "-p", help="Port to listen on (0: any free port).")] = 8000,
+    port: Annotated[int, typer.Option("--port", help="Port to listen on (0: any free port).")] = 8000,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "float32",
     trust_remote_code: TrustOpt = False,
