@@ -187,7 +187,10 @@ class Attention:
     def save(self, path: str | Path) -> Path:
         """Write the arrays and metadata to .safetensors or .npz (never pickle)."""
         path = Path(path)
-        arrays = {name: np.ascontiguousarray(a, dtype=np.float32) for name, a in self.streams.items()}
+        arrays = {  # float16 stays float16 (`store="float16"`); anything else is written as float32
+            name: np.ascontiguousarray(a, dtype=np.float16 if a.dtype == np.float16 else np.float32)
+            for name, a in self.streams.items()
+        }
         meta = json.dumps(self.metadata())
         suffix = path.suffix.lower()
         try:
@@ -281,6 +284,7 @@ def extract(
     decoder_text: str | None = None,
     device: str | None = "auto",
     dtype: str | None = "float32",
+    store: str = "float32",
 ) -> Attention:
     """Extract one text's attention (see `extract_batch` for many)."""
     return extract_batch(
@@ -296,6 +300,7 @@ def extract(
         decoder_text=decoder_text,
         device=device,
         dtype=dtype,
+        store=store,
     )[0]
 
 
@@ -314,9 +319,17 @@ def extract_batch(
     batch_size: int = 16,
     device: str | None = "auto",
     dtype: str | None = "float32",
+    store: str = "float32",
 ) -> list[Attention]:
-    """Extract the attention of many texts, `batch_size` at a time, padding never leaking."""
+    """Extract the attention of many texts, `batch_size` at a time, padding never leaking.
+
+    `store="float16"` keeps the weights as float16: half the memory and file, each weight rounded.
+    """
+    from attnviz.capture import STORES
     from attnviz.models import LoadedModel, load_model
+
+    if store not in STORES:
+        raise InputError(f"unknown store '{store}': use {' or '.join(STORES)}")
 
     loaded = model if isinstance(model, LoadedModel) else load_model(model, device=device, dtype=dtype)
     texts = list(texts)
@@ -329,7 +342,9 @@ def extract_batch(
     for start in range(0, len(texts), max(1, batch_size)):
         chunk = texts[start : start + batch_size]
         encoded = tokenize(loaded, chunk, special_tokens, truncate, max_length)
-        out.extend(run_batch(loaded, encoded, layer_list, head_list, qkv=qkv, decoder_text=decoder_text))
+        out.extend(
+            run_batch(loaded, encoded, layer_list, head_list, qkv=qkv, decoder_text=decoder_text, store=store)
+        )
     return [a.to_words() for a in out] if words else out
 
 
@@ -408,10 +423,9 @@ def run_batch(
     heads: list[int] | None,
     qkv: bool = False,
     decoder_text: str | None = None,
+    store: str = "float32",
 ) -> list[Attention]:
     """One forward pass over an encoded batch; returns one Attention per text."""
-    import torch
-
     cap = loaded.capture
     device = loaded.device
     inputs: dict[str, Any] = {
@@ -423,17 +437,14 @@ def run_batch(
         dec = _decoder_inputs(loaded, enc if decoder_text is None else None, decoder_text, len(enc.texts))
         inputs["decoder_input_ids"] = dec.input_ids.to(device)
         inputs["decoder_attention_mask"] = dec.attention_mask.to(device)
-    rec = cap.run(inputs, layers, heads, qkv=qkv)
+    rec = cap.run(inputs, layers, heads, qkv=qkv, store=store)
     main = "encoder" if cap.encoder_decoder else "self"
     layer_ids = layers if layers is not None else list(range(cap.num_layers))
     head_ids = heads if heads is not None else list(range(cap.num_heads))
 
     def stacked(stream: str) -> np.ndarray | None:
-        keys = [(stream, layer) for layer in layer_ids]
-        if not all(k in rec.weights for k in keys):
-            return None
-        # [batch, layers, heads, q, k]
-        return torch.stack([rec.weights[k] for k in keys], dim=1).float().cpu().numpy()
+        arr = rec.stacked(stream, layer_ids)  # [batch, layers, heads, q, k], filled in place: no copy
+        return None if arr is None else arr.cpu().numpy()
 
     main_arr = stacked(main)
     if main_arr is None:
