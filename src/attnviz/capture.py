@@ -22,7 +22,7 @@ ATTN_IMPLEMENTATION = "attnviz"
 STORES = ("float32", "float16")
 _CROSS_NAMES = ("encdecattention", "encoder_attn", "crossattention", "cross_attn")
 _BLOCK_ELEMENTS = 1 << 22  # scores computed at once (16 MB of float32): bounds the working set
-_KNOWN_KWARGS = {"scaling", "dropout", "position_bias", "softcap", "is_causal", "sliding_window"}
+_EAGER_ONLY = {"s_aux", "sinks"}  # weight terms head_weights does not model (attention sinks): eager
 
 _registered = False
 _active: Recorder | None = None
@@ -198,7 +198,7 @@ def attention_forward(module: Any, query: Any, key: Any, value: Any, attention_m
     ident = rec.index.get(id(module)) if rec is not None else None
     if rec is None or not rec.wants(ident):
         return _plain(module, query, key, value, attention_mask, **kwargs)
-    if set(kwargs) - _KNOWN_KWARGS - {"output_attentions"}:  # e.g. attention sinks: let eager compute all
+    if any(kwargs.get(name) is not None for name in _EAGER_ONLY):
         out, weights = _eager_for(module)(
             module, query, key, value, _additive(module, query, key, attention_mask, kwargs), **kwargs
         )
