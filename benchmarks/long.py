@@ -9,6 +9,7 @@ compare runs made under the same machine load. Variants:
 
   plain      the same model switched to transformers' `sdpa`, one forward (the baseline)
   head       extract(layers=[18], heads=[6])            one head of one layer
+  head16     the same with store="float16"               (half the n^2 result, rounded)
   layer      extract(layers=[18])                       the 9 heads of one layer
   all        extract() of all 30 x 9 heads, float32     (2,048 tokens only: the result is 4.5 GB)
   all16      extract(store="float16")                   the same, half the result, rounded
@@ -82,8 +83,10 @@ def worker(variant: str, n: int) -> dict[str, object]:
             loaded.model(input_ids=enc.input_ids, attention_mask=enc.attention_mask)
     else:
         kwargs: dict[str, object] = {"truncate": True, "max_length": n}
-        if kind == "head":
+        if kind in ("head", "head16"):
             kwargs.update(layers=[18], heads=[6])
+            if kind == "head16":
+                kwargs.update(store="float16")
         elif kind == "layer":
             kwargs.update(layers=[18])
         elif kind == "all16":
@@ -125,6 +128,7 @@ def main() -> None:
     parser.add_argument("--lengths", default="2048,8192")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--no-before", action="store_true")
+    parser.add_argument("--variants", help="comma-separated subset, e.g. plain,head,head16")
     parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -135,9 +139,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         old = None if args.no_before else _old_source(Path(tmp))
         for n in lengths:
-            variants = ["plain", "head", "layer"]
+            variants = ["plain", "head", "head16", "layer"]
             if n <= 2048:
                 variants += ["all", "all16"] + ([] if old is None else ["before-head", "before-all"])
+            if args.variants:
+                variants = [v for v in variants if v in args.variants.split(",")]
             for _ in range(args.rounds):
                 for v in variants:
                     res = run(v, n, old if v.startswith("before-") and old else ROOT / "src")
