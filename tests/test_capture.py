@@ -275,3 +275,21 @@ def test_smollm2_head_sliced_equals_eager_and_output_unchanged(smollm2, seed_tex
     np.testing.assert_allclose(att.attn, expected, atol=1e-5)
     np.testing.assert_array_equal(recorded[0], unrecorded[0])
     np.testing.assert_allclose(recorded[0], sdpa[0], atol=1e-5)
+
+
+def test_attention_sinks_fall_back_to_eager_weights(tiny_model_path, monkeypatch):
+    """A weight term head_weights does not model (sinks) makes the layer run eager, then keep the heads."""
+    from attnviz import capture
+
+    def fail(*args, **kwargs):
+        raise AssertionError("head_weights must not run when the layer has attention sinks")
+
+    loaded = load_model(str(tiny_model_path("llama")), device="cpu")
+    cap = loaded.capture
+    inputs = _inputs(loaded, TEXT)
+    expected = extract(TEXT, loaded, layers=[1], heads=[1, 2]).attn[0]
+    monkeypatch.setattr(capture, "head_weights", fail)
+    rec = capture.Recorder(index=cap.index, layers=frozenset({1}), heads=[1, 2], counts=cap.layer_counts)
+    with torch.no_grad(), capture.recording(rec):
+        loaded.model(**inputs, s_aux=torch.zeros(4))  # llama's eager ignores it: same weights
+    np.testing.assert_allclose(rec.weights[("self", 1)][0].numpy(), expected, atol=1e-6)
