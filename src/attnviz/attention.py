@@ -197,7 +197,10 @@ class Attention:
 
         path = Path(path)
         check_data_output(path)
-        arrays = {name: np.ascontiguousarray(a, dtype=np.float32) for name, a in self.streams.items()}
+        arrays = {  # float16 stays float16 (`store="float16"`); anything else is written as float32
+            name: np.ascontiguousarray(a, dtype=np.float16 if a.dtype == np.float16 else np.float32)
+            for name, a in self.streams.items()
+        }
         meta = json.dumps(self.metadata())
         try:
             with atomic_output(path) as tmp:

@@ -1,10 +1,13 @@
 """How attention is recorded: an attention function registered with transformers.
 
 transformers 5 returns no attention weights under its default `sdpa` implementation. We register
-our own implementation, `attnviz`, that runs the model's own eager attention for the layers we
-record (so the numbers are exactly the model's) and sdpa for the others, and keeps only the layers,
-heads and query/key/value vectors asked for. Models that cannot switch fall back to
-`eager` + `output_attentions`.
+our own implementation, `attnviz`, that computes every layer's output exactly as the unrecorded
+model does (transformers' own sdpa function; the model's eager function where sdpa cannot run) and,
+on the layers we record, computes softmax weights only for the heads asked for: their query and key
+slices, the same mask, scaling, softcapping and position bias as the model's eager attention, a
+block of query rows at a time, written straight into one preallocated [batch, layers, heads, q, k]
+array. So recording one head costs about one head's weights, and recording everything costs the
+result plus one block. Models that cannot switch fall back to `eager` + `output_attentions`.
 """
 
 from __future__ import annotations
@@ -16,7 +19,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 ATTN_IMPLEMENTATION = "attnviz"
+STORES = ("float32", "float16")
 _CROSS_NAMES = ("encdecattention", "encoder_attn", "crossattention", "cross_attn")
+_BLOCK_ELEMENTS = 1 << 22  # scores computed at once (16 MB of float32): bounds the working set
+_EAGER_ONLY = {"s_aux", "sinks"}  # weight terms head_weights does not model (attention sinks): eager
 
 _registered = False
 _active: Recorder | None = None
@@ -31,9 +37,12 @@ class Recorder:
     heads: list[int] | None  # None = all
     qkv: bool = False
     discover: bool = False
-    weights: dict[tuple[str, int], Any] = field(default_factory=dict)  # [batch, heads, q, k]
+    store: str = "float32"  # dtype of the recorded weights ("float16" rounds them)
+    counts: dict[str, int] = field(default_factory=dict)  # layers per stream, to size the buffers
+    weights: dict[tuple[str, int], Any] = field(default_factory=dict)  # [batch, heads, q, k] views
     vectors: dict[tuple[str, int], tuple[Any, Any, Any, float, Any]] = field(default_factory=dict)
     order: list[Any] = field(default_factory=list)  # modules in call order (discovery only)
+    buffers: dict[str, Any] = field(default_factory=dict)  # stream -> [batch, layers, heads, q, k]
 
     def wants(self, key: tuple[str, int] | None) -> bool:
         if self.discover:
@@ -42,55 +51,203 @@ class Recorder:
             return False
         return self.layers is None or key[1] in self.layers
 
+    def rows(self, stream: str) -> list[int]:
+        """Model layer index of each row of `stream`'s buffer."""
+        return sorted(self.layers) if self.layers is not None else list(range(self.counts.get(stream, 0)))
+
+    def target(self, key: tuple[str, int], shape: tuple[int, ...], device: Any) -> Any:
+        """Where `key`'s weights go: a view into its stream's buffer, allocated on first use."""
+        import torch
+
+        stream, layer = key
+        rows = self.rows(stream)
+        if self.discover or layer not in rows:
+            return torch.empty(shape, dtype=self.torch_dtype, device=device)
+        buf = self.buffers.get(stream)
+        b, h, q, k = shape
+        if buf is None or tuple(buf.shape) != (b, len(rows), h, q, k):
+            buf = self.buffers[stream] = torch.empty(
+                (b, len(rows), h, q, k), dtype=self.torch_dtype, device=device
+            )  # [batch, layers, heads, q, k]
+        return buf[:, rows.index(layer)]
+
+    @property
+    def torch_dtype(self) -> Any:
+        import torch
+
+        return torch.float16 if self.store == "float16" else torch.float32
+
+    def stacked(self, stream: str, layers: list[int]) -> Any | None:
+        """[batch, layers, heads, q, k] for `layers` of `stream` (no copy when it can); None if missing."""
+        import torch
+
+        keys = [(stream, layer) for layer in layers]
+        if not all(k in self.weights for k in keys):
+            return None
+        buf = self.buffers.get(stream)
+        if buf is not None and self.rows(stream) == list(layers):
+            return buf
+        return torch.stack([self.weights[k] for k in keys], dim=1).to(self.torch_dtype)
+
 
 def _eager_for(module: Any) -> Any:
-    """The model's own eager attention function, so recorded weights equal `eager` exactly."""
+    """The model's own eager attention function, for models that cannot run sdpa."""
     fn = getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
     if fn is None:  # pragma: no cover - every refactored model defines one
         from transformers.models.llama.modeling_llama import eager_attention_forward as fn
     return fn
 
 
+def _is_causal(module: Any, query: Any, mask: Any, kwargs: dict[str, Any]) -> bool:
+    """Whether a missing mask means causal, decided exactly as transformers' sdpa function decides."""
+    flag = kwargs.get("is_causal")
+    if flag is None:
+        flag = getattr(module, "is_causal", True)
+    return bool(query.shape[2] > 1 and mask is None and flag)
+
+
+def _additive(module: Any, query: Any, key: Any, mask: Any, kwargs: dict[str, Any]) -> Any:
+    """The mask as eager attention adds it: [batch, 1, q, k] float, 0 visible, dtype min masked (or None)."""
+    import torch
+
+    dtype = query.dtype if query.dtype.is_floating_point else torch.float32
+    if mask is None:
+        if not _is_causal(module, query, mask, kwargs):
+            return None
+        q, k = query.shape[2], key.shape[2]
+        hidden = torch.ones(q, k, dtype=torch.bool, device=query.device).triu(1)
+        full = torch.zeros(q, k, dtype=dtype, device=query.device)
+        return full.masked_fill(hidden, torch.finfo(dtype).min)[None, None]  # [1, 1, q, k]
+    if mask.dtype == torch.bool:
+        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(
+            ~mask, torch.finfo(dtype).min
+        )
+    return mask
+
+
+def _plain(module: Any, query: Any, key: Any, value: Any, mask: Any, **kwargs: Any) -> tuple[Any, Any]:
+    """The layer's output exactly as without recording: transformers' sdpa, or eager where it cannot run."""
+    if "position_bias" not in kwargs and getattr(module, "_attnviz_sdpa_ok", True):
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, mask, **kwargs)
+    additive = _additive(module, query, key, mask, kwargs)
+    return _eager_for(module)(module, query, key, value, additive, **kwargs)
+
+
+def head_weights(
+    module: Any,
+    query: Any,
+    key: Any,
+    mask: Any,
+    heads: list[int] | None,
+    out: Any,
+    **kwargs: Any,
+) -> Any:
+    """Eager softmax weights of `heads` only, a block of query rows at a time, written into `out`.
+
+    query: [batch, heads, q, d]; key: [batch, kv heads, k, d] (grouped-query keys are not repeated);
+    out: [batch, len(heads), q, k]. Mirrors eager attention: (q k^T) * scaling, softcapping, position
+    bias, mask, float32 softmax.
+    """
+    import torch
+
+    n_heads, n_kv = query.shape[1], key.shape[1]
+    sel = list(range(n_heads)) if heads is None else list(heads)
+    rep = max(1, n_heads // n_kv)
+    idx = torch.tensor(sel, device=query.device)
+    q = query.index_select(1, idx)  # [batch, h, q, d]
+    k = key.index_select(1, torch.tensor([h // rep for h in sel], device=key.device))  # [batch, h, k, d]
+    scaling = kwargs.get("scaling")
+    if scaling is None:
+        scaling = query.shape[-1] ** -0.5
+    softcap = kwargs.get("softcap")
+    bias = kwargs.get("position_bias")  # [batch or 1, heads or 1, q, k]
+    if bias is not None and bias.shape[1] > 1:
+        bias = bias.index_select(1, idx.to(bias.device))
+    if mask is not None and mask.shape[1] > 1:
+        mask = mask.index_select(1, idx.to(mask.device))
+    causal = _is_causal(module, query, mask, kwargs)
+    q_len, k_len = q.shape[2], k.shape[2]
+    step = max(1, _BLOCK_ELEMENTS // max(1, q.shape[0] * len(sel) * k_len))
+    kt = k.transpose(-1, -2)
+    for s in range(0, q_len, step):
+        e = min(q_len, s + step)
+        scores = torch.matmul(q[:, :, s:e], kt) * scaling  # [batch, h, rows, k]
+        if softcap is not None:
+            scores = torch.tanh(scores / softcap) * softcap
+        if bias is not None:
+            scores = scores + bias[:, :, s:e]
+        if mask is not None:
+            block = mask[:, :, s:e]
+            if block.dtype == torch.bool:
+                scores = scores.masked_fill(~block, torch.finfo(scores.dtype).min)
+            else:
+                scores = scores + block
+        elif causal:
+            rows = torch.arange(s, e, device=q.device)[:, None]
+            hidden = torch.arange(k_len, device=q.device)[None, :] > rows
+            scores = scores.masked_fill(hidden, torch.finfo(scores.dtype).min)
+        out[:, :, s:e] = torch.softmax(scores, dim=-1, dtype=torch.float32)
+    return out
+
+
 def attention_forward(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, **kwargs: Any):
-    """Registered as transformers' `attnviz` attention: eager where recorded, sdpa elsewhere."""
+    """Registered as transformers' `attnviz` attention: the unrecorded output, plus the heads asked for."""
     rec = _active
     ident = rec.index.get(id(module)) if rec is not None else None
     if rec is None or not rec.wants(ident):
-        if "position_bias" not in kwargs and getattr(module, "_attnviz_sdpa_ok", True):
-            from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-            return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-        return _eager_for(module)(module, query, key, value, attention_mask, **kwargs)
-    out, weights = _eager_for(module)(module, query, key, value, attention_mask, **kwargs)
+        return _plain(module, query, key, value, attention_mask, **kwargs)
+    if any(kwargs.get(name) is not None for name in _EAGER_ONLY):
+        out, weights = _eager_for(module)(
+            module, query, key, value, _additive(module, query, key, attention_mask, kwargs), **kwargs
+        )
+        w = weights.detach()
+        if rec.heads is not None and not rec.discover:
+            w = w[:, rec.heads]
+        target = None
+    else:
+        out, _ = _plain(module, query, key, value, attention_mask, **kwargs)
+        w = None
+        heads = None if rec.discover else rec.heads
+        n = query.shape[1] if heads is None else len(heads)
+        shape = (query.shape[0], n, query.shape[2], key.shape[2])
+        key_id = ("discover", len(rec.order)) if rec.discover else ident
+        target = rec.target(key_id, shape, query.device)
+        w = head_weights(module, query, key, attention_mask, heads, target, **kwargs)
     if rec.discover:
         rec.order.append(module)
-        rec.weights[("discover", len(rec.order) - 1)] = weights.detach()
-        return out, weights
-    w = weights.detach()
-    if rec.heads is not None:
-        w = w[:, rec.heads]
-    rec.weights[ident] = w
+        rec.weights[("discover", len(rec.order) - 1)] = w
+        return out, None
+    if target is None:
+        target = rec.target(ident, tuple(w.shape), w.device)
+        target.copy_(w)
+    rec.weights[ident] = target
     if rec.qkv:
         scaling = kwargs.get("scaling")
         if scaling is None:
             scaling = getattr(module, "scaling", None) or query.shape[-1] ** -0.5
-        bias = attention_mask
+        bias = _additive(module, query, key, attention_mask, kwargs)
         if kwargs.get("position_bias") is not None:
             bias = kwargs["position_bias"] if bias is None else bias + kwargs["position_bias"]
         rec.vectors[ident] = (query.detach(), key.detach(), value.detach(), float(scaling), bias)
-    return out, weights
+    return out, None
 
 
 def register() -> None:
-    """Register the `attnviz` attention and mask functions with transformers (idempotent)."""
+    """Register the `attnviz` attention and mask functions with transformers (idempotent).
+
+    The mask is sdpa's (boolean, or none at all when causal without padding), so unrecorded layers
+    run exactly as under `sdpa` and no [q, k] float mask is ever materialised for a long text.
+    """
     global _registered
     if _registered:
         return
     from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
     AttentionInterface.register(ATTN_IMPLEMENTATION, attention_forward)
-    AttentionMaskInterface.register(ATTN_IMPLEMENTATION, eager_mask)
+    AttentionMaskInterface.register(ATTN_IMPLEMENTATION, sdpa_mask)
     _registered = True
 
 
@@ -179,15 +336,26 @@ class Capture:
         layers: list[int] | None,
         heads: list[int] | None,
         qkv: bool = False,
+        store: str = "float32",
     ) -> Recorder:
-        """One forward pass that records the chosen layers and heads of every stream."""
+        """One forward pass that records the chosen layers and heads of every stream.
+
+        The weights land in `rec.buffers` (one [batch, layers, heads, q, k] array per stream, filled
+        layer by layer); `store="float16"` halves them and rounds each weight to about 3 digits.
+        """
         import torch
 
+        if store not in STORES:
+            from attnviz.errors import InputError
+
+            raise InputError(f"unknown store '{store}': use {' or '.join(STORES)}")
         rec = Recorder(
             index=self.index,
             layers=frozenset(layers) if layers is not None else None,
             heads=heads,
             qkv=qkv,
+            store=store,
+            counts=self.layer_counts,
         )
         with torch.inference_mode():
             if self.interface:
@@ -198,5 +366,6 @@ class Capture:
                 for stream, attns in self._output_streams(out).items():
                     for i, w in enumerate(attns):
                         if rec.wants((stream, i)):
-                            rec.weights[(stream, i)] = w if heads is None else w[:, heads]
+                            w = (w if heads is None else w[:, heads]).to(rec.torch_dtype)
+                            rec.weights[(stream, i)] = w
         return rec

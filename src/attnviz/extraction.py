@@ -48,6 +48,7 @@ def extract(
     decoder_text: str | None = None,
     device: str | None = "auto",
     dtype: str | None = "float32",
+    store: str = "float32",
 ) -> Attention:
     """Extract one text's attention (see `extract_batch` for many)."""
     return extract_batch(
@@ -63,6 +64,7 @@ def extract(
         decoder_text=decoder_text,
         device=device,
         dtype=dtype,
+        store=store,
     )[0]
 
 
@@ -81,9 +83,17 @@ def extract_batch(
     batch_size: int = 16,
     device: str | None = "auto",
     dtype: str | None = "float32",
+    store: str = "float32",
 ) -> list[Attention]:
-    """Extract the attention of many texts, `batch_size` at a time, padding never leaking."""
+    """Extract the attention of many texts, `batch_size` at a time, padding never leaking.
+
+    `store="float16"` keeps the weights as float16: half the memory and file, each weight rounded.
+    """
+    from attnviz.capture import STORES
     from attnviz.models import LoadedModel, load_model
+
+    if store not in STORES:
+        raise InputError(f"unknown store '{store}': use {' or '.join(STORES)}")
 
     loaded = model if isinstance(model, LoadedModel) else load_model(model, device=device, dtype=dtype)
     texts = list(texts)
@@ -96,7 +106,9 @@ def extract_batch(
     for start in range(0, len(texts), max(1, batch_size)):
         chunk = texts[start : start + batch_size]
         encoded = tokenize(loaded, chunk, special_tokens, truncate, max_length)
-        out.extend(run_batch(loaded, encoded, layer_list, head_list, qkv=qkv, decoder_text=decoder_text))
+        out.extend(
+            run_batch(loaded, encoded, layer_list, head_list, qkv=qkv, decoder_text=decoder_text, store=store)
+        )
     return [a.to_words() for a in out] if words else out
 
 
@@ -172,23 +184,19 @@ def run_batch(
     heads: list[int] | None,
     qkv: bool = False,
     decoder_text: str | None = None,
+    store: str = "float32",
 ) -> list[Attention]:
     """One forward pass over an encoded batch; returns one Attention per text."""
-    import torch
-
     cap = loaded.capture
     inputs, dec = model_inputs(loaded, enc, decoder_text)
-    rec = cap.run(inputs, layers, heads, qkv=qkv)
+    rec = cap.run(inputs, layers, heads, qkv=qkv, store=store)
     main = "encoder" if cap.encoder_decoder else "self"
     layer_ids = layers if layers is not None else list(range(cap.num_layers))
     head_ids = heads if heads is not None else list(range(cap.num_heads))
 
     def stacked(stream: str) -> np.ndarray | None:
-        keys = [(stream, layer) for layer in layer_ids]
-        if not all(k in rec.weights for k in keys):
-            return None
-        # [batch, layers, heads, q, k]
-        return torch.stack([rec.weights[k] for k in keys], dim=1).float().cpu().numpy()
+        arr = rec.stacked(stream, layer_ids)  # [batch, layers, heads, q, k], filled in place: no copy
+        return None if arr is None else arr.cpu().numpy()
 
     main_arr = stacked(main)
     if main_arr is None:

@@ -43,6 +43,13 @@ def extract_cmd(
     truncate: TruncateOpt = False,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "float32",
+    store: Annotated[
+        str,
+        typer.Option(
+            "--store",
+            help="float32, or float16: half the memory and file size; rounds each weight (about 3 digits).",
+        ),
+    ] = "float32",
     trust_remote_code: TrustOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -52,6 +59,8 @@ def extract_cmd(
     from attnviz.outputs import check_data_output
 
     # everything the user typed is checked before the model loads (which can take a minute)
+    if store not in ("float32", "float16"):
+        raise InputError(f"unknown --store '{store}': use float32 or float16")
     body = read_text(text, file)
     if not body.strip():
         raise InputError(
@@ -69,6 +78,7 @@ def extract_cmd(
         words=words,
         special_tokens=special,
         truncate=truncate,
+        store=store,
     )
     if output is not None:
         att.save(output)
