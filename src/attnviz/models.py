@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from attnviz.errors import DeviceError, ModelNotFoundError
+from attnviz.errors import DeviceError, InputError, ModelNotFoundError
 
 if TYPE_CHECKING:
     import torch
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from attnviz.capture import Capture
 
 ModelKind = Literal["encoder", "decoder", "encoder-decoder"]
+TASKS = ("base", "causal-lm", "masked-lm")  # which head `load_model(task=...)` puts on the model
 DTYPES = ("float32", "float16", "bfloat16")
 
 
@@ -91,6 +92,7 @@ class LoadedModel:
     load_seconds: float = 0.0
     from_cache: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    task: str = "base"  # "causal-lm" / "masked-lm": loaded with its LM head (ablation measures need it)
 
     @property
     def name(self) -> str:
@@ -229,9 +231,24 @@ def _from_pretrained(loader: Any, source: ModelSource, **kwargs: Any) -> Any:
         raise ModelNotFoundError(f"could not load '{source.spec}': {first}") from exc
 
 
-def _load_gguf(source: ModelSource, torch_dtype: Any, trust_remote_code: bool) -> tuple[Any, Any, bool]:
-    """Dequantise a GGUF file once, cache it as safetensors, and load the cached folder after."""
-    from transformers import AutoModel, AutoTokenizer
+def _auto_class(task: str) -> Any:
+    """The transformers Auto class for a task: the bare model, or the model with its LM head."""
+    import transformers
+
+    names = {"base": "AutoModel", "causal-lm": "AutoModelForCausalLM", "masked-lm": "AutoModelForMaskedLM"}
+    return getattr(transformers, names[task])
+
+
+def _load_gguf(
+    source: ModelSource, torch_dtype: Any, trust_remote_code: bool, task: str = "base"
+) -> tuple[Any, Any, bool]:
+    """Dequantise a GGUF file once, cache it as safetensors, and load the cached folder after.
+
+    The cache holds the whole checkpoint, so it serves AutoModel and AutoModelForCausalLM alike.
+    """
+    from transformers import AutoTokenizer
+
+    AutoModel = _auto_class(task)  # the Auto class the task asks for
 
     gguf = Path(source.path)
     folder = _gguf_cache_folder(gguf)
@@ -293,7 +310,7 @@ def hub_reachable(timeout: float = 2.0) -> bool:
         return False
 
 
-_CACHE: dict[tuple[str, str, str, bool], LoadedModel] = {}
+_CACHE: dict[tuple[str, str, str, bool, str], LoadedModel] = {}
 
 
 def load_model(
@@ -302,28 +319,31 @@ def load_model(
     device: str | None = "auto",
     dtype: str | None = "float32",
     trust_remote_code: bool = False,
+    task: str = "base",
 ) -> LoadedModel:
-    """Load (or reuse) a model with attention capture installed; one copy per model/device/dtype."""
+    """Load (or reuse) a model with attention capture installed; one copy per model/device/dtype/task."""
     source = resolve_model(model)
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
-    key = (source.path, dev, str(torch_dtype), trust_remote_code)
+    if task not in TASKS:
+        raise InputError(f"unknown task '{task}': use {', '.join(TASKS)}")
+    key = (source.path, dev, str(torch_dtype), trust_remote_code, task)
     if key in _CACHE:
         return _CACHE[key]
 
     quiet_transformers()
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from attnviz.capture import ATTN_IMPLEMENTATION, Capture, register
 
     register()
     start = time.perf_counter()
     if source.origin == "gguf":
-        hf_model, tokenizer, from_cache = _load_gguf(source, torch_dtype, trust_remote_code)
+        hf_model, tokenizer, from_cache = _load_gguf(source, torch_dtype, trust_remote_code, task)
     else:
         common = {"trust_remote_code": trust_remote_code}
         tokenizer = _from_pretrained(AutoTokenizer, source, **common)
-        hf_model = _from_pretrained(AutoModel, source, dtype=torch_dtype, **common)
+        hf_model = _from_pretrained(_auto_class(task), source, dtype=torch_dtype, **common)
         from_cache = False
     try:
         hf_model.set_attn_implementation(ATTN_IMPLEMENTATION)
@@ -351,6 +371,7 @@ def load_model(
         capture=capture,
         load_seconds=time.perf_counter() - start,
         from_cache=from_cache,
+        task=task,
     )
     _CACHE[key] = loaded
     return loaded
