@@ -29,11 +29,14 @@ _EXPORTS = {
     "run_batch_analysis": "attnviz.batch",
     "iter_records": "attnviz.batch",
     "BatchConfig": "attnviz.config",
+    "ablate": "attnviz.ablation",
+    "scan_heads": "attnviz.ablation",
 }
 
 __all__ = [*_EXPORTS, "__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover
+    from attnviz.ablation import ablate, scan_heads  # noqa: F401
     from attnviz.batch import iter_records, run_batch_analysis  # noqa: F401
     from attnviz.config import BatchConfig  # noqa: F401
     from attnviz.errors import AttnvizError  # noqa: F401

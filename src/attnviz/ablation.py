@@ -609,3 +609,21 @@ def repeat_loss_scan(
         delta=out.reshape(n_layers, n_heads) - before,
         seconds=time.perf_counter() - start,
     )
+
+
+def top_overlap(a: np.ndarray, b: np.ndarray, k: int = 10) -> tuple[int, int]:
+    """How many of the k highest cells of two [layers, heads] scores coincide, and k as used."""
+    from attnviz.search import ranked_positions
+
+    k = min(k, a.size)
+    return len(set(ranked_positions(a, k)) & set(ranked_positions(b, k))), k
+
+
+def effect_map(found: HeadScan, path: Any) -> Any:
+    """Save the layers x heads heatmap of each head's effect (|delta|, or the loss rise)."""
+    from attnviz.roles_plot import score_map
+
+    label = "loss rise" if found.measure == "repeat-loss" else f"|delta {found.measure}|"
+    title = f"{found.model}: effect of ablating each head ({found.mode}, {found.measure})"
+    values = np.clip(found.effect, 0.0, None)
+    return score_map(values, found.layers, found.heads, path, title=title, label=label)

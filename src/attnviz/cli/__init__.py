@@ -12,6 +12,7 @@ import sys
 import typer
 
 # Command modules register themselves on import; each is a few lines over the library.
+from attnviz.cli import ablate as _ablate  # noqa: F401
 from attnviz.cli import batch as _batch  # noqa: F401
 from attnviz.cli import extract as _extract  # noqa: F401
 from attnviz.cli import heads as _heads  # noqa: F401

@@ -40,6 +40,13 @@ TextsOpt = Annotated[
     ),
 ]
 PlotOpt = Annotated[Path | None, typer.Option("--plot", help="Save a figure here (.png, .svg or .pdf).")]
+AblateOpt = Annotated[
+    bool,
+    typer.Option(
+        "--ablate",
+        help="Also zero-ablate each head and show the effect on the prediction (see attnviz ablate).",
+    ),
+]
 
 
 def _check_plot(plot: Path | None) -> None:
@@ -114,6 +121,7 @@ def find_head_cmd(
     trust_remote_code: TrustOpt = False,
     as_json: JsonOpt = False,
     plot: PlotOpt = None,
+    ablate: AblateOpt = False,
 ) -> None:
     """Rank every layer and head by how strongly words A and B attend to each other."""
     from attnviz.errors import InputError
@@ -129,11 +137,19 @@ def find_head_cmd(
     if not texts:
         raise InputError("no text given: pass --text, --file or standard input")
     loaded = load(model, device, dtype, trust_remote_code)
+    if ablate:  # the model with its LM head, for extraction and ablation alike
+        from attnviz.ablation import for_ablation
+
+        loaded = for_ablation(loaded, trust_remote_code)
     layer_list = parse_indices(layer, "--layer")
     atts = _stream(texts, loaded, layer_list, None, truncate)
-    result = find_heads(atts, a, b, occurrence=occ, direction=direction, top=top or None)
+    result = find_heads(atts, a, b, occurrence=occ, direction=direction, top=None if ablate else top or None)
     _say_matches(result, texts, err=as_json)
-    if as_json:
+    if ablate:
+        from attnviz.cli.ablate import find_head_effects
+
+        find_head_effects(loaded, result, texts[result.used[0]], truncate, top, as_json)
+    elif as_json:
         print_json([h.as_dict() for h in result.ranking])
     else:
         _print_ranking(result)
@@ -235,6 +251,7 @@ def heads_cmd(
     trust_remote_code: TrustOpt = False,
     as_json: JsonOpt = False,
     plot: PlotOpt = None,
+    ablate: AblateOpt = False,
 ) -> None:
     """Score every head on the classic patterns and name its role; or find induction heads."""
     from attnviz.errors import InputError
@@ -248,8 +265,10 @@ def heads_cmd(
         if text is not None or file is not None:
             raise InputError("--induction makes its own random text: drop the text and --file")
         _induction(model, device, dtype, trust_remote_code, seq_len, batch, seed, layer_list, head_list,
-                   sort, top, as_json, plot)  # fmt: skip
+                   sort, top, as_json, plot, ablate)  # fmt: skip
         return
+    if ablate:
+        raise InputError("--ablate works with --induction (for a text, use attnviz ablate TEXT --scan)")
     from attnviz.patterns import PATTERNS, head_patterns
 
     if sort is not None and sort not in PATTERNS:
@@ -324,6 +343,7 @@ def _induction(
     top: int | None,
     as_json: bool,
     plot: Path | None,
+    ablate: bool = False,
 ) -> None:
     from attnviz.errors import InputError
     from attnviz.induction import SCORES, induction_scores
@@ -334,7 +354,12 @@ def _induction(
     loaded = load(model, device, dtype, trust_remote_code)
     result = induction_scores(loaded, seq_len=seq_len, batch=batch, seed=seed, layers=layers, heads=heads)
     ranking = result.ranking(by, 10 if top is None else top or None)
-    if as_json:
+    if ablate:
+        from attnviz.ablation import for_ablation
+        from attnviz.cli.ablate import induction_effects
+
+        induction_effects(for_ablation(loaded, trust_remote_code), result, ranking, as_json)
+    elif as_json:
         print_json([s.as_dict() for s in ranking])
     else:
         _print_induction(result, ranking)
