@@ -380,10 +380,6 @@ def _prepare(
     measure, reason = _measure_of(loaded)
     enc = tokenize(loaded, [text], truncate=truncate)
     ids, mask = enc.input_ids, enc.attention_mask
-    if measure == "embedding":
-        if target is not None:
-            reason += " (--target is ignored: the embedding covers the whole text)"
-        return _Prepared(measure, reason, ids, mask, None, (), ())
     n = enc.lengths[0]
     word_ids, words = align_words(text, enc.offsets[0], enc.special[0])
     att = Attention(
@@ -392,6 +388,11 @@ def _prepare(
         special=tuple(enc.special[0]), layers=(0,), heads=(0,),
         attn=np.zeros((1, 1, n, n), dtype=np.float32), causal=loaded.causal,
     )  # fmt: skip
+    if measure == "embedding":
+        if target is not None:
+            resolve(att, target, occurrence)  # a word not in the text is still an error
+            reason += " (--target is not used: the embedding covers the whole text)"
+        return _Prepared(measure, reason, ids, mask, None, (), ())
     if target is None:
         if measure == "log-prob":
             target = "@-1"
