@@ -25,7 +25,7 @@ def main() -> None:
 
     import torch
 
-    from attnviz.ablation import for_ablation, repeat_loss_scan, scan_heads, top_overlap
+    from attnviz.ablation import ablate, for_ablation, repeat_loss_scan, scan_heads, top_overlap
     from attnviz.induction import induction_scores
     from attnviz.models import load_model
 
@@ -37,7 +37,7 @@ def main() -> None:
         f"{loaded.name} ({loaded.task}) on {loaded.device}:"
         f" {ids['input_ids'].shape[1]} tokens, {n_heads} heads"
     )
-    scan_heads(loaded, TEXT, batch_size=args.batch_size)  # warm-up
+    ablate(loaded, TEXT, [(0, 0)])  # warm-up
     start = time.perf_counter()
     found = scan_heads(loaded, TEXT, batch_size=args.batch_size)
     scan_s = time.perf_counter() - start
