@@ -32,11 +32,14 @@ _EXPORTS = {
     "iter_records": "attnviz.batch",
     "BatchConfig": "attnviz.config",
     "show": "attnviz.views.notebook",
+    "ablate": "attnviz.ablation",
+    "scan_heads": "attnviz.ablation",
 }
 
 __all__ = [*_EXPORTS, "__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover
+    from attnviz.ablation import ablate, scan_heads  # noqa: F401
     from attnviz.attention import QKV, Attention, Encoded  # noqa: F401
     from attnviz.batch import iter_records, run_batch_analysis  # noqa: F401
     from attnviz.config import BatchConfig  # noqa: F401

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from attnviz.errors import DeviceError, ModelNotFoundError
+from attnviz.errors import DeviceError, InputError, ModelNotFoundError
 
 if TYPE_CHECKING:
     import torch
@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 
 ModelKind = Literal["encoder", "decoder", "encoder-decoder"]
 DTYPES = ("float32", "float16", "bfloat16")
+
+
+TASKS = ("base", "causal-lm", "masked-lm")  # which head `load_model(task=...)` puts on the model
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,7 @@ class LoadedModel:
     capture: Capture
     load_seconds: float = 0.0
     from_cache: bool = False
+    task: str = "base"  # "causal-lm" / "masked-lm": loaded with its LM head (ablation measures need it)
 
     @property
     def name(self) -> str:
@@ -386,16 +390,26 @@ def _from_pretrained(loader: Any, source: ModelSource, **kwargs: Any) -> Any:
         raise ModelNotFoundError(f"could not load '{source.spec}': {first}") from exc
 
 
+def _auto_class(task: str) -> Any:
+    """The transformers Auto class for a task: the bare model, or the model with its LM head."""
+    import transformers
+
+    names = {"base": "AutoModel", "causal-lm": "AutoModelForCausalLM", "masked-lm": "AutoModelForMaskedLM"}
+    return getattr(transformers, names[task])
+
+
 def _load_gguf(
     source: ModelSource,
     torch_dtype: Any,
     trust_remote_code: bool,
     progress: Callable[[LoadNotice], None] | None = None,
+    task: str = "base",
 ) -> tuple[Any, Any, bool]:
     """Dequantise a GGUF file once, cache it as safetensors, and load the cached folder after.
 
     Entries are keyed by the file's content hash, written under a lock to a temporary folder and
-    renamed when complete; one that cannot be read is rebuilt (with a warning notice).
+    renamed when complete; one that cannot be read is rebuilt (with a warning notice). An entry
+    holds the whole checkpoint, so it serves AutoModel and AutoModelForCausalLM alike.
     """
     import shutil
 
@@ -403,7 +417,7 @@ def _load_gguf(
     digest = file_digest(gguf)
     folder = _gguf_cache_folder(gguf, digest)
     clean_stale_temporaries(folder.parent)
-    loaded = _try_cached(source, folder, digest, torch_dtype, trust_remote_code, progress)
+    loaded = _try_cached(source, folder, digest, torch_dtype, trust_remote_code, progress, task)
     if loaded is not None:
         return (*loaded, True)
     with contextlib.ExitStack() as stack:
@@ -412,13 +426,19 @@ def _load_gguf(
         except OSError as exc:  # no usable cache folder: load straight from the GGUF file, uncached
             where = f"{folder.parent} ({exc.strerror or exc})"
             _notify(progress, "warning", f"cannot use the cache in {where}; loading without it")
-            return (*_dequantise(source, gguf, None, digest, torch_dtype, trust_remote_code, progress), False)
+            return (
+                *_dequantise(source, gguf, None, digest, torch_dtype, trust_remote_code, progress, task),
+                False,
+            )
         if folder.exists():  # built by another process while we waited, or found broken above
-            loaded = _try_cached(source, folder, digest, torch_dtype, trust_remote_code, None)
+            loaded = _try_cached(source, folder, digest, torch_dtype, trust_remote_code, None, task)
             if loaded is not None:
                 return (*loaded, True)
             shutil.rmtree(folder, ignore_errors=True)  # our own entry, broken: rebuilt below
-        return (*_dequantise(source, gguf, folder, digest, torch_dtype, trust_remote_code, progress), False)
+        return (
+            *_dequantise(source, gguf, folder, digest, torch_dtype, trust_remote_code, progress, task),
+            False,
+        )
 
 
 def _try_cached(
@@ -428,6 +448,7 @@ def _try_cached(
     torch_dtype: Any,
     trust_remote_code: bool,
     progress: Callable[[LoadNotice], None] | None,
+    task: str = "base",
 ) -> tuple[Any, Any] | None:
     """Load a verified cache entry; None (with a warning notice) when it is missing or unreadable."""
     if not folder.exists():
@@ -437,12 +458,14 @@ def _try_cached(
             progress, "warning", f"the cached copy of {source.name} is incomplete or damaged; rebuilding it"
         )
         return None
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoTokenizer
 
     try:
         common = {"trust_remote_code": trust_remote_code}
         tokenizer = AutoTokenizer.from_pretrained(str(folder), **common)
-        model = AutoModel.from_pretrained(str(folder), dtype=torch_dtype, use_safetensors=True, **common)
+        model = _auto_class(task).from_pretrained(
+            str(folder), dtype=torch_dtype, use_safetensors=True, **common
+        )
     except Exception as exc:  # any unreadable entry is rebuilt, whatever broke it
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         _notify(
@@ -460,11 +483,12 @@ def _dequantise(
     torch_dtype: Any,
     trust_remote_code: bool,
     progress: Callable[[LoadNotice], None] | None,
+    task: str = "base",
 ) -> tuple[Any, Any]:
     """Read the GGUF file into float32 weights, and save them as a cache entry when `folder` is set."""
     cached = " (first load, cached afterwards)" if folder is not None else ""
     _notify(progress, "status", f"de-quantising {source.name}{cached}...")
-    model, tokenizer = _read_gguf(source, gguf, trust_remote_code)
+    model, tokenizer = _read_gguf(source, gguf, trust_remote_code, task)
     if folder is not None:
         from attnviz.outputs import write_error
 
@@ -478,9 +502,13 @@ def _dequantise(
     return model, tokenizer
 
 
-def _read_gguf(source: ModelSource, gguf: Path, trust_remote_code: bool) -> tuple[Any, Any]:
+def _read_gguf(
+    source: ModelSource, gguf: Path, trust_remote_code: bool, task: str = "base"
+) -> tuple[Any, Any]:
     """The slow part: transformers de-quantises every tensor of the GGUF file to float32."""
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoTokenizer
+
+    AutoModel = _auto_class(task)  # the Auto class the task asks for
 
     for needed in ("gguf", "accelerate"):
         if importlib.util.find_spec(needed) is None:
@@ -547,31 +575,37 @@ def load_model(
     dtype: str | None = "float32",
     trust_remote_code: bool = False,
     progress: Callable[[LoadNotice], None] | None = None,
+    task: str = "base",
 ) -> LoadedModel:
-    """Load (or reuse) a model with attention capture installed; one copy per model/device/dtype.
+    """Load (or reuse) a model with attention capture installed; one copy per model/device/dtype/task.
 
     `progress` receives LoadNotices for slow first loads and repaired caches (the CLI draws them).
+    `task`: "base", or "causal-lm"/"masked-lm" for the model with its LM head (ablation measures).
     """
     source = resolve_model(model)
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
-    key = (source.path, dev, str(torch_dtype), trust_remote_code)
+    if task not in TASKS:
+        raise InputError(f"unknown task '{task}': use {', '.join(TASKS)}")
+    key = (source.path, dev, str(torch_dtype), trust_remote_code, task)
     if key in _CACHE:
         return _CACHE[key]
 
     quiet_transformers()
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from attnviz.capture import ATTN_IMPLEMENTATION, Capture, register
 
     register()
     start = time.perf_counter()
     if source.origin == "gguf":
-        hf_model, tokenizer, from_cache = _load_gguf(source, torch_dtype, trust_remote_code, progress)
+        hf_model, tokenizer, from_cache = _load_gguf(source, torch_dtype, trust_remote_code, progress, task)
     else:
         common = {"trust_remote_code": trust_remote_code}
         tokenizer = _from_pretrained(AutoTokenizer, source, **common)
-        hf_model = _from_pretrained(AutoModel, source, dtype=torch_dtype, use_safetensors=True, **common)
+        hf_model = _from_pretrained(
+            _auto_class(task), source, dtype=torch_dtype, use_safetensors=True, **common
+        )
         from_cache = False
     try:
         hf_model.set_attn_implementation(ATTN_IMPLEMENTATION)
@@ -599,6 +633,7 @@ def load_model(
         capture=capture,
         load_seconds=time.perf_counter() - start,
         from_cache=from_cache,
+        task=task,
     )
     _CACHE[key] = loaded
     return loaded

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import sys
 
+from attnviz.cli import ablate as _ablate  # noqa: F401
+
 # Command modules register themselves on import; each is a few lines over the library.
 from attnviz.cli import analyses as _analyses  # noqa: F401
 from attnviz.cli import batch as _batch  # noqa: F401

@@ -34,8 +34,18 @@ from attnviz.selection import parse_indices
 if TYPE_CHECKING:
     from attnviz.extraction import Attention
     from attnviz.induction import InductionResult, InductionSettings
+    from attnviz.models import LoadedModel
     from attnviz.patterns import PatternTable
     from attnviz.search import HeadSearch
+
+
+AblateOpt = Annotated[
+    bool,
+    typer.Option(
+        "--ablate",
+        help="Also zero-ablate each head and show the effect on the prediction (see attnviz ablate).",
+    ),
+]
 
 
 def _check_plot(plot: Path | None) -> None:
@@ -138,6 +148,7 @@ def find_head_cmd(
     trust_remote_code: TrustOpt = False,
     as_json: JsonOpt = False,
     plot: PlotOpt = None,
+    ablate: AblateOpt = False,
 ) -> None:
     """Rank every layer and head by how strongly A and B attend to each other in the text.
 
@@ -157,10 +168,18 @@ def find_head_cmd(
     items = texts_from(text, file, texts)
     check_queries(items, a, b)
     loaded = load(model, device, dtype, trust_remote_code)
+    if ablate:  # the model with its LM head, for extraction and ablation alike
+        from attnviz.ablation import for_ablation
+
+        loaded = for_ablation(loaded, trust_remote_code)
     atts = _stream(items, loaded, layer_list, head_list, truncate, special)
-    result = find_heads(atts, a, b, occurrence=occ, direction=direction, top=top or None)
+    result = find_heads(atts, a, b, occurrence=occ, direction=direction, top=None if ablate else top or None)
     _say_matches(result, items, err=as_json)
-    if as_json:
+    if ablate:
+        from attnviz.cli.ablate import find_head_effects
+
+        find_head_effects(loaded, result, items[result.used[0]], truncate, top, as_json)
+    elif as_json:
         print_json([h.as_dict() for h in result.ranking])
     else:
         _print_ranking(result)
@@ -289,6 +308,7 @@ def heads_cmd(
     trust_remote_code: TrustOpt = False,
     as_json: JsonOpt = False,
     plot: PlotOpt = None,
+    ablate: AblateOpt = False,
 ) -> None:
     """Score every head on the classic patterns and name its role; or find induction heads."""
     from attnviz.errors import InputError
@@ -304,8 +324,14 @@ def heads_cmd(
             raise InputError("--induction makes its own random text: drop the text, --file and --texts")
         settings = InductionSettings(seq_len, batch, seed, layer_list, head_list, sort or "induction").check()
         loaded = load(model, device, dtype, trust_remote_code)
-        _induction(settings.run(loaded), settings, top, as_json, plot)
+        if ablate:  # the LM head's loss needs the model with it
+            from attnviz.ablation import for_ablation
+
+            loaded = for_ablation(loaded, trust_remote_code)
+        _induction(settings.run(loaded), settings, top, as_json, plot, loaded if ablate else None)
         return
+    if ablate:
+        raise InputError("--ablate works with --induction (for a text, use attnviz ablate TEXT --scan)")
     if sort is not None and sort not in PATTERNS:
         raise InputError(f"unknown --sort '{sort}': use one of {', '.join(PATTERNS)}")
     check_thresholds(threshold, broad_threshold)
@@ -359,12 +385,24 @@ def _print_patterns(table: PatternTable, rows: list) -> None:
 
 
 def _induction(
-    result: InductionResult, settings: InductionSettings, top: int | None, as_json: bool, plot: Path | None
+    result: InductionResult,
+    settings: InductionSettings,
+    top: int | None,
+    as_json: bool,
+    plot: Path | None,
+    ablate_with: LoadedModel | None = None,
 ) -> None:
-    """Print (or write as JSON) an induction test's ranking, and draw its score map on --plot."""
+    """Print (or write as JSON) an induction test's ranking, and draw its score map on --plot.
+
+    `ablate_with`: a model with its LM head; each ranked head's ablation effect is shown too.
+    """
     by = settings.sort
     ranking = result.ranking(by, 10 if top is None else top or None)
-    if as_json:
+    if ablate_with is not None:
+        from attnviz.cli.ablate import induction_effects
+
+        induction_effects(ablate_with, result, ranking, as_json)
+    elif as_json:
         print_json([s.as_dict() for s in ranking])
     else:
         _print_induction(result, ranking)

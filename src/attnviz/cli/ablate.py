@@ -1,0 +1,226 @@
+"""`attnviz ablate`: remove heads and print how much the model's prediction (or embedding) changes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from attnviz.cli._app import command
+from attnviz.cli._options import (
+    DeviceOpt,
+    DtypeOpt,
+    FileOpt,
+    JsonOpt,
+    ModelOpt,
+    TextArg,
+    TruncateOpt,
+    TrustOpt,
+    load,
+    print_json,
+    read_text,
+)
+
+if TYPE_CHECKING:
+    from attnviz.ablation import Ablation, HeadScan
+    from attnviz.induction import InductionResult
+    from attnviz.models import LoadedModel
+    from attnviz.search import HeadSearch
+
+TargetOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--target",
+        help="Causal LM: the word or @N token whose log-probability is measured (default: the last token);"
+        " masked LM: the word masked (default: the last word). Encoders without an LM head ignore it.",
+    ),
+]
+ModeOpt = Annotated[
+    str, typer.Option("--mode", help="zero (default) or mean (the head's mean output over --reference).")
+]
+ReferenceOpt = Annotated[
+    Path | None, typer.Option("--reference", help="--mode mean: reference texts, one per line.")
+]
+
+
+def reference_texts(mode: str, reference: Path | None) -> list[str] | None:
+    """The --reference file's lines; `--mode mean` without one is an error before the model loads."""
+    from attnviz.ablation import check_mode
+
+    texts = None
+    if reference is not None:
+        texts = [line.strip() for line in read_text(None, reference).splitlines() if line.strip()]
+    check_mode(mode, texts)
+    return texts
+
+
+@command("ablate")
+def ablate_cmd(
+    text: TextArg = None,
+    file: FileOpt = None,
+    layer: Annotated[int | None, typer.Option("--layer", "-l", help="Layer of the head to ablate.")] = None,
+    head: Annotated[int | None, typer.Option("--head", help="Head to ablate (with --layer).")] = None,
+    heads: Annotated[
+        str | None,
+        typer.Option("--heads", help="Several heads ablated together: LAYER:HEAD,... e.g. 18:6,17:3."),
+    ] = None,
+    scan: Annotated[
+        bool, typer.Option("--scan", help="Ablate every head in turn and rank them by effect.")
+    ] = False,
+    target: TargetOpt = None,
+    mode: ModeOpt = "zero",
+    reference: ReferenceOpt = None,
+    top: Annotated[int, typer.Option("--top", "-k", help="--scan: how many heads to show (0: all).")] = 10,
+    plot: Annotated[
+        Path | None, typer.Option("--plot", help="--scan: save a layers x heads heatmap of the effect here.")
+    ] = None,
+    model: ModelOpt = "minilm",
+    truncate: TruncateOpt = False,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "float32",
+    trust_remote_code: TrustOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Ablate heads (zero or mean) and print the change in the prediction or the embedding."""
+    from attnviz.ablation import ablate, effect_map, for_ablation, parse_heads, scan_heads
+    from attnviz.errors import InputError
+
+    if top < 0:
+        raise InputError("--top must be 0 (all) or more")
+    pairs: tuple[tuple[int, int], ...] = ()
+    if heads is not None:
+        pairs = parse_heads(heads)
+    if layer is not None or head is not None:
+        if layer is None or head is None:
+            raise InputError("give both --layer and --head (or --heads LAYER:HEAD,...)")
+        pairs = (*pairs, (layer, head))
+    if scan and pairs:
+        raise InputError("--scan ablates every head in turn: drop --layer/--head/--heads")
+    if not scan and not pairs:
+        raise InputError("say which head to ablate: --layer L --head H, --heads L:H,... or --scan")
+    if plot is not None:
+        if not scan:
+            raise InputError("--plot draws the --scan heatmap: add --scan")
+        from attnviz.outputs import image_format
+
+        image_format(plot)
+    refs = reference_texts(mode, reference)
+    body = read_text(text, file)
+    loaded = for_ablation(load(model, device, dtype, trust_remote_code), trust_remote_code)
+    if not scan:
+        result = ablate(loaded, body, pairs, target=target, mode=mode, reference=refs, truncate=truncate)
+        if as_json:
+            print_json(result.as_dict())
+        else:
+            _print_ablation(result)
+        return
+    found = scan_heads(loaded, body, target=target, mode=mode, reference=refs, truncate=truncate)
+    rows = found.ranking(top or None)
+    if as_json:
+        print_json([r.as_dict() for r in rows])
+    else:
+        _print_scan(found, rows)
+    if plot is not None:
+        effect_map(found, plot)
+        typer.echo(f"wrote {plot}", err=as_json)
+
+
+def _what(measure: str, target: str | None, position: int | None) -> str:
+    if target is None:
+        return measure
+    return f"{measure} of '{target}' (token {position})"
+
+
+def _print_ablation(r: Ablation) -> None:
+    heads = ", ".join(f"L{layer}H{head}" for layer, head in r.heads)
+    typer.echo(f"{r.model}: {r.mode}-ablating {heads}")
+    typer.echo(f"measure: {r.measure}, because {r.reason}")
+    typer.echo(f"{_what(r.measure, r.target, r.position)}: before {r.before:.6g}, after {r.after:.6g}")
+    typer.echo(f"delta (after - before): {r.delta:+.6g}")
+
+
+def _print_scan(found: HeadScan, rows: tuple) -> None:
+    typer.echo(
+        f"{found.model}: each of {found.delta.size} heads {found.mode}-ablated alone"
+        f" ({found.seconds:.1f} s, batched)"
+    )
+    typer.echo(f"measure: {found.measure}, because {found.reason}")
+    typer.echo(f"{_what(found.measure, found.target, found.position)} without ablation: {found.before:.6g}")
+    order = "the rise" if found.measure == "repeat-loss" else "|delta|"
+    typer.echo(f"ranked by {order}, largest first")
+    typer.echo(f"{'rank':>4} {'layer':>5} {'head':>4} {'delta':>12}")
+    for r in rows:
+        typer.echo(f"{r.rank:>4} {r.layer:>5} {r.head:>4} {r.delta:>+12.6g}")
+
+
+def find_head_effects(
+    loaded: LoadedModel, result: HeadSearch, text: str, truncate: bool, top: int, as_json: bool
+) -> None:
+    """`find-head --ablate`: each ranked head's ablation effect beside its score, and Spearman's rho."""
+    import numpy as np
+
+    from attnviz.ablation import scan_heads, spearman
+
+    ub = result.units[0][1]
+    found = scan_heads(loaded, text, target=result.b, occurrence=ub.occurrence or None, truncate=truncate)
+    delta = [float(found.delta[h.layer, h.head]) for h in result.ranking]
+    effect = [float(found.effect[h.layer, h.head]) for h in result.ranking]
+    rho = spearman(np.array([h.score for h in result.ranking]), np.array(effect))
+    shown = result.ranking[: top or None]
+    what = _what(found.measure, found.target, found.position)
+    summary = (
+        f"ablation ({found.mode}) measure: {what}, because {found.reason}; before {found.before:.6g}\n"
+        f"Spearman rank correlation of attention score and |delta| over {len(result.ranking)} heads:"
+        f" {rho:+.3f}"
+    )
+    if as_json:
+        print_json([{**h.as_dict(), "delta": d} for h, d in zip(shown, delta, strict=False)])
+        typer.echo(summary, err=True)
+        return
+    typer.echo(
+        f"{'rank':>4} {'layer':>5} {'head':>4} {'score':>7} {'A->B':>7} {'B->A':>7} {'delta':>11}  role"
+    )
+    for h, d in zip(shown, delta, strict=False):
+        typer.echo(
+            f"{h.rank:>4} {h.layer:>5} {h.head:>4} {h.score:>7.4f} {h.a2b:>7.4f} {h.b2a:>7.4f}"
+            f" {d:>+11.4g}  {h.role}"
+        )
+    typer.echo(summary)
+
+
+def induction_effects(loaded: LoadedModel, result: InductionResult, ranking: tuple, as_json: bool) -> None:
+    """`heads --induction --ablate`: the loss rise of each ranked head, and the top-10 overlap."""
+    import numpy as np
+
+    from attnviz.ablation import repeat_loss_scan, top_overlap
+
+    found = repeat_loss_scan(loaded, seq_len=result.seq_len, batch=result.batch, seed=result.seed)
+    rise = {(r.layer, r.head): r.delta for r in found.ranking()}
+    sub = found.delta[np.ix_(list(result.layers), list(result.heads))]
+    overlap, k = top_overlap(result.induction, sub, 10)
+    by_loss = ", ".join(f"L{r.layer}H{r.head}" for r in found.ranking(5))
+    summary = (
+        f"ablation: zeroing each head, mean loss on the second copy {found.before:.4f} without ablation;"
+        f" largest rises: {by_loss}\n"
+        f"top-{k} overlap of induction score and loss rise: {overlap} of {k}"
+    )
+    if as_json:
+        print_json([{**s.as_dict(), "loss_rise": rise[(s.layer, s.head)]} for s in ranking])
+        typer.echo(summary, err=True)
+        return
+    _print_ind_header(result)
+    typer.echo(f"{'rank':>4} {'layer':>5} {'head':>4} {'induction':>9} {'duplicate':>9} {'loss rise':>10}")
+    for s in ranking:
+        typer.echo(
+            f"{s.rank:>4} {s.layer:>5} {s.head:>4} {s.induction:>9.3f} {s.duplicate:>9.3f}"
+            f" {rise[(s.layer, s.head)]:>+10.4f}"
+        )
+    typer.echo(summary)
+
+
+def _print_ind_header(result: InductionResult) -> None:
+    typer.echo(
+        f"{result.model}: {result.batch} sequences of {result.seq_len} random tokens, each repeated twice"
+        f" (seed {result.seed}); chance (uniform attention) = {result.chance:.3f}"
+    )
