@@ -1,0 +1,176 @@
+"""Every shell and Python example in README.md and docs/*.md runs, in document order.
+
+Blocks fenced as `bash`, `console` (only the `$ ` lines) or `python` are run; a block preceded by
+`<!-- example: skip REASON -->` is not (a server that runs until Ctrl-C, the set-up itself). Each
+document runs in its own temporary folder holding a few small input files (EXAMPLE_FILES) and a
+copy of `configs/`, so an example may read `essay.txt` or `sentences.txt`, or use `--config NAME`. `attnviz ...` lines run in-process through
+Typer's CliRunner (one model load per test session); other lines run in bash.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from attnviz.cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+DOCS = [d for d in DOCS if d.name != "cli.md"]  # generated from --help; checked by test_docs
+
+EXAMPLE_FILES = {
+    "essay.txt": "Emily always wanted to visit Paris so she took some French lessons.\n",
+    "sentences.txt": (
+        "The trophy did not fit in the suitcase because it was too big.\n"
+        "The trophy did not fit in the suitcase because it was too small.\n"
+        "Emily thanked Anna because she had helped with the move.\n"
+        "Susan called Mary because she wanted to talk.\n"
+        "The city councilmen refused the demonstrators a permit because they feared violence.\n"
+    ),
+    "corpus.jsonl": (
+        '{"text": "Emily visited Paris to learn French."}\n'
+        '{"text": "The cat sat on the mat."}\n'
+        '{"text": "She met Emily in Berlin."}\n'
+    ),
+}
+
+_FENCE = re.compile(
+    r"(?:<!--\s*example:\s*(?P<skip>skip[^>]*)-->\s*\n)?```(?P<lang>\w*)[^\n]*\n(?P<body>.*?)```", re.S
+)
+
+
+@dataclass(frozen=True)
+class Block:
+    doc: Path
+    line: int
+    lang: str
+    body: str
+
+
+def blocks(doc: Path) -> list[Block]:
+    text = doc.read_text(encoding="utf-8")
+    out = []
+    for m in _FENCE.finditer(text):
+        lang = m.group("lang")
+        if m.group("skip") or lang not in ("bash", "console", "python"):
+            continue
+        out.append(Block(doc, text.count("\n", 0, m.start("body")), lang, m.group("body")))
+    return out
+
+
+def commands(block: Block) -> list[str]:
+    """Shell commands of a block: heredocs and backslash continuations kept whole."""
+    lines = block.body.splitlines()
+    if block.lang == "console":
+        cmds: list[str] = []
+        i = 0
+        while i < len(lines):
+            if lines[i].startswith("$ "):
+                cmd = [lines[i][2:]]
+                heredoc = re.search(r"<<-?'?(\w+)'?", lines[i])
+                while heredoc and i + 1 < len(lines):
+                    i += 1
+                    cmd.append(lines[i])
+                    if lines[i].strip() == heredoc.group(1):
+                        break
+                cmds.append("\n".join(cmd))
+            i += 1
+        return cmds
+    cmds, current, end = [], [], None
+    for line in lines:
+        if not current and (not line.strip() or line.lstrip().startswith("#")):
+            continue
+        current.append(line)
+        if end is None and (m := re.search(r"<<-?'?(\w+)'?", line)):
+            end = m.group(1)
+            continue
+        if end is not None:
+            if line.strip() == end:
+                end = None
+            else:
+                continue
+        if line.rstrip().endswith("\\"):
+            continue
+        cmds.append("\n".join(current))
+        current = []
+    if current:
+        cmds.append("\n".join(current))
+    return cmds
+
+
+def run_command(cmd: str, cwd: Path, where: str) -> None:
+    if cmd.strip() == "source .venv/bin/activate":  # the runner already runs the venv's attnviz
+        return
+    simple = "<<" not in cmd and not any(c in cmd.replace("\\\n", "") for c in ";&>`$(")
+    stdin = None
+    if simple and "|" in cmd:
+        left, _, right = cmd.partition("|")
+        echo = shlex.split(left)
+        if echo and echo[0] == "echo" and "|" not in right:
+            stdin, cmd = " ".join(echo[1:]) + "\n", right.strip()
+        else:
+            simple = False
+    if simple:
+        argv = shlex.split(cmd.replace("\\\n", " "), comments=True)
+        if argv and argv[0] == "attnviz":
+            runner = CliRunner()
+            with contextlib.chdir(cwd):
+                result = runner.invoke(app, argv[1:], input=stdin, catch_exceptions=False)
+            assert result.exit_code == 0, (
+                f"{where}: `{cmd}` exited {result.exit_code}: {result.output[-800:]}"
+            )
+            return
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run(["bash", "-c", cmd], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"{where}: `{cmd}` exited {proc.returncode}: {proc.stderr[-800:]}"
+
+
+def run_python(block: Block, cwd: Path, where: str) -> None:
+    namespace: dict[str, object] = {"__name__": "__example__"}
+    with contextlib.chdir(cwd), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            exec(compile(block.body, where, "exec"), namespace)
+        except Exception as exc:  # the block's own line numbers are in the traceback
+            raise AssertionError(f"{where}: {type(exc).__name__}: {exc}") from exc
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("doc", DOCS, ids=lambda d: d.name)
+def test_documented_examples_run(doc: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    found = blocks(doc)
+    if not found:
+        pytest.skip(f"{doc.name} has no runnable examples")
+    for name, content in EXAMPLE_FILES.items():
+        (tmp_path / name).write_text(content, encoding="utf-8")
+    shutil.copytree(ROOT / "configs", tmp_path / "configs")  # `--config NAME` as from a checkout
+    monkeypatch.setenv("COLUMNS", "100")
+    for block in found:
+        where = f"{doc.relative_to(ROOT)}:{block.line + 1}"
+        if block.lang == "python":
+            run_python(block, tmp_path, where)
+        else:
+            for cmd in commands(block):
+                run_command(cmd, tmp_path, where)
+
+
+def test_runner_reads_console_heredocs_and_skips(tmp_path: Path) -> None:
+    doc = ROOT / "tests" / "_example_probe.md"
+    block = Block(doc, 0, "console", "$ cat > a.txt <<'EOF'\nx\nEOF\n$ attnviz --help\noutput line\n")
+    assert commands(block) == ["cat > a.txt <<'EOF'\nx\nEOF", "attnviz --help"]
+    bash = Block(doc, 0, "bash", "# a comment\nattnviz extract x \\\n   --json   # trailing\n\necho hi\n")
+    assert commands(bash) == ["attnviz extract x \\\n   --json   # trailing", "echo hi"]
+    text = "<!-- example: skip runs forever -->\n```bash\nattnviz serve\n```\n```bash\nattnviz models\n```\n"
+    fake = tmp_path / "probe.md"
+    fake.write_text(text, encoding="utf-8")
+    assert [b.body for b in blocks(fake)] == ["attnviz models\n"]
