@@ -3,8 +3,9 @@
 Blocks fenced as `bash`, `console` (only the `$ ` lines) or `python` are run; a block preceded by
 `<!-- example: skip REASON -->` is not (a server that runs until Ctrl-C, the set-up itself). Each
 document runs in its own temporary folder holding a few small input files (EXAMPLE_FILES) and a
-copy of `configs/`, so an example may read `essay.txt` or `sentences.txt`, or use `--config NAME`. `attnviz ...` lines run in-process through
-Typer's CliRunner (one model load per test session); other lines run in bash.
+copy of `configs/`, so an example may read `essay.txt` or `sentences.txt`, or use `--config NAME`.
+`attnviz ...` lines run in-process through Typer's CliRunner (one model load per test session);
+other lines run in bash.
 """
 
 from __future__ import annotations
@@ -162,6 +163,18 @@ def test_documented_examples_run(doc: Path, tmp_path: Path, monkeypatch: pytest.
         else:
             for cmd in commands(block):
                 run_command(cmd, tmp_path, where)
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda d: d.name)
+def test_commands_are_in_tagged_blocks(doc: Path) -> None:
+    """A block without a language is never run: it must not hold a command (tag it bash or text)."""
+    text = doc.read_text(encoding="utf-8")
+    for m in re.finditer(r"^```(\w*)[^\n]*\n(.*?)^```", text, re.S | re.M):
+        first = next((line for line in m.group(2).splitlines() if line.strip()), "")
+        if not m.group(1):
+            assert not first.lstrip().startswith(("attnviz ", "$ ", "python ")), (
+                f"{doc.name}:{text.count(chr(10), 0, m.start()) + 1}: an untagged block holds a command"
+            )
 
 
 def test_runner_reads_console_heredocs_and_skips(tmp_path: Path) -> None:
