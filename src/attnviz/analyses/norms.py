@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from attnviz.analyses.aggregate import Derived, derive
+from attnviz.analyses.aggregate import derive
 from attnviz.errors import InputError
 from attnviz.extraction import Attention
 
@@ -108,7 +108,7 @@ def norm_weighted(
     truncate: bool = False,
     device: str | None = "auto",
     dtype: str | None = "float32",
-) -> Derived:
+) -> Attention:
     """A text's (or an Attention's) norm-weighted attention: `attn[l, h, i, j] * ||f_h(x_j)||`.
 
     Rows no longer sum to 1: their total is the size of what the head writes for that query. An
@@ -130,7 +130,7 @@ def norm_weighted(
         )
     else:
         att = source
-        if getattr(att, "weighting", "attention") != "attention":
+        if att.weighting != "attention":
             raise InputError("this attention is already norm-weighted")
     norms = value_norms(att, loaded)  # [layers, heads, k]
     weighted = (att.attn * norms[:, :, None, :]).astype(np.float32)
