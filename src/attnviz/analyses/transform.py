@@ -53,9 +53,17 @@ class ViewOptions:
 
 
 def transform(att: Attention, options: ViewOptions, loaded: LoadedModel | None = None) -> Attention:
-    """`att` norm-weighted, without special tokens, pooled: as `options` ask (notes say which)."""
+    """`att` norm-weighted, without special tokens, pooled: as `options` ask (notes say which).
+
+    Float16 attention (`extract(store="float16")`) stays float16.
+    """
+    from dataclasses import replace
+
+    import numpy as np
+
     from attnviz.analyses.aggregate import aggregate, without_special
 
+    half = att.attn.dtype == np.float16
     options.check(words=att.level == "word")
     if options.weighting == "norm":
         from attnviz.analyses.norms import norm_weighted
@@ -67,4 +75,6 @@ def transform(att: Attention, options: ViewOptions, loaded: LoadedModel | None =
         att = without_special(att)
     if options.aggregate is not None:
         att = aggregate(att, options.over, options.aggregate)
+    if half and att.attn.dtype != np.float16:
+        att = replace(att, attn=att.attn.astype(np.float16))
     return att
