@@ -157,3 +157,33 @@ def special_share(att: Attention) -> np.ndarray:
 def weighting_statistics(att: Attention, weighted: Attention) -> dict[str, np.ndarray]:
     """Batch statistics, [layers, heads] each: special-token share under attention and under norms."""
     return {"special_attention": special_share(att), "special_norm": special_share(weighted)}
+
+
+def batch_value_norms(
+    loaded: LoadedModel,
+    vectors: dict[tuple[str, int], Any],
+    stream: str,
+    layers: Sequence[int],
+    heads: Sequence[int],
+    projections: dict[int, np.ndarray] | None = None,
+) -> list[Any]:
+    """`||f_h(x_j)||` for a padded batch, from a capture run with `qkv=True`: per layer [B, H, L].
+
+    `vectors` is the recorder's (stream, layer) -> (q, k, v, scaling, bias), v [B, kv heads, L, d];
+    `projections` (from `output_projections`, read once per run) saves reading the weights again.
+    """
+    import torch
+
+    projections = projections if projections is not None else output_projections(loaded)
+    out = []
+    for layer in layers:
+        q, _k, v, _scaling, _bias = vectors[(stream, layer)]
+        rep = q.shape[1] // v.shape[1]
+        if rep > 1:  # grouped-query attention: each value head serves `rep` query heads
+            v = v.repeat_interleave(rep, dim=1)
+        d = v.shape[-1]
+        w = torch.as_tensor(projections[layer], device=v.device)  # [hidden, heads * d]
+        per_head = torch.stack([w[:, h * d : (h + 1) * d] for h in heads])  # [H, hidden, d]
+        pushed = torch.einsum("bhld,hod->bhlo", v[:, list(heads)].float(), per_head)  # [B, H, L, hidden]
+        out.append(torch.linalg.vector_norm(pushed, dim=-1))  # [B, H, L]
+    return out
