@@ -211,9 +211,6 @@ def heatmap_cmd(
     heads: HeadsOpt = None,
     aggregate: AggregateOpt = None,
     over: OverOpt = "heads",
-    average: Annotated[
-        bool, typer.Option("--average", hidden=True, help="The old name of --aggregate mean.")
-    ] = False,
     weighting: WeightingOpt = "attention",
     words: WordsOpt = False,
     vmax: VmaxOpt = "auto",
@@ -242,15 +239,12 @@ def heatmap_cmd(
     """Draw attention as a heatmap: one head (--layer --head), several (--heads), a layer, their
     mean or maximum (--aggregate), or with no selection the whole model as a layers x heads grid.
     Prints the path."""
-    from attnviz.errors import InputError
     from attnviz.extraction import check_stream, square_stream
     from attnviz.outputs import slug
     from attnviz.plots import annotate_limit, attention_figure, cross_figure, derived_figure
     from attnviz.tokens import positions_of
 
-    if average and aggregate not in (None, "mean"):
-        raise InputError("--average is --aggregate mean: give one of them")
-    options = view_options(weighting, special, "mean" if average else aggregate, over, words)
+    options = view_options(weighting, special, aggregate, over, words)
     head_list = _heads_arg(head, heads)
     style = _style(vmax, cmap, dpi, size)
     check_stream(stream, layer, head_list, words, transformed=options.changes)
