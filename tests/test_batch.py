@@ -389,7 +389,9 @@ def test_statistics_are_declared_once_in_column_order():
     from attnviz.patterns import PATTERNS
 
     names = [s.column for s in STATISTICS]
-    assert names == ["entropy", "max_weight", "mean_row_max", "special", *(f"pattern_{p}" for p in PATTERNS)]
+    patterns = [f"pattern_{p}" for p in PATTERNS]
+    norm = ["special_attention", "special_norm"]
+    assert names == ["entropy", "max_weight", "mean_row_max", "special", *patterns, *norm]
     assert all((s.row is None) != (s.keys is None) for s in STATISTICS)  # one way to compute each
     cfg = make_config(statistics="special,entropy", probes=(parse_probe("a:b"),))
     assert stat_columns(cfg) == ["entropy", "special", "probe_a_b_ab", "probe_a_b_ba"]
