@@ -147,6 +147,7 @@ def test_heatmap_aggregate_mean_over_layers(bert, loaded, figures) -> None:
     att = extract(TEXT, loaded, heads=[2])
     np.testing.assert_allclose(image(ax), att.attn[:, 0].mean(axis=0), atol=1e-6)
     assert "mean of layers 0,1" in ax.get_title()
+    assert figures[-1][1].name.endswith("-H2-mean.png")
 
 
 def test_heatmap_no_special_hides_ticks_and_renormalises(bert, loaded, figures) -> None:
@@ -214,6 +215,14 @@ def test_find_head_no_special_ranks_on_renormalised_rows(bert, loaded) -> None:
     brute_full = _brute_pair(full.attn, full.tokens.index("sat"), full.tokens.index("mat"))
     for row in plain:
         assert row["score"] == pytest.approx(brute_full[row["layer"], row["head"]], abs=1e-5)
+
+
+def test_find_head_plot_of_hidden_rows_says_so(bert, figures, tmp_path) -> None:
+    out = tmp_path / "best.png"
+    ok("find-head", "sat", "mat", TEXT, "-m", bert, "--no-special", "--plot", str(out))
+    (ax,) = heat_axes(figures[-1][0])
+    assert HIDDEN in ax.get_title() and "[CLS]" not in labels(ax)
+    np.testing.assert_allclose(image(ax).sum(-1), 1.0, atol=1e-5)
 
 
 def test_hiding_special_tokens_ranks_a_sep_sink_head_on_the_rest_of_its_weight() -> None:

@@ -243,7 +243,7 @@ def _plot_best(result: HeadSearch, att: Attention, path: Path) -> None:
         highlight=sorted({*ua.tokens, *ub.tokens}),
         text=att.text,
         title=f"{att.model} · layer {best.layer} · head {best.head}: "
-        f"{ua.label} ↔ {ub.label} (score {best.score:.3f})",
+        f"{ua.label} ↔ {ub.label} (score {best.score:.3f})" + "".join(f" · {n}" for n in att.notes),
     )
     plots.save(fig, path)
 

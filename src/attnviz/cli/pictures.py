@@ -190,7 +190,8 @@ def _selection_name(att: Any, layer_given: bool, pooled: str | None = None) -> t
     """File-name parts naming the layer and head selection: L1-H5, L1-H0_5_10, L1-mean, overview."""
     layers = f"L{att.layers[0]}" if layer_given else ("all-layers" if len(att.layers) > 1 else None)
     if pooled:
-        return tuple(p for p in (layers, pooled) if p)
+        heads = f"H{att.heads[0]}" if att.pooled_heads is None and len(att.heads) == 1 else None
+        return tuple(p for p in (layers, heads, pooled) if p)
     if len(att.heads) == 1:
         heads = f"H{att.heads[0]}"
     elif len(att.heads) <= 6:
