@@ -304,3 +304,28 @@ def test_serve_api_aggregates_and_hides(loaded) -> None:
         assert r.status_code == 400 and "aggregate" in r.json()["error"]
         view = client.get("/api/view", params={"text": TEXT, "aggregate": "mean"}).json()
         assert view["heads"] == [0]
+
+
+def test_decoder_stream_can_hide_special_tokens(tiny_model_path, figures) -> None:
+    """Stream choice comes first (extraction.square_stream), then the same pipeline."""
+    t5 = str(tiny_model_path("t5"))
+    ok(
+        "heatmap",
+        "the cat sat",
+        "-m",
+        t5,
+        "--stream",
+        "decoder",
+        "--layer",
+        "0",
+        "--head",
+        "1",
+        "--no-special",
+    )
+    (ax,) = heat_axes(figures[-1][0])
+    decoder = extract("the cat sat", t5, device="cpu").decoder
+    expected = without_special(decoder).head(0, 1)
+    np.testing.assert_allclose(image(ax), expected, atol=1e-6)
+    assert all(not s for s in without_special(decoder).special) and len(labels(ax)) == expected.shape[1]
+    result = runner.invoke(app, ["heatmap", "x", "-m", t5, "--stream", "decoder", "--weighting", "norm"])
+    assert result.exit_code == 2 and "drop --stream decoder" in result.stderr

@@ -210,6 +210,9 @@ def test_check_stream_names_and_cross_needs_one_raw_head() -> None:
             check_stream("cross", layer, heads, words)
     with pytest.raises(InputError, match="raw weights"):
         check_stream("cross", 0, [1], transformed=True)
+    check_stream("self", norm=True)
+    with pytest.raises(InputError, match="drop --stream decoder"):
+        check_stream("decoder", norm=True)
 
 
 def test_square_stream_picks_encoder_or_decoder(tiny_model_path) -> None:

@@ -45,11 +45,15 @@ def check_stream(
     heads: Sequence[int] | None = None,
     words: bool = False,
     transformed: bool = False,
+    norm: bool = False,
 ) -> None:
-    """Before a model loads: `stream` is known, and cross-attention (decoder rows on encoder keys, not
-    square) is asked for one head at token level, untransformed. InputError otherwise."""
+    """Before a model loads: `stream` is known, cross-attention (decoder rows on encoder keys, not
+    square) is asked for one head at token level, untransformed, and norm weighting (which reads the
+    encoder's value vectors) is not asked of the decoder. InputError otherwise."""
     if stream not in STREAMS:
         raise InputError(f"unknown --stream '{stream}': use self, decoder or cross")
+    if stream == "decoder" and norm:
+        raise InputError("--weighting norm weighs the encoder's self-attention: drop --stream decoder")
     if stream != "cross":
         return
     if layer is None or heads is None or len(heads) != 1 or words:

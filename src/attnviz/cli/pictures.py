@@ -248,7 +248,7 @@ def heatmap_cmd(
     options = view_options(weighting, special, aggregate, over, words)
     head_list = _heads_arg(head, heads)
     style = _style(vmax, cmap, dpi, size)
-    check_stream(stream, layer, head_list, words, transformed=options.changes)
+    check_stream(stream, layer, head_list, words, options.changes, options.weighting == "norm")
     body, loaded, att = _extract_selection(
         text,
         file,
