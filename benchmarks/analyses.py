@@ -84,10 +84,10 @@ def main() -> None:
     from attnviz.analyses.cluster import cluster_texts, pairwise_js
     from attnviz.analyses.norms import norm_weighted
     from attnviz.analyses.rollout import rollout
-    from attnviz.analysis_plots import cluster_map, embedding_figure, rollout_figure, save_clustermap
     from attnviz.extraction import extract, extract_batch
     from attnviz.models import load_model
     from attnviz.plots import save
+    from attnviz.plots.analyses import cluster_map, embedding_figure, rollout_figure, save_clustermap
 
     loaded, wall, cpu = timed(lambda: load_model("minilm", device="cpu"))
     report: dict[str, Any] = {"threads": args.threads, "load": {"wall_s": wall, "cpu_s": cpu}}

@@ -62,9 +62,24 @@ SHARED: dict[str, tuple[str, str]] = {
     "--words": ("`--words`", "Merge subword pieces into words (rows still sum to 1)."),
     "--special": (
         "`--no-special`",
-        "Encode the text without the tokenizer's special tokens ([CLS], [SEP], BOS), so no row or"
-        " column belongs to them.",
+        "Hide the special tokens ([CLS], [SEP], BOS, EOS) and renormalise each remaining row to sum"
+        " to 1; titles say so. Rankings (`find-head`, `heads`) are computed on those rows.",
     ),
+    "--add-special": (
+        "`--no-add-special`",
+        "Encode the text without the tokenizer's special tokens: this changes the model's input.",
+    ),
+    "--weighting": (
+        "`--weighting W`",
+        "`attention` (the default), or `norm`: each weight times the size of the value vector it"
+        " moves (Kobayashi et al. 2020); rows no longer sum to 1.",
+    ),
+    "--aggregate": (
+        "`--aggregate HOW`",
+        "`mean` or `max`: pool the selected heads (or layers: `--over`) into one. A mean of rows"
+        " still sums to 1; a max is an envelope.",
+    ),
+    "--over": ("`--over WHAT`", "What `--aggregate` pools: `heads` (the default), `layers` or `both`."),
     "--json": ("`--json`", "Machine-readable JSON on standard output; notes stay on standard error."),
     "--truncate": ("`--truncate`", "Cut texts longer than the model's limit instead of failing."),
     "--device": ("`--device DEVICE`", "`auto`, `cpu`, `cuda` or `cuda:N`."),

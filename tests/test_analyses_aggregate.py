@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from analyses_helpers import synthetic
 
-from attnviz.analyses.aggregate import Derived, aggregate, without_special
+from attnviz.analyses.aggregate import aggregate, derive, without_special
 from attnviz.errors import InputError
 from attnviz.extraction import Attention, extract
 
@@ -61,7 +61,7 @@ def test_without_special_renormalises_rows_like_a_loop() -> None:
     out = without_special(att)
     keep = [i for i, s in enumerate(SPECIAL) if not s]
     assert out.tokens == ("the", "cat", "sat", ".")
-    assert out.special == (False,) * 4 and isinstance(out, Derived)
+    assert out.special == (False,) * 4 and type(out) is Attention
     assert "special tokens hidden" in out.note
     for li in range(2):
         for h in range(3):
@@ -97,6 +97,23 @@ def test_causal_rows_stay_causal(tiny_model_path) -> None:
     assert out.tokens == att.tokens[1:]
     assert np.allclose(np.triu(out.attn, 1), 0)
     np.testing.assert_allclose(out.attn.sum(-1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".safetensors"])
+def test_how_it_was_made_survives_save_and_load(tmp_path, suffix) -> None:
+    """weighting, notes and pooled layers/heads are written and read back by Attention.load."""
+    att = synthetic(TOKENS, SPECIAL, layers=3, heads=4)
+    out = aggregate(derive(without_special(att), weighting="norm"), "both", "max", layers=[0, 2])
+    back = Attention.load(out.save(tmp_path / f"a{suffix}"))
+    assert type(back) is Attention
+    assert back.weighting == "norm"
+    assert back.notes == ("special tokens hidden, rows renormalised", "max of heads 0-3", "max of layers 0,2")
+    assert back.pooled_layers == (0, 2) and back.pooled_heads == (0, 1, 2, 3)
+    assert back.layers == (0,) and back.heads == (0,)
+    np.testing.assert_array_equal(back.attn, out.attn)
+    plain = Attention.load(synthetic(TOKENS, SPECIAL).save(tmp_path / f"b{suffix}"))
+    how = (plain.weighting, plain.notes, plain.pooled_layers, plain.pooled_heads)
+    assert how == ("attention", (), None, None)
 
 
 def test_derived_saves_its_notes(tmp_path) -> None:

@@ -8,7 +8,7 @@ from analyses_helpers import synthetic
 from attnviz.analyses.cluster import head_distances
 from attnviz.analyses.compare import compare
 from attnviz.analyses.rollout import rollout
-from attnviz.analysis_plots import cluster_map, embedding_figure, pair_figure, rollout_figure, save_clustermap
+from attnviz.plots.analyses import cluster_map, embedding_figure, pair_figure, rollout_figure, save_clustermap
 
 
 def test_rollout_figure_masks_the_future_of_a_decoder() -> None:
@@ -50,7 +50,7 @@ def test_clustermap_and_embedding(tmp_path) -> None:
 
 def test_derived_figure_says_what_was_done() -> None:
     from attnviz.analyses.aggregate import aggregate, without_special
-    from attnviz.analysis_plots import derived_figure
+    from attnviz.plots.analyses import derived_figure
 
     att = synthetic(("[CLS]", "a", "b", "[SEP]"), (True, False, False, True), layers=2, heads=3)
     one = without_special(aggregate(att, "heads", "max", layers=[1]))
@@ -65,7 +65,7 @@ def test_derived_figure_says_what_was_done() -> None:
 
 
 def test_weighting_figure_draws_both_arrays() -> None:
-    from attnviz.analysis_plots import weighting_figure
+    from attnviz.plots.analyses import weighting_figure
 
     att = synthetic(("a", "b", "c"), layers=1, heads=2)
     fake = synthetic(("a", "b", "c"), layers=1, heads=2, seed=9)

@@ -389,7 +389,9 @@ def test_statistics_are_declared_once_in_column_order():
     from attnviz.patterns import PATTERNS
 
     names = [s.column for s in STATISTICS]
-    assert names == ["entropy", "max_weight", "mean_row_max", "special", *(f"pattern_{p}" for p in PATTERNS)]
+    patterns = [f"pattern_{p}" for p in PATTERNS]
+    norm = ["special_attention", "special_norm"]
+    assert names == ["entropy", "max_weight", "mean_row_max", "special", *patterns, *norm]
     assert all((s.row is None) != (s.keys is None) for s in STATISTICS)  # one way to compute each
     cfg = make_config(statistics="special,entropy", probes=(parse_probe("a:b"),))
     assert stat_columns(cfg) == ["entropy", "special", "probe_a_b_ab", "probe_a_b_ba"]
@@ -541,3 +543,35 @@ def test_the_package_stays_small():
         for node in ast.walk(ast.parse(source)):
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
                 assert node.end_lineno - node.lineno + 1 <= 80, f"{path.name}: {node.name}"
+
+
+@pytest.mark.parametrize("arch", ["bert", "gpt2", "llama"])
+def test_norm_statistic_in_a_padded_batch_equals_weighting_statistics(tiny_model_path, arch):
+    """`--stats norm` (off by default) equals analyses.norms.weighting_statistics text by text."""
+    from attnviz.analyses.norms import norm_weighted
+    from attnviz.config import DEFAULT_STATISTICS
+
+    assert "norm" not in DEFAULT_STATISTICS
+    loaded = load_model(str(tiny_model_path(arch)), device="cpu")
+    cfg = make_config(statistics="norm,entropy", batch_size=len(TEXTS), plots=False, heads=(0, 2))
+    assert stat_columns(cfg) == ["entropy", "special_attention", "special_norm"]
+    recs = list(iter_records(TEXTS, cfg, model=loaded))
+    assert len({r.n_tokens for r in recs}) > 2  # real padding
+    for rec in recs:
+        alone = extract(rec.text, loaded, heads=[0, 2], qkv=True)
+        ref = statistics_of(alone, cfg, norm_weighted(alone, loaded))
+        _assert_same(rec.values, ref, f"{arch} text {rec.text_id}")
+    if arch == "bert":  # [CLS]/[SEP] exist: the value norms move the share (gpt2 has no special tokens)
+        gaps = [float(np.abs(r.values["special_norm"] - r.values["special_attention"]).max()) for r in recs]
+        assert max(gaps) > 1e-3
+
+
+def test_norm_statistic_needs_readable_projections(tiny_bert, monkeypatch):
+    import attnviz.analyses.norms as norms
+
+    def unreadable(loaded):
+        raise InputError(f"cannot read the attention output projection of {loaded.name}")
+
+    monkeypatch.setattr(norms, "output_projections", unreadable)
+    with pytest.raises(InputError, match="cannot read the attention output projection"):
+        list(iter_records(["the cat sat"], make_config(statistics="norm", plots=False), model=tiny_bert))

@@ -136,9 +136,9 @@ def test_several_heads_share_a_scale_and_vmax_fixes_it(minilm, figures):
 def test_whole_layer_average_and_model_overview(minilm, figures):
     ok("heatmap", SEED, "--layer", "1", "--dpi", "30")
     assert len(heat_axes(figures[-1][0])) == 12
-    ok("heatmap", SEED, "--layer", "1", "--average", "--dpi", "30")
+    ok("heatmap", SEED, "--layer", "1", "--aggregate", "mean", "--dpi", "30")
     (ax,) = heat_axes(figures[-1][0])
-    assert "mean of 12 heads" in ax.get_title()
+    assert "mean of heads 0-11" in ax.get_title()
     assert figures[-1][1].name.endswith("-L1-mean.png")
     ok("heatmap", SEED, "--head", "3", "--dpi", "30")
     assert [ax.get_title() for ax in heat_axes(figures[-1][0])] == [f"layer {i}" for i in range(6)]
@@ -379,7 +379,7 @@ def test_help_does_not_import_heavy_libraries():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "HEAVY []" in out
-    for option in ("--vmax", "--cmap", "--annotate", "--highlight", "--average", "--words", "--size"):
+    for option in ("--vmax", "--cmap", "--annotate", "--highlight", "--aggregate", "--words", "--size"):
         assert option in out
 
 

@@ -140,7 +140,7 @@ def test_trust_remote_code_comes_only_from_the_flag(tmp_path):
 
 
 def test_statistics_shorthands():
-    assert make_config(statistics="all").statistics == DEFAULT_STATISTICS
+    assert make_config(statistics="all").statistics == (*DEFAULT_STATISTICS, "norm")  # norm: off by default
     assert make_config(statistics="entropy, special").statistics == ("entropy", "special")
     assert make_config(statistics="none", probes=(parse_probe("a:b"),)).statistics == ()
 

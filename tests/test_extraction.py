@@ -193,3 +193,37 @@ def test_minilm_seed_sentence(minilm, seed_text):
     assert att.tokens[:3] == ("[CLS]", "emily", "always") and att.tokens[-1] == "[SEP]"
     assert att.words[5] == "Paris" and att.word_ids[6] == 5
     assert att.spans[6] == (29, 34) and seed_text[29:34] == "Paris"
+
+
+# -- choosing the stream to draw (heatmap --stream) ------------------------------------------------
+def test_check_stream_names_and_cross_needs_one_raw_head() -> None:
+    from attnviz.errors import InputError
+    from attnviz.extraction import check_stream
+
+    check_stream("self")
+    check_stream("decoder", None, None, words=True)
+    check_stream("cross", 0, [1])
+    with pytest.raises(InputError, match="unknown --stream 'sideways'"):
+        check_stream("sideways")
+    for layer, heads, words in ((None, [1], False), (0, None, False), (0, [1, 2], False), (0, [1], True)):
+        with pytest.raises(InputError, match="one head at token level"):
+            check_stream("cross", layer, heads, words)
+    with pytest.raises(InputError, match="raw weights"):
+        check_stream("cross", 0, [1], transformed=True)
+    check_stream("self", norm=True)
+    with pytest.raises(InputError, match="drop --stream decoder"):
+        check_stream("decoder", norm=True)
+
+
+def test_square_stream_picks_encoder_or_decoder(tiny_model_path) -> None:
+    from attnviz.errors import InputError
+    from attnviz.extraction import square_stream
+
+    t5 = extract("the cat sat", str(tiny_model_path("t5")), device="cpu")
+    assert square_stream(t5, "self") is t5 and square_stream(t5, "encoder") is t5
+    assert square_stream(t5, "decoder") is t5.decoder and t5.decoder.causal
+    with pytest.raises(InputError, match="not a square"):
+        square_stream(t5, "cross")
+    bert = extract("the cat sat", str(tiny_model_path("bert")), device="cpu")
+    with pytest.raises(InputError, match="no decoder stream"):
+        square_stream(bert, "decoder")

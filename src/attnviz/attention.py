@@ -57,6 +57,15 @@ class Attention:
     qkv: dict[int, QKV] | None = field(default=None, repr=False)
     token_ids: tuple[int, ...] = ()  # the tokenizer's ids (token level only; () for words/old files)
     pieces: tuple[str, ...] = ()  # the tokenizer's raw pieces, e.g. 'ĠParis' or 'ðŁĺ' (token level)
+    weighting: str = "attention"  # "attention" or "norm" (Kobayashi et al. 2020 value-norm weighting)
+    notes: tuple[str, ...] = ()  # how an analysis changed it, e.g. 'mean of heads 0-11'
+    pooled_layers: tuple[int, ...] | None = None  # the model layers behind a pooled layer row
+    pooled_heads: tuple[int, ...] | None = None  # the model heads behind a pooled head column
+
+    @property
+    def note(self) -> str:
+        """The notes joined for a figure title: 'mean of heads 0-11; special tokens hidden'."""
+        return "; ".join(self.notes)
 
     @property
     def n_tokens(self) -> int:
@@ -189,6 +198,10 @@ class Attention:
             "truncated": self.truncated,
             "shape": list(self.attn.shape),
             "decoder_tokens": list(self.decoder.tokens) if self.decoder is not None else None,
+            "weighting": self.weighting,
+            "notes": list(self.notes),
+            "pooled_layers": list(self.pooled_layers) if self.pooled_layers is not None else None,
+            "pooled_heads": list(self.pooled_heads) if self.pooled_heads is not None else None,
         }
 
     def save(self, path: str | Path) -> Path:
@@ -263,7 +276,15 @@ class Attention:
             truncated=meta["truncated"],
             decoder=decoder,
             cross=arrays.get("cross"),
+            weighting=meta.get("weighting", "attention"),
+            notes=tuple(meta.get("notes") or ()),
+            pooled_layers=_ints(meta.get("pooled_layers")),
+            pooled_heads=_ints(meta.get("pooled_heads")),
         )
+
+
+def _ints(values: list[int] | None) -> tuple[int, ...] | None:
+    return tuple(values) if values is not None else None
 
 
 def _plain(meta: dict[str, Any], tokens: tuple[str, ...], attn: np.ndarray, causal: bool) -> Attention:

@@ -24,8 +24,10 @@ STATISTICS: dict[str, str] = {
     "special": "mean over rows of the weight on special tokens ([CLS], [SEP], BOS...)",
     "patterns": "the classic pattern scores of `attnviz heads` (self, previous, next, first, "
     "last_sep, punctuation, broad)",
+    "norm": "special_attention and special_norm: the share of each row on special tokens, by weight and "
+    "by value-norm weight (Kobayashi et al. 2020); off by default",
 }
-DEFAULT_STATISTICS: tuple[str, ...] = tuple(STATISTICS)
+DEFAULT_STATISTICS: tuple[str, ...] = tuple(s for s in STATISTICS if s != "norm")
 FORMATS = ("auto", "txt", "jsonl", "csv", "parquet")
 _NAME_RE = re.compile(r"[^0-9a-z_]+")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")

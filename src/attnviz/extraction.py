@@ -22,8 +22,10 @@ if TYPE_CHECKING:
 __all__ = [
     "FORMAT_VERSION",
     "QKV",
+    "STREAMS",
     "Attention",
     "Encoded",
+    "check_stream",
     "decoder_inputs",
     "extract",
     "extract_batch",
@@ -32,6 +34,42 @@ __all__ = [
     "run_batch",
     "tokenize",
 ]
+
+
+STREAMS = ("self", "decoder", "cross")
+
+
+def check_stream(
+    stream: str,
+    layer: int | None = None,
+    heads: Sequence[int] | None = None,
+    words: bool = False,
+    transformed: bool = False,
+    norm: bool = False,
+) -> None:
+    """Before a model loads: `stream` is known, cross-attention (decoder rows on encoder keys, not
+    square) is asked for one head at token level, untransformed, and norm weighting (which reads the
+    encoder's value vectors) is not asked of the decoder. InputError otherwise."""
+    if stream not in STREAMS:
+        raise InputError(f"unknown --stream '{stream}': use self, decoder or cross")
+    if stream == "decoder" and norm:
+        raise InputError("--weighting norm weighs the encoder's self-attention: drop --stream decoder")
+    if stream != "cross":
+        return
+    if layer is None or heads is None or len(heads) != 1 or words:
+        raise InputError("--stream cross draws one head at token level: pass --layer L --head H")
+    if transformed:
+        raise InputError("--stream cross draws raw weights: drop --aggregate, --weighting and --no-special")
+
+
+def square_stream(att: Attention, stream: str) -> Attention:
+    """The self-attention stream to draw: `self`/`encoder` is `att`, `decoder` its decoder's.
+
+    InputError for a model without that stream, or for `cross` (see plots.cross_figure).
+    """
+    if stream == "cross":
+        raise InputError("cross-attention is not a square self-attention: draw it with plots.cross_figure")
+    return att.stream(stream)
 
 
 def extract(

@@ -1,13 +1,13 @@
 """Pool heads or layers (mean or max) and hide special tokens with row renormalisation.
 
-The results are `Derived` attentions: plain `Attention`s that also remember how they were made
-(`weighting`, `notes`), so a figure's title and a saved file's metadata can say it.
+The results are plain `Attention`s whose `notes` (and `weighting`, `pooled_layers`, `pooled_heads`)
+say how they were made, so a figure's title and a saved file's metadata can say it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -19,35 +19,10 @@ HOW = ("mean", "max")
 OVER = ("heads", "layers", "both")
 
 
-@dataclass(frozen=True)
-class Derived(Attention):
-    """An Attention transformed by an analysis; `notes` say how, so titles and files can tell."""
-
-    weighting: str = "attention"  # "attention" or "norm" (Kobayashi et al. 2020)
-    notes: tuple[str, ...] = ()
-    pooled_layers: tuple[int, ...] | None = None  # the model layers behind a pooled layer row
-    pooled_heads: tuple[int, ...] | None = None  # the model heads behind a pooled head column
-
-    @property
-    def note(self) -> str:
-        """The notes joined for a figure title: 'mean of heads 0-11; special tokens hidden'."""
-        return "; ".join(self.notes)
-
-    def metadata(self) -> dict[str, Any]:
-        meta = super().metadata()
-        meta["weighting"] = self.weighting
-        meta["notes"] = list(self.notes)
-        meta["pooled_layers"] = list(self.pooled_layers) if self.pooled_layers is not None else None
-        meta["pooled_heads"] = list(self.pooled_heads) if self.pooled_heads is not None else None
-        return meta
-
-
-def derive(att: Attention, note: str | Sequence[str] = (), **changes: Any) -> Derived:
-    """A Derived copy of `att` with `changes`, keeping any earlier notes and weighting."""
-    values = {f.name: getattr(att, f.name) for f in fields(att)}
-    values.update(changes)
-    values["notes"] = (*getattr(att, "notes", ()), *([note] if isinstance(note, str) else note))
-    return Derived(**values)
+def derive(att: Attention, note: str | Sequence[str] = (), **changes: Any) -> Attention:
+    """A copy of `att` with `changes` and `note` added to its notes (earlier notes and weighting kept)."""
+    notes = (*att.notes, *([note] if isinstance(note, str) else note))
+    return replace(att, **changes, notes=notes)
 
 
 def _ranges(values: Sequence[int]) -> str:
@@ -69,7 +44,7 @@ def aggregate(
     *,
     layers: Sequence[int] | None = None,
     heads: Sequence[int] | None = None,
-) -> Derived:
+) -> Attention:
     """Pool the selected heads (per layer), layers (per head), or both into one matrix.
 
     `layers`/`heads` pick model indices among those extracted (default: all). The pooled row or
@@ -88,8 +63,8 @@ def aggregate(
     sel_layers = tuple(att.layers[i] for i in li)
     sel_heads = tuple(att.heads[i] for i in hi)
     notes = []
-    pooled_layers = getattr(att, "pooled_layers", None)
-    pooled_heads = getattr(att, "pooled_heads", None)
+    pooled_layers = att.pooled_layers
+    pooled_heads = att.pooled_heads
     if over in ("heads", "both"):
         arr = _pool(arr, 1, how)
         notes.append(f"{how} of heads {_ranges(sel_heads)}")
@@ -118,7 +93,7 @@ def renormalise(rows: np.ndarray) -> np.ndarray:
     return np.divide(rows, total, out=np.zeros_like(rows), where=total > 0)
 
 
-def without_special(att: Attention) -> Derived:
+def without_special(att: Attention) -> Attention:
     """Drop special tokens ([CLS], [SEP], BOS, EOS) as queries and keys; rows renormalised to sum to 1.
 
     A head that only looks at [SEP] then shows what it does with the rest of its weight, so it no

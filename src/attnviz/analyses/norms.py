@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from attnviz.analyses.aggregate import Derived, derive
+from attnviz.analyses.aggregate import derive
 from attnviz.errors import InputError
 from attnviz.extraction import Attention
 
@@ -108,7 +108,7 @@ def norm_weighted(
     truncate: bool = False,
     device: str | None = "auto",
     dtype: str | None = "float32",
-) -> Derived:
+) -> Attention:
     """A text's (or an Attention's) norm-weighted attention: `attn[l, h, i, j] * ||f_h(x_j)||`.
 
     Rows no longer sum to 1: their total is the size of what the head writes for that query. An
@@ -130,7 +130,7 @@ def norm_weighted(
         )
     else:
         att = source
-        if getattr(att, "weighting", "attention") != "attention":
+        if att.weighting != "attention":
             raise InputError("this attention is already norm-weighted")
     norms = value_norms(att, loaded)  # [layers, heads, k]
     weighted = (att.attn * norms[:, :, None, :]).astype(np.float32)
@@ -157,3 +157,33 @@ def special_share(att: Attention) -> np.ndarray:
 def weighting_statistics(att: Attention, weighted: Attention) -> dict[str, np.ndarray]:
     """Batch statistics, [layers, heads] each: special-token share under attention and under norms."""
     return {"special_attention": special_share(att), "special_norm": special_share(weighted)}
+
+
+def batch_value_norms(
+    loaded: LoadedModel,
+    vectors: dict[tuple[str, int], Any],
+    stream: str,
+    layers: Sequence[int],
+    heads: Sequence[int],
+    projections: dict[int, np.ndarray] | None = None,
+) -> list[Any]:
+    """`||f_h(x_j)||` for a padded batch, from a capture run with `qkv=True`: per layer [B, H, L].
+
+    `vectors` is the recorder's (stream, layer) -> (q, k, v, scaling, bias), v [B, kv heads, L, d];
+    `projections` (from `output_projections`, read once per run) saves reading the weights again.
+    """
+    import torch
+
+    projections = projections if projections is not None else output_projections(loaded)
+    out = []
+    for layer in layers:
+        q, _k, v, _scaling, _bias = vectors[(stream, layer)]
+        rep = q.shape[1] // v.shape[1]
+        if rep > 1:  # grouped-query attention: each value head serves `rep` query heads
+            v = v.repeat_interleave(rep, dim=1)
+        d = v.shape[-1]
+        w = torch.as_tensor(projections[layer], device=v.device)  # [hidden, heads * d]
+        per_head = torch.stack([w[:, h * d : (h + 1) * d] for h in heads])  # [H, hidden, d]
+        pushed = torch.einsum("bhld,hod->bhlo", v[:, list(heads)].float(), per_head)  # [B, H, L, hidden]
+        out.append(torch.linalg.vector_norm(pushed, dim=-1))  # [B, H, L]
+    return out

@@ -70,6 +70,11 @@ class Analyzer:
         self.columns = stat_columns(config)
         self.timings = Timings()
         self._punct: dict[str, bool] = {}
+        self._projections: dict[int, np.ndarray] | None = None  # output projections, for `norm`
+        if "norm" in config.statistics:  # a model whose projections cannot be read fails here, at once
+            from attnviz.analyses.norms import output_projections
+
+            self._projections = output_projections(loaded)
 
     def bucket(self, items: list[Item]) -> tuple[list[list[Entry]], list[Reject]]:
         """Reject over-long and token-less texts; sort the rest by length into batches.
@@ -96,7 +101,8 @@ class Analyzer:
         with torch.inference_mode():
             masks = Masks(enc, self.causal, weights[0].device, self._is_punct)
             probes = probe_masks(enc, self.config, weights[0].device) if self.config.probes else []
-            stats = batch_statistics(weights, masks, self.config, probes)
+            norms = self._norms(rec) if "norm" in self.config.statistics else None
+            stats = batch_statistics(weights, masks, self.config, probes, norms)
         attention = self._saved(weights, enc) if self.config.save_attention else None
         t3 = time.perf_counter()
         self.timings.tokenize += t1 - t0
@@ -133,7 +139,17 @@ class Analyzer:
             dec = _decoder_inputs(loaded, enc, None, len(enc.texts))
             inputs["decoder_input_ids"] = dec.input_ids.to(loaded.device)
             inputs["decoder_attention_mask"] = dec.attention_mask.to(loaded.device)
-        return loaded.capture.run(inputs, self.layers, self.heads)
+        return loaded.capture.run(inputs, self.layers, self.heads, qkv="norm" in self.config.statistics)
+
+    def _norms(self, rec: Any) -> list[Any]:
+        """Per layer [B, H, L] value-vector norms (the `norm` statistic); projections read once."""
+        from attnviz.analyses.norms import batch_value_norms, output_projections
+
+        if self._projections is None:
+            self._projections = output_projections(self.loaded)
+        return batch_value_norms(
+            self.loaded, rec.vectors, self.stream, self.layer_ids, self.head_ids, self._projections
+        )
 
     def _is_punct(self, token: str) -> bool:
         hit = self._punct.get(token)

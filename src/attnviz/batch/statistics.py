@@ -49,6 +49,10 @@ class Masks:
         return self.norm(self.valid)
 
     @cached_property
+    def nonspecial(self) -> Any:  # real queries that are not special tokens (norm weighting's share)
+        return self.norm(self.valid & ~self.special)
+
+    @cached_property
     def _chooses(self) -> Any:  # queries that have a choice of keys (as patterns.pattern_scores)
         if self.causal:
             return self.valid & (self.pos[None, :] >= 1)
@@ -114,9 +118,21 @@ class Masks:
 class Layer:
     """One layer's recorded weights w [B, H, L, L] and the per-query quantities read off them."""
 
-    def __init__(self, w: Any, masks: Masks) -> None:
+    def __init__(self, w: Any, masks: Masks, norms: Any | None = None) -> None:
         self.w = w  # padded keys are exact zeros
         self.masks = masks
+        self.norms = norms  # [B, H, L] value-vector norms ||f(x_j)|| (only when `norm` is kept)
+
+    @cached_property
+    def special_norm(self) -> Any:  # [B, H, L] share of a norm-weighted row's total on special keys
+        import torch
+
+        if self.norms is None:
+            raise InputError("the norm statistic needs the value norms (analyses.norms.batch_value_norms)")
+        wn = self.w * self.norms[:, :, None, :]  # [B, H, L, L]
+        total = wn.sum(-1)
+        on_special = (wn * self.masks.special[:, None, None, :]).sum(-1)
+        return torch.where(total > 0, on_special / total.clamp_min(1e-30), torch.zeros_like(total))
 
     @cached_property
     def entropy(self) -> Any:  # [B, H, L] bits; 0 log 0 = 0
@@ -169,6 +185,10 @@ STATISTICS: tuple[Statistic, ...] = (
     Statistic("mean_row_max", "max_weight", "all", row=lambda v: v.row_max),
     Statistic("special", "special", "all", keys="special"),
     *(_PATTERN_STATS[p] for p in PATTERNS),
+    # Kobayashi et al. 2020: how much of a head's focus on special tokens survives value norms
+    # (analyses.norms.weighting_statistics); off by default, it needs the value vectors
+    Statistic("special_attention", "norm", "nonspecial", keys="special", clip=True),
+    Statistic("special_norm", "norm", "nonspecial", row=lambda v: v.special_norm, clip=True),
 )
 
 
@@ -217,10 +237,13 @@ def find_unit(alternatives: Sequence[str], labels: Sequence[str]) -> int | None:
     return best
 
 
-def statistics_of(att: Attention, config: BatchConfig) -> dict[str, np.ndarray]:
+def statistics_of(
+    att: Attention, config: BatchConfig, weighted: Attention | None = None
+) -> dict[str, np.ndarray]:
     """One text's statistics, per text in numpy: the reference the batched path must equal.
 
     Returns column -> [layers, heads] float32, with the columns of `stat_columns(config)`.
+    `weighted` (analyses.norms.norm_weighted of `att`) is needed when `norm` is kept.
     """
     from attnviz.patterns import pattern_scores, row_entropy
 
@@ -239,6 +262,12 @@ def statistics_of(att: Attention, config: BatchConfig) -> dict[str, np.ndarray]:
     if "patterns" in config.statistics:
         scores = pattern_scores(a, att.special, att.tokens, att.causal)
         out.update({f"pattern_{k}": scores[k] for k in PATTERNS})
+    if "norm" in config.statistics:
+        from attnviz.analyses.norms import weighting_statistics
+
+        if weighted is None:
+            raise InputError("the norm statistic needs the norm-weighted attention (norm_weighted)")
+        out.update(weighting_statistics(att, weighted))
     if config.probes:
         words = att.to_words()
         for p in config.probes:
@@ -310,12 +339,16 @@ class _KeyGather:
 
 
 def batch_statistics(
-    weights: Sequence[Any], masks: Masks, config: BatchConfig, probe_masks: list[tuple[Any, Any, Any]]
+    weights: Sequence[Any],
+    masks: Masks,
+    config: BatchConfig,
+    probe_masks: list[tuple[Any, Any, Any]],
+    norms: Sequence[Any] | None = None,
 ) -> dict[str, np.ndarray]:
     """Every kept column over the padded batch: column -> [B, layers, heads] float32.
 
-    `weights`: per recorded layer [B, H, L, L]. Padded query rows are zeroed before averaging, so
-    padding never enters a number.
+    `weights`: per recorded layer [B, H, L, L]; `norms`: per layer [B, H, L] value norms (needed by
+    `norm`). Padded query rows are zeroed before averaging, so padding never enters a number.
     """
     import torch
 
@@ -330,7 +363,7 @@ def batch_statistics(
     n_heads = weights[0].shape[1]
     values = torch.empty((masks.B, len(weights), n_heads, len(order)), device=masks.device)
     for li, w in enumerate(weights):
-        layer = Layer(w.float(), masks)
+        layer = Layer(w.float(), masks, norms[li].float() if norms is not None else None)
         parts = [torch.stack([p.row(layer) for p in rows], -1)] if rows else []  # type: ignore[misc]
         if gather is not None:
             parts.append(gather.mass(layer.w))

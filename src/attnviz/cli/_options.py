@@ -154,8 +154,38 @@ SpecialOpt = Annotated[
     bool,
     typer.Option(
         "--special/--no-special",
-        help="Add the tokenizer's special tokens ([CLS], [SEP], BOS); --no-special encodes the words alone.",
+        help="Show the special tokens ([CLS], [SEP], BOS, EOS); --no-special hides them and "
+        "renormalises each remaining row to sum to 1.",
     ),
+]
+AddSpecialOpt = Annotated[
+    bool,
+    typer.Option(
+        "--add-special/--no-add-special",
+        help="Encode with the tokenizer's special tokens; --no-add-special encodes the words alone "
+        "(this changes the model's input).",
+    ),
+]
+WeightingOpt = Annotated[
+    str,
+    typer.Option(
+        "--weighting",
+        metavar="attention|norm",
+        help="attention (the weights), or norm: each weight times the size of the value vector it "
+        "moves, ||alpha f(x)|| (Kobayashi et al. 2020).",
+    ),
+]
+AggregateOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--aggregate",
+        metavar="mean|max",
+        help="Pool the selected heads (or layers, see --over) into one: their mean or their maximum.",
+    ),
+]
+OverOpt = Annotated[
+    str,
+    typer.Option("--over", metavar="heads|layers|both", help="What --aggregate pools (default: heads)."),
 ]
 OutputOpt = Annotated[
     Path | None,
@@ -242,6 +272,19 @@ def load(model: str, device: str, dtype: str, trust_remote_code: bool = False, q
         return load_model(
             model, device=device, dtype=dtype, trust_remote_code=trust_remote_code, progress=show
         )
+
+
+def view_options(
+    weighting: str = "attention",
+    special: bool = True,
+    aggregate: str | None = None,
+    over: str = "heads",
+    words: bool = False,
+) -> Any:
+    """The checked ViewOptions of --weighting, --no-special, --aggregate and --over (before loading)."""
+    from attnviz.analyses.transform import ViewOptions
+
+    return ViewOptions(weighting, not special, aggregate, over).check(words)
 
 
 def print_json(data: Any) -> None:

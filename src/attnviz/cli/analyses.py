@@ -104,9 +104,9 @@ def rollout_cmd(
     """Attention rollout (Abnar & Zuidema 2020): fuse heads, add the residual, renormalise, multiply
     the layers. Draws R (output positions x input tokens) and one token's row; prints the path."""
     from attnviz.analyses.rollout import check_options, rollout
-    from attnviz.analysis_plots import rollout_figure
     from attnviz.extraction import extract
     from attnviz.outputs import check_output, slug
+    from attnviz.plots.analyses import rollout_figure
     from attnviz.tokens import positions
 
     check_options(head_fusion, residual)
@@ -156,10 +156,10 @@ def compare_cmd(
     """Which heads change between two texts? Per head, the mean Jensen-Shannon divergence (bits)
     between aligned rows. Draws a layers x heads map, or with --layer --head both heatmaps and A - B."""
     from attnviz.analyses.compare import compare
-    from attnviz.analysis_plots import change_figure, pair_figure
     from attnviz.errors import InputError
     from attnviz.extraction import extract_batch
     from attnviz.outputs import check_output, slug
+    from attnviz.plots.analyses import change_figure, pair_figure
 
     if (layer is None) != (head is None):
         raise InputError("--layer and --head go together: they pick the head drawn side by side")
@@ -239,9 +239,9 @@ def cluster_cmd(
     """Cluster heads by how alike they attend (Clark et al. 2019): mean JS divergence between heads
     over the texts. Writes distances.csv, a seaborn clustermap and a 2-D MDS map coloured by layer."""
     from attnviz.analyses.cluster import cluster_texts, read_texts
-    from attnviz.analysis_plots import cluster_map, embedding_figure, save_clustermap
     from attnviz.errors import InputError
     from attnviz.outputs import slug
+    from attnviz.plots.analyses import cluster_map, embedding_figure, save_clustermap
 
     if source is not None and file is not None:
         raise InputError("give the corpus as an argument or with --file, not both")

@@ -49,7 +49,9 @@ def batch_cmd(
     stats: Annotated[
         str | None,
         typer.Option(
-            "--stats", help="Statistics to keep: entropy,max_weight,special,patterns (or all, none)."
+            "--stats",
+            help="Statistics to keep: entropy,max_weight,special,patterns (the default), norm (value-norm "
+            "weighting, off by default), or all, none.",
         ),
     ] = None,
     probe: Annotated[

@@ -7,8 +7,10 @@ from typing import Annotated
 
 import typer
 
+from attnviz.analyses.transform import transform
 from attnviz.cli._app import command
 from attnviz.cli._options import (
+    AddSpecialOpt,
     DeviceOpt,
     DtypeOpt,
     FileOpt,
@@ -20,10 +22,12 @@ from attnviz.cli._options import (
     TextArg,
     TruncateOpt,
     TrustOpt,
+    WeightingOpt,
     WordsOpt,
     load,
     print_json,
     read_text,
+    view_options,
 )
 from attnviz.selection import parse_indices
 
@@ -40,6 +44,8 @@ def extract_cmd(
     heads: HeadsOpt = None,
     words: WordsOpt = False,
     special: SpecialOpt = True,
+    add_special: AddSpecialOpt = True,
+    weighting: WeightingOpt = "attention",
     truncate: TruncateOpt = False,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "float32",
@@ -53,7 +59,8 @@ def extract_cmd(
     trust_remote_code: TrustOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Extract per-layer, per-head attention for a text and save it with its tokens."""
+    """Extract per-layer, per-head attention for a text and save it with its tokens (and, in the
+    file's metadata, how it was made: --weighting, --no-special)."""
     from attnviz.errors import InputError
     from attnviz.extraction import extract
     from attnviz.outputs import check_data_output
@@ -61,6 +68,7 @@ def extract_cmd(
     # everything the user typed is checked before the model loads (which can take a minute)
     if store not in ("float32", "float16"):
         raise InputError(f"unknown --store '{store}': use float32 or float16")
+    options = view_options(weighting, special, words=words)
     body = read_text(text, file)
     if not body.strip():
         raise InputError(
@@ -76,10 +84,12 @@ def extract_cmd(
         layers=layer_list,
         heads=head_list,
         words=words,
-        special_tokens=special,
+        special_tokens=add_special,
         truncate=truncate,
         store=store,
+        qkv=options.qkv,
     )
+    att = transform(att, options, loaded)
     if output is not None:
         att.save(output)
     meta = att.metadata()
@@ -94,6 +104,8 @@ def extract_cmd(
         "heads": meta["heads"],
         "shapes": {name: list(a.shape) for name, a in att.streams.items()},
         "truncated": meta["truncated"],
+        "weighting": meta["weighting"],
+        "notes": meta["notes"],
         "output": str(output) if output is not None else None,
     }
     if as_json:

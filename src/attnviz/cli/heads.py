@@ -25,13 +25,16 @@ from attnviz.cli._options import (
     TopOpt,
     TruncateOpt,
     TrustOpt,
+    WeightingOpt,
     load,
     print_json,
     read_text,
+    view_options,
 )
 from attnviz.selection import parse_indices
 
 if TYPE_CHECKING:
+    from attnviz.analyses.transform import ViewOptions
     from attnviz.extraction import Attention
     from attnviz.induction import InductionResult, InductionSettings
     from attnviz.models import LoadedModel
@@ -86,21 +89,27 @@ def _stream(
     layers: Sequence[int] | None,
     heads: Sequence[int] | None,
     truncate: bool,
-    special: bool = True,
+    options: ViewOptions | None = None,
     chunk: int = 32,
 ) -> Iterator[Attention]:
-    """Extract `chunk` texts at a time, so a long --texts file never holds every tensor at once."""
+    """Extract `chunk` texts at a time, so a long --texts file never holds every tensor at once.
+
+    `options` (--weighting, --no-special) transform each text's attention before it is ranked.
+    """
+    from attnviz.analyses.transform import ViewOptions, transform
     from attnviz.extraction import extract_batch
 
+    options = options or ViewOptions()
     for start in range(0, len(texts), chunk):
-        yield from extract_batch(
+        for att in extract_batch(
             texts[start : start + chunk],
             loaded,
             layers=layers,
             heads=heads,
             truncate=truncate,
-            special_tokens=special,
-        )
+            qkv=options.qkv,
+        ):
+            yield transform(att, options, loaded)
 
 
 # -- find-head ---------------------------------------------------------------------------------
@@ -141,6 +150,7 @@ def find_head_cmd(
     layers: LayersOpt = None,
     heads: HeadsOpt = None,
     special: SpecialOpt = True,
+    weighting: WeightingOpt = "attention",
     model: ModelOpt = "minilm",
     truncate: TruncateOpt = False,
     device: DeviceOpt = "auto",
@@ -154,13 +164,15 @@ def find_head_cmd(
 
     A word of several pieces counts as the mean over its query pieces of the summed weight on the
     other's pieces; so do several words in a row. With --texts, the score is the mean over the
-    texts that contain both.
+    texts that contain both. --no-special ranks on rows without [CLS]/[SEP]/BOS/EOS, renormalised,
+    so a head that only looks at [SEP] does not win because of it.
     """
     from attnviz.errors import InputError
     from attnviz.search import DIRECTIONS, check_queries, find_heads, parse_occurrence
 
     if direction not in DIRECTIONS:
         raise InputError(f"unknown --direction '{direction}': use {', '.join(DIRECTIONS)}")
+    options = view_options(weighting, special)
     occ = parse_occurrence(occurrence)
     layer_list = _layer_choice(layer, layers)
     head_list = parse_indices(heads, "--heads")
@@ -172,7 +184,7 @@ def find_head_cmd(
         from attnviz.ablation import for_ablation
 
         loaded = for_ablation(loaded, trust_remote_code)
-    atts = _stream(items, loaded, layer_list, head_list, truncate, special)
+    atts = _stream(items, loaded, layer_list, head_list, truncate, options)
     result = find_heads(atts, a, b, occurrence=occ, direction=direction, top=None if ablate else top or None)
     _say_matches(result, items, err=as_json)
     if ablate:
@@ -184,16 +196,7 @@ def find_head_cmd(
     else:
         _print_ranking(result)
     if plot is not None:
-        from attnviz.extraction import extract
-
-        first = extract(
-            items[result.used[0]],
-            loaded,
-            layers=layer_list,
-            heads=head_list,
-            truncate=truncate,
-            special_tokens=special,
-        )
+        first = next(_stream(items[result.used[0] :][:1], loaded, layer_list, head_list, truncate, options))
         _plot_best(result, first, plot)
         typer.echo(f"wrote {plot}", err=as_json)
 
@@ -240,7 +243,7 @@ def _plot_best(result: HeadSearch, att: Attention, path: Path) -> None:
         highlight=sorted({*ua.tokens, *ub.tokens}),
         text=att.text,
         title=f"{att.model} · layer {best.layer} · head {best.head}: "
-        f"{ua.label} ↔ {ub.label} (score {best.score:.3f})",
+        f"{ua.label} ↔ {ub.label} (score {best.score:.3f})" + "".join(f" · {n}" for n in att.notes),
     )
     plots.save(fig, path)
 
@@ -337,7 +340,7 @@ def heads_cmd(
     check_thresholds(threshold, broad_threshold)
     items = texts_from(text, file, texts)
     loaded = load(model, device, dtype, trust_remote_code)
-    atts = _stream(items, loaded, layer_list, head_list, truncate, special)
+    atts = _stream(items, loaded, layer_list, head_list, truncate, view_options(special=special))
     table = head_patterns(atts, threshold, broad_threshold)
     rows = table.rows(sort)[: top or None]
     if as_json:

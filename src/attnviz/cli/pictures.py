@@ -8,8 +8,11 @@ from typing import Annotated, Any
 
 import typer
 
+from attnviz.analyses.transform import transform
 from attnviz.cli._app import command
 from attnviz.cli._options import (
+    AddSpecialOpt,
+    AggregateOpt,
     CmapOpt,
     DeviceOpt,
     DtypeOpt,
@@ -20,16 +23,19 @@ from attnviz.cli._options import (
     LayerOpt,
     ModelOpt,
     OutputOpt,
+    OverOpt,
     SpecialOpt,
     TextArg,
     TruncateOpt,
     TrustOpt,
+    WeightingOpt,
     WordsOpt,
     complete_cmap,
     load,
     one_index,
     print_json,
     read_text,
+    view_options,
 )
 from attnviz.selection import parse_indices
 
@@ -135,7 +141,8 @@ def _extract_selection(
     truncate: bool,
     output: Path | None,
     load_args: tuple[str, str, str, bool],
-    special: bool = True,
+    add_special: bool = True,
+    qkv: bool = False,
 ) -> tuple[str, Any, Any]:
     """Read the text, check -o before loading, load the model, extract the selection.
 
@@ -150,7 +157,14 @@ def _extract_selection(
     loaded = load(*load_args)
     layers = [layer] if layer is not None else None
     att = extract(
-        body, loaded, layers=layers, heads=head_list, words=words, truncate=truncate, special_tokens=special
+        body,
+        loaded,
+        layers=layers,
+        heads=head_list,
+        words=words,
+        truncate=truncate,
+        special_tokens=add_special,
+        qkv=qkv,
     )
     if att.truncated:
         _note(f"cut {att.truncated} tokens to fit the model's limit")
@@ -172,11 +186,12 @@ def _heads_arg(head: int | None, heads: str | None) -> list[int] | None:
     return [head] if head is not None else parse_indices(heads, "--heads")
 
 
-def _selection_name(att: Any, layer_given: bool, average: bool = False) -> tuple[str, ...]:
+def _selection_name(att: Any, layer_given: bool, pooled: str | None = None) -> tuple[str, ...]:
     """File-name parts naming the layer and head selection: L1-H5, L1-H0_5_10, L1-mean, overview."""
     layers = f"L{att.layers[0]}" if layer_given else ("all-layers" if len(att.layers) > 1 else None)
-    if average:
-        return tuple(p for p in (layers, "mean") if p)
+    if pooled:
+        heads = f"H{att.heads[0]}" if att.pooled_heads is None and len(att.heads) == 1 else None
+        return tuple(p for p in (layers, heads, pooled) if p)
     if len(att.heads) == 1:
         heads = f"H{att.heads[0]}"
     elif len(att.heads) <= 6:
@@ -195,9 +210,9 @@ def heatmap_cmd(
     layer: LayerOpt = None,
     head: HeadOpt = None,
     heads: HeadsOpt = None,
-    average: Annotated[
-        bool, typer.Option("--average", help="Draw the mean over the selected heads (per layer).")
-    ] = False,
+    aggregate: AggregateOpt = None,
+    over: OverOpt = "heads",
+    weighting: WeightingOpt = "attention",
     words: WordsOpt = False,
     vmax: VmaxOpt = "auto",
     cmap: CmapOpt = "viridis",
@@ -222,20 +237,18 @@ def heatmap_cmd(
     dtype: DtypeOpt = "float32",
     trust_remote_code: TrustOpt = False,
 ) -> None:
-    """Draw attention as a heatmap: one head (--layer --head), several (--heads), a layer, its mean
-    (--average), or with no selection the whole model as a layers x heads grid. Prints the path."""
-    from attnviz.errors import InputError
+    """Draw attention as a heatmap: one head (--layer --head), several (--heads), a layer, their
+    mean or maximum (--aggregate), or with no selection the whole model as a layers x heads grid.
+    Prints the path."""
+    from attnviz.extraction import check_stream, square_stream
     from attnviz.outputs import slug
-    from attnviz.plots import annotate_limit, attention_figure, cross_figure
+    from attnviz.plots import annotate_limit, attention_figure, cross_figure, derived_figure
     from attnviz.tokens import positions_of
 
-    if stream not in ("self", "decoder", "cross"):
-        raise InputError(f"unknown --stream '{stream}': use self, decoder or cross")
-
+    options = view_options(weighting, special, aggregate, over, words)
     head_list = _heads_arg(head, heads)
     style = _style(vmax, cmap, dpi, size)
-    if stream == "cross" and (layer is None or head_list is None or len(head_list) != 1 or words):
-        raise InputError("--stream cross draws one head at token level: pass --layer L --head H")
+    check_stream(stream, layer, head_list, words, options.changes, options.weighting == "norm")
     body, loaded, att = _extract_selection(
         text,
         file,
@@ -245,29 +258,34 @@ def heatmap_cmd(
         truncate,
         output,
         (model, device, dtype, trust_remote_code),
-        special,
+        qkv=options.qkv,
     )
     if stream == "cross":
         fig = cross_figure(att, att.layers[0], att.heads[0], annotate=annotate, **style)
         parts = ("heatmap", slug(body), loaded.name, "cross", *_selection_name(att, True))
         typer.echo(str(_write(fig, output, parts)))
         return
-    if stream != "self":
-        att = att.stream(stream)
+    att = transform(square_stream(att, stream), options, loaded)
     marks = positions_of(att, _words(highlight))
     if annotate:
-        limit = annotate_limit(len(att.layers), len(att.heads), average)
+        limit = annotate_limit(len(att.layers), len(att.heads))
         if att.n_tokens > limit:
             why = "the whole-model overview" if limit == 0 else f"more than {limit} {att.level}s in this view"
             _note(f"--annotate skipped: the numbers cannot be read in {why} ({att.n_tokens} {att.level}s)")
-    fig = attention_figure(att, average=average, annotate=annotate, highlight=marks, **style)
+    draw = derived_figure if att.notes else attention_figure
+    fig = draw(att, annotate=annotate, highlight=marks, **style)
     stream_part = () if stream == "self" else (stream,)
+    how = (
+        options.weighting if options.weighting != "attention" else None,
+        "nospecial" if options.hide_special else None,
+    )
     parts = (
         "heatmap",
         slug(body),
         loaded.name,
         *stream_part,
-        *_selection_name(att, layer is not None, average),
+        *_selection_name(att, layer is not None, options.aggregate),
+        *(p for p in how if p),
     )
     path = _write(fig, output, (*parts, "words") if words else parts)
     typer.echo(str(path))
@@ -313,6 +331,7 @@ def entropy_cmd(
     from attnviz.plots import entropy_figure
     from attnviz.tokens import positions_of
 
+    options = view_options(special=special)
     head_list = _heads_arg(head, heads)
     style = _style("auto", cmap, dpi, size)
     body, loaded, att = _extract_selection(
@@ -324,16 +343,23 @@ def entropy_cmd(
         truncate,
         output,
         (model, device, dtype, trust_remote_code),
-        special,
     )
+    att = transform(att, options)
     ent = row_entropy_of(att)
     marks = positions_of(att, _words(highlight))
     path = None
     if output is not None or not as_json:
         fig = entropy_figure(
-            ent, cmap=cmap, highlight=marks, dpi=style["dpi"], size=style["size"], text=att.text
+            ent,
+            cmap=cmap,
+            highlight=marks,
+            dpi=style["dpi"],
+            size=style["size"],
+            text=att.text,
+            note=att.note if options.hide_special else "",
         )
         parts = ("entropy", slug(body), loaded.name, *_selection_name(att, layer is not None))
+        parts = (*parts, "nospecial") if options.hide_special else parts
         path = _write(fig, output, (*parts, "words") if words else parts)
     if as_json:
         print_json({**ent.to_dict(), "output": str(path) if path else None})
@@ -460,7 +486,7 @@ def explain_cmd(
     decimals: DecimalsOpt = 4,
     dims: DimsOpt = 8,
     file: FileOpt = None,
-    special: SpecialOpt = True,
+    add_special: AddSpecialOpt = True,
     model: ModelOpt = "minilm",
     truncate: TruncateOpt = False,
     device: DeviceOpt = "auto",
@@ -483,7 +509,14 @@ def explain_cmd(
         raise InputError(f"bad --decimals {decimals}: use 0-10")
     loaded = load(model, device, dtype, trust_remote_code)
     ex = explain(
-        body, loaded, layer=layer, head=head, query=query, key=key, special_tokens=special, truncate=truncate
+        body,
+        loaded,
+        layer=layer,
+        head=head,
+        query=query,
+        key=key,
+        special_tokens=add_special,
+        truncate=truncate,
     )
     if ex.truncated:
         _note(f"cut {ex.truncated} tokens to fit the model's limit")

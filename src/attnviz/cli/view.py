@@ -7,19 +7,25 @@ from typing import Annotated
 
 import typer
 
+from attnviz.analyses.transform import transform
 from attnviz.cli._app import command
 from attnviz.cli._options import (
+    AggregateOpt,
     DeviceOpt,
     DtypeOpt,
     FileOpt,
     HeadsOpt,
     LayersOpt,
     ModelOpt,
+    OverOpt,
+    SpecialOpt,
     TextArg,
     TruncateOpt,
     TrustOpt,
+    WeightingOpt,
     load,
     read_text,
+    view_options,
 )
 from attnviz.selection import parse_indices
 
@@ -40,6 +46,10 @@ def view_cmd(
     layers: LayersOpt = None,
     heads: HeadsOpt = None,
     words: Annotated[bool, typer.Option("--words", help="Open in the word-level view.")] = False,
+    special: SpecialOpt = True,
+    aggregate: AggregateOpt = None,
+    over: OverOpt = "heads",
+    weighting: WeightingOpt = "attention",
     start: Annotated[
         str, typer.Option("--view", help="The view shown first: head, matrix or model.")
     ] = "head",
@@ -56,7 +66,7 @@ def view_cmd(
     trust_remote_code: TrustOpt = False,
 ) -> None:
     """Write an interactive explorer (head, matrix and model views) as one HTML file that works
-    offline; prints its path."""
+    offline; prints its path. --aggregate shows the pooled heads as one head."""
     from attnviz.errors import InputError
     from attnviz.extraction import extract
     from attnviz.views.html import SCALES, VIEWS, check_output, output_path, render_html, write_html
@@ -65,12 +75,14 @@ def view_cmd(
         raise InputError(f"unknown --view '{start}': use {', '.join(VIEWS)}")
     if scale not in SCALES:
         raise InputError(f"unknown --scale '{scale}': use auto or 1")
+    options = view_options(weighting, special, aggregate, over)
     body = read_text(text, file)
     check_output(output)
     layer_list = parse_indices(layers, "--layers")
     head_list = parse_indices(heads, "--heads")
     loaded = load(model, device, dtype, trust_remote_code)
-    att = extract(body, loaded, layers=layer_list, heads=head_list, truncate=truncate)
+    att = extract(body, loaded, layers=layer_list, heads=head_list, truncate=truncate, qkv=options.qkv)
+    att = transform(att, options, loaded)
     if att.truncated:
         typer.echo(f"note: cut {att.truncated} tokens to fit the model's limit", err=True)
     page = render_html(att, level="word" if words else "token", scale=scale, view=start, max_mb=max_mb)

@@ -1,4 +1,5 @@
-"""Figures from arrays and labels: attention heatmaps, head grids, row entropy, the toy, head roles.
+"""Figures from arrays and labels: attention heatmaps, head grids, row entropy, the toy, head roles,
+and the analyses' figures (rollout, minimal pairs, clusters, norm weighting, derived views).
 
 Never loads a model. Every figure function returns a matplotlib `Figure` made without pyplot (so
 tests read its axes and nothing global is left behind), drawn with a font chain that covers CJK and
@@ -36,6 +37,17 @@ from attnviz.plots._common import (
     parse_vmax,
     resolve_vmax,
     save,
+)
+from attnviz.plots.analyses import (
+    change_figure,
+    cluster_map,
+    derived_figure,
+    derived_title,
+    embedding_figure,
+    pair_figure,
+    rollout_figure,
+    save_clustermap,
+    weighting_figure,
 )
 from attnviz.plots.entropy import BOUND_LABEL, ENTROPY_LABEL, entropy_bars, entropy_figure, entropy_grid
 from attnviz.plots.fonts import font_chain
@@ -77,9 +89,14 @@ __all__ = [
     "WEIGHT_LABEL",
     "annotate_limit",
     "attention_figure",
+    "change_figure",
+    "cluster_map",
     "colormap",
     "cross_figure",
+    "derived_figure",
+    "derived_title",
     "draw_matrix",
+    "embedding_figure",
     "entropy_bars",
     "entropy_figure",
     "entropy_grid",
@@ -90,13 +107,17 @@ __all__ = [
     "new_figure",
     "overview",
     "overview_layout",
+    "pair_figure",
     "parse_size",
     "parse_vmax",
     "resolve_vmax",
     "role_figure",
     "role_map",
+    "rollout_figure",
     "save",
+    "save_clustermap",
     "score_figure",
     "score_map",
     "toy_figure",
+    "weighting_figure",
 ]

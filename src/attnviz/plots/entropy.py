@@ -145,12 +145,15 @@ def entropy_figure(
     dpi: float | None = None,
     size: tuple[float, float] | None = None,
     text: str | None = None,
+    note: str = "",
 ) -> Figure:
     """One head: bars per query token; several: a layers x heads heatmap of mean row entropy.
 
-    `text` (the analysed text, shortened) goes in the title.
+    `text` (the analysed text, shortened) goes in the title; so does `note` (how the rows were changed,
+    e.g. "special tokens hidden, rows renormalised").
     """
     level = " (words)" if ent.level == "word" else ""
+    level += f" · {note}" if note else ""
     if len(ent.layers) == 1 and len(ent.heads) == 1:
         mean = float(ent.mean[0, 0])
         title = (

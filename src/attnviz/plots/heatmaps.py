@@ -363,11 +363,13 @@ def attention_figure(
         return heatmap(att.attn[0, 0], labels, title=title, text=att.text, **many)
     if len(layers) == 1:
         titles = [f"head {h}" for h in heads]
-        title = with_text(f"{att.model} · layer {layers[0]} · heads {ranges(heads)}{level}", att.text)
+        where = "pooled layers" if att.pooled_layers is not None else f"layer {layers[0]}"
+        title = with_text(f"{att.model} · {where} · heads {ranges(heads)}{level}", att.text)
         return heatmap_panels(list(att.attn[0]), titles, labels, title=title, **many)
     if len(heads) == 1:
         titles = [f"layer {layer}" for layer in layers]
-        title = with_text(f"{att.model} · head {heads[0]} in every layer{level}", att.text)
+        who = "pooled heads" if att.pooled_heads is not None else f"head {heads[0]}"
+        title = with_text(f"{att.model} · {who} in every layer{level}", att.text)
         return heatmap_panels(list(att.attn[:, 0]), titles, labels, title=title, **many)
     what = f"{len(layers)} layers x {len(heads)} heads · {att.n_tokens} {att.level}s"
     title = with_text(f"{att.model} · {what}", att.text)

@@ -101,7 +101,8 @@ def page_data(
                 f"or --heads, or allow it with --max-mb"
             )
     levels = {a.level: _level(a) for a in shown}
-    note = f"{att.truncated} tokens were cut to fit the model's limit" if att.truncated else ""
+    cut = [f"{att.truncated} tokens were cut to fit the model's limit"] if att.truncated else []
+    note = "; ".join([*cut, *att.notes])  # how the attention was made: pooled, hidden specials, norms
     return {
         "version": 1,
         "model": att.model,

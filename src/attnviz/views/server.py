@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from attnviz.analyses.transform import transform
 from attnviz.errors import AttnvizError, InputError, TextTooLongError, TokenNotFoundError
 
 if TYPE_CHECKING:
@@ -185,6 +186,19 @@ class Params:
             raise RequestError(f"parameter '{name}' must be 0 or 1")
         return value in ("1", "true", "yes")
 
+    def view_options(self) -> Any:
+        """`aggregate=mean|max`, `over=heads|layers|both`, `special=0` (hide, rows renormalised)."""
+        from attnviz.analyses.transform import ViewOptions
+
+        hide = not self.flag("special") if "special" in self.q else False
+        options = ViewOptions(
+            hide_special=hide, aggregate=self.q.get("aggregate") or None, over=self.q.get("over") or "heads"
+        )
+        try:
+            return options.check()
+        except InputError as exc:
+            raise RequestError(str(exc).replace("--", "parameter ")) from None
+
     def indices(self, name: str) -> list[int] | None:
         from attnviz.selection import parse_indices
 
@@ -238,21 +252,25 @@ def create_app(
         text, name = p.text(), pool.name(p.q.get("model"))
         layer, head = _one_head(p)
         sel = {"layers": [layer], "heads": [head]} if layer is not None else {}
+        options = p.view_options()
         att = pool.extract(name, text, words=p.flag("words"), truncate=p.flag("truncate"), **sel)
+        att = transform(att, options)
         out: dict[str, Any] = {"model": att.model, "tokens": list(att.tokens), "level": att.level}
         if layer is None:
             out.update(layers=list(att.layers), heads=list(att.heads), attention=att.attn.tolist())
         else:
             out.update(layer=att.layers[0], head=att.heads[0], attention=att.attn[0, 0].tolist())
         out["truncated"] = att.truncated
+        out["notes"] = list(att.notes)
         return out
 
     def view(p: Params) -> dict[str, Any]:
         text, name = p.text(), pool.name(p.q.get("model"))
+        options = p.view_options()
         att = pool.extract(
             name, text, layers=p.indices("layers"), heads=p.indices("heads"), truncate=p.flag("truncate")
         )
-        return page_data(att, max_mb=max_page_mb)
+        return page_data(transform(att, options), max_mb=max_page_mb)
 
     def find_head(p: Params) -> list[dict[str, Any]]:
         from attnviz.search import DIRECTIONS, find_heads

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from attnviz.plots import (
+from attnviz.plots._common import (
     DEFAULT_CMAP,
     DEFAULT_DPI,
     KEY_LABEL,
@@ -277,9 +277,9 @@ def weighting_figure(
 # -- aggregated / special-free attention --------------------------------------------------------
 def derived_title(att: Attention) -> str:
     """A title that says what was done: pooled heads or layers, special tokens hidden, norm weights."""
-    notes = list(getattr(att, "notes", ()))
-    pooled_l = getattr(att, "pooled_layers", None)
-    pooled_h = getattr(att, "pooled_heads", None)
+    notes = list(att.notes)
+    pooled_l = att.pooled_layers
+    pooled_h = att.pooled_heads
     where = []
     if pooled_l is None:
         where.append(f"layer {att.layers[0]}" if len(att.layers) == 1 else f"{len(att.layers)} layers")
@@ -290,12 +290,12 @@ def derived_title(att: Attention) -> str:
 
 def derived_figure(att: Attention, **style: Any) -> Figure:
     """`plots.attention_figure`, titled with how the attention was derived (so a figure never lies)."""
-    from attnviz.plots import attention_figure
+    from attnviz.plots.heatmaps import attention_figure
 
     fig = attention_figure(att, **style)
     panels = [a for a in fig.axes if a.get_images()]
     if len(panels) == 1:
         panels[0].set_title(derived_title(att), fontsize=9)
-    elif getattr(att, "notes", ()):
+    elif att.notes:
         fig.suptitle(f"{fig.get_suptitle()}\n{'; '.join(att.notes)}".strip())
     return fig

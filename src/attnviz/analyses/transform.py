@@ -1,0 +1,80 @@
+"""One pipeline every command uses for its view options: weighting, hidden special tokens, pooling.
+
+`check_view` validates the options before a model loads; `transform` applies them in the one order
+that makes sense (norm weighting needs the special tokens' value vectors, pooling comes last), and
+each step adds a note, so figures and saved files say how the attention was made.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from attnviz.errors import InputError
+
+if TYPE_CHECKING:
+    from attnviz.extraction import Attention
+    from attnviz.models import LoadedModel
+
+AGGREGATES = ("mean", "max")
+OVERS = ("heads", "layers", "both")
+
+
+@dataclass(frozen=True)
+class ViewOptions:
+    """What a command was asked to show, checked once, applied by `transform`."""
+
+    weighting: str = "attention"  # "attention" or "norm" (Kobayashi et al. 2020)
+    hide_special: bool = False  # drop [CLS]/[SEP]/BOS/EOS; rows renormalised to sum to 1
+    aggregate: str | None = None  # None, "mean" or "max"
+    over: str = "heads"  # what `aggregate` pools: heads, layers or both
+
+    @property
+    def changes(self) -> bool:
+        """Whether `transform` changes anything (figures then say how in their titles)."""
+        return self != ViewOptions()
+
+    @property
+    def qkv(self) -> bool:
+        """Whether extraction must keep the value vectors (norm weighting needs them)."""
+        return self.weighting == "norm"
+
+    def check(self, words: bool = False) -> ViewOptions:
+        """InputError (one line, naming the option) on the first bad value; returns self."""
+        if self.weighting not in ("attention", "norm"):
+            raise InputError(f"unknown --weighting '{self.weighting}': use attention or norm")
+        if self.aggregate is not None and self.aggregate not in AGGREGATES:
+            raise InputError(f"unknown --aggregate '{self.aggregate}': use mean or max")
+        if self.over not in OVERS:
+            raise InputError(f"unknown --over '{self.over}': use heads, layers or both")
+        if words and self.weighting == "norm":
+            raise InputError("--weighting norm works on tokens: drop --words")
+        return self
+
+
+def transform(att: Attention, options: ViewOptions, loaded: LoadedModel | None = None) -> Attention:
+    """`att` norm-weighted, without special tokens, pooled: as `options` ask (notes say which).
+
+    Float16 attention (`extract(store="float16")`) stays float16.
+    """
+    from dataclasses import replace
+
+    import numpy as np
+
+    from attnviz.analyses.aggregate import aggregate, without_special
+
+    half = att.attn.dtype == np.float16
+    options.check(words=att.level == "word")
+    if options.weighting == "norm":
+        from attnviz.analyses.norms import norm_weighted
+
+        if loaded is None:
+            raise InputError("norm weighting needs the model (its output projections)")
+        att = norm_weighted(att, loaded)
+    if options.hide_special:
+        att = without_special(att)
+    if options.aggregate is not None:
+        att = aggregate(att, options.over, options.aggregate)
+    if half and att.attn.dtype != np.float16:
+        att = replace(att, attn=att.attn.astype(np.float16))
+    return att

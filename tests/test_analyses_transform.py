@@ -1,0 +1,57 @@
+"""The view pipeline: options checked before loading, steps applied in order, each one noted."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from analyses_helpers import synthetic
+
+from attnviz.analyses.aggregate import aggregate, without_special
+from attnviz.analyses.transform import ViewOptions, transform
+from attnviz.errors import InputError
+
+TOKENS = ("[CLS]", "a", "b", "c", "[SEP]")
+SPECIAL = (True, False, False, False, True)
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        (ViewOptions(weighting="value"), "unknown --weighting 'value'"),
+        (ViewOptions(aggregate="median"), "unknown --aggregate 'median'"),
+        (ViewOptions(over="rows"), "unknown --over 'rows'"),
+    ],
+)
+def test_bad_options_are_one_line_errors(options, match) -> None:
+    with pytest.raises(InputError, match=match):
+        options.check()
+
+
+def test_norm_on_words_and_without_a_model_are_errors() -> None:
+    with pytest.raises(InputError, match="works on tokens"):
+        ViewOptions(weighting="norm").check(words=True)
+    with pytest.raises(InputError, match="needs the model"):
+        transform(synthetic(TOKENS, SPECIAL), ViewOptions(weighting="norm"))
+
+
+def test_plain_options_change_nothing() -> None:
+    att = synthetic(TOKENS, SPECIAL)
+    assert not ViewOptions().changes and ViewOptions(hide_special=True).changes
+    assert transform(att, ViewOptions()) is att
+
+
+def test_hide_then_pool_equals_the_steps_by_hand() -> None:
+    att = synthetic(TOKENS, SPECIAL, layers=2, heads=3)
+    out = transform(att, ViewOptions(hide_special=True, aggregate="max", over="both"))
+    by_hand = aggregate(without_special(att), "both", "max")
+    np.testing.assert_array_equal(out.attn, by_hand.attn)
+    keep = [1, 2, 3]
+    sub = att.attn[:, :, keep][:, :, :, keep]
+    np.testing.assert_allclose(out.attn[0, 0], (sub / sub.sum(-1, keepdims=True)).max(axis=(0, 1)), atol=1e-6)
+    assert out.notes == ("special tokens hidden, rows renormalised", "max of heads 0-2", "max of layers 0,1")
+
+
+def test_float16_attention_stays_float16() -> None:
+    att = synthetic(TOKENS, SPECIAL)
+    half = type(att)(**{**att.__dict__, "attn": att.attn.astype(np.float16)})
+    assert transform(half, ViewOptions(hide_special=True)).attn.dtype == np.float16
