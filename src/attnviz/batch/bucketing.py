@@ -8,8 +8,6 @@ import random
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-import numpy as np
-
 from attnviz.batch.corpus import Item, Reject, excerpt
 from attnviz.config import BatchConfig
 
@@ -87,25 +85,18 @@ def cut_batches(entries: list[Entry], config: BatchConfig, n_recorded: int) -> l
 
 def encode(loaded: LoadedModel, config: BatchConfig, batch: Sequence[Entry]) -> Encoded:
     """Pad a batch's stored tokenisation (as extract.tokenize would), or tokenise it again."""
-    import torch
-
-    from attnviz.extraction import Encoded, tokenize
+    from attnviz.extraction import Encoded, pad_rows, tokenize
 
     texts = [e.item.text for e in batch]
     if any(e.ids is None for e in batch):
         return tokenize(loaded, texts, config.special_tokens, config.truncate, config.max_length)
     lengths = [e.n_tokens for e in batch]
-    pad = loaded.tokenizer.pad_token_id
-    ids = np.full((len(batch), max(lengths)), pad if pad is not None else 0, dtype=np.int64)
-    mask = np.zeros(ids.shape, dtype=np.int64)
-    for b, e in enumerate(batch):
-        ids[b, : e.n_tokens] = e.ids
-        mask[b, : e.n_tokens] = 1
+    ids, mask = pad_rows([e.ids or [] for e in batch], loaded.tokenizer.pad_token_id)
     offsets: list[Any] = [list(e.offsets or []) for e in batch]
     return Encoded(
         texts=texts,
-        input_ids=torch.from_numpy(ids),
-        attention_mask=torch.from_numpy(mask),
+        input_ids=ids,
+        attention_mask=mask,
         lengths=lengths,
         offsets=offsets,
         special=[list(e.special or []) for e in batch],
