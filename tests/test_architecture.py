@@ -30,10 +30,10 @@ def test_output_projections_are_the_modules_named_by_hand(tiny_model_path, arch)
 
 
 def test_an_unknown_architecture_names_the_model_and_the_purpose(tiny_model_path):
+    import torch
+
     from attnviz.architecture import output_projections
     from attnviz.models import load_model
-
-    import torch
 
     loaded = load_model(str(tiny_model_path("bert")), device="cpu")
     for layer in loaded.model.base_model.encoder.layer:  # no projection where the lookup searches

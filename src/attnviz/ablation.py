@@ -578,7 +578,7 @@ def top_overlap(a: np.ndarray, b: np.ndarray, k: int = 10) -> tuple[int, int]:
 
 def effect_map(found: HeadScan, path: Any) -> Any:
     """Save the layers x heads heatmap of each head's effect (|delta|, or the loss rise)."""
-    from attnviz.roles_plot import score_map
+    from attnviz.plots.roles import score_map
 
     label = "loss rise" if found.measure == "repeat-loss" else f"|delta {found.measure}|"
     title = f"{found.model}: effect of ablating each head ({found.mode}, {found.measure})"
