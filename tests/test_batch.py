@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import assert_png_of, image_values, saved_figures, tick_labels
 
 from attnviz.batch import (
     HEADS_DIR,
@@ -218,7 +219,10 @@ def test_buckets_limit_padding_and_memory(tiny_bert):
 
 
 # -- the output folder ----------------------------------------------------------------------
-def test_run_writes_parts_summary_and_rejects(tiny_bert, tmp_path):
+def test_run_writes_parts_summary_and_rejects(tiny_bert, tmp_path, monkeypatch):
+    from attnviz.patterns import ROLE_NAMES
+
+    saved = saved_figures(monkeypatch)
     corpus = tmp_path / "c.txt"
     lines = _corpus_lines(tmp_path, 10)
     lines[3] = ""
@@ -259,7 +263,14 @@ def test_run_writes_parts_summary_and_rejects(tiny_bert, tmp_path):
         "broad",
         "mixed",
     }
-    assert (out / "_plots" / "entropy.png").is_file() and (out / "_plots" / "role.png").is_file()
+    # the plots draw the summary: mean entropy and role per layer x head
+    entropy, role = saved["entropy.png"], saved["role.png"]
+    np.testing.assert_allclose(image_values(entropy), expect["mean"].to_numpy().reshape(2, 4), rtol=1e-5)
+    codes = [ROLE_NAMES.index(r) for r in summary["role"]]
+    np.testing.assert_array_equal(image_values(role), np.reshape(codes, (2, 4)))
+    assert tick_labels(role, "y") == ["0", "1"] and tick_labels(role, "x") == ["0", "1", "2", "3"]
+    assert_png_of(out / "_plots" / "entropy.png", entropy)
+    assert_png_of(out / "_plots" / "role.png", role)
     rejects = [json.loads(x) for x in (out / REJECTS_FILE).read_text().splitlines()]
     assert rejects == [{"text_id": 3, "line": 4, "reason": "empty", "detail": "empty text", "excerpt": ""}]
     run = json.loads((out / RUN_FILE).read_text())

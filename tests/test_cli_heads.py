@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
+from helpers import assert_png_of, assert_svg_of, figure_text, image_values, saved_figures, tick_labels
 from typer.testing import CliRunner
 
 from attnviz.cli import app
@@ -81,10 +83,22 @@ def test_find_head_reads_texts_file_and_stdin(bert, tmp_path):
     )
 
 
-def test_find_head_plot_writes_the_winning_heads_heatmap(bert, tmp_path):
+def test_find_head_plot_draws_the_winning_heads_attention(bert, tmp_path, monkeypatch):
+    from attnviz.extraction import extract
+    from attnviz.models import load_model
+    from attnviz.search import find_heads
+
+    saved = saved_figures(monkeypatch)
     out = tmp_path / "best.png"
     result = _ok(["find-head", "cat", "mat", TEXT, "-m", bert, "--plot", str(out)])
-    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"wrote {out}" in result.stdout
+    assert f"wrote {out}" in result.stdout
+    att = extract(TEXT, load_model(bert, device="cpu"))
+    best = find_heads(att, "cat", "mat").best
+    fig = saved["best.png"]
+    np.testing.assert_allclose(image_values(fig), att.head(best.layer, best.head), atol=1e-6)
+    assert len(tick_labels(fig, "x")) == len(tick_labels(fig, "y")) == len(att.tokens)
+    assert f"layer {best.layer} · head {best.head}" in figure_text(fig)
+    assert_png_of(out, fig)
 
 
 @pytest.mark.parametrize(
@@ -138,22 +152,41 @@ def test_heads_over_a_file_gives_mean_and_spread(bert, tmp_path):
     assert {"self_std", "broad_std"} <= set(rows[0])
 
 
-def test_heads_plot_is_a_role_map(bert, tmp_path):
+def test_heads_plot_is_the_role_map_of_the_table(bert, tmp_path, monkeypatch):
+    from attnviz.extraction import extract
+    from attnviz.models import load_model
+    from attnviz.patterns import ROLE_NAMES, head_patterns
+
+    saved = saved_figures(monkeypatch)
     out = tmp_path / "roles.svg"
     _ok(["heads", TEXT, "-m", bert, "--plot", str(out), "--layers", "1"])
-    assert out.read_text().lstrip().startswith("<?xml")
+    table = head_patterns(extract(TEXT, load_model(bert, device="cpu"), layers=[1]))
+    fig = saved["roles.svg"]
+    codes = np.vectorize(ROLE_NAMES.index)(np.asarray(table.roles))  # [1 layer, heads]
+    np.testing.assert_array_equal(image_values(fig), codes)
+    assert tick_labels(fig, "y") == ["1"] and tick_labels(fig, "x") == [str(h) for h in table.heads]
+    assert_svg_of(out, fig)
 
 
-def test_heads_induction_on_a_tiny_causal_model(llama, tmp_path):
+def test_heads_induction_on_a_tiny_causal_model(llama, tmp_path, monkeypatch):
+    from attnviz.induction import induction_scores
+    from attnviz.models import load_model
+
     rows = json.loads(
         _ok(["heads", "--induction", "-m", llama, "--seq-len", "8", "--batch", "2", "--json"]).stdout
     )
     assert len(rows) == 8 and set(rows[0]) == {"rank", "layer", "head", "induction", "duplicate"}
+    saved = saved_figures(monkeypatch)
     out = tmp_path / "ind.png"
     text = _ok(
         ["heads", "--induction", "-m", llama, "--seq-len", "8", "--sort", "duplicate", "--plot", str(out)]
     )
-    assert "chance" in text.stdout and out.exists()
+    assert "chance" in text.stdout
+    fig = saved["ind.png"]
+    expected = induction_scores(load_model(llama, device="cpu"), seq_len=8).duplicate  # the sorted-by score
+    np.testing.assert_allclose(image_values(fig), expected, atol=1e-9)
+    assert tick_labels(fig, "y") == ["0", "1"] and tick_labels(fig, "x") == ["0", "1", "2", "3"]
+    assert_png_of(out, fig)
 
 
 @pytest.mark.slow
