@@ -29,7 +29,7 @@ def test_output_projections_are_the_modules_named_by_hand(tiny_model_path, arch)
         assert in_features(proj) % loaded.capture.num_heads == 0  # heads * head_dim inputs
 
 
-def test_an_unknown_architecture_names_the_model_and_the_purpose(tiny_model_path):
+def test_an_unknown_architecture_names_the_model_and_the_purpose(tiny_model_path, monkeypatch):
     import torch
 
     from attnviz.architecture import output_projections
@@ -37,6 +37,6 @@ def test_an_unknown_architecture_names_the_model_and_the_purpose(tiny_model_path
 
     loaded = load_model(str(tiny_model_path("bert")), device="cpu")
     for layer in loaded.model.base_model.encoder.layer:  # no projection where the lookup searches
-        layer.attention.output.dense = torch.nn.Identity()
+        monkeypatch.setattr(layer.attention.output, "dense", torch.nn.Identity())  # undone: models are cached
     with pytest.raises(InputError, match=r"of .*norm weighting supports BERT"):
         output_projections(loaded, "norm weighting")
