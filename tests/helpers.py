@@ -9,6 +9,27 @@ import numpy as np
 import pytest
 
 
+def cli_ok(args: list[str], **kwargs: Any) -> Any:
+    """Run the CLI in-process; it must succeed (the output is shown when it does not)."""
+    from typer.testing import CliRunner
+
+    from attnviz.cli import app
+
+    result = CliRunner().invoke(app, args, **kwargs)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def one_line_error(result: Any, *needles: str) -> str:
+    """A failed run: exit code 2 and one `error: ...` line on stderr holding every needle."""
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
 def saved_figures(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """Record every figure written through `attnviz.plots.save` (the one save): file name -> Figure."""
     from attnviz import plots
