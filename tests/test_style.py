@@ -37,7 +37,7 @@ MAX_MODULE_LINES = 600
 MAX_FUNCTION_LINES = 80  # the body: a Typer command's long signature does not count
 
 # TODO(lead): files other engineers own that break a limit today; remove each entry once fixed.
-ALLOWED_LONG_MODULES: set[str] = {"models.py"}  # 727 lines
+ALLOWED_LONG_MODULES: set[str] = set()
 ALLOWED_LONG_FUNCTIONS: set[str] = {"views/server.py:create_app"}  # 122 body lines
 
 
