@@ -29,14 +29,21 @@ def test_output_projections_are_the_modules_named_by_hand(tiny_model_path, arch)
         assert in_features(proj) % loaded.capture.num_heads == 0  # heads * head_dim inputs
 
 
-def test_an_unknown_architecture_names_the_model_and_the_purpose(tiny_model_path, monkeypatch):
+def test_an_unknown_architecture_names_the_model_and_the_purpose(tiny_model_path):
     import torch
 
     from attnviz.architecture import output_projections
     from attnviz.models import load_model
 
     loaded = load_model(str(tiny_model_path("bert")), device="cpu")
-    for layer in loaded.model.base_model.encoder.layer:  # no projection where the lookup searches
-        monkeypatch.setattr(layer.attention.output, "dense", torch.nn.Identity())  # undone: models are cached
-    with pytest.raises(InputError, match=r"of .*norm weighting supports BERT"):
-        output_projections(loaded, "norm weighting")
+    outputs = [layer.attention.output for layer in loaded.model.base_model.encoder.layer]
+    kept = [out.dense for out in outputs]
+    try:  # no projection where the lookup searches (put back after: loaded models are cached)
+        for out in outputs:
+            out.dense = torch.nn.Identity()
+        with pytest.raises(InputError, match=r"of .*norm weighting supports BERT"):
+            output_projections(loaded, "norm weighting")
+    finally:
+        for out, dense in zip(outputs, kept, strict=True):
+            out.dense = dense
+    assert len(output_projections(loaded, "a test")) == loaded.capture.num_layers
