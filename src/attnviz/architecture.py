@@ -46,6 +46,7 @@ def output_projections(loaded: LoadedModel, purpose: str) -> list[Any]:
     named = dict(loaded.model.named_modules())
     names = {id(m): n for n, m in named.items()}
     by_layer: dict[int, Any] = {}
+    missing: list[Any] = []  # attention modules without a projection we know
     for ident, (stream, layer) in cap.index.items():
         name = names.get(ident)
         if stream != main or name is None:
@@ -53,11 +54,14 @@ def output_projections(loaded: LoadedModel, purpose: str) -> list[Any]:
         found = _first(named, name, _OWN)
         if found is None and "." in name:
             found = _first(named, name.rsplit(".", 1)[0], _PARENT)
-        if found is not None:
+        if found is None:
+            missing.append(named[name])
+        else:
             by_layer[layer] = found
-    if len(by_layer) != cap.num_layers:
+    if missing or not by_layer:
+        where = type(missing[0] if missing else loaded.model).__name__
         raise InputError(
             f"cannot read the attention output projection of {loaded.name} "
-            f"({type(loaded.model).__name__}): {purpose} supports {SUPPORTED}"
+            f"({where}): {purpose} supports {SUPPORTED}"
         )
-    return [by_layer[i] for i in range(cap.num_layers)]
+    return [by_layer[i] for i in sorted(by_layer)]
