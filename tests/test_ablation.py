@@ -347,11 +347,14 @@ def test_load_model_task_is_part_of_the_cache_key(tiny_model_path):
 
 
 @pytest.mark.slow
-def test_smollm2_gguf_cache_serves_the_lm_head_and_l18h6_is_the_top_induction_ablation(smollm2):
+def test_smollm2_gguf_cache_serves_the_lm_head_and_l18h6_is_the_top_induction_ablation(
+    smollm2, model_cache, monkeypatch
+):
     import torch
 
     from attnviz.ablation import for_ablation, repeat_loss_scan
 
+    monkeypatch.setenv("ATTNVIZ_CACHE", str(model_cache))  # the cache the session's smollm2 was loaded from
     lm = for_ablation(smollm2)
     assert lm.task == "causal-lm" and lm.from_cache  # the de-quantised cache, written by the base load
     assert torch.equal(lm.model.lm_head.weight, smollm2.model.embed_tokens.weight)  # tied head
