@@ -195,6 +195,30 @@ def test_too_long_texts_are_rejected_or_cut(tiny_bert):
     assert cut[0].n_tokens == 12 and cut[0].truncated > 0
 
 
+def test_a_bucketed_batch_is_encoded_as_extraction_tokenizes(tiny_model_path):
+    from attnviz.batch.analyzer import Analyzer
+    from attnviz.batch.bucketing import encode
+    from attnviz.batch.corpus import Item
+    from attnviz.extraction import tokenize
+
+    loaded = load_model(str(tiny_model_path("gpt2")), device="cpu")  # byte-level: readable labels differ
+    texts = ["Café crème, s'il vous plaît.", "naïve", "plain words here"]
+    config = _config()
+    batches, rejects = Analyzer(loaded, config).bucket([Item(i, i + 1, t) for i, t in enumerate(texts)])
+    assert not rejects
+    for batch in batches:
+        got = encode(loaded, config, batch)
+        want = tokenize(loaded, got.texts)
+        assert got.input_ids.equal(want.input_ids) and got.attention_mask.equal(want.attention_mask)
+        assert (got.tokens, got.pieces, got.offsets, got.special) == (
+            want.tokens,
+            want.pieces,
+            want.offsets,
+            want.special,
+        )
+    assert any("é" in t for b in batches for e in b for t in e.tokens)  # readable, not raw "Ã©"
+
+
 def test_buckets_limit_padding_and_memory(tiny_bert):
     from attnviz.batch import Analyzer
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from attnviz.batch.corpus import Item, Reject, excerpt
 from attnviz.config import BatchConfig
+from attnviz.tokens import token_labels
 
 if TYPE_CHECKING:
     from attnviz.extraction import Encoded
@@ -24,7 +25,8 @@ class Entry(NamedTuple):
     ids: list[int] | None = None  # None: tokenise again (truncation)
     offsets: list[tuple[int, int]] | None = None
     special: list[bool] | None = None
-    tokens: list[str] | None = None
+    tokens: list[str] | None = None  # readable labels, as extraction.tokenize makes them
+    pieces: list[str] | None = None  # the tokenizer's raw pieces
 
 
 def tokenize_window(
@@ -55,9 +57,9 @@ def tokenize_window(
             rejects.append(Reject(it.text_id, it.line, "too_long", detail, excerpt(it.text)))
         else:
             offsets = enc["offset_mapping"][i] if fast else [(0, 0)] * n
-            tokens = enc.encodings[i].tokens if fast and enc.encodings else tok.convert_ids_to_tokens(row)
+            tokens, pieces = token_labels(tok, row)
             special = [bool(x) for x in enc["special_tokens_mask"][i]]
-            keep.append(Entry(it, n, row, [tuple(o) for o in offsets], special, list(tokens)))
+            keep.append(Entry(it, n, row, [tuple(o) for o in offsets], special, tokens, pieces))
     return keep, rejects
 
 
@@ -102,4 +104,5 @@ def encode(loaded: LoadedModel, config: BatchConfig, batch: Sequence[Entry]) -> 
         special=[list(e.special or []) for e in batch],
         tokens=[list(e.tokens or []) for e in batch],
         truncated=[0] * len(batch),
+        pieces=[list(e.pieces or []) for e in batch],
     )
