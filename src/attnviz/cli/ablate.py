@@ -12,7 +12,9 @@ from attnviz.cli._options import (
     DeviceOpt,
     DtypeOpt,
     FileOpt,
+    HeadOpt,
     JsonOpt,
+    LayerOpt,
     ModelOpt,
     TextArg,
     TruncateOpt,
@@ -59,8 +61,8 @@ def reference_texts(mode: str, reference: Path | None) -> list[str] | None:
 def ablate_cmd(
     text: TextArg = None,
     file: FileOpt = None,
-    layer: Annotated[int | None, typer.Option("--layer", "-l", help="Layer of the head to ablate.")] = None,
-    head: Annotated[int | None, typer.Option("--head", help="Head to ablate (with --layer).")] = None,
+    layer: LayerOpt = None,
+    head: HeadOpt = None,
     heads: Annotated[
         str | None,
         typer.Option("--heads", help="Several heads ablated together: LAYER:HEAD,... e.g. 18:6,17:3."),
