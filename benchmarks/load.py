@@ -28,9 +28,10 @@ def load(model: str, env: dict[str, str]) -> tuple[float, float, str]:
 
 
 HASH = (
-    "import time, pathlib; from attnviz import models; p=pathlib.Path(models.resolve_model('smollm2').path);"
-    "t=time.perf_counter(); models.file_digest(p); a=time.perf_counter()-t;"
-    "t=time.perf_counter(); models.file_digest(p); b=time.perf_counter()-t; print(f'{a:.3f} {b:.4f}')"
+    "import time, pathlib; from attnviz import gguf_cache, models;"
+    "p=pathlib.Path(models.resolve_model('smollm2').path);"
+    "t=time.perf_counter(); gguf_cache.file_digest(p); a=time.perf_counter()-t;"
+    "t=time.perf_counter(); gguf_cache.file_digest(p); b=time.perf_counter()-t; print(f'{a:.3f} {b:.4f}')"
 )
 
 

@@ -249,7 +249,8 @@ def test_ablating_a_head_whose_output_is_already_zero_changes_nothing(tiny_lm, a
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama", "bert"])
 def test_hooks_never_leak_into_a_later_extraction(tiny_lm, arch):
-    from attnviz.ablation import ablate, ablating, projections, scan_heads
+    from attnviz.ablation import ablate, ablating, scan_heads
+    from attnviz.architecture import output_projections
     from attnviz.extraction import extract
 
     loaded = tiny_lm(arch)
@@ -259,13 +260,13 @@ def test_hooks_never_leak_into_a_later_extraction(tiny_lm, arch):
     with pytest.raises(RuntimeError, match="boom"), ablating(loaded) as state:
         state.keep[0] = __import__("torch").zeros(1, 4)
         raise RuntimeError("boom")
-    assert all(not p._forward_pre_hooks for p in projections(loaded))
+    assert all(not p._forward_pre_hooks for p in output_projections(loaded, "ablation"))
     after = extract(TEXT, loaded, qkv=True)
     assert np.array_equal(before.attn, after.attn)
     assert np.array_equal(before.qkv[1].v, after.qkv[1].v)
     with pytest.raises(TokenNotFoundError):  # an error inside ablate also leaves nothing behind
         ablate(loaded, TEXT, [(0, 1)], target="zebra")
-    assert all(not p._forward_pre_hooks for p in projections(loaded))
+    assert all(not p._forward_pre_hooks for p in output_projections(loaded, "ablation"))
 
 
 def test_bad_input_is_one_line(tiny_lm):
@@ -346,12 +347,15 @@ def test_load_model_task_is_part_of_the_cache_key(tiny_model_path):
 
 
 @pytest.mark.slow
-def test_smollm2_gguf_cache_serves_the_lm_head_and_l18h6_hurts_the_repeat_loss(smollm2):
+def test_smollm2_gguf_cache_serves_the_lm_head_and_l18h6_hurts_the_repeat_loss(
+    smollm2, model_cache, monkeypatch
+):
     import torch
 
     from attnviz.ablation import for_ablation, repeat_loss_scan, top_overlap
     from attnviz.induction import induction_scores
 
+    monkeypatch.setenv("ATTNVIZ_CACHE", str(model_cache))  # the cache the session's smollm2 was loaded from
     lm = for_ablation(smollm2)
     assert lm.task == "causal-lm" and lm.from_cache  # the de-quantised cache, written by the base load
     assert torch.equal(lm.model.lm_head.weight, smollm2.model.embed_tokens.weight)  # tied head

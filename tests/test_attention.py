@@ -19,4 +19,3 @@ def test_old_and_new_homes_are_the_same_types():
     assert extraction.Attention is attention.Attention is attnviz.Attention
     assert extraction.QKV is attention.QKV is attnviz.QKV
     assert extraction.Encoded is attention.Encoded is attnviz.Encoded
-    assert extraction._decoder_inputs is extraction.decoder_inputs

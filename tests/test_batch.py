@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import assert_png_of, image_values, saved_figures, tick_labels
 
 from attnviz.batch import (
     HEADS_DIR,
@@ -194,6 +195,30 @@ def test_too_long_texts_are_rejected_or_cut(tiny_bert):
     assert cut[0].n_tokens == 12 and cut[0].truncated > 0
 
 
+def test_a_bucketed_batch_is_encoded_as_extraction_tokenizes(tiny_model_path):
+    from attnviz.batch.analyzer import Analyzer
+    from attnviz.batch.bucketing import encode
+    from attnviz.batch.corpus import Item
+    from attnviz.extraction import tokenize
+
+    loaded = load_model(str(tiny_model_path("gpt2")), device="cpu")  # byte-level: readable labels differ
+    texts = ["Café crème, s'il vous plaît.", "naïve", "plain words here"]
+    config = _config()
+    batches, rejects = Analyzer(loaded, config).bucket([Item(i, i + 1, t) for i, t in enumerate(texts)])
+    assert not rejects
+    for batch in batches:
+        got = encode(loaded, config, batch)
+        want = tokenize(loaded, got.texts)
+        assert got.input_ids.equal(want.input_ids) and got.attention_mask.equal(want.attention_mask)
+        assert (got.tokens, got.pieces, got.offsets, got.special) == (
+            want.tokens,
+            want.pieces,
+            want.offsets,
+            want.special,
+        )
+    assert any("é" in t for b in batches for e in b for t in e.tokens)  # readable, not raw "Ã©"
+
+
 def test_buckets_limit_padding_and_memory(tiny_bert):
     from attnviz.batch import Analyzer
 
@@ -218,7 +243,10 @@ def test_buckets_limit_padding_and_memory(tiny_bert):
 
 
 # -- the output folder ----------------------------------------------------------------------
-def test_run_writes_parts_summary_and_rejects(tiny_bert, tmp_path):
+def test_run_writes_parts_summary_and_rejects(tiny_bert, tmp_path, monkeypatch):
+    from attnviz.patterns import ROLE_NAMES
+
+    saved = saved_figures(monkeypatch)
     corpus = tmp_path / "c.txt"
     lines = _corpus_lines(tmp_path, 10)
     lines[3] = ""
@@ -259,7 +287,14 @@ def test_run_writes_parts_summary_and_rejects(tiny_bert, tmp_path):
         "broad",
         "mixed",
     }
-    assert (out / "_plots" / "entropy.png").is_file() and (out / "_plots" / "role.png").is_file()
+    # the plots draw the summary: mean entropy and role per layer x head
+    entropy, role = saved["entropy.png"], saved["role.png"]
+    np.testing.assert_allclose(image_values(entropy), expect["mean"].to_numpy().reshape(2, 4), rtol=1e-5)
+    codes = [ROLE_NAMES.index(r) for r in summary["role"]]
+    np.testing.assert_array_equal(image_values(role), np.reshape(codes, (2, 4)))
+    assert tick_labels(role, "y") == ["0", "1"] and tick_labels(role, "x") == ["0", "1", "2", "3"]
+    assert_png_of(out / "_plots" / "entropy.png", entropy)
+    assert_png_of(out / "_plots" / "role.png", role)
     rejects = [json.loads(x) for x in (out / REJECTS_FILE).read_text().splitlines()]
     assert rejects == [{"text_id": 3, "line": 4, "reason": "empty", "detail": "empty text", "excerpt": ""}]
     run = json.loads((out / RUN_FILE).read_text())

@@ -6,27 +6,13 @@ import json
 
 import numpy as np
 import pytest
+from helpers import cli_ok, one_line_error
 from typer.testing import CliRunner
 
 from attnviz.cli import app
 
 runner = CliRunner()
 TEXT = "The cat sat on the mat, and the cat slept."
-
-
-def _ok(args: list[str], **kwargs):
-    result = runner.invoke(app, args, **kwargs)
-    assert result.exit_code == 0, result.output
-    return result
-
-
-def _one_line_error(result, *needles: str) -> str:
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -50,21 +36,21 @@ def test_ablate_json_is_the_library_result(gpt2):
     from attnviz.ablation import ablate
 
     out = json.loads(
-        _ok(["ablate", TEXT, "-l", "1", "--head", "2", "--target", "mat", "-m", gpt2, "--json"]).stdout
+        cli_ok(["ablate", TEXT, "-l", "1", "--head", "2", "--target", "mat", "-m", gpt2, "--json"]).stdout
     )
     assert set(out) == {"model", "measure", "target", "position", "before", "after", "delta"}
     expected = ablate(_lm(gpt2), TEXT, [(1, 2)], target="mat").as_dict()
     assert out == pytest.approx(expected)
     assert out["measure"] == "log-prob" and out["target"] == "mat"
-    both = json.loads(_ok(["ablate", TEXT, "--heads", "1:2,0:3", "-m", gpt2, "--json"]).stdout)
+    both = json.loads(cli_ok(["ablate", TEXT, "--heads", "1:2,0:3", "-m", gpt2, "--json"]).stdout)
     assert both["delta"] == pytest.approx(ablate(_lm(gpt2), TEXT, [(1, 2), (0, 3)]).delta)
 
 
 def test_ablate_text_says_which_measure_and_why(bert, gpt2):
-    lines = _ok(["ablate", TEXT, "-l", "0", "--head", "1", "-m", bert]).stdout.splitlines()
+    lines = cli_ok(["ablate", TEXT, "-l", "0", "--head", "1", "-m", bert]).stdout.splitlines()
     assert any(line.startswith("measure: embedding, because") and "no LM head" in line for line in lines)
     assert lines[-1].startswith("delta (after - before): ")
-    lines = _ok(["ablate", TEXT, "-l", "0", "--head", "1", "-m", gpt2]).stdout.splitlines()
+    lines = cli_ok(["ablate", TEXT, "-l", "0", "--head", "1", "-m", gpt2]).stdout.splitlines()
     assert any("causal LM" in line for line in lines)
 
 
@@ -74,7 +60,7 @@ def test_scan_json_rows_and_heatmap(gpt2, tmp_path):
     from attnviz.ablation import scan_heads
 
     plot = tmp_path / "effect.png"
-    result = _ok(["ablate", TEXT, "--scan", "--top", "0", "-m", gpt2, "--json", "--plot", str(plot)])
+    result = cli_ok(["ablate", TEXT, "--scan", "--top", "0", "-m", gpt2, "--json", "--plot", str(plot)])
     rows = json.loads(result.stdout)
     assert [set(r) for r in rows] == [{"rank", "layer", "head", "delta"}] * 8
     found = scan_heads(_lm(gpt2), TEXT)
@@ -84,7 +70,7 @@ def test_scan_json_rows_and_heatmap(gpt2, tmp_path):
     assert f"wrote {plot}" in result.stderr
     with Image.open(plot) as img:
         assert img.size[0] > 100 and img.size[1] > 100
-    table = _ok(["ablate", TEXT, "--scan", "-k", "3", "-m", gpt2]).stdout.splitlines()
+    table = cli_ok(["ablate", TEXT, "--scan", "-k", "3", "-m", gpt2]).stdout.splitlines()
     assert table[-4].split() == ["rank", "layer", "head", "delta"]
     assert [line.split()[0] for line in table[-3:]] == ["1", "2", "3"]
 
@@ -94,10 +80,8 @@ def test_mean_mode_reads_the_reference_file(gpt2, tmp_path):
 
     ref = tmp_path / "ref.txt"
     ref.write_text("A dog chased the cat.\n\nAttention is a weighted average.\n")
-    out = json.loads(
-        _ok(["ablate", TEXT, "-l", "0", "--head", "0", "--mode", "mean", "--reference", str(ref), "-m", gpt2,
-             "--json"]).stdout
-    )  # fmt: skip
+    args = ["ablate", TEXT, "-l", "0", "--head", "0", "--mode", "mean", "--reference", str(ref)]
+    out = json.loads(cli_ok([*args, "-m", gpt2, "--json"]).stdout)
     lib = ablate(
         _lm(gpt2),
         TEXT,
@@ -128,7 +112,7 @@ def test_mean_mode_reads_the_reference_file(gpt2, tmp_path):
     ],
 )
 def test_errors_are_one_line(gpt2, args, needles):
-    _one_line_error(runner.invoke(app, ["ablate", TEXT, *args, "-m", gpt2]), *needles)
+    one_line_error(runner.invoke(app, ["ablate", TEXT, *args, "-m", gpt2]), *needles)
 
 
 def test_find_head_ablate_adds_the_effect_and_spearman(gpt2):
@@ -136,7 +120,7 @@ def test_find_head_ablate_adds_the_effect_and_spearman(gpt2):
     from attnviz.extraction import extract
     from attnviz.search import find_heads
 
-    result = _ok(["find-head", "cat", "mat", TEXT, "-m", gpt2, "--ablate", "--json", "-k", "3"])
+    result = cli_ok(["find-head", "cat", "mat", TEXT, "-m", gpt2, "--ablate", "--json", "-k", "3"])
     rows = json.loads(result.stdout)
     assert len(rows) == 3 and all("delta" in r and "score" in r for r in rows)
     loaded = for_ablation(_lm(gpt2))
@@ -148,7 +132,7 @@ def test_find_head_ablate_adds_the_effect_and_spearman(gpt2):
         np.array([h.score for h in ranking]), np.array([found.effect[h.layer, h.head] for h in ranking])
     )
     assert f"over 8 heads: {rho:+.3f}" in result.stderr
-    table = _ok(["find-head", "cat", "mat", TEXT, "-m", gpt2, "--ablate"]).stdout
+    table = cli_ok(["find-head", "cat", "mat", TEXT, "-m", gpt2, "--ablate"]).stdout
     assert "Spearman" in table and " delta " in table
 
 
@@ -158,7 +142,7 @@ def test_heads_induction_ablate_reports_the_loss_rise_and_overlap(tiny_model_pat
 
     llama = str(tiny_model_path("llama"))
     args = ["heads", "--induction", "--ablate", "-m", llama, "--seq-len", "6", "--batch", "2", "--top", "0"]
-    result = _ok([*args, "--json"])
+    result = cli_ok([*args, "--json"])
     rows = json.loads(result.stdout)
     loaded = _lm(llama)
     found = repeat_loss_scan(loaded, seq_len=6, batch=2, seed=0)
@@ -166,7 +150,7 @@ def test_heads_induction_ablate_reports_the_loss_rise_and_overlap(tiny_model_pat
         assert r["loss_rise"] == pytest.approx(found.delta[r["layer"], r["head"]], abs=1e-9)
     overlap, k = top_overlap(induction_scores(loaded, seq_len=6, batch=2).induction, found.delta, 10)
     assert f"top-{k} overlap of induction score and loss rise: {overlap} of {k}" in result.stderr
-    assert "loss rise" in _ok(args).stdout
-    _one_line_error(
+    assert "loss rise" in cli_ok(args).stdout
+    one_line_error(
         runner.invoke(app, ["heads", TEXT, "--ablate", "-m", llama]), "--ablate works with --induction"
     )

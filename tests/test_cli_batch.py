@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import assert_png_of, image_values, saved_figures, tick_labels
 from typer.testing import CliRunner
 
 from attnviz.cli import app
@@ -45,7 +46,8 @@ def _one_line_error(result, *needles: str) -> None:
 
 
 @pytest.mark.slow
-def test_batch_end_to_end(minilm, tmp_path):
+def test_batch_end_to_end(minilm, tmp_path, monkeypatch):
+    saved = saved_figures(monkeypatch)
     corpus = _corpus(tmp_path / "c.txt", 6, extra=b"\n\xff\xfe\n" + b"word " * 600 + b"\n")
     result = runner.invoke(
         app, ["batch", str(corpus), "-o", "out", "--probe", "she:Emily", "--layers", "0,5"]
@@ -64,8 +66,13 @@ def test_batch_end_to_end(minilm, tmp_path):
     assert {"probe_she_emily_ab", "probe_she_emily_ba", "pattern_first"} <= set(frame.columns)
     reasons = [json.loads(x)["reason"] for x in Path("out/_rejects.jsonl").read_text().splitlines()]
     assert reasons == ["empty", "undecodable", "too_long"]
-    for name in ("_summary.csv", "_run.json", "_plots/entropy.png", "_plots/role.png"):
-        assert (Path("out") / name).is_file(), name
+    grid = pd.read_csv("out/_summary.csv").set_index(["layer", "head"])
+    np.testing.assert_allclose(
+        image_values(saved["entropy.png"]), grid["entropy_mean"].to_numpy().reshape(2, 12), rtol=1e-5
+    )
+    assert tick_labels(saved["role.png"], "y") == ["0", "5"]
+    for name in ("entropy.png", "role.png"):
+        assert_png_of(Path("out/_plots") / name, saved[name])
     run = json.loads(Path("out/_run.json").read_text())
     assert run["counts"] == {"texts": 6, "rejected": 3, "parts": 1, "rows": 144}
     # --truncate keeps the long line instead

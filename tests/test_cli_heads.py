@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
+from helpers import (
+    assert_png_of,
+    assert_svg_of,
+    cli_ok,
+    figure_text,
+    image_values,
+    one_line_error,
+    saved_figures,
+    tick_labels,
+)
 from typer.testing import CliRunner
 
 from attnviz.cli import app
@@ -13,21 +24,6 @@ from attnviz.patterns import PATTERNS
 runner = CliRunner()
 FIELDS = {"rank", "layer", "head", "score", "a2b", "b2a", "role"}
 TEXT = "The cat sat on the mat, and the cat slept."
-
-
-def _ok(args: list[str], **kwargs):
-    result = runner.invoke(app, args, **kwargs)
-    assert result.exit_code == 0, result.output
-    return result
-
-
-def _one_line_error(result, *needles: str) -> str:
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for needle in needles:
-        assert needle in lines[0]
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +37,7 @@ def llama(tiny_model_path) -> str:
 
 
 def test_find_head_table_says_which_positions_were_used(bert):
-    out = _ok(["find-head", "cat", "mat", TEXT, "-m", bert, "-n", "2,1"]).stdout
+    out = cli_ok(["find-head", "cat", "mat", TEXT, "-m", bert, "-n", "2,1"]).stdout
     lines = out.splitlines()
     assert "A 'cat' = token 10 (occurrence 2 of 2)" in lines[0] and "B 'mat' = token 6" in lines[0]
     assert lines[2].split() == ["rank", "layer", "head", "score", "A->B", "B->A", "role"]
@@ -49,7 +45,7 @@ def test_find_head_table_says_which_positions_were_used(bert):
 
 
 def test_find_head_json_has_exactly_the_promised_fields(bert):
-    result = _ok(["find-head", "cat", "mat", TEXT, "-m", bert, "--json", "-k", "0"])
+    result = cli_ok(["find-head", "cat", "mat", TEXT, "-m", bert, "--json", "-k", "0"])
     rows = json.loads(result.stdout)
     assert len(rows) == 2 * 4 and all(set(r) == FIELDS for r in rows)
     assert [r["rank"] for r in rows] == list(range(1, 9))
@@ -59,7 +55,7 @@ def test_find_head_json_has_exactly_the_promised_fields(bert):
 
 def test_find_head_direction_layer_and_positions(bert):
     rows = json.loads(
-        _ok(["find-head", "@2", "@6", TEXT, "-m", bert, "--json", "-d", "b2a", "--layer", "1"]).stdout
+        cli_ok(["find-head", "@2", "@6", TEXT, "-m", bert, "--json", "-d", "b2a", "--layer", "1"]).stdout
     )
     assert {r["layer"] for r in rows} == {1} and all(r["score"] == r["b2a"] for r in rows)
 
@@ -67,24 +63,36 @@ def test_find_head_direction_layer_and_positions(bert):
 def test_find_head_reads_texts_file_and_stdin(bert, tmp_path):
     src = tmp_path / "sentences.txt"
     src.write_text("the cat sat on the mat\na dog slept\n\nthe mat and the cat\n", encoding="utf-8")
-    by_file = _ok(["find-head", "cat", "mat", "--texts", str(src), "-m", bert])
+    by_file = cli_ok(["find-head", "cat", "mat", "--texts", str(src), "-m", bert])
     assert "mean over 2 of 3 texts" in by_file.stdout and "text 3:" in by_file.stdout
-    by_stdin = _ok(["find-head", "cat", "mat", "--texts", "-", "-m", bert], input=src.read_text())
+    by_stdin = cli_ok(["find-head", "cat", "mat", "--texts", "-", "-m", bert], input=src.read_text())
     assert by_stdin.stdout == by_file.stdout
-    one = _ok(["find-head", "cat", "mat", "-m", bert], input="the cat sat on the mat\n")
+    one = cli_ok(["find-head", "cat", "mat", "-m", bert], input="the cat sat on the mat\n")
     assert "mean over" not in one.stdout
     # --file is one text, as in every command: the whole file, line breaks and all
-    whole = _ok(["find-head", "cat", "mat", "-f", str(src), "-m", bert])
+    whole = cli_ok(["find-head", "cat", "mat", "-f", str(src), "-m", bert])
     assert "mean over" not in whole.stdout and "occurrence 1 of 2" in whole.stdout
-    _one_line_error(
+    one_line_error(
         runner.invoke(app, ["find-head", "cat", "dog", "-m", bert], input="the cat sat\n"), "'dog'"
     )
 
 
-def test_find_head_plot_writes_the_winning_heads_heatmap(bert, tmp_path):
+def test_find_head_plot_draws_the_winning_heads_attention(bert, tmp_path, monkeypatch):
+    from attnviz.extraction import extract
+    from attnviz.models import load_model
+    from attnviz.search import find_heads
+
+    saved = saved_figures(monkeypatch)
     out = tmp_path / "best.png"
-    result = _ok(["find-head", "cat", "mat", TEXT, "-m", bert, "--plot", str(out)])
-    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"wrote {out}" in result.stdout
+    result = cli_ok(["find-head", "cat", "mat", TEXT, "-m", bert, "--plot", str(out)])
+    assert f"wrote {out}" in result.stdout
+    att = extract(TEXT, load_model(bert, device="cpu"))
+    best = find_heads(att, "cat", "mat").best
+    fig = saved["best.png"]
+    np.testing.assert_allclose(image_values(fig), att.head(best.layer, best.head), atol=1e-6)
+    assert len(tick_labels(fig, "x")) == len(tick_labels(fig, "y")) == len(att.tokens)
+    assert f"layer {best.layer} · head {best.head}" in figure_text(fig)
+    assert_png_of(out, fig)
 
 
 @pytest.mark.parametrize(
@@ -106,11 +114,11 @@ def test_find_head_plot_writes_the_winning_heads_heatmap(bert, tmp_path):
     ],
 )
 def test_errors_are_one_line(bert, args, needles):
-    _one_line_error(runner.invoke(app, [*args, "-m", bert]), *needles)
+    one_line_error(runner.invoke(app, [*args, "-m", bert]), *needles)
 
 
 def test_heads_table_and_json(bert):
-    table = _ok(["heads", TEXT, "-m", bert]).stdout.splitlines()
+    table = cli_ok(["heads", TEXT, "-m", bert]).stdout.splitlines()
     assert table[1].split() == [
         "layer",
         "head",
@@ -124,7 +132,7 @@ def test_heads_table_and_json(bert):
         "role",
     ]
     assert len(table) == 2 + 2 * 4 + 1 and table[-1].startswith("roles: ")
-    rows = json.loads(_ok(["heads", TEXT, "-m", bert, "--json", "--sort", "previous", "-k", "3"]).stdout)
+    rows = json.loads(cli_ok(["heads", TEXT, "-m", bert, "--json", "--sort", "previous", "-k", "3"]).stdout)
     assert len(rows) == 3 and set(rows[0]) == {"layer", "head", "role", *PATTERNS}
     assert [r["previous"] for r in rows] == sorted((r["previous"] for r in rows), reverse=True)
 
@@ -132,35 +140,54 @@ def test_heads_table_and_json(bert):
 def test_heads_over_a_file_gives_mean_and_spread(bert, tmp_path):
     src = tmp_path / "texts.txt"
     src.write_text("the cat sat on the mat\na dog chased the cat\n", encoding="utf-8")
-    out = _ok(["heads", "--texts", str(src), "-m", bert]).stdout
+    out = cli_ok(["heads", "--texts", str(src), "-m", bert]).stdout
     assert "over 2 texts" in out and "±" in out
-    rows = json.loads(_ok(["heads", "--texts", str(src), "-m", bert, "--json"]).stdout)
+    rows = json.loads(cli_ok(["heads", "--texts", str(src), "-m", bert, "--json"]).stdout)
     assert {"self_std", "broad_std"} <= set(rows[0])
 
 
-def test_heads_plot_is_a_role_map(bert, tmp_path):
+def test_heads_plot_is_the_role_map_of_the_table(bert, tmp_path, monkeypatch):
+    from attnviz.extraction import extract
+    from attnviz.models import load_model
+    from attnviz.patterns import ROLE_NAMES, head_patterns
+
+    saved = saved_figures(monkeypatch)
     out = tmp_path / "roles.svg"
-    _ok(["heads", TEXT, "-m", bert, "--plot", str(out), "--layers", "1"])
-    assert out.read_text().lstrip().startswith("<?xml")
+    cli_ok(["heads", TEXT, "-m", bert, "--plot", str(out), "--layers", "1"])
+    table = head_patterns(extract(TEXT, load_model(bert, device="cpu"), layers=[1]))
+    fig = saved["roles.svg"]
+    codes = np.vectorize(ROLE_NAMES.index)(np.asarray(table.roles))  # [1 layer, heads]
+    np.testing.assert_array_equal(image_values(fig), codes)
+    assert tick_labels(fig, "y") == ["1"] and tick_labels(fig, "x") == [str(h) for h in table.heads]
+    assert_svg_of(out, fig)
 
 
-def test_heads_induction_on_a_tiny_causal_model(llama, tmp_path):
+def test_heads_induction_on_a_tiny_causal_model(llama, tmp_path, monkeypatch):
+    from attnviz.induction import induction_scores
+    from attnviz.models import load_model
+
     rows = json.loads(
-        _ok(["heads", "--induction", "-m", llama, "--seq-len", "8", "--batch", "2", "--json"]).stdout
+        cli_ok(["heads", "--induction", "-m", llama, "--seq-len", "8", "--batch", "2", "--json"]).stdout
     )
     assert len(rows) == 8 and set(rows[0]) == {"rank", "layer", "head", "induction", "duplicate"}
+    saved = saved_figures(monkeypatch)
     out = tmp_path / "ind.png"
-    text = _ok(
+    text = cli_ok(
         ["heads", "--induction", "-m", llama, "--seq-len", "8", "--sort", "duplicate", "--plot", str(out)]
     )
-    assert "chance" in text.stdout and out.exists()
+    assert "chance" in text.stdout
+    fig = saved["ind.png"]
+    expected = induction_scores(load_model(llama, device="cpu"), seq_len=8).duplicate  # the sorted-by score
+    np.testing.assert_allclose(image_values(fig), expected, atol=1e-9)
+    assert tick_labels(fig, "y") == ["0", "1"] and tick_labels(fig, "x") == ["0", "1", "2", "3"]
+    assert_png_of(out, fig)
 
 
 @pytest.mark.slow
 def test_minilm_seed_sentence_paris_french(minilm, seed_text):
     from attnviz.extraction import extract
 
-    result = _ok(["find-head", "paris", "french", seed_text, "--json"])
+    result = cli_ok(["find-head", "paris", "french", seed_text, "--json"])
     rows = json.loads(result.stdout)
     att = extract(seed_text, minilm)
     ia, ib = att.tokens.index("paris"), att.tokens.index("french")
@@ -177,7 +204,7 @@ def test_minilm_seed_sentence_paris_french(minilm, seed_text):
 @pytest.mark.slow
 def test_smollm2_induction_command(smollm2):
     rows = json.loads(
-        _ok(
+        cli_ok(
             ["heads", "--induction", "-m", "smollm2", "--seq-len", "20", "--batch", "2", "--json", "-k", "3"]
         ).stdout
     )
@@ -207,7 +234,7 @@ def test_errors_come_before_the_model_loads(args, needles, tmp_path):
     (tmp_path / "blocker").write_text("x")
     (tmp_path / "list.txt").write_text("a b\n")
     result = runner.invoke(app, [*args, *NO_MODEL], input="Paris is big\nRome is old\n")
-    _one_line_error(result, *needles)
+    one_line_error(result, *needles)
 
 
 SELECTION_CASES = [("3-1", "bad {opt} range '3-1': write it low to high (1-3)"), ("", "{opt} is empty"),
@@ -229,30 +256,32 @@ SELECTION_CASES = [("3-1", "bad {opt} range '3-1': write it low to high (1-3)"),
 )
 def test_every_command_reads_a_selection_the_same_way(command, value, message):
     result = runner.invoke(app, [*command, value, *NO_MODEL])
-    _one_line_error(result, message.format(opt=command[-1]))
+    one_line_error(result, message.format(opt=command[-1]))
 
 
 def test_negative_layers_count_from_the_end_in_find_head_and_heads(bert):
     last = json.loads(
-        _ok(["find-head", "cat", "mat", TEXT, "--layers", "-1", "-k", "0", "--json", "-m", bert]).stdout
+        cli_ok(["find-head", "cat", "mat", TEXT, "--layers", "-1", "-k", "0", "--json", "-m", bert]).stdout
     )
     assert {r["layer"] for r in last} == {1}
     both = json.loads(
-        _ok(["find-head", "cat", "mat", TEXT, "--layers", "0,-1", "-k", "0", "--json", "-m", bert]).stdout
+        cli_ok(["find-head", "cat", "mat", TEXT, "--layers", "0,-1", "-k", "0", "--json", "-m", bert]).stdout
     )
     assert {r["layer"] for r in both} == {0, 1}
     one = json.loads(
-        _ok(["find-head", "cat", "mat", TEXT, "--layer", "-1", "-k", "0", "--json", "-m", bert]).stdout
+        cli_ok(["find-head", "cat", "mat", TEXT, "--layer", "-1", "-k", "0", "--json", "-m", bert]).stdout
     )
     assert one == last
-    rows = json.loads(_ok(["heads", TEXT, "--layers", "-1", "--heads", "-2--1", "--json", "-m", bert]).stdout)
+    rows = json.loads(
+        cli_ok(["heads", TEXT, "--layers", "-1", "--heads", "-2--1", "--json", "-m", bert]).stdout
+    )
     assert {(r["layer"], r["head"]) for r in rows} == {(1, 2), (1, 3)}
 
 
 def test_find_head_takes_the_text_as_third_argument_and_phrases(bert):
-    out = _ok(["find-head", "the cat", "mat", "The cat sat on the mat.", "-m", bert]).stdout
+    out = cli_ok(["find-head", "the cat", "mat", "The cat sat on the mat.", "-m", bert]).stdout
     assert "A 'The cat' = tokens 1, 2" in out and "B 'mat' = token 6" in out
-    rows = json.loads(_ok(["find-head", "the cat", "mat", "The cat sat on the mat.", "-m", bert,
+    rows = json.loads(cli_ok(["find-head", "the cat", "mat", "The cat sat on the mat.", "-m", bert,
                            "-k", "0", "--json"]).stdout)  # fmt: skip
     from attnviz.extraction import extract
 
@@ -263,11 +292,11 @@ def test_find_head_takes_the_text_as_third_argument_and_phrases(bert):
 
 
 def test_no_special_encodes_the_words_alone(bert):
-    with_special = _ok(["find-head", "@0", "mat", TEXT, "-m", bert]).stdout
-    without = _ok(["find-head", "@0", "mat", TEXT, "-m", bert, "--no-special"]).stdout
+    with_special = cli_ok(["find-head", "@0", "mat", TEXT, "-m", bert]).stdout
+    without = cli_ok(["find-head", "@0", "mat", TEXT, "-m", bert, "--no-special"]).stdout
     assert "A '[CLS]' = token 0" in with_special and "B 'mat' = token 6" in with_special
     assert "A 'the' = token 0" in without and "B 'mat' = token 5" in without
-    rows = json.loads(_ok(["heads", TEXT, "-m", bert, "--no-special", "--json"]).stdout)
+    rows = json.loads(cli_ok(["heads", TEXT, "-m", bert, "--no-special", "--json"]).stdout)
     assert all(r["first"] >= 0 for r in rows)
 
 

@@ -119,3 +119,17 @@ def test_settings_run_equals_the_function(tiny_llama):
     direct = induction_scores(tiny_llama, seq_len=6, batch=2, seed=3, layers=[-1], heads=[0, 2])
     assert ran.layers == direct.layers == (1,) and ran.heads == (0, 2)
     np.testing.assert_array_equal(ran.induction, direct.induction)
+
+
+def test_random_repeats_label_byte_level_tokens_readably(tiny_model_path):
+    from attnviz.models import load_model
+    from attnviz.tokens import is_byte_level, token_labels
+
+    loaded = load_model(str(tiny_model_path("gpt2")), device="cpu")
+    tok = loaded.tokenizer
+    assert is_byte_level(tok)
+    enc, _ = random_repeats(loaded, seq_len=40, batch=2, seed=3)
+    for row, tokens, pieces in zip(enc.input_ids.tolist(), enc.tokens, enc.pieces, strict=True):
+        assert pieces == tok.convert_ids_to_tokens(row)
+        assert tokens == token_labels(tok, row)[0]
+        assert tokens != pieces  # raw bytes of non-ASCII pieces ("Ã") are shown decoded or as \\xNN

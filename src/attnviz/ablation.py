@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from attnviz.architecture import output_projections
 from attnviz.errors import AttnvizError, InputError
 
 if TYPE_CHECKING:
@@ -27,8 +28,6 @@ if TYPE_CHECKING:
 
 MODES = ("zero", "mean")
 MEASURES = ("log-prob", "masked-prob", "embedding")
-_DIRECT = ("o_proj", "c_proj", "out_lin", "o", "out_proj", "dense")  # projection inside the attention module
-_PARENT = ("output.dense", "o_proj", "out_proj")  # BERT: the projection is a sibling of `self`
 
 
 @dataclass(frozen=True)
@@ -200,49 +199,6 @@ def _measure_of(loaded: LoadedModel) -> tuple[str, str]:
     )
 
 
-def projections(loaded: LoadedModel) -> list[Any]:
-    """The attention output projection of each (encoder or only) layer, in layer order."""
-    cap = loaded.capture
-    main = "encoder" if cap.encoder_decoder else "self"
-    named = dict(loaded.model.named_modules())
-    names = {id(m): n for n, m in named.items()}
-    by_layer: dict[int, Any] = {}
-    for ident, (stream, layer) in cap.index.items():
-        if stream != main:
-            continue
-        name = names.get(ident)
-        if name is None:
-            continue
-        found = None
-        for child in _DIRECT:
-            found = named.get(f"{name}.{child}" if name else child)
-            if found is not None and _in_features(found) is not None:
-                break
-            found = None
-        if found is None and "." in name:
-            parent = name.rsplit(".", 1)[0]
-            for child in _PARENT:
-                found = named.get(f"{parent}.{child}")
-                if found is not None:
-                    break
-        if found is not None:
-            by_layer[layer] = found
-    if len(by_layer) != cap.num_layers:
-        raise AttnvizError(
-            f"ablation does not know where {type(loaded.model).__name__}'s heads enter the output"
-            " projection (supported: BERT, DistilBERT, GPT-2, Llama, T5)"
-        )
-    return [by_layer[i] for i in range(cap.num_layers)]
-
-
-def _in_features(module: Any) -> int | None:
-    if hasattr(module, "in_features"):
-        return int(module.in_features)
-    if type(module).__name__ == "Conv1D":  # GPT-2: weight is [in, out]
-        return int(module.weight.shape[0])
-    return None
-
-
 def check_heads(loaded: LoadedModel, heads: Sequence[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
     """Layer and head numbers in range (negative layers count from the end); one-line errors."""
     if not heads:
@@ -290,7 +246,7 @@ def ablating(loaded: LoadedModel, means: list[Any] | None = None) -> Iterator[_A
     state = _Ablator(loaded.capture.num_heads, means)
     handles = []
     try:
-        for layer, proj in enumerate(projections(loaded)):
+        for layer, proj in enumerate(output_projections(loaded, "ablation")):
             handles.append(proj.register_forward_pre_hook(state.hook(layer)))
         yield state
     finally:
@@ -315,7 +271,7 @@ def reference_means(loaded: LoadedModel, texts: Sequence[str], batch_size: int =
     texts = [t for t in texts if t.strip()]
     if not texts:
         raise InputError("the --reference file has no text: give one text per line")
-    projs = projections(loaded)
+    projs = output_projections(loaded, "ablation")
     sums: list[Any] = [None] * len(projs)
     count = 0
     mask_now: list[Any] = [None]
@@ -622,7 +578,7 @@ def top_overlap(a: np.ndarray, b: np.ndarray, k: int = 10) -> tuple[int, int]:
 
 def effect_map(found: HeadScan, path: Any) -> Any:
     """Save the layers x heads heatmap of each head's effect (|delta|, or the loss rise)."""
-    from attnviz.roles_plot import score_map
+    from attnviz.plots.roles import score_map
 
     label = "loss rise" if found.measure == "repeat-loss" else f"|delta {found.measure}|"
     title = f"{found.model}: effect of ablating each head ({found.mode}, {found.measure})"

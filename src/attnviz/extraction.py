@@ -366,7 +366,3 @@ def decoder_inputs(loaded: LoadedModel, enc: Encoded | None, text: str | None, b
         truncated=[0] * batch,
         pieces=[raw for _, raw in labels],
     )
-
-
-# batch.py still imports the old private name; the lead switches it to `decoder_inputs` after merging.
-_decoder_inputs = decoder_inputs

@@ -107,6 +107,7 @@ def random_repeats(loaded: LoadedModel, seq_len: int, batch: int, seed: int) -> 
     import torch
 
     from attnviz.extraction import Encoded
+    from attnviz.tokens import token_labels
 
     tok = loaded.tokenizer
     vocab = int(getattr(loaded.model.config, "vocab_size", 0) or len(tok))
@@ -125,6 +126,7 @@ def random_repeats(loaded: LoadedModel, seq_len: int, batch: int, seed: int) -> 
     n = p + 2 * seq_len
     ids = torch.tensor(rows, dtype=torch.long)  # [batch, prefix + 2T]
     special = [[j < p for j in range(n)] for _ in rows]
+    labels = [token_labels(tok, r) for r in rows]  # readable for byte-level BPE (SmolLM2, GPT-2)
     enc = Encoded(
         texts=["" for _ in rows],
         input_ids=ids,
@@ -132,8 +134,9 @@ def random_repeats(loaded: LoadedModel, seq_len: int, batch: int, seed: int) -> 
         lengths=[n] * batch,
         offsets=[[(0, 0)] * n for _ in rows],
         special=special,
-        tokens=[tok.convert_ids_to_tokens(r) for r in rows],
+        tokens=[readable for readable, _ in labels],
         truncated=[0] * batch,
+        pieces=[raw for _, raw in labels],
     )
     return enc, p
 

@@ -7,18 +7,25 @@ the attention capture are handled in one place.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib.util
 import json
 import os
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from attnviz.errors import DeviceError, InputError, ModelNotFoundError
+from attnviz.gguf_cache import (
+    ENTRY_FILE,
+    cache_folder,
+    clean_stale_temporaries,
+    entry_ok,
+    file_digest,
+    locked,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -222,14 +229,6 @@ def quiet_transformers() -> None:
     warnings.filterwarnings("ignore", message=".*TypedStorage.*")
 
 
-def cache_dir() -> Path:
-    """Where dequantised GGUF models are kept: $ATTNVIZ_CACHE, else $XDG_CACHE_HOME/attnviz."""
-    if env := os.environ.get("ATTNVIZ_CACHE"):
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "attnviz"
-
-
 @dataclass(frozen=True)
 class LoadNotice:
     """Something a slow or repaired load wants the user to know; the CLI draws it, we never print.
@@ -245,117 +244,6 @@ class LoadNotice:
 def _notify(progress: Callable[[LoadNotice], None] | None, kind: str, message: str) -> None:
     if progress is not None:
         progress(LoadNotice(kind, message))  # type: ignore[arg-type]
-
-
-ENTRY_FILE = "attnviz-entry.json"  # written last into a cache entry: what it was built from
-
-
-def _digest_index() -> Path:
-    return cache_dir() / "gguf" / "digests.json"
-
-
-def file_digest(path: Path) -> str:
-    """The sha256 of a file's content, remembered per path, size, inode, mtime_ns and ctime_ns.
-
-    Hashing reads the file once (about 0.2 s for SmolLM2's 100 MB). A replaced file has a new
-    inode or change time (which, unlike the modification time, cannot be set back), so it is hashed
-    again and can never reuse the old file's weights.
-    """
-    stat = path.stat()
-    key = f"{path.resolve()}:{stat.st_size}:{stat.st_ino}:{stat.st_mtime_ns}:{stat.st_ctime_ns}"
-    index_path = _digest_index()
-    try:
-        index = json.loads(index_path.read_text())
-    except (OSError, ValueError):
-        index = {}
-    if isinstance(index, dict) and isinstance(index.get(key), str):
-        return index[key]
-    with open(path, "rb") as f:
-        digest = hashlib.file_digest(f, "sha256").hexdigest()
-    index = (
-        {k: v for k, v in index.items() if not k.startswith(f"{path.resolve()}:")}
-        if isinstance(index, dict)
-        else {}
-    )
-    index[key] = digest
-    try:
-        from attnviz.outputs import atomic_output
-
-        with atomic_output(index_path) as tmp:
-            tmp.write_text(json.dumps(index, indent=1))
-    except OSError:
-        pass  # an unwritable cache only costs a re-hash next time
-    return digest
-
-
-def _gguf_cache_folder(gguf: Path, digest: str | None = None) -> Path:
-    """The cache entry of a GGUF file, named by a hash of its content (not its path or date)."""
-    digest = digest or file_digest(gguf)
-    return cache_dir() / "gguf" / f"{gguf.stem}-{digest[:16]}"
-
-
-def _entry_ok(folder: Path, digest: str) -> bool:
-    """True when `folder` is a finished entry built from a file with this content hash."""
-    try:
-        entry = json.loads((folder / ENTRY_FILE).read_text())
-        files = entry["files"]
-        return entry.get("source_sha256") == digest and all(
-            (folder / name).is_file() and (folder / name).stat().st_size == size
-            for name, size in files.items()
-        )
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return False
-
-
-_TMP_NAME = re.compile(r"^\..+\.tmp(\d+)-[^/]*$|^.+\.tmp(\d+)$")  # atomic_output's and the old names
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True  # it exists but belongs to someone else
-    return True
-
-
-def clean_stale_temporaries(folder: Path) -> list[Path]:
-    """Remove half-written cache entries left by processes that died; returns what was removed."""
-    import shutil
-
-    removed = []
-    try:
-        children = list(folder.iterdir())
-    except OSError:
-        return removed
-    for child in children:
-        match = _TMP_NAME.match(child.name)
-        if not match:
-            continue
-        pid = int(match.group(1) or match.group(2))
-        if pid == os.getpid() or _pid_alive(pid):
-            continue
-        if child.is_dir():
-            shutil.rmtree(child, ignore_errors=True)
-        else:
-            child.unlink(missing_ok=True)
-        removed.append(child)
-    return removed
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive fcntl lock on `path` (created if needed): one writer per cache entry."""
-    import fcntl
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _from_pretrained(loader: Any, source: ModelSource, **kwargs: Any) -> Any:
@@ -415,14 +303,14 @@ def _load_gguf(
 
     gguf = Path(source.path)
     digest = file_digest(gguf)
-    folder = _gguf_cache_folder(gguf, digest)
+    folder = cache_folder(gguf, digest)
     clean_stale_temporaries(folder.parent)
     loaded = _try_cached(source, folder, digest, torch_dtype, trust_remote_code, progress, task)
     if loaded is not None:
         return (*loaded, True)
     with contextlib.ExitStack() as stack:
         try:  # one writer per entry: a second process waits here, then finds the entry built
-            stack.enter_context(_locked(folder.parent / f".{folder.name}.lock"))
+            stack.enter_context(locked(folder.parent / f".{folder.name}.lock"))
         except OSError as exc:  # no usable cache folder: load straight from the GGUF file, uncached
             where = f"{folder.parent} ({exc.strerror or exc})"
             _notify(progress, "warning", f"cannot use the cache in {where}; loading without it")
@@ -453,7 +341,7 @@ def _try_cached(
     """Load a verified cache entry; None (with a warning notice) when it is missing or unreadable."""
     if not folder.exists():
         return None
-    if not _entry_ok(folder, digest):
+    if not entry_ok(folder, digest):
         _notify(
             progress, "warning", f"the cached copy of {source.name} is incomplete or damaged; rebuilding it"
         )
@@ -656,72 +544,3 @@ def _max_length(config: Any, tokenizer: Any) -> int | None:
 def clear_cache() -> None:
     """Forget loaded models (tests use this to measure cold loads)."""
     _CACHE.clear()
-
-
-@dataclass(frozen=True)
-class BundledStatus:
-    """A bundled alias and whether its package is installed here."""
-
-    alias: str
-    description: str
-    installed: bool
-    path: str | None
-    install: str
-
-
-def list_bundled() -> list[BundledStatus]:
-    """The bundled aliases, without loading anything."""
-    out = []
-    for alias, info in BUNDLED.items():
-        path = bundled_path(alias)
-        out.append(
-            BundledStatus(alias, info.description, path is not None, str(path) if path else None, info.pip)
-        )
-    return out
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What `attnviz info` prints."""
-
-    name: str
-    origin: str
-    path: str
-    architecture: str
-    kind: str
-    causal: bool
-    layers: int
-    heads: int
-    kv_heads: int
-    head_dim: int | None
-    hidden_size: int | None
-    max_length: int | None
-    parameters: int
-    device: str
-    dtype: str
-    load_seconds: float
-
-
-def model_info(loaded: LoadedModel) -> ModelInfo:
-    config = loaded.model.config
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    hidden = getattr(text, "hidden_size", None) or getattr(text, "d_model", None)
-    head_dim = getattr(text, "head_dim", None) or (hidden // loaded.num_heads if hidden else None)
-    return ModelInfo(
-        name=loaded.name,
-        origin=loaded.source.origin,
-        path=loaded.source.path,
-        architecture=type(loaded.model).__name__,
-        kind=loaded.kind,
-        causal=loaded.causal,
-        layers=loaded.num_layers,
-        heads=loaded.num_heads,
-        kv_heads=loaded.num_kv_heads,
-        head_dim=head_dim,
-        hidden_size=hidden,
-        max_length=loaded.max_length,
-        parameters=loaded.num_parameters,
-        device=loaded.device,
-        dtype=loaded.dtype,
-        load_seconds=round(loaded.load_seconds, 3),
-    )

@@ -11,11 +11,12 @@ projection from the model's own weights: BERT `attention.output.dense`, DistilBE
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from attnviz.analyses.aggregate import derive
+from attnviz.architecture import output_projections as attention_output_projections
 from attnviz.errors import InputError
 from attnviz.extraction import Attention
 
@@ -23,8 +24,6 @@ if TYPE_CHECKING:
     from attnviz.models import LoadedModel
 
 WEIGHTINGS = ("attention", "norm")
-_OWN = ("o_proj", "c_proj", "out_lin", "out_proj", "o")  # output projection as a child of the module
-_PARENT = ("output.dense",)  # BERT family: a sibling of the self-attention module
 
 
 def check_weighting(weighting: str) -> None:
@@ -32,44 +31,15 @@ def check_weighting(weighting: str) -> None:
         raise InputError(f"unknown weighting '{weighting}': use attention or norm")
 
 
-def _child(module: Any, dotted: str) -> Any:
-    for part in dotted.split("."):
-        module = getattr(module, part, None)
-        if module is None:
-            return None
-    return module
-
-
 def output_projections(loaded: LoadedModel) -> dict[int, np.ndarray]:
     """Model layer -> output projection weight as [hidden, heads * head_dim] (x @ W.T convention).
 
     Raises InputError naming the model when a layer's projection cannot be found or read.
     """
-    cap = loaded.capture
-    main = "encoder" if cap.encoder_decoder else "self"
-    named = {id(m): (n, m) for n, m in loaded.model.named_modules()}
-    by_name = dict(loaded.model.named_modules())
     out: dict[int, np.ndarray] = {}
-    for ident, (stream, layer) in cap.index.items():
-        if stream != main or ident not in named:
-            continue
-        name, module = named[ident]
-        parent = by_name.get(name.rsplit(".", 1)[0]) if "." in name else None
-        proj = next((p for p in (_child(module, c) for c in _OWN) if p is not None), None)
-        if proj is None and parent is not None:
-            proj = next((p for p in (_child(parent, c) for c in _PARENT) if p is not None), None)
-        weight = getattr(proj, "weight", None)
-        if weight is None or weight.ndim != 2:
-            raise InputError(
-                f"cannot read the attention output projection of {loaded.name} "
-                f"({type(module).__name__}): norm weighting supports BERT, DistilBERT, GPT-2, Llama and T5"
-            )
-        w = weight.detach().float().cpu().numpy()
-        if type(proj).__name__ == "Conv1D":  # GPT-2 stores [in, out]
-            w = w.T
-        out[layer] = w
-    if not out:
-        raise InputError(f"cannot find the attention layers of {loaded.name} for norm weighting")
+    for layer, proj in enumerate(attention_output_projections(loaded, "norm weighting")):
+        w = proj.weight.detach().float().cpu().numpy()
+        out[layer] = w.T if type(proj).__name__ == "Conv1D" else w  # GPT-2 stores [in, out]
     return out
 
 

@@ -128,18 +128,10 @@ class Analyzer:
         ]
 
     def _forward(self, enc: Encoded) -> Any:
-        loaded = self.loaded
-        inputs: dict[str, Any] = {
-            "input_ids": enc.input_ids.to(loaded.device),
-            "attention_mask": enc.attention_mask.to(loaded.device),
-        }
-        if loaded.capture.encoder_decoder:  # statistics use the encoder; the decoder reads the text
-            from attnviz.extraction import _decoder_inputs
+        from attnviz.extraction import model_inputs
 
-            dec = _decoder_inputs(loaded, enc, None, len(enc.texts))
-            inputs["decoder_input_ids"] = dec.input_ids.to(loaded.device)
-            inputs["decoder_attention_mask"] = dec.attention_mask.to(loaded.device)
-        return loaded.capture.run(inputs, self.layers, self.heads, qkv="norm" in self.config.statistics)
+        inputs, _ = model_inputs(self.loaded, enc)  # statistics use the encoder; a decoder reads the text
+        return self.loaded.capture.run(inputs, self.layers, self.heads, qkv="norm" in self.config.statistics)
 
     def _norms(self, rec: Any) -> list[Any]:
         """Per layer [B, H, L] value-vector norms (the `norm` statistic); projections read once."""

@@ -8,10 +8,9 @@ import random
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-import numpy as np
-
 from attnviz.batch.corpus import Item, Reject, excerpt
 from attnviz.config import BatchConfig
+from attnviz.tokens import token_labels
 
 if TYPE_CHECKING:
     from attnviz.extraction import Encoded
@@ -26,7 +25,8 @@ class Entry(NamedTuple):
     ids: list[int] | None = None  # None: tokenise again (truncation)
     offsets: list[tuple[int, int]] | None = None
     special: list[bool] | None = None
-    tokens: list[str] | None = None
+    tokens: list[str] | None = None  # readable labels, as extraction.tokenize makes them
+    pieces: list[str] | None = None  # the tokenizer's raw pieces
 
 
 def tokenize_window(
@@ -57,9 +57,9 @@ def tokenize_window(
             rejects.append(Reject(it.text_id, it.line, "too_long", detail, excerpt(it.text)))
         else:
             offsets = enc["offset_mapping"][i] if fast else [(0, 0)] * n
-            tokens = enc.encodings[i].tokens if fast and enc.encodings else tok.convert_ids_to_tokens(row)
+            tokens, pieces = token_labels(tok, row)
             special = [bool(x) for x in enc["special_tokens_mask"][i]]
-            keep.append(Entry(it, n, row, [tuple(o) for o in offsets], special, list(tokens)))
+            keep.append(Entry(it, n, row, [tuple(o) for o in offsets], special, tokens, pieces))
     return keep, rejects
 
 
@@ -87,28 +87,22 @@ def cut_batches(entries: list[Entry], config: BatchConfig, n_recorded: int) -> l
 
 def encode(loaded: LoadedModel, config: BatchConfig, batch: Sequence[Entry]) -> Encoded:
     """Pad a batch's stored tokenisation (as extract.tokenize would), or tokenise it again."""
-    import torch
-
-    from attnviz.extraction import Encoded, tokenize
+    from attnviz.extraction import Encoded, pad_rows, tokenize
 
     texts = [e.item.text for e in batch]
     if any(e.ids is None for e in batch):
         return tokenize(loaded, texts, config.special_tokens, config.truncate, config.max_length)
     lengths = [e.n_tokens for e in batch]
-    pad = loaded.tokenizer.pad_token_id
-    ids = np.full((len(batch), max(lengths)), pad if pad is not None else 0, dtype=np.int64)
-    mask = np.zeros(ids.shape, dtype=np.int64)
-    for b, e in enumerate(batch):
-        ids[b, : e.n_tokens] = e.ids
-        mask[b, : e.n_tokens] = 1
+    ids, mask = pad_rows([e.ids or [] for e in batch], loaded.tokenizer.pad_token_id)
     offsets: list[Any] = [list(e.offsets or []) for e in batch]
     return Encoded(
         texts=texts,
-        input_ids=torch.from_numpy(ids),
-        attention_mask=torch.from_numpy(mask),
+        input_ids=ids,
+        attention_mask=mask,
         lengths=lengths,
         offsets=offsets,
         special=[list(e.special or []) for e in batch],
         tokens=[list(e.tokens or []) for e in batch],
         truncated=[0] * len(batch),
+        pieces=[list(e.pieces or []) for e in batch],
     )

@@ -18,6 +18,7 @@ import numpy as np
 from attnviz.config import BatchConfig
 from attnviz.errors import InputError, TokenNotFoundError
 from attnviz.patterns import PATTERNS
+from attnviz.tokens import word_units
 
 if TYPE_CHECKING:
     from attnviz.extraction import Attention, Encoded
@@ -203,26 +204,6 @@ def stat_columns(config: BatchConfig) -> list[str]:
 
 
 # -- the per-text reference ----------------------------------------------------------------------
-def word_units(
-    tokens: Sequence[str], word_ids: Sequence[int | None], words: Sequence[str]
-) -> tuple[list[str], list[int]]:
-    """The word-level view's unit labels, and each token's unit (as `Attention.to_words` builds)."""
-    labels: list[str] = []
-    unit_of: list[int] = []
-    seen: dict[int, int] = {}
-    for tok, wid in zip(tokens, word_ids, strict=True):
-        if wid is None:
-            labels.append(tok)
-            unit_of.append(len(labels) - 1)
-        elif wid in seen:
-            unit_of.append(seen[wid])
-        else:
-            seen[wid] = len(labels)
-            labels.append(words[wid])
-            unit_of.append(len(labels) - 1)
-    return labels, unit_of
-
-
 def find_unit(alternatives: Sequence[str], labels: Sequence[str]) -> int | None:
     """The earliest unit matching any alternative (`locate` rules: case-free, `@N`); None if none."""
     from attnviz.tokens import locate

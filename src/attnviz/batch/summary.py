@@ -113,7 +113,7 @@ def summary_plots(summary: pd.DataFrame, folder: Path, title: str) -> list[Path]
         )
         out.append(save(fig, folder / "entropy.png"))
     if "role" in grid:
-        from attnviz.roles_plot import role_map
+        from attnviz.plots.roles import role_map
 
         roles = values("role").astype(str)
         best = np.zeros(roles.shape)

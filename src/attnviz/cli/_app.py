@@ -10,6 +10,7 @@ import functools
 import os
 import sys
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any
 
 import typer
@@ -96,6 +97,10 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
+# whether the running command was given --json (every command spells it `as_json`): no spinner then
+JSON_OUTPUT: ContextVar[bool] = ContextVar("JSON_OUTPUT", default=False)
+
+
 def command(*args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """`app.command`, with library errors turned into one line and exit code 2."""
 
@@ -104,6 +109,7 @@ def command(*args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callabl
         def wrapper(*a: Any, **kw: Any) -> Any:
             from attnviz.errors import AttnvizError
 
+            as_json = JSON_OUTPUT.set(bool(kw.get("as_json")))
             try:
                 return fn(*a, **kw)
             except AttnvizError as exc:
@@ -112,6 +118,8 @@ def command(*args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callabl
                 raise fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
             except KeyboardInterrupt:
                 raise fail("interrupted", 130) from None
+            finally:
+                JSON_OUTPUT.reset(as_json)
 
         kwargs.setdefault("cls", Command)
         return app.command(*args, **kwargs)(wrapper)

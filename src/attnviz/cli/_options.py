@@ -241,8 +241,19 @@ def read_text(text: str | None, file: Path | None) -> str:
     raise InputError("no text given: pass it as an argument, with --file, or on standard input")
 
 
+def _terminal() -> bool:
+    return sys.stderr.isatty()
+
+
+def spinner_wanted(quiet: bool = False) -> bool:
+    """A status line only on a terminal, and never when asked to be quiet or the command got --json."""
+    from attnviz.cli._app import JSON_OUTPUT
+
+    return not quiet and _terminal() and not JSON_OUTPUT.get()
+
+
 def load(model: str, device: str, dtype: str, trust_remote_code: bool = False, quiet: bool = False) -> Any:
-    """Load a model; on an interactive terminal (and without `quiet`, e.g. --json) show a status line.
+    """Load a model; on an interactive terminal (without `quiet` or --json) show a status line.
 
     The library reports slow steps (de-quantising a GGUF file) and repairs (a rebuilt cache entry)
     as notices: status notices update the spinner, warnings are one `warning:` line on stderr.
@@ -254,7 +265,7 @@ def load(model: str, device: str, dtype: str, trust_remote_code: bool = False, q
         if notice.kind == "warning":
             typer.echo(f"warning: {notice.message}", err=True)
 
-    if not sys.stderr.isatty() or quiet:
+    if not spinner_wanted(quiet):
         return load_model(
             model, device=device, dtype=dtype, trust_remote_code=trust_remote_code, progress=warn
         )

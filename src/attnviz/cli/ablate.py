@@ -160,30 +160,25 @@ def find_head_effects(
     loaded: LoadedModel, result: HeadSearch, text: str, truncate: bool, top: int, as_json: bool
 ) -> None:
     """`find-head --ablate`: each ranked head's ablation effect beside its score, and Spearman's rho."""
-    import numpy as np
+    from attnviz.effects import search_effects
 
-    from attnviz.ablation import scan_heads, spearman
-
-    ub = result.units[0][1]
-    found = scan_heads(loaded, text, target=result.b, occurrence=ub.occurrence or None, truncate=truncate)
-    delta = [float(found.delta[h.layer, h.head]) for h in result.ranking]
-    effect = [float(found.effect[h.layer, h.head]) for h in result.ranking]
-    rho = spearman(np.array([h.score for h in result.ranking]), np.array(effect))
+    fx = search_effects(loaded, result, text, truncate)
+    found = fx.scan
     shown = result.ranking[: top or None]
     what = _what(found.measure, found.target, found.position)
     summary = (
         f"ablation ({found.mode}) measure: {what}, because {found.reason}; before {found.before:.6g}\n"
         f"Spearman rank correlation of attention score and |delta| over {len(result.ranking)} heads:"
-        f" {rho:+.3f}"
+        f" {fx.rho:+.3f}"
     )
     if as_json:
-        print_json([{**h.as_dict(), "delta": d} for h, d in zip(shown, delta, strict=False)])
+        print_json([{**h.as_dict(), "delta": d} for h, d in zip(shown, fx.delta, strict=False)])
         typer.echo(summary, err=True)
         return
     typer.echo(
         f"{'rank':>4} {'layer':>5} {'head':>4} {'score':>7} {'A->B':>7} {'B->A':>7} {'delta':>11}  role"
     )
-    for h, d in zip(shown, delta, strict=False):
+    for h, d in zip(shown, fx.delta, strict=False):
         typer.echo(
             f"{h.rank:>4} {h.layer:>5} {h.head:>4} {h.score:>7.4f} {h.a2b:>7.4f} {h.b2a:>7.4f}"
             f" {d:>+11.4g}  {h.role}"
@@ -193,22 +188,17 @@ def find_head_effects(
 
 def induction_effects(loaded: LoadedModel, result: InductionResult, ranking: tuple, as_json: bool) -> None:
     """`heads --induction --ablate`: the loss rise of each ranked head, and the top-10 overlap."""
-    import numpy as np
+    from attnviz.effects import induction_effects as compute
 
-    from attnviz.ablation import repeat_loss_scan, top_overlap
-
-    found = repeat_loss_scan(loaded, seq_len=result.seq_len, batch=result.batch, seed=result.seed)
-    rise = {(r.layer, r.head): r.delta for r in found.ranking()}
-    sub = found.delta[np.ix_(list(result.layers), list(result.heads))]
-    overlap, k = top_overlap(result.induction, sub, 10)
-    by_loss = ", ".join(f"L{r.layer}H{r.head}" for r in found.ranking(5))
+    fx = compute(loaded, result, 10)
+    by_loss = ", ".join(f"L{r.layer}H{r.head}" for r in fx.scan.ranking(5))
     summary = (
-        f"ablation: zeroing each head, mean loss on the second copy {found.before:.4f} without ablation;"
+        f"ablation: zeroing each head, mean loss on the second copy {fx.scan.before:.4f} without ablation;"
         f" largest rises: {by_loss}\n"
-        f"top-{k} overlap of induction score and loss rise: {overlap} of {k}"
+        f"top-{fx.k} overlap of induction score and loss rise: {fx.overlap} of {fx.k}"
     )
     if as_json:
-        print_json([{**s.as_dict(), "loss_rise": rise[(s.layer, s.head)]} for s in ranking])
+        print_json([{**s.as_dict(), "loss_rise": fx.rise[(s.layer, s.head)]} for s in ranking])
         typer.echo(summary, err=True)
         return
     _print_ind_header(result)
@@ -216,7 +206,7 @@ def induction_effects(loaded: LoadedModel, result: InductionResult, ranking: tup
     for s in ranking:
         typer.echo(
             f"{s.rank:>4} {s.layer:>5} {s.head:>4} {s.induction:>9.3f} {s.duplicate:>9.3f}"
-            f" {rise[(s.layer, s.head)]:>+10.4f}"
+            f" {fx.rise[(s.layer, s.head)]:>+10.4f}"
         )
     typer.echo(summary)
 

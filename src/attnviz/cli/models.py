@@ -13,7 +13,8 @@ from attnviz.cli._options import DeviceOpt, DtypeOpt, JsonOpt, TrustOpt, load, p
 @command("models")
 def models_cmd(as_json: JsonOpt = False) -> None:
     """List the bundled model aliases and whether each is installed."""
-    from attnviz.models import DEFAULT_MODEL, list_bundled
+    from attnviz.model_info import list_bundled
+    from attnviz.models import DEFAULT_MODEL
 
     rows = list_bundled()
     if as_json:
@@ -35,7 +36,7 @@ def info_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Print a model's layers, heads, kind, maximum length and parameter count."""
-    from attnviz.models import model_info
+    from attnviz.model_info import model_info
 
     info = model_info(load(model, device, dtype, trust_remote_code, quiet=as_json))
     if as_json:
