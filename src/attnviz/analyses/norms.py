@@ -11,7 +11,7 @@ projection from the model's own weights: BERT `attention.output.dense`, DistilBE
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
