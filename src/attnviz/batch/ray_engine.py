@@ -147,16 +147,66 @@ def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
     """Fail fast, in one line, on an --address nothing answers at (Ray itself waits much longer)."""
     if address == "auto":
         return
-    host, _, port = address.removeprefix("ray://").rpartition(":")
+    target = address.removeprefix("ray://")
+    host, _, port = target.rpartition(":")
+    why = ""
     try:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
             pass
     except OSError as exc:
-        why = "no answer" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        why = (
+            f"no answer within {timeout:g} s" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        )
+    if not why:  # something listens: Ray's client server and GCS both speak gRPC (HTTP/2)
+        try:
+            import grpc
+        except ImportError:
+            raise InputError(
+                f"connecting to {address} needs Ray's client: pip install 'attnviz[ray]'"
+            ) from None
+        channel = grpc.insecure_channel(target)
+        try:
+            why = _ping(grpc, channel, address.startswith("ray://"), timeout)
+        finally:
+            channel.close()
+    if why:
         raise InputError(
-            f"cannot reach a Ray cluster at {address} ({why} within {timeout:g} s); check --address, "
+            f"cannot reach a Ray cluster at {address}: {why}; check --address, "
             "or leave it out to start a local Ray instance"
-        ) from None
+        )
+
+
+def _ping(grpc: Any, channel: Any, client: bool, timeout: float) -> str:
+    """Ask the Ray client server (ray://) or the GCS for its cluster: '' when a Ray answered, even
+    to refuse us (authentication), else why not. Ray's own retries would take half a minute."""
+    try:
+        grpc.channel_ready_future(channel).result(timeout=timeout)
+    except grpc.FutureTimeoutError:
+        return f"no gRPC answer within {timeout:g} s"
+    try:
+        if client:
+            from ray.core.generated import ray_client_pb2, ray_client_pb2_grpc
+
+            stub = ray_client_pb2_grpc.RayletDriverStub(channel)
+            ping = ray_client_pb2.ClusterInfoRequest(type=ray_client_pb2.ClusterInfoType.PING)
+            stub.ClusterInfo(ping, timeout=timeout)
+        else:
+            from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
+
+            stub = gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel)
+            stub.GetClusterId(gcs_service_pb2.GetClusterIdRequest(), timeout=timeout)
+    except (ImportError, AttributeError):  # another Ray's private stubs: let ray.init decide
+        return ""
+    except grpc.RpcError as exc:
+        code = exc.code()
+        silent = (
+            grpc.StatusCode.UNIMPLEMENTED,
+            grpc.StatusCode.UNAVAILABLE,
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+        )
+        if code in silent:
+            return f"something answers but not Ray ({code.name})"
+    return ""
 
 
 @contextlib.contextmanager
