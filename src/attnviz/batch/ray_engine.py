@@ -214,32 +214,55 @@ def cluster(config: BatchConfig) -> Iterator[Any]:
     """Ray connected: to `config.address`, to the instance this process already started, or to a
     local instance started here and shut down on the way out."""
     ray = import_ray()
-    if ray.is_initialized():
-        yield ray
-        return
-    options: dict[str, Any] = {"log_to_driver": False, "configure_logging": False}
-    if config.address is None:
-        threads = config.threads or 1
-        cpus = max(os.cpu_count() or 1, (config.workers or 1) * threads)
-        options.update(address="local", num_cpus=cpus, include_dashboard=False)
-    else:
+    if config.address is not None:
         check_reachable(config.address)
-        options["address"] = config.address
-    logger = logging.getLogger("ray")
-    level = logger.level
-    logger.setLevel(logging.ERROR)  # no start-up chatter on stderr: --json output stays clean
-    try:
+    with _quiet():
+        if ray.is_initialized():
+            yield ray
+            return
+        options: dict[str, Any] = {"log_to_driver": False, "configure_logging": False}
+        if config.address is None:
+            threads = config.threads or 1
+            cpus = max(os.cpu_count() or 1, (config.workers or 1) * threads)
+            options.update(address="local", num_cpus=cpus, include_dashboard=False)
+        else:
+            options["address"] = config.address
         try:
             ray.init(**options)
         except Exception as exc:  # Ray's own errors: ConnectionError, RuntimeError, ValueError...
             where = config.address or "a local Ray instance"
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise InputError(f"cannot start or reach Ray ({where}): {first}") from None
-        yield ray
+        try:
+            yield ray
+        finally:
+            with contextlib.suppress(Exception):
+                ray.shutdown()
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """No Ray chatter while a run lasts (--json output stays clean): its `ray` logger says only
+    errors, and what its raylets report (a worker died, its task is retried), which Ray prints on
+    the driver's stdout, goes to that logger instead (a private hook: left alone if it is gone)."""
+    import ray._private.worker as worker
+
+    logger = logging.getLogger("ray")
+    level = logger.level
+    original = getattr(worker, "print_to_stdstream", None)
+
+    def to_log(data: dict[str, Any], ignore_prefix: bool = False) -> None:
+        logger.info("%s", "\n".join(data.get("lines", [])))
+
+    logger.setLevel(logging.ERROR)
+    if original is not None:
+        worker.print_to_stdstream = to_log
+    try:
+        yield
     finally:
-        with contextlib.suppress(Exception):
-            ray.shutdown()
         logger.setLevel(level)
+        if original is not None:
+            worker.print_to_stdstream = original
 
 
 def start_workers(ray: Any, config: BatchConfig, outdir: Path) -> list[Any]:
