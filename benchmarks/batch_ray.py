@@ -72,7 +72,8 @@ def main() -> None:
     if args.json:
         print(json.dumps(rows, indent=2))
         return
-    print(f"{args.texts} texts, {args.model}, batch size {args.batch_size}, {cpus} CPUs")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"{args.texts} texts, {args.model}, batch size {args.batch_size}, {cpus} CPUs, load {load} after")
     print(f"{'variant':<10} {'texts/s':>8} {'per worker':>11} {'run s':>7} {'wall s':>7}")
     for r in rows:
         rate, per, secs, wall = r["texts_per_s"], r["per_worker"], r["seconds"], r["wall_s"]
