@@ -202,17 +202,6 @@ def test_worker_errors_come_back_as_one_line(ray_instance, tiny_model_path, tmp_
         run_batch_analysis(["a cat"], _ray(tiny_model_path("bert")), out, model=object())  # type: ignore[arg-type]
 
 
-def test_cli_ray_json_is_clean(ray_instance, tiny_model_path, corpus, reference, tmp_path):
-    args = ["batch", str(corpus), "-o", str(tmp_path / "out"), "-m", str(tiny_model_path("bert"))]
-    args += ["--engine", "ray", "--workers", "2", "--threads", "1", "-b", "3", "--texts-per-part", "5"]
-    args += ["--max-length", "64", "--probe", "she:Emily", "--no-plots", "--save-attention", "--json"]
-    result = runner.invoke(app, args)
-    assert result.exit_code == 0, result.output
-    data = json.loads(result.stdout)
-    assert (data["processed"], data["rejected"], data["status"]) == (18, 4, "complete")
-    _assert_same(tmp_path / "out", reference)
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
