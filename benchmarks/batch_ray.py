@@ -11,9 +11,11 @@ On benchmarks/batch.py's generated corpus (English sentences of 5-40 words), one
 
 `texts/s` is texts over the run's own seconds (`BatchRun.seconds`: reading, analysis, parts,
 summary; model loading and, for Ray, starting the instance and its workers are left out);
-`wall s` is the whole call, start-up included. `per worker` is texts/s divided by the workers
-(threads for local): the figure to size a cluster with (docs/batch.md, "Ray engine"). On a shared
-machine quote the ratios of one run, not the absolute rates.
+`wall s` is the whole call, start-up included; `busy` is the seconds spent analysing and writing
+(summed over the workers) over the run's seconds: how many workers were at work at once.
+`per worker` is texts/s divided by the workers (threads for local): the figure to size a cluster
+with (docs/batch.md, "Sizing a cluster"). On a shared machine quote the ratios of one run, not the
+absolute rates.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ def run(name: str, texts_file: Path, out: Path, **settings) -> dict:
         "wall_s": round(wall, 2),
         "texts_per_s": round(result.texts_per_second, 1),
         "per_worker": round(result.texts_per_second / workers, 1),
+        # seconds the workers spent analysing and writing, over the run's: how many were busy at once
+        "busy": round(sum(v for k, v in result.timings.items() if k != "read") / result.seconds, 2),
     }
 
 
@@ -74,10 +78,10 @@ def main() -> None:
         return
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"{args.texts} texts, {args.model}, batch size {args.batch_size}, {cpus} CPUs, load {load} after")
-    print(f"{'variant':<10} {'texts/s':>8} {'per worker':>11} {'run s':>7} {'wall s':>7}")
+    print(f"{'variant':<10} {'texts/s':>8} {'per worker':>11} {'run s':>7} {'wall s':>7} {'busy':>5}")
     for r in rows:
         rate, per, secs, wall = r["texts_per_s"], r["per_worker"], r["seconds"], r["wall_s"]
-        print(f"{r['variant']:<10} {rate:>8} {per:>11} {secs:>7} {wall:>7}")
+        print(f"{r['variant']:<10} {rate:>8} {per:>11} {secs:>7} {wall:>7} {r['busy']:>5}")
     one = next(r for r in rows if r["variant"] == "ray-1w")["texts_per_s"]
     two = next(r for r in rows if r["variant"] == "ray-2w")["texts_per_s"]
     if one:
