@@ -17,8 +17,8 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from attnviz.batch import HEADS_DIR, REJECTS_FILE, RUN_FILE, TEXTS_DIR, run_batch_analysis
-from attnviz.batch.ray_engine import DIE_ONCE_ENV
+from attnviz.batch import HEADS_DIR, REJECTS_FILE, RUN_FILE, TEXTS_DIR, ray_engine, run_batch_analysis
+from attnviz.batch.ray_engine import DIE_ENV
 from attnviz.cli import app
 from attnviz.config import make_config, parse_probe
 from attnviz.errors import AttnvizError, InputError
@@ -140,7 +140,7 @@ def test_a_worker_killed_part_way_has_its_chunk_retried(
     ray_instance, tiny_model_path, corpus, reference, tmp_path, monkeypatch
 ):
     marker = tmp_path / "died"
-    monkeypatch.setenv(DIE_ONCE_ENV, str(marker))  # the first worker to get a batch dies (os._exit)
+    monkeypatch.setenv(DIE_ENV, str(marker))  # the first worker to get a batch dies (os._exit)
     out = tmp_path / "out"
     result = run_batch_analysis(corpus, _ray(tiny_model_path("bert"), save_attention=True), out)
     assert marker.is_file()  # a worker process did die...
@@ -150,6 +150,22 @@ def test_a_worker_killed_part_way_has_its_chunk_retried(
     assert result.status == "complete" and result.processed == 18  # ...and nothing was lost or doubled
     _assert_same(out, reference)
     assert not list(out.rglob("*.tmp"))
+
+
+def test_a_chunk_that_always_kills_its_worker_stops_the_run_in_one_line(
+    ray_instance, tiny_model_path, tmp_path, monkeypatch
+):
+    monkeypatch.setenv(DIE_ENV, "always")
+    monkeypatch.setattr(ray_engine, "RETRIES", 1)  # the real retry path, shorter
+    out = tmp_path / "out"
+    texts = [f"The cat sat on mat {i}." for i in range(4)]
+    with pytest.raises(
+        AttnvizError, match=r"^a Ray worker died 2 times on chunk 0 \(texts from id 0\); "
+    ) as err:
+        run_batch_analysis(texts, _ray(tiny_model_path("bert"), workers=1), out)
+    assert "\n" not in str(err.value) and "--resume" in str(err.value)
+    assert json.loads((out / RUN_FILE).read_text())["status"] == "failed"
+    assert not list((out / HEADS_DIR).iterdir())
 
 
 def test_resume_after_an_interrupted_ray_run_and_across_engines(

@@ -37,9 +37,9 @@ if TYPE_CHECKING:
 RETRIES = 3  # times a chunk is retried after its worker died
 CONNECT_TIMEOUT_S = 3.0  # an --address that does not answer within this fails
 IN_FLIGHT = 2  # chunks queued per worker: one running, one ready
-# Test hook: a path; the first worker to find no file there creates it and dies part way through
-# its chunk (os._exit), as a killed or crashed worker process would.
-DIE_ONCE_ENV = "ATTNVIZ_RAY_TEST_DIE_ONCE"
+# Test hook: a path: the first worker to find no file there creates it and dies part way through
+# its chunk (os._exit), as a killed or crashed worker process would; "always": every worker dies so.
+DIE_ENV = "ATTNVIZ_RAY_TEST_DIE"
 INSTALL_HINT = "--engine ray needs Ray: pip install 'attnviz[ray]'"
 
 
@@ -57,10 +57,10 @@ class ChunkDone:
 class ChunkWorker:
     """A Ray actor: loads the model once (again after a restart), then writes one part per chunk."""
 
-    def __init__(self, config: BatchConfig, outdir: str, die_once: str | None = None) -> None:
+    def __init__(self, config: BatchConfig, outdir: str, die: str | None = None) -> None:
         self.config = config
         self.outdir = Path(outdir)
-        self.die_once = die_once
+        self.die = die
         self.analyzer: Analyzer | None = None
         self.load_seconds = 0.0
 
@@ -104,8 +104,10 @@ class ChunkWorker:
         return ChunkDone(chunk, part, texts, tuple(rejects), dict(analyzer.timings.__dict__))
 
     def _maybe_die(self) -> None:
-        if self.die_once and not os.path.exists(self.die_once):
-            Path(self.die_once).write_text(str(os.getpid()), encoding="utf-8")
+        if self.die == "always":
+            os._exit(1)
+        if self.die and not os.path.exists(self.die):
+            Path(self.die).write_text(str(os.getpid()), encoding="utf-8")
             os._exit(1)
 
 
@@ -279,8 +281,8 @@ def start_workers(ray: Any, config: BatchConfig, outdir: Path) -> list[Any]:
     actor = ray.remote(ChunkWorker).options(
         num_cpus=threads, num_gpus=gpus, max_restarts=-1, max_task_retries=RETRIES
     )
-    die_once = os.environ.get(DIE_ONCE_ENV)
-    return [actor.remote(config, str(outdir), die_once) for _ in range(n)]
+    die = os.environ.get(DIE_ENV)
+    return [actor.remote(config, str(outdir), die) for _ in range(n)]
 
 
 def remote_error(ray: Any, exc: BaseException, what: str) -> AttnvizError:
