@@ -4,8 +4,10 @@ one-line errors of its options."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -281,3 +283,56 @@ def test_the_command_starts_and_stops_its_own_ray(tiny_model_path, corpus, refer
     assert json.loads(done.stdout)["processed"] == 18
     assert "Ray" not in done.stderr and "INFO" not in done.stderr  # no start-up chatter
     _assert_same(out, reference)
+
+
+def _descendants(pid: int) -> list[int]:
+    """The processes started under `pid` (from /proc): the Ray instance a command started."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def test_resume_after_the_ray_command_is_killed(ray_instance, tiny_model_path, tmp_path):
+    """kill -9 of a running `attnviz batch --engine ray` (its own local Ray), then --resume."""
+    model = tiny_model_path("bert")
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n".join(f"The cat number {i} sat on the mat." for i in range(300)) + "\n")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-c", "from attnviz.cli import main; main()", "batch", str(corpus), "-o", str(out)]
+    cmd += ["-m", str(model), "--engine", "ray", "--workers", "2", "-b", "1", "--texts-per-part", "5"]
+    cmd += ["--no-plots"]
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 120
+    while not list(out.glob("heads/part-*.parquet")):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "no part was committed in time"
+        time.sleep(0.02)
+    started = _descendants(proc.pid)
+    proc.kill()  # SIGKILL: no chance to clean up
+    proc.wait()
+    for pid in started:  # Ray's agents outlive a killed driver: stop what this test started
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    assert json.loads((out / RUN_FILE).read_text())["status"] == "running"  # it never got to say otherwise
+    before = pd.read_parquet(out / HEADS_DIR).text_id.nunique()
+    assert 0 < before < 300
+    config = make_config(
+        model=str(model), engine="ray", workers=2, batch_size=1, texts_per_part=5, plots=False
+    )
+    result = run_batch_analysis(str(corpus), config, out, resume=True)
+    assert (result.resumed, result.resumed + result.processed) == (before, 300)
+    reference = tmp_path / "local"
+    run_batch_analysis(str(corpus), make_config(model=str(model), plots=False), reference)
+    _assert_same(out, reference, exact=False)
