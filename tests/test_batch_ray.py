@@ -110,9 +110,13 @@ def _assert_same(out: Path, reference: Path, exact: bool = True) -> None:
     assert _rejects(out) == _rejects(reference)
 
 
-def test_ray_output_equals_the_local_engine(ray_instance, tiny_model_path, corpus, reference, tmp_path):
+def test_ray_output_equals_the_local_engine(
+    ray_instance, tiny_model_path, corpus, reference, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)  # relative paths, as typed: the workers get them resolved
+    model = Path(os.path.relpath(tiny_model_path("bert"), tmp_path))
+    result = run_batch_analysis(corpus, _ray(model, save_attention=True), "out")
     out = tmp_path / "out"
-    result = run_batch_analysis(corpus, _ray(tiny_model_path("bert"), save_attention=True), out)
     assert (result.status, result.processed, result.rejected) == ("complete", 18, 4)
     _assert_same(out, reference)
     assert {r["reason"] for r in _rejects(out)} == {"empty", "undecodable", "too_long"}

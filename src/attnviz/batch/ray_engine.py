@@ -14,6 +14,7 @@ The output folder must be on a file system every Ray node sees (the driver holds
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import socket
@@ -282,7 +283,11 @@ def start_workers(ray: Any, config: BatchConfig, outdir: Path) -> list[Any]:
         num_cpus=threads, num_gpus=gpus, max_restarts=-1, max_task_retries=RETRIES
     )
     die = os.environ.get(DIE_ENV)
-    return [actor.remote(config, str(outdir), die) for _ in range(n)]
+    # paths as this process sees them: a worker's current folder is not the driver's
+    model = Path(config.model).expanduser()
+    if model.exists():
+        config = dataclasses.replace(config, model=str(model.resolve()))
+    return [actor.remote(config, str(outdir.resolve()), die) for _ in range(n)]
 
 
 def remote_error(ray: Any, exc: BaseException, what: str) -> AttnvizError:
