@@ -30,6 +30,7 @@ STATISTICS: dict[str, str] = {
 DEFAULT_STATISTICS: tuple[str, ...] = tuple(s for s in STATISTICS if s != "norm")
 FORMATS = ("auto", "txt", "jsonl", "csv", "parquet")
 _NAME_RE = re.compile(r"[^0-9a-z_]+")
+_ADDRESS = re.compile(r"auto|(ray://)?[A-Za-z0-9_.\-]+:\d{1,5}|(ray://)?\[[0-9A-Fa-f:.]+\]:\d{1,5}")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 # TOML layout: section -> {key in the file: BatchConfig field}
@@ -63,7 +64,9 @@ SECTIONS: dict[str, dict[str, str]] = {
         "texts_per_part": "texts_per_part",
         "commit_seconds": "commit_seconds",
     },
+    "engine": {"name": "engine", "workers": "workers", "address": "address"},
 }
+ENGINES = ("local", "ray")
 # Fields whose change makes results incomparable: a run can only be resumed when these match.
 IDENTITY = (
     "model",
@@ -131,6 +134,9 @@ class BatchConfig:
     keep_texts: bool = True  # write the texts table (_texts/) beside the statistics
     texts_per_part: int = 1024  # texts per committed Parquet part (and per length-bucketing window)
     commit_seconds: float = 60.0  # commit sooner when a part takes longer than this
+    engine: str = "local"  # local (this process) or ray (actors on a Ray cluster)
+    workers: int | None = None  # ray: actors, each loading the model once; None: cluster CPUs / threads
+    address: str | None = None  # ray: auto, ray://HOST:PORT or HOST:PORT; None: start a local Ray
     source: str | None = dc_field(default=None, compare=False)  # the TOML file, if any
 
     def __post_init__(self) -> None:
@@ -204,10 +210,27 @@ def _check(cfg: BatchConfig) -> None:
         raise InputError(f"threads must be at least 1{where}")
     if cfg.commit_seconds <= 0:
         raise InputError(f"commit_seconds must be positive{where}")
+    _check_engine(cfg, where)
     names = [p.name for p in cfg.probes]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise InputError(f"probe name '{dupes[0]}' is used twice{where}; give each probe its own name")
+
+
+def _check_engine(cfg: BatchConfig, where: str) -> None:
+    if cfg.engine not in ENGINES:
+        raise InputError(f"unknown engine '{cfg.engine}'{where}; use {' or '.join(ENGINES)}")
+    if cfg.workers is not None and cfg.workers < 1:
+        raise InputError(f"workers must be at least 1{where}")
+    if cfg.engine != "ray":
+        for name in ("workers", "address"):
+            if getattr(cfg, name) is not None:
+                raise InputError(f"{name} is only for the Ray engine{where}; add engine ray (--engine ray)")
+    if cfg.address is not None and not _ADDRESS.fullmatch(cfg.address):
+        raise InputError(
+            f"bad Ray address '{cfg.address}'{where}: use auto, ray://HOST:PORT or HOST:PORT "
+            "(leave it out to start a local Ray instance)"
+        )
 
 
 # -- parsing ------------------------------------------------------------------------------------
@@ -326,6 +349,9 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "keep_texts": (bool,),
     "texts_per_part": (int,),
     "commit_seconds": (int, float),
+    "engine": (str,),
+    "workers": (int,),
+    "address": (str,),
 }
 
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from attnviz.batch.analyzer import Analyzer, BatchResult
+from attnviz.batch.analyzer import Analyzer, BatchResult, Timings
 from attnviz.batch.corpus import Item, Reject, Source, read_corpus
 from attnviz.config import BatchConfig
 
@@ -68,19 +68,20 @@ def split(result: BatchResult, layers: Sequence[int], heads: Sequence[int]) -> l
 WINDOW_END = object()  # marks the end of a bucketing window: a natural commit point
 
 
-def events(
+def windows(
     records: Iterable[Item | Reject],
-    analyzer: Analyzer,
+    size: int,
     skip: Callable[[int], bool] | None = None,
-) -> Iterator[BatchResult | Reject | object]:
-    """Windows of texts -> rejects, batch results, and WINDOW_END after each window."""
-    size = analyzer.config.texts_per_part
+    timings: Timings | None = None,
+) -> Iterator[Reject | list[Item]]:
+    """Records -> read rejects, and windows of up to `size` texts (what is skipped left out)."""
     window: list[Item] = []
     it = iter(records)
     while True:
         t0 = time.perf_counter()
         rec = next(it, None)
-        analyzer.timings.read += time.perf_counter() - t0
+        if timings is not None:
+            timings.read += time.perf_counter() - t0
         if rec is not None:
             if skip is not None and skip(rec.text_id):
                 continue
@@ -91,14 +92,27 @@ def events(
             if len(window) < size:
                 continue
         if window:
-            batches, rejects = analyzer.bucket(window)
-            yield from rejects
-            for batch in batches:
-                yield analyzer.analyse(batch)
-            yield WINDOW_END
+            yield window
             window = []
         if rec is None:
             return
+
+
+def events(
+    records: Iterable[Item | Reject],
+    analyzer: Analyzer,
+    skip: Callable[[int], bool] | None = None,
+) -> Iterator[BatchResult | Reject | object]:
+    """Windows of texts -> rejects, batch results, and WINDOW_END after each window."""
+    for window in windows(records, analyzer.config.texts_per_part, skip, analyzer.timings):
+        if isinstance(window, Reject):
+            yield window
+            continue
+        batches, rejects = analyzer.bucket(window)
+        yield from rejects
+        for batch in batches:
+            yield analyzer.analyse(batch)
+        yield WINDOW_END
 
 
 def load(config: BatchConfig, loaded: LoadedModel | None) -> LoadedModel:

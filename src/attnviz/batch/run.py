@@ -123,15 +123,10 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def run_record(source: Source, config: BatchConfig, analyzer: Analyzer) -> dict[str, Any]:
-    """`_run.json` as it starts: what runs, over what, with what, and where each output goes."""
+def model_record(analyzer: Analyzer) -> dict[str, Any]:
+    """What `_run.json` says of the model and what is recorded (a Ray worker sends it to the driver)."""
     loaded = analyzer.loaded
     return {
-        "attnviz_run": RUN_FORMAT,
-        "status": "running",
-        "input": {"path": input_label(source), "format": detect_format(source, config.format)},
-        "config": config.as_dict(),
-        "identity": identity(config, source),
         "model": {
             "name": loaded.name,
             "path": loaded.source.path,
@@ -146,6 +141,19 @@ def run_record(source: Source, config: BatchConfig, analyzer: Analyzer) -> dict[
         "layers": analyzer.layer_ids,
         "heads": analyzer.head_ids,
         "columns": ["text_id", "layer", "head", "n_tokens", *analyzer.columns],
+    }
+
+
+def run_record(source: Source, config: BatchConfig, model: dict[str, Any]) -> dict[str, Any]:
+    """`_run.json` as it starts: what runs, over what, with what (`model_record`), and where each
+    output goes."""
+    return {
+        "attnviz_run": RUN_FORMAT,
+        "status": "running",
+        "input": {"path": input_label(source), "format": detect_format(source, config.format)},
+        "config": config.as_dict(),
+        "identity": identity(config, source),
+        **model,
         "versions": _versions(),
         "outputs": {
             "heads": HEADS_DIR,
@@ -288,6 +296,10 @@ def run_batch_analysis(
     own = folder is None
     folder = folder or OutputFolder(outdir, config, texts_or_path, resume, overwrite)
     try:
+        if config.engine == "ray":
+            from attnviz.batch.ray_engine import run_on_ray
+
+            return run_on_ray(texts_or_path, config, folder, progress, model)
         start = time.perf_counter()
         loaded = load(config, model)
         load_seconds = time.perf_counter() - start
@@ -295,7 +307,7 @@ def run_batch_analysis(
         previous = folder.previous
         folder.clear()  # --overwrite: only now that the model is loaded and the settings checked
         store = Store(folder.outdir, analyzer)
-        run = run_record(texts_or_path, config, analyzer)
+        run = run_record(texts_or_path, config, model_record(analyzer))
         run["sessions"] = list((previous or {}).get("sessions", []))
         total = count_records(texts_or_path, config.format, config.column) if progress is not None else None
         state = RunState(folder.outdir, analyzer, store, run, load_seconds, progress, total)
@@ -360,7 +372,7 @@ def _finish(state: RunState, config: BatchConfig, source: Source, fresh: bool) -
     if summary is not None:
         atomic_write(outdir / SUMMARY_FILE, lambda p: summary.to_csv(p, index=False, float_format="%.6g"))
         if config.plots:
-            title = f"{state.analyzer.loaded.name}, {state.resumed + state.processed} texts"
+            title = f"{state.run['model']['name']}, {state.resumed + state.processed} texts"
             with writing(outdir / PLOTS_DIR, outdir):
                 summary_plots(summary, outdir / PLOTS_DIR, title)
     state.analyzer.timings.write += time.perf_counter() - t0

@@ -262,85 +262,24 @@ def clear_run(outdir: Path) -> None:
                 path.rmdir()
 
 
-class Store:
-    """Writes committed parts, rejects and the run record into the output folder."""
+class PartWriter:
+    """Writes complete parts (statistics, texts, attention shards) numbered from `next_part`.
 
-    def __init__(self, outdir: Path, analyzer: Analyzer) -> None:
+    The Ray engine's workers each hold one, numbered by chunk, so parts never collide.
+    """
+
+    def __init__(self, outdir: Path, analyzer: Analyzer, next_part: int = 0) -> None:
         self.outdir = outdir
         self.analyzer = analyzer
         self.config = analyzer.config
         self.heads_dir = outdir / HEADS_DIR
         self.texts_dir = outdir / TEXTS_DIR
         self.attention_dir = outdir / ATTENTION_DIR
-        with writing(outdir, outdir):
-            self.heads_dir.mkdir(parents=True, exist_ok=True)
-            if self.config.keep_texts:
-                self.texts_dir.mkdir(exist_ok=True)
-            if self.config.save_attention:
-                self.attention_dir.mkdir(exist_ok=True)
-            self.done_ids, self.next_part = self._committed()
-            self.reject_ids = self._read_rejects()
-            self.rejects = open(outdir / REJECTS_FILE, "a", encoding="utf-8")  # noqa: SIM115
+        self.next_part = next_part
         self.shard = 0
         self.parts_written = 0
 
-    # -- resume state -----------------------------------------------------------------------
-    def _committed(self) -> tuple[np.ndarray, int]:
-        """Text ids in committed parts; the next part number; stale temporary files removed."""
-        import pyarrow.parquet as pq
-
-        ids: list[np.ndarray] = []
-        last = -1
-        for path in sorted(self.heads_dir.glob("part-*.parquet")):
-            idx = part_index(path.name)
-            if idx is None:
-                continue
-            last = max(last, idx)
-            ids.append(np.unique(pq.read_table(path, columns=["text_id"]).column(0).to_numpy()))
-        next_part = last + 1
-        for folder in (self.heads_dir, self.texts_dir, self.attention_dir):
-            if not folder.is_dir():
-                continue
-            pattern = OUR_NAMES[folder.name]
-            for path in folder.iterdir():
-                if not pattern.fullmatch(path.name):
-                    continue  # not ours: never touched
-                idx = part_index(path.name.lstrip("."))
-                if path.name.startswith(".") and path.name.endswith(".tmp"):
-                    path.unlink()  # a write cut short
-                elif folder is not self.heads_dir and idx is not None and idx >= next_part:
-                    path.unlink()  # side files of a part that was never committed
-        done = np.unique(np.concatenate(ids)) if ids else np.zeros(0, dtype=np.int64)
-        return done, next_part
-
-    def _read_rejects(self) -> set[int]:
-        path = self.outdir / REJECTS_FILE
-        if not path.is_file():
-            return set()
-        data = path.read_bytes()
-        if data and not data.endswith(b"\n"):  # a line cut short by a kill: drop it
-            data = data[: data.rfind(b"\n") + 1]
-            path.write_bytes(data)
-        out: set[int] = set()
-        for line in data.splitlines():
-            with contextlib.suppress(json.JSONDecodeError, KeyError, TypeError):
-                out.add(int(json.loads(line)["text_id"]))
-        return out
-
-    def skip(self, text_id: int) -> bool:
-        if text_id in self.reject_ids:
-            return True
-        if not len(self.done_ids):
-            return False
-        i = np.searchsorted(self.done_ids, text_id)
-        return bool(i < len(self.done_ids) and self.done_ids[i] == text_id)
-
     # -- writing ------------------------------------------------------------------------------
-    def reject(self, rej: Reject) -> None:
-        with writing(self.outdir / REJECTS_FILE, self.outdir):
-            self.rejects.write(json.dumps(rej.as_dict(), ensure_ascii=False) + "\n")
-            self.rejects.flush()
-
     def save_attention(self, result: BatchResult) -> None:
         """Raw tensors of one batch as a safetensors shard named after the part it belongs to."""
         if result.attention is None:
@@ -410,6 +349,79 @@ class Store:
             lambda p: pq.write_table(table, p, compression="zstd", row_group_size=max(1, len(table))),
             self.outdir,
         )
+
+
+class Store(PartWriter):
+    """Writes committed parts, rejects and the run record into the output folder; knows what is done."""
+
+    def __init__(self, outdir: Path, analyzer: Analyzer) -> None:
+        super().__init__(outdir, analyzer)
+        with writing(outdir, outdir):
+            self.heads_dir.mkdir(parents=True, exist_ok=True)
+            if self.config.keep_texts:
+                self.texts_dir.mkdir(exist_ok=True)
+            if self.config.save_attention:
+                self.attention_dir.mkdir(exist_ok=True)
+            self.done_ids, self.next_part = self._committed()
+            self.reject_ids = self._read_rejects()
+            self.rejects = open(outdir / REJECTS_FILE, "a", encoding="utf-8")  # noqa: SIM115
+
+    # -- resume state -----------------------------------------------------------------------
+    def _committed(self) -> tuple[np.ndarray, int]:
+        """Text ids in committed parts; the next part number; stale temporary files removed."""
+        import pyarrow.parquet as pq
+
+        ids: list[np.ndarray] = []
+        committed: set[int] = set()  # Ray runs may leave gaps: a part per chunk, in any order
+        for path in sorted(self.heads_dir.glob("part-*.parquet")):
+            idx = part_index(path.name)
+            if idx is None:
+                continue
+            committed.add(idx)
+            ids.append(np.unique(pq.read_table(path, columns=["text_id"]).column(0).to_numpy()))
+        next_part = max(committed, default=-1) + 1
+        for folder in (self.heads_dir, self.texts_dir, self.attention_dir):
+            if not folder.is_dir():
+                continue
+            pattern = OUR_NAMES[folder.name]
+            for path in folder.iterdir():
+                if not pattern.fullmatch(path.name):
+                    continue  # not ours: never touched
+                idx = part_index(path.name.lstrip("."))
+                if path.name.startswith(".") and path.name.endswith(".tmp"):
+                    path.unlink()  # a write cut short
+                elif folder is not self.heads_dir and idx is not None and idx not in committed:
+                    path.unlink()  # side files of a part that was never committed
+        done = np.unique(np.concatenate(ids)) if ids else np.zeros(0, dtype=np.int64)
+        return done, next_part
+
+    def _read_rejects(self) -> set[int]:
+        path = self.outdir / REJECTS_FILE
+        if not path.is_file():
+            return set()
+        data = path.read_bytes()
+        if data and not data.endswith(b"\n"):  # a line cut short by a kill: drop it
+            data = data[: data.rfind(b"\n") + 1]
+            path.write_bytes(data)
+        out: set[int] = set()
+        for line in data.splitlines():
+            with contextlib.suppress(json.JSONDecodeError, KeyError, TypeError):
+                out.add(int(json.loads(line)["text_id"]))
+        return out
+
+    def skip(self, text_id: int) -> bool:
+        if text_id in self.reject_ids:
+            return True
+        if not len(self.done_ids):
+            return False
+        i = np.searchsorted(self.done_ids, text_id)
+        return bool(i < len(self.done_ids) and self.done_ids[i] == text_id)
+
+    # -- writing ------------------------------------------------------------------------------
+    def reject(self, rej: Reject) -> None:
+        with writing(self.outdir / REJECTS_FILE, self.outdir):
+            self.rejects.write(json.dumps(rej.as_dict(), ensure_ascii=False) + "\n")
+            self.rejects.flush()
 
     def close(self) -> None:
         self.rejects.close()

@@ -83,6 +83,18 @@ def batch_cmd(
     texts_per_part: Annotated[
         int | None, typer.Option("--texts-per-part", help="Texts per committed Parquet part (default: 1024).")
     ] = None,
+    engine: Annotated[
+        str | None,
+        typer.Option("--engine", help="local (this process, the default) or ray (actors on a Ray cluster)."),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option("--workers", help="Ray actors, each loading the model once (default: CPUs / threads)."),
+    ] = None,
+    address: Annotated[
+        str | None,
+        typer.Option("--address", help="Ray cluster: auto or ray://HOST:PORT (default: start a local one)."),
+    ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue a run that stopped.")] = False,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace a run already in the output folder.")
@@ -119,6 +131,9 @@ def batch_cmd(
         plots=plots,
         keep_texts=texts_table,
         texts_per_part=texts_per_part,
+        engine=engine,
+        workers=workers,
+        address=address,
     )
     if show_config:
         typer.echo(cfg.to_toml(), nl=False)
@@ -133,11 +148,18 @@ def _run(source: str, outdir: Path, cfg: Any, resume: bool, overwrite: bool, as_
     from attnviz.cli._options import load
 
     check_input(source, cfg)
+    if cfg.engine == "ray":
+        from attnviz.batch.ray_engine import import_ray
+
+        import_ray()  # Ray missing: one line before any folder is made
     # the folder is checked, created and locked before the model loads: a bad -o costs nothing
     with OutputFolder(outdir, cfg, source, resume, overwrite) as folder:
         if source == "-" and sys.stdin.isatty():
             typer.echo("reading texts from standard input (end with Ctrl-D)...", err=True)
-        loaded = load(cfg.model, cfg.device, cfg.dtype, cfg.trust_remote_code)
+        # the Ray engine loads the model in each worker, not here
+        loaded = (
+            None if cfg.engine == "ray" else load(cfg.model, cfg.device, cfg.dtype, cfg.trust_remote_code)
+        )
         result = _analyse(source, cfg, folder, loaded)
     _report(result, outdir, as_json)
 
