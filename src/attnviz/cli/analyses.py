@@ -20,6 +20,7 @@ from attnviz.cli._options import (
     LayersOpt,
     ModelOpt,
     TextArg,
+    TopOpt,
     TruncateOpt,
     TrustOpt,
     load,
@@ -136,7 +137,7 @@ def rollout_cmd(
 def compare_cmd(
     text_a: Annotated[str, typer.Argument(help="First text of the minimal pair.")],
     text_b: Annotated[str, typer.Argument(help="Second text of the minimal pair.")],
-    top: Annotated[int, typer.Option("--top", help="Rows of the ranked table (0: all heads).")] = 10,
+    top: TopOpt = 10,
     layer: LayerOpt = None,
     head: HeadOpt = None,
     layers: LayersOpt = None,

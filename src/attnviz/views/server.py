@@ -212,48 +212,19 @@ def _one_head(params: Params) -> tuple[int | None, int | None]:
     return layer, head
 
 
-def create_app(
-    models: Mapping[str, LoadedModel],
-    *,
-    max_page_mb: float = MAX_PAGE_MB,
-    max_query_bytes: int = MAX_QUERY_BYTES,
-) -> Starlette:
-    """The ASGI app over already loaded models (name -> model), the first one the default."""
-    from starlette.applications import Starlette
-    from starlette.concurrency import run_in_threadpool
-    from starlette.exceptions import HTTPException
-    from starlette.responses import JSONResponse, Response
-    from starlette.routing import Route
+class Handlers:
+    """The API's request handlers over a model pool: each takes Params and returns JSON data or a PNG."""
 
-    from attnviz.views.html import asset, page_data
+    def __init__(self, pool: Pool, max_page_mb: float) -> None:
+        self.pool = pool
+        self.max_page_mb = max_page_mb
 
-    pool = Pool(dict(models))
-
-    def error(message: str, status: int) -> JSONResponse:
-        return JSONResponse({"error": message}, status_code=status)
-
-    def api(handler: Callable[[Params], Any]) -> Callable[[Request], Any]:
-        """Run a blocking handler in a worker thread; library errors become 4xx JSON."""
-
-        async def endpoint(request: Request) -> Response:
-            try:
-                params = Params(request, max_query_bytes)
-                result = await run_in_threadpool(handler, params)
-            except AttnvizError as exc:
-                return error(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, _status(exc))
-            except Exception as exc:  # a bug: logged here, one line to the client
-                log.exception("request failed: %s", request.url.path)
-                return error(f"internal error ({type(exc).__name__})", 500)
-            return result if isinstance(result, Response) else JSONResponse(result)
-
-        return endpoint
-
-    def attention(p: Params) -> dict[str, Any]:
-        text, name = p.text(), pool.name(p.q.get("model"))
+    def attention(self, p: Params) -> dict[str, Any]:
+        text, name = p.text(), self.pool.name(p.q.get("model"))
         layer, head = _one_head(p)
         sel = {"layers": [layer], "heads": [head]} if layer is not None else {}
         options = p.view_options()
-        att = pool.extract(name, text, words=p.flag("words"), truncate=p.flag("truncate"), **sel)
+        att = self.pool.extract(name, text, words=p.flag("words"), truncate=p.flag("truncate"), **sel)
         att = transform(att, options)
         out: dict[str, Any] = {"model": att.model, "tokens": list(att.tokens), "level": att.level}
         if layer is None:
@@ -264,18 +235,20 @@ def create_app(
         out["notes"] = list(att.notes)
         return out
 
-    def view(p: Params) -> dict[str, Any]:
-        text, name = p.text(), pool.name(p.q.get("model"))
+    def view(self, p: Params) -> dict[str, Any]:
+        from attnviz.views.html import page_data
+
+        text, name = p.text(), self.pool.name(p.q.get("model"))
         options = p.view_options()
-        att = pool.extract(
+        att = self.pool.extract(
             name, text, layers=p.indices("layers"), heads=p.indices("heads"), truncate=p.flag("truncate")
         )
-        return page_data(transform(att, options), max_mb=max_page_mb)
+        return page_data(transform(att, options), max_mb=self.max_page_mb)
 
-    def find_head(p: Params) -> list[dict[str, Any]]:
+    def find_head(self, p: Params) -> list[dict[str, Any]]:
         from attnviz.search import DIRECTIONS, find_heads
 
-        text, name = p.text(), pool.name(p.q.get("model"))
+        text, name = p.text(), self.pool.name(p.q.get("model"))
         a, b = p.word("a"), p.word("b")
         top = p.int("top", 5)
         if top is None or top < 0:
@@ -283,27 +256,29 @@ def create_app(
         direction = p.q.get("direction", "both")
         if direction not in DIRECTIONS:
             raise RequestError(f"unknown direction '{direction}': use {', '.join(DIRECTIONS)}")
-        att = pool.extract(name, text, layers=p.indices("layers"), truncate=p.flag("truncate"))
+        att = self.pool.extract(name, text, layers=p.indices("layers"), truncate=p.flag("truncate"))
         result = find_heads(att, a, b, direction=direction, top=top or None)
         return [h.as_dict() for h in result.ranking]
 
-    def heatmap(p: Params) -> Response:
+    def heatmap(self, p: Params) -> Response:
+        from starlette.responses import Response
+
         from attnviz.plots import attention_figure
 
-        text, name = p.text(), pool.name(p.q.get("model"))
+        text, name = p.text(), self.pool.name(p.q.get("model"))
         layer, head = _one_head(p)
         if layer is None:
             raise RequestError("missing parameters 'layer' and 'head'")
-        att = pool.extract(
+        att = self.pool.extract(
             name, text, layers=[layer], heads=[head], words=p.flag("words"), truncate=p.flag("truncate")
         )
-        with pool.plot_lock:
+        with self.pool.plot_lock:
             fig = attention_figure(att)
             buf = io.BytesIO()
             fig.savefig(buf, format="png", dpi=fig.dpi, metadata={"Software": None})
         return Response(buf.getvalue(), media_type="image/png")
 
-    def model_list(_: Params) -> list[dict[str, Any]]:
+    def models(self, _: Params) -> list[dict[str, Any]]:
         return [
             {
                 "name": name,
@@ -313,35 +288,87 @@ def create_app(
                 "heads": m.capture.num_heads,
                 "max_tokens": m.max_length,
             }
-            for name, m in pool.models.items()
+            for name, m in self.pool.models.items()
         ]
 
-    async def page(request: Request) -> Response:
-        return Response(
-            asset("serve.html"), media_type="text/html", headers={"Content-Security-Policy": PAGE_CSP}
-        )
 
-    async def static(request: Request) -> Response:
-        name = request.path_params["name"]
-        if name not in STATIC:
-            return error(f"no such file: {name[:80]}", 404)
-        return Response(asset(name), media_type=STATIC[name], headers={"Cache-Control": "no-cache"})
+def _error(message: str, status: int) -> Response:
+    from starlette.responses import JSONResponse
 
-    async def http_error(request: Request, exc: Exception) -> Response:
-        status = exc.status_code if isinstance(exc, HTTPException) else 500
-        detail = exc.detail if isinstance(exc, HTTPException) else "internal error"
-        return error(str(detail), status)
+    return JSONResponse({"error": message}, status_code=status)
 
+
+def _api(handler: Callable[[Params], Any], max_query_bytes: int) -> Callable[[Request], Any]:
+    """Run a blocking handler in a worker thread; library errors become 4xx JSON, bugs one 500 line."""
+    from starlette.concurrency import run_in_threadpool
+    from starlette.responses import JSONResponse, Response
+
+    async def endpoint(request: Request) -> Response:
+        try:
+            params = Params(request, max_query_bytes)
+            result = await run_in_threadpool(handler, params)
+        except AttnvizError as exc:
+            return _error(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, _status(exc))
+        except Exception as exc:  # a bug: logged here, one line to the client
+            log.exception("request failed: %s", request.url.path)
+            return _error(f"internal error ({type(exc).__name__})", 500)
+        return result if isinstance(result, Response) else JSONResponse(result)
+
+    return endpoint
+
+
+async def _page(request: Request) -> Response:
+    from starlette.responses import Response
+
+    from attnviz.views.html import asset
+
+    return Response(
+        asset("serve.html"), media_type="text/html", headers={"Content-Security-Policy": PAGE_CSP}
+    )
+
+
+async def _static(request: Request) -> Response:
+    from starlette.responses import Response
+
+    from attnviz.views.html import asset
+
+    name = request.path_params["name"]
+    if name not in STATIC:
+        return _error(f"no such file: {name[:80]}", 404)
+    return Response(asset(name), media_type=STATIC[name], headers={"Cache-Control": "no-cache"})
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    from starlette.exceptions import HTTPException
+
+    status = exc.status_code if isinstance(exc, HTTPException) else 500
+    detail = exc.detail if isinstance(exc, HTTPException) else "internal error"
+    return _error(str(detail), status)
+
+
+def create_app(
+    models: Mapping[str, LoadedModel],
+    *,
+    max_page_mb: float = MAX_PAGE_MB,
+    max_query_bytes: int = MAX_QUERY_BYTES,
+) -> Starlette:
+    """The ASGI app over already loaded models (name -> model), the first one the default."""
+    from starlette.applications import Starlette
+    from starlette.exceptions import HTTPException
+    from starlette.routing import Route
+
+    pool = Pool(dict(models))
+    h = Handlers(pool, max_page_mb)
     routes = [
-        Route("/", page),
-        Route("/static/{name}", static),
-        Route("/api/models", api(model_list)),
-        Route("/api/attention", api(attention)),
-        Route("/api/view", api(view)),
-        Route("/api/find-head", api(find_head)),
-        Route("/api/heatmap.png", api(heatmap)),
+        Route("/", _page),
+        Route("/static/{name}", _static),
+        Route("/api/models", _api(h.models, max_query_bytes)),
+        Route("/api/attention", _api(h.attention, max_query_bytes)),
+        Route("/api/view", _api(h.view, max_query_bytes)),
+        Route("/api/find-head", _api(h.find_head, max_query_bytes)),
+        Route("/api/heatmap.png", _api(h.heatmap, max_query_bytes)),
     ]
-    app = Starlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: http_error})
+    app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error, Exception: _http_error})
     app.state.pool = pool
     return app
 
