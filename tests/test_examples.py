@@ -39,6 +39,7 @@ EXAMPLE_FILES = {
         "Susan called Mary because she wanted to talk.\n"
         "The city councilmen refused the demonstrators a permit because they feared violence.\n"
     ),
+    "corpus.txt": "Emily visited Paris to learn French.\nThe cat sat on the mat.\nShe met Emily in Berlin.\n",
     "corpus.jsonl": (
         '{"text": "Emily visited Paris to learn French."}\n'
         '{"text": "The cat sat on the mat."}\n'
@@ -79,6 +80,9 @@ def commands(block: Block) -> list[str]:
         while i < len(lines):
             if lines[i].startswith("$ "):
                 cmd = [lines[i][2:]]
+                while cmd[-1].rstrip().endswith("\\") and i + 1 < len(lines):  # continued command
+                    i += 1
+                    cmd.append(lines[i])
                 heredoc = re.search(r"<<-?'?(\w+)'?", lines[i])
                 while heredoc and i + 1 < len(lines):
                     i += 1
@@ -147,11 +151,9 @@ def run_python(block: Block, cwd: Path, where: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("doc", DOCS, ids=lambda d: d.name)
+@pytest.mark.parametrize("doc", [d for d in DOCS if blocks(d)], ids=lambda d: d.name)
 def test_documented_examples_run(doc: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     found = blocks(doc)
-    if not found:
-        pytest.skip(f"{doc.name} has no runnable examples")
     for name, content in EXAMPLE_FILES.items():
         (tmp_path / name).write_text(content, encoding="utf-8")
     shutil.copytree(ROOT / "configs", tmp_path / "configs")  # `--config NAME` as from a checkout
@@ -179,8 +181,10 @@ def test_commands_are_in_tagged_blocks(doc: Path) -> None:
 
 def test_runner_reads_console_heredocs_and_skips(tmp_path: Path) -> None:
     doc = ROOT / "tests" / "_example_probe.md"
-    block = Block(doc, 0, "console", "$ cat > a.txt <<'EOF'\nx\nEOF\n$ attnviz --help\noutput line\n")
-    assert commands(block) == ["cat > a.txt <<'EOF'\nx\nEOF", "attnviz --help"]
+    block = Block(
+        doc, 0, "console", "$ cat > a.txt <<'EOF'\nx\nEOF\n$ attnviz --help \\\n  -h\noutput line\n"
+    )
+    assert commands(block) == ["cat > a.txt <<'EOF'\nx\nEOF", "attnviz --help \\\n  -h"]
     bash = Block(doc, 0, "bash", "# a comment\nattnviz extract x \\\n   --json   # trailing\n\necho hi\n")
     assert commands(bash) == ["attnviz extract x \\\n   --json   # trailing", "echo hi"]
     text = "<!-- example: skip runs forever -->\n```bash\nattnviz serve\n```\n```bash\nattnviz models\n```\n"
