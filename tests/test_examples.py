@@ -71,6 +71,15 @@ def blocks(doc: Path) -> list[Block]:
     return out
 
 
+def expected_errors(block: Block) -> dict[str, str]:
+    """Console commands whose shown output is an `error: ...` line: they must fail with it."""
+    lines, out = block.body.splitlines(), {}
+    for i, line in enumerate(lines):
+        if line.startswith("$ ") and i + 1 < len(lines) and lines[i + 1].startswith("error: "):
+            out[line[2:]] = lines[i + 1]
+    return out
+
+
 def commands(block: Block) -> list[str]:
     """Shell commands of a block: heredocs and backslash continuations kept whole."""
     lines = block.body.splitlines()
@@ -114,7 +123,8 @@ def commands(block: Block) -> list[str]:
     return cmds
 
 
-def run_command(cmd: str, cwd: Path, where: str) -> None:
+def run_command(cmd: str, cwd: Path, where: str, error: str | None = None) -> None:
+    """Run one documented command; `error`: the `error: ...` line it must fail with instead."""
     if cmd.strip() == "source .venv/bin/activate":  # the runner already runs the venv's attnviz
         return
     simple = "<<" not in cmd and not any(c in cmd.replace("\\\n", "") for c in ";&>`$(")
@@ -132,12 +142,17 @@ def run_command(cmd: str, cwd: Path, where: str) -> None:
             runner = CliRunner()
             with contextlib.chdir(cwd):
                 result = runner.invoke(app, argv[1:], input=stdin, catch_exceptions=False)
+            if error is not None:
+                shown = error.split("...")[0].strip()
+                assert result.exit_code == 2 and result.stderr.startswith(shown), f"{where}: {result.stderr}"
+                return
             assert result.exit_code == 0, (
                 f"{where}: `{cmd}` exited {result.exit_code}: {result.output[-800:]}"
             )
             return
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     proc = subprocess.run(["bash", "-c", cmd], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    assert error is None, f"{where}: an expected error is checked for attnviz commands only"
     assert proc.returncode == 0, f"{where}: `{cmd}` exited {proc.returncode}: {proc.stderr[-800:]}"
 
 
@@ -157,14 +172,16 @@ def test_documented_examples_run(doc: Path, tmp_path: Path, monkeypatch: pytest.
     for name, content in EXAMPLE_FILES.items():
         (tmp_path / name).write_text(content, encoding="utf-8")
     shutil.copytree(ROOT / "configs", tmp_path / "configs")  # `--config NAME` as from a checkout
+    (tmp_path / "docs").symlink_to(ROOT / "docs")  # example corpora shipped with the docs
     monkeypatch.setenv("COLUMNS", "100")
     for block in found:
         where = f"{doc.relative_to(ROOT)}:{block.line + 1}"
         if block.lang == "python":
             run_python(block, tmp_path, where)
         else:
+            errors = expected_errors(block) if block.lang == "console" else {}
             for cmd in commands(block):
-                run_command(cmd, tmp_path, where)
+                run_command(cmd, tmp_path, where, errors.get(cmd))
 
 
 @pytest.mark.parametrize("doc", DOCS, ids=lambda d: d.name)
