@@ -99,3 +99,19 @@ def tiny_model_path(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="session")
 def seed_text() -> str:
     return SEED_TEXT
+
+
+@pytest.fixture
+def figures(monkeypatch):
+    """Every figure the CLI saves through `attnviz.plots.save`, in order, with its path."""
+    import attnviz.plots
+
+    saved: list = []
+    real = attnviz.plots.save
+
+    def spy(fig, path, dpi=None):
+        saved.append((fig, Path(path)))
+        return real(fig, path, dpi)
+
+    monkeypatch.setattr(attnviz.plots, "save", spy)
+    return saved

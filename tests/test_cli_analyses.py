@@ -21,22 +21,6 @@ PAIR = (
 
 
 @pytest.fixture
-def figures(monkeypatch):
-    """Every figure the commands save, in order, with its path."""
-    import attnviz.plots
-
-    saved: list = []
-    real = attnviz.plots.save
-
-    def spy(fig, path, dpi=None):
-        saved.append((fig, Path(path)))
-        return real(fig, path, dpi)
-
-    monkeypatch.setattr(attnviz.plots, "save", spy)
-    return saved
-
-
-@pytest.fixture
 def bert(tiny_model_path) -> str:
     return str(tiny_model_path("bert"))
 

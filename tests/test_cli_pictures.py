@@ -37,22 +37,6 @@ SEED_TOKENS = [
 runner = CliRunner()
 
 
-@pytest.fixture
-def figures(monkeypatch):
-    """Every figure the CLI saves, in order, with its path."""
-    import attnviz.plots
-
-    saved: list = []
-    real = attnviz.plots.save
-
-    def spy(fig, path, dpi=None):
-        saved.append((fig, Path(path)))
-        return real(fig, path, dpi)
-
-    monkeypatch.setattr(attnviz.plots, "save", spy)
-    return saved
-
-
 def run(*args: str):
     return runner.invoke(app, list(args))
 

@@ -39,22 +39,6 @@ def loaded(bert):
     return load_model(bert, device="cpu")
 
 
-@pytest.fixture
-def figures(monkeypatch):
-    """Every figure the CLI saves, with its path."""
-    import attnviz.plots
-
-    saved: list = []
-    real = attnviz.plots.save
-
-    def spy(fig, path, dpi=None):
-        saved.append((fig, Path(path)))
-        return real(fig, path, dpi)
-
-    monkeypatch.setattr(attnviz.plots, "save", spy)
-    return saved
-
-
 def ok(*args: str):
     result = runner.invoke(app, list(args))
     assert result.exit_code == 0, result.output
