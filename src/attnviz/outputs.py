@@ -117,13 +117,7 @@ def check_output(output: Path | None) -> None:
     if output is None or output.is_dir():
         return
     image_format(output)
-    parent = output.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if parent.exists() and not parent.is_dir():
-        raise InputError(f"cannot write {output}: {parent} is a file, not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise InputError(f"cannot write {output}: permission denied in {parent}")
+    _check_parent(output)
 
 
 DATA_FORMATS = (".safetensors", ".npz")

@@ -17,6 +17,7 @@ from attnviz.cli._options import (
     LayerOpt,
     ModelOpt,
     TextArg,
+    TopOpt,
     TruncateOpt,
     TrustOpt,
     load,
@@ -73,7 +74,7 @@ def ablate_cmd(
     target: TargetOpt = None,
     mode: ModeOpt = "zero",
     reference: ReferenceOpt = None,
-    top: Annotated[int, typer.Option("--top", "-k", help="--scan: how many heads to show (0: all).")] = 10,
+    top: TopOpt = 10,
     plot: Annotated[
         Path | None, typer.Option("--plot", help="--scan: save a layers x heads heatmap of the effect here.")
     ] = None,
@@ -88,8 +89,6 @@ def ablate_cmd(
     from attnviz.ablation import ablate, effect_map, for_ablation, parse_heads, scan_heads
     from attnviz.errors import InputError
 
-    if top < 0:
-        raise InputError("--top must be 0 (all) or more")
     pairs: tuple[tuple[int, int], ...] = ()
     if heads is not None:
         pairs = parse_heads(heads)
