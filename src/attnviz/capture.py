@@ -25,7 +25,7 @@ _BLOCK_ELEMENTS = 1 << 22  # scores computed at once (16 MB of float32): bounds 
 _EAGER_ONLY = {"s_aux", "sinks"}  # weight terms head_weights does not model (attention sinks): eager
 
 _registered = False
-_active: Recorder | None = None
+_active: Any = None  # a Recorder, or an object with its own `forward` (see generation.py)
 
 
 @dataclass
@@ -195,6 +195,8 @@ def head_weights(
 def attention_forward(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, **kwargs: Any):
     """Registered as transformers' `attnviz` attention: the unrecorded output, plus the heads asked for."""
     rec = _active
+    if rec is not None and not isinstance(rec, Recorder):  # a recorder of its own (generation.py)
+        return rec.forward(module, query, key, value, attention_mask, **kwargs)
     ident = rec.index.get(id(module)) if rec is not None else None
     if rec is None or not rec.wants(ident):
         return _plain(module, query, key, value, attention_mask, **kwargs)
@@ -252,7 +254,7 @@ def register() -> None:
 
 
 @contextmanager
-def recording(rec: Recorder) -> Iterator[Recorder]:
+def recording(rec: Any) -> Iterator[Any]:
     """Activate a recorder for one forward pass; always deactivated, even on error."""
     global _active
     previous, _active = _active, rec

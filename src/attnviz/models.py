@@ -36,7 +36,7 @@ ModelKind = Literal["encoder", "decoder", "encoder-decoder"]
 DTYPES = ("float32", "float16", "bfloat16")
 
 
-TASKS = ("base", "causal-lm", "masked-lm")  # which head `load_model(task=...)` puts on the model
+TASKS = ("base", "causal-lm", "masked-lm", "seq2seq-lm")  # which head `load_model(task=...)` puts on the model
 
 
 @dataclass(frozen=True)
@@ -282,7 +282,12 @@ def _auto_class(task: str) -> Any:
     """The transformers Auto class for a task: the bare model, or the model with its LM head."""
     import transformers
 
-    names = {"base": "AutoModel", "causal-lm": "AutoModelForCausalLM", "masked-lm": "AutoModelForMaskedLM"}
+    names = {
+        "base": "AutoModel",
+        "causal-lm": "AutoModelForCausalLM",
+        "masked-lm": "AutoModelForMaskedLM",
+        "seq2seq-lm": "AutoModelForSeq2SeqLM",
+    }
     return getattr(transformers, names[task])
 
 

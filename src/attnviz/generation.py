@@ -1,0 +1,599 @@
+"""`attnviz.generate`: what a causal or seq2seq LM read when it wrote each token.
+
+Generation goes through the model's own `generate` (so the ids are the model's). While it runs, a
+step recorder sits in capture.py's attention function: each forward call is one step, and for the
+heads asked it computes only the last query row, the query that produced the next token, over the
+keys up to it. A step costs [heads, 1, context] weights, written straight into one preallocated
+[layers, heads, new tokens, context] array: never a square matrix.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from attnviz.errors import InputError
+
+if TYPE_CHECKING:
+    from attnviz.attention import Attention
+    from attnviz.models import LoadedModel
+
+FORMAT = "generation"
+ENCODERS = frozenset(
+    {"bert", "distilbert", "roberta", "xlm-roberta", "albert", "electra", "deberta", "deberta-v2", "mpnet"}
+)
+
+
+@dataclass(frozen=True)
+class Generation:
+    """A continuation and, for each new token, the attention row of the step that produced it."""
+
+    model: str
+    kind: str  # "decoder" or "encoder-decoder"
+    prompt: str  # the prompt as given (before any chat template)
+    text: str  # the continuation, decoded without special tokens
+    tokens: tuple[str, ...]  # readable labels of the context: prompt (or decoder start) + new tokens
+    token_ids: tuple[int, ...]
+    special: tuple[bool, ...]
+    prompt_length: int  # context tokens before the first new one (encoder-decoder: the decoder start)
+    layers: tuple[int, ...]  # model layer of each row of `attn`
+    heads: tuple[int, ...]  # model head of each column of `attn`
+    attn: np.ndarray  # [layers, heads, new, context] float32: row t reads keys 0..prompt_length+t-1
+    source_tokens: tuple[str, ...] = ()  # encoder-decoder: the encoder's tokens (the prompt)
+    source_special: tuple[bool, ...] = ()
+    cross: np.ndarray | None = None  # encoder-decoder: [layers, heads, new, source]
+    settings: dict[str, Any] = field(default_factory=dict)  # how it was generated (greedy, seed...)
+    notes: tuple[str, ...] = ()  # how a transform changed it, e.g. 'mean of heads 0-8'
+
+    @property
+    def generated_ids(self) -> tuple[int, ...]:
+        return self.token_ids[self.prompt_length :]
+
+    @property
+    def n_new(self) -> int:
+        return int(self.attn.shape[2])
+
+    @property
+    def labels(self) -> list[str]:
+        """Context tokens as people read them."""
+        from attnviz.tokens import display
+
+        return [display(t) for t in self.tokens]
+
+    @property
+    def new_labels(self) -> list[str]:
+        return self.labels[self.prompt_length :]
+
+    @property
+    def streams(self) -> dict[str, np.ndarray]:
+        """The arrays by name, as files store them: `self` (decoder self-attention) and `cross`."""
+        out = {"self": self.attn}
+        if self.cross is not None:
+            out["cross"] = self.cross
+        return out
+
+    def head(self, layer: int, head: int, stream: str = "self") -> np.ndarray:
+        """One head's [new, context] (or [new, source] for `cross`) rows, by model layer and head."""
+        if layer not in self.layers:
+            raise InputError(f"layer {layer} was not recorded (have {_span(self.layers)})")
+        if head not in self.heads:
+            raise InputError(f"head {head} was not recorded (have {_span(self.heads)})")
+        if stream == "cross" and self.cross is None:
+            raise InputError(f"{self.model} is not an encoder-decoder model: it has no cross-attention")
+        arr = self.cross if stream == "cross" else self.attn
+        return arr[self.layers.index(layer), self.heads.index(head)]
+
+    def as_attention(self) -> Attention:
+        """The context as a square Attention for views, find_heads and head_patterns.
+
+        Row `prompt_length - 1 + t` holds new token t's step (the query just before it); the rows
+        generation never computed (the prompt's) are zero.
+        """
+        from attnviz.attention import Attention
+
+        n, p = len(self.tokens), self.prompt_length
+        square = np.zeros((*self.attn.shape[:2], n, n), dtype=np.float32)  # [layers, heads, q, k]
+        square[:, :, p - 1 : p - 1 + self.n_new, :] = self.attn[..., :n]
+        return Attention(
+            model=self.model,
+            kind="decoder",
+            text=self.prompt + self.text,
+            tokens=self.tokens,
+            spans=tuple((0, 0) for _ in self.tokens),
+            word_ids=tuple(None for _ in self.tokens),
+            words=(),
+            special=self.special,
+            layers=self.layers,
+            heads=self.heads,
+            attn=square,
+            causal=True,
+            token_ids=self.token_ids,
+            notes=(*self.notes, "rows: the generation steps only"),
+        )
+
+    def transformed(self, hide_special: bool = False, aggregate: str | None = None, over: str = "heads"):
+        """Special tokens hidden (columns dropped, rows renormalised) and/or heads or layers pooled."""
+        from attnviz.analyses.transform import ViewOptions
+
+        ViewOptions(hide_special=hide_special, aggregate=aggregate, over=over).check()
+        gen = _without_special(self) if hide_special else self
+        return _pooled(gen, aggregate, over) if aggregate else gen
+
+    # -- files --------------------------------------------------------------------------------
+    def metadata(self) -> dict[str, Any]:
+        """Everything but the arrays, as JSON-ready values."""
+        return {
+            "format": FORMAT,
+            "model": self.model,
+            "kind": self.kind,
+            "prompt": self.prompt,
+            "text": self.text,
+            "tokens": list(self.tokens),
+            "token_ids": list(self.token_ids),
+            "special": list(self.special),
+            "prompt_length": self.prompt_length,
+            "generated_ids": list(self.generated_ids),
+            "layers": list(self.layers),
+            "heads": list(self.heads),
+            "source_tokens": list(self.source_tokens),
+            "source_special": list(self.source_special),
+            "settings": self.settings,
+            "notes": list(self.notes),
+            "shape": list(self.attn.shape),
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Write `self` (and `cross`) with the metadata to .safetensors or .npz, as `extract` does."""
+        from attnviz.outputs import atomic_output, check_data_output, write_error
+
+        path = Path(path)
+        check_data_output(path)
+        arrays = {k: np.ascontiguousarray(a, dtype=np.float32) for k, a in self.streams.items()}
+        meta = json.dumps(self.metadata())
+        try:
+            with atomic_output(path) as tmp:
+                if path.suffix.lower() == ".safetensors":
+                    from safetensors.numpy import save_file
+
+                    save_file(arrays, str(tmp), metadata={"attnviz": meta})
+                else:
+                    np.savez_compressed(tmp, **arrays, metadata=np.array(meta))
+        except OSError as exc:
+            raise InputError(write_error(path, exc)) from exc
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Generation:
+        """Read a file written by `save`."""
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"no such file: {path}")
+        try:
+            if path.suffix.lower() == ".safetensors":
+                from safetensors import safe_open
+
+                with safe_open(str(path), framework="numpy") as f:
+                    meta = json.loads((f.metadata() or {})["attnviz"])
+                    arrays = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+            else:
+                with np.load(path, allow_pickle=False) as data:
+                    meta = json.loads(str(data["metadata"]))
+                    arrays = {k: data[k] for k in data.files if k != "metadata"}
+            if meta.get("format") != FORMAT:
+                raise ValueError("not a generation file")
+        except Exception as exc:  # damaged, cut short or foreign (safetensors has its own error type)
+            raise InputError(
+                f"{path} is not a readable file from `attnviz generate -o` ({type(exc).__name__})"
+            ) from exc
+        return cls(
+            model=meta["model"],
+            kind=meta["kind"],
+            prompt=meta["prompt"],
+            text=meta["text"],
+            tokens=tuple(meta["tokens"]),
+            token_ids=tuple(meta["token_ids"]),
+            special=tuple(meta["special"]),
+            prompt_length=int(meta["prompt_length"]),
+            layers=tuple(meta["layers"]),
+            heads=tuple(meta["heads"]),
+            attn=arrays["self"],
+            source_tokens=tuple(meta.get("source_tokens") or ()),
+            source_special=tuple(meta.get("source_special") or ()),
+            cross=arrays.get("cross"),
+            settings=dict(meta.get("settings") or {}),
+            notes=tuple(meta.get("notes") or ()),
+        )
+
+
+def _span(values: Sequence[int]) -> str:
+    return ", ".join(str(v) for v in values) if len(values) < 8 else f"{values[0]}-{values[-1]}"
+
+
+def _without_special(gen: Generation) -> Generation:
+    """Drop special-token columns (rows renormalised to 1) and the rows of new special tokens."""
+    keep = [i for i, s in enumerate(gen.special) if not s]
+    rows = [t for t in range(gen.n_new) if not gen.special[gen.prompt_length + t]]
+    attn = gen.attn[:, :, rows][..., keep]
+    total = attn.sum(axis=-1, keepdims=True)
+    attn = np.divide(attn, total, out=np.zeros_like(attn), where=total > 0).astype(np.float32)
+    cross = gen.cross
+    if cross is not None:
+        src = [i for i, s in enumerate(gen.source_special) if not s] or list(range(cross.shape[-1]))
+        cross = cross[:, :, rows][..., src]
+        ctot = cross.sum(axis=-1, keepdims=True)
+        cross = np.divide(cross, ctot, out=np.zeros_like(cross), where=ctot > 0).astype(np.float32)
+    prompt_kept = sum(1 for i in keep if i < gen.prompt_length)
+    return replace(
+        gen,
+        tokens=tuple(gen.tokens[i] for i in keep),
+        token_ids=tuple(gen.token_ids[i] for i in keep),
+        special=tuple(False for _ in keep),
+        prompt_length=prompt_kept,
+        attn=attn,
+        cross=cross,
+        source_tokens=tuple(t for t, s in zip(gen.source_tokens, gen.source_special, strict=True) if not s),
+        source_special=tuple(False for s in gen.source_special if not s),
+        notes=(*gen.notes, "special tokens hidden"),
+    )
+
+
+def _pooled(gen: Generation, how: str, over: str) -> Generation:
+    """Heads (or layers, or both) pooled into one by their mean or maximum."""
+    axes = {"heads": (1,), "layers": (0,), "both": (0, 1)}[over]
+
+    def pool(a: np.ndarray | None) -> np.ndarray | None:
+        if a is None:
+            return None
+        out = a.mean(axis=axes, keepdims=True) if how == "mean" else a.max(axis=axes, keepdims=True)
+        return out.astype(np.float32)
+
+    layers = (gen.layers[0],) if 0 in axes else gen.layers
+    heads = (gen.heads[0],) if 1 in axes else gen.heads
+    what = " and ".join(
+        f"{name} {_span(v)}"
+        for name, v, ax in (("layers", gen.layers, 0), ("heads", gen.heads, 1))
+        if ax in axes
+    )
+    return replace(
+        gen,
+        attn=pool(gen.attn),
+        cross=pool(gen.cross),
+        layers=layers,
+        heads=heads,
+        notes=(*gen.notes, f"{how} of {what}"),
+    )
+
+
+# -- recording --------------------------------------------------------------------------------
+
+
+@dataclass
+class StepRecorder:
+    """Keeps, per forward call (one generation step), the last query row of the heads asked.
+
+    Activated with `capture.recording`; capture.attention_forward hands each layer to `forward`.
+    """
+
+    index: dict[int, tuple[str, int]]  # id(attention module) -> (stream, layer)
+    rows: dict[str, dict[int, int]]  # stream -> {model layer: row of its buffer}
+    heads: list[int] | None
+    buffers: dict[str, Any]  # stream -> [layers, heads, new, width] tensor, zero past each row's end
+    start: dict[str, int]  # stream -> context length at step 0 (cross: absent, its keys are fixed)
+    step: int = -1  # the forward call in progress (0: the prompt's)
+
+    def next_step(self, *_: Any) -> None:
+        """A forward pre-hook on the model: every call is one generation step."""
+        self.step += 1
+
+    def forward(self, module: Any, query: Any, key: Any, value: Any, mask: Any, **kwargs: Any):
+        """The layer's output as without recording; the step's last query row saved on the side."""
+        from attnviz.capture import _plain
+
+        out, _ = _plain(module, query, key, value, mask, **kwargs)
+        ident = self.index.get(id(module))
+        if ident is None or ident[1] not in self.rows.get(ident[0], {}):
+            return out, None
+        stream, layer = ident
+        buf = self.buffers[stream]
+        t = self.step
+        if not 0 <= t < buf.shape[2]:
+            return out, None
+        end = key.shape[2] if stream == "cross" else self.start[stream] + t  # keys up to the query
+        dest = buf[self.rows[stream][layer], :, t]  # [heads, width]
+        self._row(module, query, key, value, mask, dest, end, kwargs)
+        return out, None
+
+    def _row(self, module: Any, query: Any, key: Any, value: Any, mask: Any, dest: Any, end: int, kwargs):
+        """The last query row's weights for the asked heads, into dest[:, :end]."""
+        import torch
+
+        from attnviz.capture import _EAGER_ONLY, _additive, _eager_for, head_weights
+
+        q = query[:, :, -1:]  # [batch, heads, 1, d]
+        if mask is not None and mask.dim() == 4:
+            mask = mask[:, :, -1:]
+        kw = dict(kwargs)
+        if kw.get("position_bias") is not None:
+            kw["position_bias"] = kw["position_bias"][:, :, -1:]
+        k_len = key.shape[2]
+        if any(kw.get(name) is not None for name in _EAGER_ONLY):  # attention sinks: the eager function
+            _, w = _eager_for(module)(module, q, key, value, _additive(module, q, key, mask, kw), **kw)
+            w = w[:, self.heads] if self.heads is not None else w  # [1, heads, 1, k_len]
+        elif k_len <= end:  # the usual case: keys end at the query (a sliding window starts later)
+            head_weights(module, q, key, mask, self.heads, dest[None, :, None, end - k_len : end], **kw)
+            return
+        else:  # a static cache: the keys past the query are masked slots
+            w = torch.empty((1, dest.shape[0], 1, k_len), dtype=torch.float32, device=dest.device)
+            head_weights(module, q, key, mask, self.heads, w, **kw)
+        if k_len <= end:
+            dest[:, end - k_len : end] = w[0, :, 0]
+        else:
+            dest[:, :end] = w[0, :, 0, :end]
+
+
+# -- the API ------------------------------------------------------------------------------------
+
+
+def check_settings(
+    max_new_tokens: int,
+    min_new_tokens: int = 0,
+    sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+) -> None:
+    """InputError for settings `generate` would refuse, before any model loads."""
+    if max_new_tokens < 1:
+        raise InputError(f"--max-new-tokens must be at least 1 (got {max_new_tokens})")
+    if not 0 <= min_new_tokens <= max_new_tokens:
+        raise InputError(f"--min-new-tokens must be between 0 and --max-new-tokens (got {min_new_tokens})")
+    if not temperature > 0:
+        raise InputError(f"--temperature must be above 0 (got {temperature})")
+    if not 0 < top_p <= 1:
+        raise InputError(f"--top-p must be in (0, 1] (got {top_p})")
+    if not sample and (temperature != 1.0 or top_p != 1.0):
+        raise InputError("--temperature and --top-p shape sampling: add --sample")
+
+
+def generation_task(spec: str | None) -> str:
+    """The head generation needs ("causal-lm" or "seq2seq-lm"), read from config.json; no model loads.
+
+    InputError for a model that cannot generate (an encoder such as BERT).
+    """
+    from attnviz.models import resolve_model
+
+    source = resolve_model(spec)
+    if source.origin == "gguf":
+        return "causal-lm"
+    config: dict[str, Any] = {}
+    path = Path(source.path) / "config.json"
+    if source.origin in ("bundled", "folder") and path.is_file():
+        try:
+            config = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            config = {}
+    if config.get("is_encoder_decoder"):
+        return "seq2seq-lm"
+    if config.get("model_type") in ENCODERS and not config.get("is_decoder"):
+        raise InputError(
+            f"{source.name} is an encoder ({config['model_type']}): it cannot generate; "
+            "use a causal LM such as smollm2, or a seq2seq model (T5, BART, Marian)"
+        )
+    return "causal-lm"
+
+
+def load_for_generation(
+    model: str | LoadedModel | None,
+    device: str | None = "auto",
+    dtype: str | None = "float32",
+    trust_remote_code: bool = False,
+    progress: Any = None,
+) -> LoadedModel:
+    """The model with its LM head (loaded once and cached like every model)."""
+    from attnviz.models import LoadedModel, load_model
+
+    if isinstance(model, LoadedModel):
+        if model.task in ("causal-lm", "seq2seq-lm"):
+            return model
+        device, dtype, model = model.device, model.dtype, model.source.spec
+    task = generation_task(model)
+    loaded = load_model(
+        model, device=device, dtype=dtype, trust_remote_code=trust_remote_code, progress=progress, task=task
+    )
+    if loaded.kind not in ("decoder", "encoder-decoder"):
+        raise InputError(f"{loaded.name} is not causal: it cannot generate text one token at a time")
+    return loaded
+
+
+def generate(
+    prompt: str,
+    model: str | LoadedModel | None = "smollm2",
+    *,
+    max_new_tokens: int = 20,
+    min_new_tokens: int = 0,
+    layers: Sequence[int] | None = None,
+    heads: Sequence[int] | None = None,
+    sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int | None = None,
+    chat: bool = False,
+    device: str | None = "auto",
+    dtype: str | None = "float32",
+    trust_remote_code: bool = False,
+) -> Generation:
+    """Continue `prompt` with the model's own `generate`, recording each new token's attention row.
+
+    Greedy unless `sample`; stops at EOS or after `max_new_tokens`. Encoder-decoder models also
+    record each new token's cross-attention over the source.
+    """
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise InputError("the prompt is empty")
+    check_settings(max_new_tokens, min_new_tokens, sample, temperature, top_p)
+    loaded = load_for_generation(model, device, dtype, trust_remote_code)
+    if not loaded.capture.interface:
+        raise InputError(
+            f"{loaded.name} cannot switch to attnviz's attention, so its steps cannot be recorded"
+        )
+    settings = {
+        "max_new_tokens": max_new_tokens,
+        "min_new_tokens": min_new_tokens,
+        "sample": sample,
+        "temperature": temperature,
+        "top_p": top_p,
+        "seed": seed,
+        "chat": chat,
+    }
+    inputs = _prompt_inputs(loaded, prompt, chat, max_new_tokens)
+    rec = _recorder(loaded, inputs, layers, heads, max_new_tokens)
+    ids = _run(loaded, inputs, rec, settings)
+    return _result(loaded, prompt, inputs, rec, ids, settings)
+
+
+def generate_kwargs(loaded: LoadedModel, settings: dict[str, Any]) -> dict[str, Any]:
+    """What `model.generate` is given for `settings` (the benchmark and tests call it the same way)."""
+    kwargs: dict[str, Any] = {
+        "max_new_tokens": settings["max_new_tokens"],
+        "min_new_tokens": settings.get("min_new_tokens") or None,
+        "do_sample": bool(settings.get("sample")),
+        "num_beams": 1,
+        "pad_token_id": loaded.tokenizer.pad_token_id,
+    }
+    if kwargs["do_sample"]:
+        kwargs.update(temperature=settings.get("temperature", 1.0), top_p=settings.get("top_p", 1.0))
+    else:
+        kwargs.update(temperature=None, top_p=None, top_k=None)
+    return kwargs
+
+
+def prompt_ids(loaded: LoadedModel, prompt: str, chat: bool = False) -> list[int]:
+    """The prompt's token ids, through the chat template when `chat`."""
+    tok = loaded.tokenizer
+    if not chat:
+        return list(tok(prompt)["input_ids"])
+    if not getattr(tok, "chat_template", None):
+        raise InputError(f"{loaded.name}'s tokenizer has no chat template: drop --chat")
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+    )
+    return list(tok(text, add_special_tokens=False)["input_ids"])
+
+
+def _prompt_inputs(loaded: LoadedModel, prompt: str, chat: bool, max_new: int) -> dict[str, Any]:
+    import torch
+
+    ids = prompt_ids(loaded, prompt, chat)
+    if not ids:
+        raise InputError("the prompt encodes to no tokens")
+    limit = loaded.max_length
+    total = len(ids) + (0 if loaded.kind == "encoder-decoder" else max_new)
+    if limit is not None and total > limit:
+        raise InputError(
+            f"the prompt ({len(ids)} tokens) plus --max-new-tokens {max_new} exceeds {loaded.name}'s "
+            f"limit of {limit} tokens"
+        )
+    device = next(loaded.model.parameters()).device
+    input_ids = torch.tensor([ids], device=device)
+    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+
+
+def _recorder(
+    loaded: LoadedModel,
+    inputs: dict[str, Any],
+    layers: Sequence[int] | None,
+    heads: Sequence[int] | None,
+    max_new: int,
+) -> StepRecorder:
+    """Zeroed [layers, heads, new, width] buffers for the streams generation records."""
+    import torch
+
+    from attnviz.selection import resolve_indices
+
+    cap = loaded.capture
+    streams = ["decoder", "cross"] if cap.encoder_decoder else ["self"]
+    n_layers = cap.layer_counts.get(streams[0], 0)
+    layer_list = resolve_indices(layers, n_layers, "layer", loaded.name) or list(range(n_layers))
+    head_list = resolve_indices(heads, cap.num_heads, "head", loaded.name)
+    n_heads = len(head_list) if head_list is not None else cap.num_heads
+    prompt_len = inputs["input_ids"].shape[1]
+    start = {"decoder": 1} if cap.encoder_decoder else {"self": prompt_len}
+    device = inputs["input_ids"].device
+    buffers = {}
+    for stream in streams:
+        width = prompt_len if stream == "cross" else start[stream] + max_new
+        buffers[stream] = torch.zeros((len(layer_list), n_heads, max_new, width), device=device)
+    return StepRecorder(
+        index=cap.index,
+        rows={s: {layer: i for i, layer in enumerate(layer_list)} for s in streams},
+        heads=head_list,
+        buffers=buffers,
+        start=start,
+    )
+
+
+def _run(
+    loaded: LoadedModel, inputs: dict[str, Any], rec: StepRecorder, settings: dict[str, Any]
+) -> list[int]:
+    """model.generate with the recorder active; its hook and recorder always removed."""
+    import torch
+
+    from attnviz.capture import recording
+
+    if settings.get("sample") and settings.get("seed") is not None:
+        torch.manual_seed(int(settings["seed"]))
+    hook = loaded.model.register_forward_pre_hook(rec.next_step)
+    try:
+        with torch.inference_mode(), recording(rec):
+            out = loaded.model.generate(**inputs, **generate_kwargs(loaded, settings))
+    finally:
+        hook.remove()
+    return [int(i) for i in out[0].tolist()]
+
+
+def _result(
+    loaded: LoadedModel,
+    prompt: str,
+    inputs: dict[str, Any],
+    rec: StepRecorder,
+    ids: list[int],
+    settings: dict[str, Any],
+) -> Generation:
+    from attnviz.tokens import token_labels
+
+    tok = loaded.tokenizer
+    encdec = loaded.capture.encoder_decoder
+    source = [int(i) for i in inputs["input_ids"][0].tolist()]
+    start = 1 if encdec else len(source)
+    n_new = len(ids) - start
+    width = start + n_new
+    specials = set(tok.all_special_ids)
+
+    def trimmed(stream: str, cols: int) -> np.ndarray:
+        arr = rec.buffers[stream][:, :, :n_new, :cols].cpu().numpy()  # [layers, heads, new, cols]
+        return arr if arr.flags.c_contiguous else np.ascontiguousarray(arr)
+
+    labels, _ = token_labels(tok, ids)
+    self_stream = "decoder" if encdec else "self"
+    src_labels = token_labels(tok, source)[0] if encdec else []
+    layers = sorted(rec.rows[self_stream], key=rec.rows[self_stream].get)
+    return Generation(
+        model=loaded.name,
+        kind="encoder-decoder" if encdec else "decoder",
+        prompt=prompt,
+        text=tok.decode(ids[start:], skip_special_tokens=True),
+        tokens=tuple(labels),
+        token_ids=tuple(ids),
+        special=tuple(i in specials for i in ids),
+        prompt_length=start,
+        layers=tuple(layers),
+        heads=tuple(rec.heads) if rec.heads is not None else tuple(range(loaded.capture.num_heads)),
+        attn=trimmed(self_stream, width),
+        source_tokens=tuple(src_labels),
+        source_special=tuple(i in specials for i in source) if encdec else (),
+        cross=trimmed("cross", len(source)) if encdec else None,
+        settings=settings,
+    )

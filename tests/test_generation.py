@@ -1,0 +1,206 @@
+"""attnviz.generate: the model's own ids, and each recorded row equal to one eager forward's row."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from attnviz.errors import InputError
+from attnviz.generation import Generation, check_settings, generate, generate_kwargs, generation_task
+
+DECODERS = ("llama", "gpt2")
+ARCHS = (*DECODERS, "t5")
+PROMPT = "the cat sat on the"
+
+
+@pytest.fixture(scope="session")
+def lm(tiny_model_path):
+    """Factory: arch -> the tiny model loaded with its LM head (once per session)."""
+    from attnviz.generation import load_for_generation
+
+    return lambda arch: load_for_generation(str(tiny_model_path(arch)), device="cpu")
+
+
+def eager(loaded, gen: Generation) -> dict[str, np.ndarray]:
+    """One eager forward over prompt + continuation, with output_attentions: [layers, heads, q, k]."""
+    import torch
+
+    model = loaded.model
+    ids = torch.tensor([list(gen.token_ids)])
+    model.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            if gen.kind == "encoder-decoder":
+                src = torch.tensor([loaded.tokenizer(gen.prompt)["input_ids"]])
+                out = model(input_ids=src, decoder_input_ids=ids, output_attentions=True)
+                return {
+                    "self": torch.stack(out.decoder_attentions)[:, 0].numpy(),
+                    "cross": torch.stack(out.cross_attentions)[:, 0].numpy(),
+                }
+            out = model(input_ids=ids, output_attentions=True)
+            return {"self": torch.stack(out.attentions)[:, 0].numpy()}
+    finally:
+        model.set_attn_implementation("attnviz")
+
+
+def check_rows(gen: Generation, ref: dict[str, np.ndarray]) -> None:
+    """Row t of every recorded head equals the eager row of the query just before new token t."""
+    p = gen.prompt_length
+    full = ref["self"][list(gen.layers)][:, list(gen.heads)]
+    for t in range(gen.n_new):
+        end = p + t
+        np.testing.assert_allclose(gen.attn[:, :, t, :end], full[:, :, end - 1, :end], atol=1e-5)
+        assert not gen.attn[:, :, t, end:].any(), "weights past the row's end"
+    np.testing.assert_allclose(gen.attn.sum(-1), 1.0, atol=1e-5)
+    if "cross" in ref:
+        cross = ref["cross"][list(gen.layers)][:, list(gen.heads)]
+        np.testing.assert_allclose(gen.cross, cross[:, :, p - 1 : p - 1 + gen.n_new], atol=1e-5)
+
+
+def plain_ids(loaded, settings: dict) -> list[int]:
+    """model.generate itself, nothing recorded."""
+    import torch
+
+    ids = torch.tensor([loaded.tokenizer(PROMPT)["input_ids"]])
+    if settings.get("sample"):
+        torch.manual_seed(settings["seed"])
+    with torch.no_grad():
+        out = loaded.model.generate(
+            ids, attention_mask=torch.ones_like(ids), **generate_kwargs(loaded, settings)
+        )
+    return out[0].tolist()
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_rows_equal_one_eager_forward(lm, arch):
+    loaded = lm(arch)
+    gen = generate(PROMPT, loaded, max_new_tokens=6)
+    assert gen.n_new == 6 and len(gen.tokens) == gen.prompt_length + 6
+    assert gen.attn.shape == (
+        loaded.capture.layer_counts["decoder" if arch == "t5" else "self"],
+        4,
+        6,
+        len(gen.tokens),
+    )
+    check_rows(gen, eager(loaded, gen))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("sample", [False, True])
+def test_ids_equal_model_generate(lm, arch, sample):
+    loaded = lm(arch)
+    settings = {"max_new_tokens": 5, "sample": sample, "seed": 3, "temperature": 0.7 if sample else 1.0}
+    gen = generate(
+        PROMPT, loaded, max_new_tokens=5, sample=sample, seed=3, temperature=settings["temperature"]
+    )
+    assert list(gen.token_ids) == plain_ids(loaded, settings)
+    assert gen.text == loaded.tokenizer.decode(gen.generated_ids, skip_special_tokens=True)
+
+
+def test_selected_heads_are_slices_of_all(lm):
+    loaded = lm("llama")
+    full = generate(PROMPT, loaded, max_new_tokens=4)
+    some = generate(PROMPT, loaded, max_new_tokens=4, layers=[1], heads=[0, 3])
+    assert some.layers == (1,) and some.heads == (0, 3)
+    np.testing.assert_allclose(some.attn, full.attn[1:2][:, [0, 3]], atol=1e-6)
+
+
+def test_stops_at_eos(lm):
+    loaded = lm("t5")
+    eos = loaded.tokenizer.eos_token_id
+    gen = generate(PROMPT, loaded, max_new_tokens=40)
+    assert gen.n_new == len(gen.generated_ids)
+    if gen.n_new < 40:
+        assert gen.generated_ids[-1] == eos
+
+
+def test_save_load_round_trip(lm, tmp_path):
+    gen = generate(PROMPT, lm("t5"), max_new_tokens=3)
+    for name in ("g.safetensors", "g.npz"):
+        back = Generation.load(gen.save(tmp_path / name))
+        assert back.token_ids == gen.token_ids and back.prompt_length == gen.prompt_length
+        np.testing.assert_array_equal(back.attn, gen.attn)
+        np.testing.assert_array_equal(back.cross, gen.cross)
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "g.safetensors"), framework="numpy") as f:
+        assert sorted(f.keys()) == ["cross", "self"]
+
+
+def test_transforms(lm):
+    gen = generate(PROMPT, lm("llama"), max_new_tokens=4)
+    hidden = gen.transformed(hide_special=True)
+    assert "<s>" not in hidden.tokens and hidden.prompt_length == gen.prompt_length - 1
+    np.testing.assert_allclose(hidden.attn.sum(-1), 1.0, atol=1e-5)
+    pooled = gen.transformed(aggregate="mean")
+    np.testing.assert_allclose(pooled.attn[:, 0], gen.attn.mean(axis=1), atol=1e-6)
+    assert pooled.notes == ("mean of heads 0, 1, 2, 3",)
+    top = gen.transformed(aggregate="max", over="both")
+    assert top.attn.shape[:2] == (1, 1)
+
+
+def test_as_attention_puts_each_step_on_its_query_row(lm):
+    gen = generate(PROMPT, lm("gpt2"), max_new_tokens=3)
+    att = gen.as_attention()
+    p = gen.prompt_length
+    assert att.attn.shape[-1] == len(gen.tokens)
+    np.testing.assert_array_equal(att.attn[:, :, p - 1 : p + 2], gen.attn)
+    assert not att.attn[:, :, : p - 1].any()
+
+
+def test_bad_settings_fail_before_loading():
+    with pytest.raises(InputError, match="max-new-tokens"):
+        check_settings(0)
+    with pytest.raises(InputError, match="add --sample"):
+        check_settings(5, temperature=0.5)
+    with pytest.raises(InputError, match="top-p"):
+        check_settings(5, sample=True, top_p=0)
+    with pytest.raises(InputError, match="is an encoder"):
+        generation_task("minilm")
+    with pytest.raises(InputError, match="empty"):
+        generate("  ", "minilm")
+
+
+def test_seq2seq_and_causal_tasks(tiny_model_path):
+    assert generation_task(str(tiny_model_path("t5"))) == "seq2seq-lm"
+    assert generation_task(str(tiny_model_path("llama"))) == "causal-lm"
+
+
+@pytest.fixture(scope="session")
+def smollm2_lm(model_cache: Path):
+    """SmolLM2 with its LM head, from the same GGUF cache entry as the `smollm2` fixture."""
+    from attnviz.generation import load_for_generation
+
+    saved = os.environ.get("ATTNVIZ_CACHE")
+    os.environ["ATTNVIZ_CACHE"] = str(model_cache)
+    try:
+        return load_for_generation("smollm2", device="cpu")
+    finally:
+        if saved is None:
+            os.environ.pop("ATTNVIZ_CACHE", None)
+        else:
+            os.environ["ATTNVIZ_CACHE"] = saved
+
+
+@pytest.mark.slow
+def test_smollm2_rows_and_ids(smollm2_lm):
+    gen = generate("The capital of France is", smollm2_lm, max_new_tokens=8)
+    assert list(gen.token_ids) == plain_ids_for(smollm2_lm, "The capital of France is", 8)
+    check_rows(gen, eager(smollm2_lm, gen))
+    chat = generate("Name a colour.", smollm2_lm, max_new_tokens=4, chat=True, layers=[-1], heads=[0])
+    assert "<|im_start|>" in chat.tokens and chat.attn.shape == (1, 1, chat.n_new, len(chat.tokens))
+
+
+def plain_ids_for(loaded, prompt: str, n: int) -> list[int]:
+    import torch
+
+    ids = torch.tensor([loaded.tokenizer(prompt)["input_ids"]])
+    settings = {"max_new_tokens": n}
+    with torch.no_grad():
+        out = loaded.model.generate(
+            ids, attention_mask=torch.ones_like(ids), **generate_kwargs(loaded, settings)
+        )
+    return out[0].tolist()
