@@ -124,6 +124,41 @@ class Generation:
         gen = _without_special(self) if hide_special else self
         return _pooled(gen, aggregate, over) if aggregate else gen
 
+    def figure(self, stream: str = "self", **style: Any) -> Any:
+        """The heatmap of one recorded head (or, with several, their mean, said in the title)."""
+        from attnviz.plots._common import ranges
+        from attnviz.plots.generation import generation_figure
+
+        if stream not in ("self", "cross"):
+            raise InputError(f"unknown --stream '{stream}': use self or cross")
+        if self.n_new == 0:
+            raise InputError("no new token is left to draw (were they all special tokens? drop --no-special)")
+        gen = self
+        if len(self.layers) * len(self.heads) > 1:
+            gen = _pooled(self, "mean", "both")
+        arr = gen.cross if stream == "cross" else gen.attn
+        if arr is None:
+            raise InputError(f"{self.model} is not an encoder-decoder model: it has no cross-attention")
+        who = gen.notes[-1] if gen.notes else f"layer {ranges(gen.layers)} · head {ranges(gen.heads)}"
+        what = "cross-attention" if stream == "cross" else "while generating"
+        cols = self.source_labels if stream == "cross" else gen.labels
+        return generation_figure(
+            arr[0, 0],
+            gen.new_labels,
+            cols,
+            gen.prompt_length,
+            cross=stream == "cross",
+            title=f"{self.model} · {what} · {who}",
+            text=self.prompt,
+            **style,
+        )
+
+    @property
+    def source_labels(self) -> list[str]:
+        from attnviz.tokens import display
+
+        return [display(t) for t in self.source_tokens]
+
     # -- files --------------------------------------------------------------------------------
     def metadata(self) -> dict[str, Any]:
         """Everything but the arrays, as JSON-ready values."""

@@ -36,7 +36,8 @@ ModelKind = Literal["encoder", "decoder", "encoder-decoder"]
 DTYPES = ("float32", "float16", "bfloat16")
 
 
-TASKS = ("base", "causal-lm", "masked-lm", "seq2seq-lm")  # which head `load_model(task=...)` puts on the model
+# which head `load_model(task=...)` puts on the model
+TASKS = ("base", "causal-lm", "masked-lm", "seq2seq-lm")
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from attnviz.cli import ablate as _ablate  # noqa: F401
 from attnviz.cli import analyses as _analyses  # noqa: F401
 from attnviz.cli import batch as _batch  # noqa: F401
 from attnviz.cli import extract as _extract  # noqa: F401
+from attnviz.cli import generate as _generate  # noqa: F401
 from attnviz.cli import heads as _heads  # noqa: F401
 from attnviz.cli import models as _models  # noqa: F401
 from attnviz.cli import pictures as _pictures  # noqa: F401

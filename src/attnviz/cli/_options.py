@@ -252,12 +252,19 @@ def spinner_wanted(quiet: bool = False) -> bool:
     return not quiet and _terminal() and not JSON_OUTPUT.get()
 
 
-def load(model: str, device: str, dtype: str, trust_remote_code: bool = False, quiet: bool = False) -> Any:
+def load(
+    model: str,
+    device: str,
+    dtype: str,
+    trust_remote_code: bool = False,
+    quiet: bool = False,
+    task: str = "base",
+) -> Any:
     """Load a model; on an interactive terminal (without `quiet` or --json) show a status line.
 
     The library reports slow steps (de-quantising a GGUF file) and repairs (a rebuilt cache entry)
     as notices: status notices update the spinner, warnings are one `warning:` line on stderr.
-    Nothing is ever written to stdout.
+    Nothing is ever written to stdout. `task` picks the head (`generate` needs the LM head).
     """
     from attnviz.models import LoadNotice, load_model
 
@@ -267,7 +274,7 @@ def load(model: str, device: str, dtype: str, trust_remote_code: bool = False, q
 
     if not spinner_wanted(quiet):
         return load_model(
-            model, device=device, dtype=dtype, trust_remote_code=trust_remote_code, progress=warn
+            model, device=device, dtype=dtype, trust_remote_code=trust_remote_code, progress=warn, task=task
         )
     from rich.console import Console
 
@@ -281,7 +288,7 @@ def load(model: str, device: str, dtype: str, trust_remote_code: bool = False, q
                 console.print(f"warning: {notice.message}", markup=False, highlight=False)
 
         return load_model(
-            model, device=device, dtype=dtype, trust_remote_code=trust_remote_code, progress=show
+            model, device=device, dtype=dtype, trust_remote_code=trust_remote_code, progress=show, task=task
         )
 
 

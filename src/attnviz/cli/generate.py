@@ -1,0 +1,154 @@
+"""`attnviz generate`: continue a prompt and record what each new token's step read."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from attnviz.cli._app import command
+from attnviz.cli._options import (
+    AggregateOpt,
+    CmapOpt,
+    DeviceOpt,
+    DtypeOpt,
+    FileOpt,
+    HeadsOpt,
+    JsonOpt,
+    LayersOpt,
+    ModelOpt,
+    OverOpt,
+    PlotOpt,
+    SpecialOpt,
+    TrustOpt,
+    load,
+    print_json,
+    read_text,
+    view_options,
+)
+from attnviz.selection import parse_indices
+
+PromptArg = Annotated[
+    str | None, typer.Argument(help="The prompt; omit it (or give -) to read --file or standard input.")
+]
+
+
+@command("generate")
+def generate_cmd(
+    prompt: PromptArg = None,
+    max_new_tokens: Annotated[
+        int, typer.Option("--max-new-tokens", "-n", metavar="N", help="Stop after N new tokens (or at EOS).")
+    ] = 20,
+    sample: Annotated[bool, typer.Option("--sample", help="Sample instead of greedy decoding.")] = False,
+    temperature: Annotated[
+        float, typer.Option("--temperature", metavar="T", help="Sampling temperature (with --sample).")
+    ] = 1.0,
+    top_p: Annotated[
+        float, typer.Option("--top-p", metavar="P", help="Nucleus sampling: keep the top P of the mass.")
+    ] = 1.0,
+    seed: Annotated[int | None, typer.Option("--seed", metavar="N", help="Seed for --sample.")] = None,
+    chat: Annotated[
+        bool,
+        typer.Option("--chat", help="Wrap the prompt in the tokenizer's chat template (instruct models)."),
+    ] = False,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", metavar="FILE", help="Write the rows to .safetensors or .npz here."),
+    ] = None,
+    plot: PlotOpt = None,
+    stream: Annotated[
+        str,
+        typer.Option("--stream", metavar="self|cross", help="What --plot draws (cross: encoder-decoder)."),
+    ] = "self",
+    view: Annotated[
+        Path | None,
+        typer.Option("--view", metavar="FILE", help="Also write the explorer's generation mode (.html)."),
+    ] = None,
+    file: FileOpt = None,
+    model: ModelOpt = "smollm2",
+    layers: LayersOpt = None,
+    heads: HeadsOpt = None,
+    special: SpecialOpt = True,
+    aggregate: AggregateOpt = None,
+    over: OverOpt = "heads",
+    cmap: CmapOpt = "viridis",
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "float32",
+    trust_remote_code: TrustOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Continue a prompt with the model's own generate and record, for each new token, the attention
+    row of the step that wrote it; prints the continuation."""
+    from attnviz.errors import InputError
+    from attnviz.generation import check_settings, generate, generation_task
+    from attnviz.outputs import check_data_output, check_output
+    from attnviz.views.generation import check_view_output
+
+    # everything the user typed is checked before the model loads
+    check_settings(max_new_tokens, 0, sample, temperature, top_p)
+    options = view_options("attention", special, aggregate, over)
+    if stream not in ("self", "cross"):
+        raise InputError(f"unknown --stream '{stream}': use self or cross")
+    body = read_text(prompt, file)
+    if not body.strip():
+        raise InputError("the prompt is empty: give it as the argument, with --file or on standard input")
+    layer_list = parse_indices(layers, "--layers")
+    head_list = parse_indices(heads, "--heads")
+    check_data_output(output)
+    check_output(plot)
+    check_view_output(view)
+    task = generation_task(model)
+    loaded = load(model, device, dtype, trust_remote_code, quiet=as_json, task=task)
+    gen = generate(
+        body,
+        loaded,
+        max_new_tokens=max_new_tokens,
+        layers=layer_list,
+        heads=head_list,
+        sample=sample,
+        temperature=temperature,
+        top_p=top_p,
+        seed=seed,
+        chat=chat,
+    )
+    gen = gen.transformed(options.hide_special, options.aggregate, options.over)
+    written = _write(gen, output, plot, stream, cmap, view)
+    if as_json:
+        print_json(
+            {
+                "model": gen.model,
+                "prompt": gen.prompt,
+                "generated": gen.text,
+                "generated_ids": list(gen.generated_ids),
+                "tokens": list(gen.tokens),
+                "prompt_length": gen.prompt_length,
+                "shapes": {name: list(a.shape) for name, a in gen.streams.items()},
+                "notes": list(gen.notes),
+                "output": str(output) if output is not None else None,
+                "plot": str(plot) if plot is not None else None,
+                "view": str(view) if view is not None else None,
+            }
+        )
+        return
+    typer.echo(gen.text)
+    for path in written:
+        typer.echo(f"wrote {path}", err=True)
+
+
+def _write(
+    gen, output: Path | None, plot: Path | None, stream: str, cmap: str, view: Path | None
+) -> list[Path]:
+    """The files asked for: data, heatmap, explorer page."""
+    written = []
+    if output is not None:
+        written.append(gen.save(output))
+    if plot is not None:
+        from attnviz import plots
+
+        written.append(plots.save(gen.figure(stream, cmap=cmap), plot))
+    if view is not None:
+        from attnviz.views.generation import write_generation_html
+
+        written.append(write_generation_html(gen, view))
+    return written

@@ -1,0 +1,78 @@
+"""The generation heatmap: each new token's row (what the step that wrote it read), from arrays.
+
+Rows are the new tokens, columns the context (or, for cross-attention, the source); cells past a
+row's end are hatched (the step could not see them) and a dashed line marks where the prompt ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from attnviz.errors import InputError
+from attnviz.plots._common import DEFAULT_CMAP, DEFAULT_DPI, HIGHLIGHT
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+ROW_LABEL = "new token (row: the step that wrote it)"
+PROMPT_END_LABEL = "end of the prompt"
+
+
+def step_visible(n_new: int, width: int, prompt_length: int) -> np.ndarray:
+    """[new, width] bool: step t saw the context's first prompt_length + t tokens."""
+    return np.arange(width)[None, :] < (prompt_length + np.arange(n_new))[:, None]
+
+
+def generation_figure(
+    matrix: np.ndarray,
+    new_labels: Sequence[str],
+    context_labels: Sequence[str],
+    prompt_length: int,
+    *,
+    cross: bool = False,
+    title: str = "",
+    text: str | None = None,
+    vmax: float | None = None,
+    cmap: str = DEFAULT_CMAP,
+    annotate: bool = False,
+    dpi: float = DEFAULT_DPI,
+    size: tuple[float, float] | None = None,
+) -> Figure:
+    """matrix: [new, context] (or [new, source] when `cross`); the prompt/continuation boundary marked."""
+    from matplotlib.lines import Line2D
+
+    from attnviz.plots.heatmaps import heatmap
+
+    matrix = np.asarray(matrix, dtype=np.float32)  # [new, context]
+    n_new, width = matrix.shape
+    if len(new_labels) != n_new or len(context_labels) != width:
+        raise InputError(
+            f"labels ({len(new_labels)} x {len(context_labels)}) do not fit a {n_new} x {width} matrix"
+        )
+    visible = None if cross else step_visible(n_new, width, prompt_length)
+    fig = heatmap(
+        matrix,
+        list(new_labels),
+        list(context_labels),
+        visible=visible,
+        title=title,
+        vmax=vmax,
+        cmap=cmap,
+        annotate=annotate,
+        dpi=dpi,
+        size=size,
+        text=text,
+    )
+    ax = fig.axes[0]
+    ax.set_ylabel(ROW_LABEL)
+    ax.set_xlabel(
+        "source token (the prompt, read by cross-attention)" if cross else "context token (attending to)"
+    )
+    if not cross and 0 < prompt_length < width:
+        ax.axvline(prompt_length - 0.5, color=HIGHLIGHT, linestyle="--", linewidth=1.4, zorder=4)
+        handle = Line2D([], [], color=HIGHLIGHT, linestyle="--", label=PROMPT_END_LABEL)
+        ax.legend(handles=[handle], loc="upper right", fontsize=8, framealpha=0.9)
+    return fig

@@ -1,0 +1,108 @@
+"""A Generation -> one self-contained HTML page: the explorer's generation mode.
+
+Its own script (assets/generation.js) and styles, the data as escaped JSON with the weights as
+base64 float16, and the same Content-Security-Policy as the explorer: no network, only this script.
+"""
+
+from __future__ import annotations
+
+import html
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from attnviz.errors import InputError
+
+if TYPE_CHECKING:
+    from attnviz.generation import Generation
+
+DEFAULT_MAX_MB = 25.0
+STYLE = """
+body { font: 15px/1.6 system-ui, sans-serif; margin: 1.2em; color: #222; }
+.gen-bar { display: flex; gap: 1em; align-items: center; flex-wrap: wrap; margin-bottom: .6em; }
+.gen-note, .gen-caption { color: #555; font-size: 13px; margin: .4em 0 .2em; }
+.gen-text { white-space: pre-wrap; border: 1px solid #ddd; border-radius: 4px; padding: .5em; }
+.gen-tok { border-radius: 3px; padding: 0 1px; }
+.gen-new { font-weight: 600; cursor: pointer; }
+.gen-special { color: #888; }
+.gen-query { outline: 2px solid #1a5fb4; }
+.gen-top { font-family: ui-monospace, monospace; font-size: 13px; }
+"""
+
+
+@cache
+def _script() -> str:
+    return resources.files("attnviz.views").joinpath("assets", "generation.js").read_text(encoding="utf-8")
+
+
+def generation_data(gen: Generation, max_mb: float | None = DEFAULT_MAX_MB) -> dict[str, Any]:
+    """What the page's script reads; InputError when the weights would make the page too large."""
+    from attnviz.views.html import _half
+
+    size = 2 * (gen.attn.size + (gen.cross.size if gen.cross is not None else 0)) * 4 / 3
+    if max_mb is not None and size > max_mb * 1e6:
+        raise InputError(
+            f"the page would hold {size / 1e6:.0f} MB of weights (limit {max_mb:g} MB): record fewer "
+            "--layers or --heads, or fewer --max-new-tokens"
+        )
+    return {
+        "model": gen.model,
+        "prompt": gen.prompt,
+        "text": gen.text,
+        "tokens": gen.labels,
+        "special": [bool(s) for s in gen.special],
+        "prompt_length": gen.prompt_length,
+        "new": gen.n_new,
+        "layers": list(gen.layers),
+        "heads": list(gen.heads),
+        "self": _half(gen.attn),
+        "source": gen.source_labels,
+        "source_special": [bool(s) for s in gen.source_special],
+        "cross": _half(gen.cross) if gen.cross is not None else None,
+        "notes": list(gen.notes),
+    }
+
+
+def render_generation_html(gen: Generation, max_mb: float | None = DEFAULT_MAX_MB) -> str:
+    """The whole page: open it from file:// with the network off."""
+    from attnviz.views.html import csp, safe_json
+
+    script = _script()
+    payload = safe_json(generation_data(gen, max_mb))
+    title = html.escape(f"attnviz · {gen.model} · {gen.prompt[:60]}")
+    return (
+        "<!DOCTYPE html>\n<html lang='en'>\n<head>\n<meta charset='utf-8'>\n"
+        f'<meta http-equiv="Content-Security-Policy" content="{csp(script)}">\n'
+        '<meta name="referrer" content="no-referrer">\n<link rel="icon" href="data:,">\n'
+        f"<title>{title}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n"
+        '<div id="attnviz-root"></div>\n'
+        f'<script type="application/json" id="attnviz-generation">{payload}</script>\n'
+        f"<script>{script}</script>\n</body>\n</html>\n"
+    )
+
+
+def check_view_output(path: Path | None) -> None:
+    """Fail on a bad --view path before a model loads."""
+    from attnviz.outputs import _check_parent
+
+    if path is None:
+        return
+    if path.suffix.lower() not in (".html", ".htm"):
+        raise InputError(f"--view {path} should end with .html")
+    _check_parent(path)
+
+
+def write_generation_html(gen: Generation, path: str | Path, max_mb: float | None = DEFAULT_MAX_MB) -> Path:
+    """Write the page atomically."""
+    from attnviz.outputs import atomic_output, write_error
+
+    path = Path(path)
+    check_view_output(path)
+    page = render_generation_html(gen, max_mb)
+    try:
+        with atomic_output(path) as tmp:
+            tmp.write_text(page, encoding="utf-8")
+    except OSError as exc:
+        raise InputError(write_error(path, exc)) from exc
+    return path
