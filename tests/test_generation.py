@@ -142,13 +142,52 @@ def test_transforms(lm):
     assert top.attn.shape[:2] == (1, 1)
 
 
-def test_as_attention_puts_each_step_on_its_query_row(lm):
-    gen = generate(PROMPT, lm("gpt2"), max_new_tokens=3)
+@pytest.mark.parametrize("arch", ["gpt2", "t5"])
+def test_as_attention_is_the_models_causal_attention(lm, arch):
+    loaded = lm(arch)
+    gen = generate(PROMPT, loaded, max_new_tokens=4, prompt_rows=True)
     att = gen.as_attention()
-    p = gen.prompt_length
-    assert att.attn.shape[-1] == len(gen.tokens)
-    np.testing.assert_array_equal(att.attn[:, :, p - 1 : p + 2], gen.attn)
-    assert not att.attn[:, :, : p - 1].any()
+    n = len(gen.tokens) - 1
+    assert att.attn.shape == (*gen.attn.shape[:2], n, n) and att.tokens == gen.tokens[:n]
+    ref = eager(loaded, gen)["self"][:, :, :n, :n]
+    np.testing.assert_allclose(att.attn, ref, atol=1e-5)
+
+
+def test_as_attention_needs_the_prompt_rows(lm):
+    with pytest.raises(InputError, match="prompt_rows=True"):
+        generate(PROMPT, lm("llama"), max_new_tokens=2).as_attention()
+
+
+def test_find_heads_heads_and_show_accept_a_generation(lm, tmp_path):
+    from attnviz import find_heads, head_patterns, show
+
+    gen = generate(PROMPT, lm("llama"), max_new_tokens=3, prompt_rows=True)
+    att = gen.as_attention()
+    ranking = find_heads(gen, "cat", "the", top=None)
+    assert ranking.ranking == find_heads(att, "cat", "the", top=None).ranking
+    table = head_patterns(gen)
+    assert len(table.rows()) == len(gen.layers) * len(gen.heads)
+    page = show(gen).html
+    assert "attnviz-generation" in page and "<script>" not in page.split("srcdoc")[0]
+
+
+def test_serve_generation_endpoint(lm):
+    from starlette.testclient import TestClient
+
+    from attnviz.views.server import create_app
+
+    loaded = lm("llama")
+    client = TestClient(create_app({"tiny": loaded}))
+    got = client.get(
+        "/api/generate", params={"text": PROMPT, "max_new_tokens": 3, "heads": "1", "layers": "0"}
+    )
+    assert got.status_code == 200, got.text
+    data = got.json()
+    gen = generate(PROMPT, loaded, max_new_tokens=3, layers=[0], heads=[1])
+    assert data["generated_ids"] == list(gen.generated_ids) and data["new"] == 3
+    assert data["tokens"] == gen.labels and data["prompt_length"] == gen.prompt_length
+    bad = client.get("/api/generate", params={"text": PROMPT, "max_new_tokens": 0})
+    assert bad.status_code == 400 and "max_new_tokens" in bad.json()["error"]
 
 
 def test_bad_settings_fail_before_loading():

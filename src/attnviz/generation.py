@@ -21,6 +21,7 @@ from attnviz.errors import InputError
 
 if TYPE_CHECKING:
     from attnviz.attention import Attention
+    from attnviz.generation_capture import StepRecorder
     from attnviz.models import LoadedModel
 
 FORMAT = "generation"
@@ -48,6 +49,7 @@ class Generation:
     source_special: tuple[bool, ...] = ()
     cross: np.ndarray | None = None  # encoder-decoder: [layers, heads, new, source]
     settings: dict[str, Any] = field(default_factory=dict)  # how it was generated (greedy, seed...)
+    prompt_attn: np.ndarray | None = None  # `prompt_rows=True`: [layers, heads, prompt, prompt] (square)
     notes: tuple[str, ...] = ()  # how a transform changed it, e.g. 'mean of heads 0-8'
 
     @property
@@ -75,6 +77,8 @@ class Generation:
         out = {"self": self.attn}
         if self.cross is not None:
             out["cross"] = self.cross
+        if self.prompt_attn is not None:
+            out["prompt"] = self.prompt_attn
         return out
 
     def head(self, layer: int, head: int, stream: str = "self") -> np.ndarray:
@@ -89,32 +93,46 @@ class Generation:
         return arr[self.layers.index(layer), self.heads.index(head)]
 
     def as_attention(self) -> Attention:
-        """The context as a square Attention for views, find_heads and head_patterns.
+        """Prompt and continuation (less the last token, which nothing read) as a square Attention,
+        exactly the model's causal attention, for views, find_heads and head_patterns.
 
-        Row `prompt_length - 1 + t` holds new token t's step (the query just before it); the rows
-        generation never computed (the prompt's) are zero.
+        Row `prompt_length - 1 + t` is new token t's step; the prompt's rows come from
+        `generate(prompt_rows=True)` (an encoder-decoder's one start token needs none).
         """
         from attnviz.attention import Attention
 
-        n, p = len(self.tokens), self.prompt_length
+        p = self.prompt_length
+        n = p + self.n_new - 1
         square = np.zeros((*self.attn.shape[:2], n, n), dtype=np.float32)  # [layers, heads, q, k]
-        square[:, :, p - 1 : p - 1 + self.n_new, :] = self.attn[..., :n]
+        if p > 1:
+            if self.prompt_attn is None:
+                raise InputError("the prompt's own rows were not recorded: generate with prompt_rows=True")
+            square[:, :, : p - 1, : p - 1] = self.prompt_attn[:, :, : p - 1, : p - 1]
+        square[:, :, p - 1 :, :] = self.attn[..., :n]
+        tokens = self.tokens[:n]
         return Attention(
             model=self.model,
             kind="decoder",
             text=self.prompt + self.text,
-            tokens=self.tokens,
-            spans=tuple((0, 0) for _ in self.tokens),
-            word_ids=tuple(None for _ in self.tokens),
+            tokens=tokens,
+            spans=tuple((0, 0) for _ in tokens),
+            word_ids=tuple(None for _ in tokens),
             words=(),
-            special=self.special,
+            special=self.special[:n],
             layers=self.layers,
             heads=self.heads,
             attn=square,
             causal=True,
-            token_ids=self.token_ids,
-            notes=(*self.notes, "rows: the generation steps only"),
+            token_ids=self.token_ids[:n],
+            notes=self.notes,
         )
+
+    def _repr_html_(self) -> str:
+        """Jupyter shows the explorer's generation mode."""
+        from attnviz.views.generation import render_generation_html
+        from attnviz.views.notebook import iframe
+
+        return iframe(render_generation_html(self))
 
     def transformed(self, hide_special: bool = False, aggregate: str | None = None, over: str = "heads"):
         """Special tokens hidden (columns dropped, rows renormalised) and/or heads or layers pooled."""
@@ -237,6 +255,7 @@ class Generation:
             layers=tuple(meta["layers"]),
             heads=tuple(meta["heads"]),
             attn=arrays["self"],
+            prompt_attn=arrays.get("prompt"),
             source_tokens=tuple(meta.get("source_tokens") or ()),
             source_special=tuple(meta.get("source_special") or ()),
             cross=arrays.get("cross"),
@@ -263,6 +282,12 @@ def _without_special(gen: Generation) -> Generation:
         ctot = cross.sum(axis=-1, keepdims=True)
         cross = np.divide(cross, ctot, out=np.zeros_like(cross), where=ctot > 0).astype(np.float32)
     prompt_kept = sum(1 for i in keep if i < gen.prompt_length)
+    prompt_attn = gen.prompt_attn
+    if prompt_attn is not None:
+        kp = keep[:prompt_kept]
+        prompt_attn = prompt_attn[:, :, kp][..., kp]
+        ptot = prompt_attn.sum(axis=-1, keepdims=True)
+        prompt_attn = np.divide(prompt_attn, ptot, out=np.zeros_like(prompt_attn), where=ptot > 0)
     return replace(
         gen,
         tokens=tuple(gen.tokens[i] for i in keep),
@@ -271,6 +296,7 @@ def _without_special(gen: Generation) -> Generation:
         prompt_length=prompt_kept,
         attn=attn,
         cross=cross,
+        prompt_attn=prompt_attn,
         source_tokens=tuple(t for t, s in zip(gen.source_tokens, gen.source_special, strict=True) if not s),
         source_special=tuple(False for s in gen.source_special if not s),
         notes=(*gen.notes, "special tokens hidden"),
@@ -298,77 +324,11 @@ def _pooled(gen: Generation, how: str, over: str) -> Generation:
         gen,
         attn=pool(gen.attn),
         cross=pool(gen.cross),
+        prompt_attn=pool(gen.prompt_attn),
         layers=layers,
         heads=heads,
         notes=(*gen.notes, f"{how} of {what}"),
     )
-
-
-# -- recording --------------------------------------------------------------------------------
-
-
-@dataclass
-class StepRecorder:
-    """Keeps, per forward call (one generation step), the last query row of the heads asked.
-
-    Activated with `capture.recording`; capture.attention_forward hands each layer to `forward`.
-    """
-
-    index: dict[int, tuple[str, int]]  # id(attention module) -> (stream, layer)
-    rows: dict[str, dict[int, int]]  # stream -> {model layer: row of its buffer}
-    heads: list[int] | None
-    buffers: dict[str, Any]  # stream -> [layers, heads, new, width] tensor, zero past each row's end
-    start: dict[str, int]  # stream -> context length at step 0 (cross: absent, its keys are fixed)
-    step: int = -1  # the forward call in progress (0: the prompt's)
-
-    def next_step(self, *_: Any) -> None:
-        """A forward pre-hook on the model: every call is one generation step."""
-        self.step += 1
-
-    def forward(self, module: Any, query: Any, key: Any, value: Any, mask: Any, **kwargs: Any):
-        """The layer's output as without recording; the step's last query row saved on the side."""
-        from attnviz.capture import _plain
-
-        out, _ = _plain(module, query, key, value, mask, **kwargs)
-        ident = self.index.get(id(module))
-        if ident is None or ident[1] not in self.rows.get(ident[0], {}):
-            return out, None
-        stream, layer = ident
-        buf = self.buffers[stream]
-        t = self.step
-        if not 0 <= t < buf.shape[2]:
-            return out, None
-        end = key.shape[2] if stream == "cross" else self.start[stream] + t  # keys up to the query
-        dest = buf[self.rows[stream][layer], :, t]  # [heads, width]
-        self._row(module, query, key, value, mask, dest, end, kwargs)
-        return out, None
-
-    def _row(self, module: Any, query: Any, key: Any, value: Any, mask: Any, dest: Any, end: int, kwargs):
-        """The last query row's weights for the asked heads, into dest[:, :end]."""
-        import torch
-
-        from attnviz.capture import _EAGER_ONLY, _additive, _eager_for, head_weights
-
-        q = query[:, :, -1:]  # [batch, heads, 1, d]
-        if mask is not None and mask.dim() == 4:
-            mask = mask[:, :, -1:]
-        kw = dict(kwargs)
-        if kw.get("position_bias") is not None:
-            kw["position_bias"] = kw["position_bias"][:, :, -1:]
-        k_len = key.shape[2]
-        if any(kw.get(name) is not None for name in _EAGER_ONLY):  # attention sinks: the eager function
-            _, w = _eager_for(module)(module, q, key, value, _additive(module, q, key, mask, kw), **kw)
-            w = w[:, self.heads] if self.heads is not None else w  # [1, heads, 1, k_len]
-        elif k_len <= end:  # the usual case: keys end at the query (a sliding window starts later)
-            head_weights(module, q, key, mask, self.heads, dest[None, :, None, end - k_len : end], **kw)
-            return
-        else:  # a static cache: the keys past the query are masked slots
-            w = torch.empty((1, dest.shape[0], 1, k_len), dtype=torch.float32, device=dest.device)
-            head_weights(module, q, key, mask, self.heads, w, **kw)
-        if k_len <= end:
-            dest[:, end - k_len : end] = w[0, :, 0]
-        else:
-            dest[:, :end] = w[0, :, 0, :end]
 
 
 # -- the API ------------------------------------------------------------------------------------
@@ -457,6 +417,7 @@ def generate(
     top_p: float = 1.0,
     seed: int | None = None,
     chat: bool = False,
+    prompt_rows: bool = False,
     device: str | None = "auto",
     dtype: str | None = "float32",
     trust_remote_code: bool = False,
@@ -464,7 +425,8 @@ def generate(
     """Continue `prompt` with the model's own `generate`, recording each new token's attention row.
 
     Greedy unless `sample`; stops at EOS or after `max_new_tokens`. Encoder-decoder models also
-    record each new token's cross-attention over the source.
+    record each new token's cross-attention over the source. `prompt_rows` also keeps the prompt's
+    own rows (one square [prompt, prompt] per head, at the first step): `as_attention` needs them.
     """
     if not isinstance(prompt, str) or not prompt.strip():
         raise InputError("the prompt is empty")
@@ -483,8 +445,10 @@ def generate(
         "seed": seed,
         "chat": chat,
     }
+    from attnviz.generation_capture import recorder
+
     inputs = _prompt_inputs(loaded, prompt, chat, max_new_tokens)
-    rec = _recorder(loaded, inputs, layers, heads, max_new_tokens)
+    rec = recorder(loaded, inputs, layers, heads, max_new_tokens, prompt_rows)
     ids = _run(loaded, inputs, rec, settings)
     return _result(loaded, prompt, inputs, rec, ids, settings)
 
@@ -534,40 +498,6 @@ def _prompt_inputs(loaded: LoadedModel, prompt: str, chat: bool, max_new: int) -
     device = next(loaded.model.parameters()).device
     input_ids = torch.tensor([ids], device=device)
     return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
-
-
-def _recorder(
-    loaded: LoadedModel,
-    inputs: dict[str, Any],
-    layers: Sequence[int] | None,
-    heads: Sequence[int] | None,
-    max_new: int,
-) -> StepRecorder:
-    """Zeroed [layers, heads, new, width] buffers for the streams generation records."""
-    import torch
-
-    from attnviz.selection import resolve_indices
-
-    cap = loaded.capture
-    streams = ["decoder", "cross"] if cap.encoder_decoder else ["self"]
-    n_layers = cap.layer_counts.get(streams[0], 0)
-    layer_list = resolve_indices(layers, n_layers, "layer", loaded.name) or list(range(n_layers))
-    head_list = resolve_indices(heads, cap.num_heads, "head", loaded.name)
-    n_heads = len(head_list) if head_list is not None else cap.num_heads
-    prompt_len = inputs["input_ids"].shape[1]
-    start = {"decoder": 1} if cap.encoder_decoder else {"self": prompt_len}
-    device = inputs["input_ids"].device
-    buffers = {}
-    for stream in streams:
-        width = prompt_len if stream == "cross" else start[stream] + max_new
-        buffers[stream] = torch.zeros((len(layer_list), n_heads, max_new, width), device=device)
-    return StepRecorder(
-        index=cap.index,
-        rows={s: {layer: i for i, layer in enumerate(layer_list)} for s in streams},
-        heads=head_list,
-        buffers=buffers,
-        start=start,
-    )
 
 
 def _run(
@@ -630,5 +560,6 @@ def _result(
         source_tokens=tuple(src_labels),
         source_special=tuple(i in specials for i in source) if encdec else (),
         cross=trimmed("cross", len(source)) if encdec else None,
+        prompt_attn=rec.prompt.cpu().numpy() if rec.prompt is not None else None,
         settings=settings,
     )

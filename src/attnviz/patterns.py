@@ -231,6 +231,8 @@ def head_patterns(
     from attnviz.extraction import Attention
 
     check_thresholds(threshold, broad_threshold)
+    if hasattr(atts, "as_attention"):  # a Generation: its steps' rows on the context
+        atts = atts.as_attention()  # type: ignore[union-attr]
     first: Attention | None = None
     total: dict[str, np.ndarray] = {}
     squares: dict[str, np.ndarray] = {}

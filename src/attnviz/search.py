@@ -353,6 +353,8 @@ def find_heads(
     """
     from attnviz.extraction import Attention
 
+    if hasattr(att, "as_attention"):  # a Generation: its steps' rows on the context
+        att = att.as_attention()  # type: ignore[union-attr]
     if direction not in DIRECTIONS:
         raise InputError(f"unknown direction '{direction}': use {', '.join(DIRECTIONS)}")
     occ = occurrence if isinstance(occurrence, tuple) else parse_occurrence(occurrence)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from attnviz.extraction import Attention
+    from attnviz.generation import Generation
     from attnviz.search import HeadSearch
 
 
@@ -62,11 +63,17 @@ class HTMLView:
         return path
 
 
-def show(obj: Attention | HeadSearch, **options: Any) -> HTMLView | None:
-    """Show the explorer for an Attention (or a find_heads ranking) in Jupyter; elsewhere return it."""
+def show(obj: Attention | HeadSearch | Generation, **options: Any) -> HTMLView | None:
+    """Show the explorer for an Attention, a Generation or a find_heads ranking in Jupyter; elsewhere
+    return it."""
     from attnviz.search import HeadSearch
 
-    view = HTMLView(ranking_html(obj) if isinstance(obj, HeadSearch) else attention_html(obj, **options))
+    if hasattr(obj, "as_attention"):  # a Generation: the explorer's generation mode
+        from attnviz.views.generation import render_generation_html
+
+        view = HTMLView(iframe(render_generation_html(obj, **options)))  # type: ignore[arg-type]
+    else:
+        view = HTMLView(ranking_html(obj) if isinstance(obj, HeadSearch) else attention_html(obj, **options))
     try:
         from IPython import get_ipython  # type: ignore[import-not-found]
         from IPython.display import display  # type: ignore[import-not-found]

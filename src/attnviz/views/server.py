@@ -245,6 +245,12 @@ class Handlers:
         )
         return page_data(transform(att, options), max_mb=self.max_page_mb)
 
+    def generate(self, p: Params) -> dict[str, Any]:
+        """The generation mode's data: a continuation and what each new token's step read."""
+        from attnviz.views.generation import serve_generation
+
+        return serve_generation(self.pool, p, self.max_page_mb)
+
     def find_head(self, p: Params) -> list[dict[str, Any]]:
         from attnviz.search import DIRECTIONS, find_heads
 
@@ -366,6 +372,7 @@ def create_app(
         Route("/api/attention", _api(h.attention, max_query_bytes)),
         Route("/api/view", _api(h.view, max_query_bytes)),
         Route("/api/find-head", _api(h.find_head, max_query_bytes)),
+        Route("/api/generate", _api(h.generate, max_query_bytes)),
         Route("/api/heatmap.png", _api(h.heatmap, max_query_bytes)),
     ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error, Exception: _http_error})
