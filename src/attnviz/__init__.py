@@ -18,6 +18,8 @@ _EXPORTS = {
     "BUNDLED": "attnviz.models",
     "extract": "attnviz.extraction",
     "extract_batch": "attnviz.extraction",
+    "generate": "attnviz.generation",
+    "Generation": "attnviz.generation",
     "Attention": "attnviz.attention",
     "QKV": "attnviz.attention",
     "Encoded": "attnviz.attention",
@@ -45,6 +47,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from attnviz.config import BatchConfig  # noqa: F401
     from attnviz.errors import AttnvizError  # noqa: F401
     from attnviz.extraction import extract, extract_batch  # noqa: F401
+    from attnviz.generation import Generation, generate  # noqa: F401
     from attnviz.induction import induction_scores  # noqa: F401
     from attnviz.models import BUNDLED, LoadedModel, LoadNotice, load_model, resolve_model  # noqa: F401
     from attnviz.patterns import head_patterns, pattern_scores, row_entropy  # noqa: F401
