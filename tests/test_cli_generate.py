@@ -30,7 +30,7 @@ def test_prints_the_continuation_and_writes_every_file(tiny_model_path, tmp_path
         "the cat sat",
         "-m",
         model,
-        "-n",
+        "--max-new-tokens",
         "4",
         "-o",
         str(data),
@@ -57,7 +57,7 @@ def test_prints_the_continuation_and_writes_every_file(tiny_model_path, tmp_path
 def test_json_and_pooling(tiny_model_path):
     model = str(tiny_model_path("t5"))
     result = runner.invoke(
-        app, ["generate", "the cat sat", "-m", model, "-n", "3", "--json", "--aggregate", "max"]
+        app, ["generate", "the cat sat", "-m", model, "--max-new-tokens", "3", "--json", "--aggregate", "max"]
     )
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
@@ -73,7 +73,7 @@ def test_cross_attention_plot(tiny_model_path, tmp_path, figures):
         "the cat sat",
         "-m",
         model,
-        "-n",
+        "--max-new-tokens",
         "3",
         "--plot",
         str(tmp_path / "c.png"),
@@ -90,7 +90,7 @@ def test_cross_attention_plot(tiny_model_path, tmp_path, figures):
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
-        (["-n", "0"], "--max-new-tokens must be at least 1"),
+        (["--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
         (["--temperature", "0.5"], "add --sample"),
         (["--sample", "--top-p", "2"], "--top-p"),
         (["--stream", "sideways"], "unknown --stream"),

@@ -88,8 +88,9 @@ def test_rows_equal_one_eager_forward(lm, arch):
     check_rows(gen, eager(loaded, gen))
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("sample", [False, True])
+@pytest.mark.parametrize(
+    ("arch", "sample"), [("llama", False), ("gpt2", False), ("t5", False), ("llama", True)]
+)
 def test_ids_equal_model_generate(lm, arch, sample):
     loaded = lm(arch)
     settings = {"max_new_tokens": 5, "sample": sample, "seed": 3, "temperature": 0.7 if sample else 1.0}

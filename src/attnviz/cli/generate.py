@@ -38,7 +38,7 @@ PromptArg = Annotated[
 def generate_cmd(
     prompt: PromptArg = None,
     max_new_tokens: Annotated[
-        int, typer.Option("--max-new-tokens", "-n", metavar="N", help="Stop after N new tokens (or at EOS).")
+        int, typer.Option("--max-new-tokens", metavar="N", help="Stop after N new tokens (or at EOS).")
     ] = 20,
     sample: Annotated[bool, typer.Option("--sample", help="Sample instead of greedy decoding.")] = False,
     temperature: Annotated[
