@@ -51,6 +51,7 @@ def generation_data(gen: Generation, max_mb: float | None = DEFAULT_MAX_MB) -> d
         "prompt": gen.prompt,
         "text": gen.text,
         "tokens": gen.labels,
+        "pieces": [_spaced(t) for t in gen.tokens],
         "special": [bool(s) for s in gen.special],
         "prompt_length": gen.prompt_length,
         "new": gen.n_new,
@@ -58,10 +59,16 @@ def generation_data(gen: Generation, max_mb: float | None = DEFAULT_MAX_MB) -> d
         "heads": list(gen.heads),
         "self": _half(gen.attn),
         "source": gen.source_labels,
+        "source_pieces": [_spaced(t) for t in gen.source_tokens],
         "source_special": [bool(s) for s in gen.source_special],
         "cross": _half(gen.cross) if gen.cross is not None else None,
         "notes": list(gen.notes),
     }
+
+
+def _spaced(token: str) -> str:
+    """A token as it reads in running text: the tokenizers' space and newline marks as characters."""
+    return token.replace("Ġ", " ").replace("▁", " ").replace("Ċ", "\n").removeprefix("##")
 
 
 def render_generation_html(gen: Generation, max_mb: float | None = DEFAULT_MAX_MB) -> str:

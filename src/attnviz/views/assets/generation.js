@@ -56,16 +56,16 @@
   if (cross) root.append(el("div", "gen-caption", "source (the prompt)"), source);
   root.append(el("div", "gen-caption", cross ? "decoder" : "prompt and continuation"), text, top);
 
-  function spans(parent, labels, special, first) {
-    return labels.map((t, i) => {
+  function spans(parent, pieces, special, first) {
+    return pieces.map((t, i) => {
       const s = el("span", "gen-tok" + (i >= first ? " gen-new" : "") + (special[i] ? " gen-special" : ""), t);
       s.dataset.index = String(i);
       parent.appendChild(s);
       return s;
     });
   }
-  const ctx = spans(text, data.tokens, data.special, data.prompt_length);
-  const src = cross ? spans(source, data.source, data.source_special, S) : [];
+  const ctx = spans(text, data.pieces, data.special, data.prompt_length);
+  const src = cross ? spans(source, data.source_pieces, data.source_special, S) : [];
 
   function row(arr, width, t) {  // the chosen layer/head (or their mean) of step t: Float32Array[width]
     const out = new Float32Array(width);
