@@ -107,3 +107,13 @@ def test_bad_input_is_one_line_before_loading(args, needle):
 def test_chat_needs_a_template(tiny_model_path):
     result = runner.invoke(app, ["generate", "hi", "-m", str(tiny_model_path("gpt2")), "--chat"])
     _one_line_error(result, "no chat template")
+
+
+def test_rollout(tiny_model_path):
+    model = str(tiny_model_path("gpt2"))
+    result = runner.invoke(
+        app, ["generate", "the cat", "-m", model, "--max-new-tokens", "2", "--rollout", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["notes"][-1].startswith("attention rollout over layers 0, 1")
+    _one_line_error(runner.invoke(app, ["generate", "x", "--rollout", "--heads", "1"]), "--rollout fuses")

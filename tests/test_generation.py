@@ -270,3 +270,16 @@ def plain_ids_for(loaded, prompt: str, n: int) -> list[int]:
             ids, attention_mask=torch.ones_like(ids), **generate_kwargs(loaded, settings)
         )
     return out[0].tolist()
+
+
+def test_rollout_rows_are_the_rollout_of_the_steps(lm):
+    from attnviz.analyses.rollout import rollout
+
+    gen = generate(PROMPT, lm("gpt2"), max_new_tokens=3, prompt_rows=True)
+    rolled = gen.rolled_out()
+    ro = rollout(gen.as_attention()).matrix
+    p = gen.prompt_length
+    assert rolled.attn.shape == (1, 1, 3, len(gen.tokens)) and "rollout" in rolled.notes[-1]
+    for t in range(3):
+        np.testing.assert_allclose(rolled.attn[0, 0, t, : p + t], ro[p - 1 + t, : p + t], atol=1e-6)
+    np.testing.assert_allclose(rolled.attn.sum(-1), 1.0, atol=1e-5)

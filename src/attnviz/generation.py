@@ -127,6 +127,30 @@ class Generation:
             notes=self.notes,
         )
 
+    def rolled_out(self, head_fusion: str = "mean", residual: float = 0.5) -> Generation:
+        """Attention rollout (Abnar & Zuidema 2020) through the recorded layers, as one pooled row per step.
+
+        Needs every head of consecutive layers and the prompt's rows (`generate(prompt_rows=True)`).
+        """
+        from attnviz.analyses.rollout import rollout
+
+        ro = rollout(self.as_attention(), head_fusion, residual)
+        p, n = self.prompt_length, self.n_new
+        rows = np.zeros((1, 1, n, self.attn.shape[-1]), dtype=np.float32)  # [1, 1, new, context]
+        rows[0, 0, :, : ro.matrix.shape[1]] = ro.matrix[p - 1 : p - 1 + n]
+        return replace(
+            self,
+            attn=rows,
+            cross=None,
+            prompt_attn=None,
+            layers=(self.layers[0],),
+            heads=(self.heads[0],),
+            notes=(
+                *self.notes,
+                f"attention rollout over layers {_span(self.layers)} ({head_fusion} of heads)",
+            ),
+        )
+
     def _repr_html_(self) -> str:
         """Jupyter shows the explorer's generation mode."""
         from attnviz.views.generation import render_generation_html

@@ -65,6 +65,12 @@ def generate_cmd(
         Path | None,
         typer.Option("--view", metavar="FILE", help="Also write the explorer's generation mode (.html)."),
     ] = None,
+    rollout: Annotated[
+        bool,
+        typer.Option(
+            "--rollout", help="Attention rollout through the recorded layers instead of raw weights."
+        ),
+    ] = False,
     file: FileOpt = None,
     model: ModelOpt = "smollm2",
     layers: LayersOpt = None,
@@ -95,6 +101,8 @@ def generate_cmd(
         raise InputError("the prompt is empty: give it as the argument, with --file or on standard input")
     layer_list = parse_indices(layers, "--layers")
     head_list = parse_indices(heads, "--heads")
+    if rollout and (aggregate or heads or not special):
+        raise InputError("--rollout fuses every head itself: drop --aggregate, --heads and --no-special")
     check_data_output(output)
     check_output(plot)
     check_view_output(view)
@@ -111,8 +119,13 @@ def generate_cmd(
         top_p=top_p,
         seed=seed,
         chat=chat,
+        prompt_rows=rollout,
     )
-    gen = gen.transformed(options.hide_special, options.aggregate, options.over)
+    gen = (
+        gen.rolled_out()
+        if rollout
+        else gen.transformed(options.hide_special, options.aggregate, options.over)
+    )
     written = _write(gen, output, plot, stream, cmap, view)
     if as_json:
         print_json(
