@@ -423,9 +423,19 @@ def load_for_generation(
     loaded = load_model(
         model, device=device, dtype=dtype, trust_remote_code=trust_remote_code, progress=progress, task=task
     )
+    _check_generates(loaded)
+    return loaded
+
+
+def _check_generates(loaded: LoadedModel) -> None:
+    """InputError for a model whose steps cannot be recorded, or that cannot generate at all."""
+    if not loaded.capture.interface:
+        raise InputError(
+            f"{loaded.name} cannot switch to attnviz's attention (its attention is its own code), "
+            "so its steps cannot be recorded"
+        )
     if loaded.kind not in ("decoder", "encoder-decoder"):
         raise InputError(f"{loaded.name} is not causal: it cannot generate text one token at a time")
-    return loaded
 
 
 def generate(
@@ -456,10 +466,7 @@ def generate(
         raise InputError("the prompt is empty")
     check_settings(max_new_tokens, min_new_tokens, sample, temperature, top_p)
     loaded = load_for_generation(model, device, dtype, trust_remote_code)
-    if not loaded.capture.interface:
-        raise InputError(
-            f"{loaded.name} cannot switch to attnviz's attention, so its steps cannot be recorded"
-        )
+    _check_generates(loaded)
     settings = {
         "max_new_tokens": max_new_tokens,
         "min_new_tokens": min_new_tokens,
