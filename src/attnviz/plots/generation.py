@@ -12,7 +12,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from attnviz.errors import InputError
-from attnviz.plots._common import DEFAULT_CMAP, DEFAULT_DPI, HIGHLIGHT
+from attnviz.plots._common import (
+    CELL,
+    DEFAULT_CMAP,
+    DEFAULT_DPI,
+    HIGHLIGHT,
+    MAX_SIDE,
+    label_inches,
+    token_ticks,
+)
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -67,6 +75,10 @@ def generation_figure(
         text=text,
     )
     ax = fig.axes[0]
+    # heatmap() thins both axes' labels as for a square; a wide context gets its own room
+    room = min(width * CELL, MAX_SIDE - label_inches(list(new_labels)) - 1.6)
+    token_ticks(ax.xaxis, list(context_labels), max(1.0, room))
+    ax.tick_params(axis="x", labelrotation=90, length=2)
     ax.set_ylabel(ROW_LABEL)
     ax.set_xlabel(
         "source token (the prompt, read by cross-attention)" if cross else "context token (attending to)"
