@@ -137,13 +137,21 @@ def test_selected_heads_are_slices_of_all(lm):
     np.testing.assert_allclose(some.attn, full.attn[1:2][:, [0, 3]], atol=1e-6)
 
 
-def test_stops_at_eos(lm):
-    loaded = lm("t5")
-    eos = loaded.tokenizer.eos_token_id
-    gen = generate(PROMPT, loaded, max_new_tokens=40)
-    assert gen.n_new == len(gen.generated_ids)
-    if gen.n_new < 40:
-        assert gen.generated_ids[-1] == eos
+def test_stops_at_eos_and_trims_the_rows(lm):
+    loaded = lm("llama")
+    free = generate(PROMPT, loaded, max_new_tokens=6)
+    stop = free.generated_ids[2]  # make the third new token the end of sequence
+    expected = free.generated_ids.index(stop) + 1
+    config = loaded.model.generation_config
+    saved = config.eos_token_id
+    config.eos_token_id = stop
+    try:
+        gen = generate(PROMPT, loaded, max_new_tokens=6)
+    finally:
+        config.eos_token_id = saved
+    assert gen.n_new == expected and gen.generated_ids[-1] == stop
+    assert gen.attn.shape[2:] == (expected, gen.prompt_length + expected)
+    np.testing.assert_array_equal(gen.attn, free.attn[:, :, :expected, : gen.prompt_length + expected])
 
 
 def test_save_load_round_trip(lm, tmp_path):
