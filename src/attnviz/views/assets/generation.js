@@ -94,7 +94,7 @@
     });
     ctx[i].classList.add("gen-query");
     const labels = useCross ? data.source : data.tokens;
-    [...weights.keys()].sort((a, b) => weights[b] - weights[a]).slice(0, 5).forEach((k) => {
+    [...weights.keys()].filter((k) => weights[k] > 0).sort((a, b) => weights[b] - weights[a]).slice(0, 5).forEach((k) => {
       top.appendChild(el("li", "", JSON.stringify(labels[k]) + " " + weights[k].toFixed(3)));
     });
     note.textContent = "“" + data.tokens[i] + "” (new token " + (t + 1) + " of " + N + ") read:";
