@@ -395,6 +395,13 @@ def generation_task(spec: str | None) -> str:
             config = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             config = {}
+    elif source.origin == "hub":  # the cached config only; loading reports a missing model
+        try:
+            from transformers import AutoConfig
+
+            config = AutoConfig.from_pretrained(source.path, local_files_only=True).to_dict()
+        except Exception:  # not cached, or unreadable: load_model says so in one line
+            config = {}
     if config.get("is_encoder_decoder"):
         return "seq2seq-lm"
     if config.get("model_type") in ENCODERS and not config.get("is_decoder"):
