@@ -112,10 +112,11 @@ def recorder(
     prompt_len = inputs["input_ids"].shape[1]
     start = {"decoder": 1} if cap.encoder_decoder else {"self": prompt_len}
     device = inputs["input_ids"].device
-    buffers = {}
-    for stream in streams:
-        width = prompt_len if stream == "cross" else start[stream] + max_new
-        buffers[stream] = torch.zeros((len(layer_list), n_heads, max_new, width), device=device)
+    widths = {s: prompt_len if s == "cross" else start[s] + max_new for s in streams}
+    check_size(4 * len(layer_list) * n_heads * max_new * sum(widths.values()), str(device))
+    buffers = {
+        s: torch.zeros((len(layer_list), n_heads, max_new, w), device=device) for s, w in widths.items()
+    }  # stream -> [layers, heads, new, width] float32
     return StepRecorder(
         index=cap.index,
         rows={s: {layer: i for i, layer in enumerate(layer_list)} for s in streams},
@@ -126,3 +127,22 @@ def recorder(
         if prompt_rows and not cap.encoder_decoder
         else None,
     )
+
+
+def check_size(n_bytes: int, device: str) -> None:
+    """InputError, before anything is allocated, for a result larger than half the machine's memory."""
+    import os
+
+    from attnviz.errors import InputError
+
+    if device != "cpu":
+        return
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not a POSIX system that says
+        return
+    if n_bytes > total // 2:
+        raise InputError(
+            f"recording would need {n_bytes / 1e9:.1f} GB for its rows ({total / 1e9:.0f} GB of memory here): "
+            "record fewer --layers or --heads, or fewer --max-new-tokens"
+        )
