@@ -143,6 +143,6 @@ def check_size(n_bytes: int, device: str) -> None:
         return
     if n_bytes > total // 2:
         raise InputError(
-            f"recording would need {n_bytes / 1e9:.1f} GB for its rows ({total / 1e9:.0f} GB of memory here): "
-            "record fewer --layers or --heads, or fewer --max-new-tokens"
+            f"recording would need {n_bytes / 1e9:.1f} GB for its rows ({total / 1e9:.0f} GB of memory "
+            "here): record fewer --layers or --heads, or fewer --max-new-tokens"
         )
