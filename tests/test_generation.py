@@ -293,3 +293,21 @@ def test_rollout_rows_are_the_rollout_of_the_steps(lm):
     for t in range(3):
         np.testing.assert_allclose(rolled.attn[0, 0, t, : p + t], ro[p - 1 + t, : p + t], atol=1e-6)
     np.testing.assert_allclose(rolled.attn.sum(-1), 1.0, atol=1e-5)
+
+
+def test_a_step_computes_one_query_row_never_a_square(lm, monkeypatch):
+    import attnviz.capture as capture
+
+    loaded = lm("llama")  # loaded (and its layers discovered) before counting
+    shapes = []
+    real = capture.head_weights
+
+    def spy(module, query, key, mask, heads, out, **kwargs):
+        shapes.append((query.shape[2], tuple(out.shape)))
+        return real(module, query, key, mask, heads, out, **kwargs)
+
+    monkeypatch.setattr(capture, "head_weights", spy)
+    gen = generate(PROMPT, loaded, max_new_tokens=3, layers=[1], heads=[2])
+    assert len(shapes) == 3  # one recorded layer, three steps
+    assert all(q == 1 and out[0] == 1 and out[1] == 1 and out[2] == 1 for q, out in shapes), shapes
+    assert gen.attn.shape == (1, 1, 3, gen.prompt_length + 3)
