@@ -2,6 +2,10 @@
 
 Run: PYTHONPATH=src .venv/bin/python benchmarks/generate.py [--new 64,512] [--rounds 2] [--device cpu]
      PYTHONPATH=src .venv/bin/python benchmarks/generate.py --memory [--new 512]
+     PYTHONPATH=src .venv/bin/python benchmarks/generate.py --new 512 --variants head   (one variant)
+
+On a machine too loaded for the interleaved rounds to finish, start one process per variant at
+the same time (`--variants plain`, `head`, `all`): they run under the same load.
 
 Model: the bundled SmolLM2 (30 layers x 9 heads) with its LM head, float32, greedy, one prompt.
 Every run is forced to its full length (`min_new_tokens`), so all variants produce the same
@@ -28,6 +32,7 @@ import time
 from functools import partial
 from pathlib import Path
 
+VARIANTS = ("plain", "head", "all")
 PROMPT = "Once upon a time, in a small village by the sea, there lived an old fisherman who"
 
 
@@ -108,11 +113,21 @@ def child(variant: str, n: int, device: str) -> None:
     print(json.dumps(row), flush=True)
 
 
-def timing(loaded, news: list[int], rounds: int, device: str) -> None:
+def timing(loaded, news: list[int], rounds: int, device: str, names: tuple[str, ...] = VARIANTS) -> None:
     """Interleaved rounds in this process; the minimum time of each variant, and its ratio to plain."""
     plain, recorded = variants(loaded, device)
     plain(4)  # warm up: first-call costs are not the method's
     recorded(4, True)
+    if names != VARIANTS:  # one variant of a concurrent run: its times only, ratios by hand
+        for n in news:
+            for variant in names:
+                fn = partial(plain, n) if variant == "plain" else partial(recorded, n, variant == "head")
+                seconds, _, _ = measure(fn, device)
+                print(
+                    json.dumps({"new_tokens": n, "variant": variant, "seconds": round(seconds, 3)}),
+                    flush=True,
+                )
+        return
     for n in news:
         best: dict[str, float] = {}
         reference = None
@@ -152,6 +167,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=int(os.environ.get("BENCH_THREADS", "2")))
     parser.add_argument("--memory", action="store_true", help="peak memory, each variant in a fresh process")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="a subset, for concurrent runs")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     news = [int(x) for x in args.new.split(",")]
@@ -165,7 +181,8 @@ def main() -> None:
     else:
         from attnviz.generation import load_for_generation
 
-        timing(load_for_generation("smollm2", device=args.device), news, args.rounds, args.device)
+        names = tuple(args.variants.split(","))
+        timing(load_for_generation("smollm2", device=args.device), news, args.rounds, args.device, names)
     print(f"device {args.device}, threads {args.threads}, rounds {args.rounds}")
 
 
