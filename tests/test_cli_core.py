@@ -150,6 +150,25 @@ def test_extract_checks_input_before_loading(no_model_load, tmp_path, args, need
     _one_line_error(runner.invoke(app, args), *needles)
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["heatmap", " "],
+        ["entropy", "", "--layer", "0", "--head", "0"],
+        ["heads", "  "],
+        ["find-head", "a", "b", " "],
+        ["view", ""],
+        ["rollout", " "],
+        ["explain", "", "--layer", "0", "--head", "0", "--query", "a"],
+        ["ablate", " ", "--layer", "0", "--head", "0"],
+    ],
+    ids=lambda a: a[0],
+)
+def test_an_empty_text_is_refused_before_loading(no_model_load, tmp_path, monkeypatch, args):
+    monkeypatch.chdir(tmp_path)
+    _one_line_error(runner.invoke(app, args), "the text is empty")
+
+
 def test_extract_json_keeps_raw_ids_and_pieces(tiny_model_path):
     result = runner.invoke(app, ["extract", "Paris 😀 中文", "-m", str(tiny_model_path("gpt2")), "--json"])
     meta = json.loads(result.stdout)

@@ -69,6 +69,14 @@ def test_bad_selection_and_empty_text(tiny_model_path):
         extract("   ", loaded)
 
 
+def test_an_empty_text_is_refused_before_a_model_name_is_loaded(monkeypatch):
+    import attnviz.models
+
+    monkeypatch.setattr(attnviz.models, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    with pytest.raises(InputError, match="text 2 is empty"):
+        extract_batch(["a cat", " "], "minilm")
+
+
 @pytest.mark.parametrize("suffix", [".safetensors", ".npz"])
 def test_save_and_load_round_trip(tiny_model_path, tmp_path, suffix):
     loaded = load_model(str(tiny_model_path("t5")), device="cpu")

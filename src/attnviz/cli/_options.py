@@ -231,8 +231,15 @@ def read_text(text: str | None, file: Path | None) -> str:
             raise InputError(f"cannot read {file}: {exc.strerror or exc}") from None
         except UnicodeDecodeError:
             raise InputError(f"{file} is not UTF-8 text") from None
-        return data.strip()
+        data = data.strip()
+        if not data:
+            raise InputError(f"{file} holds no text")  # said before any model loads
+        return data
     if text is not None and text != "-":
+        if not text.strip():
+            raise InputError(  # said before any model loads
+                "the text is empty: give some text as the argument, with --file or on standard input"
+            )
         return text
     if text == "-" or not sys.stdin.isatty():
         data = sys.stdin.read().strip()

@@ -70,10 +70,6 @@ def extract_cmd(
         raise InputError(f"unknown --store '{store}': use float32 or float16")
     options = view_options(weighting, special, words=words)
     body = read_text(text, file)
-    if not body.strip():
-        raise InputError(
-            "the text is empty: give some text as the argument, with --file or on standard input"
-        )
     layer_list = parse_indices(layers, "--layers")
     head_list = parse_indices(heads, "--heads")
     check_data_output(output)
