@@ -23,7 +23,11 @@ def batch_cmd(
     outdir: Annotated[Path, typer.Option("--output", "-o", help="Output folder (created if missing).")],
     config: Annotated[
         str | None,
-        typer.Option("--config", "-c", help="TOML file, or a name in configs/ (e.g. coreference)."),
+        typer.Option(
+            "--config",
+            "-c",
+            help="TOML file, or a name: configs/NAME.toml here, else a shipped one (coreference, default).",
+        ),
     ] = None,
     model: ModelOpt = None,  # type: ignore[assignment]
     device: DeviceOpt = None,  # type: ignore[assignment]
