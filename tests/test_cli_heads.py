@@ -137,6 +137,24 @@ def test_heads_table_and_json(bert):
     assert [r["previous"] for r in rows] == sorted((r["previous"] for r in rows), reverse=True)
 
 
+def test_heads_top_without_sort_lists_the_strongest_roles(bert):
+    everything = json.loads(cli_ok(["heads", TEXT, "-m", bert, "--json"]).stdout)
+    assert [(r["layer"], r["head"]) for r in everything] == sorted(
+        (r["layer"], r["head"]) for r in everything
+    )
+
+    def strength(r):  # brute force: a head with a role before a mixed one, then its role's score
+        return (r["role"] != "mixed", r[r["role"]] if r["role"] != "mixed" else max(r[p] for p in PATTERNS))
+
+    best = sorted(everything, key=strength, reverse=True)[:3]
+    rows = json.loads(cli_ok(["heads", TEXT, "-m", bert, "--json", "-k", "3"]).stdout)
+    assert [strength(r) for r in rows] == [strength(r) for r in best]
+    assert rows == json.loads(
+        cli_ok(["heads", TEXT, "-m", bert, "--json", "-k", "3", "--sort", "role"]).stdout
+    )
+    assert [(r["layer"], r["head"]) for r in rows] != [(0, 0), (0, 1), (0, 2)]
+
+
 def test_heads_over_a_file_gives_mean_and_spread(bert, tmp_path):
     src = tmp_path / "texts.txt"
     src.write_text("the cat sat on the mat\na dog chased the cat\n", encoding="utf-8")

@@ -274,7 +274,7 @@ def heads_cmd(
             "-s",
             metavar="SCORE",
             help="Sort by this score, highest first (self, previous, next, first, last_sep, punctuation,"
-            " broad; --induction: induction or duplicate).",
+            " broad, or role: each head's own role score; --induction: induction or duplicate).",
         ),
     ] = None,
     top: Annotated[
@@ -284,7 +284,8 @@ def heads_cmd(
             "-k",
             metavar="N",
             min=0,
-            help="Show the N best (default: all; 10 with --induction; 0: all).",
+            help="Show the N best: by --sort, else by role score (default: all, in model order; "
+            "10 with --induction; 0: all).",
         ),
     ] = None,
     threshold: Annotated[
@@ -315,7 +316,7 @@ def heads_cmd(
 ) -> None:
     """Score every head on the classic patterns and name its role; or find induction heads."""
     from attnviz.errors import InputError
-    from attnviz.patterns import PATTERNS, check_thresholds, head_patterns
+    from attnviz.patterns import SORTS, check_thresholds, head_patterns
 
     _check_plot(plot)
     layer_list = parse_indices(layers, "--layers")
@@ -335,14 +336,14 @@ def heads_cmd(
         return
     if ablate:
         raise InputError("--ablate works with --induction (for a text, use attnviz ablate TEXT --scan)")
-    if sort is not None and sort not in PATTERNS:
-        raise InputError(f"unknown --sort '{sort}': use one of {', '.join(PATTERNS)}")
+    if sort is not None and sort not in SORTS:
+        raise InputError(f"unknown --sort '{sort}': use one of {', '.join(SORTS)}")
     check_thresholds(threshold, broad_threshold)
     items = texts_from(text, file, texts)
     loaded = load(model, device, dtype, trust_remote_code)
     atts = _stream(items, loaded, layer_list, head_list, truncate, view_options(special=special))
     table = head_patterns(atts, threshold, broad_threshold)
-    rows = table.rows(sort)[: top or None]
+    rows = table.rows(sort or ("role" if top else None))[: top or None]  # -k N: the N best
     if as_json:
         print_json([r.as_dict() for r in rows])
     else:
