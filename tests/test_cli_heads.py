@@ -155,6 +155,18 @@ def test_heads_top_without_sort_lists_the_strongest_roles(bert):
     assert [(r["layer"], r["head"]) for r in rows] != [(0, 0), (0, 1), (0, 2)]
 
 
+@pytest.mark.parametrize("extra", [[], ["--no-special"]])
+def test_find_head_roles_are_the_roles_heads_gives_whatever_the_weighting(bert, extra):
+    roles = {
+        (r["layer"], r["head"]): r["role"]
+        for r in json.loads(cli_ok(["heads", TEXT, "-m", bert, "--json", *extra]).stdout)
+    }
+    for weighting in ("attention", "norm"):
+        rows = json.loads(cli_ok(["find-head", "cat", "mat", TEXT, "-m", bert, "-k", "0", "--json",
+                                  "--weighting", weighting, *extra]).stdout)  # fmt: skip
+        assert {(r["layer"], r["head"]): r["role"] for r in rows} == roles, weighting
+
+
 def test_heads_over_a_file_gives_mean_and_spread(bert, tmp_path):
     src = tmp_path / "texts.txt"
     src.write_text("the cat sat on the mat\na dog chased the cat\n", encoding="utf-8")

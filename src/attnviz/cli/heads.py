@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -91,11 +91,15 @@ def _stream(
     truncate: bool,
     options: ViewOptions | None = None,
     chunk: int = 32,
-) -> Iterator[Attention]:
+    plain: bool = False,
+) -> Iterator[Any]:
     """Extract `chunk` texts at a time, so a long --texts file never holds every tensor at once.
 
-    `options` (--weighting, --no-special) transform each text's attention before it is ranked.
+    `options` (--weighting, --no-special) transform each text's attention before it is ranked;
+    `plain` yields pairs (transformed, without the weighting) so roles come from the weights.
     """
+    from dataclasses import replace
+
     from attnviz.analyses.transform import ViewOptions, transform
     from attnviz.extraction import extract_batch
 
@@ -109,7 +113,8 @@ def _stream(
             truncate=truncate,
             qkv=options.qkv,
         ):
-            yield transform(att, options, loaded)
+            shown = transform(att, options, loaded)
+            yield (shown, transform(att, replace(options, weighting="attention"))) if plain else shown
 
 
 # -- find-head ---------------------------------------------------------------------------------
@@ -184,8 +189,17 @@ def find_head_cmd(
         from attnviz.ablation import for_ablation
 
         loaded = for_ablation(loaded, trust_remote_code)
-    atts = _stream(items, loaded, layer_list, head_list, truncate, options)
-    result = find_heads(atts, a, b, occurrence=occ, direction=direction, top=None if ablate else top or None)
+    roles = None  # roles are `heads`' roles: from the weights, whatever --weighting ranks
+    weighted = options.weighting != "attention"
+    atts = _stream(items, loaded, layer_list, head_list, truncate, options, plain=weighted)
+    if weighted:
+        import itertools
+
+        ranked, plain = itertools.tee(atts)
+        atts, roles = (p[0] for p in ranked), (p[1] for p in plain)
+    result = find_heads(
+        atts, a, b, occurrence=occ, direction=direction, top=None if ablate else top or None, roles_from=roles
+    )
     _say_matches(result, items, err=as_json)
     if ablate:
         from attnviz.cli.ablate import find_head_effects
