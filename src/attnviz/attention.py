@@ -62,6 +62,26 @@ class Attention:
     pooled_layers: tuple[int, ...] | None = None  # the model layers behind a pooled layer row
     pooled_heads: tuple[int, ...] | None = None  # the model heads behind a pooled head column
 
+    def __repr__(self) -> str:
+        """One short line at a prompt: what was extracted and the arrays' shapes, never their values."""
+        text = self.text if len(self.text) <= 40 else self.text[:37] + "..."
+        shapes = ", ".join(f"{name}={a.dtype}{list(a.shape)}" for name, a in self.streams.items())
+        extra = "".join(
+            f", {name}={value!r}"
+            for name, value, default in (
+                ("causal", self.causal, False),
+                ("weighting", self.weighting, "attention"),
+                ("truncated", self.truncated, 0),
+                ("notes", self.note, ""),
+            )
+            if value != default
+        )
+        return (
+            f"Attention(model={self.model!r}, kind={self.kind!r}, text={text!r}, level={self.level!r}, "
+            f"tokens={self.n_tokens}, layers=[{_ranges(self.layers)}], heads=[{_ranges(self.heads)}], "
+            f"{shapes}{extra})"
+        )
+
     @property
     def note(self) -> str:
         """The notes joined for a figure title: 'mean of heads 0-11; special tokens hidden'."""
