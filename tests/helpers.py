@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 
 DEMO_TOKENS = ("[CLS]", "em", "##ily", "went", "to", "paris", "[SEP]")
 
@@ -78,19 +77,17 @@ def one_line_error(result: Any, *needles: str) -> str:
     return lines[0]
 
 
-def saved_figures(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    """Record every figure written through `attnviz.plots.save` (the one save): file name -> Figure."""
-    from attnviz import plots
+class SavedFigures(list):
+    """What the `figures` fixture (the one spy on `attnviz.plots.save`) records: (figure, path)
+    pairs in save order; a file name as index gives the last figure saved under that name."""
 
-    real = plots.save
-    saved: dict[str, Any] = {}
-
-    def spy(fig: Any, path: str | Path, dpi: float | None = None) -> Path:
-        saved[Path(path).name] = fig
-        return real(fig, path, dpi)
-
-    monkeypatch.setattr(plots, "save", spy)
-    return saved
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, str):
+            found = [fig for fig, path in self if Path(path).name == key]
+            if not found:
+                raise KeyError(f"no figure was saved as {key} (saved: {[Path(p).name for _, p in self]})")
+            return found[-1]
+        return super().__getitem__(key)
 
 
 def image_values(fig: Any) -> np.ndarray:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import assert_png_of, image_values, saved_figures, tick_labels
+from helpers import assert_png_of, image_values, tick_labels
 from typer.testing import CliRunner
 
 from attnviz.cli import app
@@ -46,8 +46,8 @@ def _one_line_error(result, *needles: str) -> None:
 
 
 @pytest.mark.slow
-def test_batch_end_to_end(minilm, tmp_path, monkeypatch):
-    saved = saved_figures(monkeypatch)
+def test_batch_end_to_end(minilm, tmp_path, monkeypatch, figures):
+    saved = figures
     corpus = _corpus(tmp_path / "c.txt", 6, extra=b"\n\xff\xfe\n" + b"word " * 600 + b"\n")
     result = runner.invoke(
         app, ["batch", str(corpus), "-o", "out", "--probe", "she:Emily", "--layers", "0,5"]

@@ -13,7 +13,6 @@ from helpers import (
     figure_text,
     image_values,
     one_line_error,
-    saved_figures,
     tick_labels,
 )
 from typer.testing import CliRunner
@@ -77,12 +76,12 @@ def test_find_head_reads_texts_file_and_stdin(bert, tmp_path):
     )
 
 
-def test_find_head_plot_draws_the_winning_heads_attention(bert, tmp_path, monkeypatch):
+def test_find_head_plot_draws_the_winning_heads_attention(bert, tmp_path, monkeypatch, figures):
     from attnviz.extraction import extract
     from attnviz.models import load_model
     from attnviz.search import find_heads
 
-    saved = saved_figures(monkeypatch)
+    saved = figures
     out = tmp_path / "best.png"
     result = cli_ok(["find-head", "cat", "mat", TEXT, "-m", bert, "--plot", str(out)])
     assert f"wrote {out}" in result.stdout
@@ -176,12 +175,12 @@ def test_heads_over_a_file_gives_mean_and_spread(bert, tmp_path):
     assert {"self_std", "broad_std"} <= set(rows[0])
 
 
-def test_heads_plot_is_the_role_map_of_the_table(bert, tmp_path, monkeypatch):
+def test_heads_plot_is_the_role_map_of_the_table(bert, tmp_path, monkeypatch, figures):
     from attnviz.extraction import extract
     from attnviz.models import load_model
     from attnviz.patterns import ROLE_NAMES, head_patterns
 
-    saved = saved_figures(monkeypatch)
+    saved = figures
     out = tmp_path / "roles.svg"
     cli_ok(["heads", TEXT, "-m", bert, "--plot", str(out), "--layers", "1"])
     table = head_patterns(extract(TEXT, load_model(bert, device="cpu"), layers=[1]))
@@ -192,7 +191,7 @@ def test_heads_plot_is_the_role_map_of_the_table(bert, tmp_path, monkeypatch):
     assert_svg_of(out, fig)
 
 
-def test_heads_induction_on_a_tiny_causal_model(llama, tmp_path, monkeypatch):
+def test_heads_induction_on_a_tiny_causal_model(llama, tmp_path, monkeypatch, figures):
     from attnviz.induction import induction_scores
     from attnviz.models import load_model
 
@@ -200,7 +199,7 @@ def test_heads_induction_on_a_tiny_causal_model(llama, tmp_path, monkeypatch):
         cli_ok(["heads", "--induction", "-m", llama, "--seq-len", "8", "--batch", "2", "--json"]).stdout
     )
     assert len(rows) == 8 and set(rows[0]) == {"rank", "layer", "head", "induction", "duplicate"}
-    saved = saved_figures(monkeypatch)
+    saved = figures
     out = tmp_path / "ind.png"
     text = cli_ok(
         ["heads", "--induction", "-m", llama, "--seq-len", "8", "--sort", "duplicate", "--plot", str(out)]
