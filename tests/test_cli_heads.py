@@ -326,7 +326,16 @@ def test_no_special_encodes_the_words_alone(bert):
     assert "A '[CLS]' = token 0" in with_special and "B 'mat' = token 6" in with_special
     assert "A 'the' = token 0" in without and "B 'mat' = token 5" in without
     rows = json.loads(cli_ok(["heads", TEXT, "-m", bert, "--no-special", "--json"]).stdout)
-    assert all(r["first"] >= 0 for r in rows)
+    from attnviz.analyses.aggregate import without_special
+    from attnviz.extraction import extract
+    from attnviz.patterns import head_patterns
+
+    att = extract(TEXT, bert)
+    hidden = {(r.layer, r.head): r.scores for r in head_patterns(without_special(att)).rows()}
+    shown = {(r.layer, r.head): r.scores for r in head_patterns(att).rows()}
+    for r in rows:  # the scores of the rows without [CLS]/[SEP], renormalised: not those with them
+        assert {p: r[p] for p in PATTERNS} == pytest.approx(hidden[r["layer"], r["head"]], abs=1e-6)
+    assert any(abs(r["first"] - shown[r["layer"], r["head"]]["first"]) > 1e-3 for r in rows)
 
 
 def test_usage_errors_are_one_line_through_the_console_script(tmp_path):
