@@ -226,3 +226,26 @@ def test_an_option_name_is_a_flag_everywhere_or_takes_a_value_everywhere():
                 kinds.setdefault(opt, {}).setdefault(bool(param.is_flag), []).append(name)
     clashes = {opt: k for opt, k in kinds.items() if len(k) > 1 and opt not in KNOWN_CLASHES}
     assert not clashes, f"one name, two kinds of option: {clashes}"
+
+
+def test_batch_guide_says_truly_what_is_importable_from_attnviz_batch():
+    """A name the guide imports from `attnviz.batch`, or lists in its module table without marking
+    it *internal*, is public (in `__all__`); every name in the table is where the table says."""
+    import importlib
+
+    import attnviz.batch
+
+    doc = (ROOT / "docs" / "batch.md").read_text(encoding="utf-8")
+    public = set(attnviz.batch.__all__)
+    imported = {
+        n.strip() for line in re.findall(r"from attnviz\.batch import (.+)", doc) for n in line.split(",")
+    }
+    imported |= set(re.findall(r"attnviz\.batch\.([A-Za-z_]\w*)", doc)) - {"__all__"}
+    assert imported and imported <= public, imported - public
+    rows = re.findall(r"^\| `(\w+)\.py` \| (.+) \|$", doc, re.M)
+    assert len(rows) >= 9
+    for module_name, text in rows:
+        module = importlib.import_module(f"attnviz.batch.{module_name}")
+        for name, after in re.findall(r"`([A-Za-z_]\w*)`([^`]*)", text):
+            assert hasattr(module, name), f"{name} is not in attnviz/batch/{module_name}.py"
+            assert name in public or "*internal*" in after, f"{name} is neither public nor marked internal"
