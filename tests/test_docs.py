@@ -249,3 +249,25 @@ def test_batch_guide_says_truly_what_is_importable_from_attnviz_batch():
         for name, after in re.findall(r"`([A-Za-z_]\w*)`([^`]*)", text):
             assert hasattr(module, name), f"{name} is not in attnviz/batch/{module_name}.py"
             assert name in public or "*internal*" in after, f"{name} is neither public nor marked internal"
+
+
+def test_views_docstring_names_the_modules_that_load_or_run_a_model():
+    """`attnviz.views` once said views never load a model while its server ran them."""
+    import ast
+
+    import attnviz.views
+
+    doc = " ".join(attnviz.views.__doc__.split())
+    sentences = re.split(r"(?<=\.) ", doc)
+    runs = {"extract", "extract_batch", "run_batch", "load_model", "find_heads", "ablate"}
+    for path in sorted((ROOT / "src" / "attnviz" / "views").glob("*.py")):
+        names = {
+            alias.name
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+            if isinstance(node, ast.ImportFrom)
+            for alias in node.names
+        }
+        if path.stem != "__init__" and names & runs:
+            said = [s for s in sentences if f"attnviz.views.{path.stem}" in s]
+            assert any("runs" in s or "loads" in s for s in said), f"{path.name} runs a model: say so"
+    assert not re.search(r"\bviews never load a model\b", doc, re.I)
