@@ -271,3 +271,14 @@ def test_views_docstring_names_the_modules_that_load_or_run_a_model():
             said = [s for s in sentences if f"attnviz.views.{path.stem}" in s]
             assert any("runs" in s or "loads" in s for s in said), f"{path.name} runs a model: say so"
     assert not re.search(r"\bviews never load a model\b", doc, re.I)
+
+
+def test_readme_limitations_are_the_limitations_guide_s_words():
+    """README's list is a selection of docs/limitations.md, word for word, so the two never diverge."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Limitations", 1)[1].split("\n## ", 1)[0]
+    guide = " ".join((ROOT / "docs" / "limitations.md").read_text(encoding="utf-8").split())
+    bullets = [" ".join(b.split()) for b in re.findall(r"(?ms)^- .*?(?=^- |^\s*$|\Z)", section)]
+    assert len(bullets) >= 3 and "docs/limitations.md" in section
+    for bullet in bullets:
+        assert bullet in guide, f"README's limitation differs from docs/limitations.md: {bullet[:70]}"
