@@ -57,3 +57,33 @@ def test_describe_agrees_with_the_bundled_models(request, name):
         assert described.pop("architecture") == "llama (GGUF)"
         expected.pop("architecture")
     assert described == expected
+
+
+def test_a_gguf_header_is_read_as_the_gguf_package_reads_it(tmp_path):
+    """Our header walk (arrays skipped, not decoded) against the gguf package's full reader."""
+    import numpy as np
+
+    gguf = pytest.importorskip("gguf")
+    path = tmp_path / "tiny.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(3)
+    writer.add_head_count(4)
+    writer.add_head_count_kv(2)
+    writer.add_embedding_length(32)
+    writer.add_context_length(128)
+    writer.add_token_list(["<s>", "a", "bé", "c"] * 50)  # arrays of strings and numbers, skipped
+    writer.add_array("tokenizer.ggml.scores", [0.5] * 200)
+    writer.add_string("general.name", "tiny")
+    for name, shape in (("token_embd.weight", (200, 32)), ("blk.0.attn_q.weight", (32, 32)), ("out", (7,))):
+        writer.add_tensor(name, np.zeros(shape, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    info = model_info.describe(str(path))
+    reader = gguf.GGUFReader(str(path))
+    assert info.parameters == sum(int(t.n_elements) for t in reader.tensors) == 200 * 32 + 32 * 32 + 7
+    assert (info.layers, info.heads, info.kv_heads, info.hidden_size, info.head_dim, info.max_length) == (
+        3, 4, 2, 32, 8, 128
+    )  # fmt: skip
+    assert (info.kind, info.causal, info.architecture) == ("decoder", True, "llama (GGUF)")

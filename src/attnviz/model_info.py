@@ -213,27 +213,96 @@ def _safetensors_parameters(folder: Path) -> int:
     return total
 
 
+_SCALARS = {
+    0: "<B",
+    1: "<b",
+    2: "<H",
+    3: "<h",
+    4: "<I",
+    5: "<i",
+    6: "<f",
+    7: "<?",
+    10: "<Q",
+    11: "<q",
+    12: "<d",
+}
+_STRING, _ARRAY = 8, 9
+
+
+class _Header:
+    """A GGUF file's header read field by field: scalars and strings kept, arrays skipped.
+
+    The gguf package's reader also decodes every array (a tokenizer's whole vocabulary), which
+    takes seconds; `info` needs a dozen numbers and the tensor shapes.
+    """
+
+    def __init__(self, f: Any) -> None:
+        self.f = f
+
+    def unpack(self, fmt: str) -> Any:
+        size = struct.calcsize(fmt)
+        data = self.f.read(size)
+        if len(data) != size:
+            raise ValueError("the file ends inside its header")
+        return struct.unpack(fmt, data)[0]
+
+    def string(self) -> str:
+        size = self.unpack("<Q")
+        if size > 1 << 24:
+            raise ValueError(f"a string of {size} bytes")
+        return self.f.read(size).decode("utf-8", errors="replace")
+
+    def value(self, kind: int) -> Any:
+        if kind in _SCALARS:
+            return self.unpack(_SCALARS[kind])
+        if kind == _STRING:
+            return self.string()
+        if kind != _ARRAY:
+            raise ValueError(f"unknown value type {kind}")
+        item, count = self.unpack("<I"), self.unpack("<Q")
+        if item in _SCALARS:
+            self.f.seek(struct.calcsize(_SCALARS[item]) * count, 1)
+        else:
+            for _ in range(count):
+                self.value(item)
+        return None
+
+    def read(self) -> tuple[dict[str, Any], list[int]]:
+        """(metadata key -> value, arrays as None; number of values of each tensor)."""
+        if self.f.read(4) != b"GGUF":
+            raise ValueError("it does not start with GGUF")
+        version = self.unpack("<I")
+        if version not in (2, 3):
+            raise ValueError(f"GGUF version {version} is not supported")
+        n_tensors, n_fields = self.unpack("<Q"), self.unpack("<Q")
+        fields = {}
+        for _ in range(n_fields):
+            key = self.string()
+            fields[key] = self.value(self.unpack("<I"))
+        sizes = []
+        for _ in range(n_tensors):
+            self.string()
+            count = 1
+            for _ in range(self.unpack("<I")):
+                count *= self.unpack("<Q")
+            self.unpack("<I")  # quantisation type
+            self.unpack("<Q")  # data offset
+            sizes.append(count)
+        return fields, sizes
+
+
 def _describe_gguf(source: ModelSource) -> ModelInfo:
     """Shape from a GGUF file's header metadata and tensor table (nothing is de-quantised)."""
     try:
-        from gguf import GGUFReader
-    except ImportError:
-        raise ModelNotFoundError(
-            "reading a GGUF file needs the 'gguf' package: pip install gguf accelerate"
-        ) from None
-    try:
-        reader = GGUFReader(source.path)
-    except (OSError, ValueError, IndexError, struct.error) as exc:
+        with open(source.path, "rb") as f:
+            fields, sizes = _Header(f).read()
+    except (OSError, ValueError, struct.error) as exc:
         raise ModelNotFoundError(f"{source.path} is not a readable GGUF file: {exc}") from None
 
-    def field(key: str) -> Any:
-        found = reader.fields.get(key)
-        return found.contents() if found is not None else None
-
-    arch = str(field("general.architecture") or "unknown")
-    heads = int(field(f"{arch}.attention.head_count") or 0)
-    hidden = field(f"{arch}.embedding_length")
-    context = field(f"{arch}.context_length")
+    arch = str(fields.get("general.architecture") or "unknown")
+    heads = int(fields.get(f"{arch}.attention.head_count") or 0)
+    hidden = fields.get(f"{arch}.embedding_length")
+    context = fields.get(f"{arch}.context_length")
     kind = "encoder-decoder" if arch == "t5" else "decoder"
     return ModelInfo(
         name=source.name,
@@ -242,11 +311,11 @@ def _describe_gguf(source: ModelSource) -> ModelInfo:
         architecture=f"{arch} (GGUF)",
         kind=kind,
         causal=kind == "decoder",
-        layers=int(field(f"{arch}.block_count") or 0),
+        layers=int(fields.get(f"{arch}.block_count") or 0),
         heads=heads,
-        kv_heads=int(field(f"{arch}.attention.head_count_kv") or heads),
+        kv_heads=int(fields.get(f"{arch}.attention.head_count_kv") or heads),
         head_dim=int(hidden) // heads if hidden and heads else None,
         hidden_size=int(hidden) if hidden else None,
         max_length=int(context) if context else None,
-        parameters=sum(int(t.n_elements) for t in reader.tensors),
+        parameters=sum(sizes),
     )
