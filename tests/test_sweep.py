@@ -287,33 +287,32 @@ main()
 """
 
 
-def _attnviz(args: list[str], **kwargs) -> subprocess.CompletedProcess:
-    code = "import sys; from attnviz.cli import main; sys.argv = ['attnviz', *sys.argv[1:]]; main()"
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=False, **kwargs)
+_MAIN = "import sys; from attnviz.cli import main; sys.argv = ['attnviz', *sys.argv[1:]]; main()"
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
-@pytest.mark.parametrize("args", [["models"], ["toy", "--steps", "--tokens", "40", "-o", "t.png"]])
+@pytest.mark.parametrize("args", [["models"], ["--help"]])
 def test_a_full_standard_output_is_one_line_and_exit_2(args):
+    """`attnviz models > /dev/full`: light commands, so no torch import (the guard is the same for all)."""
     with open("/dev/full", "w") as full:
-        done = _attnviz(args, stdout=full, stderr=subprocess.PIPE, text=True)
+        done = subprocess.run(
+            [sys.executable, "-c", _MAIN, *args], stdout=full, stderr=subprocess.PIPE, text=True
+        )
     assert done.returncode == 2, done.stderr
     assert done.stderr == "error: cannot write to standard output: no space left\n"
 
 
 def test_a_closed_pipe_ends_quietly():
-    """`attnviz toy --steps | head -1`: the reader is gone; exit 0 and not a word, as ripgrep does."""
-    code = "import sys; from attnviz.cli import main; sys.argv = ['attnviz', *sys.argv[1:]]; main()"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code, "toy", "--steps", "--tokens", "60", "-o", "t.png"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    assert proc.stdout is not None and proc.stderr is not None
-    proc.stdout.readline()
-    proc.stdout.close()  # as `head -1` does after its line
-    err = proc.stderr.read()
-    assert proc.wait(timeout=120) == 0 and err == b""
+    """`attnviz models | head -0`: the reader is gone before the first write; exit 0, not a word."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # every write now fails with EPIPE, whatever the timing
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _MAIN, "models"], stdout=write_end, stderr=subprocess.PIPE
+        )
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr) == (0, b"")
 
 
 def test_a_real_sigint_during_a_scan_exits_130():
