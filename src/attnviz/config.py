@@ -199,6 +199,8 @@ def _check(cfg: BatchConfig) -> None:
         raise InputError(f"unknown statistic '{unknown[0]}'{where}; choose from {', '.join(STATISTICS)}")
     if not cfg.statistics and not cfg.probes:
         raise InputError(f"nothing to record{where}: keep at least one statistic or add a probe")
+    if not cfg.model.strip():
+        raise InputError(f"the model name is empty{where}: give an alias, a hub id, a folder or a .gguf file")
     if cfg.format not in FORMATS:
         raise InputError(f"unknown input format '{cfg.format}'{where}; use {', '.join(FORMATS)}")
     for name in ("batch_size", "texts_per_part", "attention_memory_mb"):
@@ -208,7 +210,7 @@ def _check(cfg: BatchConfig) -> None:
         raise InputError(f"max_length must be at least 2{where}")
     if cfg.threads is not None and cfg.threads < 1:
         raise InputError(f"threads must be at least 1{where}")
-    if cfg.commit_seconds <= 0:
+    if not cfg.commit_seconds > 0:  # NaN too
         raise InputError(f"commit_seconds must be positive{where}")
     _check_engine(cfg, where)
     names = [p.name for p in cfg.probes]
@@ -341,6 +343,9 @@ def load_config(spec: str | Path) -> dict[str, Any]:
                     f"trust_remote_code cannot be set in a config file{where}; remove it and pass "
                     "--trust-remote-code on the command line to let a model's own code run"
                 )
+            if keys[key] == "statistics" and not isinstance(value, list):  # the file's form is a list
+                example = 'keep = ["entropy"]'
+                raise InputError(f"keep in [statistics] must be a list of names, e.g. {example}{where}")
             out[keys[key]] = value
     return _coerce(out, where)
 

@@ -226,6 +226,8 @@ ConfigOpt = Annotated[
 
 def read_text(text: str | None, file: Path | None) -> str:
     """The text from the argument, --file, or standard input (`-` or nothing on a pipe)."""
+    if file is not None and text not in (None, "-"):
+        raise InputError("give the text as an argument or with --file, not both")
     if file is not None:
         try:
             data = file.read_text(encoding="utf-8")
@@ -244,10 +246,21 @@ def read_text(text: str | None, file: Path | None) -> str:
             )
         return text
     if text == "-" or not sys.stdin.isatty():
-        data = sys.stdin.read().strip()
+        data = read_stdin().strip()
         if data:
             return data
     raise InputError("no text given: pass it as an argument, with --file, or on standard input")
+
+
+def read_stdin() -> str:
+    """All of standard input as UTF-8 text, held to the same rule as --file (no silent replacement)."""
+    raw = getattr(sys.stdin, "buffer", None)
+    if raw is None:  # a text-only stand-in (some test runners): already decoded
+        return sys.stdin.read()
+    try:
+        return raw.read().decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputError("standard input is not UTF-8 text") from None
 
 
 def _terminal() -> bool:

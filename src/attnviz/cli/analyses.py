@@ -27,7 +27,7 @@ from attnviz.cli._options import (
     print_json,
     read_text,
 )
-from attnviz.selection import parse_indices
+from attnviz.selection import parse_indices, resolve_indices
 
 OutputOpt = Annotated[
     Path | None,
@@ -174,6 +174,9 @@ def compare_cmd(
     head_list = parse_indices(heads, "--heads")
     check_output(output)
     loaded = load(model, device, dtype, trust_remote_code)
+    if layer is not None and head is not None:  # out of range is refused, as every command does
+        layer = resolve_indices([layer], loaded.num_layers, "layer", loaded.name)[0]
+        head = resolve_indices([head], loaded.num_heads, "head", loaded.name)[0]
     att_a, att_b = extract_batch(
         [text_a, text_b], loaded, layers=layer_list, heads=head_list, truncate=truncate
     )
@@ -182,7 +185,7 @@ def compare_cmd(
     path = None
     if output is not None or not as_json:
         if layer is not None and head is not None:
-            pick_layer = att_a.layers[att_a.layer_pos(layer % loaded.num_layers)]
+            pick_layer = att_a.layers[att_a.layer_pos(layer)]
             fig = pair_figure(result, pick_layer, head, cmap=cmap, dpi=dpi or 150)
             parts = ("compare", slug(text_a, 24), loaded.name, f"L{pick_layer}-H{head}")
         else:

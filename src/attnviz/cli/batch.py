@@ -110,8 +110,11 @@ def batch_cmd(
 ) -> None:
     """Record per-head statistics (entropy, patterns, probes...) for every text of a corpus."""
     from attnviz.config import make_config, parse_probe
+    from attnviz.errors import InputError
     from attnviz.selection import parse_indices
 
+    if resume and overwrite:  # one continues the run in the folder, the other replaces it
+        raise InputError("give --resume (continue the run) or --overwrite (replace it), not both")
     for value, option in ((layers, "--layers"), (heads, "--heads")):
         parse_indices(value, option)  # extract's one-line errors, naming the option ("all" stays)
     cfg = make_config(

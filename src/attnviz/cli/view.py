@@ -83,6 +83,8 @@ def view_cmd(
         raise InputError(f"unknown --view '{start}': use {', '.join(VIEWS)}")
     if scale not in SCALES:
         raise InputError(f"unknown --scale '{scale}': use auto or 1")
+    if not max_mb > 0:  # NaN too
+        raise InputError(f"bad --max-mb {max_mb}: use a size above 0 megabytes")
     options = view_options(weighting, special, aggregate, over)
     body = read_text(text, file)
     check_output(output)
