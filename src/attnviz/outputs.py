@@ -101,9 +101,7 @@ def refuse_link(path: Path) -> None:
     A link to a folder is fine: new files are made inside it under names that never overwrite.
     """
     if path.is_symlink() and not path.is_dir():
-        raise InputError(
-            f"{path} is a symbolic link; attnviz does not write through links, give another -o"
-        )
+        raise InputError(f"{path} is a symbolic link; attnviz does not write through links, give another -o")
 
 
 def output_path(output: Path | None, name_parts: tuple[str | int | None, ...], ext: str = "png") -> Path:
