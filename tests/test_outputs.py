@@ -67,6 +67,8 @@ LINKED_COMMANDS = {
     "compare": ["compare", "the cat sat", "the dog sat", "-o", "{link}"],
     "find-head": ["find-head", "cat", "sat", "the cat sat", "--plot", "{link}"],
     "extract": ["extract", "the cat sat", "-o", "{link}"],
+    "heads": ["heads", "the cat sat", "--plot", "{link}"],
+    "ablate": ["ablate", "the cat sat", "--scan", "--plot", "{link}"],
 }
 SUFFIX = {"view": ".html", "extract": ".npz"}
 
