@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 FORMAT_VERSION = 1
+LABEL_RULE = 2  # tokens are tokens.readable labels; older files hold 'ĠParis', read with display()
 
 
 def _input_error(message: str) -> Exception:
@@ -93,10 +94,8 @@ class Attention:
 
     @property
     def labels(self) -> list[str]:
-        """Tokens as people read them (for axes and tables)."""
-        from attnviz.tokens import display
-
-        return [display(t) for t in self.tokens]
+        """Tokens as people read them (for axes and tables): the tokens themselves (tokens.readable)."""
+        return list(self.tokens)
 
     @property
     def streams(self) -> dict[str, np.ndarray]:
@@ -201,6 +200,7 @@ class Attention:
         """Everything but the arrays, as JSON-ready values."""
         return {
             "format": FORMAT_VERSION,
+            "labels": LABEL_RULE,
             "model": self.model,
             "kind": self.kind,
             "text": self.text,
@@ -273,6 +273,11 @@ class Attention:
                 f"{path} is not a readable attention file from `attnviz extract -o` ({type(exc).__name__})"
             ) from exc
         main = arrays.get("self", arrays.get("encoder"))
+        if meta.get("labels") != LABEL_RULE:  # written before the one labelling rule
+            from attnviz.tokens import display
+
+            meta["tokens"] = [display(t) for t in meta["tokens"]]
+            meta["decoder_tokens"] = [display(t) for t in meta.get("decoder_tokens") or ()]
         decoder = None
         if "decoder" in arrays and meta.get("decoder_tokens"):
             dt = tuple(meta["decoder_tokens"])

@@ -200,11 +200,12 @@ def render_html(
 
 def output_path(output: Path | None, text: str, model: str) -> Path:
     """`-o` checked (an .html file or a folder), or a fresh name under outputs/ that never overwrites."""
-    from attnviz.outputs import OUTPUT_DIR, default_name, reserve, slug
+    from attnviz.outputs import OUTPUT_DIR, default_name, refuse_link, reserve, slug
 
     name = default_name("view", slug(text), Path(model).name, ext="html")
     if output is None:
         return reserve(OUTPUT_DIR, name)
+    refuse_link(output)
     if output.is_dir():
         return reserve(output, name)
     if output.suffix.lower() not in HTML_SUFFIXES:
@@ -217,14 +218,20 @@ def output_path(output: Path | None, text: str, model: str) -> Path:
 
 def check_output(output: Path | None) -> None:
     """Fail on a bad `-o` before a model loads."""
+    from attnviz.outputs import refuse_link
+
+    if output is not None:
+        refuse_link(output)
     if output is not None and not output.is_dir() and output.suffix.lower() not in HTML_SUFFIXES:
         raise InputError(f"output {output} should end with .html")
 
 
 def write_html(page: str, path: Path) -> Path:
+    from attnviz.outputs import atomic_output
+
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(page, encoding="utf-8")
+        with atomic_output(path) as tmp:  # refuses a symbolic link rather than write through it
+            tmp.write_text(page, encoding="utf-8")
     except OSError as exc:
         raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
     return path
