@@ -82,15 +82,15 @@ def smollm2(model_cache: Path):
 
 @pytest.fixture(scope="session")
 def tiny_model_path(tmp_path_factory: pytest.TempPathFactory):
-    """Factory: arch ("bert", "distilbert", "gpt2", "llama", "t5") -> folder of a tiny random model."""
-    import tiny
+    """Factory: zoo name ("bert", "gpt2", "llama", "t5", ... see tests/zoo.py) -> folder of a tiny model."""
+    import zoo
 
     root = tmp_path_factory.mktemp("tiny-models")
     built: dict[str, Path] = {}
 
     def make(arch: str) -> Path:
         if arch not in built:
-            built[arch] = tiny.build(arch, root / arch)
+            built[arch] = zoo.build(arch, root / arch)
         return built[arch]
 
     return make

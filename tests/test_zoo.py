@@ -1,0 +1,198 @@
+"""Every zoo architecture, four ways: exact weights, ablation, norm weighting, or a one-line refusal.
+
+The models come from tests/zoo.py (built once per session by the `tiny_model_path` fixture). The
+`fast` ones (one per special case: shared layers, softcapping, sinks, rotary Falcon, encoder-decoders,
+a model with its own attention code) run in the quick suite; the rest are marked slow.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+import zoo
+from helpers import one_line_error
+
+from attnviz.errors import InputError
+from attnviz.extraction import extract, extract_batch
+from attnviz.models import load_model
+
+TEXT = "The cat sat on the mat, transformers attend."
+TEXTS = ["The cat sat on the mat.", "A dog chased the cat across the garden while the bird sang."]
+# architectures whose attention is their own code, not transformers' attention interface
+OWN_CODE = {
+    "deberta", "deberta-v2", "mpnet", "megatron-bert", "roformer", "rembert", "convbert", "ibert",
+    "gpt_neo", "falcon", "falcon-alibi", "bloom", "mpt", "xglm",
+}  # fmt: skip
+
+
+def _params(specs=zoo.SPECS):
+    return [pytest.param(s, id=s.name, marks=() if s.fast else pytest.mark.slow) for s in specs]
+
+
+@pytest.fixture(scope="session")
+def eager_model():
+    """Zoo name -> the model loaded by transformers itself with eager attention (the reference)."""
+    from transformers import AutoModel
+
+    cache: dict[str, object] = {}
+
+    def make(folder) -> object:
+        if str(folder) not in cache:
+            cache[str(folder)] = AutoModel.from_pretrained(folder, attn_implementation="eager").eval()
+        return cache[str(folder)]
+
+    return make
+
+
+def test_the_zoo_has_at_least_fifty_architectures():
+    assert len(zoo.SPECS) >= 50 and len(zoo.BY_NAME) == len(zoo.SPECS)
+    assert {s.family for s in zoo.SPECS} == {"encoder", "decoder", "encoder-decoder"}
+    assert set(zoo.BY_NAME) >= OWN_CODE
+
+
+def _eager_attentions(ref, loaded, texts):
+    enc = loaded.tokenizer(texts, return_tensors="pt", padding=True)
+    kwargs = {}
+    if loaded.kind == "encoder-decoder":
+        start = ref.config.decoder_start_token_id
+        kwargs["decoder_input_ids"] = torch.full((len(texts), 1), start)
+    with torch.no_grad():
+        out = ref(**enc, **kwargs, output_attentions=True)
+    theirs = out.encoder_attentions if loaded.kind == "encoder-decoder" else out.attentions
+    return np.stack([t.numpy() for t in theirs], axis=1), enc["attention_mask"].numpy()  # [b, L, H, q, k]
+
+
+@pytest.mark.parametrize("spec", _params())
+def test_weights_equal_eager_alone_and_padded(tiny_model_path, eager_model, spec):
+    folder = tiny_model_path(spec.name)
+    loaded = load_model(str(folder), device="cpu")
+    ref = eager_model(folder)
+    assert loaded.kind == spec.family and loaded.causal == (spec.family == "decoder")
+    expected, _ = _eager_attentions(ref, loaded, [TEXT])
+    att = extract(TEXT, loaded)
+    np.testing.assert_allclose(att.attn, expected[0], atol=1e-5)
+    rows = att.attn.sum(-1)
+    if "sinks" in spec.feature:  # a sink takes part of each row's mass, as in the model's own eager
+        assert (rows < 1.0 + 1e-5).all() and (rows < 0.999).any()
+    else:
+        np.testing.assert_allclose(rows, 1.0, atol=1e-5)
+    expected, mask = _eager_attentions(ref, loaded, TEXTS)
+    for i, one in enumerate(extract_batch(TEXTS, loaded)):
+        keep = np.flatnonzero(mask[i])  # the text's own tokens, wherever the padding went
+        np.testing.assert_allclose(one.attn, expected[i][..., keep[:, None], keep], atol=1e-5)
+
+
+def _reference_ablation(loaded, ref, layer: int, head: int, ids, mask):
+    """The eager model with head `head`'s slice of layer `layer`'s attention output zeroed.
+
+    Generic: wraps the model's own module-level eager function and counts its calls (the encoder
+    runs first, one call per layer, a shared module once per layer), knowing no module names.
+    """
+    module = sys.modules[type(ref).__module__]
+    real = module.eager_attention_forward
+    calls = [0]
+
+    def zeroing(*args, **kwargs):
+        out, weights = real(*args, **kwargs)  # out: [batch, q, heads, head_dim]
+        if calls[0] == layer:
+            out = out.clone()
+            out[:, :, head] = 0.0
+        calls[0] += 1
+        return out, weights
+
+    module.eager_attention_forward = zeroing
+    try:
+        with torch.no_grad():
+            if loaded.kind == "encoder-decoder":
+                return ref.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+            return ref(input_ids=ids, attention_mask=mask).last_hidden_state
+    finally:
+        module.eager_attention_forward = real
+
+
+@pytest.mark.parametrize("spec", _params([s for s in zoo.SPECS if s.name not in OWN_CODE]))
+def test_ablation_equals_zeroing_the_heads_slice_of_the_attention_output(tiny_model_path, eager_model, spec):
+    from attnviz.ablation import _encoder_forward, _keep, ablating
+
+    folder = tiny_model_path(spec.name)
+    loaded = load_model(str(folder), device="cpu")
+    ref = eager_model(folder)
+    enc = loaded.tokenizer(TEXTS, return_tensors="pt", padding=True)
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    layer, head = loaded.num_layers - 1, 2
+    with torch.inference_mode():
+        before = _encoder_forward(loaded, ids, mask)
+        with ablating(loaded) as state:
+            state.keep[layer] = _keep(len(TEXTS), loaded.capture.num_heads, [head])
+            ours = _encoder_forward(loaded, ids, mask)
+        again = _encoder_forward(loaded, ids, mask)
+    theirs = _reference_ablation(loaded, ref, layer, head, ids, mask)
+    real = mask.bool()
+    np.testing.assert_allclose(ours[real].numpy(), theirs[real].numpy(), atol=1e-4)
+    assert not torch.allclose(ours[real], before[real], atol=1e-6)  # the head mattered: the check can fail
+    torch.testing.assert_close(again, before)  # the editor is gone
+
+
+@pytest.mark.parametrize("spec", _params([s for s in zoo.SPECS if s.name not in OWN_CODE]))
+def test_norm_weighting_equals_brute_force_through_the_projection(tiny_model_path, spec):
+    """||alpha_ij f_h(x_j)||, with f_h(x_j) = W_O(v_j in head h's slice, zeros elsewhere) - W_O(0)."""
+    from attnviz.analyses.norms import norm_weighted
+    from attnviz.architecture import output_projections
+
+    loaded = load_model(str(tiny_model_path(spec.name)), device="cpu")
+    att = extract(TEXT, loaded, qkv=True)
+    weighted = norm_weighted(att, loaded)
+    projections = output_projections(loaded, "norm weighting")
+    h_all = loaded.capture.num_heads
+    for li, layer in enumerate(att.layers):
+        proj = projections[layer]
+        v = att.qkv[layer].v  # [heads, k, head_dim] (grouped heads already repeated)
+        d = v.shape[-1]
+        x = torch.zeros(h_all, v.shape[1], h_all * d)
+        for h in range(h_all):
+            x[h, :, h * d : (h + 1) * d] = torch.as_tensor(v[h])
+        with torch.no_grad():
+            pushed = proj(x) - proj(torch.zeros(1, 1, h_all * d))  # [heads, k, hidden]
+        norms = torch.linalg.vector_norm(pushed, dim=-1).numpy()  # [heads, k]
+        expected = att.attn[li] * norms[:, None, :]
+        np.testing.assert_allclose(weighted.attn[li], expected, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("spec", _params([s for s in zoo.SPECS if s.name in OWN_CODE]))
+def test_a_model_with_its_own_attention_code_is_refused_in_one_line(
+    tiny_model_path, spec, monkeypatch, tmp_path
+):
+    """Weights still come out (eager); norm weighting and ablation say why not, before any forward pass."""
+    from typer.testing import CliRunner
+
+    from attnviz.ablation import ablate, for_ablation
+    from attnviz.analyses.norms import norm_weighted
+    from attnviz.cli import app
+
+    folder = str(tiny_model_path(spec.name))
+    loaded = load_model(folder, device="cpu")
+    assert not loaded.capture.interface
+    model_type = loaded.model.config.model_type
+
+    def no_forward(*args, **kwargs):
+        raise AssertionError("a forward pass ran")
+
+    monkeypatch.setattr(loaded.model, "forward", no_forward)
+    for call in (
+        lambda: norm_weighted(TEXT, loaded),
+        lambda: ablate(loaded, TEXT, [(0, 0)]),
+        lambda: for_ablation(loaded),
+    ):
+        with pytest.raises(InputError, match=f"model type '{model_type}'.*attention interface"):
+            call()
+    monkeypatch.undo()
+    runner = CliRunner()
+    result = runner.invoke(app, ["ablate", TEXT, "--layer", "0", "--head", "0", "-m", folder])
+    one_line_error(result, model_type, "attention interface", "ablation")
+    result = runner.invoke(
+        app, ["extract", TEXT, "--weighting", "norm", "-m", folder, "-o", str(tmp_path / "x.npz")]
+    )
+    one_line_error(result, model_type, "attention interface", "norm weighting")
