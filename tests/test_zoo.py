@@ -196,3 +196,84 @@ def test_a_model_with_its_own_attention_code_is_refused_in_one_line(
         app, ["extract", TEXT, "--weighting", "norm", "-m", folder, "-o", str(tmp_path / "x.npz")]
     )
     one_line_error(result, model_type, "attention interface", "norm weighting")
+
+
+# -- docs/models.md's table, written by scripts/gen_arch_table.py ----------------------------------
+
+
+def _generator():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "gen_arch_table.py"
+    spec = importlib.util.spec_from_file_location("gen_arch_table", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _documented() -> str:
+    gen = _generator()
+    return gen.TARGET.read_text(encoding="utf-8").split(gen.START, 1)[1].split(gen.END, 1)[0].lstrip("\n")
+
+
+def test_the_table_lists_every_zoo_architecture_and_what_is_refused():
+    """The quick drift check: same rows in zoo order, refusals exactly where the zoo expects them."""
+    rows = [line.split(" | ") for line in _documented().splitlines()[2:]]
+    assert [r[0].strip("| `") for r in rows] == [s.name for s in zoo.SPECS]
+    refused = {r[0].strip("| `") for r in rows if "own attention code" in r[-1]}
+    assert refused == OWN_CODE
+
+
+@pytest.mark.slow
+def test_the_table_is_what_the_generator_writes_now(tiny_model_path):
+    """Like docs/cli.md: change the zoo or what works on it, then run scripts/gen_arch_table.py."""
+    assert _documented() == _generator().render(tiny_model_path), (
+        "docs/models.md's architecture table is stale: run python scripts/gen_arch_table.py"
+    )
+
+
+# -- every command on the special cases -------------------------------------------------------------
+
+TOUR = ("albert", "gemma2", "gpt_oss", "t5", "falcon")
+
+
+def _tour(model: str, decoder: bool, analyses: bool) -> list[list[str]]:
+    text = "the cat sat on the mat and the cat slept"
+    every = [
+        ["extract", text, "-m", model, "-o", "a.npz"],
+        ["heatmap", text, "-m", model, "-o", "h.png"],
+        ["rollout", text, "-m", model, "--json"],
+        ["compare", text, "the dog sat on the mat and the dog slept", "-m", model],
+        ["view", text, "-m", model, "-o", "v.html"],
+        ["heads", text, "-m", model],
+        ["find-head", "cat", "mat", text, "-m", model],
+        ["batch", "corpus.txt", "-o", "out", "-m", model, "--stats", "all" if analyses else "entropy"],
+    ]
+    if analyses:
+        every += [
+            ["explain", text, "-l", "-1", "--head", "1", "-m", model],
+            ["extract", text, "--weighting", "norm", "-m", model, "-o", "n.npz"],
+            ["find-head", "cat", "mat", text, "-m", model, "--ablate"],
+            ["ablate", text, "--scan", "-m", model],
+        ]
+        if decoder:
+            every.append(["heads", "--induction", "--ablate", "--seq-len", "8", "-m", model])
+    return every
+
+
+@pytest.mark.slow  # about 6 s of CPU per architecture
+@pytest.mark.parametrize("spec", [zoo.BY_NAME[n] for n in TOUR], ids=TOUR)
+def test_every_command_runs_on_the_special_cases(tiny_model_path, spec, tmp_path, monkeypatch):
+    """Shared layers, softcapping, sinks, an encoder-decoder and a model with its own attention code."""
+    from typer.testing import CliRunner
+
+    from attnviz.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "corpus.txt").write_text("the cat sat on the mat\na dog chased the cat\n")
+    model = str(tiny_model_path(spec.name))
+    runner = CliRunner()
+    for args in _tour(model, spec.family == "decoder", spec.name not in OWN_CODE):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, (args, result.output)
