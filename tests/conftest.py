@@ -97,6 +97,24 @@ def tiny_model_path(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="session")
+def bert(tiny_model_path) -> str:
+    """The tiny BERT's folder, as a --model argument (the CLI tests' one copy)."""
+    return str(tiny_model_path("bert"))
+
+
+@pytest.fixture(scope="session")
+def gpt2(tiny_model_path) -> str:
+    """The tiny GPT-2's folder, as a --model argument."""
+    return str(tiny_model_path("gpt2"))
+
+
+@pytest.fixture(scope="session")
+def llama(tiny_model_path) -> str:
+    """The tiny Llama's folder (grouped-query heads), as a --model argument."""
+    return str(tiny_model_path("llama"))
+
+
+@pytest.fixture(scope="session")
 def seed_text() -> str:
     return SEED_TEXT
 

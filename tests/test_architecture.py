@@ -41,7 +41,7 @@ def test_an_output_changed_on_its_way_names_the_model_layer_and_purpose(tiny_mod
     try:  # no projection receives the attention output (put back after: loaded models are cached)
         for out in outputs:
             out.dense = torch.nn.Identity()
-        with pytest.raises(InputError, match=r"of bert \(BertModel.* layer 0 .*norm weighting is not possible"):
+        with pytest.raises(InputError, match=r"of bert \(BertModel.* layer 0 .*norm weighting is not"):
             output_projections(loaded, "norm weighting")
     finally:
         for out, dense in zip(outputs, kept, strict=True):
