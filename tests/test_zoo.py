@@ -85,8 +85,8 @@ def test_weights_equal_eager_alone_and_padded(tiny_model_path, eager_model, spec
         np.testing.assert_allclose(one.attn, expected[i][..., keep[:, None], keep], atol=1e-5)
 
 
-def _reference_ablation(loaded, ref, layer: int, head: int, ids, mask):
-    """The eager model with head `head`'s slice of layer `layer`'s attention output zeroed.
+def _reference_ablation(loaded, ref, layer: int, head: int, ids, mask, mean=None):
+    """The eager model with head `head`'s slice of layer `layer`'s attention output zeroed (or = mean).
 
     Generic: wraps the model's own module-level eager function and counts its calls (the encoder
     runs first, one call per layer, a shared module once per layer), knowing no module names.
@@ -99,7 +99,7 @@ def _reference_ablation(loaded, ref, layer: int, head: int, ids, mask):
         out, weights = real(*args, **kwargs)  # out: [batch, q, heads, head_dim]
         if calls[0] == layer:
             out = out.clone()
-            out[:, :, head] = 0.0
+            out[:, :, head] = 0.0 if mean is None else mean
         calls[0] += 1
         return out, weights
 
@@ -114,8 +114,10 @@ def _reference_ablation(loaded, ref, layer: int, head: int, ids, mask):
 
 
 @pytest.mark.parametrize("spec", _params([s for s in zoo.SPECS if s.name not in OWN_CODE]))
-def test_ablation_equals_zeroing_the_heads_slice_of_the_attention_output(tiny_model_path, eager_model, spec):
-    from attnviz.ablation import _encoder_forward, _keep, ablating
+def test_ablation_equals_zeroing_or_replacing_the_heads_slice_of_the_attention_output(
+    tiny_model_path, eager_model, spec
+):
+    from attnviz.ablation import _encoder_forward, _keep, ablating, reference_means
 
     folder = tiny_model_path(spec.name)
     loaded = load_model(str(folder), device="cpu")
@@ -134,6 +136,13 @@ def test_ablation_equals_zeroing_the_heads_slice_of_the_attention_output(tiny_mo
     np.testing.assert_allclose(ours[real].numpy(), theirs[real].numpy(), atol=1e-4)
     assert not torch.allclose(ours[real], before[real], atol=1e-6)  # the head mattered: the check can fail
     torch.testing.assert_close(again, before)  # the editor is gone
+    means = reference_means(loaded, TEXTS)  # per layer [heads, head_dim]
+    assert [tuple(m.shape) for m in means] == [tuple(means[0].shape)] * loaded.num_layers
+    with torch.inference_mode(), ablating(loaded, means) as state:
+        state.keep[layer] = _keep(len(TEXTS), loaded.capture.num_heads, [head])
+        ours = _encoder_forward(loaded, ids, mask)
+    theirs = _reference_ablation(loaded, ref, layer, head, ids, mask, means[layer][head])
+    np.testing.assert_allclose(ours[real].numpy(), theirs[real].numpy(), atol=1e-4)
 
 
 @pytest.mark.parametrize("spec", _params([s for s in zoo.SPECS if s.name not in OWN_CODE]))

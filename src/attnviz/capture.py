@@ -239,8 +239,16 @@ def head_weights(
 
 
 def attention_forward(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, **kwargs: Any):
-    """Registered as transformers' `attnviz` attention: the unrecorded output, plus the heads asked for."""
-    out, _ = _recorded(module, query, key, value, attention_mask, **kwargs)
+    """Registered as transformers' `attnviz` attention: the unrecorded output, plus the heads asked for.
+
+    Any other kind of active recorder (generation's step recorder) is handed the layer through its
+    own `forward(module, query, key, value, mask, **kwargs)`. An active Editor then edits the output.
+    """
+    rec = _active
+    if rec is not None and not isinstance(rec, Recorder):
+        out, _ = rec.forward(module, query, key, value, attention_mask, **kwargs)
+    else:
+        out, _ = _recorded(module, query, key, value, attention_mask, **kwargs)
     edit = _editor
     if edit is not None:
         ident = edit.key(module)
@@ -319,7 +327,8 @@ def recording(rec: Recorder) -> Iterator[Recorder]:
     """Activate a recorder for one forward pass; always deactivated, even on error."""
     global _active
     previous, _active = _active, rec
-    rec.calls.clear()
+    if isinstance(rec, Recorder):
+        rec.calls.clear()
     try:
         yield rec
     finally:
