@@ -25,16 +25,6 @@ FIELDS = {"rank", "layer", "head", "score", "a2b", "b2a", "role"}
 TEXT = "The cat sat on the mat, and the cat slept."
 
 
-@pytest.fixture(scope="module")
-def bert(tiny_model_path) -> str:
-    return str(tiny_model_path("bert"))
-
-
-@pytest.fixture(scope="module")
-def llama(tiny_model_path) -> str:
-    return str(tiny_model_path("llama"))
-
-
 def test_find_head_table_says_which_positions_were_used(bert):
     out = cli_ok(["find-head", "cat", "mat", TEXT, "-m", bert, "-n", "2,1"]).stdout
     lines = out.splitlines()

@@ -30,11 +30,6 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def bert(tiny_model_path) -> str:
-    return str(tiny_model_path("bert"))
-
-
-@pytest.fixture(scope="module")
 def loaded(bert):
     return load_model(bert, device="cpu")
 

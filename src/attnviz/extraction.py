@@ -226,6 +226,10 @@ def run_batch(
 ) -> list[Attention]:
     """One forward pass over an encoded batch; returns one Attention per text."""
     cap = loaded.capture
+    if qkv:
+        from attnviz.architecture import require_interface
+
+        require_interface(loaded, "the query, key and value vectors (qkv, explain, norm weighting)")
     inputs, dec = model_inputs(loaded, enc, decoder_text)
     rec = cap.run(inputs, layers, heads, qkv=qkv, store=store)
     main = "encoder" if cap.encoder_decoder else "self"
