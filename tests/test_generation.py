@@ -99,7 +99,19 @@ def _zoo_params() -> list:
     if zoo is None:
         return []
     specs = [s for s in zoo.SPECS if s.family != "encoder" and s.name not in ARCHS]
-    return [pytest.param(s, id=s.name, marks=() if s.fast else pytest.mark.slow) for s in specs]
+    quirk = pytest.mark.xfail(
+        strict=True,
+        reason="M2M100 numbers positions after skipping pad tokens; its decoder starts with the pad "
+        "token, so a full forward positions the new tokens one place off the cached steps",
+    )
+    return [
+        pytest.param(
+            s,
+            id=s.name,
+            marks=[*([] if s.fast else [pytest.mark.slow]), *([quirk] if s.name == "m2m_100" else [])],
+        )
+        for s in specs
+    ]
 
 
 @pytest.mark.parametrize("spec", _zoo_params())
