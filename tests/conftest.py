@@ -121,10 +121,12 @@ def seed_text() -> str:
 
 @pytest.fixture
 def figures(monkeypatch):
-    """Every figure the CLI saves through `attnviz.plots.save`, in order, with its path."""
+    """Every figure saved through `attnviz.plots.save`, in order, with its path (also by file name)."""
+    from helpers import SavedFigures
+
     import attnviz.plots
 
-    saved: list = []
+    saved = SavedFigures()
     real = attnviz.plots.save
 
     def spy(fig, path, dpi=None):
