@@ -201,6 +201,18 @@ PlotOpt = Annotated[
     Path | None,
     typer.Option("--plot", metavar="FILE", help="Also draw a figure into this file (.png, .svg or .pdf)."),
 ]
+ScaleOpt = Annotated[
+    str,
+    typer.Option(
+        "--scale",
+        "--vmax",
+        metavar="auto|max|log|N",
+        help="Colour scale: auto (the largest weight shown, leaving out the sink: the first key of a "
+        "causal model, or a [CLS]/BOS key holding the maximum; the legend says so), max (the largest "
+        "weight, sink included), log, or a number for the top (1: the fixed 0-1 scale). "
+        "--vmax is the old name.",
+    ),
+]
 CmapOpt = Annotated[
     str,
     typer.Option(

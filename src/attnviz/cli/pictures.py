@@ -24,6 +24,7 @@ from attnviz.cli._options import (
     ModelOpt,
     OutputOpt,
     OverOpt,
+    ScaleOpt,
     SpecialOpt,
     TextArg,
     TruncateOpt,
@@ -39,14 +40,6 @@ from attnviz.cli._options import (
 )
 from attnviz.selection import parse_indices
 
-VmaxOpt = Annotated[
-    str,
-    typer.Option(
-        "--vmax",
-        help="Top of the colour scale: auto (the largest weight shown, so diffuse heads are not "
-        "washed out) or a number (1.0: the fixed 0-1 scale).",
-    ),
-]
 AnnotateOpt = Annotated[
     bool, typer.Option("--annotate", help="Write the weights in the cells (short texts only).")
 ]
@@ -100,12 +93,12 @@ DimsOpt = Annotated[
 def _style(vmax: str | None, cmap: str, dpi: int | None, size: str | None) -> dict[str, Any]:
     """Check the drawing options before any model loads; InputError on the first bad one."""
     from attnviz.errors import InputError
-    from attnviz.plots import colormap, parse_size, parse_vmax
+    from attnviz.plots import colormap, parse_scale, parse_size
 
     if dpi is not None and not 10 <= dpi <= 1200:
         raise InputError(f"bad --dpi {dpi}: use a resolution between 10 and 1200")
     colormap(cmap)
-    return {"vmax": parse_vmax(vmax), "cmap": cmap, "dpi": dpi, "size": parse_size(size)}
+    return {"vmax": parse_scale(vmax), "cmap": cmap, "dpi": dpi, "size": parse_size(size)}
 
 
 def _words(value: str | None) -> list[str]:
@@ -214,7 +207,7 @@ def heatmap_cmd(
     over: OverOpt = "heads",
     weighting: WeightingOpt = "attention",
     words: WordsOpt = False,
-    vmax: VmaxOpt = "auto",
+    vmax: ScaleOpt = "auto",
     cmap: CmapOpt = "viridis",
     annotate: AnnotateOpt = False,
     stream: Annotated[
@@ -407,7 +400,7 @@ def toy_cmd(
     ] = None,
     decimals: DecimalsOpt = 4,
     dims: DimsOpt = 8,
-    vmax: VmaxOpt = "auto",
+    vmax: ScaleOpt = "auto",
     cmap: CmapOpt = "viridis",
     annotate: AnnotateOpt = False,
     dpi: DpiOpt = None,

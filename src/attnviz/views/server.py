@@ -37,7 +37,13 @@ PAGE_CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; connect-src 'self'; "
     "img-src 'self' data:; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
-STATIC = {"attnviz.js": "text/javascript", "attnviz.css": "text/css", "serve.js": "text/javascript"}
+STATIC = {
+    "attnviz.js": "text/javascript",
+    "matrix.js": "text/javascript",
+    "overview.js": "text/javascript",
+    "attnviz.css": "text/css",
+    "serve.js": "text/javascript",
+}
 log = logging.getLogger("attnviz.serve")
 
 
