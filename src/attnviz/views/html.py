@@ -13,11 +13,11 @@ import hashlib
 import html
 import json
 import os
+from collections.abc import Sequence
+from dataclasses import replace
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from collections.abc import Sequence
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from attnviz.errors import InputError
@@ -26,7 +26,6 @@ if TYPE_CHECKING:
     from attnviz.extraction import Attention
 
 DEFAULT_MAX_MB = 25.0
-SCALES = ("auto", "max", "log", "1")
 VIEWS = ("head", "matrix", "model", "text")
 HTML_SUFFIXES = (".html", ".htm")
 
@@ -141,8 +140,9 @@ def _too_big(att: Attention, size: float, max_mb: float) -> InputError:
 
 def page_meta(att: Attention, *, level: str = "token", scale: str = "auto") -> dict[str, Any]:
     """Everything the page's script reads except the weights: tokens, flags, the word map."""
-    if scale not in SCALES:
-        raise InputError(f"unknown colour scale '{scale}': use {', '.join(SCALES)}")
+    from attnviz.plots._common import parse_scale
+
+    scale = str(parse_scale(scale)) if scale != "1" else "1"
     if level not in ("token", "word"):
         raise InputError(f"unknown level '{level}': use token or word")
     if att.attn.ndim != 4:
