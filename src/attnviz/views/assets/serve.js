@@ -49,7 +49,7 @@
 
   function findHead(a, b) {
     ranking.textContent = "";
-    get("/api/find-head", { text: current.text, model: current.model, a: a, b: b, top: 10 })
+    get("/api/find-head", { text: current.text, model: current.model, a: a, b: b, top: 10, truncate: current.truncate })
       .then(function (rows) {
         var tab = el("table", "av-rank");
         var head = el("tr");
@@ -71,14 +71,16 @@
   form.addEventListener("submit", function (ev) {
     ev.preventDefault();
     var text = input.value.trim(), model = modelSel.value;
+    var cut = document.getElementById("av-truncate").checked ? 1 : 0;
     if (!text) { say("type a text first", true); return; }
     say("computing\u2026");
     var t0 = performance.now();
-    get("/api/view", { text: text, model: model, lazy: 1 }).then(function (data) {
-      current = { text: text, model: model, data: data };
+    get("/api/view", { text: text, model: model, lazy: 1, truncate: cut }).then(function (data) {
+      current = { text: text, model: model, data: data, truncate: cut };
       document.body.setAttribute("data-answered", String(performance.now() - t0));
       var fetchHead = function (layer, head) {
-        return get("/api/head", { text: text, model: model, layer: layer, head: head }).then(function (r) {
+        var q = { text: text, model: model, layer: layer, head: head, truncate: cut };
+        return get("/api/head", q).then(function (r) {
           return r.weights;
         });
       };
