@@ -333,8 +333,8 @@ def test_bad_options_fail_before_loading(tmp_path):
     bad("heatmap", SEED, "-o", str(blocker / "x.png"), match="cannot write")
     bad("entropy", SEED, "-o", "x.gif", match="unknown image format")
     bad("toy", "-o", "x.bmp", match="unknown image format")
-    bad("heatmap", SEED, "--vmax", "big", match="--vmax")
-    bad("heatmap", SEED, "--vmax", "0", match="--vmax")
+    bad("heatmap", SEED, "--vmax", "big", match="--scale")
+    bad("heatmap", SEED, "--scale", "0", match="--scale")
     bad("heatmap", SEED, "--cmap", "rainbowz", match="colour map")
     bad("heatmap", SEED, "--size", "huge", match="--size")
     bad("heatmap", SEED, "--dpi", "0", match="--dpi")
@@ -363,7 +363,16 @@ def test_help_does_not_import_heavy_libraries():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "HEAVY []" in out
-    for option in ("--vmax", "--cmap", "--annotate", "--highlight", "--aggregate", "--words", "--size"):
+    for option in (
+        "--scale",
+        "--vmax",
+        "--cmap",
+        "--annotate",
+        "--highlight",
+        "--aggregate",
+        "--words",
+        "--size",
+    ):
         assert option in out
 
 

@@ -6,6 +6,7 @@ import logging
 import re
 import warnings
 import xml.etree.ElementTree as ET
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -82,6 +83,41 @@ def test_fixed_scale_and_colour_map():
     (im,) = images(fig)
     assert im.get_clim() == (0.0, 1.0)
     assert im.get_cmap().name == "magma"
+
+
+def test_auto_scale_leaves_out_the_sink_of_a_causal_model_and_says_so():
+    att = fake_attention(causal=True)  # row 0 can only attend to itself: weight 1.0 in column 0
+    fig = plots.attention_figure(replace(att, layers=(0,), heads=(1,), attn=att.attn[:1, 1:2]))
+    (ax,) = data_axes(fig)
+    m, visible = att.head(0, 1), att.visible()
+    top = float(m[:, 1:][visible[:, 1:]].max())
+    assert ax.get_images()[0].get_clim() == pytest.approx((0.0, top)) and top < 1.0
+    bar = next(a for a in fig.axes if a is not ax)
+    assert "sink '[CLS]' (key 0, up to 1.00) left out" in bar.get_ylabel()
+    for scale, clim in (("max", (0.0, 1.0)), (0.5, (0.0, 0.5)), ("log", (1e-3, 1.0))):
+        fig = plots.attention_figure(
+            replace(att, layers=(0,), heads=(1,), attn=att.attn[:1, 1:2]), vmax=scale
+        )
+        (ax,) = data_axes(fig)
+        assert ax.get_images()[0].get_clim() == pytest.approx(clim)
+    assert "log scale" in next(a for a in fig.axes if a is not ax).get_ylabel()
+
+
+def test_sink_key_rules():
+    enc = np.full((4, 4), 0.1, dtype=np.float32)
+    enc[:, 0] = 0.7
+    labels, special = ["[CLS]", "a", "b", "[SEP]"], [True, False, False, True]
+    assert plots.sink_key([enc], labels, special, causal=False) == 0
+    assert plots.sink_key([enc], ["x", "a", "b", "y"], [False] * 4, causal=False) is None  # not [CLS]/BOS
+    other = np.roll(enc, 2, axis=1)  # the maximum sits in column 2
+    assert plots.sink_key([other], labels, special, causal=False) is None  # [CLS] holds no maximum
+    assert plots.sink_key([other], labels, special, causal=True) == 0  # causal: always the first key
+    scale = plots.resolve_scale("auto", [enc], None, 0, "[CLS]")
+    assert scale.vmax == pytest.approx(0.1) and "[CLS]" in scale.note
+    assert plots.resolve_scale("auto", [enc], None).vmax == pytest.approx(0.7)  # no sink given: the largest
+    for bad in ("x", "0", "-1", "nan"):
+        with pytest.raises(InputError, match="--scale"):
+            plots.parse_scale(bad)
 
 
 def test_dollar_tokens_are_not_mathtext():
