@@ -361,6 +361,9 @@
     this.root.setAttribute("data-layer", this.data.layers[st.layer]);
     this.root.setAttribute("data-head", this.data.heads[st.head]);
     spec.render(this);
+    if (!this.root.hasAttribute("data-drawn-at")) { // ms since the page started: for benchmarks/browser.py
+      this.root.setAttribute("data-drawn-at", performance.now().toFixed(1));
+    }
     this.root.setAttribute("data-view", st.view);
     this.root.setAttribute("data-rendered", String((+this.root.getAttribute("data-rendered") || 0) + 1));
   };
