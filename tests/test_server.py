@@ -273,6 +273,8 @@ def test_a_text_too_long_for_one_page_is_served_one_head_at_a_time(models, monke
     with TestClient(create_app(models, cache_bytes=1000)) as small:  # no whole text fits
         data = small.post("/api/view", json={"text": TEXT, "model": "gpt2", "lazy": 1}).json()
         assert data["lazy"] is True and "weights" not in data
+        shape = [1, 1, data["n"], data["n"]]
+        np.testing.assert_allclose(decode_weights(data["head0"], shape)[0, 0], att.head(0, 0), atol=0.01)
         assert data["tokens"] == att.labels and data["n"] == att.n_tokens and data["causal"] is True
         assert data["layers"] == [0, 1] and data["heads"] == [0, 1, 2, 3]
         one = small.post("/api/head", json={"text": TEXT, "model": "gpt2", "layer": 1, "head": 3}).json()

@@ -323,13 +323,16 @@ class Handlers:
         return page_data(transform(att, options), max_mb=self.max_page_mb)
 
     def _lazy(self, name: str, text: str, truncate: bool) -> dict[str, Any]:
-        from attnviz.views.html import page_meta
+        from attnviz.views.html import encode_weights, page_meta
 
         loaded = self.pool.models[name]
-        att = self.pool.head(name, text, truncate, 0, 0)  # the tokens and spans; its head is kept
+        att = self.pool.head(name, text, truncate, 0, 0)  # the tokens and spans, and the first head
         data = page_meta(att)
         data.update(
-            layers=list(range(loaded.num_layers)), heads=list(range(loaded.capture.num_heads)), lazy=True
+            layers=list(range(loaded.num_layers)),
+            heads=list(range(loaded.capture.num_heads)),
+            lazy=True,
+            head0=encode_weights(att.attn),  # layer 0, head 0: drawn without a second request
         )
         return data
 

@@ -81,6 +81,10 @@
     this.pending = {}; this.loaded = {};
     this.block = data.weights ? new Block(data.weights, data.layers.length, data.heads.length, data.n) : null;
     this.ready = this.block ? this.block.ready : Promise.resolve();
+    if (!this.block && data.head0) { // a served long text comes with its first head
+      var first = new Block(data.head0, 1, 1, data.n), self = this;
+      this.ready = first.ready.then(function () { self.loaded["0,0"] = first.head(0, 0); });
+    }
   }
   Store.prototype.has = function (l, h) { return !!this.block || (l + "," + h) in this.loaded; };
   Store.prototype.head = function (l, h) {
