@@ -364,6 +364,18 @@ def test_matrix_zooms_pans_labels_and_focuses_a_long_text(driver, tmp_path):
     col = half(att.attn[0, 0])[:, 3]
     first = js(driver, "return document.querySelector('.av-barrow').children[0].textContent")
     assert first == f"{att.labels[int(col.argmax())]}#{int(col.argmax())}"
+    # the head view of 300 tokens draws only the hovered token's lines, with positions in the list
+    driver.find_element(By.CSS_SELECTOR, "button[data-view=head]").click()
+    assert js(driver, "return document.querySelectorAll('svg.av-headview line').length") == 0
+    token = driver.find_element(By.CSS_SELECTOR, "text.av-tok[data-col=q][data-i='5']")
+    ActionChains(driver).move_to_element(token).perform()
+    drawn = js(driver, "return [...document.querySelectorAll('svg.av-headview line')].map(l => +l.dataset.q)")
+    assert set(drawn) == {5} and len(drawn) == lines_expected(att.attn[0], range(2), query=5)
+    keys = js(
+        driver, "return [...document.querySelectorAll('.av-topkeys td.av-key')].map(t => t.textContent)"
+    )
+    best = int(np.argmax(half(att.attn[0, 0])[5]))
+    assert keys[0] == f"{att.labels[best]}#{best}"
     # the model view: thumbnails capped at 64 px, max-pooled, drawn lazily
     driver.find_element(By.CSS_SELECTOR, "button[data-view=model]").click()
     wait(

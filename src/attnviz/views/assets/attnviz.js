@@ -13,6 +13,7 @@
     [39, 173, 129], [92, 200, 99], [170, 220, 50], [253, 231, 37]];
   var MASKED = "#d9d9d9";
   var MIN_LINE = 0.01; // head view: weights below this draw no line
+  var DENSE_HEAD_VIEW = 100; // tokens: beyond this the head view draws only the hovered token's lines
   var LOG_RANGE = 1e-3; // the log scale spans top * LOG_RANGE .. top
   var CACHE_HEADS = 24; // decoded heads kept (each n x n float32)
 
@@ -396,23 +397,35 @@
     var s = svg("svg", { width: width, height: top * 2 + m * rowH, class: "av-headview" });
     var lines = svg("g", { class: "av-lines" });
     s.appendChild(lines);
-    mats.forEach(function (hm) {
-      var h = hm[0], mat = hm[1];
-      for (var a = 0; a < m; a++) for (var b = 0; b < m; b++) {
-        var w = mat[a * m + b];
-        if (w < MIN_LINE || ex.masked(sh, a, b)) continue;
-        lines.appendChild(svg("line", {
-          x1: left, y1: top + a * rowH + rowH / 2, x2: right, y2: top + b * rowH + rowH / 2,
-          stroke: headColour(h), "stroke-width": 1.5, "stroke-opacity": Math.min(1, w).toFixed(3),
-          "data-q": a, "data-k": b, "data-head": ex.data.heads[h], "data-w": w.toFixed(4),
-        }));
-      }
-    });
+    // A long text draws only the hovered token's lines: every line of 500 tokens is too many to move.
+    var dense = m > DENSE_HEAD_VIEW;
+    function draw(col, i) {
+      lines.textContent = "";
+      mats.forEach(function (hm) {
+        var h = hm[0], mat = hm[1];
+        for (var a = 0; a < m; a++) {
+          if (dense && !(col === "q" && a === i) && col !== "k") continue;
+          for (var b = 0; b < m; b++) {
+            if (dense && col === "k" && b !== i) continue;
+            var w = mat[a * m + b];
+            if (w < MIN_LINE || ex.masked(sh, a, b)) continue;
+            lines.appendChild(svg("line", {
+              x1: left, y1: top + a * rowH + rowH / 2, x2: right, y2: top + b * rowH + rowH / 2,
+              stroke: headColour(h), "stroke-width": 1.5, "stroke-opacity": Math.min(1, w).toFixed(3),
+              "data-q": a, "data-k": b, "data-head": ex.data.heads[h], "data-w": w.toFixed(4),
+            }));
+          }
+        }
+      });
+    }
+    if (!dense) draw(null, null);
     var side = el("div", "av-side");
-    side.appendChild(el("div", "av-note", "Hover a token: its lines and top keys. Click a coloured head to toggle it."));
+    side.appendChild(el("div", "av-note", "Hover a token: its lines and top keys. Click a coloured head to toggle it." +
+      (dense ? " (" + m + " tokens: only the hovered token's lines are drawn.)" : "")));
     var panel = el("div", "av-top");
     side.appendChild(panel);
     function hover(col, i) {
+      if (dense && i !== null) draw(col, i);
       var all = lines.childNodes;
       for (var j = 0; j < all.length; j++) {
         var ln = all[j], show = i === null || +ln.getAttribute(col === "q" ? "data-q" : "data-k") === i;
