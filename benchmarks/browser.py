@@ -7,7 +7,8 @@ For each MiniLM text (every layer and head, `attnviz view`'s page) and each Smol
 
   bytes         the page (a file), or the page's data (served: /api/view and one /api/head answer)
   first_paint   ms from navigation to the first contentful paint (the browser's own entry)
-  drawn         ms from navigation (file) or from the model's answer (served) to the first view drawn
+  drawn         ms from navigation (file), or from the model's answer read by the page (served), to
+                the first view drawn (the page's own clock)
   hover         ms for a matrix-view mousemove to update the tooltip, and to the next frame (median
                 of 30 cells)
   switch        ms for a click on a view tab to the next frame, per view (median of 3; the model view's
@@ -161,10 +162,12 @@ def served_page(d, base: str, n_tokens: int, tokenizer) -> dict:
     WebDriverWait(d, 3600, poll_frequency=0.02).until(
         lambda d: d.execute_script("return !!document.querySelector('canvas.av-matrix')")
     )
-    ready = time.perf_counter() - start
     n = d.execute_script("return document.getElementById('attnviz-root').attnviz.data.n")
+    drawn = d.execute_script(
+        "return document.getElementById('attnviz-root').dataset.drawnAt - document.body.dataset.answeredAt"
+    )
     out = {"model": "smollm2", "tokens": n, "served": True, "answer_s": round(answer, 2)}
-    out.update(drawn=round((ready - answer) * 1000, 1), first_paint=paint(d))
+    out.update(drawn=round(drawn, 1), first_paint=paint(d))
     out["bytes"] = d.execute_script(
         "return performance.getEntriesByType('resource').filter(e => e.name.includes('/api/'))"
         ".reduce((s, e) => s + e.encodedBodySize, 0)"

@@ -77,7 +77,8 @@
     var t0 = performance.now();
     get("/api/view", { text: text, model: model, lazy: 1, truncate: cut }).then(function (data) {
       current = { text: text, model: model, data: data, truncate: cut };
-      document.body.setAttribute("data-answered", String(performance.now() - t0));
+      document.body.setAttribute("data-answered", String(performance.now() - t0)); // ms from the request
+      document.body.setAttribute("data-answered-at", String(performance.now())); // ms from page start
       var fetchHead = function (layer, head) {
         var q = { text: text, model: model, layer: layer, head: head, truncate: cut };
         return get("/api/head", q).then(function (r) {
