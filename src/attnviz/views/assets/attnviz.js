@@ -233,16 +233,15 @@
   };
   // {top, log, vmin, sink, sinkTop, t(v) -> 0..1}: auto, max, log, or a fixed number.
   Explorer.prototype.scaleOf = function (mats, sh, rows) {
-    var m = sh.keep.length, mode = this.state.scale, top = 0, rest = 0, self = this;
+    var m = sh.keep.length, mode = this.state.scale, top = 0, rest = 0, causal = this.data.causal;
     var sink = mode === "auto" ? this.sink(mats, sh) : null;
-    mats.forEach(function (mat) {
+    mats.forEach(function (mat) { // shown tokens keep their order: key b is masked for a when b > a
       for (var a = 0; a < m; a++) {
         if (rows && rows.indexOf(a) < 0) continue;
-        for (var b = 0; b < m; b++) {
-          if (self.masked(sh, a, b)) continue;
-          var v = mat[a * m + b];
+        for (var b = 0, end = causal ? a + 1 : m, base = a * m; b < end; b++) {
+          var v = mat[base + b];
           if (v > top) top = v;
-          if (b !== sink && v > rest) rest = v;
+          if (v > rest && b !== sink) rest = v;
         }
       }
     });

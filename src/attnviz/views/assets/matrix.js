@@ -11,37 +11,45 @@
   var MASKED_RGB = [217, 217, 217];
 
   // Paint rows r0.. and cols c0.. (span x span cells) of `mat` (m x m) into a px x px canvas.
-  // A pixel covering several cells shows their maximum; a fully masked block is grey.
+  // A pixel covering several cells shows their maximum (rows pooled after columns, one pass each);
+  // a block wholly in the causal future is grey. Shown tokens keep their order, so key b is in the
+  // future of query a exactly when b > a.
   function paint(ex, canvas, mat, sh, sc, r0, c0, span, px) {
     var m = sh.keep.length, ctx = canvas.getContext("2d");
     canvas.width = px; canvas.height = px;
     if (!px) return;
-    var img = ctx.createImageData(px, px), d = img.data, causal = ex.data.causal, keep = sh.keep;
-    var cell = px / span, lo = new Int32Array(px + 1);
+    var img = ctx.createImageData(px, px), d = img.data, causal = ex.data.causal;
+    var cell = px / span, lo = new Int32Array(px + 1), rows = Math.min(span, m - r0);
     for (var i = 0; i <= px; i++) lo[i] = Math.min(span, Math.floor(i / cell + 1e-9));
-    for (var y = 0; y < px; y++) {
-      var a0 = r0 + lo[y], a1 = Math.max(a0 + 1, r0 + lo[y + 1]);
+    var cols = new Float32Array(rows * px); // [row][pixel column]: the max over its block of keys
+    for (var a = 0; a < rows; a++) {
+      var base = (r0 + a) * m, out = a * px;
       for (var x = 0; x < px; x++) {
-        var b0 = c0 + lo[x], b1 = Math.max(b0 + 1, c0 + lo[x + 1]), top = -1;
-        for (var a = a0; a < a1 && a < m; a++) {
-          var base = a * m;
-          for (var b = b0; b < b1 && b < m; b++) {
-            if (causal && keep[b] > keep[a]) continue;
-            var v = mat[base + b];
-            if (v > top) top = v;
-          }
+        var b0 = c0 + lo[x], b1 = Math.min(m, Math.max(b0 + 1, c0 + lo[x + 1])), top = 0;
+        for (var b = b0; b < b1; b++) if (mat[base + b] > top) top = mat[base + b];
+        cols[out + x] = top;
+      }
+    }
+    var t = sc.t;
+    for (var y = 0; y < px; y++) {
+      var a0 = lo[y], a1 = Math.min(rows, Math.max(a0 + 1, lo[y + 1]));
+      for (x = 0; x < px; x++) {
+        var o = (y * px + x) * 4, first = c0 + lo[x];
+        if (a0 >= rows || first >= m || (causal && first > r0 + a1 - 1)) {
+          d[o] = MASKED_RGB[0]; d[o + 1] = MASKED_RGB[1]; d[o + 2] = MASKED_RGB[2]; d[o + 3] = 255;
+          continue;
         }
-        var o = (y * px + x) * 4;
-        if (top < 0) { d[o] = MASKED_RGB[0]; d[o + 1] = MASKED_RGB[1]; d[o + 2] = MASKED_RGB[2]; }
-        else { var k = Math.round(sc.t(top) * 255) * 3; d[o] = LUT[k]; d[o + 1] = LUT[k + 1]; d[o + 2] = LUT[k + 2]; }
-        d[o + 3] = 255;
+        var v = 0;
+        for (a = a0; a < a1; a++) if (cols[a * px + x] > v) v = cols[a * px + x];
+        var k = Math.round(t(v) * 255) * 3;
+        d[o] = LUT[k]; d[o + 1] = LUT[k + 1]; d[o + 2] = LUT[k + 2]; d[o + 3] = 255;
       }
     }
     ctx.putImageData(img, 0, 0);
     if (causal && cell >= 8) { // hatch masked cells, as the PNG pictures do
       ctx.strokeStyle = "#aaaaaa"; ctx.beginPath();
       for (a = 0; a < span && r0 + a < m; a++) for (b = 0; b < span && c0 + b < m; b++) {
-        if (keep[c0 + b] <= keep[r0 + a]) continue;
+        if (c0 + b <= r0 + a) continue;
         ctx.moveTo(b * cell, (a + 1) * cell); ctx.lineTo((b + 1) * cell, a * cell);
       }
       ctx.stroke();
@@ -164,7 +172,15 @@
     grid.appendChild(labels(ex, sh, z, cell, "k"));
     grid.appendChild(labels(ex, sh, z, cell, "q"));
     var canvas = el("canvas", "av-matrix");
-    paint(ex, canvas, mat, sh, sc, z.r0, z.c0, z.span, px);
+    // the last picture is kept: coming back from another view does not repaint 8,192^2 cells
+    var key = [st.layer, st.head, st.level, st.hideSpecial, st.scale, z.r0, z.c0, z.span, px].join();
+    if (ex.painted && ex.painted.key === key && ex.painted.mat === mat) {
+      canvas.width = px; canvas.height = px;
+      canvas.getContext("2d").putImageData(ex.painted.img, 0, 0);
+    } else {
+      paint(ex, canvas, mat, sh, sc, z.r0, z.c0, z.span, px);
+      ex.painted = { key: key, mat: mat, img: canvas.getContext("2d").getImageData(0, 0, px, px) };
+    }
     canvas.setAttribute("data-cells", z.span * z.span);
     canvas.setAttribute("data-cell", cell);
     canvas.setAttribute("data-span", z.span);
