@@ -110,16 +110,17 @@ def decode_weights(weights: dict[str, Any], shape: Sequence[int]) -> Any:
 
 def _word_map(att: Attention) -> dict[str, Any] | None:
     """How the page merges tokens into words itself (so the word level costs no weights): each
-    token's unit, and the units' labels; None when merging changes nothing."""
+    token's unit, and the units' labels (the text's own words, so an uncased model's words keep
+    their case); None when the word level would be the token level."""
     from attnviz.tokens import word_units
 
     if att.level != "token" or not att.word_ids:
         return None
-    labels, unit_of = word_units(att.tokens, att.word_ids, att.words)
-    if len(labels) == len(att.tokens):
-        return None
+    _, unit_of = word_units(att.tokens, att.word_ids, att.words)
     one = replace(att, attn=att.attn[:1, :1], layers=att.layers[:1], heads=att.heads[:1], qkv=None)
     words = replace(one, cross=None, decoder=None).to_words()  # labels and flags as `--words` has them
+    if words.labels == att.labels:
+        return None
     return {"unit": unit_of, "tokens": words.labels, "special": [bool(s) for s in words.special]}
 
 
