@@ -23,9 +23,12 @@ from typing import TYPE_CHECKING, Any
 from attnviz.errors import InputError
 
 if TYPE_CHECKING:
+    from attnviz.analyses.transform import ViewOptions
     from attnviz.extraction import Attention
+    from attnviz.models import LoadedModel
 
 DEFAULT_MAX_MB = 25.0
+BYTES_PER_WEIGHT = 0.22  # the page's encoding, measured on MiniLM at 512 tokens (causal models: less)
 VIEWS = ("head", "matrix", "model", "text")
 HTML_SUFFIXES = (".html", ".htm")
 
@@ -127,16 +130,54 @@ def _word_map(att: Attention) -> dict[str, Any] | None:
 def estimate_bytes(att: Attention) -> int:
     """About how big the page for `att` will be before encoding it (measured: ~0.22 bytes a weight
     on MiniLM at 512 tokens), plus the code; the real size is checked after encoding."""
-    return int(att.attn.size * 0.22) + 60_000
+    return int(att.attn.size * BYTES_PER_WEIGHT) + 60_000
 
 
-def _too_big(att: Attention, size: float, max_mb: float) -> InputError:
-    layers, heads, n, _ = att.attn.shape
-    return InputError(
-        f"the page would be about {size / 1e6:.0f} MB ({n} tokens x {layers} layers x {heads} heads, "
-        f"about {size / layers / 1e6:.1f} MB a layer); narrow it with --layers (e.g. --layers 0) "
-        f"or --heads, allow it with --max-mb, or explore it through `attnviz serve`"
+def check_page_size(size: float, shape: tuple[int, ...], max_mb: float) -> None:
+    """Refuse a page of about `size` bytes over `max_mb`, saying how to narrow it ([layers, heads, n, n])."""
+    if size > max_mb * 1e6:
+        layers, heads, n = shape[:3]
+        raise InputError(
+            f"the page would be about {size / 1e6:.0f} MB ({n} tokens x {layers} layers x {heads} heads, "
+            f"about {size / layers / 1e6:.1f} MB a layer); narrow it with --layers (e.g. --layers 0) "
+            f"or --heads, allow it with --max-mb, or explore it through `attnviz serve`"
+        )
+
+
+def check_page_fits(
+    loaded: LoadedModel,
+    text: str,
+    *,
+    layers: Sequence[int] | None = None,
+    heads: Sequence[int] | None = None,
+    options: ViewOptions | None = None,
+    truncate: bool = False,
+    max_mb: float | None = DEFAULT_MAX_MB,
+) -> None:
+    """Refuse a page too large from the text's token count, before the forward pass is paid for.
+
+    Compression varies with the attention, so only a page estimated at over twice `max_mb` is
+    refused here; `page_data` checks the encoded page itself.
+    """
+    if max_mb is None:
+        return
+    from attnviz.extraction import tokenize
+    from attnviz.selection import resolve_indices
+
+    enc = tokenize(loaded, [text], truncate=truncate)
+    hidden = sum(enc.special[0]) if options is not None and options.hide_special else 0
+    n = enc.lengths[0] - hidden
+    n_layers = len(
+        resolve_indices(layers, loaded.num_layers, "layer", loaded.name) or [0] * loaded.num_layers
     )
+    n_heads = loaded.capture.num_heads
+    n_heads = len(resolve_indices(heads, n_heads, "head", loaded.name) or [0] * n_heads)
+    if options is not None and options.aggregate is not None:
+        n_heads = 1 if options.over in ("heads", "both") else n_heads
+        n_layers = 1 if options.over in ("layers", "both") else n_layers
+    size = n_layers * n_heads * n * n * BYTES_PER_WEIGHT + 60_000
+    if size > 2 * max_mb * 1e6:
+        check_page_size(size, (n_layers, n_heads, n), max_mb)
 
 
 def page_meta(att: Attention, *, level: str = "token", scale: str = "auto") -> dict[str, Any]:
@@ -178,13 +219,12 @@ def page_data(
     A page that would pass `max_mb` is refused with the way to narrow it.
     """
     data = page_meta(att, level=level, scale=scale)
-    if max_mb is not None and estimate_bytes(att) > 2 * max_mb * 1e6:
-        raise _too_big(att, estimate_bytes(att), max_mb)  # clearly too big: refused before encoding
+    if max_mb is not None and estimate_bytes(att) > 2 * max_mb * 1e6:  # clearly too big: not encoded
+        check_page_size(estimate_bytes(att), att.attn.shape, max_mb)
     data["weights"] = encode_weights(att.attn)
     if max_mb is not None:
         size = len(data["weights"]["data"]) + len(data["weights"]["first"]) + 60_000
-        if size > max_mb * 1e6:
-            raise _too_big(att, size, max_mb)
+        check_page_size(size, att.attn.shape, max_mb)
     return data
 
 
@@ -227,11 +267,12 @@ def render_html(
 
 def output_path(output: Path | None, text: str, model: str) -> Path:
     """`-o` checked (an .html file or a folder), or a fresh name under outputs/ that never overwrites."""
-    from attnviz.outputs import OUTPUT_DIR, default_name, reserve, slug
+    from attnviz.outputs import OUTPUT_DIR, default_name, refuse_link, reserve, slug
 
     name = default_name("view", slug(text), Path(model).name, ext="html")
     if output is None:
         return reserve(OUTPUT_DIR, name)
+    refuse_link(output)
     if output.is_dir():
         return reserve(output, name)
     if output.suffix.lower() not in HTML_SUFFIXES:
@@ -244,14 +285,20 @@ def output_path(output: Path | None, text: str, model: str) -> Path:
 
 def check_output(output: Path | None) -> None:
     """Fail on a bad `-o` before a model loads."""
+    from attnviz.outputs import refuse_link
+
+    if output is not None:
+        refuse_link(output)
     if output is not None and not output.is_dir() and output.suffix.lower() not in HTML_SUFFIXES:
         raise InputError(f"output {output} should end with .html")
 
 
 def write_html(page: str, path: Path) -> Path:
+    from attnviz.outputs import atomic_output
+
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(page, encoding="utf-8")
+        with atomic_output(path) as tmp:  # refuses a symbolic link rather than write through it
+            tmp.write_text(page, encoding="utf-8")
     except OSError as exc:
         raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
     return path
