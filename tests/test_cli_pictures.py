@@ -83,7 +83,10 @@ def test_one_head_to_png_with_size_and_dpi(minilm, figures, tmp_path):
     im = ax.get_images()[0]
     assert im.get_array().shape == (14, 14)
     np.testing.assert_allclose(im.get_array(), minilm_head(minilm, 1, 5), atol=1e-6)
-    assert im.get_clim() == pytest.approx((0, float(minilm_head(minilm, 1, 5).max())))
+    head = minilm_head(minilm, 1, 5)
+    assert head[:, 0].max() >= head.max()  # [CLS] holds the maximum: the auto scale leaves it out
+    assert im.get_clim() == pytest.approx((0, float(head[:, 1:].max())))
+    assert "sink '[CLS]'" in next(a for a in fig.axes if a is not ax).get_ylabel()
     assert ax.get_title() == "minilm · layer 1 · head 5"
 
 
