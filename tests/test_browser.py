@@ -282,6 +282,25 @@ def test_injected_text_runs_nothing_and_shows_literally(driver, tmp_path):
     assert not errors(driver)
 
 
+def test_the_notebook_iframe_decodes_and_draws_in_its_sandbox(driver, tmp_path):
+    """A sandboxed srcdoc iframe has an opaque origin: the page still inflates its weights there."""
+    from selenium.webdriver.common.by import By
+
+    from attnviz.views.notebook import iframe
+
+    att = synthetic()
+    path = tmp_path / "notebook.html"
+    path.write_text(f"<!DOCTYPE html><html><body>{iframe(render_html(att, view='matrix'))}</body></html>")
+    driver.get(path.as_uri())
+    driver.switch_to.frame(driver.find_element(By.TAG_NAME, "iframe"))
+    try:
+        wait(driver, lambda d: d.execute_script("return !!document.querySelector('canvas.av-matrix')"))
+        assert js(driver, "return +document.querySelector('canvas.av-matrix').dataset.cells") == 49
+    finally:
+        driver.switch_to.default_content()
+    assert not errors(driver)
+
+
 # -- long texts ---------------------------------------------------------------------------------
 def long_page(n: int, causal: bool = False, seed: int = 1, sink: float = 5.0):
     """An n-token Attention (1 layer, 2 heads) shaped like a model's: a sink column, strong keys."""
