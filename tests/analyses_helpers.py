@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from attnviz.extraction import Attention
+from attnviz.attention import Attention
 
 
 def synthetic(

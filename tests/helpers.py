@@ -42,6 +42,7 @@ def saved_figures(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
         return real(fig, path, dpi)
 
     monkeypatch.setattr(plots, "save", spy)
+    monkeypatch.setattr(plots._common, "save", spy)  # what plots' own save_* helpers call
     return saved
 
 

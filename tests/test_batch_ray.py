@@ -340,3 +340,42 @@ def test_resume_after_the_ray_command_is_killed(ray_instance, tiny_model_path, t
     reference = tmp_path / "local"
     run_batch_analysis(str(corpus), make_config(model=str(model), plots=False), reference)
     _assert_same(out, reference)
+
+
+def test_more_workers_than_the_machine_has_cpus_is_refused_before_ray_starts(tmp_path):
+    """`--workers 100000` on a small machine: one line at once, not a local Ray waiting forever."""
+    code = "from attnviz.cli import main; main()"
+    args = ["batch", "-", "-o", str(tmp_path / "out"), "--engine", "ray", "--workers", "100000"]
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        input="a cat\n",
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    cpus = ray_engine.local_cpus(make_config(engine="ray", workers=100000))
+    assert cpus == os.cpu_count()
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == (
+        f"error: --workers 100000 x --threads 1 need 100000 CPUs but this machine has {cpus}; "
+        "ask for fewer workers or threads\n"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_workers_that_never_start_are_reported_after_the_stated_time():
+    """A cluster that accepts the actors but never places them: one line after the timeout."""
+
+    class Stuck:
+        """Ray's wait as a cluster short of resources answers it: nothing ready."""
+
+        def wait(self, refs, num_returns, timeout):
+            assert timeout == 0.25 and num_returns == len(refs)
+            return [], list(refs)
+
+    with pytest.raises(
+        InputError, match=r"^2 of 2 Ray workers did not start and load the model within 0.25 s"
+    ):
+        ray_engine.wait_ready(Stuck(), ["a", "b"], timeout=0.25)

@@ -8,8 +8,9 @@ import os
 import numpy as np
 import pytest
 
+from attnviz.attention import Attention
 from attnviz.errors import InputError, TextTooLongError
-from attnviz.extraction import Attention, extract, extract_batch
+from attnviz.extraction import extract, extract_batch
 from attnviz.models import load_model
 
 TEXTS = ["The cat sat.", "Transformers are great; transformers attend to tokens in Paris.", "A dog"]

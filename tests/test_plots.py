@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from attnviz import plots
+from attnviz.attention import Attention
 from attnviz.errors import InputError
-from attnviz.extraction import Attention
 
 TOKENS = ("[CLS]", "the", "cat", "costs", "$5", "[SEP]")
 

@@ -30,7 +30,7 @@ from attnviz.errors import InputError
 from attnviz.tokens import display
 
 if TYPE_CHECKING:
-    from attnviz.extraction import Attention
+    from attnviz.attention import Attention
 
 PATTERNS: tuple[str, ...] = ("self", "previous", "next", "first", "last_sep", "punctuation", "broad")
 # Patterns measuring attention mass on some positions (comparable with each other); `broad` is not.
@@ -228,7 +228,7 @@ def head_patterns(
     broad_threshold: float = BROAD_THRESHOLD,
 ) -> PatternTable:
     """Score every head on one text, or on many (mean and standard deviation; streams, one pass)."""
-    from attnviz.extraction import Attention
+    from attnviz.attention import Attention
 
     check_thresholds(threshold, broad_threshold)
     first: Attention | None = None

@@ -19,7 +19,7 @@ from attnviz.patterns import PATTERNS, pattern_scores, role_of
 from attnviz.tokens import display, locate, normalise
 
 if TYPE_CHECKING:
-    from attnviz.extraction import Attention
+    from attnviz.attention import Attention
 
 Direction = Literal["both", "a2b", "b2a"]
 DIRECTIONS: tuple[str, ...] = ("both", "a2b", "b2a")
@@ -351,7 +351,7 @@ def find_heads(
     iterable, consumed once, so a corpus can stream): texts lacking either word are skipped, and
     none having both is an error.
     """
-    from attnviz.extraction import Attention
+    from attnviz.attention import Attention
 
     if direction not in DIRECTIONS:
         raise InputError(f"unknown direction '{direction}': use {', '.join(DIRECTIONS)}")

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from attnviz.attention import Attention
 from attnviz.errors import InputError, TextTooLongError
-from attnviz.extraction import Attention
 
 if TYPE_CHECKING:
     from attnviz.models import LoadedModel
@@ -143,7 +143,7 @@ def read_texts(
     source: str | Path | Iterable[str], fmt: str = "auto", field: str = "text", column: str = "text"
 ) -> tuple[list[str], int]:
     """Texts from a corpus (as `batch` reads it: txt, jsonl, csv, parquet, `-`) and how many were skipped."""
-    from attnviz.batch import Item, read_corpus
+    from attnviz.corpus import Item, read_corpus
 
     texts, skipped = [], 0
     for rec in read_corpus(source, fmt, field, column):

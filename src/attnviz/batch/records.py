@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from attnviz.batch.analyzer import Analyzer, BatchResult, Timings
-from attnviz.batch.corpus import Item, Reject, Source, read_corpus
 from attnviz.config import BatchConfig
+from attnviz.corpus import Item, Reject, Source, read_corpus
 
 if TYPE_CHECKING:
     import pandas as pd

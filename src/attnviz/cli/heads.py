@@ -35,7 +35,7 @@ from attnviz.selection import parse_indices
 
 if TYPE_CHECKING:
     from attnviz.analyses.transform import ViewOptions
-    from attnviz.extraction import Attention
+    from attnviz.attention import Attention
     from attnviz.induction import InductionResult, InductionSettings
     from attnviz.models import LoadedModel
     from attnviz.patterns import PatternTable

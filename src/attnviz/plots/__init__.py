@@ -61,7 +61,7 @@ from attnviz.plots.heatmaps import (
     overview,
     overview_layout,
 )
-from attnviz.plots.roles import ROLE_COLOURS, role_figure, role_map, score_figure, score_map
+from attnviz.plots.roles import ROLE_COLOURS, effect_map, role_figure, role_map, score_figure, score_map
 from attnviz.plots.toy import toy_figure
 
 __all__ = [
@@ -96,6 +96,7 @@ __all__ = [
     "derived_figure",
     "derived_title",
     "draw_matrix",
+    "effect_map",
     "embedding_figure",
     "entropy_bars",
     "entropy_figure",

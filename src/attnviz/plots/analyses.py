@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from attnviz.plots import _common  # `_common.save`: the one save, as tests spy on it
 from attnviz.plots._common import (
     DEFAULT_CMAP,
     DEFAULT_DPI,
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
     from attnviz.analyses.cluster import HeadDistances
     from attnviz.analyses.compare import Comparison
     from attnviz.analyses.rollout import Rollout
-    from attnviz.extraction import Attention
+    from attnviz.attention import Attention
 
 DIVERGING = "RdBu_r"
 ROLE_MARKERS = {
@@ -191,10 +192,8 @@ def save_clustermap(grid: Any, path: str | Path, dpi: float | None = None) -> Pa
     """Save a clustermap and close its pyplot figure (seaborn draws through pyplot)."""
     import matplotlib.pyplot as plt
 
-    from attnviz import plots
-
     try:
-        return plots.save(grid.figure, path, dpi=dpi or 100)
+        return _common.save(grid.figure, path, dpi=dpi or 100)
     finally:
         plt.close(grid.figure)
 

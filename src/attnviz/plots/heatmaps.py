@@ -46,7 +46,7 @@ from attnviz.plots.fonts import with_fonts
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from attnviz.extraction import Attention
+    from attnviz.attention import Attention
 
 OVERVIEW_PANEL = 1.25  # inches: a panel of the whole-model overview, unless the text needs more
 OVERVIEW_MAX = 50.0  # inches: an overview that needs more (a long text, many heads) is refused

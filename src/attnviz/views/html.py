@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from attnviz.errors import InputError
 
 if TYPE_CHECKING:
-    from attnviz.extraction import Attention
+    from attnviz.attention import Attention
 
 DEFAULT_MAX_MB = 25.0
 SCALES = ("auto", "1")
