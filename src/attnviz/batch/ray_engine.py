@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from attnviz.batch.analyzer import Analyzer, BatchResult, Timings
 from attnviz.batch.lifecycle import BatchRun, RunProgress, RunState, Windows, drive, model_record
-from attnviz.batch.records import events, load
+from attnviz.batch.records import events, free_cpus, load
 from attnviz.batch.store import HEADS_DIR, OutputError, OutputFolder, PartWriter
 from attnviz.config import BatchConfig
 from attnviz.corpus import Item, Reject, Source
@@ -308,7 +308,9 @@ def start_workers(ray: Any, config: BatchConfig, outdir: Path) -> list[Any]:
     """`workers` actors (default: the cluster's CPUs / threads), refused at once if they cannot fit."""
     threads = config.threads or 1
     cpus = int(ray.cluster_resources().get("CPU", 0))
-    n = config.workers or max(1, cpus // threads)
+    # a local instance shares this machine: by default a worker per CPU other work leaves free
+    free = min(cpus, free_cpus()) if config.address is None else cpus
+    n = config.workers or max(1, free // threads)
     check_fits(n, threads, cpus, "the Ray cluster")
     gpus = 1 if config.device.startswith("cuda") else 0
     actor = ray.remote(ChunkWorker).options(

@@ -23,16 +23,19 @@ __all__ = ["BatchRun", "LocalEngine", "RunProgress", "run_batch_analysis"]
 class LocalEngine:
     """The default engine: one model in this process; parts committed every `commit_seconds`."""
 
-    details = None  # `_run.json` of a local run has no "engine" section (as before Ray existed)
-
     def __init__(self, config: BatchConfig, model: LoadedModel | None = None) -> None:
         self.config = config
         self.model = model
         self.analyzer: Analyzer | None = None
+        self.details: dict[str, Any] | None = None
 
     def prepare(self) -> tuple[RunShape, dict[str, Any]]:
         """Load the model (or take the one given) and check the settings against it."""
         self.analyzer = Analyzer(load(self.config, self.model), self.config)
+        import torch
+
+        # the threads chosen (free CPUs when not set): what to compare when a run was slow
+        self.details = {"name": "local", "threads": torch.get_num_threads()}
         return self.analyzer, model_record(self.analyzer)
 
     def analyse(self, windows: Windows, state: RunState) -> None:
