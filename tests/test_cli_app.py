@@ -30,7 +30,7 @@ def test_the_installed_typer_is_the_pinned_minor_version():
 
 def test_the_classes_we_subclass_still_offer_what_we_override():
     assert issubclass(Group, TyperGroup) and issubclass(Command, TyperCommand)
-    for method in ("main", "get_params", "collect_usage_pieces", "make_context"):
+    for method in ("main", "get_params", "collect_usage_pieces"):
         assert callable(getattr(TyperGroup, method))
     assert isinstance(typer.main.get_command(app), Group)
 
@@ -43,4 +43,7 @@ def test_usage_errors_are_typer_exceptions_when_not_standalone():
     assert "No such option: --bogus" in err.value.format_message() and err.value.exit_code == 2
     with pytest.raises(typer.TyperException):
         group.main(["nosuchcommand"], "attnviz", standalone_mode=False)
+    with pytest.raises(typer.TyperException) as bare:  # no_args_is_help: the help, as an exception
+        group.main([], "attnviz", standalone_mode=False)
+    assert bare.value.format_message().startswith("Usage: attnviz [OPTIONS] COMMAND")
     assert issubclass(typer.BadParameter, typer.TyperException)

@@ -53,10 +53,9 @@ class Group(TyperGroup):
     """The root command: a usage error (bad value, unknown option) is one `error:` line, exit 2.
 
     Typer would draw a multi-line panel; scripts and tests (CliRunner included) get one line here.
-    Public API only: Click's `main(standalone_mode=False)`, `make_context` and `get_help`, and
-    Typer's exported `TyperException` (every usage error's base) and `Abort`, caught by type.
-    Typer vendors its Click, so tests/test_cli_app.py pins the minor version tested and the
-    behaviour relied on.
+    Public API only: Click's `main(standalone_mode=False)`, and Typer's exported `TyperException`
+    (every usage error's base) and `Abort`, caught by type. Typer vendors its Click, so
+    tests/test_cli_app.py pins the minor version tested and the behaviour relied on.
     """
 
     def get_params(self, ctx: Any) -> list[Any]:
@@ -66,17 +65,15 @@ class Group(TyperGroup):
              standalone_mode: bool = True, **extra: Any) -> Any:  # fmt: skip
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
-        argv = sys.argv[1:] if args is None else list(args)
-        if not argv:  # plain `attnviz`: the help, not an error
-            with self.make_context(prog_name or "attnviz", [], resilient_parsing=True) as ctx:
-                typer.echo(ctx.get_help())
-            sys.exit(0)
         try:
-            code = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except typer.Abort:
             typer.echo("error: interrupted", err=True)
             sys.exit(130)
         except typer.TyperException as exc:  # a usage error (bad value, unknown option...)
+            if not (sys.argv[1:] if args is None else list(args)):  # plain `attnviz`: no_args_is_help
+                typer.echo(exc.format_message())
+                sys.exit(0)
             ctx = getattr(exc, "ctx", None)
             hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
             typer.echo(f"error: {exc.format_message()}{hint}", err=True)

@@ -10,7 +10,9 @@ import typer
 
 from attnviz.cli._app import command
 from attnviz.cli._options import (
+    CmapOpt,
     DeviceOpt,
+    DpiOpt,
     DtypeOpt,
     FileOpt,
     HeadOpt,
@@ -19,56 +21,19 @@ from attnviz.cli._options import (
     LayerOpt,
     LayersOpt,
     ModelOpt,
+    OutputJsonOpt,
     TextArg,
     TopOpt,
     TruncateOpt,
     TrustOpt,
+    check_style,
     load,
+    note,
     print_json,
     read_text,
+    write_figure,
 )
 from attnviz.selection import parse_indices
-
-OutputOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--output",
-        "-o",
-        help="Image file (.png, .svg, .pdf) or a folder for a default name. With --json a picture is "
-        "written only when -o is given. Default: a new file under outputs/.",
-    ),
-]
-CmapOpt = Annotated[str, typer.Option("--cmap", help="Matplotlib colour map of the heatmap.")]
-DpiOpt = Annotated[int | None, typer.Option("--dpi", help="Resolution of PNG files (default 150).")]
-
-
-def _note(message: str) -> None:
-    typer.echo(f"note: {message}", err=True)
-
-
-def _check_style(cmap: str, dpi: int | None) -> None:
-    from attnviz.errors import InputError
-    from attnviz.plots import colormap
-
-    if dpi is not None and not 10 <= dpi <= 1200:
-        raise InputError(f"bad --dpi {dpi}: use a resolution between 10 and 1200")
-    colormap(cmap)
-
-
-def _write(fig: Any, output: Path | None, parts: tuple[Any, ...], dpi: int | None) -> Path:
-    """Save to `-o` or a fresh default path under outputs/; a reserved default file is removed on failure."""
-    from attnviz import plots
-    from attnviz.outputs import output_path
-
-    reserved = output is None or output.is_dir()
-    path = output_path(output, parts)
-    try:
-        plots.save(fig, path, dpi)
-    except BaseException:
-        if reserved:
-            path.unlink(missing_ok=True)
-        raise
-    return path
 
 
 # -- rollout ------------------------------------------------------------------------------------
@@ -94,7 +59,7 @@ def rollout_cmd(
     ] = False,
     cmap: CmapOpt = "viridis",
     dpi: DpiOpt = None,
-    output: OutputOpt = None,
+    output: OutputJsonOpt = None,
     file: FileOpt = None,
     model: ModelOpt = "minilm",
     truncate: TruncateOpt = False,
@@ -111,21 +76,21 @@ def rollout_cmd(
     from attnviz.tokens import positions
 
     check_options(head_fusion, residual)
-    _check_style(cmap, dpi)
+    check_style(cmap, dpi)
     layer_list = parse_indices(layers, "--layers")
     body = read_text(text, file)
     check_output(output)
     loaded = load(model, device, dtype, trust_remote_code)
     att = extract(body, loaded, layers=layer_list, truncate=truncate)
     if att.truncated:
-        _note(f"cut {att.truncated} tokens to fit the model's limit")
+        note(f"cut {att.truncated} tokens to fit the model's limit")
     index = positions(att, token)[0] if token else 0
     ro = rollout(att, head_fusion, residual)
     path = None
     if output is not None or not as_json:
         fig = rollout_figure(ro, index, cmap=cmap, dpi=dpi or 150)
         span = f"L{ro.layers[0]}-{ro.layers[-1]}"
-        path = _write(fig, output, ("rollout", slug(body), loaded.name, span, head_fusion), dpi)
+        path = write_figure(fig, output, ("rollout", slug(body), loaded.name, span, head_fusion), dpi)
     if as_json:
         print_json({**ro.to_dict(), "token": index, "output": str(path) if path else None})
     else:
@@ -147,7 +112,7 @@ def compare_cmd(
     ] = False,
     cmap: CmapOpt = "viridis",
     dpi: DpiOpt = None,
-    output: OutputOpt = None,
+    output: OutputJsonOpt = None,
     model: ModelOpt = "minilm",
     truncate: TruncateOpt = False,
     device: DeviceOpt = "auto",
@@ -169,7 +134,7 @@ def compare_cmd(
     for name, value in (("TEXT_A", text_a), ("TEXT_B", text_b)):
         if not value.strip():
             raise InputError(f"{name} is empty")
-    _check_style(cmap, dpi)
+    check_style(cmap, dpi)
     layer_list = parse_indices(layers, "--layers")
     head_list = parse_indices(heads, "--heads")
     check_output(output)
@@ -178,7 +143,7 @@ def compare_cmd(
         [text_a, text_b], loaded, layers=layer_list, heads=head_list, truncate=truncate
     )
     result = compare(att_a, att_b)
-    _note(result.alignment.describe())
+    note(result.alignment.describe())
     path = None
     if output is not None or not as_json:
         if layer is not None and head is not None:
@@ -188,7 +153,7 @@ def compare_cmd(
         else:
             fig = change_figure(result, dpi=dpi or 150)
             parts = ("compare", slug(text_a, 24), loaded.name)
-        path = _write(fig, output, parts, dpi)
+        path = write_figure(fig, output, parts, dpi)
     rows = result.ranked(top or None)
     if as_json:
         print_json(
@@ -261,7 +226,7 @@ def cluster_cmd(
     if len(texts) < 2:
         raise InputError(f"clustering needs at least two texts, got {len(texts)}")
     if skipped:
-        _note(f"skipped {skipped} empty or unreadable records")
+        note(f"skipped {skipped} empty or unreadable records")
     loaded = load(model, device, dtype, trust_remote_code)
     folder = outdir or Path("outputs") / f"cluster-{slug(loaded.name)}"
     try:
@@ -273,7 +238,7 @@ def cluster_cmd(
     )
     files = [dist.to_csv(folder / "distances.csv")]
     files.append(save_clustermap(cluster_map(dist), folder / "clustermap.png"))
-    files.append(_write(embedding_figure(dist), folder / "embedding.png", (), None))
+    files.append(write_figure(embedding_figure(dist), folder / "embedding.png", (), None))
     if as_json:
         print_json(
             {
