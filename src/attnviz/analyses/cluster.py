@@ -7,7 +7,6 @@ a thousand texts cost the memory of one; pattern roles (`attnviz heads`) are sco
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from attnviz.attention import Attention
-from attnviz.errors import InputError, TextTooLongError
+from attnviz.errors import InputError
 
 if TYPE_CHECKING:
     from attnviz.models import LoadedModel
@@ -166,26 +165,19 @@ def cluster_texts(
     dtype: str | None = "float32",
 ) -> HeadDistances:
     """Run texts through the model, `batch_size` at a time, and return the head distances."""
-    from attnviz.extraction import extract_batch
-    from attnviz.models import LoadedModel, load_model
+    from attnviz.extraction import extract_stream
 
     texts = list(texts)
     if len(texts) < 2:
         raise InputError(f"clustering needs at least two texts, got {len(texts)}")
-    loaded = model if isinstance(model, LoadedModel) else load_model(model, device=device, dtype=dtype)
-
-    def stream() -> Iterator[Attention]:
-        for start in range(0, len(texts), batch_size):
-            chunk = texts[start : start + batch_size]
-            try:
-                yield from extract_batch(
-                    chunk, loaded, layers=layers, heads=heads, truncate=truncate, batch_size=batch_size
-                )
-            except TextTooLongError as exc:  # number the text in the whole input, not in its batch
-                match = re.match(r"(?:text (\d+)|the text) has (.*)", str(exc))
-                if match is None:
-                    raise
-                index = start + int(match.group(1) or 1)
-                raise TextTooLongError(f"text {index} has {match.group(2)}") from None
-
-    return head_distances(stream())
+    atts = extract_stream(
+        texts,
+        model,
+        layers=layers,
+        heads=heads,
+        truncate=truncate,
+        batch_size=batch_size,
+        device=device,
+        dtype=dtype,
+    )
+    return head_distances(atts)

@@ -97,19 +97,14 @@ def _stream(
     `options` (--weighting, --no-special) transform each text's attention before it is ranked.
     """
     from attnviz.analyses.transform import ViewOptions, transform
-    from attnviz.extraction import extract_batch
+    from attnviz.extraction import extract_stream
 
     options = options or ViewOptions()
-    for start in range(0, len(texts), chunk):
-        for att in extract_batch(
-            texts[start : start + chunk],
-            loaded,
-            layers=layers,
-            heads=heads,
-            truncate=truncate,
-            qkv=options.qkv,
-        ):
-            yield transform(att, options, loaded)
+    atts = extract_stream(
+        texts, loaded, layers=layers, heads=heads, truncate=truncate, qkv=options.qkv, batch_size=chunk
+    )
+    for att in atts:
+        yield transform(att, options, loaded)
 
 
 # -- find-head ---------------------------------------------------------------------------------
