@@ -192,6 +192,12 @@ def cluster_cmd(
     field: Annotated[str, typer.Option("--field", help="JSON key holding the text.")] = "text",
     column: Annotated[str, typer.Option("--column", help="CSV / Parquet column holding the text.")] = "text",
     limit: Annotated[int | None, typer.Option("--limit", help="Use at most this many texts.")] = None,
+    groups: Annotated[
+        int | None,
+        typer.Option(
+            "--groups", "-g", metavar="N", help="Groups of heads to print (default: about sqrt(heads/2))."
+        ),
+    ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Texts per forward pass.")] = 16,
     layers: LayersOpt = None,
     heads: HeadsOpt = None,
@@ -207,7 +213,7 @@ def cluster_cmd(
     from attnviz.analyses.cluster import cluster_texts, read_texts
     from attnviz.errors import InputError
     from attnviz.outputs import slug
-    from attnviz.plots.analyses import cluster_map, embedding_figure, save_clustermap
+    from attnviz.plots.analyses import save_cluster
 
     if source is not None and file is not None:
         raise InputError("give the corpus as an argument or with --file, not both")
@@ -218,6 +224,8 @@ def cluster_cmd(
         where = "-"
     if batch_size < 1:
         raise InputError(f"bad --batch-size {batch_size}: use 1 or more")
+    if groups is not None and groups < 1:
+        raise InputError(f"bad --groups {groups}: use 1 or more")
     layer_list = parse_indices(layers, "--layers")
     head_list = parse_indices(heads, "--heads")
     texts, skipped = read_texts(where, fmt, field, column)
@@ -229,16 +237,11 @@ def cluster_cmd(
         note(f"skipped {skipped} empty or unreadable records")
     loaded = load(model, device, dtype, trust_remote_code)
     folder = outdir or Path("outputs") / f"cluster-{slug(loaded.name)}"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"cannot write to {folder}: {exc.strerror or exc}") from None
     dist = cluster_texts(
         texts, loaded, layers=layer_list, heads=head_list, truncate=truncate, batch_size=batch_size
     )
-    files = [dist.to_csv(folder / "distances.csv")]
-    files.append(save_clustermap(cluster_map(dist), folder / "clustermap.png"))
-    files.append(write_figure(embedding_figure(dist), folder / "embedding.png", (), None))
+    found = dist.groups(groups)
+    files = save_cluster(dist, folder)
     if as_json:
         print_json(
             {
@@ -246,9 +249,14 @@ def cluster_cmd(
                 "texts": dist.texts,
                 "skipped": skipped,
                 "files": [str(f) for f in files],
+                "groups": [g.as_dict() for g in found],
                 "nearest": dist.nearest(10),
             }
         )
-    else:
-        for f in files:
-            typer.echo(str(f))
+        return
+    typer.echo(f"{dist.model}: {len(found)} groups of heads over {dist.texts} texts (average linkage)")
+    for i, group in enumerate(found, start=1):
+        typer.echo(f"group {i}: {group.describe()}")
+        typer.echo("  " + " ".join(group.heads))
+    for f in files:
+        typer.echo(str(f))
