@@ -128,7 +128,8 @@ class HeadGroup:
         span = _span(self.layers)
         roles = ", ".join(f"{role} {n}" for role, n in self.roles)
         size = f"{len(self.heads)} head{'s' if len(self.heads) != 1 else ''}"
-        return f"{size}, {span}, {roles}; mean distance {self.spread:.3f} bits"
+        alone = len(self.heads) == 1
+        return f"{size}, {span}, {roles}" + ("" if alone else f"; mean distance {self.spread:.3f} bits")
 
 
 def _span(layers: Sequence[int]) -> str:

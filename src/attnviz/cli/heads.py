@@ -226,21 +226,11 @@ def _print_ranking(result: HeadSearch) -> None:
 
 
 def _plot_best(result: HeadSearch, att: Attention, path: Path) -> None:
-    """The winning head's heatmap on the first text used, with A's and B's tokens highlighted."""
+    """The winning head's heatmap on the first text used (the library's `search_figure`)."""
     from attnviz import plots
+    from attnviz.plots.heatmaps import search_figure
 
-    best = result.best
-    ua, ub = result.units[0]
-    fig = plots.heatmap(
-        att.head(best.layer, best.head),
-        att.labels,
-        visible=att.visible(),
-        highlight=sorted({*ua.tokens, *ub.tokens}),
-        text=att.text,
-        title=f"{att.model} · layer {best.layer} · head {best.head}: "
-        f"{ua.label} ↔ {ub.label} (score {best.score:.3f})" + "".join(f" · {n}" for n in att.notes),
-    )
-    plots.save(fig, path)
+    plots.save(search_figure(result, att), path)
 
 
 # -- heads -------------------------------------------------------------------------------------

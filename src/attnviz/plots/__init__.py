@@ -60,6 +60,7 @@ from attnviz.plots.heatmaps import (
     heatmap_panels,
     overview,
     overview_layout,
+    search_figure,
 )
 from attnviz.plots.roles import ROLE_COLOURS, effect_map, role_figure, role_map, score_figure, score_map
 from attnviz.plots.toy import toy_figure
@@ -119,6 +120,7 @@ __all__ = [
     "save_clustermap",
     "score_figure",
     "score_map",
+    "search_figure",
     "toy_figure",
     "weighting_figure",
 ]
