@@ -308,14 +308,16 @@ def _descendants(pid: int) -> list[int]:
 
 
 def test_resume_after_the_ray_command_is_killed(ray_instance, tiny_model_path, tmp_path):
-    """kill -9 of a running `attnviz batch --engine ray` (its own local Ray), then --resume."""
+    """kill -9 of a running `attnviz batch --engine ray`, then --resume. The command joins this
+    module's Ray instance (`--address`): one local Ray for the module, not one more per test."""
     model = tiny_model_path("bert")
     corpus = tmp_path / "c.txt"
     corpus.write_text("\n".join(f"The cat number {i} sat on the mat." for i in range(300)) + "\n")
     out = tmp_path / "out"
+    address = ray_instance.get_runtime_context().gcs_address
     cmd = [sys.executable, "-c", "from attnviz.cli import main; main()", "batch", str(corpus), "-o", str(out)]
     cmd += ["-m", str(model), "--engine", "ray", "--workers", "2", "-b", "1", "--texts-per-part", "5"]
-    cmd += ["--no-plots"]
+    cmd += ["--no-plots", "--address", address]
     env = {**os.environ, "RAY_ADDRESS": ""}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.monotonic() + 120

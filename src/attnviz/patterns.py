@@ -215,9 +215,14 @@ class PatternTable:
         return out
 
 
-def check_thresholds(threshold: float, broad_threshold: float) -> None:
-    """Both thresholds are fractions of a row's attention: 0-1 (checked before a model loads)."""
-    for option, value in (("--threshold", threshold), ("--broad-threshold", broad_threshold)):
+def check_thresholds(
+    threshold: float, broad_threshold: float, names: tuple[str, str] = ("threshold", "broad_threshold")
+) -> None:
+    """Both thresholds are fractions of a row's attention: 0-1 (checked before a model loads).
+
+    `names`: what the caller typed, so the error speaks its language (the CLI passes its flags).
+    """
+    for option, value in zip(names, (threshold, broad_threshold), strict=True):
         if not 0.0 <= value <= 1.0:
             raise InputError(f"bad {option} {value:g}: pattern scores are fractions, use a value in 0-1")
 

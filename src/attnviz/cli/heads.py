@@ -322,7 +322,7 @@ def heads_cmd(
         raise InputError("--ablate works with --induction (for a text, use attnviz ablate TEXT --scan)")
     if sort is not None and sort not in PATTERNS:
         raise InputError(f"unknown --sort '{sort}': use one of {', '.join(PATTERNS)}")
-    check_thresholds(threshold, broad_threshold)
+    check_thresholds(threshold, broad_threshold, ("--threshold", "--broad-threshold"))
     items = texts_from(text, file, texts)
     loaded = load(model, device, dtype, trust_remote_code)
     atts = _stream(items, loaded, layer_list, head_list, truncate, view_options(special=special))
