@@ -1,6 +1,7 @@
 """The Ray engine against a real local Ray instance (two CPUs, two workers, no mocks): the same
 output folder as the local engine, a worker killed part way, resume across engines, and the
-one-line errors of its options."""
+one-line errors of its options. One Ray instance serves the module (the command that must start
+its own is the exception); tests that use Ray are `slow`, the option checks are not."""
 
 from __future__ import annotations
 
@@ -110,6 +111,7 @@ def _assert_same(out: Path, reference: Path, exact: bool = False) -> None:
     assert _rejects(out) == _rejects(reference)
 
 
+@pytest.mark.slow  # a real Ray instance: minutes on 2 cores, so not in -m 'not slow'
 def test_ray_output_equals_the_local_engine(
     ray_instance, tiny_model_path, corpus, reference, tmp_path, monkeypatch
 ):
@@ -142,6 +144,7 @@ def test_ray_output_equals_the_local_engine(
         np.testing.assert_allclose(mine[key], value, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow  # a real Ray instance: minutes on 2 cores, so not in -m 'not slow'
 def test_a_worker_killed_part_way_has_its_chunk_retried(
     ray_instance, tiny_model_path, corpus, reference, tmp_path, monkeypatch
 ):
@@ -158,6 +161,7 @@ def test_a_worker_killed_part_way_has_its_chunk_retried(
     assert not list(out.rglob("*.tmp"))
 
 
+@pytest.mark.slow  # a real Ray instance: minutes on 2 cores, so not in -m 'not slow'
 def test_a_chunk_that_always_kills_its_worker_stops_the_run_in_one_line(
     ray_instance, tiny_model_path, tmp_path, monkeypatch
 ):
@@ -174,6 +178,7 @@ def test_a_chunk_that_always_kills_its_worker_stops_the_run_in_one_line(
     assert not list((out / HEADS_DIR).iterdir())
 
 
+@pytest.mark.slow  # a real Ray instance: minutes on 2 cores, so not in -m 'not slow'
 def test_resume_after_an_interrupted_ray_run_and_across_engines(
     ray_instance, tiny_model_path, corpus, reference, tmp_path
 ):
@@ -212,6 +217,7 @@ def test_resume_after_an_interrupted_ray_run_and_across_engines(
     assert len(run["sessions"]) == 2 and run["status"] == "complete"
 
 
+@pytest.mark.slow  # a real Ray instance: minutes on 2 cores, so not in -m 'not slow'
 def test_worker_errors_come_back_as_one_line(ray_instance, tiny_model_path, tmp_path):
     out = tmp_path / "out"
     with pytest.raises(InputError, match=r"^layer 7 is out of range") as err:
@@ -272,6 +278,7 @@ def test_a_missing_ray_says_how_to_install_it(tmp_path, monkeypatch):
         run_batch_analysis(["a cat"], make_config(engine="ray"), tmp_path / "lib")
 
 
+@pytest.mark.slow  # a real Ray instance: minutes on 2 cores, so not in -m 'not slow'
 def test_the_command_starts_and_stops_its_own_ray(tiny_model_path, corpus, reference, tmp_path):
     """No cluster given: the command starts a local Ray instance and shuts it down; stdout is JSON."""
     out = tmp_path / "out"
@@ -307,6 +314,7 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
+@pytest.mark.slow  # a real Ray instance: minutes on 2 cores, so not in -m 'not slow'
 def test_resume_after_the_ray_command_is_killed(ray_instance, tiny_model_path, tmp_path):
     """kill -9 of a running `attnviz batch --engine ray`, then --resume. The command joins this
     module's Ray instance (`--address`): one local Ray for the module, not one more per test."""
