@@ -92,7 +92,19 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("extraction", ("extraction",)),
     (
         "analyses",
-        ("patterns", "search", "induction", "ablation", "effects", "steps", "toy", "explain", "analyses"),
+        # `generation`: issue 21's generate-with-attention, expected on main (a model, then extraction)
+        (
+            "patterns",
+            "search",
+            "induction",
+            "ablation",
+            "effects",
+            "steps",
+            "toy",
+            "explain",
+            "analyses",
+            "generation",
+        ),
     ),
     ("pictures", ("plots", "views")),
     ("apps", ("batch", "views.server")),
@@ -357,3 +369,10 @@ def test_the_layer_checks_can_fail():
     assert "imports attnviz.high (high)" in bad[1]  # the package __init__ that import runs
     assert _layer_of("attnviz.new_module") is None
     assert _layer_of("attnviz.views.server") > _layer_of("attnviz.views.html")
+
+
+def test_the_one_upward_edge_is_used_and_nothing_else_is_allowed():
+    """The allow-list is one named edge; if no `_repr_html_` needs it any more, it must go."""
+    assert {("_repr_html_", "attnviz.views.notebook")} == ALLOWED_UPWARD
+    users = {i.importer for i in _every_import() if (i.function, i.target) in ALLOWED_UPWARD}
+    assert users >= {"attnviz.attention", "attnviz.search"}
