@@ -117,3 +117,19 @@ def test_groups_recover_planted_clusters() -> None:
     assert len(dist.groups()) == 2 and len(dist.groups(1)) == 1  # default: round(sqrt(9 / 2))
     with pytest.raises(Exception, match="cannot cut 9 heads into 10 groups"):
         dist.groups(10)
+
+
+def test_rollout_and_compare_figures_quote_their_texts() -> None:
+    from attnviz.plots.analyses import change_figure
+
+    ro = rollout(synthetic(("<s>", "a", "b"), causal=True, text="Emily wanted Paris"))
+    assert ro.text == "Emily wanted Paris"
+    assert "“Emily wanted Paris”" in rollout_figure(ro).get_suptitle()
+    long = "The trophy did not fit in the suitcase because it was too "
+    a = synthetic(("[CLS]", "too", "big", "[SEP]"), seed=1, text=long + "big.")
+    b = synthetic(("[CLS]", "too", "small", "[SEP]"), seed=2, text=long + "small.")
+    cmp = compare(a, b)
+    for title in (change_figure(cmp).axes[0].get_title(), pair_figure(cmp, 1, 2).get_suptitle()):
+        lines = title.splitlines()
+        assert lines[-2].startswith("A “") and lines[-2].endswith("too big.”"), title  # where they differ
+        assert lines[-1].startswith("B “") and lines[-1].endswith("too small.”"), title

@@ -1,4 +1,4 @@
-"""Batch configuration: a TOML file in `configs/`, merged with command-line options.
+"""Batch configuration: a TOML file (yours, or one shipped in `attnviz/configs/`), merged with options.
 
 Precedence, lowest first: the defaults below, the TOML file, then the options actually given on the
 command line (an option left out never overrides the file). Light on purpose: no numpy, no torch,
@@ -199,6 +199,8 @@ def _check(cfg: BatchConfig) -> None:
         raise InputError(f"unknown statistic '{unknown[0]}'{where}; choose from {', '.join(STATISTICS)}")
     if not cfg.statistics and not cfg.probes:
         raise InputError(f"nothing to record{where}: keep at least one statistic or add a probe")
+    if not cfg.model.strip():
+        raise InputError(f"the model name is empty{where}: give an alias, a hub id, a folder or a .gguf file")
     if cfg.format not in FORMATS:
         raise InputError(f"unknown input format '{cfg.format}'{where}; use {', '.join(FORMATS)}")
     for name in ("batch_size", "texts_per_part", "attention_memory_mb"):
@@ -208,7 +210,7 @@ def _check(cfg: BatchConfig) -> None:
         raise InputError(f"max_length must be at least 2{where}")
     if cfg.threads is not None and cfg.threads < 1:
         raise InputError(f"threads must be at least 1{where}")
-    if cfg.commit_seconds <= 0:
+    if not cfg.commit_seconds > 0:  # NaN too
         raise InputError(f"commit_seconds must be positive{where}")
     _check_engine(cfg, where)
     names = [p.name for p in cfg.probes]
@@ -277,15 +279,30 @@ def parse_probe(spec: str) -> Probe:
     return make_probe(a.split("|"), b.split("|"), name, f" (in --probe {spec})")
 
 
+def shipped_configs() -> dict[str, Path]:
+    """The configs that ship inside the package (name -> file), found wherever attnviz is installed."""
+    from importlib import resources
+
+    folder = resources.files("attnviz").joinpath("configs")
+    return {p.name[: -len(".toml")]: Path(str(p)) for p in folder.iterdir() if p.name.endswith(".toml")}
+
+
 def find_config(spec: str | Path) -> Path:
-    """A config path as given, else `configs/NAME.toml` for a bare name like `coreference`."""
+    """A config path as given; a bare NAME is ./configs/NAME.toml, else the shipped config NAME."""
     path = Path(spec).expanduser()
     if path.is_file():
         return path
+    shipped = shipped_configs()
     if path.suffix == "" and len(path.parts) == 1:
         candidate = Path("configs") / f"{path.name}.toml"
         if candidate.is_file():
             return candidate
+        if path.name in shipped:
+            return shipped[path.name]
+        raise InputError(
+            f"no such config: {spec} (a bare name is looked up as configs/{spec}.toml here, then "
+            f"among the shipped configs: {', '.join(sorted(shipped))})"
+        )
     raise InputError(f"no such config file: {spec}")
 
 
@@ -326,6 +343,9 @@ def load_config(spec: str | Path) -> dict[str, Any]:
                     f"trust_remote_code cannot be set in a config file{where}; remove it and pass "
                     "--trust-remote-code on the command line to let a model's own code run"
                 )
+            if keys[key] == "statistics" and not isinstance(value, list):  # the file's form is a list
+                example = 'keep = ["entropy"]'
+                raise InputError(f"keep in [statistics] must be a list of names, e.g. {example}{where}")
             out[keys[key]] = value
     return _coerce(out, where)
 

@@ -129,3 +129,31 @@ def locked(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+_AGAIN = "download or copy it again"
+
+
+def gguf_problem(path: Path) -> str | None:
+    """Why a .gguf file cannot be read (not GGUF, or cut short), or None when its layout is whole.
+
+    Asked only after loading failed, so the few seconds of parsing are spent on the error path.
+    """
+    try:
+        with path.open("rb") as fh:
+            magic = fh.read(4)
+        size = path.stat().st_size
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    if magic != b"GGUF":
+        return "is not a GGUF file (it does not start with the GGUF magic bytes)"
+    from gguf import GGUFReader
+
+    try:
+        reader = GGUFReader(path)
+    except Exception:  # the reader runs off the end of a cut file in many different ways
+        return f"is truncated or damaged: it cannot be read as GGUF ({size:,} bytes); {_AGAIN}"
+    end = max((int(t.data_offset) + int(t.n_bytes) for t in reader.tensors), default=0)
+    if end > size:
+        return f"is truncated: its tensors need {end:,} bytes, the file has {size:,}; {_AGAIN}"
+    return None

@@ -155,6 +155,8 @@ class InductionSettings:
     def check(self) -> InductionSettings:
         if self.seq_len < 2 or self.batch < 1:
             raise InputError("use --seq-len of at least 2 and --batch of at least 1")
+        if not 0 <= self.seed < 2**64:  # the same range as toy's seed (numpy refuses a negative one)
+            raise InputError(f"--seed {self.seed}: use a whole number from 0 to 2**64 - 1")
         if self.sort not in SCORES:
             raise InputError(f"unknown --sort '{self.sort}' with --induction: use {' or '.join(SCORES)}")
         return self

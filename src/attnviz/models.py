@@ -24,6 +24,7 @@ from attnviz.gguf_cache import (
     clean_stale_temporaries,
     entry_ok,
     file_digest,
+    gguf_problem,
     locked,
 )
 
@@ -123,6 +124,11 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 def resolve_model(spec: str | None) -> ModelSource:
     """Turn what the user typed into a ModelSource; raise ModelNotFoundError with a fix if we can."""
+    if spec is not None and not spec.strip():  # `info ''` names no model; None is the default one
+        raise ModelNotFoundError(
+            f"the model name is empty: give an alias ({', '.join(BUNDLED)}), a hub id, a model folder "
+            "or a .gguf file"
+        )
     spec = (spec or DEFAULT_MODEL).strip()
     if spec.lower() in BUNDLED:
         alias = spec.lower()
@@ -411,8 +417,13 @@ def _read_gguf(
         gguf_utils.tqdm = partial(gguf_utils.tqdm, disable=True)  # its own progress bar, unasked for
     common = {"trust_remote_code": trust_remote_code}
     src = ModelSource(source.spec, source.name, "folder", str(gguf.parent))
-    tokenizer = _from_pretrained(AutoTokenizer, src, gguf_file=gguf.name, **common)
-    model = _from_pretrained(AutoModel, src, gguf_file=gguf.name, dtype="float32", **common)
+    try:
+        tokenizer = _from_pretrained(AutoTokenizer, src, gguf_file=gguf.name, **common)
+        model = _from_pretrained(AutoModel, src, gguf_file=gguf.name, dtype="float32", **common)
+    except Exception as exc:  # a cut file fails deep in the reader (struct.error, IndexError...)
+        if (problem := gguf_problem(gguf)) is not None:
+            raise ModelNotFoundError(f"{gguf} {problem}") from exc
+        raise
     # The weights are plain float tensors by now; drop the GGUF quantizer so they can be saved.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
@@ -495,10 +506,17 @@ def load_model(
             _auto_class(task), source, dtype=torch_dtype, use_safetensors=True, **common
         )
         from_cache = False
-    try:
+    with contextlib.suppress(ValueError, AttributeError):  # old-style models refuse: handled below
         hf_model.set_attn_implementation(ATTN_IMPLEMENTATION)
-    except (ValueError, AttributeError):
-        hf_model.set_attn_implementation("eager")  # old-style model: fall back to output_attentions
+    if hf_model.config._attn_implementation != ATTN_IMPLEMENTATION:
+        # old-style model (its own attention code): eager + output_attentions, whose masks are always
+        # materialised. Some (Falcon) ignore the switch and keep sdpa's missing causal mask: load again.
+        hf_model.set_attn_implementation("eager")
+        if hf_model.config._attn_implementation != "eager" and source.origin != "gguf":
+            hf_model = _from_pretrained(
+                _auto_class(task), source, dtype=torch_dtype, use_safetensors=True,
+                attn_implementation="eager", trust_remote_code=trust_remote_code,
+            )  # fmt: skip
     hf_model.eval().to(dev)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token

@@ -122,6 +122,8 @@ def build_toy(
         raise InputError(f"--dim {dim} is not divisible by --heads {heads}; each head gets dim/heads")
     if not math.isfinite(temperature) or temperature <= 0:
         raise InputError(f"--temperature {temperature}: use a number above 0")
+    if not 0 <= seed < 2**64:  # torch's generator takes a 64-bit seed
+        raise InputError(f"--seed {seed}: use a whole number from 0 to 2**64 - 1")
     d_k = dim // heads
     g = torch.Generator().manual_seed(seed)
     vocab = list(dict.fromkeys(labels))

@@ -29,9 +29,18 @@ def main() -> None:
     """Console-script entry point: every failure is one `error:` line on stderr.
 
     Usage errors are handled by the app itself (cli/_app.py `Group`), so CliRunner sees the same.
+    A full standard output is one line too; a closed one (`| head -1`) ends quietly (cli/_stdout.py).
     """
+    from attnviz.cli._stdout import StdoutError, failed, guard
+
+    guard()
     try:
-        app()
+        try:
+            app()
+        finally:
+            sys.stdout.flush()  # what is still buffered fails here, inside the handlers below
+    except StdoutError as exc:
+        failed(exc)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)

@@ -33,7 +33,7 @@ from attnviz.cli._options import (
     read_text,
     write_figure,
 )
-from attnviz.selection import parse_indices
+from attnviz.selection import parse_indices, resolve_indices
 
 
 # -- rollout ------------------------------------------------------------------------------------
@@ -139,6 +139,9 @@ def compare_cmd(
     head_list = parse_indices(heads, "--heads")
     check_output(output)
     loaded = load(model, device, dtype, trust_remote_code)
+    if layer is not None and head is not None:  # out of range is refused, as every command does
+        layer = resolve_indices([layer], loaded.num_layers, "layer", loaded.name)[0]
+        head = resolve_indices([head], loaded.num_heads, "head", loaded.name)[0]
     att_a, att_b = extract_batch(
         [text_a, text_b], loaded, layers=layer_list, heads=head_list, truncate=truncate
     )
@@ -147,7 +150,7 @@ def compare_cmd(
     path = None
     if output is not None or not as_json:
         if layer is not None and head is not None:
-            pick_layer = att_a.layers[att_a.layer_pos(layer % loaded.num_layers)]
+            pick_layer = att_a.layers[att_a.layer_pos(layer)]
             fig = pair_figure(result, pick_layer, head, cmap=cmap, dpi=dpi or 150)
             parts = ("compare", slug(text_a, 24), loaded.name, f"L{pick_layer}-H{head}")
         else:
@@ -212,8 +215,8 @@ def cluster_cmd(
     over the texts. Writes distances.csv, a seaborn clustermap and a 2-D MDS map coloured by layer."""
     from attnviz.analyses.cluster import cluster_texts, read_texts
     from attnviz.errors import InputError
-    from attnviz.outputs import slug
-    from attnviz.plots.analyses import save_cluster
+    from attnviz.outputs import refuse_link, slug
+    from attnviz.plots.analyses import CLUSTER_FILES, cluster_folder, save_cluster
 
     if source is not None and file is not None:
         raise InputError("give the corpus as an argument or with --file, not both")
@@ -235,8 +238,10 @@ def cluster_cmd(
         raise InputError(f"clustering needs at least two texts, got {len(texts)}")
     if skipped:
         note(f"skipped {skipped} empty or unreadable records")
+    for name in CLUSTER_FILES if outdir else ():
+        refuse_link(outdir / name)  # before the model loads: these files are replaced
     loaded = load(model, device, dtype, trust_remote_code)
-    folder = outdir or Path("outputs") / f"cluster-{slug(loaded.name)}"
+    folder = cluster_folder(outdir or Path("outputs") / f"cluster-{slug(loaded.name)}")
     dist = cluster_texts(
         texts, loaded, layers=layer_list, heads=head_list, truncate=truncate, batch_size=batch_size
     )

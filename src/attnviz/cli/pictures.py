@@ -90,7 +90,10 @@ DecimalsOpt = Annotated[
     int, typer.Option("--decimals", metavar="N", help="Decimals printed in the tables (0-10).")
 ]
 DimsOpt = Annotated[
-    int, typer.Option("--dims", metavar="N", help="Vector dimensions printed (0: all); tables stay narrow.")
+    int,
+    typer.Option(
+        "--dims", metavar="N", min=0, help="Vector dimensions printed (0: all); tables stay narrow."
+    ),
 ]
 
 
@@ -104,7 +107,13 @@ def _style(vmax: str | None, cmap: str, dpi: int | None, size: str | None) -> di
 
 
 def _words(value: str | None) -> list[str]:
-    return [w.strip() for w in (value or "").split(",") if w.strip()]
+    """--highlight's words; given but empty (`--highlight ''`) is an error, not nothing marked."""
+    from attnviz.errors import InputError
+
+    words = [w.strip() for w in (value or "").split(",") if w.strip()]
+    if value is not None and not words:
+        raise InputError("--highlight is empty: give words or @positions, e.g. --highlight paris,french")
+    return words
 
 
 def _extract_selection(
@@ -223,6 +232,7 @@ def heatmap_cmd(
     options = view_options(weighting, special, aggregate, over, words)
     head_list = _heads_arg(head, heads)
     style = _style(vmax, cmap, dpi, size)
+    marked = _words(highlight)
     check_stream(stream, layer, head_list, words, options.changes, options.weighting == "norm")
     body, loaded, att = _extract_selection(
         text,
@@ -241,7 +251,7 @@ def heatmap_cmd(
         typer.echo(str(write_figure(fig, output, parts)))
         return
     att = transform(square_stream(att, stream), options, loaded)
-    marks = positions_of(att, _words(highlight))
+    marks = positions_of(att, marked)
     if annotate:
         limit = annotate_limit(len(att.layers), len(att.heads))
         if att.n_tokens > limit:
@@ -309,6 +319,7 @@ def entropy_cmd(
     options = view_options(special=special)
     head_list = _heads_arg(head, heads)
     style = _style("auto", cmap, dpi, size)
+    marked = _words(highlight)
     body, loaded, att = _extract_selection(
         text,
         file,
@@ -321,7 +332,7 @@ def entropy_cmd(
     )
     att = transform(att, options)
     ent = row_entropy_of(att)
-    marks = positions_of(att, _words(highlight))
+    marks = positions_of(att, marked)
     path = None
     if output is not None or not as_json:
         fig = entropy_figure(

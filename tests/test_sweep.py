@@ -1,0 +1,339 @@
+"""The error sweep: every command fed its classic bad inputs answers one `error:` line and exit 2.
+
+Empty, whitespace, out of range, reversed, NaN, negative, conflicting, unreadable, not UTF-8, a cut
+file: each case below must fail in one stderr line starting `error:` with exit code 2 (130 for
+Ctrl-C). Most are refused before a model loads; the few that need a model use the tiny random BERT
+(2 layers x 4 heads). A full disk and a closed pipe need a real standard output: they run in a
+subprocess (an interpreter start each, so only a few). docs/limitations.md gives the case count.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from helpers import one_line_error
+from typer.testing import CliRunner
+
+from attnviz.cli import app
+
+runner = CliRunner()
+BAD_UTF8 = b"\xff\xfe bad"
+T = "the cat sat"
+
+# (command line, standard input or None, a piece of the expected message or "")
+# {tiny} is a tiny BERT folder; {text}, {empty}, {latin1}, {dir}, {missing}: files; {cut}: a cut
+# GGUF file; {notgguf}: a text file named .gguf; {cfg_*}: TOML configs.
+CASES: dict[str, list[tuple[str, bytes | None, str]]] = {
+    "models": [("models --bogus", None, "No such option")],
+    "info": [
+        ("info ''", None, "model name is empty"),
+        ("info '   '", None, "model name is empty"),
+        ("info {missing}/", None, "unknown model"),
+        ("info {dir}", None, "no config.json"),
+        ("info {missing}.gguf", None, "no such GGUF file"),
+    ],
+    "extract": [
+        ("extract ''", None, "empty"),
+        ("extract '   '", None, "empty"),
+        ("extract", b"", "no text given"),
+        ("extract -", BAD_UTF8, "standard input is not UTF-8"),
+        ("extract 'a b' --file {text}", None, "not both"),
+        ("extract --file {missing}", None, "cannot read"),
+        ("extract --file {dir}", None, "cannot read"),
+        ("extract --file {latin1}", None, "not UTF-8"),
+        ("extract --file {empty}", None, "empty"),
+        ("extract '{T}' --layers 3-1", None, "low to high"),
+        ("extract '{T}' --layers nan", None, "--layers"),
+        ("extract '{T}' --heads ''", None, "--heads"),
+        ("extract '{T}' --layers 9 -m {tiny}", None, "out of range"),
+        ("extract '{T}' --layers=-9 -m {tiny}", None, "out of range"),
+        ("extract '{T}' --heads 4 -m {tiny}", None, "out of range"),
+        ("extract '{T}' -o {text}/out.npz", None, ""),
+        ("extract '{T}' -o out.txt", None, ""),
+        ("extract '{T}' --store float8", None, "float8"),
+        ("extract '{T}' --weighting nope", None, "nope"),
+        ("extract '{T}' -m ''", None, "model name is empty"),
+        ("extract '{T}' -m {cut}", None, "truncated"),
+        ("extract '{T}' -m {notgguf}", None, "not a GGUF file"),
+        ("extract '{T}' --dtype float8", None, "float8"),
+    ],
+    "heatmap": [
+        ("heatmap", BAD_UTF8, "not UTF-8"),
+        ("heatmap '{T}' --highlight ''", None, "--highlight is empty"),
+        ("heatmap '{T}' --highlight ' , '", None, "--highlight is empty"),
+        ("heatmap '{T}' --dpi=-1", None, "--dpi"),
+        ("heatmap '{T}' --dpi nan", None, "--dpi"),
+        ("heatmap '{T}' --vmax nan", None, "vmax"),
+        ("heatmap '{T}' --vmax=-1", None, "vmax"),
+        ("heatmap '{T}' --size 0x5", None, "size"),
+        ("heatmap '{T}' --size x", None, "size"),
+        ("heatmap '{T}' --cmap nope", None, "nope"),
+        ("heatmap '{T}' --layer 0 --head 0 --heads 1", None, "not both"),
+        ("heatmap '{T}' --layer 0,1", None, "--layers"),
+        ("heatmap '{T}' --aggregate median", None, "median"),
+        ("heatmap '{T}' -o out.gif", None, "gif"),
+        ("heatmap '{T}' --layer 2 -m {tiny}", None, "out of range"),
+        ("heatmap '{T}' --layer 0 --head=-9 -m {tiny}", None, "out of range"),
+        ("heatmap '{T}' --highlight zzz -m {tiny}", None, "zzz"),
+    ],
+    "entropy": [
+        ("entropy '{T}' --highlight ,", None, "--highlight is empty"),
+        ("entropy '{T}' --dpi 5", None, "--dpi"),
+        ("entropy '{T}' --file {text}", None, "not both"),
+        ("entropy '{T}' --layer 2 --head 0 -m {tiny}", None, "out of range"),
+    ],
+    "find-head": [
+        ("find-head '' b '{T}'", None, ""),
+        ("find-head a b --texts {missing}", None, ""),
+        ("find-head a b --texts {empty}", None, ""),
+        ("find-head a b --texts -", BAD_UTF8, "not UTF-8"),
+        ("find-head cat sat '{T}' --top=-1", None, "--top"),
+        ("find-head cat sat '{T}' -n x", None, ""),
+        ("find-head cat sat '{T}' -d sideways", None, "sideways"),
+        ("find-head cat sat '{T}' --layers 3-1", None, "low to high"),
+        ("find-head cat zzz '{T}' -m {tiny}", None, "zzz"),
+        ("find-head cat sat '{T}' --layer 5 -m {tiny}", None, "out of range"),
+    ],
+    "heads": [
+        ("heads '{T}' --threshold nan", None, "threshold"),
+        ("heads '{T}' --threshold 1.5", None, "threshold"),
+        ("heads '{T}' --threshold=-0.1", None, "threshold"),
+        ("heads '{T}' --sort vibes", None, "vibes"),
+        ("heads --induction --seed=-1", None, "--seed"),
+        ("heads --induction --seed 1180591620717411303424", None, "--seed"),
+        ("heads --induction --seq-len 1", None, "seq-len"),
+        ("heads --texts -", BAD_UTF8, "not UTF-8"),
+        ("heads '{T}' --layers 9 -m {tiny}", None, "out of range"),
+    ],
+    "toy": [
+        ("toy --tokens 0", None, "tokens"),
+        ("toy --tokens=-3", None, "tokens"),
+        ("toy --tokens ''", None, "tokens"),
+        ("toy --tokens '   '", None, "tokens"),
+        ("toy --dim 0", None, "dim"),
+        ("toy --dim 5 --num-heads 2", None, "divisible"),
+        ("toy --num-heads 0", None, "num-heads"),
+        ("toy --temperature nan", None, "temperature"),
+        ("toy --temperature 0", None, "temperature"),
+        ("toy --seed 1180591620717411303424", None, "--seed"),
+        ("toy --seed=-1", None, "--seed"),
+        ("toy --decimals 11", None, "decimals"),
+        ("toy --steps --dims=-1", None, "--dims"),
+        ("toy --steps --head 5", None, "out of range"),
+        ("toy --dpi 0", None, "--dpi"),
+        ("toy -o out.gif", None, "gif"),
+    ],
+    "explain": [
+        ("explain '{T}'", None, "--layer L --head H"),
+        ("explain '{T}' --layer 0 --head 0 --dims=-1", None, "--dims"),
+        ("explain '{T}' --layer 0 --head 0 --decimals=-1", None, "decimals"),
+        ("explain '{T}' --layer 0 --head 0 --key cat", None, "--query"),
+        ("explain '{T}' --file {text} --layer 0 --head 0", None, "not both"),
+        ("explain '{T}' --layer 2 --head 0 -m {tiny}", None, "out of range"),
+        ("explain '{T}' --layer 0 --head 0 --query zzz -m {tiny}", None, "zzz"),
+    ],
+    "ablate": [
+        ("ablate '{T}'", None, "say which head"),
+        ("ablate '{T}' --scan --layer 0 --head 0", None, "--scan"),
+        ("ablate '{T}' --layer 0", None, "--head"),
+        ("ablate '{T}' --heads 1-2", None, ""),
+        ("ablate '{T}' --layer 0 --head 0 --mode mean", None, "--reference"),
+        ("ablate '{T}' --layer 0 --head 0 --mode vibes", None, "vibes"),
+        ("ablate '{T}' --layer 0 --head 0 --plot p.png", None, "--scan"),
+        ("ablate '{T}' --scan --plot p.gif", None, "gif"),
+        ("ablate '{T}' --layer 0 --head 0 --mode mean --reference {latin1}", None, "not UTF-8"),
+        ("ablate '{T}' --layer 2 --head 0 -m {tiny}", None, "out of range"),
+    ],
+    "rollout": [
+        ("rollout '{T}' --residual nan", None, "residual"),
+        ("rollout '{T}' --residual 2", None, "residual"),
+        ("rollout '{T}' --residual=-1", None, "residual"),
+        ("rollout '{T}' --head-fusion median", None, "median"),
+        ("rollout '{T}' --layers 3-1", None, "low to high"),
+        ("rollout '{T}' --token zzz -m {tiny}", None, "zzz"),
+        ("rollout '{T}' --layers 5 -m {tiny}", None, "out of range"),
+    ],
+    "compare": [
+        ("compare '' b", None, "TEXT_A is empty"),
+        ("compare a '   '", None, "TEXT_B is empty"),
+        ("compare a b --layer 0", None, "go together"),
+        ("compare a b --top=-1", None, "--top"),
+        ("compare a b --dpi 0", None, "--dpi"),
+        ("compare '{T}' 'the dog sat' --layer 2 --head 0 -m {tiny}", None, "layer 2 is out of range"),
+        ("compare '{T}' 'the dog sat' --layer 6 --head 0 -m {tiny}", None, "layer 6 is out of range"),
+        ("compare '{T}' 'the dog sat' --layer 0 --head 4 -m {tiny}", None, "head 4 is out of range"),
+    ],
+    "cluster": [
+        ("cluster {text} --file {text}", None, "not both"),
+        ("cluster {missing}", None, ""),
+        ("cluster {text}", None, "at least two texts"),
+        ("cluster {text} --batch-size 0", None, "batch-size"),
+        ("cluster {text} --format xml", None, "xml"),
+        ("cluster {text} --layers 3-1", None, "low to high"),
+    ],
+    "batch": [
+        ("batch {text} -o run --resume --overwrite", None, "not both"),
+        ("batch {text} -o run --batch-size 0", None, "batch_size"),
+        ("batch {text} -o run --config {cfg_broken}", None, "not valid TOML"),
+        ("batch {text} -o run --config {cfg_keep_string}", None, "must be a list"),
+        ("batch {text} -o run --config {cfg_nan}", None, "commit_seconds"),
+        ("batch {text} -o run --config {cfg_empty_model}", None, "model name is empty"),
+        ("batch {text} -o run --config no-such-config", None, "no such config"),
+        ("batch {missing} -o run", None, ""),
+        ("batch {text} -o run --engine spark", None, "spark"),
+        ("batch {text} -o run --workers 2", None, "Ray"),
+        ("batch {text} -o run --stats vibes", None, "vibes"),
+        ("batch {text} -o run --probe nocolon", None, "probe"),
+        ("batch {text} -o run --layers 3-1", None, "low to high"),
+        ("batch {text} -o run --max-length 1", None, "max_length"),
+        ("batch {text} -o run --format xml", None, "xml"),
+    ],
+    "view": [
+        ("view '{T}' --max-mb nan", None, "--max-mb"),
+        ("view '{T}' --max-mb 0", None, "--max-mb"),
+        ("view '{T}' --max-mb=-1", None, "--max-mb"),
+        ("view '{T}' --view nope", None, "nope"),
+        ("view '{T}' --scale 2", None, "--scale"),
+        ("view '{T}' --layers 3-1", None, "low to high"),
+        ("view '{T}' --file {text}", None, "not both"),
+        ("view '{T}' --layers 9 -m {tiny}", None, "out of range"),
+    ],
+    "serve": [
+        ("serve --port=-1", None, "port"),
+        ("serve --port 70000", None, "port"),
+        ("serve -m ''", None, "model name is empty"),
+    ],
+}
+FLAT = [(cmd, *case) for cmd, cases in CASES.items() for case in cases]
+
+
+@pytest.fixture(scope="module")
+def sweep_files(tmp_path_factory: pytest.TempPathFactory, tiny_model_path) -> dict[str, str]:
+    """The files the cases name: texts, a folder, a cut GGUF, bad configs; the tiny BERT."""
+    root = tmp_path_factory.mktemp("sweep")
+    files = {
+        "text": "the cat sat on the mat\n",
+        "empty": "",
+        "notgguf": "hello\n",
+        "cfg_broken": "not toml [",
+        "cfg_keep_string": '[statistics]\nkeep = "entropy"\n',
+        "cfg_nan": "[output]\ncommit_seconds = nan\n",
+        "cfg_empty_model": '[model]\nname = ""\n',
+    }
+    out = {"T": T, "dir": str(root), "missing": str(root / "missing"), "tiny": str(tiny_model_path("bert"))}
+    for name, body in files.items():
+        suffix = {"notgguf": ".gguf", "text": ".txt"}.get(name, ".toml" if name.startswith("cfg") else "")
+        path = root / f"{name}{suffix}"
+        path.write_text(body, encoding="utf-8")
+        out[name] = str(path)
+    (root / "latin1.txt").write_bytes("café au lait".encode("latin-1"))
+    out["latin1"] = str(root / "latin1.txt")
+    (root / "cut.gguf").write_bytes(b"GGUF\x03\x00\x00\x00\x05")  # the magic, then the file ends
+    out["cut"] = str(root / "cut.gguf")
+    return out
+
+
+def _args(line: str, files: dict[str, str]) -> list[str]:
+    import shlex
+
+    return [part.format(**files) for part in shlex.split(line)]
+
+
+@pytest.mark.parametrize(("command", "line", "stdin", "needle"), FLAT, ids=[f"{c[0]}: {c[1]}" for c in FLAT])
+def test_bad_input_is_one_line_and_exit_2(sweep_files, command, line, stdin, needle):
+    result = runner.invoke(app, _args(line, sweep_files), input=stdin)
+    assert "Traceback" not in result.output
+    one_line_error(result, needle)
+
+
+def test_the_sweep_covers_every_command():
+    """A new command joins the sweep (the table above), or this fails."""
+    import typer
+
+    commands = set(getattr(typer.main.get_command(app), "commands", {}))
+    assert commands and commands <= set(CASES), sorted(commands - set(CASES))
+
+
+def test_ctrl_c_during_a_scan_exits_130(monkeypatch):
+    """KeyboardInterrupt raised inside `ablate --scan`'s loop: one line, exit 130, nothing printed."""
+    import attnviz.ablation
+    import attnviz.cli.ablate
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(attnviz.cli.ablate, "load", lambda *a, **k: None)
+    monkeypatch.setattr(attnviz.ablation, "for_ablation", lambda loaded, trust: loaded)
+    monkeypatch.setattr(attnviz.ablation, "scan_heads", interrupted)
+    result = runner.invoke(app, ["ablate", T, "--scan"])
+    assert result.exit_code == 130, result.output
+    assert result.stderr.strip() == "error: interrupted" and result.stdout == ""
+
+
+# -- a real standard output and a real signal: subprocesses, one interpreter start each ----------
+_PATCHED_SCAN = """
+import os, signal, sys
+import attnviz.ablation, attnviz.cli.ablate
+from attnviz.cli import main
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as on a terminal, whatever the parent set
+attnviz.cli.ablate.load = lambda *a, **k: None
+attnviz.ablation.for_ablation = lambda loaded, trust: loaded
+attnviz.ablation.scan_heads = lambda *a, **k: os.kill(os.getpid(), signal.SIGINT)
+sys.argv = ["attnviz", "ablate", "the cat sat", "--scan"]
+main()
+"""
+
+
+_MAIN = "import sys; from attnviz.cli import main; sys.argv = ['attnviz', *sys.argv[1:]]; main()"
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+@pytest.mark.parametrize("args", [["models"], ["--help"]])
+def test_a_full_standard_output_is_one_line_and_exit_2(args):
+    """`attnviz models > /dev/full`: light commands, so no torch import (the guard is the same for all)."""
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [sys.executable, "-c", _MAIN, *args], stdout=full, stderr=subprocess.PIPE, text=True
+        )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == "error: cannot write to standard output: no space left\n"
+
+
+def test_a_closed_pipe_ends_quietly():
+    """`attnviz models | head -0`: the reader is gone before the first write; exit 0, not a word."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # every write now fails with EPIPE, whatever the timing
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _MAIN, "models"], stdout=write_end, stderr=subprocess.PIPE
+        )
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr) == (0, b"")
+
+
+def test_a_real_sigint_during_a_scan_exits_130():
+    done = subprocess.run([sys.executable, "-c", _PATCHED_SCAN], capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stderr, done.stdout) == (130, "error: interrupted\n", "")
+
+
+def test_stdout_errors_are_not_file_errors():
+    """An OSError from a file the command writes is not reported as standard output's."""
+    from attnviz.cli._stdout import Guarded, StdoutError
+
+    class Broken:
+        def write(self, text):
+            raise OSError(28, "No space left on device")
+
+        def flush(self):
+            raise OSError(32, "Broken pipe")
+
+    guarded = Guarded(Broken())
+    with pytest.raises(StdoutError) as info:
+        guarded.write("x")
+    assert info.value.errno == 28 and not isinstance(info.value, OSError)
+    with pytest.raises(StdoutError):
+        guarded.flush()
