@@ -24,7 +24,7 @@ from attnviz.errors import InputError
 
 if TYPE_CHECKING:
     from attnviz.analyses.transform import ViewOptions
-    from attnviz.extraction import Attention
+    from attnviz.attention import Attention
     from attnviz.models import LoadedModel
 
 DEFAULT_MAX_MB = 25.0
