@@ -59,6 +59,10 @@ CASES: dict[str, list[tuple[str, bytes | None, str]]] = {
         ("extract '{T}' -m {cut}", None, "truncated"),
         ("extract '{T}' -m {notgguf}", None, "not a GGUF file"),
         ("extract '{T}' --dtype float8", None, "float8"),
+        ("extract '{T}' --dtype ''", None, "unknown dtype"),
+        ("extract '{T}' --device ''", None, "unknown device"),
+        ("extract '{T}' --layers 0-99999999999", None, "more indices than any model has"),
+        ("extract '{T}' --heads=-99999999999--1", None, "more indices than any model has"),
     ],
     "heatmap": [
         ("heatmap", BAD_UTF8, "not UTF-8"),
@@ -154,6 +158,7 @@ CASES: dict[str, list[tuple[str, bytes | None, str]]] = {
         ("rollout '{T}' --head-fusion median", None, "median"),
         ("rollout '{T}' --layers 3-1", None, "low to high"),
         ("rollout '{T}' --token zzz -m {tiny}", None, "zzz"),
+        ("rollout '{T}' --token ''", None, "--token is empty"),
         ("rollout '{T}' --layers 5 -m {tiny}", None, "out of range"),
     ],
     "compare": [
