@@ -91,7 +91,8 @@ SHARED: dict[str, tuple[str, str]] = {
     "--cmap": ("`--cmap NAME`", "A Matplotlib colour map (Tab completion lists them)."),
     "--config": (
         "`-c, --config FILE`",
-        "A TOML file, or the name of one in `configs/` (Tab completes them).",
+        "A TOML file, or a name: `configs/NAME.toml` here, else a config shipped in the package "
+        "(`coreference`, `default`; Tab completes them).",
     ),
 }
 

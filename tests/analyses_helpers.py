@@ -1,44 +1,10 @@
-"""Shared by the analyses tests: synthetic Attentions and scalar brute-force formulas (plain loops)."""
+"""Shared by the analyses tests: scalar brute-force formulas (plain loops), and `synthetic`."""
 
 from __future__ import annotations
 
 import math
 
-import numpy as np
-
-from attnviz.extraction import Attention
-
-
-def synthetic(
-    tokens: tuple[str, ...],
-    special: tuple[bool, ...] | None = None,
-    layers: int = 2,
-    heads: int = 3,
-    causal: bool = False,
-    seed: int = 0,
-    text: str = "synthetic",
-) -> Attention:
-    """Random row-stochastic attention over `tokens` (no model)."""
-    rng = np.random.default_rng(seed)
-    n = len(tokens)
-    raw = rng.random((layers, heads, n, n)) ** 3
-    if causal:
-        raw *= np.tril(np.ones((n, n)))
-    attn = (raw / raw.sum(-1, keepdims=True)).astype(np.float32)
-    return Attention(
-        model="synthetic",
-        kind="decoder" if causal else "encoder",
-        text=text,
-        tokens=tokens,
-        spans=tuple((0, 0) for _ in tokens),
-        word_ids=tuple(None for _ in tokens),
-        words=(),
-        special=special or tuple(False for _ in tokens),
-        layers=tuple(range(layers)),
-        heads=tuple(range(heads)),
-        attn=attn,
-        causal=causal,
-    )
+from helpers import synthetic  # the one model-free Attention of the tests (re-exported here)
 
 
 def js_scalar(p: list[float], q: list[float]) -> float:
@@ -51,6 +17,9 @@ def js_scalar(p: list[float], q: list[float]) -> float:
         if y > 0:
             total += 0.5 * y * math.log2(y / m)
     return total
+
+
+__all__ = ["js_scalar", "renorm", "synthetic"]
 
 
 def renorm(row: list[float]) -> list[float]:

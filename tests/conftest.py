@@ -82,18 +82,36 @@ def smollm2(model_cache: Path):
 
 @pytest.fixture(scope="session")
 def tiny_model_path(tmp_path_factory: pytest.TempPathFactory):
-    """Factory: arch ("bert", "distilbert", "gpt2", "llama", "t5") -> folder of a tiny random model."""
-    import tiny
+    """Factory: zoo name ("bert", "gpt2", "llama", "t5", ... see tests/zoo.py) -> folder of a tiny model."""
+    import zoo
 
     root = tmp_path_factory.mktemp("tiny-models")
     built: dict[str, Path] = {}
 
     def make(arch: str) -> Path:
         if arch not in built:
-            built[arch] = tiny.build(arch, root / arch)
+            built[arch] = zoo.build(arch, root / arch)
         return built[arch]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def bert(tiny_model_path) -> str:
+    """The tiny BERT's folder, as a --model argument (the CLI tests' one copy)."""
+    return str(tiny_model_path("bert"))
+
+
+@pytest.fixture(scope="session")
+def gpt2(tiny_model_path) -> str:
+    """The tiny GPT-2's folder, as a --model argument."""
+    return str(tiny_model_path("gpt2"))
+
+
+@pytest.fixture(scope="session")
+def llama(tiny_model_path) -> str:
+    """The tiny Llama's folder (grouped-query heads), as a --model argument."""
+    return str(tiny_model_path("llama"))
 
 
 @pytest.fixture(scope="session")
@@ -103,10 +121,12 @@ def seed_text() -> str:
 
 @pytest.fixture
 def figures(monkeypatch):
-    """Every figure the CLI saves through `attnviz.plots.save`, in order, with its path."""
+    """Every figure saved through `attnviz.plots.save`, in order, with its path (also by file name)."""
+    from helpers import SavedFigures
+
     import attnviz.plots
 
-    saved: list = []
+    saved = SavedFigures()
     real = attnviz.plots.save
 
     def spy(fig, path, dpi=None):

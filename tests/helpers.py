@@ -1,4 +1,4 @@
-"""Test helpers: check a written figure by its data, not by the file existing."""
+"""Test helpers: a model-free Attention, and checking a written figure by its data, not by the file."""
 
 from __future__ import annotations
 
@@ -6,7 +6,54 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
+
+DEMO_TOKENS = ("[CLS]", "em", "##ily", "went", "to", "paris", "[SEP]")
+
+
+def synthetic(
+    tokens: tuple[str, ...] | None = None,
+    special: tuple[bool, ...] | None = None,
+    layers: int = 2,
+    heads: int = 3,
+    causal: bool = False,
+    seed: int = 0,
+    text: str | None = None,
+) -> Any:
+    """Random row-stochastic attention without a model (causal: the future is exactly 0).
+
+    Without `tokens`: [CLS] em ##ily went to paris [SEP], with its words, spans and special flags.
+    """
+    from attnviz.attention import Attention
+
+    if tokens is None:
+        tokens = DEMO_TOKENS
+        words: tuple[str, ...] = ("emily", "went", "to", "paris")
+        word_ids: tuple[int | None, ...] = (None, 0, 0, 1, 2, 3, None)
+        spans = ((0, 0), (0, 2), (2, 5), (6, 10), (11, 13), (14, 19), (0, 0))
+        special = special or (True, False, False, False, False, False, True)
+        text = text or "emily went to paris"
+    else:
+        words, word_ids, spans = (), tuple(None for _ in tokens), tuple((0, 0) for _ in tokens)
+    rng = np.random.default_rng(seed)
+    n = len(tokens)
+    raw = rng.random((layers, heads, n, n)) ** 3
+    if causal:
+        raw *= np.tril(np.ones((n, n)))
+    attn = (raw / raw.sum(-1, keepdims=True)).astype(np.float32)
+    return Attention(
+        model="synthetic",
+        kind="decoder" if causal else "encoder",
+        text=text or "synthetic",
+        tokens=tokens,
+        spans=spans,
+        word_ids=word_ids,
+        words=words,
+        special=special or tuple(False for _ in tokens),
+        layers=tuple(range(layers)),
+        heads=tuple(range(heads)),
+        attn=attn,
+        causal=causal,
+    )
 
 
 def cli_ok(args: list[str], **kwargs: Any) -> Any:
@@ -30,19 +77,17 @@ def one_line_error(result: Any, *needles: str) -> str:
     return lines[0]
 
 
-def saved_figures(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    """Record every figure written through `attnviz.plots.save` (the one save): file name -> Figure."""
-    from attnviz import plots
+class SavedFigures(list):
+    """What the `figures` fixture (the one spy on `attnviz.plots.save`) records: (figure, path)
+    pairs in save order; a file name as index gives the last figure saved under that name."""
 
-    real = plots.save
-    saved: dict[str, Any] = {}
-
-    def spy(fig: Any, path: str | Path, dpi: float | None = None) -> Path:
-        saved[Path(path).name] = fig
-        return real(fig, path, dpi)
-
-    monkeypatch.setattr(plots, "save", spy)
-    return saved
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, str):
+            found = [fig for fig, path in self if Path(path).name == key]
+            if not found:
+                raise KeyError(f"no figure was saved as {key} (saved: {[Path(p).name for _, p in self]})")
+            return found[-1]
+        return super().__getitem__(key)
 
 
 def image_values(fig: Any) -> np.ndarray:

@@ -110,12 +110,8 @@ def test_errors(tiny_model_path) -> None:
     with pytest.raises(InputError, match="already norm-weighted"):
         norm_weighted(norm_weighted("the cat", loaded), loaded)
     odd = torch.nn.Sequential(torch.nn.Identity())
-    fake = SimpleNamespace(
-        name="odd-model",
-        model=odd,
-        capture=SimpleNamespace(index={id(odd[0]): ("self", 0)}, encoder_decoder=False),
-    )
-    with pytest.raises(InputError, match=r"odd-model \(Identity\)"):
+    fake = SimpleNamespace(name="odd-model", model=odd, capture=SimpleNamespace(interface=False))
+    with pytest.raises(InputError, match=r"odd-model \(Sequential.*attention interface.*norm weighting"):
         value_norms(extract("the cat", loaded, qkv=True), fake)
 
 

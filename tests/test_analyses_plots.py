@@ -73,3 +73,19 @@ def test_weighting_figure_draws_both_arrays() -> None:
     images = [a.get_images()[0].get_array() for a in fig.axes if a.get_images()]
     np.testing.assert_allclose(images[0], att.attn[0, 1])
     np.testing.assert_allclose(images[1], fake.attn[0, 1])
+
+
+def test_rollout_and_compare_figures_quote_their_texts() -> None:
+    from attnviz.plots.analyses import change_figure
+
+    ro = rollout(synthetic(("<s>", "a", "b"), causal=True, text="Emily wanted Paris"))
+    assert ro.text == "Emily wanted Paris"
+    assert "“Emily wanted Paris”" in rollout_figure(ro).get_suptitle()
+    long = "The trophy did not fit in the suitcase because it was too "
+    a = synthetic(("[CLS]", "too", "big", "[SEP]"), seed=1, text=long + "big.")
+    b = synthetic(("[CLS]", "too", "small", "[SEP]"), seed=2, text=long + "small.")
+    cmp = compare(a, b)
+    for title in (change_figure(cmp).axes[0].get_title(), pair_figure(cmp, 1, 2).get_suptitle()):
+        lines = title.splitlines()
+        assert lines[-2].startswith("A “") and lines[-2].endswith("too big.”"), title  # where they differ
+        assert lines[-1].startswith("B “") and lines[-1].endswith("too small.”"), title

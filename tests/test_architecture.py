@@ -1,4 +1,4 @@
-"""The one output-projection lookup, against each architecture's module found by hand."""
+"""The output projection found by data flow, against each architecture's module found by hand."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def test_output_projections_are_the_modules_named_by_hand(tiny_model_path, arch)
         assert in_features(proj) % loaded.capture.num_heads == 0  # heads * head_dim inputs
 
 
-def test_an_unknown_architecture_names_the_model_and_the_purpose(tiny_model_path):
+def test_an_output_changed_on_its_way_names_the_model_layer_and_purpose(tiny_model_path):
     import torch
 
     from attnviz.architecture import output_projections
@@ -38,10 +38,10 @@ def test_an_unknown_architecture_names_the_model_and_the_purpose(tiny_model_path
     loaded = load_model(str(tiny_model_path("bert")), device="cpu")
     outputs = [layer.attention.output for layer in loaded.model.base_model.encoder.layer]
     kept = [out.dense for out in outputs]
-    try:  # no projection where the lookup searches (put back after: loaded models are cached)
+    try:  # no projection receives the attention output (put back after: loaded models are cached)
         for out in outputs:
             out.dense = torch.nn.Identity()
-        with pytest.raises(InputError, match=r"of .*norm weighting supports BERT"):
+        with pytest.raises(InputError, match=r"of bert \(BertModel.* layer 0 .*norm weighting is not"):
             output_projections(loaded, "norm weighting")
     finally:
         for out, dense in zip(outputs, kept, strict=True):

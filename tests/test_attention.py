@@ -19,3 +19,31 @@ def test_old_and_new_homes_are_the_same_types():
     assert extraction.Attention is attention.Attention is attnviz.Attention
     assert extraction.QKV is attention.QKV is attnviz.QKV
     assert extraction.Encoded is attention.Encoded is attnviz.Encoded
+
+
+def test_repr_is_one_short_line_whatever_the_size():
+    """A prompt shows what was extracted, not 27 KB of weights."""
+    import numpy as np
+
+    from attnviz.attention import Attention
+
+    n = 60
+    tokens = tuple(f"tok{i}" for i in range(n))
+    att = Attention(
+        model="minilm",
+        kind="decoder",
+        text="word " * n,
+        tokens=tokens,
+        spans=tuple((i, i + 1) for i in range(n)),
+        word_ids=tuple(range(n)),
+        words=tokens,
+        special=(False,) * n,
+        layers=tuple(range(6)),
+        heads=tuple(range(12)),
+        attn=np.full((6, 12, n, n), 1 / n, dtype=np.float32),
+        causal=True,
+    )
+    text = repr(att)
+    assert "\n" not in text and len(text) < 300, text
+    assert "self=float32[6, 12, 60, 60]" in text and "tokens=60" in text and "causal=True" in text
+    assert str(att) == text

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import assert_png_of, image_values, saved_figures, tick_labels
+from helpers import assert_png_of, image_values, tick_labels
 
 from attnviz.batch import (
     HEADS_DIR,
@@ -243,10 +243,10 @@ def test_buckets_limit_padding_and_memory(tiny_bert):
 
 
 # -- the output folder ----------------------------------------------------------------------
-def test_run_writes_parts_summary_and_rejects(tiny_bert, tmp_path, monkeypatch):
+def test_run_writes_parts_summary_and_rejects(tiny_bert, tmp_path, monkeypatch, figures):
     from attnviz.patterns import ROLE_NAMES
 
-    saved = saved_figures(monkeypatch)
+    saved = figures
     corpus = tmp_path / "c.txt"
     lines = _corpus_lines(tmp_path, 10)
     lines[3] = ""

@@ -211,7 +211,7 @@ def test_matrix_view_colours_every_cell_and_shows_the_causal_mask(driver, tmp_pa
 def test_model_view_thumbnails_open_in_the_matrix_view(driver, tmp_path):
     from selenium.webdriver.common.by import By
 
-    att = synthetic(n_layers=2, n_heads=3)
+    att = synthetic(layers=2, heads=3)
     open_page(driver, tmp_path, att, view="model")
     thumbs = js(
         driver,

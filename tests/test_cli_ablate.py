@@ -15,16 +15,6 @@ runner = CliRunner()
 TEXT = "The cat sat on the mat, and the cat slept."
 
 
-@pytest.fixture(scope="module")
-def gpt2(tiny_model_path) -> str:
-    return str(tiny_model_path("gpt2"))
-
-
-@pytest.fixture(scope="module")
-def bert(tiny_model_path) -> str:
-    return str(tiny_model_path("bert"))
-
-
 def _lm(path: str):
     from attnviz.ablation import for_ablation
     from attnviz.models import load_model

@@ -20,11 +20,6 @@ PAIR = (
 )
 
 
-@pytest.fixture
-def bert(tiny_model_path) -> str:
-    return str(tiny_model_path("bert"))
-
-
 def ok(*args: str, stdin: str | None = None):
     result = runner.invoke(app, list(args), input=stdin)
     assert result.exit_code == 0, result.output

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import assert_png_of, image_values, saved_figures, tick_labels
+from helpers import assert_png_of, image_values, tick_labels
 from typer.testing import CliRunner
 
 from attnviz.cli import app
@@ -46,8 +46,8 @@ def _one_line_error(result, *needles: str) -> None:
 
 
 @pytest.mark.slow
-def test_batch_end_to_end(minilm, tmp_path, monkeypatch):
-    saved = saved_figures(monkeypatch)
+def test_batch_end_to_end(minilm, tmp_path, monkeypatch, figures):
+    saved = figures
     corpus = _corpus(tmp_path / "c.txt", 6, extra=b"\n\xff\xfe\n" + b"word " * 600 + b"\n")
     result = runner.invoke(
         app, ["batch", str(corpus), "-o", "out", "--probe", "she:Emily", "--layers", "0,5"]
@@ -343,3 +343,34 @@ def test_disk_full_is_one_line_and_says_how_to_go_on(tiny, tmp_path, monkeypatch
     again = runner.invoke(app, [*args, "--resume"])
     assert again.exit_code == 0, again.output
     assert "done: 12 texts processed (8 now, 4 before), 0 rejected" in again.stdout
+
+
+def test_resuming_a_complete_run_loads_no_model(tiny, tmp_path, monkeypatch):
+    import attnviz.models
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("the cat sat\n\nthe dog ran\na bird flew\n")
+    out = tmp_path / "out"
+    args = ["batch", str(corpus), "-o", str(out), "-m", tiny, "--no-plots"]
+    assert runner.invoke(app, args).exit_code == 0
+    real = attnviz.models.load_model
+
+    def refuse(*a, **kw):
+        raise AssertionError("a model was loaded to resume a complete run")
+
+    monkeypatch.setattr(attnviz.models, "load_model", refuse)
+    again = runner.invoke(app, [*args, "--resume"])
+    assert again.exit_code == 0, again.output
+    assert "done: 3 texts processed (0 now, 3 before), 1 rejected" in again.stdout
+    assert "nothing left to do" in again.stderr
+    from attnviz.batch import run_batch_analysis
+    from attnviz.config import make_config
+
+    done = run_batch_analysis(corpus, make_config(model=tiny, plots=False), out, resume=True)
+    assert (done.status, done.processed, done.total_processed, done.total_rejected) == ("complete", 0, 3, 1)
+    with corpus.open("a") as f:
+        f.write("one more text\n")  # a record the run has not seen: the model is needed again
+    monkeypatch.setattr(attnviz.models, "load_model", real)
+    more = runner.invoke(app, [*args, "--resume"])
+    assert more.exit_code == 0, more.output
+    assert "done: 4 texts processed (1 now, 3 before), 1 rejected" in more.stdout

@@ -6,6 +6,7 @@ import importlib.util
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -150,10 +151,56 @@ def test_extract_checks_input_before_loading(no_model_load, tmp_path, args, need
     _one_line_error(runner.invoke(app, args), *needles)
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["heatmap", " "],
+        ["entropy", "", "--layer", "0", "--head", "0"],
+        ["heads", "  "],
+        ["find-head", "a", "b", " "],
+        ["view", ""],
+        ["rollout", " "],
+        ["explain", "", "--layer", "0", "--head", "0", "--query", "a"],
+        ["ablate", " ", "--layer", "0", "--head", "0"],
+    ],
+    ids=lambda a: a[0],
+)
+def test_an_empty_text_is_refused_before_loading(no_model_load, tmp_path, monkeypatch, args):
+    monkeypatch.chdir(tmp_path)
+    _one_line_error(runner.invoke(app, args), "the text is empty")
+
+
+def test_extract_without_output_writes_a_new_file_under_outputs(tiny_model_path, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    model = str(tiny_model_path("bert"))
+    first = runner.invoke(app, ["extract", "the cat sat", "-m", model])
+    second = runner.invoke(app, ["extract", "the cat sat", "-m", model])
+    assert first.exit_code == 0 and second.exit_code == 0, first.output + second.output
+    first_file = Path("outputs") / "extract-the-cat-sat-bert.safetensors"
+    assert f"wrote {first_file}" in first.stdout
+    assert f"wrote {first_file.with_name('extract-the-cat-sat-bert-2.safetensors')}" in second.stdout
+    from attnviz.extraction import extract
+
+    expected = extract("the cat sat", model, device="cpu").attn
+    np.testing.assert_allclose(Attention.load(tmp_path / first_file).attn, expected, atol=1e-6)
+
+
+def test_extract_json_prints_the_weights(tiny_model_path, tmp_path):
+    model = str(tiny_model_path("llama"))
+    result = runner.invoke(app, ["extract", "the cat sat on", "-m", model, "--layers", "1", "--json",
+                                 "-o", str(tmp_path / "a.npz")])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    meta = json.loads(result.stdout)
+    weights = np.array(meta["attention"]["self"])
+    assert list(weights.shape) == meta["shapes"]["self"]
+    np.testing.assert_allclose(weights, Attention.load(tmp_path / "a.npz").attn, atol=1e-6)
+    np.testing.assert_allclose(weights.sum(-1), 1.0, atol=1e-5)
+
+
 def test_extract_json_keeps_raw_ids_and_pieces(tiny_model_path):
     result = runner.invoke(app, ["extract", "Paris 😀 中文", "-m", str(tiny_model_path("gpt2")), "--json"])
     meta = json.loads(result.stdout)
-    assert "😀" in meta["tokens"] and "中" in meta["tokens"]
+    assert "😀…" in meta["tokens"] and "中…" in meta["tokens"]  # the labels: see test_tokens.py
     assert len(meta["token_ids"]) == len(meta["pieces"]) == len(meta["tokens"])
     assert any("ð" in p for p in meta["pieces"]) and not any("ð" in t for t in meta["tokens"])
 

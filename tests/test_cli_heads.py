@@ -13,7 +13,6 @@ from helpers import (
     figure_text,
     image_values,
     one_line_error,
-    saved_figures,
     tick_labels,
 )
 from typer.testing import CliRunner
@@ -24,16 +23,6 @@ from attnviz.patterns import PATTERNS
 runner = CliRunner()
 FIELDS = {"rank", "layer", "head", "score", "a2b", "b2a", "role"}
 TEXT = "The cat sat on the mat, and the cat slept."
-
-
-@pytest.fixture(scope="module")
-def bert(tiny_model_path) -> str:
-    return str(tiny_model_path("bert"))
-
-
-@pytest.fixture(scope="module")
-def llama(tiny_model_path) -> str:
-    return str(tiny_model_path("llama"))
 
 
 def test_find_head_table_says_which_positions_were_used(bert):
@@ -77,12 +66,12 @@ def test_find_head_reads_texts_file_and_stdin(bert, tmp_path):
     )
 
 
-def test_find_head_plot_draws_the_winning_heads_attention(bert, tmp_path, monkeypatch):
+def test_find_head_plot_draws_the_winning_heads_attention(bert, tmp_path, monkeypatch, figures):
     from attnviz.extraction import extract
     from attnviz.models import load_model
     from attnviz.search import find_heads
 
-    saved = saved_figures(monkeypatch)
+    saved = figures
     out = tmp_path / "best.png"
     result = cli_ok(["find-head", "cat", "mat", TEXT, "-m", bert, "--plot", str(out)])
     assert f"wrote {out}" in result.stdout
@@ -137,6 +126,36 @@ def test_heads_table_and_json(bert):
     assert [r["previous"] for r in rows] == sorted((r["previous"] for r in rows), reverse=True)
 
 
+def test_heads_top_without_sort_lists_the_strongest_roles(bert):
+    everything = json.loads(cli_ok(["heads", TEXT, "-m", bert, "--json"]).stdout)
+    assert [(r["layer"], r["head"]) for r in everything] == sorted(
+        (r["layer"], r["head"]) for r in everything
+    )
+
+    def strength(r):  # brute force: a head with a role before a mixed one, then its role's score
+        return (r["role"] != "mixed", r[r["role"]] if r["role"] != "mixed" else max(r[p] for p in PATTERNS))
+
+    best = sorted(everything, key=strength, reverse=True)[:3]
+    rows = json.loads(cli_ok(["heads", TEXT, "-m", bert, "--json", "-k", "3"]).stdout)
+    assert [strength(r) for r in rows] == [strength(r) for r in best]
+    assert rows == json.loads(
+        cli_ok(["heads", TEXT, "-m", bert, "--json", "-k", "3", "--sort", "role"]).stdout
+    )
+    assert [(r["layer"], r["head"]) for r in rows] != [(0, 0), (0, 1), (0, 2)]
+
+
+@pytest.mark.parametrize("extra", [[], ["--no-special"]])
+def test_find_head_roles_are_the_roles_heads_gives_whatever_the_weighting(bert, extra):
+    roles = {
+        (r["layer"], r["head"]): r["role"]
+        for r in json.loads(cli_ok(["heads", TEXT, "-m", bert, "--json", *extra]).stdout)
+    }
+    for weighting in ("attention", "norm"):
+        rows = json.loads(cli_ok(["find-head", "cat", "mat", TEXT, "-m", bert, "-k", "0", "--json",
+                                  "--weighting", weighting, *extra]).stdout)  # fmt: skip
+        assert {(r["layer"], r["head"]): r["role"] for r in rows} == roles, weighting
+
+
 def test_heads_over_a_file_gives_mean_and_spread(bert, tmp_path):
     src = tmp_path / "texts.txt"
     src.write_text("the cat sat on the mat\na dog chased the cat\n", encoding="utf-8")
@@ -146,12 +165,12 @@ def test_heads_over_a_file_gives_mean_and_spread(bert, tmp_path):
     assert {"self_std", "broad_std"} <= set(rows[0])
 
 
-def test_heads_plot_is_the_role_map_of_the_table(bert, tmp_path, monkeypatch):
+def test_heads_plot_is_the_role_map_of_the_table(bert, tmp_path, monkeypatch, figures):
     from attnviz.extraction import extract
     from attnviz.models import load_model
     from attnviz.patterns import ROLE_NAMES, head_patterns
 
-    saved = saved_figures(monkeypatch)
+    saved = figures
     out = tmp_path / "roles.svg"
     cli_ok(["heads", TEXT, "-m", bert, "--plot", str(out), "--layers", "1"])
     table = head_patterns(extract(TEXT, load_model(bert, device="cpu"), layers=[1]))
@@ -162,7 +181,7 @@ def test_heads_plot_is_the_role_map_of_the_table(bert, tmp_path, monkeypatch):
     assert_svg_of(out, fig)
 
 
-def test_heads_induction_on_a_tiny_causal_model(llama, tmp_path, monkeypatch):
+def test_heads_induction_on_a_tiny_causal_model(llama, tmp_path, monkeypatch, figures):
     from attnviz.induction import induction_scores
     from attnviz.models import load_model
 
@@ -170,7 +189,7 @@ def test_heads_induction_on_a_tiny_causal_model(llama, tmp_path, monkeypatch):
         cli_ok(["heads", "--induction", "-m", llama, "--seq-len", "8", "--batch", "2", "--json"]).stdout
     )
     assert len(rows) == 8 and set(rows[0]) == {"rank", "layer", "head", "induction", "duplicate"}
-    saved = saved_figures(monkeypatch)
+    saved = figures
     out = tmp_path / "ind.png"
     text = cli_ok(
         ["heads", "--induction", "-m", llama, "--seq-len", "8", "--sort", "duplicate", "--plot", str(out)]
@@ -297,7 +316,16 @@ def test_no_special_encodes_the_words_alone(bert):
     assert "A '[CLS]' = token 0" in with_special and "B 'mat' = token 6" in with_special
     assert "A 'the' = token 0" in without and "B 'mat' = token 5" in without
     rows = json.loads(cli_ok(["heads", TEXT, "-m", bert, "--no-special", "--json"]).stdout)
-    assert all(r["first"] >= 0 for r in rows)
+    from attnviz.analyses.aggregate import without_special
+    from attnviz.extraction import extract
+    from attnviz.patterns import head_patterns
+
+    att = extract(TEXT, bert)
+    hidden = {(r.layer, r.head): r.scores for r in head_patterns(without_special(att)).rows()}
+    shown = {(r.layer, r.head): r.scores for r in head_patterns(att).rows()}
+    for r in rows:  # the scores of the rows without [CLS]/[SEP], renormalised: not those with them
+        assert {p: r[p] for p in PATTERNS} == pytest.approx(hidden[r["layer"], r["head"]], abs=1e-6)
+    assert any(abs(r["first"] - shown[r["layer"], r["head"]]["first"]) > 1e-3 for r in rows)
 
 
 def test_usage_errors_are_one_line_through_the_console_script(tmp_path):

@@ -11,7 +11,6 @@ runner = CliRunner()
 TEXT = "the cat sat on the mat"
 JSON_RUNS = {
     "extract": ["extract", TEXT, "--json"],
-    "info": ["info", "--json"],
     "find-head": ["find-head", "cat", "mat", TEXT, "--json"],
     "heads": ["heads", TEXT, "--json"],
     "entropy": ["entropy", TEXT, "-l", "0", "--head", "0", "--json"],
@@ -46,7 +45,7 @@ def test_json_runs_load_without_the_status_line(tiny_model_path, tmp_path, monke
     (tmp_path / "corpus.txt").write_text(f"{TEXT}\nthe dog sat on the mat\n")
     model = str(tiny_model_path("bert"))
     args = JSON_RUNS[name]
-    args = [*args[:2], model, *args[2:]] if name == "info" else [*args, "-m", model]
+    args = [*args, "-m", model]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert spinner_calls == [False]

@@ -30,11 +30,6 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def bert(tiny_model_path) -> str:
-    return str(tiny_model_path("bert"))
-
-
-@pytest.fixture(scope="module")
 def loaded(bert):
     return load_model(bert, device="cpu")
 
@@ -313,3 +308,40 @@ def test_decoder_stream_can_hide_special_tokens(tiny_model_path, figures) -> Non
     assert all(not s for s in without_special(decoder).special) and len(labels(ax)) == expected.shape[1]
     result = runner.invoke(app, ["heatmap", "x", "-m", t5, "--stream", "decoder", "--weighting", "norm"])
     assert result.exit_code == 2 and "drop --stream decoder" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("extra", "options"),
+    [
+        ([], {}),
+        (["--no-special"], {"hide_special": True}),
+        (["--aggregate", "mean", "--layers", "1"], {"aggregate": "mean"}),
+    ],
+)
+def test_view_refuses_a_large_page_before_the_forward_pass(
+    bert, loaded, tmp_path, monkeypatch, extra, options
+):
+    """The early check counts exactly the token level the page would carry."""
+    import attnviz.extraction
+    from attnviz.analyses.transform import ViewOptions, transform
+    from attnviz.views.html import check_page_fits
+
+    att = transform(
+        extract(TEXT, loaded, layers=[1] if "--layers" in extra else None), ViewOptions(**options)
+    )
+    size = att.attn.size * 2 * 4 // 3 + 40_000  # the token level of the page, as page_data counts it
+    layers = [1] if "--layers" in extra else None
+    check_page_fits(loaded, TEXT, layers=layers, options=ViewOptions(**options), max_mb=size / 1e6)
+    with pytest.raises(Exception, match="the page would be about"):
+        check_page_fits(loaded, TEXT, layers=layers, options=ViewOptions(**options), max_mb=(size - 1) / 1e6)
+
+    def no_forward(*args, **kwargs):
+        raise AssertionError("the forward pass ran before the size check")
+
+    monkeypatch.setattr(attnviz.extraction, "run_batch", no_forward)
+    max_mb = str((size - 1) / 1e6)
+    result = runner.invoke(
+        app, ["view", TEXT, "-m", bert, "-o", str(tmp_path / "v.html"), "--max-mb", max_mb, *extra]
+    )
+    assert result.exit_code == 2 and result.output.startswith("error: the page would be about"), result.output
+    assert result.output.count("\n") == 1 and not (tmp_path / "v.html").exists()

@@ -32,7 +32,7 @@ def test_defaults():
 
 @pytest.mark.parametrize("name", ["default", "coreference"])
 def test_shipped_configs_load(name):
-    cfg = make_config(REPO / "configs" / f"{name}.toml")
+    cfg = make_config(REPO / "src" / "attnviz" / "configs" / f"{name}.toml")
     assert cfg.source and cfg.source.endswith(f"{name}.toml")
     if name == "coreference":
         assert cfg.probes and all(p.a and p.b for p in cfg.probes)
@@ -42,7 +42,7 @@ def test_shipped_configs_load(name):
 
 def test_default_toml_matches_the_defaults():
     """configs/default.toml spells out the defaults: loading it changes nothing."""
-    cfg = make_config(REPO / "configs" / "default.toml")
+    cfg = make_config(REPO / "src" / "attnviz" / "configs" / "default.toml")
     assert cfg == BatchConfig()
 
 
@@ -50,8 +50,29 @@ def test_bare_name_finds_configs_folder(tmp_path):
     (tmp_path / "configs").mkdir()
     _write(tmp_path / "configs" / "mine.toml", "[run]\nbatch_size = 8\n")
     assert make_config("mine").batch_size == 8  # tests run in tmp_path (conftest)
-    with pytest.raises(InputError, match="no such config file"):
+    with pytest.raises(InputError, match=r"no such config: missing .*shipped configs: coreference, default"):
         make_config("missing")
+
+
+def test_bare_name_finds_the_shipped_configs_outside_a_checkout(tmp_path):
+    """`--config coreference` (in the README) works from any folder: the configs ship in the package."""
+    from attnviz.config import find_config
+
+    assert not (tmp_path / "configs").exists()  # tests run in tmp_path (conftest)
+    path = find_config("coreference")
+    assert path.parent.name == "configs" and path.parent.parent.name == "attnviz"
+    assert make_config("coreference").probes
+    (tmp_path / "configs").mkdir()
+    _write(tmp_path / "configs" / "coreference.toml", "[run]\nbatch_size = 3\n")
+    assert make_config("coreference").batch_size == 3  # your own configs/ comes first
+
+
+def test_the_shipped_configs_are_package_data():
+    """An installed wheel carries them too, not only a checkout."""
+    import tomllib
+
+    data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    assert "configs/*.toml" in data["attnviz"]
 
 
 def test_command_line_overrides_the_file(tmp_path):

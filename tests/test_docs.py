@@ -73,11 +73,16 @@ def test_cli_reference_has_every_command_with_its_usage():
 
 def test_generator_is_deterministic_whatever_the_terminal(monkeypatch):
     gen = _generator()
+    for name in ("COLUMNS", "FORCE_COLOR", "NO_COLOR", "TERM"):
+        monkeypatch.delenv(name, raising=False)
+    plain = gen.help_text(["heatmap"])
     monkeypatch.setenv("COLUMNS", "200")
     monkeypatch.setenv("FORCE_COLOR", "1")
-    assert gen.render() == gen.render()
-    assert "\x1b[" not in gen.render()
-    assert max(len(line) for line in gen.help_text(["heatmap"]).splitlines()) <= 80
+    monkeypatch.setenv("TERM", "xterm-256color")
+    wide = gen.help_text(["heatmap"])
+    assert wide == plain  # a wide, colour terminal renders the same text as none at all
+    assert "\x1b[" not in wide
+    assert max(len(line) for line in wide.splitlines()) <= 80
 
 
 # -- help text: every command at 80 columns ----------------------------------------------------
@@ -221,3 +226,59 @@ def test_an_option_name_is_a_flag_everywhere_or_takes_a_value_everywhere():
                 kinds.setdefault(opt, {}).setdefault(bool(param.is_flag), []).append(name)
     clashes = {opt: k for opt, k in kinds.items() if len(k) > 1 and opt not in KNOWN_CLASHES}
     assert not clashes, f"one name, two kinds of option: {clashes}"
+
+
+def test_batch_guide_says_truly_what_is_importable_from_attnviz_batch():
+    """A name the guide imports from `attnviz.batch`, or lists in its module table without marking
+    it *internal*, is public (in `__all__`); every name in the table is where the table says."""
+    import importlib
+
+    import attnviz.batch
+
+    doc = (ROOT / "docs" / "batch.md").read_text(encoding="utf-8")
+    public = set(attnviz.batch.__all__)
+    imported = {
+        n.strip() for line in re.findall(r"from attnviz\.batch import (.+)", doc) for n in line.split(",")
+    }
+    imported |= set(re.findall(r"attnviz\.batch\.([A-Za-z_]\w*)", doc)) - {"__all__"}
+    assert imported and imported <= public, imported - public
+    rows = re.findall(r"^\| `(\w+)\.py` \| (.+) \|$", doc, re.M)
+    assert len(rows) >= 9
+    for module_name, text in rows:
+        module = importlib.import_module(f"attnviz.batch.{module_name}")
+        for name, after in re.findall(r"`([A-Za-z_]\w*)`([^`]*)", text):
+            assert hasattr(module, name), f"{name} is not in attnviz/batch/{module_name}.py"
+            assert name in public or "*internal*" in after, f"{name} is neither public nor marked internal"
+
+
+def test_views_docstring_names_the_modules_that_load_or_run_a_model():
+    """`attnviz.views` once said views never load a model while its server ran them."""
+    import ast
+
+    import attnviz.views
+
+    doc = " ".join(attnviz.views.__doc__.split())
+    sentences = re.split(r"(?<=\.) ", doc)
+    runs = {"extract", "extract_batch", "run_batch", "load_model", "find_heads", "ablate"}
+    for path in sorted((ROOT / "src" / "attnviz" / "views").glob("*.py")):
+        names = {
+            alias.name
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+            if isinstance(node, ast.ImportFrom)
+            for alias in node.names
+        }
+        if path.stem != "__init__" and names & runs:
+            said = [s for s in sentences if f"attnviz.views.{path.stem}" in s]
+            assert any("runs" in s or "loads" in s for s in said), f"{path.name} runs a model: say so"
+    assert not re.search(r"\bviews never load a model\b", doc, re.I)
+
+
+def test_readme_limitations_are_the_limitations_guide_s_words():
+    """README's list is a selection of docs/limitations.md, word for word, so the two never diverge."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Limitations", 1)[1].split("\n## ", 1)[0]
+    guide = " ".join((ROOT / "docs" / "limitations.md").read_text(encoding="utf-8").split())
+    bullets = [" ".join(b.split()) for b in re.findall(r"(?ms)^- .*?(?=^- |^\s*$|\Z)", section)]
+    assert len(bullets) >= 3 and "docs/limitations.md" in section
+    for bullet in bullets:
+        assert bullet in guide, f"README's limitation differs from docs/limitations.md: {bullet[:70]}"

@@ -2,8 +2,9 @@
 
 Blocks fenced as `bash`, `console` (only the `$ ` lines) or `python` are run; a block preceded by
 `<!-- example: skip REASON -->` is not (a server that runs until Ctrl-C, the set-up itself). Each
-document runs in its own temporary folder holding a few small input files (EXAMPLE_FILES) and a
-copy of `configs/`, so an example may read `essay.txt` or `sentences.txt`, or use `--config NAME`.
+document runs in its own temporary folder holding a few small input files (EXAMPLE_FILES) and no
+`configs/`, so an example may read `essay.txt` or `sentences.txt`, and `--config NAME` must find a
+config shipped in the package, as it does for a user outside the repository.
 `attnviz ...` lines run in-process through Typer's CliRunner (one model load per test session);
 other lines run in bash.
 """
@@ -15,7 +16,6 @@ import io
 import os
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -171,7 +171,6 @@ def test_documented_examples_run(doc: Path, tmp_path: Path, monkeypatch: pytest.
     found = blocks(doc)
     for name, content in EXAMPLE_FILES.items():
         (tmp_path / name).write_text(content, encoding="utf-8")
-    shutil.copytree(ROOT / "configs", tmp_path / "configs")  # `--config NAME` as from a checkout
     (tmp_path / "docs").symlink_to(ROOT / "docs")  # example corpora shipped with the docs
     monkeypatch.setenv("COLUMNS", "100")
     for block in found:

@@ -69,6 +69,14 @@ def test_bad_selection_and_empty_text(tiny_model_path):
         extract("   ", loaded)
 
 
+def test_an_empty_text_is_refused_before_a_model_name_is_loaded(monkeypatch):
+    import attnviz.models
+
+    monkeypatch.setattr(attnviz.models, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    with pytest.raises(InputError, match="text 2 is empty"):
+        extract_batch(["a cat", " "], "minilm")
+
+
 @pytest.mark.parametrize("suffix", [".safetensors", ".npz"])
 def test_save_and_load_round_trip(tiny_model_path, tmp_path, suffix):
     loaded = load_model(str(tiny_model_path("t5")), device="cpu")
@@ -151,23 +159,22 @@ def test_byte_level_tokens_are_decoded_text_with_raw_ids_and_pieces(tiny_model_p
     assert any("ð" in p for p in att.pieces)  # the raw pieces really are byte spellings
     mojibake = set("ðŁĺĢäæ¸ĸĩŃ")
     assert not any(set(t) & mojibake for t in att.tokens), att.tokens
-    assert "😀" in att.labels and "中" in att.labels and "文" in att.labels
-    # a character is shown once, on the piece holding its first byte; the later pieces show their
-    # continuation bytes as \\xNN, so dropping the escapes and the space marks gives the text back
-    import re
-
-    escape = re.compile(r"\\x[89ab][0-9a-f]")
-    assert "".join(escape.sub("", t).replace("Ġ", " ") for t in att.tokens) == CJK_EMOJI
-    continuation = [t for t in att.tokens if escape.search(t)]
-    assert continuation and all(escape.fullmatch(t) for t in continuation)
+    # a character split over pieces is named on each of them, with … where it goes on, so dropping
+    # the continuations and the ␣ of lone spaces gives the text back without its spaces
+    assert {"😀…", "…😀", "中…", "…中", "文…", "…文"} <= set(att.labels), att.labels
+    rebuilt = "".join(
+        (t[2:] if t.startswith("…") else t).removesuffix("…").replace("␣", "") for t in att.tokens
+    )
+    assert rebuilt == CJK_EMOJI.replace(" ", "")
+    assert not any("\\x" in t for t in att.tokens)  # no byte escapes: every byte is in a character
     assert tok.decode(list(att.token_ids)) == CJK_EMOJI
     # words and lookups still work on the readable tokens
     words = att.to_words()
-    assert [t for t in words.tokens if t != "Ġ"] == ["Paris", "😀", "中文", "ok"]  # lone spaces: own units
+    assert [t for t in words.tokens if t != "␣"] == ["Paris", "😀", "中文", "ok"]  # lone spaces: own units
     from attnviz.tokens import positions
 
     assert positions(att, "中文") == [i for i, w in enumerate(att.word_ids) if w == 2]
-    assert positions(att, "😀") == [att.tokens.index("😀")]
+    assert positions(att, "😀") == [i for i, w in enumerate(att.word_ids) if w == 1]
     assert positions(att, "ok") == [i for i, w in enumerate(att.word_ids) if w == 3]
     back = Attention.load(att.save(tmp_path / "a.npz"))
     assert back.token_ids == att.token_ids and back.pieces == att.pieces and back.tokens == att.tokens

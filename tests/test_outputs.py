@@ -55,3 +55,107 @@ def test_write_error_names_a_full_disk(tmp_path):
     assert write_error(tmp_path / "y.npz", OSError(errno.EACCES, "Permission denied")).endswith(
         "Permission denied"
     )
+
+
+# -- symbolic links: never written through, never replaced (issue 24) ----------------------------
+LINKED_COMMANDS = {
+    "heatmap": ["heatmap", "the cat sat", "-o", "{link}"],
+    "toy": ["toy", "-o", "{link}"],
+    "view": ["view", "the cat sat", "-o", "{link}"],
+    "entropy": ["entropy", "the cat sat", "-o", "{link}"],
+    "rollout": ["rollout", "the cat sat", "-o", "{link}"],
+    "compare": ["compare", "the cat sat", "the dog sat", "-o", "{link}"],
+    "find-head": ["find-head", "cat", "sat", "the cat sat", "--plot", "{link}"],
+    "extract": ["extract", "the cat sat", "-o", "{link}"],
+    "heads": ["heads", "the cat sat", "--plot", "{link}"],
+    "ablate": ["ablate", "the cat sat", "--scan", "--plot", "{link}"],
+}
+SUFFIX = {"view": ".html", "extract": ".npz"}
+
+
+@pytest.mark.parametrize("command", sorted(LINKED_COMMANDS))
+@pytest.mark.parametrize("dangling", [False, True])
+def test_o_onto_a_symbolic_link_is_refused_before_the_model(command, dangling, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from attnviz.cli import app
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the error")
+
+    monkeypatch.setattr("attnviz.cli._options.load", refuse)
+    suffix = SUFFIX.get(command, ".png")
+    mine = tmp_path / f"mine{suffix}"
+    if not dangling:
+        mine.write_bytes(b"the user's own file")
+    link = tmp_path / f"out{suffix}"
+    link.symlink_to(mine)
+    args = [a.replace("{link}", str(link)) for a in LINKED_COMMANDS[command]]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "symbolic link" in lines[0], result.stderr
+    assert link.is_symlink() and os.readlink(link) == str(mine)
+    assert mine.read_bytes() == b"the user's own file" if not dangling else not mine.exists()
+
+
+def test_writers_refuse_links_and_write_into_linked_folders(tmp_path):
+    from attnviz.errors import InputError
+    from attnviz.outputs import check_output
+
+    mine = tmp_path / "mine.bin"
+    mine.write_bytes(b"mine")
+    link = tmp_path / "link.bin"
+    link.symlink_to(mine)
+    with pytest.raises(InputError, match="symbolic link"), atomic_output(link) as tmp:
+        tmp.write_bytes(b"ours")
+    assert mine.read_bytes() == b"mine" and link.is_symlink()
+    # a link to a folder is a place to put new files, under names that never overwrite
+    (tmp_path / "real").mkdir()
+    (tmp_path / "folder").symlink_to(tmp_path / "real")
+    check_output(tmp_path / "folder")
+    made = output_path(tmp_path / "folder", ("heatmap", "x"))
+    assert made.parent == tmp_path / "folder" and (tmp_path / "real" / made.name).exists()
+
+
+def test_library_savers_refuse_links(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from attnviz import plots
+    from attnviz.errors import InputError
+    from attnviz.views.notebook import HTMLView
+
+    for name, write in [
+        ("f.png", lambda p: plots.save(plt.figure(), p)),
+        ("v.html", lambda p: HTMLView("<p>x</p>").save(p)),
+    ]:
+        mine = tmp_path / f"mine-{name}"
+        mine.write_bytes(b"mine")
+        link = tmp_path / name
+        link.symlink_to(mine)
+        with pytest.raises(InputError, match="symbolic link"):
+            write(link)
+        assert mine.read_bytes() == b"mine" and link.is_symlink()
+    plt.close("all")
+
+
+def test_cluster_refuses_a_linked_file_in_its_folder_before_the_model(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from attnviz.cli import app
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the error")
+
+    monkeypatch.setattr("attnviz.cli._options.load", refuse)
+    (tmp_path / "texts.txt").write_text("the cat sat\nthe dog ran\n")
+    mine = tmp_path / "mine.csv"
+    mine.write_text("mine")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "distances.csv").symlink_to(mine)
+    result = CliRunner().invoke(app, ["cluster", str(tmp_path / "texts.txt"), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "symbolic link" in result.stderr, result.output
+    assert mine.read_text() == "mine"

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import synthetic
 from typer.testing import CliRunner
 
 from attnviz.cli import app
@@ -25,37 +26,6 @@ INJECTIONS = (
     "</script><script>document.title='x'</script>",
     "<img src=x onerror=alert(1)>",
 )
-
-
-def synthetic(
-    n_layers: int = 2, n_heads: int = 3, causal: bool = False, seed: int = 0, text: str | None = None
-) -> Attention:
-    """A small Attention without a model: [CLS] em ##ily went to paris [SEP], rows summing to 1."""
-    tokens = ("[CLS]", "em", "##ily", "went", "to", "paris", "[SEP]")
-    words = ("emily", "went", "to", "paris")
-    word_ids = (None, 0, 0, 1, 2, 3, None)
-    text = text or "emily went to paris"
-    n = len(tokens)
-    rng = np.random.default_rng(seed)
-    logits = rng.normal(size=(n_layers, n_heads, n, n)) * 2
-    if causal:
-        logits = np.where(np.tril(np.ones((n, n), dtype=bool)), logits, -np.inf)
-    attn = np.exp(logits - logits.max(-1, keepdims=True))
-    attn = (attn / attn.sum(-1, keepdims=True)).astype(np.float32)
-    return Attention(
-        model="synthetic",
-        kind="decoder" if causal else "encoder",
-        text=text,
-        tokens=tokens,
-        spans=((0, 0), (0, 2), (2, 5), (6, 10), (11, 13), (14, 19), (0, 0)),
-        word_ids=word_ids,
-        words=words,
-        special=(True, False, False, False, False, False, True),
-        layers=tuple(range(n_layers)),
-        heads=tuple(range(n_heads)),
-        attn=attn,
-        causal=causal,
-    )
 
 
 def injected() -> Attention:

@@ -1,9 +1,10 @@
 """Removing heads and measuring the effect: the check that attention rankings cannot give.
 
-A head is ablated where its output enters the attention output projection (BERT
-`attention.output.dense`, DistilBERT `out_lin`, GPT-2 `c_proj`, Llama `o_proj`, T5 `o`): a forward
-pre-hook sets the head's slice `[h*d:(h+1)*d]` of the projection's input to zero (`zero`) or to its
-mean over reference texts (`mean`). Hooks live in a context manager and are removed in `finally`.
+A head is ablated inside attnviz's registered attention function, where every architecture hands
+over each head's output before the output projection ([batch, q, heads, head_dim]): the head's
+slice is set to zero (`zero`) or to its mean over reference texts (`mean`), which equals removing
+its columns of W_O (plus, for `mean`, a constant). No module names, so it works on every model whose
+attention goes through transformers' attention interface; the editor is always switched off.
 
 The measure depends on the model: a causal LM's log-probability of a target, a masked LM's
 probability of the original token at a masked position, else 1 - cosine similarity of the
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from attnviz.architecture import output_projections
+from attnviz.architecture import main_stream, require_interface
 from attnviz.errors import AttnvizError, InputError
 
 if TYPE_CHECKING:
@@ -166,6 +167,7 @@ def for_ablation(loaded: LoadedModel, trust_remote_code: bool = False) -> Loaded
     """The same model with the LM head its measure needs (loaded once and cached)."""
     from attnviz.models import load_model
 
+    require_interface(loaded, "ablation")  # before loading the model again with its head
     task = choose_task(loaded)
     if task == loaded.task:
         return loaded
@@ -215,43 +217,46 @@ def check_heads(loaded: LoadedModel, heads: Sequence[tuple[int, int]]) -> tuple[
 
 
 class _Ablator:
-    """The pre-hooks' shared state: which heads each batch row loses, and what replaces them."""
+    """The editor's state: which heads each batch row loses, and what replaces them."""
 
-    def __init__(self, num_heads: int, means: list[Any] | None) -> None:
-        self.num_heads = num_heads
-        self.means = means  # per layer: [H*d] mean input of the projection, or None for zero
+    def __init__(self, loaded: LoadedModel, means: list[Any] | None) -> None:
+        self.name = loaded.name
+        self.stream = main_stream(loaded)
+        self.num_heads = loaded.capture.num_heads
+        self.means = means  # per layer: [heads, head_dim] mean output, or None for zero
         self.keep: dict[int, Any] = {}  # layer -> [rows, heads] float, 1 keeps and 0 ablates
 
-    def hook(self, layer: int) -> Any:
-        def pre_hook(module: Any, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
-            keep = self.keep.get(layer)
-            if keep is None:
-                return None
-            x = args[0]  # [rows, seq, heads * d]
-            d = x.shape[-1] // self.num_heads
-            mask = keep.to(dtype=x.dtype, device=x.device).repeat_interleave(d, dim=-1)[:, None, :]
-            if self.means is None:
-                new = x * mask
-            else:
-                mean = self.means[layer].to(dtype=x.dtype, device=x.device)
-                new = x * mask + (1 - mask) * mean
-            return (new, *args[1:])
+    def edit(self, key: tuple[str, int], out: Any, module: Any) -> Any:
+        """out: [rows, q, heads, head_dim], each head's output before the output projection."""
+        keep = self.keep.get(key[1]) if key[0] == self.stream else None
+        if keep is None:
+            return out
+        _check_heads_out(out, self.num_heads, self.name)
+        mask = keep.to(dtype=out.dtype, device=out.device)[:, None, :, None]  # [rows, 1, heads, 1]
+        if self.means is None:
+            return out * mask
+        mean = self.means[key[1]].to(dtype=out.dtype, device=out.device)  # [heads, head_dim]
+        return out * mask + (1 - mask) * mean
 
-        return pre_hook
+
+def _check_heads_out(out: Any, num_heads: int, name: str) -> None:
+    if out.ndim != 4 or out.shape[2] != num_heads:
+        raise AttnvizError(
+            f"{name}'s attention function returned {tuple(out.shape)}, not [batch, q, {num_heads} heads,"
+            " head_dim]: heads cannot be ablated on it"
+        )
 
 
 @contextmanager
 def ablating(loaded: LoadedModel, means: list[Any] | None = None) -> Iterator[_Ablator]:
-    """Pre-hooks on every output projection, driven by the yielded state; always removed."""
-    state = _Ablator(loaded.capture.num_heads, means)
-    handles = []
-    try:
-        for layer, proj in enumerate(output_projections(loaded, "ablation")):
-            handles.append(proj.register_forward_pre_hook(state.hook(layer)))
+    """Each head's output edited inside the attention function, driven by the yielded state; always undone."""
+    from attnviz.capture import Editor, editing
+
+    require_interface(loaded, "ablation")
+    state = _Ablator(loaded, means)
+    cap = loaded.capture
+    with editing(Editor(index=cap.index, edit=state.edit, shared=cap.shared)):
         yield state
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def _keep(rows: int, num_heads: int, heads: Sequence[int]) -> Any:
@@ -263,40 +268,37 @@ def _keep(rows: int, num_heads: int, heads: Sequence[int]) -> Any:
 
 
 def reference_means(loaded: LoadedModel, texts: Sequence[str], batch_size: int = 16) -> list[Any]:
-    """Each projection's mean input over the real tokens of the reference texts: [H*d] per layer."""
+    """Each head's mean output over the real tokens of the reference texts: [heads, head_dim] per layer."""
     import torch
 
+    from attnviz.capture import Editor, editing
     from attnviz.extraction import tokenize
 
+    require_interface(loaded, "ablation")
     texts = [t for t in texts if t.strip()]
     if not texts:
         raise InputError("the --reference file has no text: give one text per line")
-    projs = output_projections(loaded, "ablation")
-    sums: list[Any] = [None] * len(projs)
+    stream = main_stream(loaded)
+    cap = loaded.capture
+    sums: list[Any] = [None] * cap.num_layers
     count = 0
     mask_now: list[Any] = [None]
 
-    def recorder(layer: int) -> Any:
-        def pre_hook(module: Any, args: tuple[Any, ...]) -> None:
-            m = mask_now[0].to(args[0].device, args[0].dtype)[:, :, None]
-            total = (args[0] * m).sum(dim=(0, 1)).double()
-            sums[layer] = total if sums[layer] is None else sums[layer] + total
+    def record(key: tuple[str, int], out: Any, module: Any) -> Any:
+        if key[0] == stream:
+            _check_heads_out(out, cap.num_heads, loaded.name)
+            m = mask_now[0].to(out.device, out.dtype)[:, :, None, None]  # [batch, q, 1, 1]
+            total = (out * m).sum(dim=(0, 1)).double()  # [heads, head_dim]
+            sums[key[1]] = total if sums[key[1]] is None else sums[key[1]] + total
+        return out
 
-        return pre_hook
-
-    handles = []
-    try:
-        for layer, proj in enumerate(projs):
-            handles.append(proj.register_forward_pre_hook(recorder(layer)))
+    with editing(Editor(index=cap.index, edit=record, shared=cap.shared)):
         for start in range(0, len(texts), batch_size):
             enc = tokenize(loaded, texts[start : start + batch_size], truncate=True)
             mask_now[0] = enc.attention_mask
             with torch.inference_mode():
                 _encoder_forward(loaded, enc.input_ids, enc.attention_mask)
             count += int(enc.attention_mask.sum())
-    finally:
-        for handle in handles:
-            handle.remove()
     return [(s / count).float() for s in sums]
 
 
@@ -423,6 +425,7 @@ def ablate(
     import torch
 
     check_mode(mode, reference)
+    require_interface(loaded, "ablation")
     pairs = check_heads(loaded, heads)
     prep = _prepare(loaded, text, target, occurrence, truncate)
     means = reference_means(loaded, reference) if mode == "mean" and reference else None
@@ -465,6 +468,7 @@ def scan_heads(
     import torch
 
     check_mode(mode, reference)
+    require_interface(loaded, "ablation")
     prep = _prepare(loaded, text, target, occurrence, truncate)
     means = reference_means(loaded, reference) if mode == "mean" and reference else None
     start = time.perf_counter()
@@ -521,6 +525,7 @@ def repeat_loss_scan(
 
     from attnviz.induction import random_repeats
 
+    require_interface(loaded, "ablation")
     if loaded.task != "causal-lm":
         raise InputError(f"the repeat-loss ablation needs a causal LM head; {loaded.name} has none")
     enc, prefix = random_repeats(loaded, seq_len, batch, seed)

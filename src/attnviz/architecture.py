@@ -1,8 +1,10 @@
-"""Where each architecture keeps the parts attnviz reaches into beyond attention weights.
+"""What attnviz reaches into beyond attention weights, found the same way on every architecture.
 
-One lookup of every layer's attention output projection (BERT `attention.output.dense`, DistilBERT
-`out_lin`, GPT-2 `c_proj`, Llama `o_proj`, T5 `o`), shared by norm weighting (its weights) and
-ablation (a pre-hook on its input), so the two can never disagree about which module it is.
+No table of module names: ablation edits each head's output inside our registered attention
+function (capture.Editor), where every architecture hands over the same [batch, q, heads, head_dim]
+tensor; norm weighting needs W_O, found by data flow as the module whose input is exactly that
+output, on one traced call. A model whose attention does not go through transformers' attention
+interface supports neither, and `require_interface` says so in one line before any analysis runs.
 """
 
 from __future__ import annotations
@@ -14,54 +16,88 @@ from attnviz.errors import InputError
 if TYPE_CHECKING:
     from attnviz.models import LoadedModel
 
-SUPPORTED = "BERT, DistilBERT, GPT-2, Llama and T5"
-_OWN = ("o_proj", "c_proj", "out_lin", "o", "out_proj", "dense")  # a child of the attention module
-_PARENT = ("output.dense", "o_proj", "out_proj")  # BERT family: a sibling of the self-attention module
-
 
 def in_features(module: Any) -> int | None:
     """Width of a projection's input (heads * head_dim), or None when the module is no projection."""
-    if hasattr(module, "in_features"):
-        return int(module.in_features)
     if type(module).__name__ == "Conv1D":  # GPT-2: weight is [in, out]
         return int(module.weight.shape[0])
+    if hasattr(module, "in_features") and getattr(getattr(module, "weight", None), "ndim", 0) == 2:
+        return int(module.in_features)
     return None
 
 
-def _first(named: dict[str, Any], prefix: str, children: tuple[str, ...]) -> Any | None:
-    for child in children:
-        found = named.get(f"{prefix}.{child}" if prefix else child)
-        if found is not None and in_features(found) is not None:
-            return found
-    return None
+def describe(loaded: LoadedModel) -> str:
+    """'name (ArchClass, model type x)': how errors name an architecture."""
+    model_type = getattr(getattr(loaded.model, "config", None), "model_type", "?")
+    return f"{loaded.name} ({type(loaded.model).__name__}, model type '{model_type}')"
+
+
+def require_interface(loaded: LoadedModel, purpose: str) -> None:
+    """`purpose` (norm weighting, ablation) needs transformers' attention interface; else one line."""
+    if not loaded.capture.interface:
+        raise InputError(
+            f"{describe(loaded)} computes attention in its own code, not through transformers' "
+            f"attention interface: its attention weights can be extracted (eager), but {purpose} "
+            "needs each head's output and is not possible on it"
+        )
+
+
+def main_stream(loaded: LoadedModel) -> str:
+    """The stream analyses act on: the encoder of an encoder-decoder, else the only one."""
+    return "encoder" if loaded.capture.encoder_decoder else "self"
 
 
 def output_projections(loaded: LoadedModel, purpose: str) -> list[Any]:
-    """The attention output projection module of each (encoder or only) layer, in layer order.
+    """The module receiving each (main-stream) layer's attention output, in layer order.
 
-    Raises InputError naming the model and `purpose` (what needed it) when a layer has none we know.
+    Found by tracing one forward pass: the first projection (Linear or Conv1D) called after a
+    layer's attention whose input equals that attention's output, element for element.
     """
-    cap = loaded.capture
-    main = "encoder" if cap.encoder_decoder else "self"
-    named = dict(loaded.model.named_modules())
-    names = {id(m): n for n, m in named.items()}
-    by_layer: dict[int, Any] = {}
-    missing: list[Any] = []  # attention modules without a projection we know
-    for ident, (stream, layer) in cap.index.items():
-        name = names.get(ident)
-        if stream != main or name is None:
-            continue
-        found = _first(named, name, _OWN)
-        if found is None and "." in name:
-            found = _first(named, name.rsplit(".", 1)[0], _PARENT)
-        if found is None:
-            missing.append(named[name])
-        else:
-            by_layer[layer] = found
-    if missing or not by_layer:
-        where = type(missing[0] if missing else loaded.model).__name__
+    require_interface(loaded, purpose)
+    found = _trace(loaded)  # one three-token pass: cheap, and always the model as it is now
+    missing = [layer for layer, proj in enumerate(found) if proj is None]
+    if missing:
         raise InputError(
-            f"cannot read the attention output projection of {loaded.name} "
-            f"({where}): {purpose} supports {SUPPORTED}"
+            f"cannot find where the attention output of {describe(loaded)} layer {missing[0]} enters "
+            f"its output projection (it is changed on the way, e.g. gated): {purpose} is not possible"
         )
-    return [by_layer[i] for i in sorted(by_layer)]
+    return found
+
+
+def _trace(loaded: LoadedModel) -> list[Any | None]:
+    import torch
+
+    from attnviz.capture import Editor, editing
+
+    cap = loaded.capture
+    main = main_stream(loaded)
+    events: list[tuple[str, Any, Any]] = []  # ("attn", layer, out) / ("proj", module, input), in order
+
+    def seen(key: tuple[str, int], out: Any, module: Any) -> Any:
+        events.append(("attn", key[1] if key[0] == main else None, out.detach()))
+        return out
+
+    def pre_hook(module: Any, args: tuple[Any, ...]) -> None:
+        if args and isinstance(args[0], torch.Tensor):
+            events.append(("proj", module, args[0].detach()))
+
+    handles = [
+        m.register_forward_pre_hook(pre_hook) for m in loaded.model.modules() if in_features(m) is not None
+    ]
+    try:
+        with torch.no_grad(), editing(Editor(index=cap.index, edit=seen, shared=cap.shared)):
+            loaded.model(**cap.probe)
+    finally:
+        for handle in handles:
+            handle.remove()
+    found: list[Any | None] = [None] * cap.num_layers
+    for i, (kind, layer, out) in enumerate(events):
+        if kind != "attn" or layer is None or found[layer] is not None:
+            continue
+        for kind2, module, x in events[i + 1 :]:
+            if kind2 == "attn":
+                break
+            if x.numel() == out.numel() and torch.equal(x.reshape(-1), out.reshape(-1)):
+                found[layer] = module
+                break
+    return found

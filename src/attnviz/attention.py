@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 FORMAT_VERSION = 1
+LABEL_RULE = 2  # tokens are tokens.readable labels; older files hold 'ĠParis', read with display()
 
 
 def _input_error(message: str) -> Exception:
@@ -62,6 +63,26 @@ class Attention:
     pooled_layers: tuple[int, ...] | None = None  # the model layers behind a pooled layer row
     pooled_heads: tuple[int, ...] | None = None  # the model heads behind a pooled head column
 
+    def __repr__(self) -> str:
+        """One short line at a prompt: what was extracted and the arrays' shapes, never their values."""
+        text = self.text if len(self.text) <= 40 else self.text[:37] + "..."
+        shapes = ", ".join(f"{name}={a.dtype}{list(a.shape)}" for name, a in self.streams.items())
+        extra = "".join(
+            f", {name}={value!r}"
+            for name, value, default in (
+                ("causal", self.causal, False),
+                ("weighting", self.weighting, "attention"),
+                ("truncated", self.truncated, 0),
+                ("notes", self.note, ""),
+            )
+            if value != default
+        )
+        return (
+            f"Attention(model={self.model!r}, kind={self.kind!r}, text={text!r}, level={self.level!r}, "
+            f"tokens={self.n_tokens}, layers=[{_ranges(self.layers)}], heads=[{_ranges(self.heads)}], "
+            f"{shapes}{extra})"
+        )
+
     @property
     def note(self) -> str:
         """The notes joined for a figure title: 'mean of heads 0-11; special tokens hidden'."""
@@ -73,10 +94,8 @@ class Attention:
 
     @property
     def labels(self) -> list[str]:
-        """Tokens as people read them (for axes and tables)."""
-        from attnviz.tokens import display
-
-        return [display(t) for t in self.tokens]
+        """Tokens as people read them (for axes and tables): the tokens themselves (tokens.readable)."""
+        return list(self.tokens)
 
     @property
     def streams(self) -> dict[str, np.ndarray]:
@@ -181,6 +200,7 @@ class Attention:
         """Everything but the arrays, as JSON-ready values."""
         return {
             "format": FORMAT_VERSION,
+            "labels": LABEL_RULE,
             "model": self.model,
             "kind": self.kind,
             "text": self.text,
@@ -253,6 +273,11 @@ class Attention:
                 f"{path} is not a readable attention file from `attnviz extract -o` ({type(exc).__name__})"
             ) from exc
         main = arrays.get("self", arrays.get("encoder"))
+        if meta.get("labels") != LABEL_RULE:  # written before the one labelling rule
+            from attnviz.tokens import display
+
+            meta["tokens"] = [display(t) for t in meta["tokens"]]
+            meta["decoder_tokens"] = [display(t) for t in meta.get("decoder_tokens") or ()]
         decoder = None
         if "decoder" in arrays and meta.get("decoder_tokens"):
             dt = tuple(meta["decoder_tokens"])

@@ -26,6 +26,7 @@ _EAGER_ONLY = {"s_aux", "sinks"}  # weight terms head_weights does not model (at
 
 _registered = False
 _active: Recorder | None = None
+_editor: Editor | None = None
 
 
 @dataclass
@@ -43,6 +44,12 @@ class Recorder:
     vectors: dict[tuple[str, int], tuple[Any, Any, Any, float, Any]] = field(default_factory=dict)
     order: list[Any] = field(default_factory=list)  # modules in call order (discovery only)
     buffers: dict[str, Any] = field(default_factory=dict)  # stream -> [batch, layers, heads, q, k]
+    shared: dict[int, tuple[tuple[str, int], ...]] = field(default_factory=dict)  # modules run N times
+    calls: dict[int, int] = field(default_factory=dict)  # calls so far of each shared module
+
+    def key(self, module: Any) -> tuple[str, int] | None:
+        """(stream, layer) of this call of `module`: a module run N times (ALBERT) is N layers."""
+        return _key_of(self.index, self.shared, self.calls, module)
 
     def wants(self, key: tuple[str, int] | None) -> bool:
         if self.discover:
@@ -90,6 +97,38 @@ class Recorder:
         return torch.stack([self.weights[k] for k in keys], dim=1).to(self.torch_dtype)
 
 
+def _key_of(
+    index: dict[int, tuple[str, int]],
+    shared: dict[int, tuple[tuple[str, int], ...]],
+    calls: dict[int, int],
+    module: Any,
+) -> tuple[str, int] | None:
+    ident = id(module)
+    many = shared.get(ident)
+    if not many:
+        return index.get(ident)
+    n = calls.get(ident, 0)
+    calls[ident] = n + 1
+    return many[n % len(many)]
+
+
+@dataclass
+class Editor:
+    """Changes heads' outputs before the output projection (ablation); keyed like a Recorder.
+
+    `edit(key, out, module)` gets `out` [batch, q, heads, head_dim] of layer `key` and returns the
+    output to use instead (or the same tensor).
+    """
+
+    index: dict[int, tuple[str, int]]
+    edit: Any  # Callable[[tuple[str, int], Tensor, Any], Tensor]
+    shared: dict[int, tuple[tuple[str, int], ...]] = field(default_factory=dict)
+    calls: dict[int, int] = field(default_factory=dict)
+
+    def key(self, module: Any) -> tuple[str, int] | None:
+        return _key_of(self.index, self.shared, self.calls, module)
+
+
 def _eager_for(module: Any) -> Any:
     """The model's own eager attention function, for models that cannot run sdpa."""
     fn = getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
@@ -125,9 +164,16 @@ def _additive(module: Any, query: Any, key: Any, mask: Any, kwargs: dict[str, An
     return mask
 
 
+def _sdpa_can_run(module: Any, kwargs: dict[str, Any]) -> bool:
+    """Whether transformers' sdpa function computes this layer as the model's eager one does."""
+    if not getattr(module, "_attnviz_sdpa_ok", True) or "position_bias" in kwargs:
+        return False
+    return all(kwargs.get(name) is None for name in ("softcap", *_EAGER_ONLY))
+
+
 def _plain(module: Any, query: Any, key: Any, value: Any, mask: Any, **kwargs: Any) -> tuple[Any, Any]:
     """The layer's output exactly as without recording: transformers' sdpa, or eager where it cannot run."""
-    if "position_bias" not in kwargs and getattr(module, "_attnviz_sdpa_ok", True):
+    if _sdpa_can_run(module, kwargs):
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
         return sdpa_attention_forward(module, query, key, value, mask, **kwargs)
@@ -193,9 +239,28 @@ def head_weights(
 
 
 def attention_forward(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, **kwargs: Any):
-    """Registered as transformers' `attnviz` attention: the unrecorded output, plus the heads asked for."""
+    """Registered as transformers' `attnviz` attention: the unrecorded output, plus the heads asked for.
+
+    Any other kind of active recorder (generation's step recorder) is handed the layer through its
+    own `forward(module, query, key, value, mask, **kwargs)`. An active Editor then edits the output.
+    """
     rec = _active
-    ident = rec.index.get(id(module)) if rec is not None else None
+    if rec is not None and not isinstance(rec, Recorder):
+        out, _ = rec.forward(module, query, key, value, attention_mask, **kwargs)
+    else:
+        out, _ = _recorded(module, query, key, value, attention_mask, **kwargs)
+    edit = _editor
+    if edit is not None:
+        ident = edit.key(module)
+        if ident is not None:
+            out = edit.edit(ident, out, module)
+    return out, None
+
+
+def _recorded(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, **kwargs: Any):
+    """The layer's output, recording its weights (and vectors) when the active recorder wants them."""
+    rec = _active
+    ident = rec.key(module) if rec is not None else None
     if rec is None or not rec.wants(ident):
         return _plain(module, query, key, value, attention_mask, **kwargs)
     if any(kwargs.get(name) is not None for name in _EAGER_ONLY):
@@ -238,7 +303,8 @@ def register() -> None:
     """Register the `attnviz` attention and mask functions with transformers (idempotent).
 
     The mask is sdpa's (boolean, or none at all when causal without padding), so unrecorded layers
-    run exactly as under `sdpa` and no [q, k] float mask is ever materialised for a long text.
+    run exactly as under `sdpa` and no [q, k] float mask is ever materialised for a long text. A
+    missing mask therefore always means causal (a bidirectional mask is always made, as eager does).
     """
     global _registered
     if _registered:
@@ -246,8 +312,13 @@ def register() -> None:
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+    def mask(*args: Any, **kwargs: Any) -> Any:
+        """sdpa's mask, except that a bidirectional one is always made: eager reads None as "no mask"."""
+        kwargs["allow_is_bidirectional_skip"] = False
+        return sdpa_mask(*args, **kwargs)
+
     AttentionInterface.register(ATTN_IMPLEMENTATION, attention_forward)
-    AttentionMaskInterface.register(ATTN_IMPLEMENTATION, sdpa_mask)
+    AttentionMaskInterface.register(ATTN_IMPLEMENTATION, mask)
     _registered = True
 
 
@@ -256,10 +327,24 @@ def recording(rec: Recorder) -> Iterator[Recorder]:
     """Activate a recorder for one forward pass; always deactivated, even on error."""
     global _active
     previous, _active = _active, rec
+    if isinstance(rec, Recorder):
+        rec.calls.clear()
     try:
         yield rec
     finally:
         _active = previous
+
+
+@contextmanager
+def editing(editor: Editor) -> Iterator[Editor]:
+    """Activate an editor of heads' outputs (ablation) for any number of passes; always deactivated."""
+    global _editor
+    previous, _editor = _editor, editor
+    editor.calls.clear()
+    try:
+        yield editor
+    finally:
+        _editor = previous
 
 
 def _stream_of(name: str, encoder_decoder: bool) -> str:
@@ -288,21 +373,26 @@ class Capture:
         inputs: dict[str, Any] = {"input_ids": torch.tensor([ids], device=device)}
         if self.encoder_decoder:
             inputs["decoder_input_ids"] = inputs["input_ids"]
+        self.probe = inputs  # a three-token input: discovery, and tracing where outputs go
         names = {id(m): n for n, m in model.named_modules()}
         sdpa_ok = bool(getattr(model, "_supports_sdpa", False))
-        self.index: dict[int, tuple[str, int]] = {}
+        self.index: dict[int, tuple[str, int]] = {}  # id(module) -> (stream, layer) of its first call
+        self.shared: dict[int, tuple[tuple[str, int], ...]] = {}  # modules run N times: every call
         counts: dict[str, int] = {}
         first: dict[str, Any] = {}
         if self.interface:
             rec = Recorder(index={}, layers=None, heads=None, discover=True)
             with torch.no_grad(), recording(rec):
                 model(**inputs)
+            calls: dict[int, list[tuple[str, int]]] = {}
             for i, module in enumerate(rec.order):
                 stream = _stream_of(names.get(id(module), ""), self.encoder_decoder)
                 module._attnviz_sdpa_ok = sdpa_ok
-                self.index[id(module)] = (stream, counts.get(stream, 0))
+                calls.setdefault(id(module), []).append((stream, counts.get(stream, 0)))
                 first.setdefault(stream, rec.weights[("discover", i)])
                 counts[stream] = counts.get(stream, 0) + 1
+            self.index = {ident: keys[0] for ident, keys in calls.items()}
+            self.shared = {ident: tuple(keys) for ident, keys in calls.items() if len(keys) > 1}
         else:
             with torch.no_grad():
                 out = model(**inputs, output_attentions=True)
@@ -356,6 +446,7 @@ class Capture:
             qkv=qkv,
             store=store,
             counts=self.layer_counts,
+            shared=self.shared,
         )
         with torch.inference_mode():
             if self.interface:

@@ -1,4 +1,4 @@
-"""Batch configuration: a TOML file in `configs/`, merged with command-line options.
+"""Batch configuration: a TOML file (yours, or one shipped in `attnviz/configs/`), merged with options.
 
 Precedence, lowest first: the defaults below, the TOML file, then the options actually given on the
 command line (an option left out never overrides the file). Light on purpose: no numpy, no torch,
@@ -279,15 +279,30 @@ def parse_probe(spec: str) -> Probe:
     return make_probe(a.split("|"), b.split("|"), name, f" (in --probe {spec})")
 
 
+def shipped_configs() -> dict[str, Path]:
+    """The configs that ship inside the package (name -> file), found wherever attnviz is installed."""
+    from importlib import resources
+
+    folder = resources.files("attnviz").joinpath("configs")
+    return {p.name[: -len(".toml")]: Path(str(p)) for p in folder.iterdir() if p.name.endswith(".toml")}
+
+
 def find_config(spec: str | Path) -> Path:
-    """A config path as given, else `configs/NAME.toml` for a bare name like `coreference`."""
+    """A config path as given; a bare NAME is ./configs/NAME.toml, else the shipped config NAME."""
     path = Path(spec).expanduser()
     if path.is_file():
         return path
+    shipped = shipped_configs()
     if path.suffix == "" and len(path.parts) == 1:
         candidate = Path("configs") / f"{path.name}.toml"
         if candidate.is_file():
             return candidate
+        if path.name in shipped:
+            return shipped[path.name]
+        raise InputError(
+            f"no such config: {spec} (a bare name is looked up as configs/{spec}.toml here, then "
+            f"among the shipped configs: {', '.join(sorted(shipped))})"
+        )
     raise InputError(f"no such config file: {spec}")
 
 

@@ -133,11 +133,11 @@ def extract_batch(
     if store not in STORES:
         raise InputError(f"unknown store '{store}': use {' or '.join(STORES)}")
 
-    loaded = model if isinstance(model, LoadedModel) else load_model(model, device=device, dtype=dtype)
     texts = list(texts)
-    for i, t in enumerate(texts):
+    for i, t in enumerate(texts):  # checked before the model loads
         if not isinstance(t, str) or not t.strip():
             raise InputError(f"text {i + 1} is empty" if len(texts) > 1 else "the text is empty")
+    loaded = model if isinstance(model, LoadedModel) else load_model(model, device=device, dtype=dtype)
     layer_list = resolve_indices(layers, loaded.num_layers, "layer", loaded.name)
     head_list = resolve_indices(heads, loaded.capture.num_heads, "head", loaded.name)
     out: list[Attention] = []
@@ -226,6 +226,10 @@ def run_batch(
 ) -> list[Attention]:
     """One forward pass over an encoded batch; returns one Attention per text."""
     cap = loaded.capture
+    if qkv:
+        from attnviz.architecture import require_interface
+
+        require_interface(loaded, "the query, key and value vectors (qkv, explain, norm weighting)")
     inputs, dec = model_inputs(loaded, enc, decoder_text)
     rec = cap.run(inputs, layers, heads, qkv=qkv, store=store)
     main = "encoder" if cap.encoder_decoder else "self"

@@ -506,10 +506,17 @@ def load_model(
             _auto_class(task), source, dtype=torch_dtype, use_safetensors=True, **common
         )
         from_cache = False
-    try:
+    with contextlib.suppress(ValueError, AttributeError):  # old-style models refuse: handled below
         hf_model.set_attn_implementation(ATTN_IMPLEMENTATION)
-    except (ValueError, AttributeError):
-        hf_model.set_attn_implementation("eager")  # old-style model: fall back to output_attentions
+    if hf_model.config._attn_implementation != ATTN_IMPLEMENTATION:
+        # old-style model (its own attention code): eager + output_attentions, whose masks are always
+        # materialised. Some (Falcon) ignore the switch and keep sdpa's missing causal mask: load again.
+        hf_model.set_attn_implementation("eager")
+        if hf_model.config._attn_implementation != "eager" and source.origin != "gguf":
+            hf_model = _from_pretrained(
+                _auto_class(task), source, dtype=torch_dtype, use_safetensors=True,
+                attn_implementation="eager", trust_remote_code=trust_remote_code,
+            )  # fmt: skip
     hf_model.eval().to(dev)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token

@@ -95,14 +95,24 @@ def reserve(folder: Path, name: str) -> Path:
             raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
+def refuse_link(path: Path) -> None:
+    """Refuse an `-o` that is a link to a file (or to nothing): writing would change a file we did not write.
+
+    A link to a folder is fine: new files are made inside it under names that never overwrite.
+    """
+    if path.is_symlink() and not path.is_dir():
+        raise InputError(f"{path} is a symbolic link; attnviz does not write through links, give another -o")
+
+
 def output_path(output: Path | None, name_parts: tuple[str | int | None, ...], ext: str = "png") -> Path:
     """Resolve `-o`: a file (format from its extension), a folder (default name inside), or nothing.
 
     Without `-o` the default name goes under `outputs/`, with -2, -3... added rather than overwriting.
-    An explicit file is overwritten, as the user named it.
+    An explicit file is overwritten, as the user named it; a symbolic link is refused.
     """
     if output is None:
         return reserve(OUTPUT_DIR, default_name(*name_parts, ext=ext))
+    refuse_link(output)
     if output.is_dir():
         return reserve(output, default_name(*name_parts, ext=ext))
     image_format(output)
@@ -114,7 +124,10 @@ def output_path(output: Path | None, name_parts: tuple[str | int | None, ...], e
 
 def check_output(output: Path | None) -> None:
     """Fail fast (before a model loads) on an unknown format or an unwritable `-o` path."""
-    if output is None or output.is_dir():
+    if output is None:
+        return
+    refuse_link(output)
+    if output.is_dir():
         return
     image_format(output)
     _check_parent(output)
@@ -127,6 +140,7 @@ def check_data_output(output: Path | None) -> None:
     """Fail fast on a `-o` for arrays (extract) that could not be written: format, folder, rights."""
     if output is None:
         return
+    refuse_link(output)
     if output.is_dir():
         raise InputError(f"{output} is a folder; give a file name ending in .safetensors or .npz")
     if output.suffix.lower() not in DATA_FORMATS:
@@ -190,6 +204,8 @@ def atomic_output(path: str | Path, folder: bool = False) -> Iterator[Path]:
     files, not tempfile's 0600. Errors while writing propagate unchanged (see `write_error`).
     """
     path = Path(path)
+    if path.is_symlink():  # os.replace would replace the link itself, a file we did not write
+        raise InputError(f"{path} is a symbolic link; attnviz does not write through links, give another -o")
     parent = path.parent
     parent.mkdir(parents=True, exist_ok=True)
     prefix = f".{path.name[:80]}.tmp{os.getpid()}-"

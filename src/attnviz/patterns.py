@@ -36,6 +36,7 @@ PATTERNS: tuple[str, ...] = ("self", "previous", "next", "first", "last_sep", "p
 # Patterns measuring attention mass on some positions (comparable with each other); `broad` is not.
 MASS_PATTERNS: tuple[str, ...] = PATTERNS[:-1]
 ROLE_NAMES: tuple[str, ...] = (*PATTERNS, "mixed")
+SORTS: tuple[str, ...] = (*PATTERNS, "role")  # what `PatternTable.rows` and `heads --sort` take
 DEFINITIONS: dict[str, str] = {
     "self": "mean over queries of the weight on the query's own position (the diagonal)",
     "previous": "mean over queries i >= 1 of the weight on position i-1",
@@ -183,9 +184,13 @@ class PatternTable:
     broad_threshold: float = BROAD_THRESHOLD
 
     def rows(self, sort: str | None = None) -> list[HeadPattern]:
-        """One record per head, in layer-then-head order or by descending `sort` score."""
-        if sort is not None and sort not in self.mean:
-            raise InputError(f"unknown pattern '{sort}': use one of {', '.join(PATTERNS)}")
+        """One record per head, in layer-then-head order or by descending `sort` score.
+
+        `sort="role"` ranks the heads by the score of their own role, the heads with a role first
+        (what "the N best heads" means when no pattern is named).
+        """
+        if sort is not None and sort != "role" and sort not in self.mean:
+            raise InputError(f"unknown pattern '{sort}': use one of {', '.join(SORTS)}")
         out = []
         std = self.std
         for li, layer in enumerate(self.layers):
@@ -199,7 +204,9 @@ class PatternTable:
                         spread=None if std is None else {k: float(v[li, hi]) for k, v in std.items()},
                     )
                 )
-        if sort is not None:
+        if sort == "role":
+            out.sort(key=lambda r: (r.role == "mixed", -r.scores.get(r.role, max(r.scores.values()))))
+        elif sort is not None:
             out.sort(key=lambda r: -r.scores[sort])
         return out
 

@@ -346,12 +346,14 @@ def find_heads(
     direction: str = "both",
     top: int | None = 5,
     layers: Sequence[int] | None = None,
+    roles_from: Attention | Iterable[Attention] | None = None,
 ) -> HeadSearch:
     """Rank every head by how strongly A and B attend to each other (mean over texts with both).
 
     One text: a missing word raises TokenNotFoundError listing the text's words. Several (any
     iterable, consumed once, so a corpus can stream): texts lacking either word are skipped, and
-    none having both is an error.
+    none having both is an error. `roles_from`: the same texts' plain attention, in step with
+    `att`, when `att` is norm-weighted: a head's role is what `head_patterns` says of its weights.
     """
     from attnviz.extraction import Attention
 
@@ -359,6 +361,9 @@ def find_heads(
         raise InputError(f"unknown direction '{direction}': use {', '.join(DIRECTIONS)}")
     occ = occurrence if isinstance(occurrence, tuple) else parse_occurrence(occurrence)
     items = iter([att] if isinstance(att, Attention) else att)
+    role_items = None
+    if roles_from is not None:
+        role_items = iter([roles_from] if isinstance(roles_from, Attention) else roles_from)
     first: Attention | None = None
     pos: list[int] = []
     sums: dict[str, np.ndarray] = {}  # a2b, b2a, score and each pattern, summed over texts used
@@ -368,6 +373,9 @@ def find_heads(
     total = 0
     for index, one in enumerate(items):
         total += 1
+        plain = one if role_items is None else next(role_items, None)
+        if plain is None or plain.attn.shape != one.attn.shape:
+            raise InputError("roles_from must hold the same texts, layers and heads as the attention ranked")
         if one.level != "token":
             raise InputError("find_heads needs token-level attention (extract without words=True)")
         if first is None:
@@ -382,7 +390,7 @@ def find_heads(
         attn = one.attn[pos]  # [layers, heads, q, k]
         a2b, b2a = pair_scores(attn, units[0].tokens, units[1].tokens)
         per_text = {"a2b": a2b, "b2a": b2a, "score": combine(a2b, b2a, direction)}
-        per_text.update(pattern_scores(attn, one.special, one.tokens, one.causal))
+        per_text.update(pattern_scores(plain.attn[pos], plain.special, plain.tokens, plain.causal))
         for name, value in per_text.items():
             sums[name] = sums[name] + value if name in sums else value.astype(np.float64)
         used.append(units)

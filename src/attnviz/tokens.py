@@ -97,72 +97,123 @@ def is_byte_level(tokenizer: Any) -> bool:
     return hasattr(tokenizer, "byte_decoder")
 
 
-_SHOWN = {" ": "Ġ", "\n": "Ċ"}  # the marks display() and normalise() already understand
+FAMILIES = ("byte-level", "wordpiece", "sentencepiece")
+
+
+def family(tokenizer: Any) -> str:
+    """How a tokenizer spells its pieces, which decides how they are read back as text.
+
+    'byte-level' (GPT-2, Llama 3, SmolLM2: a stand-in character per byte), 'wordpiece' (BERT:
+    `##` continues a word) or 'sentencepiece' (`▁` marks a space, `<0xE4>` a byte fallback; BPE
+    and Unigram alike, and the default for anything else).
+    """
+    if is_byte_level(tokenizer):
+        return "byte-level"
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    model = getattr(backend, "model", None)
+    if type(model).__name__ == "WordPiece" or "WordPiece" in repr(getattr(backend, "decoder", None)):
+        return "wordpiece"
+    return "sentencepiece"
+
+
+SPLIT = "…"  # a character split over pieces: 北 over three pieces reads 北… …北… …北
+_VISIBLE = {" ": "␣", "\n": "\\n", "\t": "\\t", "\r": "\\r"}  # whitespace a label must show
+_BYTE_FALLBACK = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+
+
+def _piece_bytes(piece: str, kind: str) -> bytes | None:
+    """The bytes a piece stands for; None when it is not a spelling of text (kept as it is)."""
+    if kind == "byte-level":
+        table = _byte_decoder()
+        if any(c not in table for c in piece):
+            return None
+        return bytes(table[c] for c in piece)
+    if kind == "sentencepiece":
+        if m := _BYTE_FALLBACK.fullmatch(piece):
+            return bytes([int(m.group(1), 16)])
+        piece = piece.replace("▁", " ")
+    return piece.encode("utf-8", "surrogatepass")
+
+
+def _utf8_size(lead: int) -> int:
+    return 1 if lead < 0x80 else 2 if lead >> 5 == 0b110 else 3 if lead >> 4 == 0b1110 else 4
+
+
+def _characters(chunks: Sequence[bytes]) -> list[list[tuple[str, str, str]]]:
+    """Each piece's characters as (before, char, after): a character whose bytes span pieces is
+    given to each of them, with SPLIT on the side where it goes on; a byte that starts no
+    character is `\\xNN` on its own piece."""
+    data = b"".join(chunks)
+    owner = [i for i, chunk in enumerate(chunks) for _ in chunk]  # piece index of each byte
+    parts: list[list[tuple[str, str, str]]] = [[] for _ in chunks]
+    p = 0
+    while p < len(data):
+        lead = data[p]
+        size = _utf8_size(lead)
+        try:
+            char = data[p : p + size].decode("utf-8") if lead < 0x80 or lead >= 0xC0 else None
+        except UnicodeDecodeError:
+            char = None
+        if char is None:
+            parts[owner[p]].append(("", f"\\x{lead:02x}", ""))
+            p += 1
+            continue
+        first, last = owner[p], owner[p + size - 1]
+        for i in range(first, last + 1):
+            parts[i].append((SPLIT if i > first else "", char, SPLIT if i < last else ""))
+        p += size
+    return parts
 
 
 def _show(char: str) -> str:
-    if char in _SHOWN:
-        return _SHOWN[char]
-    if char.isprintable():
-        return char
-    return char.encode("unicode_escape").decode("ascii")
+    if char in _VISIBLE and char != " ":
+        return _VISIBLE[char]
+    return char if char.isprintable() else char.encode("unicode_escape").decode("ascii")
 
 
-def readable(pieces: Sequence[str], special: Sequence[str] = ()) -> list[str]:
-    """Byte-level BPE pieces as text: 'ä' '¸' 'Ń' -> '中' '\\xb8' '\\xad', 'ðŁĺĢ' -> '😀', 'ĠParis' stays.
+def _label(parts: list[tuple[str, str, str]]) -> str:
+    """One piece's label: its text without the space that starts a word; only-whitespace shown."""
+    if parts and all(c.isspace() and not (b or a) for b, c, a in parts):
+        return "".join(_VISIBLE.get(c) or _show(c) for _, c, _ in parts)
+    while parts and parts[0][1] == " " and not parts[0][2]:
+        parts = parts[1:]
+    return "".join(b + _show(c) + a for b, c, a in parts)
 
-    The bytes of all pieces are decoded together; a character split over several pieces is shown
-    on the piece holding its first byte, and the later pieces show their bytes as `\\xNN`.
-    Spaces and newlines keep the Ġ and Ċ marks that `display` turns into nothing and `\\n`.
-    Special tokens and pieces that are not byte-level spellings are kept as they are.
+
+def readable(pieces: Sequence[str], special: Sequence[str] = (), kind: str = "byte-level") -> list[str]:
+    """Pieces as the text they stand for, one rule for every tokenizer family (see `family`).
+
+    'ĠParis' and '▁Paris' read 'Paris', 'ä' '¸' 'Ń' (byte-level) and '<0xE4>' '<0xB8>' '<0xAD>'
+    (byte fallback) read '中…' '…中…' '…中', a piece of only spaces reads '␣', a newline '\\n';
+    WordPiece's '##ers' stays. Special tokens and pieces that spell no text are kept as they are.
     """
-    table = _byte_decoder()
     specials = set(special)
-    labels: list[str | None] = [None] * len(pieces)
-    data = bytearray()
-    owner: list[int] = []  # piece index of each byte in `data`
+    labels = list(pieces)
+    run: list[int] = []  # indices of consecutive text pieces, decoded together
+    chunks: list[bytes] = []
 
     def flush() -> None:
-        out = [""] * len(pieces)
-        p = 0
-        while p < len(data):
-            lead = data[p]
-            size = 1 if lead < 0x80 else 2 if lead >> 5 == 0b110 else 3 if lead >> 4 == 0b1110 else 4
-            try:
-                char = bytes(data[p : p + size]).decode("utf-8") if lead < 0x80 or lead >= 0xC0 else None
-            except UnicodeDecodeError:
-                char = None
-            if char is None:
-                out[owner[p]] += f"\\x{lead:02x}"
-                p += 1
-                continue
-            out[owner[p]] += _show(char)
-            for q in range(p + 1, p + size):
-                if owner[q] != owner[p]:
-                    out[owner[q]] += f"\\x{data[q]:02x}"
-            p += size
-        for i in set(owner):
-            labels[i] = out[i]
-        data.clear()
-        owner.clear()
+        for i, parts in zip(run, _characters(chunks), strict=True):
+            labels[i] = _label(parts) or pieces[i]
+        run.clear()
+        chunks.clear()
 
     for i, piece in enumerate(pieces):
-        if piece in specials or not piece or any(c not in table for c in piece):
+        data = None if piece in specials or not piece else _piece_bytes(piece, kind)
+        if data is None:
             flush()
-            labels[i] = piece
             continue
-        data.extend(table[c] for c in piece)
-        owner.extend([i] * len(piece))
+        run.append(i)
+        chunks.append(data)
     flush()
-    return [label if label else piece for label, piece in zip(labels, pieces, strict=True)]
+    return labels
 
 
 def token_labels(tokenizer: Any, ids: Sequence[int]) -> tuple[list[str], list[str]]:
     """(readable labels, raw pieces) of a row of token ids, for any tokenizer family."""
-    pieces = tokenizer.convert_ids_to_tokens(list(ids))
-    if not is_byte_level(tokenizer):
-        return list(pieces), list(pieces)
-    return readable(pieces, getattr(tokenizer, "all_special_tokens", ()) or ()), list(pieces)
+    pieces = list(tokenizer.convert_ids_to_tokens(list(ids)))
+    specials = getattr(tokenizer, "all_special_tokens", ()) or ()
+    return readable(pieces, specials, family(tokenizer)), pieces
 
 
 def _find_word(starts: list[int], ends: list[int], pos: int) -> int | None:
@@ -175,7 +226,10 @@ def _find_word(starts: list[int], ends: list[int], pos: int) -> int | None:
 
 
 def display(token: str) -> str:
-    """A token as people read it: GPT-2's Ġ and SentencePiece's ▁ become nothing, Ċ a newline."""
+    """A raw piece roughly as people read it: Ġ and ▁ become nothing, Ċ a newline.
+
+    For queries and files saved before `readable` made the labels; labels need nothing more.
+    """
     out = token.replace("Ġ", "").replace("▁", "").replace("Ċ", "\\n")
     return out if out else token
 

@@ -47,8 +47,10 @@ class HeadDistances:
         """A heads x heads CSV with labelled rows and columns."""
         import csv
 
+        from attnviz.outputs import atomic_output
+
         path = Path(path)
-        with open(path, "w", newline="", encoding="utf-8") as f:
+        with atomic_output(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
             writer.writerow(["head", *self.labels])
             for label, row in zip(self.labels, self.matrix, strict=True):

@@ -4,8 +4,9 @@
 projection: what key j actually adds to query i's output. Sink tokens ([CLS], [SEP], BOS) often get
 large weights and tiny vectors; this view shows it. The value vectors come from the capture (they
 include the value bias; grouped-query heads already repeated per query head), the output
-projection from the model's own weights: BERT `attention.output.dense`, DistilBERT `out_lin`, GPT-2
-`c_proj` (a Conv1D: weights stored transposed), Llama `o_proj`, T5 `o`.
+projection W_O from the model's own weights, found by data flow (architecture.py: the module whose
+input is the attention function's output), on any model whose attention goes through transformers'
+attention interface. GPT-2's Conv1D stores its weight transposed.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 
 from attnviz.analyses.aggregate import derive
 from attnviz.architecture import output_projections as attention_output_projections
+from attnviz.architecture import require_interface
 from attnviz.errors import InputError
 from attnviz.extraction import Attention
 
@@ -88,6 +90,7 @@ def norm_weighted(
     from attnviz.models import LoadedModel, load_model
 
     loaded = model if isinstance(model, LoadedModel) else load_model(model, device=device, dtype=dtype)
+    require_interface(loaded, "norm weighting")
     if isinstance(source, str):
         att = extract(
             source,

@@ -32,6 +32,7 @@ class Rollout:
     residual: float
     causal: bool
     matrix: np.ndarray  # [q, k] float64; every row sums to 1
+    text: str = ""  # the text rolled out (figures quote it)
 
     def row(self, index: int) -> np.ndarray:
         """How much each input token reaches output position `index`."""
@@ -97,4 +98,5 @@ def rollout(att: Attention, head_fusion: str = "mean", residual: float = 0.5) ->
         residual=float(residual),
         causal=att.causal,
         matrix=result,
+        text=att.text,
     )

@@ -296,6 +296,8 @@ def run_batch_analysis(
     own = folder is None
     folder = folder or OutputFolder(outdir, config, texts_or_path, resume, overwrite)
     try:
+        if (done := already_complete(folder, texts_or_path, config)) is not None:
+            return done
         if config.engine == "ray":
             from attnviz.batch.ray_engine import run_on_ray
 
@@ -320,6 +322,41 @@ def run_batch_analysis(
     finally:
         if own:
             folder.release()
+
+
+def already_complete(folder: OutputFolder, source: Source, config: BatchConfig) -> BatchRun | None:
+    """The earlier run, when `--resume` finds it complete over every record of the same file.
+
+    Reading the input is cheap; loading a model to skip every text is not. Text ids are record
+    numbers, so a file that still holds as many records as the run counted has nothing left.
+    """
+    previous = folder.previous
+    if previous is None or folder.overwrite or previous.get("status") != "complete":
+        return None
+    if not isinstance(source, str | Path) or str(source) == "-":  # stdin cannot be read twice
+        return None
+    counts = previous.get("counts") or {}
+    texts, rejected = counts.get("texts"), counts.get("rejected")
+    if not isinstance(texts, int) or not isinstance(rejected, int):
+        return None
+    try:
+        records = sum(1 for _ in read_corpus(source, config.format, config.field, config.column))
+    except (CorpusReadError, InputError, OSError):
+        return None  # the run itself says what is wrong
+    if records != texts + rejected:
+        return None
+    return BatchRun(
+        outdir=folder.outdir,
+        processed=0,
+        rejected=0,
+        resumed=texts,
+        resumed_rejects=rejected,
+        parts=0,
+        seconds=0.0,
+        timings={},
+        status="complete",
+        run=previous,
+    )
 
 
 def _loop(source: Source, config: BatchConfig, state: RunState) -> None:

@@ -129,7 +129,7 @@ class _Lock:
 def read_run(outdir: Path) -> dict[str, Any] | None:
     """The folder's `_run.json` when an attnviz run wrote it; None when there is none or it is not ours."""
     path = outdir / RUN_FILE
-    if not path.is_file():
+    if path.is_symlink() or not path.is_file():
         return None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -152,6 +152,7 @@ class OutputFolder:
         self.created = not self.outdir.exists()
         with writing(self.outdir, self.outdir):
             self.outdir.mkdir(parents=True, exist_ok=True)
+        _refuse_linked_lock(self.outdir)
         self.lock = _Lock(self.outdir)
         try:
             self.previous = _check_folder(self.outdir, config, source, resume, overwrite)
@@ -194,13 +195,25 @@ def check_outdir(
         _check_folder(outdir, config, source, resume, overwrite)
 
 
+def _refuse_linked_lock(outdir: Path) -> None:
+    """The lock file is opened for appending: a link would create or hold a file we did not write."""
+    if (outdir / LOCK_FILE).is_symlink():
+        raise InputError(f"{outdir / LOCK_FILE} is a symbolic link; move it away or pick another -o folder")
+
+
 def _check_folder(
     outdir: Path, config: BatchConfig, source: Source, resume: bool, overwrite: bool
 ) -> dict[str, Any] | None:
     """Refuse a folder holding another run (unless overwrite); return the earlier run to resume."""
+    _refuse_linked_lock(outdir)
     previous = read_run(outdir)
     if previous is None:
-        ours = [n for n in OUR_FILES if (outdir / n).exists()]
+        ours = [n for n in OUR_FILES if os.path.lexists(outdir / n)]
+        linked = [n for n in ours if (outdir / n).is_symlink()]
+        if linked:
+            raise InputError(
+                f"{outdir / linked[0]} is a symbolic link; move it away or pick another -o folder"
+            )
         if ours:
             raise InputError(
                 f"{outdir / ours[0]} exists but no attnviz run wrote it (no readable {RUN_FILE}); "
@@ -213,6 +226,8 @@ def _check_folder(
                 "or pass --overwrite (which keeps files attnviz did not write)"
             )
         return None
+    if overwrite or resume:
+        _refuse_foreign(outdir, "overwrite" if overwrite else "resume")
     if overwrite:
         return previous
     if not resume:
@@ -245,6 +260,47 @@ def _check_folder(
     return previous
 
 
+def foreign_file(outdir: Path) -> Path | None:
+    """The first path in `outdir` that would make --overwrite or --resume unsafe, if any.
+
+    Unsafe: a link or a wrong kind of entry where attnviz writes (a link is never followed), and a
+    file that is not ours but looks like a part (`part-1.parquet`), which readers would take for
+    one. Other files of the user's own (notes, sketches) are safe: they are kept.
+    """
+    for name in (SUMMARY_FILE, RUN_FILE, REJECTS_FILE, LOCK_FILE):
+        path = outdir / name
+        if path.is_symlink() or (path.exists() and not path.is_file()):
+            return path
+    for folder, pattern in OUR_NAMES.items():
+        path = outdir / folder
+        if path.is_symlink() or (path.exists() and not path.is_dir()):
+            return path
+        if not path.is_dir():
+            continue
+        for child in sorted(path.iterdir()):
+            ours = pattern.fullmatch(child.name) is not None
+            if child.is_symlink() or (ours and not child.is_file()) or (not ours and _looks_ours(child.name)):
+                return child
+    return None
+
+
+def _looks_ours(name: str) -> bool:
+    plain = name.lstrip(".").removesuffix(".tmp")
+    return plain.startswith("part-") or plain.endswith((".parquet", ".safetensors"))
+
+
+def _refuse_foreign(outdir: Path, what: str) -> None:
+    """Check the whole folder before anything is deleted or added: refuse what is unsafe to keep."""
+    found = foreign_file(outdir)
+    if found is None:
+        return
+    kind = "a symbolic link" if found.is_symlink() else "not written by attnviz"
+    raise InputError(
+        f"cannot {what} {outdir}: {found} is {kind}; move it away (attnviz never deletes, "
+        "follows or reads what it did not write)"
+    )
+
+
 def clear_run(outdir: Path) -> None:
     """Delete what an attnviz run wrote: its named files, and its folders only once empty."""
     for name in (SUMMARY_FILE, REJECTS_FILE, RUN_FILE):
@@ -252,8 +308,8 @@ def clear_run(outdir: Path) -> None:
             (outdir / name).unlink()
     for folder, pattern in OUR_NAMES.items():
         path = outdir / folder
-        if not path.is_dir():
-            continue
+        if path.is_symlink() or not path.is_dir():
+            continue  # never followed: `_refuse_foreign` stops a run before it gets here
         with writing(path, outdir):
             for child in path.iterdir():
                 if child.is_file() and not child.is_symlink() and pattern.fullmatch(child.name):
@@ -375,7 +431,7 @@ class Store(PartWriter):
         committed: set[int] = set()  # Ray runs may leave gaps: a part per chunk, in any order
         for path in sorted(self.heads_dir.glob("part-*.parquet")):
             idx = part_index(path.name)
-            if idx is None:
+            if idx is None or not OUR_NAMES[HEADS_DIR].fullmatch(path.name):
                 continue
             committed.add(idx)
             ids.append(np.unique(pq.read_table(path, columns=["text_id"]).column(0).to_numpy()))

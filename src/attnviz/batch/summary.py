@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from attnviz.batch.store import HEADS_DIR, TEXTS_DIR
+from attnviz.batch.store import HEADS_DIR, OUR_NAMES, TEXTS_DIR
 from attnviz.errors import InputError
 from attnviz.patterns import PATTERNS
 
@@ -24,7 +24,8 @@ def summarise(outdir: str | Path) -> pd.DataFrame | None:
     import pandas as pd
     import pyarrow.parquet as pq
 
-    parts = sorted((Path(outdir) / HEADS_DIR).glob("part-*.parquet"))
+    ours = OUR_NAMES[HEADS_DIR]  # a user's stray part-1.parquet is not one of the run's parts
+    parts = sorted(p for p in (Path(outdir) / HEADS_DIR).glob("part-*.parquet") if ours.fullmatch(p.name))
     if not parts:
         return None
     skip = {"text_id", "layer", "head", "n_tokens"}

@@ -41,8 +41,10 @@ def complete_cmap(incomplete: str) -> list[str]:
 
 
 def complete_config(incomplete: str) -> list[str]:
-    """Names of configs/*.toml (as `--config NAME` takes them), then .toml files."""
-    names = sorted(p.stem for p in Path("configs").glob("*.toml"))
+    """Names of configs/*.toml and of the shipped configs (as `--config NAME` takes them), then files."""
+    from attnviz.config import shipped_configs
+
+    names = sorted({p.stem for p in Path("configs").glob("*.toml")} | set(shipped_configs()))
     return [n for n in names if n.startswith(incomplete)] + _paths(
         incomplete, lambda p: p.is_dir() or p.suffix == ".toml"
     )
@@ -217,7 +219,7 @@ ConfigOpt = Annotated[
         "-c",
         metavar="FILE",
         autocompletion=complete_config,
-        help="TOML file, or a name in configs/ (e.g. coreference).",
+        help="TOML file, or a name: configs/NAME.toml here, else a shipped one (coreference, default).",
     ),
 ]
 
@@ -233,8 +235,15 @@ def read_text(text: str | None, file: Path | None) -> str:
             raise InputError(f"cannot read {file}: {exc.strerror or exc}") from None
         except UnicodeDecodeError:
             raise InputError(f"{file} is not UTF-8 text") from None
-        return data.strip()
+        data = data.strip()
+        if not data:
+            raise InputError(f"{file} holds no text")  # said before any model loads
+        return data
     if text is not None and text != "-":
+        if not text.strip():
+            raise InputError(  # said before any model loads
+                "the text is empty: give some text as the argument, with --file or on standard input"
+            )
         return text
     if text == "-" or not sys.stdin.isatty():
         data = read_stdin().strip()

@@ -247,7 +247,7 @@ def cluster_cmd(
     over the texts. Writes distances.csv, a seaborn clustermap and a 2-D MDS map coloured by layer."""
     from attnviz.analyses.cluster import cluster_texts, read_texts
     from attnviz.errors import InputError
-    from attnviz.outputs import slug
+    from attnviz.outputs import refuse_link, slug
     from attnviz.plots.analyses import cluster_map, embedding_figure, save_clustermap
 
     if source is not None and file is not None:
@@ -268,6 +268,8 @@ def cluster_cmd(
         raise InputError(f"clustering needs at least two texts, got {len(texts)}")
     if skipped:
         _note(f"skipped {skipped} empty or unreadable records")
+    for name in ("distances.csv", "clustermap.png", "embedding.png") if outdir else ():
+        refuse_link(outdir / name)  # before the model loads: these files are replaced
     loaded = load(model, device, dtype, trust_remote_code)
     folder = outdir or Path("outputs") / f"cluster-{slug(loaded.name)}"
     try:

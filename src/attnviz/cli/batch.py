@@ -23,7 +23,11 @@ def batch_cmd(
     outdir: Annotated[Path, typer.Option("--output", "-o", help="Output folder (created if missing).")],
     config: Annotated[
         str | None,
-        typer.Option("--config", "-c", help="TOML file, or a name in configs/ (e.g. coreference)."),
+        typer.Option(
+            "--config",
+            "-c",
+            help="TOML file, or a name: configs/NAME.toml here, else a shipped one (coreference, default).",
+        ),
     ] = None,
     model: ModelOpt = None,  # type: ignore[assignment]
     device: DeviceOpt = None,  # type: ignore[assignment]
@@ -148,6 +152,7 @@ def _run(source: str, outdir: Path, cfg: Any, resume: bool, overwrite: bool, as_
     import sys
 
     from attnviz.batch import OutputFolder, check_input
+    from attnviz.batch.run import already_complete
     from attnviz.cli._options import load
 
     check_input(source, cfg)
@@ -157,6 +162,10 @@ def _run(source: str, outdir: Path, cfg: Any, resume: bool, overwrite: bool, as_
         import_ray()  # Ray missing: one line before any folder is made
     # the folder is checked, created and locked before the model loads: a bad -o costs nothing
     with OutputFolder(outdir, cfg, source, resume, overwrite) as folder:
+        if (done := already_complete(folder, source, cfg)) is not None:  # no model to load
+            typer.echo(f"note: {outdir} holds this run, complete; nothing left to do", err=True)
+            _report(done, outdir, as_json)
+            return
         if source == "-" and sys.stdin.isatty():
             typer.echo("reading texts from standard input (end with Ctrl-D)...", err=True)
         # the Ray engine loads the model in each worker, not here

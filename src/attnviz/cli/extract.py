@@ -1,9 +1,10 @@
-"""`attnviz extract`: attention to a .safetensors/.npz file, or its shapes as JSON."""
+"""`attnviz extract`: attention to a .safetensors/.npz file (-o, or a new one under outputs/);
+--json also prints the weights."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -36,7 +37,12 @@ from attnviz.selection import parse_indices
 def extract_cmd(
     text: TextArg = None,
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="Write .safetensors or .npz here.")
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Write .safetensors or .npz here. Default: a new .safetensors file under outputs/.",
+        ),
     ] = None,
     file: FileOpt = None,
     model: ModelOpt = "minilm",
@@ -70,10 +76,6 @@ def extract_cmd(
         raise InputError(f"unknown --store '{store}': use float32 or float16")
     options = view_options(weighting, special, words=words)
     body = read_text(text, file)
-    if not body.strip():
-        raise InputError(
-            "the text is empty: give some text as the argument, with --file or on standard input"
-        )
     layer_list = parse_indices(layers, "--layers")
     head_list = parse_indices(heads, "--heads")
     check_data_output(output)
@@ -90,8 +92,7 @@ def extract_cmd(
         qkv=options.qkv,
     )
     att = transform(att, options, loaded)
-    if output is not None:
-        att.save(output)
+    output = _save(att, output, body, loaded.name)
     meta = att.metadata()
     summary = {
         "model": meta["model"],
@@ -106,14 +107,30 @@ def extract_cmd(
         "truncated": meta["truncated"],
         "weighting": meta["weighting"],
         "notes": meta["notes"],
-        "output": str(output) if output is not None else None,
+        "output": str(output),
     }
-    if as_json:
+    if as_json:  # the weights too, [layers, heads, q, k] per stream, to 1e-7 (float32 has ~7 digits)
+        summary["attention"] = {name: a.astype(float).round(7).tolist() for name, a in att.streams.items()}
         print_json(summary)
         return
     if att.truncated:
         typer.echo(f"note: cut {att.truncated} tokens to fit the model's limit", err=True)
     shapes = ", ".join(f"{k} {tuple(v)}" for k, v in summary["shapes"].items())
     typer.echo(f"{att.model} ({att.kind}): {att.n_tokens} {att.level}s; attention {shapes}")
+    typer.echo(f"wrote {output}")
+
+
+def _save(att: Any, output: Path | None, body: str, model: str) -> Path:
+    """Save to `-o`, or to a new file under outputs/ (never overwriting; removed if saving fails)."""
+    from attnviz.outputs import OUTPUT_DIR, default_name, reserve, slug
+
     if output is not None:
-        typer.echo(f"wrote {output}")
+        att.save(output)
+        return output
+    path = reserve(OUTPUT_DIR, default_name("extract", slug(body), model, ext="safetensors"))
+    try:
+        att.save(path)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return path

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -91,11 +91,15 @@ def _stream(
     truncate: bool,
     options: ViewOptions | None = None,
     chunk: int = 32,
-) -> Iterator[Attention]:
+    plain: bool = False,
+) -> Iterator[Any]:
     """Extract `chunk` texts at a time, so a long --texts file never holds every tensor at once.
 
-    `options` (--weighting, --no-special) transform each text's attention before it is ranked.
+    `options` (--weighting, --no-special) transform each text's attention before it is ranked;
+    `plain` yields pairs (transformed, without the weighting) so roles come from the weights.
     """
+    from dataclasses import replace
+
     from attnviz.analyses.transform import ViewOptions, transform
     from attnviz.extraction import extract_batch
 
@@ -109,7 +113,8 @@ def _stream(
             truncate=truncate,
             qkv=options.qkv,
         ):
-            yield transform(att, options, loaded)
+            shown = transform(att, options, loaded)
+            yield (shown, transform(att, replace(options, weighting="attention"))) if plain else shown
 
 
 # -- find-head ---------------------------------------------------------------------------------
@@ -184,8 +189,17 @@ def find_head_cmd(
         from attnviz.ablation import for_ablation
 
         loaded = for_ablation(loaded, trust_remote_code)
-    atts = _stream(items, loaded, layer_list, head_list, truncate, options)
-    result = find_heads(atts, a, b, occurrence=occ, direction=direction, top=None if ablate else top or None)
+    roles = None  # roles are `heads`' roles: from the weights, whatever --weighting ranks
+    weighted = options.weighting != "attention"
+    atts = _stream(items, loaded, layer_list, head_list, truncate, options, plain=weighted)
+    if weighted:
+        import itertools
+
+        ranked, plain = itertools.tee(atts)
+        atts, roles = (p[0] for p in ranked), (p[1] for p in plain)
+    result = find_heads(
+        atts, a, b, occurrence=occ, direction=direction, top=None if ablate else top or None, roles_from=roles
+    )
     _say_matches(result, items, err=as_json)
     if ablate:
         from attnviz.cli.ablate import find_head_effects
@@ -274,7 +288,7 @@ def heads_cmd(
             "-s",
             metavar="SCORE",
             help="Sort by this score, highest first (self, previous, next, first, last_sep, punctuation,"
-            " broad; --induction: induction or duplicate).",
+            " broad, or role: each head's own role score; --induction: induction or duplicate).",
         ),
     ] = None,
     top: Annotated[
@@ -284,7 +298,8 @@ def heads_cmd(
             "-k",
             metavar="N",
             min=0,
-            help="Show the N best (default: all; 10 with --induction; 0: all).",
+            help="Show the N best: by --sort, else by role score (default: all, in model order; "
+            "10 with --induction; 0: all).",
         ),
     ] = None,
     threshold: Annotated[
@@ -315,7 +330,7 @@ def heads_cmd(
 ) -> None:
     """Score every head on the classic patterns and name its role; or find induction heads."""
     from attnviz.errors import InputError
-    from attnviz.patterns import PATTERNS, check_thresholds, head_patterns
+    from attnviz.patterns import SORTS, check_thresholds, head_patterns
 
     _check_plot(plot)
     layer_list = parse_indices(layers, "--layers")
@@ -335,14 +350,14 @@ def heads_cmd(
         return
     if ablate:
         raise InputError("--ablate works with --induction (for a text, use attnviz ablate TEXT --scan)")
-    if sort is not None and sort not in PATTERNS:
-        raise InputError(f"unknown --sort '{sort}': use one of {', '.join(PATTERNS)}")
+    if sort is not None and sort not in SORTS:
+        raise InputError(f"unknown --sort '{sort}': use one of {', '.join(SORTS)}")
     check_thresholds(threshold, broad_threshold)
     items = texts_from(text, file, texts)
     loaded = load(model, device, dtype, trust_remote_code)
     atts = _stream(items, loaded, layer_list, head_list, truncate, view_options(special=special))
     table = head_patterns(atts, threshold, broad_threshold)
-    rows = table.rows(sort)[: top or None]
+    rows = table.rows(sort or ("role" if top else None))[: top or None]  # -k N: the N best
     if as_json:
         print_json([r.as_dict() for r in rows])
     else:

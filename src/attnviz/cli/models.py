@@ -7,7 +7,7 @@ import dataclasses
 import typer
 
 from attnviz.cli._app import command
-from attnviz.cli._options import DeviceOpt, DtypeOpt, JsonOpt, TrustOpt, load, print_json
+from attnviz.cli._options import JsonOpt, TrustOpt, print_json
 
 
 @command("models")
@@ -30,15 +30,13 @@ def models_cmd(as_json: JsonOpt = False) -> None:
 @command("info")
 def info_cmd(
     model: str = typer.Argument("minilm", help="Alias, hub id, model folder or .gguf file."),
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "float32",
     trust_remote_code: TrustOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Print a model's layers, heads, kind, maximum length and parameter count."""
-    from attnviz.model_info import model_info
+    """Print a model's layers, heads, kind, maximum length and parameter count (read, not loaded)."""
+    from attnviz.model_info import describe
 
-    info = model_info(load(model, device, dtype, trust_remote_code, quiet=as_json))
+    info = describe(model, trust_remote_code=trust_remote_code)
     if as_json:
         print_json(dataclasses.asdict(info))
         return
@@ -53,7 +51,6 @@ def info_cmd(
         ("hidden size", str(info.hidden_size)),
         ("max length", str(info.max_length) if info.max_length else "unbounded"),
         ("parameters", f"{info.parameters:,}"),
-        ("device", f"{info.device} ({info.dtype})"),
     ]
     for key, value in lines:
         typer.echo(f"{key:<13}{value}")

@@ -69,7 +69,15 @@ def view_cmd(
     offline; prints its path. --aggregate shows the pooled heads as one head."""
     from attnviz.errors import InputError
     from attnviz.extraction import extract
-    from attnviz.views.html import SCALES, VIEWS, check_output, output_path, render_html, write_html
+    from attnviz.views.html import (
+        SCALES,
+        VIEWS,
+        check_output,
+        check_page_fits,
+        output_path,
+        render_html,
+        write_html,
+    )
 
     if start not in VIEWS:
         raise InputError(f"unknown --view '{start}': use {', '.join(VIEWS)}")
@@ -83,6 +91,9 @@ def view_cmd(
     layer_list = parse_indices(layers, "--layers")
     head_list = parse_indices(heads, "--heads")
     loaded = load(model, device, dtype, trust_remote_code)
+    check_page_fits(
+        loaded, body, layers=layer_list, heads=head_list, options=options, truncate=truncate, max_mb=max_mb
+    )
     att = extract(body, loaded, layers=layer_list, heads=head_list, truncate=truncate, qkv=options.qkv)
     att = transform(att, options, loaded)
     if att.truncated:

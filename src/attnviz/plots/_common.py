@@ -286,8 +286,9 @@ def draw_matrix(
 # -- files ----------------------------------------------------------------------------------
 def save(fig: Figure, path: str | Path, dpi: float | None = None) -> Path:
     """Write any attnviz figure; the format comes from the extension (png, svg, pdf), the folder is
-    made if missing, and the file carries no date or version (the same figure, the same bytes)."""
-    from attnviz.outputs import image_format
+    made if missing, and the file carries no date or version (the same figure, the same bytes).
+    Written atomically; a symbolic link is refused, never written through."""
+    from attnviz.outputs import atomic_output, image_format
     from attnviz.plots.fonts import fonts
 
     path = Path(path)
@@ -298,9 +299,8 @@ def save(fig: Figure, path: str | Path, dpi: float | None = None) -> Path:
         "pdf": {"CreationDate": None},
     }[fmt]
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with fonts():
-            fig.savefig(path, format=fmt, dpi=dpi or fig.dpi, metadata=metadata)
+        with fonts(), atomic_output(path) as tmp:
+            fig.savefig(tmp, format=fmt, dpi=dpi or fig.dpi, metadata=metadata)
     except OSError as exc:
         raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
     return path

@@ -22,6 +22,8 @@ from attnviz.plots._common import (
     draw_matrix,
     label_step,
     new_figure,
+    quoted,
+    with_text,
 )
 
 if TYPE_CHECKING:
@@ -83,7 +85,7 @@ def rollout_figure(
     _ticks(bars, ro.labels, "x", side)
     bars.set_ylabel("rollout weight")
     bars.set_title(f"row of '{ro.labels[token]}' (@{token})")
-    fig.suptitle(ro.title, fontsize=10)
+    fig.suptitle(with_text(ro.title, ro.text), fontsize=10, parse_math=False)
     return fig
 
 
@@ -98,7 +100,9 @@ def change_figure(cmp: Comparison, *, cmap: str = "magma", dpi: float = DEFAULT_
     ax.set_yticks(range(n_layers), [str(layer) for layer in cmp.layers])
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
-    ax.set_title(f"{cmp.model} · change per head (JS divergence, bits)", fontsize=10)
+    ax.set_title(
+        f"{cmp.model} · change per head (JS divergence, bits)\n{_both(cmp)}", fontsize=10, parse_math=False
+    )
     fig.colorbar(image, ax=ax, shrink=0.9).set_label("mean JS divergence over aligned tokens")
     return fig
 
@@ -138,9 +142,22 @@ def pair_figure(
     fig.colorbar(image, ax=axes[2], shrink=0.85).set_label("difference (0: unchanged)")
     li, hi = cmp.layers.index(layer), cmp.heads.index(head)
     fig.suptitle(
-        f"{cmp.model} · layer {layer} · head {head} · change {cmp.change[li, hi]:.3f} bits", fontsize=10
+        f"{cmp.model} · layer {layer} · head {head} · change {cmp.change[li, hi]:.3f} bits\n{_both(cmp)}",
+        fontsize=10,
+        parse_math=False,
     )
     return fig
+
+
+def _both(cmp: Comparison, chars: int = 50) -> str:
+    """The two texts compared, one per title line; long ones start a little before they differ."""
+    a, b = " ".join(cmp.text_a.split()), " ".join(cmp.text_b.split())
+    if max(len(a), len(b)) > chars:
+        same = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+        start = a.rfind(" ", 0, max(0, same - 20)) + 1  # keep a few words of shared context
+        if start > 0:
+            a, b = "…" + a[start:], "…" + b[start:]
+    return f"A {quoted(a, chars)}\nB {quoted(b, chars)}"
 
 
 # -- cluster ------------------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """The self-contained HTML explorer (`attnviz view`, notebooks) and the local web app (`attnviz serve`).
 
-Views never load a model: they take an `Attention` and give HTML. Starlette and uvicorn are imported
-only by `attnviz.views.server`.
+No view loads a model. The page and notebook views never run one either: they take an `Attention`
+and give HTML (`html.check_page_fits` only tokenises, with a model it is given). `attnviz.views.server`
+runs the forward passes of the models it is given (the CLI loads them), in a worker thread; it is
+the only module that imports Starlette and uvicorn.
 """
 
 from __future__ import annotations

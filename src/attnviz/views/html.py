@@ -20,7 +20,11 @@ from typing import TYPE_CHECKING, Any
 from attnviz.errors import InputError
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from attnviz.analyses.transform import ViewOptions
     from attnviz.extraction import Attention
+    from attnviz.models import LoadedModel
 
 DEFAULT_MAX_MB = 25.0
 SCALES = ("auto", "1")
@@ -76,6 +80,52 @@ def estimate_bytes(att: Attention) -> int:
     return sum(a.attn.size * 2 * 4 // 3 for a in _levels(att)) + 40_000
 
 
+def check_page_size(size: int, shape: tuple[int, ...], max_mb: float) -> None:
+    """Refuse a page of `size` bytes over `max_mb`, saying how to narrow it ([layers, heads, n, n])."""
+    if size > max_mb * 1e6:
+        layers, heads, n = shape[:3]
+        per_layer = size / layers / 1e6
+        raise InputError(
+            f"the page would be about {size / 1e6:.0f} MB ({n} tokens x {layers} layers x {heads} "
+            f"heads, about {per_layer:.1f} MB a layer); narrow it with --layers (e.g. --layers 0) "
+            f"or --heads, or allow it with --max-mb"
+        )
+
+
+def check_page_fits(
+    loaded: LoadedModel,
+    text: str,
+    *,
+    layers: Sequence[int] | None = None,
+    heads: Sequence[int] | None = None,
+    options: ViewOptions | None = None,
+    truncate: bool = False,
+    max_mb: float | None = DEFAULT_MAX_MB,
+) -> None:
+    """Refuse a page too large from the text's token count, before the forward pass is paid for.
+
+    Counts the token level only (a word level adds to it), so `page_data` checks the page again.
+    """
+    if max_mb is None:
+        return
+    from attnviz.extraction import tokenize
+    from attnviz.selection import resolve_indices
+
+    enc = tokenize(loaded, [text], truncate=truncate)
+    hidden = sum(enc.special[0]) if options is not None and options.hide_special else 0
+    n = enc.lengths[0] - hidden
+    n_layers = len(
+        resolve_indices(layers, loaded.num_layers, "layer", loaded.name) or [0] * loaded.num_layers
+    )
+    n_heads = loaded.capture.num_heads
+    n_heads = len(resolve_indices(heads, n_heads, "head", loaded.name) or [0] * n_heads)
+    if options is not None and options.aggregate is not None:
+        n_heads = 1 if options.over in ("heads", "both") else n_heads
+        n_layers = 1 if options.over in ("layers", "both") else n_layers
+    size = n_layers * n_heads * n * n * 2 * 4 // 3 + 40_000
+    check_page_size(size, (n_layers, n_heads, n), max_mb)
+
+
 def page_data(
     att: Attention, *, level: str = "token", scale: str = "auto", max_mb: float | None = DEFAULT_MAX_MB
 ) -> dict[str, Any]:
@@ -92,14 +142,7 @@ def page_data(
     shown = _levels(att)
     if max_mb is not None:
         size = sum(a.attn.size * 2 * 4 // 3 for a in shown) + 40_000
-        if size > max_mb * 1e6:
-            layers, heads, n, _ = att.attn.shape
-            per_layer = size / layers / 1e6
-            raise InputError(
-                f"the page would be about {size / 1e6:.0f} MB ({n} tokens x {layers} layers x {heads} "
-                f"heads, about {per_layer:.1f} MB a layer); narrow it with --layers (e.g. --layers 0) "
-                f"or --heads, or allow it with --max-mb"
-            )
+        check_page_size(size, att.attn.shape, max_mb)
     levels = {a.level: _level(a) for a in shown}
     cut = [f"{att.truncated} tokens were cut to fit the model's limit"] if att.truncated else []
     note = "; ".join([*cut, *att.notes])  # how the attention was made: pooled, hidden specials, norms
@@ -157,11 +200,12 @@ def render_html(
 
 def output_path(output: Path | None, text: str, model: str) -> Path:
     """`-o` checked (an .html file or a folder), or a fresh name under outputs/ that never overwrites."""
-    from attnviz.outputs import OUTPUT_DIR, default_name, reserve, slug
+    from attnviz.outputs import OUTPUT_DIR, default_name, refuse_link, reserve, slug
 
     name = default_name("view", slug(text), Path(model).name, ext="html")
     if output is None:
         return reserve(OUTPUT_DIR, name)
+    refuse_link(output)
     if output.is_dir():
         return reserve(output, name)
     if output.suffix.lower() not in HTML_SUFFIXES:
@@ -174,14 +218,20 @@ def output_path(output: Path | None, text: str, model: str) -> Path:
 
 def check_output(output: Path | None) -> None:
     """Fail on a bad `-o` before a model loads."""
+    from attnviz.outputs import refuse_link
+
+    if output is not None:
+        refuse_link(output)
     if output is not None and not output.is_dir() and output.suffix.lower() not in HTML_SUFFIXES:
         raise InputError(f"output {output} should end with .html")
 
 
 def write_html(page: str, path: Path) -> Path:
+    from attnviz.outputs import atomic_output
+
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(page, encoding="utf-8")
+        with atomic_output(path) as tmp:  # refuses a symbolic link rather than write through it
+            tmp.write_text(page, encoding="utf-8")
     except OSError as exc:
         raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
     return path

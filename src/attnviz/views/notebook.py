@@ -57,9 +57,9 @@ class HTMLView:
         return self.html
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.write_text(self.html, encoding="utf-8")
-        return path
+        from attnviz.views.html import write_html
+
+        return write_html(self.html, Path(path))  # atomic; never through a symbolic link
 
 
 def show(obj: Attention | HeadSearch, **options: Any) -> HTMLView | None:
