@@ -344,6 +344,13 @@ def test_a_closed_pipe_ends_quietly():
     assert (done.returncode, done.stderr) == (0, b"")
 
 
+def test_a_closed_standard_output_is_one_line_and_exit_2():
+    """`attnviz models >&-`: Python starts with sys.stdout None; the first write fails in one line."""
+    args = [sys.executable, "-c", _MAIN, "models"]
+    done = subprocess.run(args, stderr=subprocess.PIPE, text=True, preexec_fn=lambda: os.close(1))
+    assert (done.returncode, done.stderr) == (2, "error: cannot write to standard output: it is closed\n")
+
+
 def test_a_real_sigint_during_a_scan_exits_130():
     done = subprocess.run([sys.executable, "-c", _PATCHED_SCAN], capture_output=True, text=True, timeout=120)
     assert (done.returncode, done.stderr, done.stdout) == (130, "error: interrupted\n", "")
