@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from attnviz import plots
+from attnviz.attention import Attention
 from attnviz.errors import InputError
-from attnviz.extraction import Attention
 
 TOKENS = ("[CLS]", "the", "cat", "costs", "$5", "[SEP]")
 
@@ -605,3 +605,21 @@ def test_score_figure_shows_the_scores(tmp_path):
     path = plots.score_map(values, [2, 3], [0, 1], tmp_path / "s.svg", label="induction score")
     root = ET.fromstring(path.read_bytes())
     assert root.get("width") == f"{fig.get_figwidth() * 72:g}pt"
+
+
+def test_search_figure_draws_the_best_head_with_both_words_outlined(tiny_model_path):
+    """find-head's --plot as a library function: the winning head's weights, A and B outlined."""
+    from helpers import image_values
+
+    from attnviz.extraction import extract
+    from attnviz.search import find_heads
+
+    att = extract("the cat sat on the mat", str(tiny_model_path("bert")), device="cpu")
+    found = find_heads(att, "cat", "mat")
+    fig = plots.search_figure(found, att)
+    best = found.best
+    np.testing.assert_allclose(image_values(fig), att.head(best.layer, best.head), atol=1e-6)
+    title = fig.axes[0].get_title()
+    assert f"layer {best.layer} · head {best.head}: cat ↔ mat (score {best.score:.3f})" in title
+    outlined = [p for p in fig.axes[0].patches if p.get_fill() is False]
+    assert outlined  # the rows and columns of 'cat' and 'mat'

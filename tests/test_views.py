@@ -16,9 +16,9 @@ import pytest
 from helpers import synthetic
 from typer.testing import CliRunner
 
+from attnviz.attention import Attention
 from attnviz.cli import app
 from attnviz.errors import InputError
-from attnviz.extraction import Attention
 from attnviz.views.html import estimate_bytes, page_data, render_html, safe_json
 
 runner = CliRunner()

@@ -60,8 +60,9 @@ from attnviz.plots.heatmaps import (
     heatmap_panels,
     overview,
     overview_layout,
+    search_figure,
 )
-from attnviz.plots.roles import ROLE_COLOURS, role_figure, role_map, score_figure, score_map
+from attnviz.plots.roles import ROLE_COLOURS, effect_map, role_figure, role_map, score_figure, score_map
 from attnviz.plots.toy import toy_figure
 
 __all__ = [
@@ -96,6 +97,7 @@ __all__ = [
     "derived_figure",
     "derived_title",
     "draw_matrix",
+    "effect_map",
     "embedding_figure",
     "entropy_bars",
     "entropy_figure",
@@ -118,6 +120,7 @@ __all__ = [
     "save_clustermap",
     "score_figure",
     "score_map",
+    "search_figure",
     "toy_figure",
     "weighting_figure",
 ]

@@ -46,7 +46,8 @@ from attnviz.plots.fonts import with_fonts
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from attnviz.extraction import Attention
+    from attnviz.attention import Attention
+    from attnviz.search import HeadSearch
 
 OVERVIEW_PANEL = 1.25  # inches: a panel of the whole-model overview, unless the text needs more
 OVERVIEW_MAX = 50.0  # inches: an overview that needs more (a long text, many heads) is refused
@@ -402,4 +403,23 @@ def cross_figure(
         dpi=dpi or DEFAULT_DPI,
         size=size,
         text=att.text,
+    )
+
+
+def search_figure(result: HeadSearch, att: Attention) -> Figure:
+    """`find_heads`' best head on the first text it used, A's and B's tokens outlined.
+
+    `att`: that text's attention, as ranked (`texts[result.used[0]]`, same layers, heads, options).
+    """
+    best = result.best
+    ua, ub = result.units[0]
+    notes = "".join(f" · {n}" for n in att.notes)
+    return heatmap(
+        att.head(best.layer, best.head),
+        att.labels,
+        visible=att.visible(),
+        highlight=sorted({*ua.tokens, *ub.tokens}),
+        text=att.text,
+        title=f"{att.model} · layer {best.layer} · head {best.head}: "
+        f"{ua.label} ↔ {ub.label} (score {best.score:.3f}){notes}",
     )

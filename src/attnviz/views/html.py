@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from attnviz.analyses.transform import ViewOptions
-    from attnviz.extraction import Attention
+    from attnviz.attention import Attention
     from attnviz.models import LoadedModel
 
 DEFAULT_MAX_MB = 25.0

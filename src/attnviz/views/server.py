@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from starlette.requests import Request
     from starlette.responses import Response
 
-    from attnviz.extraction import Attention
+    from attnviz.attention import Attention
     from attnviz.models import LoadedModel
 
 MAX_TEXT_CHARS = 20_000  # longer texts are refused before tokenising (413)
