@@ -174,6 +174,8 @@ def parse_occurrence(value: str | int | None) -> tuple[Occurrence, Occurrence]:
         return None, None
     if isinstance(value, int):
         return value, value
+    if not str(value).strip():  # `--occurrence ''` is not "the first"
+        raise InputError("--occurrence is empty: use N, N,M or all")
     parts = [p.strip().lower() for p in str(value).split(",")]
     if len(parts) == 1:
         parts *= 2

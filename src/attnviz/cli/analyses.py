@@ -70,12 +70,15 @@ def rollout_cmd(
     """Attention rollout (Abnar & Zuidema 2020): fuse heads, add the residual, renormalise, multiply
     the layers. Draws R (output positions x input tokens) and one token's row; prints the path."""
     from attnviz.analyses.rollout import check_options, rollout
+    from attnviz.errors import InputError
     from attnviz.extraction import extract
     from attnviz.outputs import check_output, slug
     from attnviz.plots.analyses import rollout_figure
     from attnviz.tokens import positions
 
     check_options(head_fusion, residual)
+    if token is not None and not token.strip():  # not silently @0
+        raise InputError("--token is empty: give a word or @N")
     check_style(cmap, dpi)
     layer_list = parse_indices(layers, "--layers")
     body = read_text(text, file)

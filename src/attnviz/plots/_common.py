@@ -80,8 +80,10 @@ def parse_vmax(value: str | float | None) -> float | None:
 
 def parse_size(value: str | None) -> tuple[float, float] | None:
     """'8x6' or '8,6' (inches) or '8' (square) -> (width, height); None lets the figure size itself."""
-    if value is None or not value.strip():
+    if value is None:
         return None
+    if not value.strip():  # given but empty: an error, not the default size
+        raise InputError("--size is empty: use WIDTHxHEIGHT in inches, e.g. 8x6")
     parts = value.lower().replace(",", "x").split("x")
     try:
         nums = [float(p) for p in parts]
