@@ -1,4 +1,5 @@
-"""Take the docs' screenshots of the explorer: docs/view-{head,matrix,model,serve}.png.
+"""Take the docs' screenshots of the explorer: docs/view-{head,matrix,model,serve}.png, and a long
+text (512 tokens, every layer): docs/view-long-{matrix,text,model}.png.
 
     PYTHONPATH=src .venv/bin/python scripts/screenshots.py
 
@@ -14,6 +15,11 @@ import threading
 from pathlib import Path
 
 SEED = "Emily always wanted to visit Paris so she took some French lessons"
+STORY = (
+    "Emily always wanted to visit Paris, so she took French lessons every evening after work. "
+    "Her teacher, a retired engineer from Lyon, made her read one newspaper article a day and "
+    "explain it back to him in French. "
+)
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 
@@ -89,8 +95,47 @@ def main() -> None:
         thread.join(30)
     finally:
         d.quit()
-    for name in ("head", "matrix", "model", "serve"):
+    long_text(model)
+    for name in ("head", "matrix", "model", "serve", "long-matrix", "long-text", "long-model"):
         print(DOCS / f"view-{name}.png", file=sys.stderr)
+
+
+def long_text(model) -> None:
+    """A 512-token text with every layer (the default page, about 4 MB): the matrix zoomed in with a
+    row's focus bars, the text view, and the model view's pooled thumbnails."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from attnviz.extraction import extract
+    from attnviz.views.html import render_html
+
+    ids = model.tokenizer(STORY * 12, add_special_tokens=False)["input_ids"][:510]
+    att = extract(model.tokenizer.decode(ids), model)
+    page = Path(tempfile.mkdtemp()) / "long.html"
+    page.write_text(render_html(att, view="matrix"), encoding="utf-8")
+    d = driver(1200, 900)
+    try:
+        d.get(page.as_uri())
+        WebDriverWait(d, 60).until(
+            lambda d: d.execute_script("return document.querySelector('canvas.av-matrix')")
+        )
+        root = d.find_element(By.ID, "attnviz-root")
+        d.execute_script("arguments[0].attnviz.set({layer: 2, head: 0})", root)
+        d.execute_script("arguments[0].attnviz.zoomTo(20, 0, 40)", root)
+        d.find_element(By.CSS_SELECTOR, ".av-rows div[data-i='37']").click()
+        root.screenshot(str(DOCS / "view-long-matrix.png"))
+        d.find_element(By.CSS_SELECTOR, "button[data-view=text]").click()
+        d.find_element(By.CSS_SELECTOR, ".av-t[data-j='37']").click()
+        d.set_window_size(1200, 1500)
+        root.screenshot(str(DOCS / "view-long-text.png"))
+        d.set_window_size(1200, 900)
+        d.find_element(By.CSS_SELECTOR, "button[data-view=model]").click()
+        WebDriverWait(d, 60).until(
+            lambda d: d.execute_script("return document.getElementById('attnviz-root').dataset.thumbs")
+        )
+        root.screenshot(str(DOCS / "view-long-model.png"))
+    finally:
+        d.quit()
 
 
 if __name__ == "__main__":

@@ -134,4 +134,5 @@ def figures(monkeypatch):
         return real(fig, path, dpi)
 
     monkeypatch.setattr(attnviz.plots, "save", spy)
+    monkeypatch.setattr(attnviz.plots._common, "save", spy)  # what plots' own save_* helpers call
     return saved

@@ -7,8 +7,9 @@ import pytest
 from analyses_helpers import synthetic
 
 from attnviz.analyses.aggregate import aggregate, derive, without_special
+from attnviz.attention import Attention
 from attnviz.errors import InputError
-from attnviz.extraction import Attention, extract
+from attnviz.extraction import extract
 
 TOKENS = ("[CLS]", "the", "cat", "sat", ".", "[SEP]")
 SPECIAL = (True, False, False, False, False, True)

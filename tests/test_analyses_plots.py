@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from analyses_helpers import synthetic
 
 from attnviz.analyses.cluster import head_distances
@@ -73,6 +74,49 @@ def test_weighting_figure_draws_both_arrays() -> None:
     images = [a.get_images()[0].get_array() for a in fig.axes if a.get_images()]
     np.testing.assert_allclose(images[0], att.attn[0, 1])
     np.testing.assert_allclose(images[1], fake.attn[0, 1])
+
+
+def test_clustermap_legend_and_mds_share_one_colour_per_layer() -> None:
+    """Issue 20: the clustermap's layer colours had no legend and differed from the MDS map's."""
+    from matplotlib.colors import to_rgba
+
+    atts = [synthetic(("a", "b", "c"), seed=s, layers=3, heads=2) for s in (1, 2)]
+    dist = head_distances(atts)
+    grid = cluster_map(dist)
+    (legend,) = grid.figure.legends
+    assert [t.get_text() for t in legend.get_texts()] == ["L0", "L1", "L2"]
+    legend_colours = {
+        t.get_text(): to_rgba(h.get_facecolor())
+        for t, h in zip(legend.get_texts(), legend.legend_handles, strict=True)
+    }
+    fig = embedding_figure(dist)
+    points = {}
+    for collection in fig.axes[0].collections:
+        for xy, colour in zip(collection.get_offsets(), collection.get_facecolors(), strict=True):
+            points[tuple(np.round(xy, 9))] = tuple(colour)
+    coords = dist.embedding(2)
+    for (x, y), layer in zip(coords, dist.head_layers, strict=True):
+        assert points[(round(x, 9), round(y, 9))] == legend_colours[f"L{layer}"]
+    (mds_legend,) = fig.legends
+    assert [t.get_text() for t in mds_legend.get_texts()] == ["L0", "L1", "L2"]
+
+
+def test_groups_recover_planted_clusters() -> None:
+    """Heads planted in three tight blocks come back as three groups, whole."""
+    from attnviz.analyses.cluster import HeadDistances
+
+    block = np.repeat([0, 0, 0, 1, 1, 2, 2, 2, 2], 1)
+    matrix = np.where(block[:, None] == block[None, :], 0.05, 0.8)
+    np.fill_diagonal(matrix, 0.0)
+    dist = HeadDistances("m", (0, 1, 2), (0, 1, 2), matrix, 4, ("broad",) * 9)
+    groups = dist.groups(3)
+    assert [len(g.heads) for g in groups] == [4, 3, 2]  # largest first
+    assert groups[0].heads == ("L1H2", "L2H0", "L2H1", "L2H2") and groups[0].layers == (1, 2)
+    assert groups[0].spread == pytest.approx(0.05) and groups[0].roles == (("broad", 4),)
+    assert groups[0].describe() == "4 heads, layers 1-2, broad 4; mean distance 0.050 bits"
+    assert len(dist.groups()) == 2 and len(dist.groups(1)) == 1  # default: round(sqrt(9 / 2))
+    with pytest.raises(Exception, match="cannot cut 9 heads into 10 groups"):
+        dist.groups(10)
 
 
 def test_rollout_and_compare_figures_quote_their_texts() -> None:

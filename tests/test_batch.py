@@ -198,7 +198,7 @@ def test_too_long_texts_are_rejected_or_cut(tiny_bert):
 def test_a_bucketed_batch_is_encoded_as_extraction_tokenizes(tiny_model_path):
     from attnviz.batch.analyzer import Analyzer
     from attnviz.batch.bucketing import encode
-    from attnviz.batch.corpus import Item
+    from attnviz.corpus import Item
     from attnviz.extraction import tokenize
 
     loaded = load_model(str(tiny_model_path("gpt2")), device="cpu")  # byte-level: readable labels differ

@@ -1,6 +1,7 @@
 """The Ray engine against a real local Ray instance (two CPUs, two workers, no mocks): the same
 output folder as the local engine, a worker killed part way, resume across engines, and the
-one-line errors of its options."""
+one-line errors of its options. One Ray instance serves the module (the command that must start
+its own is the exception); tests that use Ray are `slow`, the option checks are not."""
 
 from __future__ import annotations
 
@@ -110,6 +111,7 @@ def _assert_same(out: Path, reference: Path, exact: bool = False) -> None:
     assert _rejects(out) == _rejects(reference)
 
 
+@pytest.mark.slow  # a real Ray instance: minutes on 2 cores, so not in -m 'not slow'
 def test_ray_output_equals_the_local_engine(
     ray_instance, tiny_model_path, corpus, reference, tmp_path, monkeypatch
 ):
@@ -142,6 +144,7 @@ def test_ray_output_equals_the_local_engine(
         np.testing.assert_allclose(mine[key], value, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow  # a real Ray instance: minutes on 2 cores, so not in -m 'not slow'
 def test_a_worker_killed_part_way_has_its_chunk_retried(
     ray_instance, tiny_model_path, corpus, reference, tmp_path, monkeypatch
 ):
@@ -158,6 +161,7 @@ def test_a_worker_killed_part_way_has_its_chunk_retried(
     assert not list(out.rglob("*.tmp"))
 
 
+@pytest.mark.slow  # a real Ray instance: minutes on 2 cores, so not in -m 'not slow'
 def test_a_chunk_that_always_kills_its_worker_stops_the_run_in_one_line(
     ray_instance, tiny_model_path, tmp_path, monkeypatch
 ):
@@ -174,6 +178,7 @@ def test_a_chunk_that_always_kills_its_worker_stops_the_run_in_one_line(
     assert not list((out / HEADS_DIR).iterdir())
 
 
+@pytest.mark.slow  # a real Ray instance: minutes on 2 cores, so not in -m 'not slow'
 def test_resume_after_an_interrupted_ray_run_and_across_engines(
     ray_instance, tiny_model_path, corpus, reference, tmp_path
 ):
@@ -212,6 +217,7 @@ def test_resume_after_an_interrupted_ray_run_and_across_engines(
     assert len(run["sessions"]) == 2 and run["status"] == "complete"
 
 
+@pytest.mark.slow  # a real Ray instance: minutes on 2 cores, so not in -m 'not slow'
 def test_worker_errors_come_back_as_one_line(ray_instance, tiny_model_path, tmp_path):
     out = tmp_path / "out"
     with pytest.raises(InputError, match=r"^layer 7 is out of range") as err:
@@ -288,6 +294,7 @@ def test_a_missing_ray_says_how_to_install_it(tmp_path, monkeypatch):
         run_batch_analysis(["a cat"], make_config(engine="ray"), tmp_path / "lib")
 
 
+@pytest.mark.slow  # a real Ray instance: minutes on 2 cores, so not in -m 'not slow'
 def test_the_command_starts_and_stops_its_own_ray(tiny_model_path, corpus, reference, tmp_path):
     """No cluster given: the command starts a local Ray instance and shuts it down; stdout is JSON."""
     out = tmp_path / "out"
@@ -323,15 +330,18 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
+@pytest.mark.slow  # a real Ray instance: minutes on 2 cores, so not in -m 'not slow'
 def test_resume_after_the_ray_command_is_killed(ray_instance, tiny_model_path, tmp_path):
-    """kill -9 of a running `attnviz batch --engine ray` (its own local Ray), then --resume."""
+    """kill -9 of a running `attnviz batch --engine ray`, then --resume. The command joins this
+    module's Ray instance (`--address`): one local Ray for the module, not one more per test."""
     model = tiny_model_path("bert")
     corpus = tmp_path / "c.txt"
     corpus.write_text("\n".join(f"The cat number {i} sat on the mat." for i in range(300)) + "\n")
     out = tmp_path / "out"
+    address = ray_instance.get_runtime_context().gcs_address
     cmd = [sys.executable, "-c", "from attnviz.cli import main; main()", "batch", str(corpus), "-o", str(out)]
     cmd += ["-m", str(model), "--engine", "ray", "--workers", "2", "-b", "1", "--texts-per-part", "5"]
-    cmd += ["--no-plots"]
+    cmd += ["--no-plots", "--address", address]
     env = {**os.environ, "RAY_ADDRESS": ""}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.monotonic() + 120
@@ -356,3 +366,42 @@ def test_resume_after_the_ray_command_is_killed(ray_instance, tiny_model_path, t
     reference = tmp_path / "local"
     run_batch_analysis(str(corpus), make_config(model=str(model), plots=False), reference)
     _assert_same(out, reference)
+
+
+def test_more_workers_than_the_machine_has_cpus_is_refused_before_ray_starts(tmp_path):
+    """`--workers 100000` on a small machine: one line at once, not a local Ray waiting forever."""
+    code = "from attnviz.cli import main; main()"
+    args = ["batch", "-", "-o", str(tmp_path / "out"), "--engine", "ray", "--workers", "100000"]
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        input="a cat\n",
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    cpus = ray_engine.local_cpus(make_config(engine="ray", workers=100000))
+    assert cpus == os.cpu_count()
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == (
+        f"error: --workers 100000 x --threads 1 need 100000 CPUs but this machine has {cpus}; "
+        "ask for fewer workers or threads\n"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_workers_that_never_start_are_reported_after_the_stated_time():
+    """A cluster that accepts the actors but never places them: one line after the timeout."""
+
+    class Stuck:
+        """Ray's wait as a cluster short of resources answers it: nothing ready."""
+
+        def wait(self, refs, num_returns, timeout):
+            assert timeout == 0.25 and num_returns == len(refs)
+            return [], list(refs)
+
+    with pytest.raises(
+        InputError, match=r"^2 of 2 Ray workers did not start and load the model within 0.25 s"
+    ):
+        ray_engine.wait_ready(Stuck(), ["a", "b"], timeout=0.25)

@@ -95,8 +95,17 @@ def errors(d) -> list:
 
 
 def half(a: np.ndarray) -> np.ndarray:
-    """What the page holds: the weights through float16."""
-    return a.astype(np.float16).astype(np.float32)
+    """What the page holds: the weights through its encoding (any leading dimensions)."""
+    from attnviz.views.html import decode_weights, encode_weights
+
+    a = np.asarray(a, dtype=np.float32)
+    flat = a.reshape(1, -1, *a.shape[-2:])
+    return decode_weights(encode_weights(flat), flat.shape).reshape(a.shape)
+
+
+def names(labels) -> list[str]:
+    """Labels as the page writes them: with their positions."""
+    return [f"{t}#{i}" for i, t in enumerate(labels)]
 
 
 def lines_expected(attn_layer: np.ndarray, heads, causal: bool = False, query: int | None = None) -> int:
@@ -157,8 +166,9 @@ def test_hovering_a_token_shows_only_its_lines_and_top_keys(driver, tmp_path):
     keys = js(
         driver, "return [...document.querySelectorAll('.av-topkeys td.av-key')].map(t => t.textContent)"
     )
-    for h in range(3):  # 3 keys listed per head, best first
-        assert keys[3 * h] == att.labels[int(np.argmax(att.attn[0, h, 3]))]
+    for h in range(3):  # 3 keys listed per head, best first, with their positions
+        best = int(np.argmax(half(att.attn[0, h])[3]))
+        assert keys[3 * h] == f"{att.labels[best]}#{best}"
     # toggling heads off changes what is drawn
     driver.find_element(By.CSS_SELECTOR, ".av-heads button[data-head='0']").click()
     driver.find_element(By.CSS_SELECTOR, ".av-heads button[data-head='2']").click()
@@ -193,7 +203,7 @@ def test_matrix_view_colours_every_cell_and_shows_the_causal_mask(driver, tmp_pa
     a, b = np.unravel_index(np.argmax(np.where(upper, -1, att.attn[0, 0])), (n, n))
     assert np.abs(cells[a, b] - [253, 231, 37]).max() <= 2
     labels = js(driver, "return [...document.querySelectorAll('.av-rows div')].map(d => d.textContent)")
-    assert labels == att.labels
+    assert labels == names(att.labels)
     # hovering a cell shows its value; a masked cell says so
     canvas = driver.find_element(By.CSS_SELECTOR, "canvas.av-matrix")
     cs = int(canvas.get_attribute("data-cell"))
@@ -202,7 +212,7 @@ def test_matrix_view_colours_every_cell_and_shows_the_causal_mask(driver, tmp_pa
         ActionChains(driver).move_to_element_with_offset(canvas, x, y).perform()
         tip = js(driver, "return document.querySelector('.av-tip').textContent")
         value = "masked (future token)" if b > a else f"{half(att.attn[0, 0])[a, b]:.3f}"
-        assert tip == f"{att.labels[a]} → {att.labels[b]}: {value}"
+        assert tip == f"{att.labels[a]}#{a} → {att.labels[b]}#{b}: {value}"
     Select(driver.find_element(By.CSS_SELECTOR, "select.av-layer")).select_by_value("1")
     assert js(driver, "return document.getElementById('attnviz-root').dataset.layer") == "1"
     assert not np.array_equal(cell_colours(driver), cells)
@@ -245,8 +255,13 @@ def test_hiding_special_tokens_renormalises_and_words_merge(driver, tmp_path):
     driver.find_element(By.CSS_SELECTOR, "input.av-special").click()
     driver.find_element(By.CSS_SELECTOR, "input.av-words").click()
     labels = js(driver, "return [...document.querySelectorAll('.av-rows div')].map(d => d.textContent)")
-    assert labels == att.to_words().labels
+    merged = att.to_words()
+    assert labels == names(merged.labels)
     assert js(driver, "return document.getElementById('attnviz-root').dataset.level") == "word"
+    words = np.array(
+        js(driver, "return Array.from(document.getElementById('attnviz-root').attnviz.matrix(1, 2))")
+    )
+    np.testing.assert_allclose(words.reshape(merged.attn.shape[-2:]), merged.attn[1, 2], atol=0.02)
 
 
 def test_injected_text_runs_nothing_and_shows_literally(driver, tmp_path):
@@ -267,6 +282,205 @@ def test_injected_text_runs_nothing_and_shows_literally(driver, tmp_path):
     assert not errors(driver)
 
 
+def test_the_notebook_iframe_decodes_and_draws_in_its_sandbox(driver, tmp_path):
+    """A sandboxed srcdoc iframe has an opaque origin: the page still inflates its weights there."""
+    from selenium.webdriver.common.by import By
+
+    from attnviz.views.notebook import iframe
+
+    att = synthetic()
+    path = tmp_path / "notebook.html"
+    path.write_text(f"<!DOCTYPE html><html><body>{iframe(render_html(att, view='matrix'))}</body></html>")
+    driver.get(path.as_uri())
+    driver.switch_to.frame(driver.find_element(By.TAG_NAME, "iframe"))
+    try:
+        wait(driver, lambda d: d.execute_script("return !!document.querySelector('canvas.av-matrix')"))
+        assert js(driver, "return +document.querySelector('canvas.av-matrix').dataset.cells") == 49
+    finally:
+        driver.switch_to.default_content()
+    assert not errors(driver)
+
+
+# -- long texts ---------------------------------------------------------------------------------
+def long_page(n: int, causal: bool = False, seed: int = 1, sink: float = 5.0):
+    """An n-token Attention (1 layer, 2 heads) shaped like a model's: a sink column, strong keys."""
+    from dataclasses import replace
+
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(size=(1, 2, n, n)).astype(np.float32) * 2.5
+    logits[..., 0] += sink
+    if causal:
+        logits = np.where(np.tril(np.ones((n, n), dtype=bool)), logits, -np.inf)
+    attn = np.exp(logits - logits.max(-1, keepdims=True))
+    words = [f"w{i}" for i in range(n - 2)]
+    text = " ".join(words)
+    spans, at = [], 0
+    for w in words:
+        spans.append((at, at + len(w)))
+        at += len(w) + 1
+    return replace(
+        synthetic(causal=causal),
+        text=text,
+        tokens=("[CLS]", *words, "[SEP]"),
+        spans=((0, 0), *spans, (0, 0)),
+        word_ids=(None, *range(n - 2), None),
+        words=tuple(words),
+        special=(True, *([False] * (n - 2)), True),
+        layers=(0,),
+        heads=(0, 1),
+        attn=(attn / attn.sum(-1, keepdims=True)).astype(np.float32),
+    )
+
+
+def root_attr(d, name: str) -> str:
+    return js(d, f"return document.getElementById('attnviz-root').dataset.{name}")
+
+
+def test_matrix_zooms_pans_labels_and_focuses_a_long_text(driver, tmp_path):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.actions.wheel_input import ScrollOrigin
+    from selenium.webdriver.common.by import By
+
+    att = long_page(300)
+    open_page(driver, tmp_path, att, view="matrix")
+    canvas = driver.find_element(By.CSS_SELECTOR, "canvas.av-matrix")
+    assert canvas.get_attribute("data-span") == "300"
+    assert js(driver, "return document.querySelectorAll('.av-rows div').length") == 0  # 1-px cells: no labels
+    # the wheel zooms in around the pointer, the buttons zoom, a drag pans
+    ActionChains(driver).scroll_from_origin(ScrollOrigin.from_element(canvas), 0, -200).perform()
+    wait(
+        driver,
+        lambda d: int(d.find_element(By.CSS_SELECTOR, "canvas.av-matrix").get_attribute("data-span")) < 300,
+    )
+    js(driver, "document.getElementById('attnviz-root').attnviz.zoomTo(100, 120, 40)")
+    canvas = driver.find_element(By.CSS_SELECTOR, "canvas.av-matrix")
+    assert [canvas.get_attribute(k) for k in ("data-r0", "data-c0", "data-span")] == ["100", "120", "40"]
+    rows = js(driver, "return [...document.querySelectorAll('.av-rows div')].map(d => d.textContent)")
+    cols = js(driver, "return [...document.querySelectorAll('.av-cols div')].map(d => d.textContent)")
+    assert rows == names(att.labels)[100:140] and cols == names(att.labels)[120:160]
+    cells = cell_colours(driver).sum(-1)  # the zoomed window, cell by cell
+    window = half(att.attn[0, 0])[100:140, 120:160]
+    np.testing.assert_array_equal(cells.argmax(axis=1), window.argmax(axis=1))
+    ActionChains(driver).click_and_hold(canvas).move_by_offset(-140, -70).release().perform()
+    canvas = driver.find_element(By.CSS_SELECTOR, "canvas.av-matrix")
+    assert int(canvas.get_attribute("data-r0")) > 100 and int(canvas.get_attribute("data-c0")) > 120
+    driver.find_element(By.CSS_SELECTOR, ".av-zoom button[data-zoom=reset]").click()
+    assert driver.find_element(By.CSS_SELECTOR, "canvas.av-matrix").get_attribute("data-span") == "300"
+    # focus: a row label's weights as bars, best first, with tokens and positions
+    js(driver, "document.getElementById('attnviz-root').attnviz.zoomTo(0, 0, 30)")
+    driver.find_element(By.CSS_SELECTOR, ".av-rows div[data-i='7']").click()
+    bars = js(
+        driver,
+        "return [...document.querySelectorAll('.av-barrow')].map(r => [r.children[0].textContent,"
+        " +r.children[2].textContent])",
+    )
+    row = half(att.attn[0, 0])[7]
+    best = np.argsort(-row, kind="stable")[:20]
+    assert [b[0] for b in bars] == [f"{att.labels[j]}#{j}" for j in best]
+    np.testing.assert_allclose([b[1] for b in bars], row[best], atol=5e-4)
+    driver.find_element(By.CSS_SELECTOR, ".av-cols div[data-i='3']").click()
+    assert js(driver, "return document.querySelector('.av-bars').dataset.axis") == "k"
+    col = half(att.attn[0, 0])[:, 3]
+    first = js(driver, "return document.querySelector('.av-barrow').children[0].textContent")
+    assert first == f"{att.labels[int(col.argmax())]}#{int(col.argmax())}"
+    # the head view of 300 tokens draws only the hovered token's lines, with positions in the list
+    driver.find_element(By.CSS_SELECTOR, "button[data-view=head]").click()
+    assert js(driver, "return document.querySelectorAll('svg.av-headview line').length") == 0
+    token = driver.find_element(By.CSS_SELECTOR, "text.av-tok[data-col=q][data-i='5']")
+    ActionChains(driver).move_to_element(token).perform()
+    drawn = js(driver, "return [...document.querySelectorAll('svg.av-headview line')].map(l => +l.dataset.q)")
+    assert set(drawn) == {5} and len(drawn) == lines_expected(att.attn[0], range(2), query=5)
+    keys = js(
+        driver, "return [...document.querySelectorAll('.av-topkeys td.av-key')].map(t => t.textContent)"
+    )
+    best = int(np.argmax(half(att.attn[0, 0])[5]))
+    assert keys[0] == f"{att.labels[best]}#{best}"
+    # the model view: thumbnails capped at 64 px, max-pooled, drawn lazily
+    driver.find_element(By.CSS_SELECTOR, "button[data-view=model]").click()
+    wait(
+        driver,
+        lambda d: d.execute_script("return document.getElementById('attnviz-root').dataset.thumbs") == "2",
+    )
+    assert js(driver, "return [...document.querySelectorAll('.av-thumb canvas')].map(c => c.width)") == [
+        64,
+        64,
+    ]
+    assert not errors(driver)
+
+
+def test_sink_aware_auto_log_and_max_scales(driver, tmp_path):
+    from dataclasses import replace
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    n, rng = 40, np.random.default_rng(3)
+    attn = np.zeros((1, 2, n, n), dtype=np.float32)
+    attn[..., 0, 0] = 1.0
+    for a in range(1, n):  # the first key takes 70% of every row, the rest is spread over the others
+        attn[..., a, 0] = 0.7
+        attn[..., a, 1 : a + 1] = 0.3 * rng.dirichlet(np.ones(a) * 0.3, size=2)
+    att = replace(long_page(n, causal=True), attn=attn)
+    open_page(driver, tmp_path, att, view="matrix")
+    shown = half(att.attn[0, 0])
+    masked = np.triu(np.ones(shown.shape, dtype=bool), 1)
+    rest = np.where(masked, 0, shown)[:, 1:]
+    vmax = float(js(driver, "return document.querySelector('canvas.av-matrix').dataset.vmax"))
+    assert vmax == pytest.approx(rest.max(), abs=1e-4) and vmax < 0.9 * shown[:, 0].max()
+    legend = js(driver, "return document.querySelector('.av-legend').textContent")
+    assert "sink \u201c[CLS]#0\u201d left out" in legend
+    # cells of the sink column above the top get the top colour; the rest spread over the scale
+    cells = cell_colours(driver)
+    assert (np.abs(cells[5:, 0] - [253, 231, 37]).max(axis=-1) <= 2).all()
+    scale = Select(driver.find_element(By.CSS_SELECTOR, "select.av-scale"))
+    scale.select_by_value("max")
+    assert float(
+        js(driver, "return document.querySelector('canvas.av-matrix').dataset.vmax")
+    ) == pytest.approx(shown[~masked].max(), abs=1e-4)
+    assert js(driver, "return document.querySelector('.av-legend').dataset.sink") == ""
+    scale.select_by_value("log")
+    assert "log scale" in js(driver, "return document.querySelector('.av-legend').textContent")
+    lin = cell_colours(driver)
+    assert lin.std() > 0
+    # an encoder whose [CLS] holds the maximum is treated the same way; one whose [CLS] does not, not
+    encoder = long_page(40)
+    open_page(driver, tmp_path, encoder, view="matrix")
+    assert js(driver, "return document.querySelector('.av-legend').dataset.sink") == "[CLS]#0"
+    flat = encoder.attn.copy()
+    flat[..., 0] = 0.001
+    open_page(driver, tmp_path, replace(encoder, attn=flat / flat.sum(-1, keepdims=True)), view="matrix")
+    assert js(driver, "return document.querySelector('.av-legend').dataset.sink") == ""
+    assert not errors(driver)
+
+
+def test_text_view_colours_each_token_by_the_selected_tokens_attention(driver, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    att = long_page(60)
+    open_page(driver, tmp_path, att, view="text")
+    box = driver.find_element(By.CSS_SELECTOR, ".av-textview")
+    assert box.text.replace("[CLS]", "").replace("[SEP]", "").strip() == att.text
+    driver.find_element(By.CSS_SELECTOR, ".av-t[data-j='12']").click()
+    weights = js(driver, "return [...document.querySelectorAll('.av-t')].map(t => +t.dataset.w)")
+    np.testing.assert_allclose(weights, half(att.attn[0, 0])[12], atol=5e-4)
+    alpha = js(  # rgba(255, 140, 0, a); rgb(...) when a is 1
+        driver,
+        "return [...document.querySelectorAll('.av-t')].map(t => {"
+        " const c = getComputedStyle(t).backgroundColor;"
+        " return c.startsWith('rgba') ? +c.split(',')[3].replace(')', '') : 1; })",
+    )
+    row = half(att.attn[0, 0])[12][1:]  # without the sink, the darkest token is the row's best
+    assert int(np.argmax(alpha[1:])) == int(np.argmax(row))
+    Select(driver.find_element(By.CSS_SELECTOR, "select.av-axis")).select_by_value("k")
+    weights = js(driver, "return [...document.querySelectorAll('.av-t')].map(t => +t.dataset.w)")
+    np.testing.assert_allclose(weights, half(att.attn[0, 0])[:, 12], atol=5e-4)
+    Select(driver.find_element(By.CSS_SELECTOR, "select.av-head")).select_by_value("1")
+    weights = js(driver, "return [...document.querySelectorAll('.av-t')].map(t => +t.dataset.w)")
+    np.testing.assert_allclose(weights, half(att.attn[0, 1])[:, 12], atol=5e-4)
+    assert not errors(driver)
+
+
 # -- attnviz serve ------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def served(tiny_model_path):
@@ -275,10 +489,12 @@ def served(tiny_model_path):
     from attnviz.views.server import create_app, uvicorn_server
 
     models = {"bert": load_model(str(tiny_model_path("bert")), device="cpu")}
+    # a cache of 60 kB holds every head of the short test text (2 layers x 4 heads), not of LONG
+
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen(64)  # connections queue here until uvicorn accepts them: no start-up race
-    server = uvicorn_server(create_app(models), "127.0.0.1", sock.getsockname()[1])
+    server = uvicorn_server(create_app(models, cache_bytes=60_000), "127.0.0.1", sock.getsockname()[1])
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{sock.getsockname()[1]}", models["bert"]
@@ -356,3 +572,45 @@ def test_served_api_equals_extract_and_refuses_bad_requests(served):
         f"{base}/api/find-head?{urllib.parse.urlencode({'text': TEXT, 'a': 'rome', 'b': 'paris'})}"
     )
     assert status == 404 and "rome" in body["error"]
+
+
+LONG = " ".join(f"Paris{i} is far" for i in range(20))  # over 60 tokens: cut to the tiny model's 64
+
+
+def test_a_long_served_text_is_fetched_one_head_at_a_time(driver, served):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    from attnviz.extraction import extract
+
+    base, model = served
+    driver.get(base + "/")
+    wait(driver, lambda d: d.execute_script("return document.body.dataset.models") == "1")
+    driver.execute_script("document.getElementById('av-input').value = arguments[0]", LONG)
+    driver.find_element(By.ID, "av-submit").click()
+    status = lambda d: d.execute_script("return document.getElementById('av-status').textContent")  # noqa: E731
+    wait(driver, lambda d: "tokens" in status(d) or "error" in status(d))
+    assert "truncate=1" in status(driver)  # the tiny model takes 64 tokens: the API's own words
+    driver.find_element(By.ID, "av-truncate").click()  # cut it to 64 tokens
+    driver.find_element(By.ID, "av-submit").click()
+    drawn = "return !!document.querySelector('canvas.av-matrix') || !!document.querySelector('.av-error')"
+    wait(driver, lambda d: d.execute_script(drawn))
+    assert "one at a time" in status(driver), status(driver)
+    assert js(driver, "return document.querySelectorAll('.av-error').length") == 0, root_attr(driver, "view")
+    att = extract(LONG, model, truncate=True)
+    assert att.n_tokens * att.n_tokens * 4 * 8 > 60_000  # too big for the cache: served lazily
+    ex = "document.getElementById('attnviz-root').attnviz"
+    got = np.array(js(driver, f"return Array.from({ex}.matrix(0, 0))")).reshape(att.n_tokens, -1)
+    np.testing.assert_allclose(got, half(att.attn[0, 0]), atol=1e-3)
+    Select(driver.find_element(By.CSS_SELECTOR, "select.av-layer")).select_by_value("1")
+    Select(driver.find_element(By.CSS_SELECTOR, "select.av-head")).select_by_value("3")
+    wait(driver, lambda d: d.execute_script(f"return {ex}.store.has(1, 3)"))
+    wait(driver, lambda d: d.execute_script("return !!document.querySelector('canvas.av-matrix')"))
+    got = np.array(js(driver, f"return Array.from({ex}.matrix(1, 3))")).reshape(att.n_tokens, -1)
+    np.testing.assert_allclose(got, half(att.attn[1, 3]), atol=1e-3)
+    assert js(driver, f"return Object.keys({ex}.store.loaded).sort()") == [
+        "0,0",
+        "1,0",
+        "1,3",
+    ]  # only those shown
+    assert [e for e in errors(driver) if "status of 413" not in e["message"]] == []  # the 413 was ours

@@ -243,7 +243,7 @@ def test_cli_store_float16_says_it_rounds(tiny_model_path, tmp_path):
     model = str(tiny_model_path("bert"))
     res = runner.invoke(app, ["extract", TEXT, "-m", model, "--store", "float16", "-o", str(out)])
     assert res.exit_code == 0, res.output
-    from attnviz.extraction import Attention
+    from attnviz.attention import Attention
 
     assert Attention.load(out).attn.dtype == np.float16
     bad = runner.invoke(app, ["extract", TEXT, "-m", model, "--store", "int8"])

@@ -142,6 +142,7 @@ def test_cluster_folder(bert, figures, tmp_path) -> None:
     out = tmp_path / "out"
     data = json.loads(ok("cluster", str(corpus), "-m", bert, "-o", str(out), "--json").stdout)
     assert data["texts"] == 3 and len(data["files"]) == 3
+    assert sum(len(g["heads"]) for g in data["groups"]) == 8
     rows = list(csv.reader((out / "distances.csv").open()))
     assert rows[0] == ["head", "L0H0", "L0H1", "L0H2", "L0H3", "L1H0", "L1H1", "L1H2", "L1H3"]
     from attnviz.analyses.cluster import cluster_texts
@@ -156,9 +157,22 @@ def test_cluster_folder(bert, figures, tmp_path) -> None:
     assert ax.get_xlabel() == "MDS 1"
 
 
-def test_cluster_stdin(bert, tmp_path) -> None:
-    result = ok("cluster", "-m", bert, "-o", str(tmp_path / "o"), stdin="\n".join(TEXTS) + "\n")
-    assert result.stdout.splitlines()[0].endswith("distances.csv")
+def test_cluster_stdin_prints_the_groups_then_the_files(bert, tmp_path) -> None:
+    """Issue 20: cluster printed only file paths; now the groups of heads, each from the tree."""
+    from attnviz.analyses.cluster import cluster_texts
+
+    result = ok(
+        "cluster", "-m", bert, "-o", str(tmp_path / "o"), "--groups", "3", stdin="\n".join(TEXTS) + "\n"
+    )
+    lines = result.stdout.splitlines()
+    assert lines[0].endswith("3 groups of heads over 3 texts (average linkage)")
+    want = cluster_texts(TEXTS, bert, device="cpu").groups(3)
+    for i, group in enumerate(want, start=1):
+        assert lines[2 * i - 1] == f"group {i}: {group.describe()}"
+        assert lines[2 * i].split() == list(group.heads)
+    assert sorted(h for g in want for h in g.heads) == sorted(f"L{a}H{b}" for a in (0, 1) for b in range(4))
+    assert [Path(x).name for x in lines[-3:]] == ["distances.csv", "clustermap.png", "embedding.png"]
+    bad("cluster", "-m", bert, "--groups", "0", stdin="a\nb\n", match="bad --groups 0")
 
 
 def test_cluster_errors(bert, tmp_path) -> None:

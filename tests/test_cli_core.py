@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from attnviz.attention import Attention
 from attnviz.cli import app
-from attnviz.extraction import Attention
 
 runner = CliRunner()
 

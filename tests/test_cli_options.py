@@ -64,3 +64,27 @@ def test_quiet_or_no_terminal_means_no_status_line(monkeypatch):
     assert _options.spinner_wanted() and not _options.spinner_wanted(quiet=True)
     monkeypatch.setattr(_options, "_terminal", lambda: False)
     assert not _options.spinner_wanted()
+
+
+def _options_named(option: str) -> dict[str, object]:
+    import typer
+
+    commands = typer.main.get_command(app).commands
+    return {name: p for name, cmd in commands.items() for p in cmd.params if option in p.opts}
+
+
+def test_every_cmap_option_completes_colour_maps():
+    """One --cmap alias everywhere: rollout and compare had a copy without completion (issue 20)."""
+    found = _options_named("--cmap")
+    assert {"heatmap", "rollout", "compare"} <= set(found)
+    for name in found:
+        words = f"attnviz {name} --cmap vir"
+        env = {"_ATTNVIZ_COMPLETE": "complete_bash", "COMP_WORDS": words, "COMP_CWORD": "3"}
+        result = runner.invoke(app, [], env=env, prog_name="attnviz")
+        assert "viridis" in result.stdout.split(), (name, result.output)
+
+
+def test_dpi_reads_the_same_in_every_command():
+    """One --dpi alias (heatmap's own says the whole-model grid's default differs)."""
+    helps = {name: p.help for name, p in _options_named("--dpi").items() if name != "heatmap"}
+    assert len(helps) >= 2 and len(set(helps.values())) == 1, helps

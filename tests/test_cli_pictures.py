@@ -83,7 +83,10 @@ def test_one_head_to_png_with_size_and_dpi(minilm, figures, tmp_path):
     im = ax.get_images()[0]
     assert im.get_array().shape == (14, 14)
     np.testing.assert_allclose(im.get_array(), minilm_head(minilm, 1, 5), atol=1e-6)
-    assert im.get_clim() == pytest.approx((0, float(minilm_head(minilm, 1, 5).max())))
+    head = minilm_head(minilm, 1, 5)
+    assert head[:, 0].max() >= head.max()  # [CLS] holds the maximum: the auto scale leaves it out
+    assert im.get_clim() == pytest.approx((0, float(head[:, 1:].max())))
+    assert "sink '[CLS]'" in next(a for a in fig.axes if a is not ax).get_ylabel()
     assert ax.get_title() == "minilm · layer 1 · head 5"
 
 
@@ -333,8 +336,8 @@ def test_bad_options_fail_before_loading(tmp_path):
     bad("heatmap", SEED, "-o", str(blocker / "x.png"), match="cannot write")
     bad("entropy", SEED, "-o", "x.gif", match="unknown image format")
     bad("toy", "-o", "x.bmp", match="unknown image format")
-    bad("heatmap", SEED, "--vmax", "big", match="--vmax")
-    bad("heatmap", SEED, "--vmax", "0", match="--vmax")
+    bad("heatmap", SEED, "--vmax", "big", match="--scale")
+    bad("heatmap", SEED, "--scale", "0", match="--scale")
     bad("heatmap", SEED, "--cmap", "rainbowz", match="colour map")
     bad("heatmap", SEED, "--size", "huge", match="--size")
     bad("heatmap", SEED, "--dpi", "0", match="--dpi")
@@ -363,7 +366,16 @@ def test_help_does_not_import_heavy_libraries():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "HEAVY []" in out
-    for option in ("--vmax", "--cmap", "--annotate", "--highlight", "--aggregate", "--words", "--size"):
+    for option in (
+        "--scale",
+        "--vmax",
+        "--cmap",
+        "--annotate",
+        "--highlight",
+        "--aggregate",
+        "--words",
+        "--size",
+    ):
         assert option in out
 
 

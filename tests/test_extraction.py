@@ -8,8 +8,9 @@ import os
 import numpy as np
 import pytest
 
+from attnviz.attention import Attention
 from attnviz.errors import InputError, TextTooLongError
-from attnviz.extraction import Attention, extract, extract_batch
+from attnviz.extraction import extract, extract_batch
 from attnviz.models import load_model
 
 TEXTS = ["The cat sat.", "Transformers are great; transformers attend to tokens in Paris.", "A dog"]
@@ -234,3 +235,41 @@ def test_square_stream_picks_encoder_or_decoder(tiny_model_path) -> None:
     bert = extract("the cat sat", str(tiny_model_path("bert")), device="cpu")
     with pytest.raises(InputError, match="no decoder stream"):
         square_stream(bert, "decoder")
+
+
+def test_extract_stream_is_lazy_and_equals_extract_batch(tiny_model_path) -> None:
+    """The library's stream of many texts (what heads, find-head and cluster use)."""
+    from attnviz.extraction import extract_stream
+    from attnviz.models import load_model
+
+    loaded = load_model(str(tiny_model_path("bert")), device="cpu")
+    texts = ["the cat sat", "a dog ran far away", "the bird sang", "hello"]
+    pulled: list[str] = []
+
+    def source():
+        for t in texts:
+            pulled.append(t)
+            yield t
+
+    stream = extract_stream(source(), loaded, layers=[1], batch_size=2)
+    first = next(stream)
+    assert pulled == texts[:2]  # one batch read, not the whole input
+    rest = list(stream)
+    for got, want in zip([first, *rest], extract_batch(texts, loaded, layers=[1]), strict=True):
+        np.testing.assert_allclose(got.attn, want.attn, atol=1e-6)
+        assert got.tokens == want.tokens
+
+
+def test_stream_and_batch_errors_number_texts_in_the_whole_input(tiny_model_path) -> None:
+    from attnviz.errors import TextTooLongError
+    from attnviz.extraction import extract_stream
+    from attnviz.models import load_model
+
+    loaded = load_model(str(tiny_model_path("bert")), device="cpu")
+    texts = ["the cat sat", "a dog", "the bird sang", "the cat " * 40, "fine"]
+    with pytest.raises(TextTooLongError, match=r"^text 4 has \d+ tokens"):
+        list(extract_stream(iter(texts), loaded, batch_size=2))
+    with pytest.raises(TextTooLongError, match=r"^text 4 has \d+ tokens"):
+        extract_batch(texts, loaded, batch_size=3)  # the chunk [text 4, text 5] said "text 1" before
+    with pytest.raises(InputError, match=r"^text 3 is empty"):
+        list(extract_stream(["a", "b", " "], loaded, batch_size=2))

@@ -87,3 +87,37 @@ def test_a_gguf_header_is_read_as_the_gguf_package_reads_it(tmp_path):
         3, 4, 2, 32, 8, 128
     )  # fmt: skip
     assert (info.kind, info.causal, info.architecture) == ("decoder", True, "llama (GGUF)")
+
+
+def test_plain_encoders_are_read_without_transformers(tiny_model_path):
+    """MiniLM's family needs only config.json: `info` then imports neither transformers nor torch."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from attnviz.model_info import describe\n"
+        f"info = describe({str(tiny_model_path('bert'))!r})\n"
+        "heavy = [m for m in ('torch', 'transformers') if m in sys.modules]\n"
+        "print(info.layers, info.heads, info.kind, heavy)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["2", "4", "encoder", "[]"]
+
+
+@pytest.mark.parametrize("model_type", sorted(model_info.PLAIN_ENCODERS))
+def test_the_plain_encoder_table_is_transformers_own(model_type):
+    from transformers import CONFIG_MAPPING
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+        MODEL_MAPPING_NAMES,
+    )
+
+    assert MODEL_MAPPING_NAMES[model_type] == model_info.PLAIN_ENCODERS[model_type]
+    assert model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES  # an encoder, whatever else it has
+    config = CONFIG_MAPPING[model_type]()
+    assert not getattr(config, "is_decoder", False) and not getattr(config, "is_encoder_decoder", False)
+    data = config.to_dict()
+    assert all(
+        isinstance(data.get(k), int) for k in ("num_hidden_layers", "num_attention_heads", "hidden_size")
+    )
+    assert data.get("max_position_embeddings")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from attnviz.attention import Attention
 from attnviz.errors import InputError
-from attnviz.extraction import Attention
 from attnviz.patterns import (
     PATTERNS,
     ROLE_NAMES,
@@ -231,9 +231,11 @@ def test_thresholds_are_fractions():
     from attnviz.patterns import check_thresholds
 
     check_thresholds(0.0, 1.0)
-    for t, b, option in ((2.0, 0.8, "--threshold"), (0.5, -0.1, "--broad-threshold")):
-        with pytest.raises(InputError, match=f"bad {option}"):
+    for t, b, option in ((2.0, 0.8, "threshold"), (0.5, -0.1, "broad_threshold")):
+        with pytest.raises(InputError, match=f"^bad {option} "):  # a Python caller never typed --threshold
             check_thresholds(t, b)
+    with pytest.raises(InputError, match=r"^bad --threshold 2: "):
+        check_thresholds(2.0, 0.8, ("--threshold", "--broad-threshold"))
 
 
 def test_role_scores_are_each_heads_score_on_its_own_role():

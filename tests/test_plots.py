@@ -6,14 +6,15 @@ import logging
 import re
 import warnings
 import xml.etree.ElementTree as ET
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from attnviz import plots
+from attnviz.attention import Attention
 from attnviz.errors import InputError
-from attnviz.extraction import Attention
 
 TOKENS = ("[CLS]", "the", "cat", "costs", "$5", "[SEP]")
 
@@ -82,6 +83,41 @@ def test_fixed_scale_and_colour_map():
     (im,) = images(fig)
     assert im.get_clim() == (0.0, 1.0)
     assert im.get_cmap().name == "magma"
+
+
+def test_auto_scale_leaves_out_the_sink_of_a_causal_model_and_says_so():
+    att = fake_attention(causal=True)  # row 0 can only attend to itself: weight 1.0 in column 0
+    fig = plots.attention_figure(replace(att, layers=(0,), heads=(1,), attn=att.attn[:1, 1:2]))
+    (ax,) = data_axes(fig)
+    m, visible = att.head(0, 1), att.visible()
+    top = float(m[:, 1:][visible[:, 1:]].max())
+    assert ax.get_images()[0].get_clim() == pytest.approx((0.0, top)) and top < 1.0
+    bar = next(a for a in fig.axes if a is not ax)
+    assert "sink '[CLS]' (key 0, up to 1.00) left out" in bar.get_ylabel()
+    for scale, clim in (("max", (0.0, 1.0)), (0.5, (0.0, 0.5)), ("log", (1e-3, 1.0))):
+        fig = plots.attention_figure(
+            replace(att, layers=(0,), heads=(1,), attn=att.attn[:1, 1:2]), vmax=scale
+        )
+        (ax,) = data_axes(fig)
+        assert ax.get_images()[0].get_clim() == pytest.approx(clim)
+    assert "log scale" in next(a for a in fig.axes if a is not ax).get_ylabel()
+
+
+def test_sink_key_rules():
+    enc = np.full((4, 4), 0.1, dtype=np.float32)
+    enc[:, 0] = 0.7
+    labels, special = ["[CLS]", "a", "b", "[SEP]"], [True, False, False, True]
+    assert plots.sink_key([enc], labels, special, causal=False) == 0
+    assert plots.sink_key([enc], ["x", "a", "b", "y"], [False] * 4, causal=False) is None  # not [CLS]/BOS
+    other = np.roll(enc, 2, axis=1)  # the maximum sits in column 2
+    assert plots.sink_key([other], labels, special, causal=False) is None  # [CLS] holds no maximum
+    assert plots.sink_key([other], labels, special, causal=True) == 0  # causal: always the first key
+    scale = plots.resolve_scale("auto", [enc], None, 0, "[CLS]")
+    assert scale.vmax == pytest.approx(0.1) and "[CLS]" in scale.note
+    assert plots.resolve_scale("auto", [enc], None).vmax == pytest.approx(0.7)  # no sink given: the largest
+    for bad in ("x", "0", "-1", "nan"):
+        with pytest.raises(InputError, match="--scale"):
+            plots.parse_scale(bad)
 
 
 def test_dollar_tokens_are_not_mathtext():
@@ -508,7 +544,8 @@ def test_deep_model_overview_wraps_into_a_legible_page():
     first_block = {round(ax.get_position().x0, 4) for ax in axes[:9]}
     later_block = {round(ax.get_position().x0, 4) for ax in axes[-9:]}
     assert first_block.isdisjoint(later_block)  # layers wrapped into side-by-side blocks
-    (bar,) = [ax for ax in fig.axes if ax.get_ylabel() == plots.WEIGHT_LABEL]
+    (bar,) = [ax for ax in fig.axes if ax.get_ylabel().startswith(plots.WEIGHT_LABEL)]
+    assert "sink" in bar.get_ylabel()  # a causal model: the first key is left out of the auto scale
     grid_top = max(ax.get_position().y1 for ax in axes)
     grid_bottom = min(ax.get_position().y0 for ax in axes)
     middle = (bar.get_position().y0 + bar.get_position().y1) / 2
@@ -605,3 +642,21 @@ def test_score_figure_shows_the_scores(tmp_path):
     path = plots.score_map(values, [2, 3], [0, 1], tmp_path / "s.svg", label="induction score")
     root = ET.fromstring(path.read_bytes())
     assert root.get("width") == f"{fig.get_figwidth() * 72:g}pt"
+
+
+def test_search_figure_draws_the_best_head_with_both_words_outlined(tiny_model_path):
+    """find-head's --plot as a library function: the winning head's weights, A and B outlined."""
+    from helpers import image_values
+
+    from attnviz.extraction import extract
+    from attnviz.search import find_heads
+
+    att = extract("the cat sat on the mat", str(tiny_model_path("bert")), device="cpu")
+    found = find_heads(att, "cat", "mat")
+    fig = plots.search_figure(found, att)
+    best = found.best
+    np.testing.assert_allclose(image_values(fig), att.head(best.layer, best.head), atol=1e-6)
+    title = fig.axes[0].get_title()
+    assert f"layer {best.layer} · head {best.head}: cat ↔ mat (score {best.score:.3f})" in title
+    outlined = [p for p in fig.axes[0].patches if p.get_fill() is False]
+    assert outlined  # the rows and columns of 'cat' and 'mat'

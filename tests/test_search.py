@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from attnviz.attention import Attention
 from attnviz.errors import InputError, TokenNotFoundError
-from attnviz.extraction import Attention, extract
+from attnviz.extraction import extract
 from attnviz.search import combine, find_heads, pair_scores, parse_occurrence, rank, resolve, resolve_pair
 
 # Every word after "Emily" is split into pieces by all three tiny tokenizers; two words repeat.

@@ -85,7 +85,8 @@ def test_heatmap_png_is_the_heatmap_figure(client, models):
 def test_view_data_and_models(client, models):
     data = client.get("/api/view", params={"text": TEXT, "layers": "1", "heads": "0,3"}).json()
     assert data["layers"] == [1] and data["heads"] == [0, 3]
-    assert data["levels"]["token"]["shape"][:2] == [1, 2]
+    assert len(data["weights"]["top"]) == 2 and "lazy" not in data
+    assert data["tokens"] == extract(TEXT, models["bert"]).labels
     listed = client.get("/api/models").json()
     assert [m["name"] for m in listed] == ["bert", "gpt2"] and listed[0]["layers"] == 2
 
@@ -100,12 +101,13 @@ def test_view_data_and_models(client, models):
         ({"text": TEXT, "layer": "x", "head": 0}, 400, "must be an integer"),
         ({}, 400, "missing parameter 'text'"),
         ({"text": "   "}, 400, "missing parameter 'text'"),
-        ({"text": "x " * 100}, 413, "takes at most 64"),
+        ({"text": "x " * 100}, 413, "takes at most 64; send truncate=1 to cut it"),
         ({"text": "x" * (MAX_TEXT_CHARS + 1)}, 413, "at most"),
     ],
 )
 def test_bad_attention_requests_get_one_line_json(client, params, status, needle):
-    r = client.get("/api/attention", params=params)
+    # POST (a JSON body): the longest text does not fit a URL
+    r = client.post("/api/attention", json=params)
     assert r.status_code == status, r.text
     error = r.json()["error"]
     assert needle in error and "\n" not in error and "Traceback" not in r.text
@@ -137,7 +139,11 @@ def test_unknown_paths_and_static_files_come_only_from_the_package(client):
     page = client.get("/")
     assert "default-src 'none'" in page.headers["content-security-policy"]
     assert '<script src="/static/serve.js">' in page.text
-    assert client.post("/api/attention").status_code == 405
+    for name in ("matrix.js", "overview.js"):
+        assert f'<script src="/static/{name}">' in page.text
+        assert client.get(f"/static/{name}").status_code == 200
+    assert client.put("/api/attention").status_code == 405
+    assert client.post("/").status_code == 405
 
 
 def test_concurrent_requests_all_answer(client, models):
@@ -225,3 +231,54 @@ def test_an_unexpected_failure_is_one_json_line_and_the_server_keeps_answering(m
         assert r.status_code == 500 and r.json() == {"error": "internal error (RuntimeError)"}
         monkeypatch.undo()
         assert c.get("/api/attention", params={"text": TEXT, "layer": 0, "head": 0}).status_code == 200
+
+
+def test_post_bodies_carry_long_texts_as_json_or_form(client, models):
+    got = client.get("/api/attention", params={"text": TEXT, "layer": 1, "head": 2}).json()
+    assert client.post("/api/attention", json={"text": TEXT, "layer": 1, "head": 2}).json() == got
+    form = client.post("/api/attention", data={"text": TEXT, "layer": "1", "head": "2"})
+    assert form.json() == got
+    bad = client.post("/api/attention", content=b"{nope", headers={"content-type": "application/json"})
+    assert bad.status_code == 400 and "JSON" in bad.json()["error"]
+    long = client.post("/api/view", json={"text": "x " * 100})
+    assert long.status_code == 413 and "truncate=1" in long.json()["error"]
+    assert "--" not in long.json()["error"]
+
+
+def test_every_request_is_one_log_line(client, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="attnviz.serve"):
+        client.get("/api/models")
+        client.get("/nowhere")
+    lines = [r.getMessage() for r in caplog.records if r.name == "attnviz.serve"]
+    assert len(lines) == 2 and lines[0].startswith("GET /api/models 200 ") and lines[0].endswith(" ms")
+    assert lines[1].startswith("GET /nowhere 404 ")
+
+
+def test_a_text_too_long_for_one_page_is_served_one_head_at_a_time(models, monkeypatch):
+    from attnviz.views.html import decode_weights
+
+    calls = []
+    import attnviz.extraction as extraction
+
+    att = extract(TEXT, models["gpt2"])
+    real = extraction.extract_batch
+
+    def counting(*args, **kwargs):
+        calls.append((kwargs.get("layers"), kwargs.get("heads")))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(extraction, "extract_batch", counting)
+    with TestClient(create_app(models, cache_bytes=1000)) as small:  # no whole text fits
+        data = small.post("/api/view", json={"text": TEXT, "model": "gpt2", "lazy": 1}).json()
+        assert data["lazy"] is True and "weights" not in data
+        shape = [1, 1, data["n"], data["n"]]
+        np.testing.assert_allclose(decode_weights(data["head0"], shape)[0, 0], att.head(0, 0), atol=0.01)
+        assert data["tokens"] == att.labels and data["n"] == att.n_tokens and data["causal"] is True
+        assert data["layers"] == [0, 1] and data["heads"] == [0, 1, 2, 3]
+        one = small.post("/api/head", json={"text": TEXT, "model": "gpt2", "layer": 1, "head": 3}).json()
+        assert one["layer"] == 1 and one["head"] == 3 and one["n"] == att.n_tokens
+        back = decode_weights(one["weights"], [1, 1, att.n_tokens, att.n_tokens])[0, 0]
+        np.testing.assert_allclose(back, att.head(1, 3), atol=0.5 / 63 + 1e-3)
+    assert calls == [([0], [0]), ([1], [3])]  # one head per forward pass, never the whole text

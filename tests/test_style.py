@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 import shutil
 import subprocess
 import sys
+from collections.abc import Collection
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -56,8 +59,6 @@ def _long_functions(path: Path) -> dict[str, int]:
 
 
 def _long_in(source: str, label: str) -> dict[str, int]:
-    import ast
-
     tree = ast.parse(source)
     found: dict[str, int] = {}
 
@@ -76,20 +77,154 @@ def _long_in(source: str, label: str) -> dict[str, int]:
     return found
 
 
-def _imports(path: Path, modules: dict[str, Path]) -> set[str]:
-    """The package modules a module imports when it is imported (module-level statements only)."""
-    import ast
+# -- issue 20's layer map: every import, at the top or inside a function, points down ----------------
+# Bottom to top. A module may import its own layer and those below; the cycle test keeps a layer's
+# modules from importing each other in a loop. A module belongs to its longest entry (`views.server`
+# is an app though `views` is pictures). A NEW MODULE goes in the lowest layer above everything it
+# imports: a type or helper with no model -> core; a model loader -> models; texts -> numbers
+# (needs a model or an Attention) -> analyses; a figure or page -> pictures; a long run or a
+# server -> apps; a command -> cli. The package root is core: its re-exports are lazy, and nothing
+# of ours imports them (import from the module that defines a name; `__version__` is the exception).
+LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("core", ("", "errors", "selection", "outputs", "tokens", "config", "gguf_cache", "corpus")),
+    ("attention", ("attention",)),
+    ("models", ("models", "capture", "architecture", "model_info")),
+    ("extraction", ("extraction",)),
+    (
+        "analyses",
+        # `generation`: issue 21's generate-with-attention, expected on main (a model, then extraction)
+        (
+            "patterns",
+            "search",
+            "induction",
+            "ablation",
+            "effects",
+            "steps",
+            "toy",
+            "explain",
+            "analyses",
+            "generation",
+        ),
+    ),
+    ("pictures", ("plots", "views")),
+    ("apps", ("batch", "views.server")),
+    ("cli", ("cli",)),
+)
+# The one upward edge: Jupyter's display hook, `_repr_html_`, may reach up for the notebook view
+# (a result type knows how to be shown without depending on the views when it is not shown).
+ALLOWED_UPWARD = {("_repr_html_", "attnviz.views.notebook")}
+# Pictures never load or run a model: these modules may not import what does (views.server may);
+# from extraction they may take `tokenize` alone (views.html counts a text's tokens for its size).
+NO_MODEL = ("attnviz.plots", "attnviz.views.html", "attnviz.views.notebook")
+MODEL_MODULES = ("attnviz.models", "attnviz.capture", "attnviz.extraction", "attnviz.architecture")
+TOKENISING_ONLY = {("attnviz.extraction", "tokenize")}
 
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    out: set[str] = set()
-    for node in tree.body:
-        if isinstance(node, ast.Import):
-            out |= {a.name for a in node.names if a.name in modules}
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module in modules:
-            for alias in node.names:  # `from attnviz.x import y`: y may be a submodule itself
-                sub = f"{node.module}.{alias.name}"
-                out.add(sub if sub in modules else node.module)
-    return out
+
+@dataclass(frozen=True)
+class Import:
+    """One import of a package module: where it is, inside which function, and what it names."""
+
+    importer: str
+    target: str  # the module imported (a submodule when `from pkg import sub`)
+    line: int
+    function: str  # the innermost enclosing function, "" at module level
+    names: tuple[str, ...]  # the names taken (`from x import a, b`), () for `import x`
+
+
+def _is_type_checking(node: ast.AST) -> bool:
+    return isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+
+
+def _all_imports(name: str, source: str, modules: Collection[str], package: bool) -> list[Import]:
+    """Every import of one of `modules`, at any depth, skipping `if TYPE_CHECKING:` bodies."""
+    found: list[Import] = []
+
+    def target_of(node: ast.ImportFrom) -> str:
+        if not node.level:
+            return node.module or ""
+        base = name.split(".") if package else name.split(".")[:-1]
+        base = base[: len(base) - (node.level - 1)]
+        return ".".join([*base, *([node.module] if node.module else [])])
+
+    def visit(node: ast.AST, function: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if _is_type_checking(child):
+                for sub in child.orelse:  # `else:` runs; the `if` body never does
+                    visit_one(sub, function)
+                continue
+            visit_one(child, function)
+
+    def visit_one(child: ast.AST, function: str) -> None:
+        if isinstance(child, ast.Import):
+            for alias in child.names:
+                if alias.name in modules:
+                    found.append(Import(name, alias.name, child.lineno, function, ()))
+        elif isinstance(child, ast.ImportFrom):
+            module = target_of(child)
+            if module in modules:
+                for alias in child.names:  # `from attnviz.x import y`: y may be a submodule itself
+                    sub = f"{module}.{alias.name}"
+                    target = sub if sub in modules else module
+                    found.append(Import(name, target, child.lineno, function, (alias.name,)))
+        if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            function = child.name
+        visit(child, function)
+
+    visit(ast.parse(source), "")
+    return found
+
+
+def _imports_of(name: str, path: Path, modules: Collection[str]) -> list[Import]:
+    return _all_imports(name, path.read_text(encoding="utf-8"), modules, path.name == "__init__.py")
+
+
+def _every_import() -> list[Import]:
+    modules = _modules()
+    return [imp for name, path in modules.items() for imp in _imports_of(name, path, modules)]
+
+
+def _layer_of(module: str, layers=LAYERS) -> int | None:
+    """Index of a module's layer (its longest matching entry), or None if it has none."""
+    best, best_len = None, -1
+    for i, (_, prefixes) in enumerate(layers):
+        for prefix in prefixes:
+            full = f"attnviz.{prefix}" if prefix else "attnviz"  # "": the package root alone
+            inside = bool(prefix) and module.startswith(full + ".")
+            if (module == full or inside) and len(full) > best_len:
+                best, best_len = i, len(full)
+    return best
+
+
+def _parents(module: str) -> list[str]:
+    """The packages importing `module` also runs (`attnviz.batch` for `attnviz.batch.store`)."""
+    parts = module.split(".")
+    return [".".join(parts[:i]) for i in range(2, len(parts))]
+
+
+def _upward(imports: list[Import], modules: Collection[str], layers=LAYERS) -> list[str]:
+    """Imports that reach a higher layer (a package's `__init__` counts), as readable lines."""
+    bad = []
+    for imp in imports:
+        if (imp.function, imp.target) in ALLOWED_UPWARD:
+            continue
+        own = _layer_of(imp.importer, layers)
+        for target in [imp.target, *(p for p in _parents(imp.target) if p in modules)]:
+            theirs = _layer_of(target, layers)
+            if own is not None and theirs is not None and theirs > own:
+                where = f" in {imp.function}()" if imp.function else ""
+                bad.append(
+                    f"{imp.importer}:{imp.line}{where} ({layers[own][0]}) imports {target} "
+                    f"({layers[theirs][0]}): move the code, or the import, down"
+                )
+    return bad
+
+
+def _imports(path: Path, modules: dict[str, Path]) -> set[str]:
+    """The package modules a module imports at run time, at any depth (the one upward edge left out)."""
+    name = next(k for k, v in modules.items() if v == path)
+    return {
+        i.target for i in _imports_of(name, path, modules) if (i.function, i.target) not in ALLOWED_UPWARD
+    }
 
 
 def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -168,3 +303,80 @@ def test_the_checks_can_fail():
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert _cycles({"a": {"a"}, "b": set()}) == [["a"]]
     assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_every_module_has_a_layer():
+    lost = [name for name in _modules() if _layer_of(name) is None]
+    assert not lost, (
+        f"{', '.join(lost)} in no layer: add each to LAYERS in tests/test_style.py, in the lowest "
+        "layer above everything it imports (the comment above LAYERS says which)"
+    )
+
+
+def test_every_import_points_down_the_layers():
+    """At the top of a module or inside a function (TYPE_CHECKING skipped), bar `_repr_html_`."""
+    modules = _modules()
+    assert _upward(_every_import(), modules) == []
+
+
+def test_pictures_never_import_what_runs_a_model():
+    bad = [
+        f"{i.importer}:{i.line} imports {i.target}"
+        for i in _every_import()
+        if i.importer.startswith(NO_MODEL)
+        and i.target.startswith(MODEL_MODULES)
+        and not (i.names and all((i.target, n) in TOKENISING_ONLY for n in i.names))
+    ]
+    assert bad == []
+
+
+def test_nothing_takes_a_name_from_the_lazy_package_root():
+    """`from attnviz import load_model` inside the package would hide a real dependency."""
+    bad = [
+        f"{i.importer}:{i.line} takes {i.names} from attnviz"
+        for i in _every_import()
+        if i.target == "attnviz" and set(i.names) - {"__version__"}
+    ]
+    assert bad == []
+
+
+def test_result_types_are_imported_from_attention_py():
+    """`Attention`, `QKV` and `Encoded` live in attention.py; extraction.py only re-exports them."""
+    bad = []
+    files = [*SRC.rglob("*.py"), *(ROOT / "tests").rglob("*.py"), *(ROOT / "benchmarks").rglob("*.py")]
+    for path in sorted(files):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module == "attnviz.extraction":
+                taken = {a.name for a in node.names} & {"Attention", "QKV", "Encoded"}
+                if taken:
+                    bad.append(f"{path.relative_to(ROOT)}:{node.lineno} {sorted(taken)}")
+    assert bad == []
+
+
+def test_the_layer_checks_can_fail():
+    """A planted upward import inside a function is found; TYPE_CHECKING and `_repr_html_` are not."""
+    layers = (("low", ("low",)), ("high", ("high",)))
+    modules = {"attnviz.low", "attnviz.high", "attnviz.high.sub"}
+    source = (
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n    from attnviz.high import Thing\n"
+        "def f():\n    from attnviz.high.sub import g\n"
+        "class C:\n    def _repr_html_(self):\n        from attnviz.views.notebook import x\n"
+    )
+    found = _all_imports("attnviz.low", source, {*modules, "attnviz.views.notebook"}, package=False)
+    assert [(i.target, i.function, i.line) for i in found] == [
+        ("attnviz.high.sub", "f", 5),
+        ("attnviz.views.notebook", "_repr_html_", 8),
+    ]
+    bad = _upward(found, modules, layers)
+    assert len(bad) == 2 and bad[0].startswith("attnviz.low:5 in f() (low) imports attnviz.high.sub (high)")
+    assert "imports attnviz.high (high)" in bad[1]  # the package __init__ that import runs
+    assert _layer_of("attnviz.new_module") is None
+    assert _layer_of("attnviz.views.server") > _layer_of("attnviz.views.html")
+
+
+def test_the_one_upward_edge_is_used_and_nothing_else_is_allowed():
+    """The allow-list is one named edge; if no `_repr_html_` needs it any more, it must go."""
+    assert {("_repr_html_", "attnviz.views.notebook")} == ALLOWED_UPWARD
+    users = {i.importer for i in _every_import() if (i.function, i.target) in ALLOWED_UPWARD}
+    assert users >= {"attnviz.attention", "attnviz.search"}

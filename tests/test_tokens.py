@@ -194,7 +194,7 @@ def test_every_surface_shows_the_same_labels(family_paths, family_models, figure
     # the HTML view and the server API
     page = render_html(extract(text, loaded))
     data = json.loads(page.split('id="attnviz-data">')[1].split("</script>")[0])
-    assert data["levels"]["token"]["tokens"] == want
+    assert data["tokens"] == want
     with TestClient(create_app({"tiny": loaded})) as client:
         api = client.get("/api/attention", params={"text": text, "layer": 0, "head": 0}).json()
     assert api["tokens"] == want

@@ -89,7 +89,7 @@ SPECS: tuple[Spec, ...] = (
     _e("rembert", "", input_embedding_size=16, output_embedding_size=16),
     _e("esm", "rotary encoder", position_embedding_type="rotary", pad_token_id=0, mask_token_id=4),
     _e("bert-generation", ""),
-    _e("splinter", ""),
+    _e("splinter", "no is_causal on its attention", fast=True),
     _e("convbert", "span convolution heads", head_ratio=1),
     _e("ibert", ""),
     # decoders

@@ -329,7 +329,8 @@ class _Prepared:
 def _prepare(
     loaded: LoadedModel, text: str, target: str | None, occurrence: int | None, truncate: bool
 ) -> _Prepared:
-    from attnviz.extraction import Attention, tokenize
+    from attnviz.attention import Attention
+    from attnviz.extraction import tokenize
     from attnviz.search import resolve
     from attnviz.tokens import align_words
 
@@ -579,13 +580,3 @@ def top_overlap(a: np.ndarray, b: np.ndarray, k: int = 10) -> tuple[int, int]:
 
     k = min(k, a.size)
     return len(set(ranked_positions(a, k)) & set(ranked_positions(b, k))), k
-
-
-def effect_map(found: HeadScan, path: Any) -> Any:
-    """Save the layers x heads heatmap of each head's effect (|delta|, or the loss rise)."""
-    from attnviz.plots.roles import score_map
-
-    label = "loss rise" if found.measure == "repeat-loss" else f"|delta {found.measure}|"
-    title = f"{found.model}: effect of ablating each head ({found.mode}, {found.measure})"
-    values = np.clip(found.effect, 0.0, None)
-    return score_map(values, found.layers, found.heads, path, title=title, label=label)

@@ -116,7 +116,7 @@ class BatchConfig:
     device: str = "auto"
     dtype: str = "float32"
     trust_remote_code: bool = False
-    threads: int | None = None  # torch CPU threads; None: torch's default
+    threads: int | None = None  # torch CPU threads; None: the CPUs free now (batch.records.free_cpus)
     format: str = "auto"  # txt, jsonl, csv, parquet; auto: from the file name
     field: str = "text"  # .jsonl key
     column: str = "text"  # .csv / .parquet column

@@ -13,7 +13,7 @@ from attnviz.errors import InputError
 from attnviz.steps import Steps, five_steps
 
 if TYPE_CHECKING:
-    from attnviz.extraction import Attention
+    from attnviz.attention import Attention
     from attnviz.models import LoadedModel
 
 

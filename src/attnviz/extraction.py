@@ -6,7 +6,8 @@ text's attention is the same alone or in a batch.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+from collections.abc import Iterable, Iterator, Sequence, Sized
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -29,6 +30,7 @@ __all__ = [
     "decoder_inputs",
     "extract",
     "extract_batch",
+    "extract_stream",
     "model_inputs",
     "pad_rows",
     "run_batch",
@@ -143,11 +145,46 @@ def extract_batch(
     out: list[Attention] = []
     for start in range(0, len(texts), max(1, batch_size)):
         chunk = texts[start : start + batch_size]
-        encoded = tokenize(loaded, chunk, special_tokens, truncate, max_length)
+        encoded = tokenize(
+            loaded, chunk, special_tokens, truncate, max_length, first=start + 1, many=len(texts) > 1
+        )
         out.extend(
             run_batch(loaded, encoded, layer_list, head_list, qkv=qkv, decoder_text=decoder_text, store=store)
         )
     return [a.to_words() for a in out] if words else out
+
+
+def extract_stream(
+    texts: Iterable[str],
+    model: str | LoadedModel | None = None,
+    *,
+    layers: Sequence[int] | None = None,
+    heads: Sequence[int] | None = None,
+    special_tokens: bool = True,
+    truncate: bool = False,
+    max_length: int | None = None,
+    qkv: bool = False,
+    batch_size: int = 32,
+    device: str | None = "auto",
+    dtype: str | None = "float32",
+) -> Iterator[Attention]:
+    """Extract many texts lazily, `batch_size` at a time, so a long corpus never holds every
+    tensor at once; an empty or over-long text is named by its place in the whole input."""
+    from attnviz.models import LoadedModel, load_model
+
+    loaded = model if isinstance(model, LoadedModel) else load_model(model, device=device, dtype=dtype)
+    layer_list = resolve_indices(layers, loaded.num_layers, "layer", loaded.name)
+    head_list = resolve_indices(heads, loaded.capture.num_heads, "head", loaded.name)
+    many = not (isinstance(texts, Sized) and len(texts) == 1)
+    it = iter(texts)
+    start = 0
+    while chunk := list(itertools.islice(it, max(1, batch_size))):
+        for i, t in enumerate(chunk):
+            if not isinstance(t, str) or not t.strip():
+                raise InputError(f"text {start + i + 1} is empty" if many else "the text is empty")
+        encoded = tokenize(loaded, chunk, special_tokens, truncate, max_length, first=start + 1, many=many)
+        yield from run_batch(loaded, encoded, layer_list, head_list, qkv=qkv)
+        start += len(chunk)
 
 
 def tokenize(
@@ -156,8 +193,15 @@ def tokenize(
     special_tokens: bool = True,
     truncate: bool = False,
     max_length: int | None = None,
+    *,
+    first: int = 1,
+    many: bool | None = None,
 ) -> Encoded:
-    """Tokenise with offsets; over-long texts are an error unless `truncate` is set."""
+    """Tokenise with offsets; over-long texts are an error unless `truncate` is set.
+
+    `first`: the input's number of `texts[0]`, and `many`: whether the input holds more than these
+    texts, so an error names a text by its place in the whole input.
+    """
     tok = loaded.tokenizer
     limit = (
         min(x for x in (max_length, loaded.max_length) if x) if (max_length or loaded.max_length) else None
@@ -173,7 +217,8 @@ def tokenize(
     if limit is not None and max(full) > limit:
         if not truncate:
             i = max(range(len(full)), key=full.__getitem__)
-            where = f"text {i + 1} has" if len(full) > 1 else "the text has"
+            several = many if many is not None else len(full) > 1
+            where = f"text {i + first} has" if several else "the text has"
             raise TextTooLongError(
                 f"{where} {full[i]} tokens but {loaded.name} takes at most {limit}; pass --truncate to cut it"
             )

@@ -17,7 +17,7 @@ import numpy as np
 from attnviz.errors import InputError
 
 if TYPE_CHECKING:
-    from attnviz.extraction import Encoded
+    from attnviz.attention import Encoded
     from attnviz.models import LoadedModel
 
 SCORES = ("induction", "duplicate")
@@ -106,7 +106,7 @@ def random_repeats(loaded: LoadedModel, seq_len: int, batch: int, seed: int) -> 
     """`batch` sequences of `seq_len` distinct random ordinary tokens, each repeated twice."""
     import torch
 
-    from attnviz.extraction import Encoded
+    from attnviz.attention import Encoded
     from attnviz.tokens import token_labels
 
     tok = loaded.tokenizer

@@ -93,16 +93,7 @@ def describe(model: str | None = None, trust_remote_code: bool = False) -> Model
     if source.origin == "gguf":
         return _describe_gguf(source)
     folder = _config_folder(source)
-    from transformers import AutoConfig
-
-    from attnviz.models import quiet_transformers
-
-    quiet_transformers()
-    try:
-        config = AutoConfig.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ModelNotFoundError(f"could not read the config of '{source.spec}': {first}") from None
+    config = _plain_config(folder) or _auto_config(folder, source, trust_remote_code)
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     heads = int(getattr(text, "num_attention_heads", 0) or 0)
     hidden = getattr(text, "hidden_size", None) or getattr(text, "d_model", None)
@@ -122,6 +113,51 @@ def describe(model: str | None = None, trust_remote_code: bool = False) -> Model
         max_length=_config_max_length(text, folder),
         parameters=_safetensors_parameters(folder),
     )
+
+
+# Encoder families whose config.json names its sizes plainly, so `info` reads them without
+# importing transformers (and torch): model type -> the class AutoModel builds. A test checks
+# each entry against transformers' own tables.
+PLAIN_ENCODERS = {
+    "bert": "BertModel",
+    "roberta": "RobertaModel",
+    "xlm-roberta": "XLMRobertaModel",
+    "electra": "ElectraModel",
+    "mpnet": "MPNetModel",
+    "camembert": "CamembertModel",
+}
+_PLAIN_KEYS = ("num_hidden_layers", "num_attention_heads", "hidden_size")
+
+
+def _plain_config(folder: Path) -> Any | None:
+    """config.json as attributes, for a PLAIN_ENCODERS model without code of its own; else None."""
+    from types import SimpleNamespace
+
+    try:
+        data = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # transformers says what is wrong
+    if not isinstance(data, dict) or data.get("model_type") not in PLAIN_ENCODERS or "auto_map" in data:
+        return None
+    if data.get("is_decoder") or data.get("is_encoder_decoder"):
+        return None
+    if not all(isinstance(data.get(k), int) and data[k] > 0 for k in _PLAIN_KEYS):
+        return None
+    return SimpleNamespace(**data)
+
+
+def _auto_config(folder: Path, source: ModelSource, trust_remote_code: bool) -> Any:
+    """transformers' config object, which knows every model type's names for its sizes."""
+    from transformers import AutoConfig
+
+    from attnviz.models import quiet_transformers
+
+    quiet_transformers()
+    try:
+        return AutoConfig.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ModelNotFoundError(f"could not read the config of '{source.spec}': {first}") from None
 
 
 def _config_folder(source: ModelSource) -> Path:
@@ -148,6 +184,8 @@ def _kind(config: Any) -> str:
     names = getattr(config, "architectures", None) or []
     if any(n.endswith(("ForCausalLM", "LMHeadModel")) for n in names):
         return "decoder"
+    if getattr(config, "model_type", "") in PLAIN_ENCODERS and not getattr(config, "is_decoder", False):
+        return "encoder"
     from transformers.models.auto.modeling_auto import (
         MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
         MODEL_FOR_MASKED_LM_MAPPING_NAMES,
@@ -162,6 +200,8 @@ def _kind(config: Any) -> str:
 
 def _architecture(config: Any) -> str:
     """The class `load_model` builds (AutoModel's choice for this model type)."""
+    if getattr(config, "model_type", "") in PLAIN_ENCODERS:
+        return PLAIN_ENCODERS[config.model_type]
     from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
 
     name = MODEL_MAPPING_NAMES.get(getattr(config, "model_type", ""))

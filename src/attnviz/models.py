@@ -192,7 +192,7 @@ def resolve_device(device: str | None) -> str:
     """`auto` picks CUDA when available; an explicit CUDA request without CUDA is an error."""
     import torch
 
-    device = (device or "auto").lower()
+    device = "auto" if device is None else device.strip().lower()  # `--device ''` is not auto
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu":
@@ -212,7 +212,7 @@ def resolve_device(device: str | None) -> str:
 def resolve_dtype(dtype: str | None, device: str) -> torch.dtype:
     import torch
 
-    dtype = (dtype or "float32").lower()
+    dtype = "float32" if dtype is None else dtype.strip().lower()
     if dtype not in DTYPES:
         raise DeviceError(f"unknown dtype '{dtype}'; use one of {', '.join(DTYPES)}")
     if dtype != "float32" and not device.startswith("cuda"):

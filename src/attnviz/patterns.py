@@ -30,7 +30,7 @@ from attnviz.errors import InputError
 from attnviz.tokens import display
 
 if TYPE_CHECKING:
-    from attnviz.extraction import Attention
+    from attnviz.attention import Attention
 
 PATTERNS: tuple[str, ...] = ("self", "previous", "next", "first", "last_sep", "punctuation", "broad")
 # Patterns measuring attention mass on some positions (comparable with each other); `broad` is not.
@@ -222,9 +222,14 @@ class PatternTable:
         return out
 
 
-def check_thresholds(threshold: float, broad_threshold: float) -> None:
-    """Both thresholds are fractions of a row's attention: 0-1 (checked before a model loads)."""
-    for option, value in (("--threshold", threshold), ("--broad-threshold", broad_threshold)):
+def check_thresholds(
+    threshold: float, broad_threshold: float, names: tuple[str, str] = ("threshold", "broad_threshold")
+) -> None:
+    """Both thresholds are fractions of a row's attention: 0-1 (checked before a model loads).
+
+    `names`: what the caller typed, so the error speaks its language (the CLI passes its flags).
+    """
+    for option, value in zip(names, (threshold, broad_threshold), strict=True):
         if not 0.0 <= value <= 1.0:
             raise InputError(f"bad {option} {value:g}: pattern scores are fractions, use a value in 0-1")
 
@@ -235,7 +240,7 @@ def head_patterns(
     broad_threshold: float = BROAD_THRESHOLD,
 ) -> PatternTable:
     """Score every head on one text, or on many (mean and standard deviation; streams, one pass)."""
-    from attnviz.extraction import Attention
+    from attnviz.attention import Attention
 
     check_thresholds(threshold, broad_threshold)
     if hasattr(atts, "as_attention"):  # a Generation: its steps' rows on the context

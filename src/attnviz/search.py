@@ -19,7 +19,7 @@ from attnviz.patterns import PATTERNS, pattern_scores, role_of
 from attnviz.tokens import display, locate, normalise
 
 if TYPE_CHECKING:
-    from attnviz.extraction import Attention
+    from attnviz.attention import Attention
 
 Direction = Literal["both", "a2b", "b2a"]
 DIRECTIONS: tuple[str, ...] = ("both", "a2b", "b2a")
@@ -174,6 +174,8 @@ def parse_occurrence(value: str | int | None) -> tuple[Occurrence, Occurrence]:
         return None, None
     if isinstance(value, int):
         return value, value
+    if not str(value).strip():  # `--occurrence ''` is not "the first"
+        raise InputError("--occurrence is empty: use N, N,M or all")
     parts = [p.strip().lower() for p in str(value).split(",")]
     if len(parts) == 1:
         parts *= 2
@@ -353,7 +355,7 @@ def find_heads(
     none having both is an error. `roles_from`: the same texts' plain attention, in step with
     `att`, when `att` is norm-weighted: a head's role is what `head_patterns` says of its weights.
     """
-    from attnviz.extraction import Attention
+    from attnviz.attention import Attention
 
     if hasattr(att, "as_attention"):  # a Generation: its steps' rows on the context
         att = att.as_attention()  # type: ignore[union-attr]

@@ -16,6 +16,9 @@ from attnviz.errors import InputError
 _PART = re.compile(r"(-?\d+)(?:-(-?\d+))?")
 
 
+MAX_RANGE = 1 << 16  # far above any model's layers or heads
+
+
 def _where(option: str, source: str | None) -> str:
     return f"{option} in {source}" if source else option
 
@@ -58,6 +61,8 @@ def parse_indices(value: Any, option: str, source: str | None = None) -> tuple[i
         hi = int(m.group(2))
         if (lo < 0) == (hi < 0) and lo > hi:
             raise InputError(f"bad {where} range '{part.strip()}': write it low to high ({hi}-{lo})")
+        if abs(hi - lo) >= MAX_RANGE:  # `0-99999999999` would fill the memory before any check
+            raise InputError(f"bad {where} range '{part.strip()}': more indices than any model has")
         out.extend(range(lo, hi + 1))
     return tuple(out)
 

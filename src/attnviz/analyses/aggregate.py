@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from attnviz.attention import Attention
 from attnviz.errors import InputError
-from attnviz.extraction import Attention
 
 HOW = ("mean", "max")
 OVER = ("heads", "layers", "both")

@@ -7,7 +7,6 @@ a thousand texts cost the memory of one; pattern roles (`attnviz heads`) are sco
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from attnviz.errors import InputError, TextTooLongError
-from attnviz.extraction import Attention
+from attnviz.attention import Attention
+from attnviz.errors import InputError
 
 if TYPE_CHECKING:
     from attnviz.models import LoadedModel
@@ -61,6 +60,42 @@ class HeadDistances:
         """Classical (Torgerson) MDS of the distances: [heads, dims]."""
         return classical_mds(self.matrix, dims)
 
+    def linkage(self) -> np.ndarray:
+        """Average linkage on the distances: the tree the clustermap draws and `groups` cuts."""
+        from scipy.cluster.hierarchy import linkage
+        from scipy.spatial.distance import squareform
+
+        condensed = squareform(np.clip((self.matrix + self.matrix.T) / 2, 0, None), checks=False)
+        return linkage(condensed, method="average")
+
+    def groups(self, k: int | None = None) -> tuple[HeadGroup, ...]:
+        """The clustermap's tree cut into `k` groups (default about sqrt(heads / 2)), largest first."""
+        from scipy.cluster.hierarchy import fcluster
+
+        n = len(self.matrix)
+        k = default_groups(n) if k is None else k
+        if not 1 <= k <= n:
+            raise InputError(f"cannot cut {n} heads into {k} groups: ask for 1 to {n}")
+        ids = fcluster(self.linkage(), t=k, criterion="maxclust") if n > 1 else np.ones(1, dtype=int)
+        labels, layers = self.labels, self.head_layers
+        out = []
+        for gid in np.unique(ids):
+            members = np.flatnonzero(ids == gid)
+            inner = self.matrix[np.ix_(members, members)]
+            spread = float(inner.sum() / (len(members) * (len(members) - 1))) if len(members) > 1 else 0.0
+            roles: dict[str, int] = {}
+            for m in members:
+                roles[self.roles[m]] = roles.get(self.roles[m], 0) + 1
+            out.append(
+                HeadGroup(
+                    heads=tuple(labels[m] for m in members),
+                    layers=tuple(sorted({layers[m] for m in members})),
+                    roles=tuple(sorted(roles.items(), key=lambda kv: (-kv[1], kv[0]))),
+                    spread=spread,
+                )
+            )
+        return tuple(sorted(out, key=lambda g: (-len(g.heads), g.spread)))
+
     def nearest(self, top: int = 10) -> list[dict[str, Any]]:
         """The closest pairs of distinct heads, for the `--json` output."""
         n = len(self.matrix)
@@ -71,6 +106,45 @@ class HeadDistances:
             {"a": labels[iu[0][k]], "b": labels[iu[1][k]], "distance": float(self.matrix[iu][k])}
             for k in order
         ]
+
+
+@dataclass(frozen=True)
+class HeadGroup:
+    """Heads that attend alike: one branch of the clustermap's tree."""
+
+    heads: tuple[str, ...]  # L0H0, ... in layer-major order
+    layers: tuple[int, ...]  # the layers its heads come from
+    roles: tuple[tuple[str, int], ...]  # (role, heads) from `attnviz heads`, most common first
+    spread: float  # mean JS divergence between its heads (bits; 0 for a single head)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "heads": list(self.heads),
+            "layers": list(self.layers),
+            "roles": dict(self.roles),
+            "spread": round(self.spread, 6),
+        }
+
+    def describe(self) -> str:
+        """One line: size, layers, roles and spread (what `attnviz cluster` prints per group)."""
+        span = _span(self.layers)
+        roles = ", ".join(f"{role} {n}" for role, n in self.roles)
+        size = f"{len(self.heads)} head{'s' if len(self.heads) != 1 else ''}"
+        alone = len(self.heads) == 1
+        return f"{size}, {span}, {roles}" + ("" if alone else f"; mean distance {self.spread:.3f} bits")
+
+
+def _span(layers: Sequence[int]) -> str:
+    if len(layers) == 1:
+        return f"layer {layers[0]}"
+    if list(layers) == list(range(layers[0], layers[-1] + 1)):
+        return f"layers {layers[0]}-{layers[-1]}"
+    return "layers " + ",".join(str(x) for x in layers)
+
+
+def default_groups(heads: int) -> int:
+    """About sqrt(heads / 2) groups: 6 for MiniLM's 72 heads, 2 for a handful; never more than heads."""
+    return max(1, min(heads, round((heads / 2) ** 0.5)))
 
 
 def classical_mds(distances: np.ndarray, dims: int = 2) -> np.ndarray:
@@ -145,7 +219,7 @@ def read_texts(
     source: str | Path | Iterable[str], fmt: str = "auto", field: str = "text", column: str = "text"
 ) -> tuple[list[str], int]:
     """Texts from a corpus (as `batch` reads it: txt, jsonl, csv, parquet, `-`) and how many were skipped."""
-    from attnviz.batch import Item, read_corpus
+    from attnviz.corpus import Item, read_corpus
 
     texts, skipped = [], 0
     for rec in read_corpus(source, fmt, field, column):
@@ -168,26 +242,19 @@ def cluster_texts(
     dtype: str | None = "float32",
 ) -> HeadDistances:
     """Run texts through the model, `batch_size` at a time, and return the head distances."""
-    from attnviz.extraction import extract_batch
-    from attnviz.models import LoadedModel, load_model
+    from attnviz.extraction import extract_stream
 
     texts = list(texts)
     if len(texts) < 2:
         raise InputError(f"clustering needs at least two texts, got {len(texts)}")
-    loaded = model if isinstance(model, LoadedModel) else load_model(model, device=device, dtype=dtype)
-
-    def stream() -> Iterator[Attention]:
-        for start in range(0, len(texts), batch_size):
-            chunk = texts[start : start + batch_size]
-            try:
-                yield from extract_batch(
-                    chunk, loaded, layers=layers, heads=heads, truncate=truncate, batch_size=batch_size
-                )
-            except TextTooLongError as exc:  # number the text in the whole input, not in its batch
-                match = re.match(r"(?:text (\d+)|the text) has (.*)", str(exc))
-                if match is None:
-                    raise
-                index = start + int(match.group(1) or 1)
-                raise TextTooLongError(f"text {index} has {match.group(2)}") from None
-
-    return head_distances(stream())
+    atts = extract_stream(
+        texts,
+        model,
+        layers=layers,
+        heads=heads,
+        truncate=truncate,
+        batch_size=batch_size,
+        device=device,
+        dtype=dtype,
+    )
+    return head_distances(atts)

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from attnviz.analyses.aggregate import renormalise
+from attnviz.attention import Attention
 from attnviz.errors import InputError
-from attnviz.extraction import Attention
 from attnviz.tokens import display, normalise
 
 

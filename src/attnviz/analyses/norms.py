@@ -19,8 +19,8 @@ import numpy as np
 from attnviz.analyses.aggregate import derive
 from attnviz.architecture import output_projections as attention_output_projections
 from attnviz.architecture import require_interface
+from attnviz.attention import Attention
 from attnviz.errors import InputError
-from attnviz.extraction import Attention
 
 if TYPE_CHECKING:
     from attnviz.models import LoadedModel

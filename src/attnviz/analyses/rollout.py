@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 
 from attnviz.analyses.aggregate import renormalise
+from attnviz.attention import Attention
 from attnviz.errors import InputError
-from attnviz.extraction import Attention
 
 FUSIONS = ("mean", "max", "min")
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from attnviz.errors import InputError
 
 if TYPE_CHECKING:
-    from attnviz.extraction import Attention
+    from attnviz.attention import Attention
     from attnviz.models import LoadedModel
 
 AGGREGATES = ("mean", "max")

@@ -28,18 +28,9 @@ from __future__ import annotations
 
 from attnviz.batch.analyzer import Analyzer, BatchResult, Timings
 from attnviz.batch.bucketing import Entry
-from attnviz.batch.corpus import (
-    CorpusReadError,
-    Item,
-    Reject,
-    Source,
-    check_input,
-    count_records,
-    detect_format,
-    read_corpus,
-)
+from attnviz.batch.lifecycle import BatchRun, Engine, RunProgress, RunState, drive
 from attnviz.batch.records import TextStats, iter_records, records_frame
-from attnviz.batch.run import BatchRun, RunProgress, run_batch_analysis
+from attnviz.batch.run import LocalEngine, run_batch_analysis
 from attnviz.batch.statistics import STATISTICS, Statistic, find_unit, stat_columns, statistics_of, word_units
 from attnviz.batch.store import (
     ATTENTION_DIR,
@@ -58,6 +49,16 @@ from attnviz.batch.store import (
 )
 from attnviz.batch.summary import read_results, summarise, summary_plots
 from attnviz.config import BatchConfig, Probe
+from attnviz.corpus import (
+    CorpusReadError,
+    Item,
+    Reject,
+    Source,
+    check_input,
+    count_records,
+    detect_format,
+    read_corpus,
+)
 
 __all__ = [
     "ATTENTION_DIR",
@@ -76,13 +77,16 @@ __all__ = [
     "BatchResult",
     "BatchRun",
     "CorpusReadError",
+    "Engine",
     "Entry",
     "Item",
+    "LocalEngine",
     "OutputError",
     "OutputFolder",
     "Probe",
     "Reject",
     "RunProgress",
+    "RunState",
     "Source",
     "Statistic",
     "TextStats",
@@ -91,6 +95,7 @@ __all__ = [
     "check_outdir",
     "count_records",
     "detect_format",
+    "drive",
     "find_unit",
     "iter_records",
     "read_corpus",

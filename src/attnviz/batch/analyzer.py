@@ -5,17 +5,17 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from attnviz.batch.bucketing import Entry, cut_batches, encode, tokenize_window
-from attnviz.batch.corpus import Item, Reject
 from attnviz.batch.statistics import Masks, batch_statistics, probe_masks, stat_columns
 from attnviz.config import BatchConfig
+from attnviz.corpus import Item, Reject
 
 if TYPE_CHECKING:
-    from attnviz.extraction import Encoded
+    from attnviz.attention import Encoded
     from attnviz.models import LoadedModel
 
 
@@ -50,6 +50,25 @@ class Timings:
         return {k: round(v, 3) for k, v in self.__dict__.items()}
 
 
+class RunShape(Protocol):
+    """What the store and `_run.json` need of an analysis, whichever engine (or process) runs it."""
+
+    config: BatchConfig
+    timings: Timings
+
+    @property
+    def model_name(self) -> str: ...
+
+    @property
+    def layer_ids(self) -> list[int]: ...
+
+    @property
+    def head_ids(self) -> list[int]: ...
+
+    @property
+    def columns(self) -> list[str]: ...
+
+
 class Analyzer:
     """Runs batches through a loaded model and turns recorded attention into statistics."""
 
@@ -75,6 +94,10 @@ class Analyzer:
             from attnviz.analyses.norms import output_projections
 
             self._projections = output_projections(loaded)
+
+    @property
+    def model_name(self) -> str:
+        return self.loaded.name
 
     def bucket(self, items: list[Item]) -> tuple[list[list[Entry]], list[Reject]]:
         """Reject over-long and token-less texts; sort the rest by length into batches.

@@ -8,12 +8,12 @@ import random
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from attnviz.batch.corpus import Item, Reject, excerpt
 from attnviz.config import BatchConfig
+from attnviz.corpus import Item, Reject, excerpt
 from attnviz.tokens import token_labels
 
 if TYPE_CHECKING:
-    from attnviz.extraction import Encoded
+    from attnviz.attention import Encoded
     from attnviz.models import LoadedModel
 
 
@@ -87,7 +87,8 @@ def cut_batches(entries: list[Entry], config: BatchConfig, n_recorded: int) -> l
 
 def encode(loaded: LoadedModel, config: BatchConfig, batch: Sequence[Entry]) -> Encoded:
     """Pad a batch's stored tokenisation (as extract.tokenize would), or tokenise it again."""
-    from attnviz.extraction import Encoded, pad_rows, tokenize
+    from attnviz.attention import Encoded
+    from attnviz.extraction import pad_rows, tokenize
 
     texts = [e.item.text for e in batch]
     if any(e.ids is None for e in batch):

@@ -25,11 +25,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from attnviz.batch.analyzer import Analyzer, BatchResult, Timings
-from attnviz.batch.corpus import CorpusReadError, Item, Reject, Source, count_records, read_corpus
-from attnviz.batch.records import events, load, windows
-from attnviz.batch.run import BatchRun, RunProgress, RunState, _counted, _finish, model_record, run_record
-from attnviz.batch.store import HEADS_DIR, OutputError, OutputFolder, PartWriter, Store
+from attnviz.batch.lifecycle import BatchRun, RunProgress, RunState, Windows, drive, model_record
+from attnviz.batch.records import events, free_cpus, load
+from attnviz.batch.store import HEADS_DIR, OutputError, OutputFolder, PartWriter
 from attnviz.config import BatchConfig
+from attnviz.corpus import Item, Reject, Source
 from attnviz.errors import AttnvizError, InputError
 
 if TYPE_CHECKING:
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 RETRIES = 3  # times a chunk is retried after its worker died
 CONNECT_TIMEOUT_S = 3.0  # an --address that does not answer within this fails
+START_TIMEOUT_S = 600.0  # workers that have not loaded the model by then are reported, not awaited
 IN_FLIGHT = 2  # chunks queued per worker: one running, one ready
 # Test hook: a path: the first worker to find no file there creates it and dies part way through
 # its chunk (os._exit), as a killed or crashed worker process would; "always": every worker dies so.
@@ -119,6 +120,10 @@ class Described:
     config: BatchConfig
     record: dict[str, Any]
     timings: Timings = field(default_factory=Timings)
+
+    @property
+    def model_name(self) -> str:
+        return str(self.record["model"]["name"])
 
     @property
     def layer_ids(self) -> list[int]:
@@ -225,8 +230,8 @@ def cluster(config: BatchConfig) -> Iterator[Any]:
             return
         options: dict[str, Any] = {"log_to_driver": False, "configure_logging": False}
         if config.address is None:
-            threads = config.threads or 1
-            cpus = max(os.cpu_count() or 1, (config.workers or 1) * threads)
+            cpus = local_cpus(config)
+            check_fits(config.workers or 1, config.threads or 1, cpus, "this machine")
             options.update(address="local", num_cpus=cpus, include_dashboard=False)
         else:
             options["address"] = config.address
@@ -268,16 +273,45 @@ def _quiet() -> Iterator[None]:
             worker.print_to_stdstream = original
 
 
+def local_cpus(config: BatchConfig) -> int:
+    """The CPUs a local Ray instance offers: the machine's (never more: a worker count it cannot
+    place would wait for CPUs forever), or one worker's threads if those are more."""
+    return max(os.cpu_count() or 1, config.threads or 1)
+
+
+def check_fits(workers: int, threads: int, cpus: int, where: str) -> None:
+    """Refuse at once what Ray would otherwise wait on forever: more CPUs than there are."""
+    if workers * threads > cpus:
+        raise InputError(
+            f"--workers {workers} x --threads {threads} need {workers * threads} CPUs but {where} has "
+            f"{cpus}; ask for fewer workers or threads"
+        )
+
+
+def wait_ready(ray: Any, refs: list[Any], timeout: float | None = None) -> list[dict[str, Any]]:
+    """The workers' descriptions once each has loaded the model; one line if some never start
+    (a cluster short of memory or of a resource it did not report) instead of waiting forever."""
+    timeout = START_TIMEOUT_S if timeout is None else timeout
+    _, pending = ray.wait(refs, num_returns=len(refs), timeout=timeout)
+    if pending:
+        raise InputError(
+            f"{len(pending)} of {len(refs)} Ray workers did not start and load the model within "
+            f"{timeout:g} s; the cluster cannot place them: ask for fewer workers"
+        )
+    try:
+        return ray.get(refs)
+    except ray.exceptions.RayError as exc:
+        raise remote_error(ray, exc, "loading the model") from None
+
+
 def start_workers(ray: Any, config: BatchConfig, outdir: Path) -> list[Any]:
     """`workers` actors (default: the cluster's CPUs / threads), refused at once if they cannot fit."""
     threads = config.threads or 1
     cpus = int(ray.cluster_resources().get("CPU", 0))
-    n = config.workers or max(1, cpus // threads)
-    if n * threads > cpus:
-        raise InputError(
-            f"--workers {n} x --threads {threads} need {n * threads} CPUs but the Ray cluster has {cpus}; "
-            "ask for fewer workers or threads"
-        )
+    # a local instance shares this machine: by default a worker per CPU other work leaves free
+    free = min(cpus, free_cpus()) if config.address is None else cpus
+    n = config.workers or max(1, free // threads)
+    check_fits(n, threads, cpus, "the Ray cluster")
     gpus = 1 if config.device.startswith("cuda") else 0
     actor = ray.remote(ChunkWorker).options(
         num_cpus=threads, num_gpus=gpus, max_restarts=-1, max_task_retries=RETRIES
@@ -316,34 +350,69 @@ def run_on_ray(
     if model is not None:
         raise InputError("the Ray engine loads the model in each worker: give it by name in the config")
     with cluster(config) as ray:
-        start = time.perf_counter()
-        workers = start_workers(ray, config, folder.outdir)
+        engine = RayEngine(ray, config, folder.outdir)
         try:
-            try:
-                described = ray.get([w.describe.remote() for w in workers])
-            except ray.exceptions.RayError as exc:
-                raise remote_error(ray, exc, "loading the model") from None
-            _check_versions(described)
-            load_seconds = time.perf_counter() - start
-            info = Described(config, {k: described[0][k] for k in ("model", "layers", "heads", "columns")})
-            previous = folder.previous
-            folder.clear()  # --overwrite: only now that the model is loaded and the settings checked
-            store = Store(folder.outdir, info)  # type: ignore[arg-type]
-            run = run_record(source, config, info.record)
-            run["sessions"] = list((previous or {}).get("sessions", []))
-            run["engine"] = {"name": "ray", "workers": len(workers), "address": config.address}
-            total = count_records(source, config.format, config.column) if progress is not None else None
-            state = RunState(folder.outdir, info, store, run, load_seconds, progress, total)  # type: ignore[arg-type]
-            try:
-                _drive(ray, source, config, state, info, workers)
-                _finish(state, config, source, fresh=previous is None)
-                return state.result()
-            finally:
-                store.close()
+            return drive(engine, source, config, folder, progress)
         finally:
-            for w in workers:
-                with contextlib.suppress(Exception):
-                    ray.kill(w)
+            engine.close()
+
+
+class RayEngine:
+    """The lifecycle's engine on Ray: chunks (one window each) sent to actors, parts written there."""
+
+    def __init__(self, ray: Any, config: BatchConfig, outdir: Path) -> None:
+        self.ray = ray
+        self.config = config
+        self.outdir = outdir
+        self.workers: list[Any] = []
+        self.info: Described | None = None
+        self.chunks: _Chunks | None = None
+        self.details: dict[str, Any] | None = None
+
+    def prepare(self) -> tuple[Described, dict[str, Any]]:
+        """Start the actors; each loads the model, and they must agree on attnviz's version."""
+        ray = self.ray
+        self.workers = start_workers(ray, self.config, self.outdir)
+        described = wait_ready(ray, [w.describe.remote() for w in self.workers])
+        _check_versions(described)
+        record = {k: described[0][k] for k in ("model", "layers", "heads", "columns")}
+        self.info = Described(self.config, record)
+        self.details = {"name": "ray", "workers": len(self.workers), "address": self.config.address}
+        return self.info, record
+
+    def analyse(self, windows: Windows, state: RunState) -> None:
+        """Send each window as a chunk (at most IN_FLIGHT per worker); record parts as they come."""
+        self.chunks = chunks = _Chunks(self.ray, self.workers)
+        base = state.store.next_part
+        n = 0
+        for window in windows:
+            if isinstance(window, Reject):
+                state.reject(window)
+                continue
+            while chunks.full():
+                self._done(state, chunks.next_done())
+            chunks.submit(n, base + n, window)
+            n += 1
+        while chunks.flight:
+            self._done(state, chunks.next_done())
+
+    def salvage(self, state: RunState, interrupted: bool) -> None:
+        """Chunks already sent are worth keeping, unless the user asked to stop now."""
+        while not interrupted and self.chunks is not None and self.chunks.flight:
+            self._done(state, self.chunks.next_done())
+
+    def _done(self, state: RunState, done: ChunkDone) -> None:
+        """A chunk's part is committed (by its worker): count it, then write its tokenizer rejects."""
+        assert self.info is not None
+        self.info.add(done.timings)
+        for rej in done.rejects:
+            state.reject(rej)
+        state.committed(done.texts, done.part)
+
+    def close(self) -> None:
+        for w in self.workers:
+            with contextlib.suppress(Exception):
+                self.ray.kill(w)
 
 
 def _check_versions(described: list[dict[str, Any]]) -> None:
@@ -382,56 +451,3 @@ class _Chunks:
             return self.ray.get(ref)
         except self.ray.exceptions.RayError as exc:
             raise remote_error(self.ray, exc, f"chunk {chunk} (texts from id {first})") from None
-
-
-def _drive(
-    ray: Any, source: Source, config: BatchConfig, state: RunState, info: Described, workers: list
-) -> None:
-    """Read, send chunks, record the parts that come back; on the way out say why it stopped."""
-    state.record("running")
-    state.tick()
-    records = _counted(read_corpus(source, config.format, config.field, config.column), state)
-    chunks = _Chunks(ray, workers)
-    base = state.store.next_part
-    n = 0
-    try:
-        for window in windows(records, config.texts_per_part, state.store.skip, info.timings):
-            if isinstance(window, Reject):
-                state.reject(window)
-                continue
-            while chunks.full():
-                _done(state, info, chunks.next_done())
-            chunks.submit(n, base + n, window)
-            n += 1
-        while chunks.flight:
-            _done(state, info, chunks.next_done())
-    except CorpusReadError as exc:
-        with contextlib.suppress(BaseException):
-            while chunks.flight:  # chunks already sent are worth keeping
-                _done(state, info, chunks.next_done())
-        with contextlib.suppress(BaseException):
-            state.record("failed")
-        done = state.resumed + state.processed
-        raise CorpusReadError(f"{exc} ({done} texts before it are committed)") from None
-    except KeyboardInterrupt:
-        with contextlib.suppress(BaseException):
-            state.record("interrupted")
-        raise
-    except BaseException:
-        with contextlib.suppress(BaseException):
-            state.record("failed")
-        raise
-
-
-def _done(state: RunState, info: Described, done: ChunkDone) -> None:
-    """A chunk's part is committed (by its worker): count it, then write its tokenizer rejects."""
-    info.add(done.timings)
-    state.processed += done.texts
-    if done.texts:
-        state.store.parts_written += 1
-        state.store.next_part = max(state.store.next_part, done.part + 1)
-    for rej in done.rejects:
-        state.store.reject(rej)
-        state.rejected += 1
-    state.record("running")
-    state.tick()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -10,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from attnviz.batch.analyzer import Analyzer, BatchResult, Timings
-from attnviz.batch.corpus import Item, Reject, Source, read_corpus
 from attnviz.config import BatchConfig
+from attnviz.corpus import Item, Reject, Source, read_corpus
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -115,12 +116,33 @@ def events(
         yield WINDOW_END
 
 
+def free_cpus() -> int:
+    """The CPUs this process may use that other work is not using now (1-minute load), at least 1.
+
+    Torch starts one intra-op thread per core; on a busy machine those threads wait on each other
+    and a batch ran 3-10x slower than with one thread (issue 20), so the default asks what is free.
+    """
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):  # no load average (Windows): every CPU
+        return cpus
+    return max(1, min(cpus, int(cpus - load + 0.5)))
+
+
+def threads_for(config: BatchConfig) -> int:
+    """Torch threads for a run: as configured, else the CPUs free now (`free_cpus`)."""
+    return config.threads if config.threads is not None else free_cpus()
+
+
 def load(config: BatchConfig, loaded: LoadedModel | None) -> LoadedModel:
     """The model to run: the one given, else loaded from the config (threads set either way)."""
-    if config.threads is not None:
-        import torch
+    import torch
 
-        torch.set_num_threads(config.threads)
+    torch.set_num_threads(threads_for(config))
     if loaded is not None:
         return loaded
     from attnviz.models import load_model

@@ -1,278 +1,63 @@
-"""`run_batch_analysis`: the loop that reads, analyses and commits, and its `_run.json` record."""
+"""`run_batch_analysis`, and the local engine: texts analysed in this process, batch by batch."""
 
 from __future__ import annotations
 
-import contextlib
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from attnviz.batch.analyzer import Analyzer, BatchResult
-from attnviz.batch.corpus import (
-    CorpusReadError,
-    Item,
-    Reject,
-    Source,
-    count_records,
-    detect_format,
-    input_label,
-    read_corpus,
-)
-from attnviz.batch.records import events, load
-from attnviz.batch.store import (
-    ATTENTION_DIR,
-    HEADS_DIR,
-    PLOTS_DIR,
-    REJECTS_FILE,
-    RUN_FILE,
-    RUN_FORMAT,
-    SUMMARY_FILE,
-    TEXTS_DIR,
-    OutputFolder,
-    Store,
-    atomic_write,
-    clear_run,
-    identity,
-    write_json,
-    writing,
-)
-from attnviz.batch.summary import summarise, summary_plots
+from attnviz.batch.analyzer import Analyzer, RunShape
+from attnviz.batch.lifecycle import BatchRun, RunProgress, RunState, Windows, drive, model_record
+from attnviz.batch.records import load
+from attnviz.batch.store import OutputFolder
 from attnviz.config import BatchConfig
+from attnviz.corpus import CorpusReadError, Reject, Source, read_corpus
 from attnviz.errors import InputError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from attnviz.models import LoadedModel
 
-
-@dataclass
-class RunProgress:
-    """What a progress display needs: counts so far (this run and before) and the total if known."""
-
-    processed: int
-    rejected: int
-    total: int | None
-    before: int = 0  # texts and rejects already done by earlier runs (--resume)
-
-    @property
-    def done(self) -> int:
-        return self.processed + self.rejected + self.before
+__all__ = ["BatchRun", "LocalEngine", "RunProgress", "run_batch_analysis"]
 
 
-@dataclass
-class BatchRun:
-    """What `run_batch_analysis` did: counts, timings and where everything is."""
+class LocalEngine:
+    """The default engine: one model in this process; parts committed every `commit_seconds`."""
 
-    outdir: Path
-    processed: int  # texts analysed in this run
-    rejected: int  # records rejected in this run
-    resumed: int  # texts already committed by earlier runs (--resume)
-    resumed_rejects: int
-    parts: int  # Parquet parts written in this run
-    seconds: float
-    timings: dict[str, float]
-    status: str
-    run: dict[str, Any] = field(repr=False, default_factory=dict)
+    def __init__(self, config: BatchConfig, model: LoadedModel | None = None) -> None:
+        self.config = config
+        self.model = model
+        self.analyzer: Analyzer | None = None
+        self.details: dict[str, Any] | None = None
 
-    @property
-    def total_processed(self) -> int:
-        return self.processed + self.resumed
+    def prepare(self) -> tuple[RunShape, dict[str, Any]]:
+        """Load the model (or take the one given) and check the settings against it."""
+        self.analyzer = Analyzer(load(self.config, self.model), self.config)
+        import torch
 
-    @property
-    def total_rejected(self) -> int:
-        return self.rejected + self.resumed_rejects
+        # the threads chosen (free CPUs when not set): what to compare when a run was slow
+        self.details = {"name": "local", "threads": torch.get_num_threads()}
+        return self.analyzer, model_record(self.analyzer)
 
-    @property
-    def texts_per_second(self) -> float:
-        return self.processed / self.seconds if self.seconds > 0 else 0.0
+    def analyse(self, windows: Windows, state: RunState) -> None:
+        """Bucket each window, analyse its batches, commit at least once per window."""
+        assert self.analyzer is not None, "prepare() first"
+        for window in windows:
+            if isinstance(window, Reject):
+                state.reject(window)
+                continue
+            batches, rejects = self.analyzer.bucket(window)
+            for rej in rejects:
+                state.reject(rej)
+            for batch in batches:
+                state.add(self.analyzer.analyse(batch), self.config.commit_seconds)
+            if state.pending:
+                state.commit()
+        state.commit()
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "outdir": str(self.outdir),
-            "status": self.status,
-            "processed": self.processed,
-            "rejected": self.rejected,
-            "resumed": self.resumed,
-            "resumed_rejects": self.resumed_rejects,
-            "total_processed": self.total_processed,
-            "total_rejected": self.total_rejected,
-            "parts": self.parts,
-            "seconds": round(self.seconds, 3),
-            "texts_per_second": round(self.texts_per_second, 2),
-            "timings": self.timings,
-        }
-
-
-def _versions() -> dict[str, str]:
-    import platform
-    from importlib.metadata import PackageNotFoundError, version
-
-    from attnviz import __version__
-
-    out = {"attnviz": __version__, "python": platform.python_version()}
-    for pkg in ("torch", "transformers", "tokenizers", "numpy", "pyarrow", "pandas"):
-        with contextlib.suppress(PackageNotFoundError):
-            out[pkg] = version(pkg)
-    return out
-
-
-def _now() -> str:
-    from datetime import UTC, datetime
-
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def model_record(analyzer: Analyzer) -> dict[str, Any]:
-    """What `_run.json` says of the model and what is recorded (a Ray worker sends it to the driver)."""
-    loaded = analyzer.loaded
-    return {
-        "model": {
-            "name": loaded.name,
-            "path": loaded.source.path,
-            "kind": loaded.kind,
-            "causal": loaded.causal,
-            "num_layers": loaded.num_layers,
-            "num_heads": loaded.capture.num_heads,
-            "max_length": analyzer.limit,
-            "device": loaded.device,
-            "dtype": loaded.dtype,
-        },
-        "layers": analyzer.layer_ids,
-        "heads": analyzer.head_ids,
-        "columns": ["text_id", "layer", "head", "n_tokens", *analyzer.columns],
-    }
-
-
-def run_record(source: Source, config: BatchConfig, model: dict[str, Any]) -> dict[str, Any]:
-    """`_run.json` as it starts: what runs, over what, with what (`model_record`), and where each
-    output goes."""
-    return {
-        "attnviz_run": RUN_FORMAT,
-        "status": "running",
-        "input": {"path": input_label(source), "format": detect_format(source, config.format)},
-        "config": config.as_dict(),
-        "identity": identity(config, source),
-        **model,
-        "versions": _versions(),
-        "outputs": {
-            "heads": HEADS_DIR,
-            "texts": TEXTS_DIR if config.keep_texts else None,
-            "summary": SUMMARY_FILE,
-            "plots": PLOTS_DIR if config.plots else None,
-            "rejects": REJECTS_FILE,
-            "attention": ATTENTION_DIR if config.save_attention else None,
-        },
-    }
-
-
-class RunState:
-    """One session of a run: its counts, the batches not yet committed, and the `_run.json` it keeps."""
-
-    def __init__(
-        self,
-        outdir: Path,
-        analyzer: Analyzer,
-        store: Store,
-        run: dict[str, Any],
-        load_seconds: float,
-        progress: Callable[[RunProgress], None] | None,
-        total: int | None,
-    ) -> None:
-        self.outdir = outdir
-        self.analyzer = analyzer
-        self.store = store
-        self.run = run
-        self.load_seconds = load_seconds
-        self.progress = progress
-        self.total = total
-        self.resumed = len(store.done_ids)
-        self.resumed_rejects = len(store.reject_ids)
-        self.session: dict[str, Any] = {"started": _now(), "resumed": bool(run.get("sessions"))}
-        run["sessions"] = [*run.get("sessions", []), self.session]
-        self.processed = 0  # texts committed in this session
-        self.rejected = 0  # records rejected in this session
-        self.read = 0  # records read, those skipped on resume included
-        self.pending: list[BatchResult] = []  # analysed, not yet committed
-        self.started = time.perf_counter()
-        self.last_commit = self.started
-
-    def record(self, status: str) -> None:
-        """Rewrite `_run.json` with the counts so far."""
-        elapsed = time.perf_counter() - self.started
-        timings = self.analyzer.timings.as_dict()
-        rate = round(self.processed / elapsed, 2) if elapsed > 0 else 0.0
-        self.session.update(
-            {
-                "updated": _now(),
-                "status": status,
-                "processed": self.processed,
-                "rejected": self.rejected,
-                "seconds": round(elapsed, 3),
-                "load_seconds": round(self.load_seconds, 3),
-                "timings": timings,
-                "texts_per_second": rate,
-            }
-        )
-        texts = self.resumed + self.processed
-        self.run["status"] = status
-        self.run["counts"] = {
-            "texts": texts,
-            "rejected": self.resumed_rejects + self.rejected,
-            "parts": self.store.next_part,
-            "rows": texts * len(self.analyzer.layer_ids) * len(self.analyzer.head_ids),
-        }
-        self.run["timings"] = {
-            "load_s": round(self.load_seconds, 3),
-            "run_s": round(elapsed, 3),
-            **{f"{k}_s": v for k, v in timings.items()},
-            "texts_per_second": rate,
-        }
-        write_json(self.outdir / RUN_FILE, self.run)
-
-    def tick(self) -> None:
-        if self.progress is not None:
-            analysed = self.processed + sum(len(r) for r in self.pending)
-            before = self.resumed + self.resumed_rejects
-            self.progress(RunProgress(analysed, self.rejected, self.total, before))
-
-    def reject(self, rej: Reject) -> None:
-        self.store.reject(rej)
-        self.rejected += 1
-        self.tick()
-
-    def add(self, result: BatchResult, commit_seconds: float) -> None:
-        self.store.save_attention(result)
-        self.pending.append(result)
-        if time.perf_counter() - self.last_commit > commit_seconds:
-            self.commit()
-        self.tick()
-
-    def commit(self) -> None:
-        batch, self.pending = self.pending, []  # taken first: an interrupted write is redone on resume
-        self.processed += self.store.commit(batch)
-        self.last_commit = time.perf_counter()
-        self.record("running")
-
-    def result(self) -> BatchRun:
-        return BatchRun(
-            outdir=self.outdir,
-            processed=self.processed,
-            rejected=self.rejected,
-            resumed=self.resumed,
-            resumed_rejects=self.resumed_rejects,
-            parts=self.store.parts_written,
-            seconds=time.perf_counter() - self.started,
-            timings=self.analyzer.timings.as_dict(),
-            status=str(self.run["status"]),
-            run=self.run,
-        )
-
-
-def _counted(records: Iterator[Item | Reject], state: RunState) -> Iterator[Item | Reject]:
-    for rec in records:
-        state.read += 1
-        yield rec
+    def salvage(self, state: RunState, interrupted: bool) -> None:
+        """Batches analysed but not yet committed are complete: commit them."""
+        state.commit()
 
 
 def run_batch_analysis(
@@ -302,23 +87,7 @@ def run_batch_analysis(
             from attnviz.batch.ray_engine import run_on_ray
 
             return run_on_ray(texts_or_path, config, folder, progress, model)
-        start = time.perf_counter()
-        loaded = load(config, model)
-        load_seconds = time.perf_counter() - start
-        analyzer = Analyzer(loaded, config)
-        previous = folder.previous
-        folder.clear()  # --overwrite: only now that the model is loaded and the settings checked
-        store = Store(folder.outdir, analyzer)
-        run = run_record(texts_or_path, config, model_record(analyzer))
-        run["sessions"] = list((previous or {}).get("sessions", []))
-        total = count_records(texts_or_path, config.format, config.column) if progress is not None else None
-        state = RunState(folder.outdir, analyzer, store, run, load_seconds, progress, total)
-        try:
-            _loop(texts_or_path, config, state)
-            _finish(state, config, texts_or_path, fresh=previous is None)
-            return state.result()
-        finally:
-            store.close()
+        return drive(LocalEngine(config, model), texts_or_path, config, folder, progress)
     finally:
         if own:
             folder.release()
@@ -357,60 +126,3 @@ def already_complete(folder: OutputFolder, source: Source, config: BatchConfig) 
         status="complete",
         run=previous,
     )
-
-
-def _loop(source: Source, config: BatchConfig, state: RunState) -> None:
-    """Read, analyse and commit; on the way out keep what is complete and say why it stopped."""
-    state.record("running")
-    state.tick()
-    records = _counted(read_corpus(source, config.format, config.field, config.column), state)
-    try:
-        for ev in events(records, state.analyzer, state.store.skip):
-            if isinstance(ev, Reject):
-                state.reject(ev)
-            elif isinstance(ev, BatchResult):
-                state.add(ev, config.commit_seconds)
-            elif state.pending:
-                state.commit()
-        state.commit()
-    except (KeyboardInterrupt, CorpusReadError) as exc:
-        with contextlib.suppress(BaseException):
-            state.commit()  # complete batches are worth keeping
-        with contextlib.suppress(BaseException):
-            state.record("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed")
-        if isinstance(exc, CorpusReadError):
-            done = state.resumed + state.processed
-            raise CorpusReadError(f"{exc} ({done} texts before it are committed)") from None
-        raise
-    except BaseException:
-        with contextlib.suppress(BaseException):
-            state.record("failed")
-        raise
-
-
-def _finish(state: RunState, config: BatchConfig, source: Source, fresh: bool) -> None:
-    """Refuse an input that held nothing; else write the summary and plots and say complete."""
-    if state.read == 0:
-        if fresh:  # leave no run behind that a later run would have to --overwrite
-            state.store.close()
-            with contextlib.suppress(OSError):
-                clear_run(state.outdir)
-        else:
-            with contextlib.suppress(BaseException):
-                state.record("failed")
-        if not isinstance(source, str | Path):
-            what = "the texts given"
-        else:
-            what = "standard input" if str(source) == "-" else str(source)
-        raise InputError(f"nothing was read: {what} held no records, so nothing was analysed")
-    t0 = time.perf_counter()
-    outdir = state.outdir
-    summary = summarise(outdir)
-    if summary is not None:
-        atomic_write(outdir / SUMMARY_FILE, lambda p: summary.to_csv(p, index=False, float_format="%.6g"))
-        if config.plots:
-            title = f"{state.run['model']['name']}, {state.resumed + state.processed} texts"
-            with writing(outdir / PLOTS_DIR, outdir):
-                summary_plots(summary, outdir / PLOTS_DIR, title)
-    state.analyzer.timings.write += time.perf_counter() - t0
-    state.record("complete")

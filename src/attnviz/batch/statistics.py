@@ -21,7 +21,7 @@ from attnviz.patterns import PATTERNS
 from attnviz.tokens import word_units
 
 if TYPE_CHECKING:
-    from attnviz.extraction import Attention, Encoded
+    from attnviz.attention import Attention, Encoded
 
 
 class Masks:

@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from attnviz.batch.corpus import Reject, Source, detect_format, input_label
 from attnviz.config import BatchConfig
+from attnviz.corpus import Reject, Source, detect_format, input_label
 from attnviz.errors import AttnvizError, InputError
 
 if TYPE_CHECKING:
-    from attnviz.batch.analyzer import Analyzer, BatchResult
+    from attnviz.batch.analyzer import BatchResult, RunShape
 
 RUN_FORMAT = 1
 HEADS_DIR = "heads"
@@ -324,7 +324,7 @@ class PartWriter:
     The Ray engine's workers each hold one, numbered by chunk, so parts never collide.
     """
 
-    def __init__(self, outdir: Path, analyzer: Analyzer, next_part: int = 0) -> None:
+    def __init__(self, outdir: Path, analyzer: RunShape, next_part: int = 0) -> None:
         self.outdir = outdir
         self.analyzer = analyzer
         self.config = analyzer.config
@@ -345,7 +345,7 @@ class PartWriter:
         an = self.analyzer
         arrays = {str(int(t)): a for t, a in zip(result.text_ids, result.attention, strict=True)}
         meta = {
-            "model": an.loaded.name,
+            "model": an.model_name,
             "layers": json.dumps(an.layer_ids),
             "heads": json.dumps(an.head_ids),
             "tokens": json.dumps(
@@ -410,7 +410,7 @@ class PartWriter:
 class Store(PartWriter):
     """Writes committed parts, rejects and the run record into the output folder; knows what is done."""
 
-    def __init__(self, outdir: Path, analyzer: Analyzer) -> None:
+    def __init__(self, outdir: Path, analyzer: RunShape) -> None:
         super().__init__(outdir, analyzer)
         with writing(outdir, outdir):
             self.heads_dir.mkdir(parents=True, exist_ok=True)

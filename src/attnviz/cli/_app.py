@@ -53,6 +53,9 @@ class Group(TyperGroup):
     """The root command: a usage error (bad value, unknown option) is one `error:` line, exit 2.
 
     Typer would draw a multi-line panel; scripts and tests (CliRunner included) get one line here.
+    Public API only: Click's `main(standalone_mode=False)`, and Typer's exported `TyperException`
+    (every usage error's base) and `Abort`, caught by type. Typer vendors its Click, so
+    tests/test_cli_app.py pins the minor version tested and the behaviour relied on.
     """
 
     def get_params(self, ctx: Any) -> list[Any]:
@@ -67,10 +70,8 @@ class Group(TyperGroup):
         except typer.Abort:
             typer.echo("error: interrupted", err=True)
             sys.exit(130)
-        except Exception as exc:
-            if not hasattr(exc, "format_message") or not hasattr(exc, "exit_code"):
-                raise  # not a usage error: cli.main() reports it
-            if type(exc).__name__ == "NoArgsIsHelpError":  # plain `attnviz`: the help, not an error
+        except typer.TyperException as exc:  # a usage error (bad value, unknown option...)
+            if not (sys.argv[1:] if args is None else list(args)):  # plain `attnviz`: no_args_is_help
                 typer.echo(exc.format_message())
                 sys.exit(0)
             ctx = getattr(exc, "ctx", None)

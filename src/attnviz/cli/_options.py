@@ -203,6 +203,34 @@ PlotOpt = Annotated[
     Path | None,
     typer.Option("--plot", metavar="FILE", help="Also draw a figure into this file (.png, .svg or .pdf)."),
 ]
+ScaleOpt = Annotated[
+    str,
+    typer.Option(
+        "--scale",
+        "--vmax",
+        metavar="auto|max|log|N",
+        help="Colour scale: auto (the largest weight shown, leaving out the sink: the first key of a "
+        "causal model, or a [CLS]/BOS key holding the maximum; the legend says so), max (the largest "
+        "weight, sink included), log, or a number for the top (1: the fixed 0-1 scale). "
+        "--vmax is the old name.",
+    ),
+]
+OutputJsonOpt = Annotated[  # -o of commands that print JSON and draw only when asked (rollout, compare)
+    Path | None,
+    typer.Option(
+        "--output",
+        "-o",
+        metavar="FILE",
+        help="Image file (.png, .svg, .pdf) or a folder for a default name. With --json a picture is "
+        "written only when -o is given. Default: a new file under outputs/.",
+    ),
+]
+DpiOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--dpi", metavar="N", help="Resolution of PNG files in dots per inch, 10-1200 (default 150)."
+    ),
+]
 CmapOpt = Annotated[
     str,
     typer.Option(
@@ -331,3 +359,33 @@ def print_json(data: Any) -> None:
     import json
 
     typer.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def note(message: str) -> None:
+    """A remark on stderr (stdout stays for results)."""
+    typer.echo(f"note: {message}", err=True)
+
+
+def check_style(cmap: str, dpi: int | None) -> None:
+    """--cmap and --dpi checked before any model loads; InputError on the first bad one."""
+    from attnviz.plots import colormap
+
+    if dpi is not None and not 10 <= dpi <= 1200:
+        raise InputError(f"bad --dpi {dpi}: use a resolution between 10 and 1200")
+    colormap(cmap)
+
+
+def write_figure(fig: Any, output: Path | None, parts: tuple[Any, ...], dpi: int | None = None) -> Path:
+    """Save to `-o` or a fresh default path under outputs/; a reserved default file is removed on failure."""
+    from attnviz import plots
+    from attnviz.outputs import output_path
+
+    reserved = output is None or output.is_dir()
+    path = output_path(output, parts)
+    try:
+        plots.save(fig, path, dpi)
+    except BaseException:
+        if reserved:
+            path.unlink(missing_ok=True)
+        raise
+    return path

@@ -48,10 +48,26 @@ class Guarded:
         return getattr(self._stream, name)
 
 
+class _Closed:
+    """Standard output when the shell closed it (`attnviz models >&-`): Python leaves sys.stdout None."""
+
+    encoding = "utf-8"
+    errors = "strict"
+
+    def write(self, text: Any) -> int:
+        raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+
 def guard() -> None:
-    """Route sys.stdout through Guarded (once)."""
-    if sys.stdout is not None and not isinstance(sys.stdout, Guarded):
-        sys.stdout = Guarded(sys.stdout)  # type: ignore[assignment]
+    """Route sys.stdout through Guarded (once); a closed one fails on the first write, not silently."""
+    if not isinstance(sys.stdout, Guarded):
+        sys.stdout = Guarded(sys.stdout if sys.stdout is not None else _Closed())  # type: ignore[assignment]
 
 
 def failed(exc: StdoutError) -> NoReturn:

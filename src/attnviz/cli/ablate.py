@@ -86,8 +86,9 @@ def ablate_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Ablate heads (zero or mean) and print the change in the prediction or the embedding."""
-    from attnviz.ablation import ablate, effect_map, for_ablation, parse_heads, scan_heads
+    from attnviz.ablation import ablate, for_ablation, parse_heads, scan_heads
     from attnviz.errors import InputError
+    from attnviz.plots.roles import effect_map
 
     pairs: tuple[tuple[int, int], ...] = ()
     if heads is not None:

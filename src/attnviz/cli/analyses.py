@@ -10,7 +10,9 @@ import typer
 
 from attnviz.cli._app import command
 from attnviz.cli._options import (
+    CmapOpt,
     DeviceOpt,
+    DpiOpt,
     DtypeOpt,
     FileOpt,
     HeadOpt,
@@ -19,56 +21,19 @@ from attnviz.cli._options import (
     LayerOpt,
     LayersOpt,
     ModelOpt,
+    OutputJsonOpt,
     TextArg,
     TopOpt,
     TruncateOpt,
     TrustOpt,
+    check_style,
     load,
+    note,
     print_json,
     read_text,
+    write_figure,
 )
 from attnviz.selection import parse_indices, resolve_indices
-
-OutputOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--output",
-        "-o",
-        help="Image file (.png, .svg, .pdf) or a folder for a default name. With --json a picture is "
-        "written only when -o is given. Default: a new file under outputs/.",
-    ),
-]
-CmapOpt = Annotated[str, typer.Option("--cmap", help="Matplotlib colour map of the heatmap.")]
-DpiOpt = Annotated[int | None, typer.Option("--dpi", help="Resolution of PNG files (default 150).")]
-
-
-def _note(message: str) -> None:
-    typer.echo(f"note: {message}", err=True)
-
-
-def _check_style(cmap: str, dpi: int | None) -> None:
-    from attnviz.errors import InputError
-    from attnviz.plots import colormap
-
-    if dpi is not None and not 10 <= dpi <= 1200:
-        raise InputError(f"bad --dpi {dpi}: use a resolution between 10 and 1200")
-    colormap(cmap)
-
-
-def _write(fig: Any, output: Path | None, parts: tuple[Any, ...], dpi: int | None) -> Path:
-    """Save to `-o` or a fresh default path under outputs/; a reserved default file is removed on failure."""
-    from attnviz import plots
-    from attnviz.outputs import output_path
-
-    reserved = output is None or output.is_dir()
-    path = output_path(output, parts)
-    try:
-        plots.save(fig, path, dpi)
-    except BaseException:
-        if reserved:
-            path.unlink(missing_ok=True)
-        raise
-    return path
 
 
 # -- rollout ------------------------------------------------------------------------------------
@@ -94,7 +59,7 @@ def rollout_cmd(
     ] = False,
     cmap: CmapOpt = "viridis",
     dpi: DpiOpt = None,
-    output: OutputOpt = None,
+    output: OutputJsonOpt = None,
     file: FileOpt = None,
     model: ModelOpt = "minilm",
     truncate: TruncateOpt = False,
@@ -105,27 +70,30 @@ def rollout_cmd(
     """Attention rollout (Abnar & Zuidema 2020): fuse heads, add the residual, renormalise, multiply
     the layers. Draws R (output positions x input tokens) and one token's row; prints the path."""
     from attnviz.analyses.rollout import check_options, rollout
+    from attnviz.errors import InputError
     from attnviz.extraction import extract
     from attnviz.outputs import check_output, slug
     from attnviz.plots.analyses import rollout_figure
     from attnviz.tokens import positions
 
     check_options(head_fusion, residual)
-    _check_style(cmap, dpi)
+    if token is not None and not token.strip():  # not silently @0
+        raise InputError("--token is empty: give a word or @N")
+    check_style(cmap, dpi)
     layer_list = parse_indices(layers, "--layers")
     body = read_text(text, file)
     check_output(output)
     loaded = load(model, device, dtype, trust_remote_code)
     att = extract(body, loaded, layers=layer_list, truncate=truncate)
     if att.truncated:
-        _note(f"cut {att.truncated} tokens to fit the model's limit")
+        note(f"cut {att.truncated} tokens to fit the model's limit")
     index = positions(att, token)[0] if token else 0
     ro = rollout(att, head_fusion, residual)
     path = None
     if output is not None or not as_json:
         fig = rollout_figure(ro, index, cmap=cmap, dpi=dpi or 150)
         span = f"L{ro.layers[0]}-{ro.layers[-1]}"
-        path = _write(fig, output, ("rollout", slug(body), loaded.name, span, head_fusion), dpi)
+        path = write_figure(fig, output, ("rollout", slug(body), loaded.name, span, head_fusion), dpi)
     if as_json:
         print_json({**ro.to_dict(), "token": index, "output": str(path) if path else None})
     else:
@@ -147,7 +115,7 @@ def compare_cmd(
     ] = False,
     cmap: CmapOpt = "viridis",
     dpi: DpiOpt = None,
-    output: OutputOpt = None,
+    output: OutputJsonOpt = None,
     model: ModelOpt = "minilm",
     truncate: TruncateOpt = False,
     device: DeviceOpt = "auto",
@@ -169,7 +137,7 @@ def compare_cmd(
     for name, value in (("TEXT_A", text_a), ("TEXT_B", text_b)):
         if not value.strip():
             raise InputError(f"{name} is empty")
-    _check_style(cmap, dpi)
+    check_style(cmap, dpi)
     layer_list = parse_indices(layers, "--layers")
     head_list = parse_indices(heads, "--heads")
     check_output(output)
@@ -181,7 +149,7 @@ def compare_cmd(
         [text_a, text_b], loaded, layers=layer_list, heads=head_list, truncate=truncate
     )
     result = compare(att_a, att_b)
-    _note(result.alignment.describe())
+    note(result.alignment.describe())
     path = None
     if output is not None or not as_json:
         if layer is not None and head is not None:
@@ -191,7 +159,7 @@ def compare_cmd(
         else:
             fig = change_figure(result, dpi=dpi or 150)
             parts = ("compare", slug(text_a, 24), loaded.name)
-        path = _write(fig, output, parts, dpi)
+        path = write_figure(fig, output, parts, dpi)
     rows = result.ranked(top or None)
     if as_json:
         print_json(
@@ -230,6 +198,12 @@ def cluster_cmd(
     field: Annotated[str, typer.Option("--field", help="JSON key holding the text.")] = "text",
     column: Annotated[str, typer.Option("--column", help="CSV / Parquet column holding the text.")] = "text",
     limit: Annotated[int | None, typer.Option("--limit", help="Use at most this many texts.")] = None,
+    groups: Annotated[
+        int | None,
+        typer.Option(
+            "--groups", "-g", metavar="N", help="Groups of heads to print (default: about sqrt(heads/2))."
+        ),
+    ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Texts per forward pass.")] = 16,
     layers: LayersOpt = None,
     heads: HeadsOpt = None,
@@ -245,7 +219,7 @@ def cluster_cmd(
     from attnviz.analyses.cluster import cluster_texts, read_texts
     from attnviz.errors import InputError
     from attnviz.outputs import refuse_link, slug
-    from attnviz.plots.analyses import cluster_map, embedding_figure, save_clustermap
+    from attnviz.plots.analyses import CLUSTER_FILES, cluster_folder, save_cluster
 
     if source is not None and file is not None:
         raise InputError("give the corpus as an argument or with --file, not both")
@@ -256,6 +230,8 @@ def cluster_cmd(
         where = "-"
     if batch_size < 1:
         raise InputError(f"bad --batch-size {batch_size}: use 1 or more")
+    if groups is not None and groups < 1:
+        raise InputError(f"bad --groups {groups}: use 1 or more")
     layer_list = parse_indices(layers, "--layers")
     head_list = parse_indices(heads, "--heads")
     texts, skipped = read_texts(where, fmt, field, column)
@@ -264,21 +240,16 @@ def cluster_cmd(
     if len(texts) < 2:
         raise InputError(f"clustering needs at least two texts, got {len(texts)}")
     if skipped:
-        _note(f"skipped {skipped} empty or unreadable records")
-    for name in ("distances.csv", "clustermap.png", "embedding.png") if outdir else ():
+        note(f"skipped {skipped} empty or unreadable records")
+    for name in CLUSTER_FILES if outdir else ():
         refuse_link(outdir / name)  # before the model loads: these files are replaced
     loaded = load(model, device, dtype, trust_remote_code)
-    folder = outdir or Path("outputs") / f"cluster-{slug(loaded.name)}"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"cannot write to {folder}: {exc.strerror or exc}") from None
+    folder = cluster_folder(outdir or Path("outputs") / f"cluster-{slug(loaded.name)}")
     dist = cluster_texts(
         texts, loaded, layers=layer_list, heads=head_list, truncate=truncate, batch_size=batch_size
     )
-    files = [dist.to_csv(folder / "distances.csv")]
-    files.append(save_clustermap(cluster_map(dist), folder / "clustermap.png"))
-    files.append(_write(embedding_figure(dist), folder / "embedding.png", (), None))
+    found = dist.groups(groups)
+    files = save_cluster(dist, folder)
     if as_json:
         print_json(
             {
@@ -286,9 +257,14 @@ def cluster_cmd(
                 "texts": dist.texts,
                 "skipped": skipped,
                 "files": [str(f) for f in files],
+                "groups": [g.as_dict() for g in found],
                 "nearest": dist.nearest(10),
             }
         )
-    else:
-        for f in files:
-            typer.echo(str(f))
+        return
+    typer.echo(f"{dist.model}: {len(found)} groups of heads over {dist.texts} texts (average linkage)")
+    for i, group in enumerate(found, start=1):
+        typer.echo(f"group {i}: {group.describe()}")
+        typer.echo("  " + " ".join(group.heads))
+    for f in files:
+        typer.echo(str(f))

@@ -35,7 +35,10 @@ def batch_cmd(
     trust_remote_code: Annotated[
         bool | None, typer.Option("--trust-remote-code", help="Allow a model's own Python code to run.")
     ] = None,
-    threads: Annotated[int | None, typer.Option("--threads", help="Torch CPU threads.")] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option("--threads", help="Torch CPU threads (default: the CPUs other work leaves free)."),
+    ] = None,
     fmt: Annotated[
         str | None, typer.Option("--format", help="auto, txt, jsonl, csv or parquet (auto: file name).")
     ] = None,

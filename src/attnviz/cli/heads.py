@@ -35,7 +35,7 @@ from attnviz.selection import parse_indices
 
 if TYPE_CHECKING:
     from attnviz.analyses.transform import ViewOptions
-    from attnviz.extraction import Attention
+    from attnviz.attention import Attention
     from attnviz.induction import InductionResult, InductionSettings
     from attnviz.models import LoadedModel
     from attnviz.patterns import PatternTable
@@ -101,20 +101,15 @@ def _stream(
     from dataclasses import replace
 
     from attnviz.analyses.transform import ViewOptions, transform
-    from attnviz.extraction import extract_batch
+    from attnviz.extraction import extract_stream
 
     options = options or ViewOptions()
-    for start in range(0, len(texts), chunk):
-        for att in extract_batch(
-            texts[start : start + chunk],
-            loaded,
-            layers=layers,
-            heads=heads,
-            truncate=truncate,
-            qkv=options.qkv,
-        ):
-            shown = transform(att, options, loaded)
-            yield (shown, transform(att, replace(options, weighting="attention"))) if plain else shown
+    atts = extract_stream(
+        texts, loaded, layers=layers, heads=heads, truncate=truncate, qkv=options.qkv, batch_size=chunk
+    )
+    for att in atts:
+        shown = transform(att, options, loaded)
+        yield (shown, transform(att, replace(options, weighting="attention"))) if plain else shown
 
 
 # -- find-head ---------------------------------------------------------------------------------
@@ -245,21 +240,11 @@ def _print_ranking(result: HeadSearch) -> None:
 
 
 def _plot_best(result: HeadSearch, att: Attention, path: Path) -> None:
-    """The winning head's heatmap on the first text used, with A's and B's tokens highlighted."""
+    """The winning head's heatmap on the first text used (the library's `search_figure`)."""
     from attnviz import plots
+    from attnviz.plots.heatmaps import search_figure
 
-    best = result.best
-    ua, ub = result.units[0]
-    fig = plots.heatmap(
-        att.head(best.layer, best.head),
-        att.labels,
-        visible=att.visible(),
-        highlight=sorted({*ua.tokens, *ub.tokens}),
-        text=att.text,
-        title=f"{att.model} · layer {best.layer} · head {best.head}: "
-        f"{ua.label} ↔ {ub.label} (score {best.score:.3f})" + "".join(f" · {n}" for n in att.notes),
-    )
-    plots.save(fig, path)
+    plots.save(search_figure(result, att), path)
 
 
 # -- heads -------------------------------------------------------------------------------------
@@ -352,7 +337,7 @@ def heads_cmd(
         raise InputError("--ablate works with --induction (for a text, use attnviz ablate TEXT --scan)")
     if sort is not None and sort not in SORTS:
         raise InputError(f"unknown --sort '{sort}': use one of {', '.join(SORTS)}")
-    check_thresholds(threshold, broad_threshold)
+    check_thresholds(threshold, broad_threshold, ("--threshold", "--broad-threshold"))
     items = texts_from(text, file, texts)
     loaded = load(model, device, dtype, trust_remote_code)
     atts = _stream(items, loaded, layer_list, head_list, truncate, view_options(special=special))

@@ -15,6 +15,7 @@ from attnviz.cli._options import (
     AggregateOpt,
     CmapOpt,
     DeviceOpt,
+    DpiOpt,
     DtypeOpt,
     FileOpt,
     HeadOpt,
@@ -24,37 +25,27 @@ from attnviz.cli._options import (
     ModelOpt,
     OutputOpt,
     OverOpt,
+    ScaleOpt,
     SpecialOpt,
     TextArg,
     TruncateOpt,
     TrustOpt,
     WeightingOpt,
     WordsOpt,
+    check_style,
     complete_cmap,
     load,
+    note,
     one_index,
     print_json,
     read_text,
     view_options,
+    write_figure,
 )
 from attnviz.selection import parse_indices
 
-VmaxOpt = Annotated[
-    str,
-    typer.Option(
-        "--vmax",
-        help="Top of the colour scale: auto (the largest weight shown, so diffuse heads are not "
-        "washed out) or a number (1.0: the fixed 0-1 scale).",
-    ),
-]
 AnnotateOpt = Annotated[
     bool, typer.Option("--annotate", help="Write the weights in the cells (short texts only).")
-]
-DpiOpt = Annotated[
-    int | None,
-    typer.Option(
-        "--dpi", metavar="N", help="Resolution of PNG files in dots per inch, 10-1200 (default 150)."
-    ),
 ]
 HeatmapDpiOpt = Annotated[
     int | None,
@@ -102,13 +93,10 @@ DimsOpt = Annotated[
 # -- helpers: parsing and writing, no tensor logic ---------------------------------------------
 def _style(vmax: str | None, cmap: str, dpi: int | None, size: str | None) -> dict[str, Any]:
     """Check the drawing options before any model loads; InputError on the first bad one."""
-    from attnviz.errors import InputError
-    from attnviz.plots import colormap, parse_size, parse_vmax
+    from attnviz.plots import parse_scale, parse_size
 
-    if dpi is not None and not 10 <= dpi <= 1200:
-        raise InputError(f"bad --dpi {dpi}: use a resolution between 10 and 1200")
-    colormap(cmap)
-    return {"vmax": parse_vmax(vmax), "cmap": cmap, "dpi": dpi, "size": parse_size(size)}
+    check_style(cmap, dpi)
+    return {"vmax": parse_scale(vmax), "cmap": cmap, "dpi": dpi, "size": parse_size(size)}
 
 
 def _words(value: str | None) -> list[str]:
@@ -119,26 +107,6 @@ def _words(value: str | None) -> list[str]:
     if value is not None and not words:
         raise InputError("--highlight is empty: give words or @positions, e.g. --highlight paris,french")
     return words
-
-
-def _write(fig: Any, output: Path | None, parts: tuple[Any, ...]) -> Path:
-    """Save to `-o` or a fresh default path; a reserved default file is removed if saving fails."""
-    from attnviz.outputs import output_path
-    from attnviz.plots import save
-
-    reserved = output is None or output.is_dir()
-    path = output_path(output, parts)
-    try:
-        save(fig, path)
-    except BaseException:
-        if reserved:
-            path.unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _note(message: str) -> None:
-    typer.echo(f"note: {message}", err=True)
 
 
 def _extract_selection(
@@ -161,7 +129,7 @@ def _extract_selection(
     from attnviz.outputs import check_output
 
     body = read_text(text, file)
-    _one_text_note(file, body)
+    _one_textnote(file, body)
     check_output(output)
     loaded = load(*load_args)
     layers = [layer] if layer is not None else None
@@ -176,15 +144,15 @@ def _extract_selection(
         qkv=qkv,
     )
     if att.truncated:
-        _note(f"cut {att.truncated} tokens to fit the model's limit")
+        note(f"cut {att.truncated} tokens to fit the model's limit")
     return body, loaded, att
 
 
-def _one_text_note(file: Path | None, body: str) -> None:
+def _one_textnote(file: Path | None, body: str) -> None:
     """--file is one text everywhere; say so when the file looks like one text per line."""
     lines = [line for line in body.splitlines() if line.strip()]
     if file is not None and len(lines) > 1:
-        _note(f"{file} has {len(lines)} lines, drawn as one text (find-head and heads average over --texts)")
+        note(f"{file} has {len(lines)} lines, drawn as one text (find-head and heads average over --texts)")
 
 
 def _heads_arg(head: int | None, heads: str | None) -> list[int] | None:
@@ -223,7 +191,7 @@ def heatmap_cmd(
     over: OverOpt = "heads",
     weighting: WeightingOpt = "attention",
     words: WordsOpt = False,
-    vmax: VmaxOpt = "auto",
+    vmax: ScaleOpt = "auto",
     cmap: CmapOpt = "viridis",
     annotate: AnnotateOpt = False,
     stream: Annotated[
@@ -273,7 +241,7 @@ def heatmap_cmd(
     if stream == "cross":
         fig = cross_figure(att, att.layers[0], att.heads[0], annotate=annotate, **style)
         parts = ("heatmap", slug(body), loaded.name, "cross", *_selection_name(att, True))
-        typer.echo(str(_write(fig, output, parts)))
+        typer.echo(str(write_figure(fig, output, parts)))
         return
     att = transform(square_stream(att, stream), options, loaded)
     marks = positions_of(att, marked)
@@ -281,7 +249,7 @@ def heatmap_cmd(
         limit = annotate_limit(len(att.layers), len(att.heads))
         if att.n_tokens > limit:
             why = "the whole-model overview" if limit == 0 else f"more than {limit} {att.level}s in this view"
-            _note(f"--annotate skipped: the numbers cannot be read in {why} ({att.n_tokens} {att.level}s)")
+            note(f"--annotate skipped: the numbers cannot be read in {why} ({att.n_tokens} {att.level}s)")
     draw = derived_figure if att.notes else attention_figure
     fig = draw(att, annotate=annotate, highlight=marks, **style)
     stream_part = () if stream == "self" else (stream,)
@@ -297,7 +265,7 @@ def heatmap_cmd(
         *_selection_name(att, layer is not None, options.aggregate),
         *(p for p in how if p),
     )
-    path = _write(fig, output, (*parts, "words") if words else parts)
+    path = write_figure(fig, output, (*parts, "words") if words else parts)
     typer.echo(str(path))
 
 
@@ -371,7 +339,7 @@ def entropy_cmd(
         )
         parts = ("entropy", slug(body), loaded.name, *_selection_name(att, layer is not None))
         parts = (*parts, "nospecial") if options.hide_special else parts
-        path = _write(fig, output, (*parts, "words") if words else parts)
+        path = write_figure(fig, output, (*parts, "words") if words else parts)
     if as_json:
         print_json({**ent.to_dict(), "output": str(path) if path else None})
     else:
@@ -418,7 +386,7 @@ def toy_cmd(
     ] = None,
     decimals: DecimalsOpt = 4,
     dims: DimsOpt = 8,
-    vmax: VmaxOpt = "auto",
+    vmax: ScaleOpt = "auto",
     cmap: CmapOpt = "viridis",
     annotate: AnnotateOpt = False,
     dpi: DpiOpt = None,
@@ -473,7 +441,7 @@ def toy_cmd(
         "causal" if causal else None,
         f"T{temperature:g}" if temperature != 1.0 else None,
     )
-    typer.echo(str(_write(fig, output, parts)))
+    typer.echo(str(write_figure(fig, output, parts)))
 
 
 # -- explain --------------------------------------------------------------------------------------
@@ -530,9 +498,9 @@ def explain_cmd(
         truncate=truncate,
     )
     if ex.truncated:
-        _note(f"cut {ex.truncated} tokens to fit the model's limit")
+        note(f"cut {ex.truncated} tokens to fit the model's limit")
     if len(ex.query_matches) > 1:
-        _note(f"'{query}' is at tokens {list(ex.query_matches)}; following the first (use @N for another)")
+        note(f"'{query}' is at tokens {list(ex.query_matches)}; following the first (use @N for another)")
     if as_json:
         print_json(ex.to_dict())
         return
@@ -544,7 +512,7 @@ def explain_cmd(
         )
     else:
         if len(ex.labels) > 16:
-            _note(f"{len(ex.labels)} tokens make wide tables; --query WORD follows one token")
+            note(f"{len(ex.labels)} tokens make wide tables; --query WORD follows one token")
         typer.echo(format_steps(ex.steps, ex.labels, title=ex.title, decimals=decimals, max_dims=dims))
     typer.echo("")
     diff = ex.max_difference

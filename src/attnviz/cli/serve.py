@@ -32,8 +32,16 @@ def serve_cmd(
 ) -> None:
     """Serve the explorer and a JSON API (attention, find-head, heatmap PNG) on a local web page;
     Ctrl-C stops it."""
-    from attnviz.views.server import bind, create_app, serve
+    import logging
+    import sys
 
+    from attnviz.views.server import bind, create_app, log, serve
+
+    if not log.handlers:  # one line per request on stderr
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
     names = list(dict.fromkeys(model or ["minilm"]))
     sock = bind(host, port)
     loaded = {}

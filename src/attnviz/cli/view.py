@@ -18,6 +18,7 @@ from attnviz.cli._options import (
     LayersOpt,
     ModelOpt,
     OverOpt,
+    ScaleOpt,
     SpecialOpt,
     TextArg,
     TruncateOpt,
@@ -51,11 +52,9 @@ def view_cmd(
     over: OverOpt = "heads",
     weighting: WeightingOpt = "attention",
     start: Annotated[
-        str, typer.Option("--view", help="The view shown first: head, matrix or model.")
+        str, typer.Option("--view", help="The view shown first: head, matrix, model or text.")
     ] = "head",
-    scale: Annotated[
-        str, typer.Option("--scale", help="Colour scale: auto (largest weight shown) or 1 (0-1).")
-    ] = "auto",
+    scale: ScaleOpt = "auto",
     max_mb: Annotated[
         float, typer.Option("--max-mb", help="Refuse pages larger than this many megabytes.")
     ] = 25.0,
@@ -65,24 +64,16 @@ def view_cmd(
     dtype: DtypeOpt = "float32",
     trust_remote_code: TrustOpt = False,
 ) -> None:
-    """Write an interactive explorer (head, matrix and model views) as one HTML file that works
+    """Write an interactive explorer (head, matrix, model and text views) as one HTML file that works
     offline; prints its path. --aggregate shows the pooled heads as one head."""
     from attnviz.errors import InputError
     from attnviz.extraction import extract
-    from attnviz.views.html import (
-        SCALES,
-        VIEWS,
-        check_output,
-        check_page_fits,
-        output_path,
-        render_html,
-        write_html,
-    )
+    from attnviz.plots._common import parse_scale
+    from attnviz.views.html import VIEWS, check_output, check_page_fits, output_path, render_html, write_html
 
     if start not in VIEWS:
         raise InputError(f"unknown --view '{start}': use {', '.join(VIEWS)}")
-    if scale not in SCALES:
-        raise InputError(f"unknown --scale '{scale}': use auto or 1")
+    parse_scale(scale)
     if not max_mb > 0:  # NaN too
         raise InputError(f"bad --max-mb {max_mb}: use a size above 0 megabytes")
     options = view_options(weighting, special, aggregate, over)

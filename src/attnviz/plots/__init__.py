@@ -29,14 +29,18 @@ from attnviz.plots._common import (
     OVERVIEW_DPI,
     QUERY_LABEL,
     WEIGHT_LABEL,
+    ColourScale,
     colormap,
     draw_matrix,
     label_step,
     new_figure,
+    parse_scale,
     parse_size,
     parse_vmax,
+    resolve_scale,
     resolve_vmax,
     save,
+    sink_key,
 )
 from attnviz.plots.analyses import (
     change_figure,
@@ -60,8 +64,9 @@ from attnviz.plots.heatmaps import (
     heatmap_panels,
     overview,
     overview_layout,
+    search_figure,
 )
-from attnviz.plots.roles import ROLE_COLOURS, role_figure, role_map, score_figure, score_map
+from attnviz.plots.roles import ROLE_COLOURS, effect_map, role_figure, role_map, score_figure, score_map
 from attnviz.plots.toy import toy_figure
 
 __all__ = [
@@ -87,6 +92,7 @@ __all__ = [
     "QUERY_LABEL",
     "ROLE_COLOURS",
     "WEIGHT_LABEL",
+    "ColourScale",
     "annotate_limit",
     "attention_figure",
     "change_figure",
@@ -96,6 +102,7 @@ __all__ = [
     "derived_figure",
     "derived_title",
     "draw_matrix",
+    "effect_map",
     "embedding_figure",
     "entropy_bars",
     "entropy_figure",
@@ -108,8 +115,10 @@ __all__ = [
     "overview",
     "overview_layout",
     "pair_figure",
+    "parse_scale",
     "parse_size",
     "parse_vmax",
+    "resolve_scale",
     "resolve_vmax",
     "role_figure",
     "role_map",
@@ -118,6 +127,8 @@ __all__ = [
     "save_clustermap",
     "score_figure",
     "score_map",
+    "search_figure",
+    "sink_key",
     "toy_figure",
     "weighting_figure",
 ]

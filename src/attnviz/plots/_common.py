@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -79,8 +80,10 @@ def parse_vmax(value: str | float | None) -> float | None:
 
 def parse_size(value: str | None) -> tuple[float, float] | None:
     """'8x6' or '8,6' (inches) or '8' (square) -> (width, height); None lets the figure size itself."""
-    if value is None or not value.strip():
+    if value is None:
         return None
+    if not value.strip():  # given but empty: an error, not the default size
+        raise InputError("--size is empty: use WIDTHxHEIGHT in inches, e.g. 8x6")
     parts = value.lower().replace(",", "x").split("x")
     try:
         nums = [float(p) for p in parts]
@@ -104,6 +107,95 @@ def resolve_vmax(vmax: float | None, arrays: Sequence[np.ndarray], visible: np.n
         if values.size:
             top = max(top, float(np.nanmax(values)))
     return top if top > 0 else 1.0
+
+
+SCALE_NAMES = ("auto", "max", "log")
+LOG_RANGE = 1e-3  # the log scale spans top * LOG_RANGE .. top
+SINK_TOKENS = ("[CLS]", "<s>", "<|begin_of_text|>", "<bos>", "<|endoftext|>", "<|im_start|>")
+
+
+def parse_scale(value: str | float | None) -> str | float:
+    """--scale: auto (the sink left out), max (largest weight shown), log, or a number (the top).
+
+    The old `--vmax auto|NUMBER` values mean the same here.
+    """
+    if value is None:
+        return "auto"
+    if isinstance(value, str) and value.strip().lower() in SCALE_NAMES:
+        return value.strip().lower()
+    try:
+        out = float(value)
+    except ValueError:
+        raise InputError(
+            f"bad --scale '{value}': use auto (sink left out), max, log, or a number like 1.0"
+        ) from None
+    if not math.isfinite(out) or out <= 0:
+        raise InputError(f"bad --scale '{value}': a number must be above 0")
+    return out
+
+
+def sink_key(
+    arrays: Sequence[np.ndarray], labels: Sequence[str], special: Sequence[bool], causal: bool
+) -> int | None:
+    """The key column the auto scale leaves out: the first key of a causal model (its first query
+    can only attend to itself), or a first [CLS]/BOS key that holds the largest weight."""
+    if not labels or not arrays:
+        return None
+    if causal:
+        return 0
+    if not (special and special[0]) and labels[0] not in SINK_TOKENS:
+        return None
+    for a in arrays:
+        if a.size and a.shape[-1] > 1 and float(a[..., 0].max()) >= float(a.max()):
+            return 0
+    return None
+
+
+@dataclass(frozen=True)
+class ColourScale:
+    """How weights become colours: a linear 0..vmax or a log scale, and what the legend says."""
+
+    vmax: float
+    log: bool = False
+    note: str = ""
+
+    @property
+    def vmin(self) -> float:
+        return self.vmax * LOG_RANGE if self.log else 0.0
+
+    def norm(self) -> Any:
+        from matplotlib.colors import LogNorm, Normalize
+
+        return LogNorm(self.vmin, self.vmax) if self.log else Normalize(0.0, self.vmax)
+
+    def label(self, base: str) -> str:
+        return f"{base}\n{self.note}" if self.note else base
+
+
+def resolve_scale(
+    scale: str | float | None,
+    arrays: Sequence[np.ndarray],
+    visible: np.ndarray | None,
+    sink: int | None = None,
+    sink_label: str = "",
+) -> ColourScale:
+    """The colour scale for these matrices: `auto` tops at the largest weight outside the sink
+    column (sink weights above it get the top colour, and the legend says so)."""
+    scale = parse_scale(scale)
+    if not isinstance(scale, str):
+        return ColourScale(float(scale))
+    top = resolve_vmax(None, arrays, visible)
+    if scale == "log":
+        return ColourScale(top, log=True, note=f"log scale, {top * LOG_RANGE:.2g} to {top:.2g}")
+    if scale == "max" or sink is None:
+        return ColourScale(top)
+    rest = [np.delete(np.asarray(a), sink, axis=-1) for a in arrays]
+    shown = np.delete(visible, sink, axis=-1) if visible is not None else None
+    below = resolve_vmax(None, rest, shown)
+    if below >= top:
+        return ColourScale(top)
+    who = f"{sink_label} " if sink_label else ""
+    return ColourScale(below, note=f"auto: sink {who}(key {sink}, up to {top:.2f}) left out")
 
 
 def colorbar(fig: Any, image: AxesImage, ax: Any, vmax: float, top: float, label: str) -> Any:
@@ -245,6 +337,7 @@ def draw_matrix(
     annotate: bool = False,
     highlight: Sequence[int] = (),
     cell_inches: float = CELL,
+    scale: ColourScale | None = None,
 ) -> AxesImage:
     """One [q, k] matrix on `ax`: masked cells hatched (not zero), optional numbers and outlines."""
     from matplotlib.patches import Rectangle
@@ -252,6 +345,8 @@ def draw_matrix(
     matrix = np.asarray(matrix, dtype=np.float32)  # [q, k]
     n_q, n_k = matrix.shape
     hidden = ~visible if visible is not None else np.zeros((n_q, n_k), dtype=bool)  # [q, k]
+    if scale is not None and scale.log:
+        matrix = np.maximum(matrix, scale.vmin)  # zeros get the bottom colour, not a hole
     masked = np.ma.masked_array(matrix, mask=hidden)
     if hidden.any():
         ax.add_patch(
@@ -266,7 +361,8 @@ def draw_matrix(
                 zorder=0.5,
             )
         )
-    image = ax.imshow(masked, cmap=cmap, vmin=0.0, vmax=vmax, aspect="equal", zorder=1)
+    limits = {"norm": scale.norm()} if scale is not None else {"vmin": 0.0, "vmax": vmax}
+    image = ax.imshow(masked, cmap=cmap, aspect="equal", zorder=1, **limits)
     ax.set_xlim(-0.5, n_k - 0.5)
     ax.set_ylim(n_q - 0.5, -0.5)
     if annotate:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from attnviz.plots import _common  # `_common.save`: the one save, as tests spy on it
 from attnviz.plots._common import (
     DEFAULT_CMAP,
     DEFAULT_DPI,
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
     from attnviz.analyses.cluster import HeadDistances
     from attnviz.analyses.compare import Comparison
     from attnviz.analyses.rollout import Rollout
-    from attnviz.extraction import Attention
+    from attnviz.attention import Attention
 
 DIVERGING = "RdBu_r"
 ROLE_MARKERS = {
@@ -162,72 +163,108 @@ def _both(cmp: Comparison, chars: int = 50) -> str:
 
 # -- cluster ------------------------------------------------------------------------------------
 def cluster_map(dist: HeadDistances, *, cmap: str = "viridis_r") -> Any:
-    """Seaborn clustermap of the head distances (average linkage on the precomputed distances)."""
+    """Seaborn clustermap of the head distances (average linkage on the precomputed distances);
+    the side colours are the layers, with a legend, in the colours of `embedding_figure`."""
     import pandas as pd
     import seaborn as sns
-    from scipy.cluster.hierarchy import linkage
-    from scipy.spatial.distance import squareform
+    from matplotlib.patches import Patch
 
     labels = dist.labels
     frame = pd.DataFrame(dist.matrix, index=labels, columns=labels)
-    condensed = squareform(np.clip((dist.matrix + dist.matrix.T) / 2, 0, None), checks=False)
-    link = linkage(condensed, method="average")
+    link = dist.linkage()
     side = min(24.0, max(6.0, len(labels) * 0.14 + 3))
-    layer_colours = _layer_colours(dist.head_layers)
+    palette = layer_colours(dist.layers)
+    side_colours = [palette[layer] for layer in dist.head_layers]
     grid = sns.clustermap(
         frame,
         row_linkage=link,
         col_linkage=link,
         cmap=cmap,
         figsize=(side, side),
-        row_colors=layer_colours,
-        col_colors=layer_colours,
+        row_colors=side_colours,
+        col_colors=side_colours,
         xticklabels=True,
         yticklabels=True,
         cbar_kws={"label": "mean JS divergence (bits)"},
     )
     font = max(3.0, min(8.0, 500 / max(1, len(labels))))
     grid.ax_heatmap.tick_params(labelsize=font)
+    handles = [Patch(facecolor=colour, label=f"L{layer}") for layer, colour in palette.items()]
+    grid.figure.legend(
+        handles=handles,
+        title="layer",
+        loc="upper left",
+        bbox_to_anchor=(0.005, 0.78),
+        ncols=max(1, -(-len(handles) // 12)),
+        fontsize=6,
+        title_fontsize=7,
+        frameon=False,
+    )
     grid.figure.suptitle(
         f"{dist.model} · head distances over {dist.texts} texts (side colours: layer)", y=0.998, va="top"
     )
     return grid
 
 
-def _layer_colours(layers: Sequence[int]) -> list[Any]:
+def layer_colours(layers: Sequence[int]) -> dict[int, Any]:
+    """One RGBA colour per layer, the same in the clustermap and the MDS map (tab10 up to ten)."""
     from matplotlib import colormaps
 
     distinct = sorted(set(layers))
-    cm = colormaps["tab10" if len(distinct) <= 10 else "turbo"]
     if len(distinct) <= 10:
-        return [cm(distinct.index(layer)) for layer in layers]
-    return [cm(distinct.index(layer) / (len(distinct) - 1)) for layer in layers]
+        cm = colormaps["tab10"]
+        return {layer: cm(i) for i, layer in enumerate(distinct)}
+    cm = colormaps["turbo"]
+    return {layer: cm(i / (len(distinct) - 1)) for i, layer in enumerate(distinct)}
 
 
 def save_clustermap(grid: Any, path: str | Path, dpi: float | None = None) -> Path:
     """Save a clustermap and close its pyplot figure (seaborn draws through pyplot)."""
     import matplotlib.pyplot as plt
 
-    from attnviz import plots
-
     try:
-        return plots.save(grid.figure, path, dpi=dpi or 100)
+        return _common.save(grid.figure, path, dpi=dpi or 100)
     finally:
         plt.close(grid.figure)
 
 
+CLUSTER_FILES = ("distances.csv", "clustermap.png", "embedding.png")
+
+
+def cluster_folder(folder: str | Path) -> Path:
+    """The output folder made, and its files refused if they are links: before the texts run."""
+    from attnviz.errors import InputError
+    from attnviz.outputs import refuse_link
+
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot write to {folder}: {exc.strerror or exc}") from None
+    for name in CLUSTER_FILES:
+        refuse_link(folder / name)
+    return folder
+
+
+def save_cluster(dist: HeadDistances, folder: str | Path) -> list[Path]:
+    """`attnviz cluster`'s output folder: the distances as CSV, the clustermap and the MDS map."""
+    folder = cluster_folder(folder)
+    csv_name, map_name, mds_name = CLUSTER_FILES
+    files = [dist.to_csv(folder / csv_name)]
+    files.append(save_clustermap(cluster_map(dist), folder / map_name))
+    files.append(_common.save(embedding_figure(dist), folder / mds_name))
+    return files
+
+
 def embedding_figure(dist: HeadDistances, *, dpi: float = DEFAULT_DPI) -> Figure:
-    """Classical MDS of the head distances: colour = layer, marker = role from `attnviz heads`."""
-    from matplotlib import colormaps
-    from matplotlib.colors import Normalize
+    """Classical MDS of the head distances: colour = layer (as in the clustermap), marker = role."""
     from matplotlib.lines import Line2D
 
     coords = dist.embedding(2)
     fig = new_figure((8.0, 6.5), dpi)
     ax = fig.add_subplot()
-    layers = np.array(dist.head_layers)
-    norm = Normalize(vmin=min(dist.layers), vmax=max(max(dist.layers), min(dist.layers) + 1))
-    cm = colormaps["viridis"]
+    palette = layer_colours(dist.layers)
+    colours = np.array([palette[layer] for layer in dist.head_layers])
     roles = np.array(dist.roles)
     present = [r for r in ROLE_MARKERS if (roles == r).any()]
     for role in present:
@@ -235,7 +272,7 @@ def embedding_figure(dist: HeadDistances, *, dpi: float = DEFAULT_DPI) -> Figure
         ax.scatter(
             coords[sel, 0],
             coords[sel, 1],
-            c=cm(norm(layers[sel])),
+            c=colours[sel],
             marker=ROLE_MARKERS[role],
             s=46,
             edgecolors="black",
@@ -248,10 +285,18 @@ def embedding_figure(dist: HeadDistances, *, dpi: float = DEFAULT_DPI) -> Figure
         Line2D([], [], marker=ROLE_MARKERS[r], linestyle="", color="grey", markeredgecolor="black", label=r)
         for r in present
     ]
-    ax.legend(handles=handles, title="role", fontsize=8, loc="best")
-    from matplotlib.cm import ScalarMappable
-
-    fig.colorbar(ScalarMappable(norm=norm, cmap=cm), ax=ax, shrink=0.9).set_label("layer")
+    ax.add_artist(ax.legend(handles=handles, title="role", fontsize=8, loc="upper left"))
+    layer_handles = [
+        Line2D([], [], marker="o", linestyle="", color=colour, markeredgecolor="black", label=f"L{layer}")
+        for layer, colour in palette.items()
+    ]
+    fig.legend(
+        handles=layer_handles,
+        title="layer",
+        loc="outside right upper",
+        ncols=max(1, -(-len(layer_handles) // 16)),
+        fontsize=7,
+    )
     ax.set_xlabel("MDS 1")
     ax.set_ylabel("MDS 2")
     ax.set_title(f"{dist.model} · heads placed by attention similarity ({dist.texts} texts)", fontsize=10)

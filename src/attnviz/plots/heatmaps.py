@@ -36,8 +36,10 @@ from attnviz.plots._common import (
     new_figure,
     quoted,
     ranges,
+    resolve_scale,
     resolve_vmax,
     set_ticks,
+    sink_key,
     text_inches,
     with_text,
 )
@@ -46,7 +48,8 @@ from attnviz.plots.fonts import with_fonts
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from attnviz.extraction import Attention
+    from attnviz.attention import Attention
+    from attnviz.search import HeadSearch
 
 OVERVIEW_PANEL = 1.25  # inches: a panel of the whole-model overview, unless the text needs more
 OVERVIEW_MAX = 50.0  # inches: an overview that needs more (a long text, many heads) is refused
@@ -63,13 +66,14 @@ def heatmap(
     *,
     visible: np.ndarray | None = None,
     title: str = "",
-    vmax: float | None = None,
+    vmax: str | float | None = None,
     cmap: str = DEFAULT_CMAP,
     annotate: bool = False,
     highlight: Sequence[int] = (),
     dpi: float = DEFAULT_DPI,
     size: tuple[float, float] | None = None,
     text: str | None = None,
+    sink: tuple[int, str] | None = None,
 ) -> Figure:
     """One head: queries as rows ("attending from"), keys as columns ("attending to").
 
@@ -94,12 +98,13 @@ def heatmap(
     fig = new_figure(size, dpi)
     ax = fig.add_subplot()
     top = resolve_vmax(None, [matrix], visible)
-    scale = resolve_vmax(vmax, [matrix], visible)
+    cs = resolve_scale(vmax, [matrix], visible, *(sink or (None,)))
     image = draw_matrix(
         ax,
         matrix,
         visible=visible,
-        vmax=scale,
+        vmax=cs.vmax,
+        scale=cs,
         cmap=colormap(cmap),
         annotate=annotate and max(n_q, n_k) <= ANNOTATE_MAX,
         highlight=highlight,
@@ -112,7 +117,7 @@ def heatmap(
         ax.set_title(title, parse_math=False)
     if text:
         fig.suptitle(quoted(text), fontsize=9, color=SUBTITLE_COLOUR, parse_math=False)
-    colorbar(fig, image, ax, scale, top, WEIGHT_LABEL)
+    colorbar(fig, image, ax, cs.vmax, top, cs.label(WEIGHT_LABEL))
     if visible is not None and not visible.all():
         fig.legend(handles=[mask_patch()], loc="outside lower right", fontsize=8)
     return fig
@@ -128,12 +133,13 @@ def heatmap_panels(
     visible: np.ndarray | None = None,
     title: str = "",
     ncols: int | None = None,
-    vmax: float | None = None,
+    vmax: str | float | None = None,
     cmap: str = DEFAULT_CMAP,
     annotate: bool = False,
     highlight: Sequence[int] = (),
     dpi: float = DEFAULT_DPI,
     size: tuple[float, float] | None = None,
+    sink: tuple[int, str] | None = None,
 ) -> Figure:
     """A few heads side by side (or a layer's heads in a grid), one shared colour scale."""
     cols = rows if cols is None else cols
@@ -155,7 +161,7 @@ def heatmap_panels(
     fig = new_figure(size, dpi)
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
     top = resolve_vmax(None, panels, visible)
-    scale = resolve_vmax(vmax, panels, visible)
+    cs = resolve_scale(vmax, panels, visible, *(sink or (None,)))
     cm = colormap(cmap)
     every = max(n_q, n_k) <= LABEL_EVERY_PANEL
     for ax in axes[n:]:
@@ -165,7 +171,8 @@ def heatmap_panels(
             ax,
             panels[k],
             visible=visible,
-            vmax=scale,
+            vmax=cs.vmax,
+            scale=cs,
             cmap=cm,
             annotate=annotate and max(n_q, n_k) <= annotate_limit(1, n),
             highlight=highlight,
@@ -180,7 +187,7 @@ def heatmap_panels(
             ax.set_xlabel(KEY_LABEL, fontsize=8)
     if title:
         fig.suptitle(title, parse_math=False)
-    colorbar(fig, image, axes[:n].tolist(), scale, top, WEIGHT_LABEL)
+    colorbar(fig, image, axes[:n].tolist(), cs.vmax, top, cs.label(WEIGHT_LABEL))
     if visible is not None and not visible.all():
         fig.legend(handles=[mask_patch()], loc="outside lower right", fontsize=8)
     return fig
@@ -272,10 +279,11 @@ def overview(
     *,
     visible: np.ndarray | None = None,
     title: str = "",
-    vmax: float | None = None,
+    vmax: str | float | None = None,
     cmap: str = DEFAULT_CMAP,
     dpi: float = OVERVIEW_DPI,
     size: tuple[float, float] | None = None,
+    sink: tuple[int, str] | None = None,
 ) -> Figure:
     """The whole model at a glance: a layers x heads grid of small heatmaps, each titled "L1 H5".
 
@@ -289,14 +297,14 @@ def overview(
     width, height = lay.size
     fig = new_figure(lay.size, dpi, constrained=False)
     flat = [attn[li, hi] for li in range(nl) for hi in range(nh)]
-    top, scale = resolve_vmax(None, flat, visible), resolve_vmax(vmax, flat, visible)
+    top, cs = resolve_vmax(None, flat, visible), resolve_scale(vmax, flat, visible, *(sink or (None,)))
     cm = colormap(cmap)
     font = max(7.0, min(9.0, lay.panel * 72 * 0.12))
     for li, layer in enumerate(layers):
         for hi, head in enumerate(heads):
             x, y = lay.origin(li, hi)
             ax = fig.add_axes((x / width, y / height, lay.panel / width, lay.panel / height))
-            image = draw_matrix(ax, attn[li, hi], visible=visible, vmax=scale, cmap=cm)
+            image = draw_matrix(ax, attn[li, hi], visible=visible, vmax=cs.vmax, cmap=cm, scale=cs)
             ax.set_xticks([])
             ax.set_yticks([])
             for spine in ax.spines.values():
@@ -309,8 +317,8 @@ def overview(
     bar_h = min(grid_h, 6.0)
     bar_y = height - lay.top - grid_h / 2 - bar_h / 2  # centred on the grid
     cax = fig.add_axes(((width - lay.right + 0.2) / width, bar_y / height, 0.18 / width, bar_h / height))
-    bar = fig.colorbar(image, cax=cax, extend="max" if top > scale * 1.0001 else "neither")
-    bar.set_label(WEIGHT_LABEL)
+    bar = fig.colorbar(image, cax=cax, extend="max" if top > cs.vmax * 1.0001 else "neither")
+    bar.set_label(cs.label(WEIGHT_LABEL))
     if visible is not None and not visible.all():
         fig.legend(
             handles=[mask_patch()], loc="lower right", bbox_to_anchor=(1, 0), fontsize=7, frameon=False
@@ -332,7 +340,7 @@ def attention_figure(
     att: Attention,
     *,
     average: bool = False,
-    vmax: float | None = None,
+    vmax: str | float | None = None,
     cmap: str = DEFAULT_CMAP,
     annotate: bool = False,
     highlight: Sequence[int] = (),
@@ -346,7 +354,9 @@ def attention_figure(
     """
     labels = att.labels
     level = " (words)" if att.level == "word" else ""
-    style = {"visible": att.visible(), "vmax": vmax, "cmap": cmap, "size": size}
+    sink = sink_key([att.attn], labels, att.special, att.causal)
+    found = (sink, f"'{labels[sink]}'") if sink is not None else None
+    style = {"visible": att.visible(), "vmax": vmax, "cmap": cmap, "size": size, "sink": found}
     many = {"annotate": annotate, "highlight": highlight, "dpi": dpi or DEFAULT_DPI, **style}
     layers, heads = list(att.layers), list(att.heads)
     if average:
@@ -402,4 +412,23 @@ def cross_figure(
         dpi=dpi or DEFAULT_DPI,
         size=size,
         text=att.text,
+    )
+
+
+def search_figure(result: HeadSearch, att: Attention) -> Figure:
+    """`find_heads`' best head on the first text it used, A's and B's tokens outlined.
+
+    `att`: that text's attention, as ranked (`texts[result.used[0]]`, same layers, heads, options).
+    """
+    best = result.best
+    ua, ub = result.units[0]
+    notes = "".join(f" · {n}" for n in att.notes)
+    return heatmap(
+        att.head(best.layer, best.head),
+        att.labels,
+        visible=att.visible(),
+        highlight=sorted({*ua.tokens, *ub.tokens}),
+        text=att.text,
+        title=f"{att.model} · layer {best.layer} · head {best.head}: "
+        f"{ua.label} ↔ {ub.label} (score {best.score:.3f}){notes}",
     )

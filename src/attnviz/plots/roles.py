@@ -9,12 +9,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from attnviz.patterns import ROLE_NAMES
+from attnviz.plots import _common  # `_common.save`: the one save, as tests spy on it
 from attnviz.plots._common import DEFAULT_CMAP, DEFAULT_DPI, colormap, new_figure, text_inches, write_cells
 from attnviz.plots.fonts import with_fonts
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
+
+    from attnviz.ablation import HeadScan
 
 ROLE_COLOURS: dict[str, str] = {
     "self": "#4c72b0",
@@ -120,9 +123,7 @@ def role_map(
     title: str | None = None,
 ) -> Path:
     """Save `role_figure` to `path` (format from the extension)."""
-    from attnviz import plots
-
-    return plots.save(role_figure(roles, layers, heads, scores, title), path)
+    return _common.save(role_figure(roles, layers, heads, scores, title), path)
 
 
 def score_map(
@@ -134,6 +135,12 @@ def score_map(
     label: str = "score",
 ) -> Path:
     """Save `score_figure` to `path` (format from the extension)."""
-    from attnviz import plots
+    return _common.save(score_figure(values, layers, heads, title, label), path)
 
-    return plots.save(score_figure(values, layers, heads, title, label), path)
+
+def effect_map(found: HeadScan, path: str | Path) -> Path:
+    """Save the layers x heads heatmap of each head's ablation effect (|delta|, or the loss rise)."""
+    label = "loss rise" if found.measure == "repeat-loss" else f"|delta {found.measure}|"
+    title = f"{found.model}: effect of ablating each head ({found.mode}, {found.measure})"
+    values = np.clip(found.effect, 0.0, None)
+    return score_map(values, found.layers, found.heads, path, title=title, label=label)

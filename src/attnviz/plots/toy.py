@@ -22,8 +22,10 @@ from attnviz.plots._common import (
     label_inches,
     mask_patch,
     new_figure,
+    resolve_scale,
     resolve_vmax,
     set_ticks,
+    sink_key,
     text_inches,
     token_ticks,
     with_text,
@@ -49,7 +51,7 @@ def toy_figure(
     *,
     visible: np.ndarray | None = None,
     title: str = "",
-    vmax: float | None = None,
+    vmax: str | float | None = None,
     cmap: str = DEFAULT_CMAP,
     annotate: bool = False,
     dpi: float = DEFAULT_DPI,
@@ -81,7 +83,9 @@ def toy_figure(
         2, 1, height_ratios=[max(1.0, size[1] - ENTROPY_HEIGHT), ENTROPY_HEIGHT]
     )
     axes = np.atleast_1d(top_fig.subplots(nrows, ncols, squeeze=False)).ravel()
-    scale = resolve_vmax(vmax, list(weights), visible)
+    causal = visible is not None and not visible.all()
+    sink = sink_key(list(weights), labels, [False] * n, causal)
+    cs = resolve_scale(vmax, list(weights), visible, sink, f"'{labels[0]}'")
     top = resolve_vmax(None, list(weights), visible)
     cm = colormap(cmap)
     for ax in axes[nh:]:
@@ -91,7 +95,8 @@ def toy_figure(
             ax,
             weights[h],
             visible=visible,
-            vmax=scale,
+            vmax=cs.vmax,
+            scale=cs,
             cmap=cm,
             annotate=annotate and n <= ANNOTATE_MAX // 2,
             cell_inches=panel / n,
@@ -101,7 +106,7 @@ def toy_figure(
         if h % ncols == 0:
             ax.set_ylabel(QUERY_LABEL, fontsize=8)
         ax.set_xlabel(KEY_LABEL, fontsize=8)
-    colorbar(top_fig, image, axes[:nh].tolist(), scale, top, WEIGHT_LABEL)
+    colorbar(top_fig, image, axes[:nh].tolist(), cs.vmax, top, cs.label(WEIGHT_LABEL))
     ax = bottom_fig.add_subplot()
     _entropy_bars(ax, entropy, bound, labels, cm, size[0] - 1.5)
     if visible is not None and not visible.all():

@@ -8,7 +8,16 @@ the only module that imports Starlette and uvicorn.
 
 from __future__ import annotations
 
-from attnviz.views.html import page_data, render_html
+from attnviz.views.html import decode_weights, encode_weights, page_data, page_meta, render_html
 from attnviz.views.notebook import HTMLView, iframe, show
 
-__all__ = ["HTMLView", "iframe", "page_data", "render_html", "show"]
+__all__ = [
+    "HTMLView",
+    "decode_weights",
+    "encode_weights",
+    "iframe",
+    "page_data",
+    "page_meta",
+    "render_html",
+    "show",
+]

@@ -2,7 +2,8 @@
 
 The page asks nothing of the network: its Content-Security-Policy allows only the inline script
 whose hash it carries and inline styles, so a token that looks like markup is never run. Weights
-travel as base64 float16 (2 bytes each), and only the layers and heads extracted.
+travel quantised and deflated (`encode_weights`), only the layers and heads extracted; the word
+level is merged by the page itself from a token -> word map.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import hashlib
 import html
 import json
 import os
+from collections.abc import Sequence
+from dataclasses import replace
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -20,22 +23,24 @@ from typing import TYPE_CHECKING, Any
 from attnviz.errors import InputError
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
-
     from attnviz.analyses.transform import ViewOptions
-    from attnviz.extraction import Attention
+    from attnviz.attention import Attention
     from attnviz.models import LoadedModel
 
 DEFAULT_MAX_MB = 25.0
-SCALES = ("auto", "1")
-VIEWS = ("head", "matrix", "model")
+BYTES_PER_WEIGHT = 0.22  # the page's encoding, measured on MiniLM at 512 tokens (causal models: less)
+VIEWS = ("head", "matrix", "model", "text")
 HTML_SUFFIXES = (".html", ".htm")
+
+
+SCRIPTS = ("attnviz.js", "matrix.js", "overview.js")  # the explorer: the core first, then its views
+ASSETS = (*SCRIPTS, "attnviz.css", "serve.js", "serve.html")
 
 
 @cache
 def asset(name: str) -> str:
     """A file of views/assets/, the only static files the explorer uses."""
-    if name not in ("attnviz.js", "attnviz.css", "serve.js", "serve.html"):
+    if name not in ASSETS:
         raise InputError(f"no such asset: {name}")
     return resources.files("attnviz.views").joinpath("assets", name).read_text(encoding="utf-8")
 
@@ -51,6 +56,10 @@ def safe_json(data: Any) -> str:
     return text.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
 
 
+QUANT_LEVELS = 63  # weights outside the first key column: 6-bit steps of the head's own top
+ENCODING = "q6-deflate"
+
+
 def _half(array: Any) -> str:
     """[..] float32 -> base64 of little-endian float16 (the JS decodes it)."""
     import numpy as np
@@ -58,37 +67,80 @@ def _half(array: Any) -> str:
     return base64.b64encode(np.ascontiguousarray(array, dtype="<f2").tobytes()).decode("ascii")
 
 
-def _level(att: Attention) -> dict[str, Any]:
+def encode_weights(attn: Any) -> dict[str, Any]:
+    """[layers, heads, q, k] -> the page's compact form, decoded by the page's script.
+
+    The first key column (the sink of most heads) travels as float16; every other weight is
+    rounded to one of QUANT_LEVELS + 1 steps of its head's largest weight outside that column
+    (so the error is at most top / 126, under half a colour step of the auto scale), and the bytes
+    are deflated (zlib) and base64-encoded. Attention is mostly near zero, so this shrinks ~10x.
+    """
+    import zlib
+
+    import numpy as np
+
+    attn = np.asarray(attn, dtype=np.float32)  # [layers, heads, q, k]
+    first = attn[..., 0]  # [layers, heads, q]
+    rest = attn.copy()
+    rest[..., 0] = 0.0
+    top = rest.max(axis=(-1, -2)) if rest.size else np.zeros(attn.shape[:2], np.float32)  # [layers, heads]
+    safe = np.where(top > 0, top, 1.0)[..., None, None]
+    codes = np.clip(np.rint(rest / safe * QUANT_LEVELS), 0, QUANT_LEVELS).astype(np.uint8)  # [l, h, q, k]
+    packed = zlib.compress(codes.tobytes(), 6)
     return {
-        "tokens": att.labels,
-        "special": [bool(s) for s in att.special],
-        "shape": list(att.attn.shape),
-        "weights": _half(att.attn),
+        "encoding": ENCODING,
+        "steps": QUANT_LEVELS,
+        "top": [float(x) for x in top.ravel()],
+        "first": _half(first),
+        "data": base64.b64encode(packed).decode("ascii"),
     }
 
 
-def _levels(att: Attention) -> list[Attention]:
-    """The token level, and the word level when merging changes anything."""
-    if att.level != "token":
-        return [att]
-    words = att.to_words()
-    return [att, words] if words.tokens != att.tokens else [att]
+def decode_weights(weights: dict[str, Any], shape: Sequence[int]) -> Any:
+    """The page's weights back as float32 [layers, heads, q, k] (what the script draws; for tests)."""
+    import zlib
+
+    import numpy as np
+
+    codes = np.frombuffer(zlib.decompress(base64.b64decode(weights["data"])), dtype=np.uint8)
+    out = codes.reshape(shape).astype(np.float32)
+    top = np.asarray(weights["top"], dtype=np.float32).reshape(shape[:2])
+    out *= (top / weights["steps"])[..., None, None]
+    first = np.frombuffer(base64.b64decode(weights["first"]), dtype="<f2").astype(np.float32)
+    out[..., 0] = first.reshape(shape[:3])
+    return out
+
+
+def _word_map(att: Attention) -> dict[str, Any] | None:
+    """How the page merges tokens into words itself (so the word level costs no weights): each
+    token's unit, and the units' labels (the text's own words, so an uncased model's words keep
+    their case); None when the word level would be the token level."""
+    from attnviz.tokens import word_units
+
+    if att.level != "token" or not att.word_ids:
+        return None
+    _, unit_of = word_units(att.tokens, att.word_ids, att.words)
+    one = replace(att, attn=att.attn[:1, :1], layers=att.layers[:1], heads=att.heads[:1], qkv=None)
+    words = replace(one, cross=None, decoder=None).to_words()  # labels and flags as `--words` has them
+    if words.labels == att.labels:
+        return None
+    return {"unit": unit_of, "tokens": words.labels, "special": [bool(s) for s in words.special]}
 
 
 def estimate_bytes(att: Attention) -> int:
-    """About how big the page for `att` will be: base64 float16 per level, plus the code."""
-    return sum(a.attn.size * 2 * 4 // 3 for a in _levels(att)) + 40_000
+    """About how big the page for `att` will be before encoding it (measured: ~0.22 bytes a weight
+    on MiniLM at 512 tokens), plus the code; the real size is checked after encoding."""
+    return int(att.attn.size * BYTES_PER_WEIGHT) + 60_000
 
 
-def check_page_size(size: int, shape: tuple[int, ...], max_mb: float) -> None:
-    """Refuse a page of `size` bytes over `max_mb`, saying how to narrow it ([layers, heads, n, n])."""
+def check_page_size(size: float, shape: tuple[int, ...], max_mb: float) -> None:
+    """Refuse a page of about `size` bytes over `max_mb`, saying how to narrow it ([layers, heads, n, n])."""
     if size > max_mb * 1e6:
         layers, heads, n = shape[:3]
-        per_layer = size / layers / 1e6
         raise InputError(
-            f"the page would be about {size / 1e6:.0f} MB ({n} tokens x {layers} layers x {heads} "
-            f"heads, about {per_layer:.1f} MB a layer); narrow it with --layers (e.g. --layers 0) "
-            f"or --heads, or allow it with --max-mb"
+            f"the page would be about {size / 1e6:.0f} MB ({n} tokens x {layers} layers x {heads} heads, "
+            f"about {size / layers / 1e6:.1f} MB a layer); narrow it with --layers (e.g. --layers 0) "
+            f"or --heads, allow it with --max-mb, or explore it through `attnviz serve`"
         )
 
 
@@ -104,7 +156,8 @@ def check_page_fits(
 ) -> None:
     """Refuse a page too large from the text's token count, before the forward pass is paid for.
 
-    Counts the token level only (a word level adds to it), so `page_data` checks the page again.
+    Compression varies with the attention, so only a page estimated at over twice `max_mb` is
+    refused here; `page_data` checks the encoded page itself.
     """
     if max_mb is None:
         return
@@ -122,43 +175,57 @@ def check_page_fits(
     if options is not None and options.aggregate is not None:
         n_heads = 1 if options.over in ("heads", "both") else n_heads
         n_layers = 1 if options.over in ("layers", "both") else n_layers
-    size = n_layers * n_heads * n * n * 2 * 4 // 3 + 40_000
-    check_page_size(size, (n_layers, n_heads, n), max_mb)
+    size = n_layers * n_heads * n * n * BYTES_PER_WEIGHT + 60_000
+    if size > 2 * max_mb * 1e6:
+        check_page_size(size, (n_layers, n_heads, n), max_mb)
 
 
-def page_data(
-    att: Attention, *, level: str = "token", scale: str = "auto", max_mb: float | None = DEFAULT_MAX_MB
-) -> dict[str, Any]:
-    """What the page's script reads: tokens, flags and weights of the token and word levels.
+def page_meta(att: Attention, *, level: str = "token", scale: str = "auto") -> dict[str, Any]:
+    """Everything the page's script reads except the weights: tokens, flags, the word map."""
+    from attnviz.plots._common import parse_scale
 
-    A page that would pass `max_mb` is refused with the way to narrow it.
-    """
-    if scale not in SCALES:
-        raise InputError(f"unknown colour scale '{scale}': use auto or 1")
+    scale = str(parse_scale(scale)) if scale != "1" else "1"
     if level not in ("token", "word"):
         raise InputError(f"unknown level '{level}': use token or word")
     if att.attn.ndim != 4:
         raise InputError("the explorer needs attention shaped [layers, heads, q, k]")
-    shown = _levels(att)
-    if max_mb is not None:
-        size = sum(a.attn.size * 2 * 4 // 3 for a in shown) + 40_000
-        check_page_size(size, att.attn.shape, max_mb)
-    levels = {a.level: _level(a) for a in shown}
+    words = _word_map(att)
     cut = [f"{att.truncated} tokens were cut to fit the model's limit"] if att.truncated else []
     note = "; ".join([*cut, *att.notes])  # how the attention was made: pooled, hidden specials, norms
     return {
-        "version": 1,
+        "version": 2,
         "model": att.model,
         "kind": att.kind,
         "text": att.text,
         "causal": bool(att.causal),
         "layers": [int(x) for x in att.layers],
         "heads": [int(x) for x in att.heads],
-        "level": level if level in levels else next(iter(levels)),
+        "level": "word" if level == "word" and words is not None else att.level,
         "scale": scale,
         "note": note,
-        "levels": levels,
+        "tokens": att.labels,
+        "special": [bool(s) for s in att.special],
+        "spans": [[int(a), int(b)] for a, b in att.spans] if att.spans else None,
+        "words": words,
+        "n": att.n_tokens,
     }
+
+
+def page_data(
+    att: Attention, *, level: str = "token", scale: str = "auto", max_mb: float | None = DEFAULT_MAX_MB
+) -> dict[str, Any]:
+    """What the page's script reads: `page_meta` and the weights in their compact encoding.
+
+    A page that would pass `max_mb` is refused with the way to narrow it.
+    """
+    data = page_meta(att, level=level, scale=scale)
+    if max_mb is not None and estimate_bytes(att) > 2 * max_mb * 1e6:  # clearly too big: not encoded
+        check_page_size(estimate_bytes(att), att.attn.shape, max_mb)
+    data["weights"] = encode_weights(att.attn)
+    if max_mb is not None:
+        size = len(data["weights"]["data"]) + len(data["weights"]["first"]) + 60_000
+        check_page_size(size, att.attn.shape, max_mb)
+    return data
 
 
 def csp(script: str) -> str:
@@ -184,7 +251,7 @@ def render_html(
         raise InputError(f"unknown view '{view}': use {', '.join(VIEWS)}")
     data = page_data(att, level=level, scale=scale, max_mb=max_mb)
     data["view"] = view
-    script = asset("attnviz.js")
+    script = "\n".join(asset(name) for name in SCRIPTS)
     title = html.escape(f"attnviz · {att.model} · {att.text[:60]}")
     return (
         "<!DOCTYPE html>\n<html lang='en'>\n<head>\n<meta charset='utf-8'>\n"

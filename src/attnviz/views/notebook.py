@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from attnviz.extraction import Attention
+    from attnviz.attention import Attention
     from attnviz.generation import Generation
     from attnviz.search import HeadSearch
 

@@ -25,11 +25,12 @@ if TYPE_CHECKING:
     from starlette.requests import Request
     from starlette.responses import Response
 
-    from attnviz.extraction import Attention
+    from attnviz.attention import Attention
     from attnviz.models import LoadedModel
 
-MAX_TEXT_CHARS = 20_000  # longer texts are refused before tokenising (413)
+MAX_TEXT_CHARS = 100_000  # longer texts are refused before tokenising (413)
 MAX_QUERY_BYTES = 200_000  # the whole query string (a long text, percent-encoded)
+MAX_BODY_BYTES = 1_000_000  # a POST body (JSON or form): long texts go this way
 MAX_PAGE_MB = 25.0
 CACHE_BYTES = 256_000_000  # attention arrays kept for the last texts
 CACHE_ITEMS = 32
@@ -37,7 +38,13 @@ PAGE_CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; connect-src 'self'; "
     "img-src 'self' data:; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
-STATIC = {"attnviz.js": "text/javascript", "attnviz.css": "text/css", "serve.js": "text/javascript"}
+STATIC = {
+    "attnviz.js": "text/javascript",
+    "matrix.js": "text/javascript",
+    "overview.js": "text/javascript",
+    "attnviz.css": "text/css",
+    "serve.js": "text/javascript",
+}
 log = logging.getLogger("attnviz.serve")
 
 
@@ -61,7 +68,7 @@ class Pool:
     cache_bytes: int = CACHE_BYTES
     locks: dict[str, threading.Lock] = field(default_factory=dict)
     plot_lock: threading.Lock = field(default_factory=threading.Lock)
-    cache: OrderedDict[tuple[str, str, bool], Attention] = field(default_factory=OrderedDict)
+    cache: OrderedDict[tuple[Any, ...], Attention] = field(default_factory=OrderedDict)
     cache_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -93,6 +100,10 @@ class Pool:
                 if key in self.cache:
                     return self.cache[key]
             att = extract(text, self.models[model], truncate=truncate)
+        self._keep(key, att)
+        return att
+
+    def _keep(self, key: tuple[Any, ...], att: Attention) -> None:
         if att.attn.nbytes <= self.cache_bytes:
             with self.cache_lock:
                 self.cache[key] = att
@@ -101,6 +112,36 @@ class Pool:
                     or sum(a.attn.nbytes for a in self.cache.values()) > self.cache_bytes
                 ):
                     self.cache.popitem(last=False)
+
+    def length(self, model: str, text: str, truncate: bool) -> int:
+        """How many tokens the model reads for `text` (tokenising only). Blocking."""
+        from attnviz.extraction import tokenize
+
+        return tokenize(self.models[model], [text], truncate=truncate).lengths[0]
+
+    def fits(self, model: str, n: int) -> bool:
+        """Whether every head of an n-token text fits the cache (else heads are run one at a time)."""
+        loaded = self.models[model]
+        return n * n * 4 * loaded.num_layers * loaded.capture.num_heads <= self.cache_bytes
+
+    def head(self, model: str, text: str, truncate: bool, layer: int, head: int) -> Attention:
+        """One head, [1, 1, q, k]: sliced from the whole text when that fits the cache, else its own
+        head-sliced forward pass (kept in the cache), so an 8,192-token text never holds every head."""
+        from attnviz.extraction import extract
+
+        loaded = self.models[model]
+        if self.fits(model, self.length(model, text, truncate)):
+            return self.extract(model, text, layers=[layer], heads=[head], truncate=truncate)
+        layer_i = _index(layer, loaded.num_layers, "layer", loaded.name)
+        head_i = _index(head, loaded.capture.num_heads, "head", loaded.name)
+        key = (model, text, truncate, layer_i, head_i)
+        with self.cache_lock:
+            if key in self.cache:
+                self.cache.move_to_end(key)
+                return self.cache[key]
+        with self.locks[model]:
+            att = extract(text, loaded, layers=[layer_i], heads=[head_i], truncate=truncate)
+        self._keep(key, att)
         return att
 
     def extract(
@@ -137,6 +178,12 @@ class Pool:
         return att.to_words() if words else att
 
 
+def _index(value: int, count: int, what: str, model: str) -> int:
+    from attnviz.selection import resolve_indices
+
+    return resolve_indices([value], count, what, model)[0]
+
+
 def _status(exc: AttnvizError) -> int:
     if isinstance(exc, RequestError):
         return exc.status
@@ -148,12 +195,32 @@ def _status(exc: AttnvizError) -> int:
 
 
 class Params:
-    """Query parameters, checked: each problem is one RequestError line."""
+    """Query parameters (and a POST body's, JSON or form), checked: each problem is one RequestError line."""
 
-    def __init__(self, request: Request, max_bytes: int = MAX_QUERY_BYTES) -> None:
+    def __init__(self, request: Request, max_bytes: int = MAX_QUERY_BYTES, body: bytes = b"") -> None:
         if len(request.url.query.encode()) > max_bytes:
             raise RequestError(f"the query string is over {max_bytes} bytes", 414)
-        self.q = request.query_params
+        self.q: dict[str, str] = dict(request.query_params)
+        if body:
+            from attnviz.views.web import body_params
+
+            try:
+                self.q.update(body_params(body, request.headers.get("content-type", "")))
+            except ValueError as exc:
+                raise RequestError(str(exc)) from None
+
+    @classmethod
+    async def read(cls, request: Request, max_bytes: int = MAX_QUERY_BYTES) -> Params:
+        """The parameters of a GET, or of a POST whose body (up to MAX_BODY_BYTES) carries them."""
+        body = b""
+        if request.method == "POST":
+            size = request.headers.get("content-length", "")
+            if size.isdigit() and int(size) > MAX_BODY_BYTES:
+                raise RequestError(f"the request body is over {MAX_BODY_BYTES} bytes", 413)
+            body = await request.body()
+            if len(body) > MAX_BODY_BYTES:
+                raise RequestError(f"the request body is over {MAX_BODY_BYTES} bytes", 413)
+        return cls(request, max_bytes, body)
 
     def text(self) -> str:
         text = self.q.get("text")
@@ -236,13 +303,23 @@ class Handlers:
         return out
 
     def view(self, p: Params) -> dict[str, Any]:
-        from attnviz.views.html import page_data
+        """The explorer's data; with `lazy=1`, a text too long for one page comes without weights
+        (`"lazy": true`) and the page fetches its heads one at a time from /api/head."""
+        from attnviz.views.html import estimate_bytes, page_data
 
         text, name = p.text(), self.pool.name(p.q.get("model"))
         options = p.view_options()
+        if p.flag("lazy") and not options.changes:
+            loaded, truncate = self.pool.models[name], p.flag("truncate")
+            n = self.pool.length(name, text, truncate)
+            values = n * n * loaded.num_layers * loaded.capture.num_heads
+            if not self.pool.fits(name, n) or values * 0.22 > self.max_page_mb * 1e6:
+                return self._lazy(name, text, truncate)
         att = self.pool.extract(
             name, text, layers=p.indices("layers"), heads=p.indices("heads"), truncate=p.flag("truncate")
         )
+        if p.flag("lazy") and estimate_bytes(att) > self.max_page_mb * 1e6:
+            return self._lazy(name, text, p.flag("truncate"))
         return page_data(transform(att, options), max_mb=self.max_page_mb)
 
     def generate(self, p: Params) -> dict[str, Any]:
@@ -250,6 +327,36 @@ class Handlers:
         from attnviz.views.generation import serve_generation
 
         return serve_generation(self.pool, p, self.max_page_mb)
+
+    def _lazy(self, name: str, text: str, truncate: bool) -> dict[str, Any]:
+        from attnviz.views.html import encode_weights, page_meta
+
+        loaded = self.pool.models[name]
+        att = self.pool.head(name, text, truncate, 0, 0)  # the tokens and spans, and the first head
+        data = page_meta(att)
+        data.update(
+            layers=list(range(loaded.num_layers)),
+            heads=list(range(loaded.capture.num_heads)),
+            lazy=True,
+            head0=encode_weights(att.attn),  # layer 0, head 0: drawn without a second request
+        )
+        return data
+
+    def head(self, p: Params) -> dict[str, Any]:
+        """One head of a text in the page's compact encoding (`views.html.encode_weights`)."""
+        from attnviz.views.html import encode_weights
+
+        text, name = p.text(), self.pool.name(p.q.get("model"))
+        layer, head = _one_head(p)
+        if layer is None or head is None:
+            raise RequestError("missing parameters 'layer' and 'head'")
+        att = self.pool.head(name, text, p.flag("truncate"), layer, head)
+        return {
+            "layer": att.layers[0],
+            "head": att.heads[0],
+            "n": att.n_tokens,
+            "weights": encode_weights(att.attn),
+        }
 
     def find_head(self, p: Params) -> list[dict[str, Any]]:
         from attnviz.search import DIRECTIONS, find_heads
@@ -304,6 +411,12 @@ def _error(message: str, status: int) -> Response:
     return JSONResponse({"error": message}, status_code=status)
 
 
+def _api_terms(exc: AttnvizError) -> str:
+    """The library's one-line message in the API's own words (parameters, not command-line flags)."""
+    line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return line.replace("pass --truncate to cut it", "send truncate=1 to cut it").replace("--", "parameter ")
+
+
 def _api(handler: Callable[[Params], Any], max_query_bytes: int) -> Callable[[Request], Any]:
     """Run a blocking handler in a worker thread; library errors become 4xx JSON, bugs one 500 line."""
     from starlette.concurrency import run_in_threadpool
@@ -311,10 +424,10 @@ def _api(handler: Callable[[Params], Any], max_query_bytes: int) -> Callable[[Re
 
     async def endpoint(request: Request) -> Response:
         try:
-            params = Params(request, max_query_bytes)
+            params = await Params.read(request, max_query_bytes)
             result = await run_in_threadpool(handler, params)
         except AttnvizError as exc:
-            return _error(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, _status(exc))
+            return _error(_api_terms(exc), _status(exc))
         except Exception as exc:  # a bug: logged here, one line to the client
             log.exception("request failed: %s", request.url.path)
             return _error(f"internal error ({type(exc).__name__})", 500)
@@ -357,25 +470,38 @@ def create_app(
     *,
     max_page_mb: float = MAX_PAGE_MB,
     max_query_bytes: int = MAX_QUERY_BYTES,
+    cache_bytes: int = CACHE_BYTES,
 ) -> Starlette:
     """The ASGI app over already loaded models (name -> model), the first one the default."""
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
+    from starlette.middleware import Middleware
     from starlette.routing import Route
 
-    pool = Pool(dict(models))
+    from attnviz.views.web import RequestLog
+
+    pool = Pool(dict(models), cache_bytes=cache_bytes)
     h = Handlers(pool, max_page_mb)
+    both = ["GET", "POST"]  # POST: a long text in the body instead of the query string
+    api = {
+        "models": h.models,
+        "attention": h.attention,
+        "view": h.view,
+        "head": h.head,
+        "find-head": h.find_head,
+        "generate": h.generate,
+        "heatmap.png": h.heatmap,
+    }
     routes = [
         Route("/", _page),
         Route("/static/{name}", _static),
-        Route("/api/models", _api(h.models, max_query_bytes)),
-        Route("/api/attention", _api(h.attention, max_query_bytes)),
-        Route("/api/view", _api(h.view, max_query_bytes)),
-        Route("/api/find-head", _api(h.find_head, max_query_bytes)),
-        Route("/api/generate", _api(h.generate, max_query_bytes)),
-        Route("/api/heatmap.png", _api(h.heatmap, max_query_bytes)),
+        *(Route(f"/api/{path}", _api(fn, max_query_bytes), methods=both) for path, fn in api.items()),
     ]
-    app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error, Exception: _http_error})
+    app = Starlette(
+        routes=routes,
+        exception_handlers={HTTPException: _http_error, Exception: _http_error},
+        middleware=[Middleware(RequestLog, log=log)],
+    )
     app.state.pool = pool
     return app
 

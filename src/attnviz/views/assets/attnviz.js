@@ -1,6 +1,7 @@
-/* attnviz explorer: head view, matrix view, model view. Hand-written, no framework, no network.
- * Every text that comes from the data (tokens, model name, text) goes in with textContent or
- * as an SVG/canvas text value, never parsed as markup. */
+/* attnviz explorer, core: data decoding, state, colour scales, the view registry and the head view.
+ * Hand-written, no framework, no network. Every text that comes from the data (tokens, model name,
+ * text) goes in with textContent or as an SVG/canvas text value, never parsed as markup.
+ * Other views (matrix.js, overview.js, and any extra mode) register with AttnViz.addView. */
 (function () {
   "use strict";
   var SVGNS = "http://www.w3.org/2000/svg";
@@ -12,6 +13,9 @@
     [39, 173, 129], [92, 200, 99], [170, 220, 50], [253, 231, 37]];
   var MASKED = "#d9d9d9";
   var MIN_LINE = 0.01; // head view: weights below this draw no line
+  var DENSE_HEAD_VIEW = 100; // tokens: beyond this the head view draws only the hovered token's lines
+  var LOG_RANGE = 1e-3; // the log scale spans top * LOG_RANGE .. top
+  var CACHE_HEADS = 24; // decoded heads kept (each n x n float32)
 
   function el(tag, cls, text) {
     var e = document.createElement(tag);
@@ -24,53 +28,166 @@
     for (var k in attrs) e.setAttribute(k, attrs[k]);
     return e;
   }
-  function colour(t) {
+  function rgb(t) {
     t = Math.max(0, Math.min(1, t)) * (VIRIDIS.length - 1);
     var i = Math.min(Math.floor(t), VIRIDIS.length - 2), f = t - i, a = VIRIDIS[i], b = VIRIDIS[i + 1];
-    return "rgb(" + Math.round(a[0] + f * (b[0] - a[0])) + "," + Math.round(a[1] + f * (b[1] - a[1])) +
-      "," + Math.round(a[2] + f * (b[2] - a[2])) + ")";
+    return [Math.round(a[0] + f * (b[0] - a[0])), Math.round(a[1] + f * (b[1] - a[1])),
+      Math.round(a[2] + f * (b[2] - a[2]))];
   }
+  function colour(t) { var c = rgb(t); return "rgb(" + c[0] + "," + c[1] + "," + c[2] + ")"; }
+  var LUT = new Uint8Array(256 * 3); // viridis at 256 steps, for painting pixels
+  for (var li = 0; li < 256; li++) { var c0 = rgb(li / 255); LUT.set(c0, li * 3); }
   function headColour(h) { return HEAD_COLOURS[h % HEAD_COLOURS.length]; }
   function fmt(w) { return w.toFixed(3); }
 
+  function b64bytes(b64) {
+    var bin = atob(b64), out = new Uint8Array(bin.length);
+    for (var i = 0; i < bin.length; i++) out[i] = bin.charCodeAt(i);
+    return out;
+  }
   // float16 (little-endian, base64) -> Float32Array
   function decodeHalf(b64) {
-    var bin = atob(b64), n = bin.length >> 1, out = new Float32Array(n);
+    var bytes = b64bytes(b64), n = bytes.length >> 1, out = new Float32Array(n);
     for (var i = 0; i < n; i++) {
-      var h = bin.charCodeAt(2 * i) | (bin.charCodeAt(2 * i + 1) << 8);
+      var h = bytes[2 * i] | (bytes[2 * i + 1] << 8);
       var s = h & 0x8000 ? -1 : 1, e = (h >> 10) & 0x1f, m = h & 0x3ff;
       out[i] = e === 0 ? s * m * Math.pow(2, -24) : e === 31 ? (m ? NaN : s * Infinity) :
         s * (1 + m / 1024) * Math.pow(2, e - 15);
     }
     return out;
   }
+  function inflate(bytes) {
+    var stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream("deflate"));
+    return new Response(stream).arrayBuffer().then(function (b) { return new Uint8Array(b); });
+  }
+
+  // Weights of [layers, heads, n, n] in the q6-deflate encoding (see views/html.py encode_weights).
+  function Block(w, L, H, n) {
+    this.L = L; this.H = H; this.n = n; this.steps = w.steps; this.top = w.top;
+    this.first = decodeHalf(w.first);
+    var self = this;
+    this.ready = inflate(b64bytes(w.data)).then(function (codes) { self.codes = codes; return self; });
+  }
+  Block.prototype.head = function (l, h) {
+    var n = this.n, nn = n * n, k = l * this.H + h, off = k * nn, f = this.top[k] / this.steps;
+    var out = new Float32Array(nn), codes = this.codes, first = this.first, fo = k * n;
+    for (var i = 0; i < nn; i++) out[i] = codes[off + i] * f;
+    for (var q = 0; q < n; q++) out[q * n] = first[fo + q];
+    return out;
+  };
+
+  // The heads of one text: decoded on demand from an inline block, or fetched one at a time.
+  function Store(data, fetchHead) {
+    this.data = data; this.n = data.n; this.fetchHead = fetchHead; this.cache = new Map();
+    this.pending = {}; this.loaded = {};
+    this.block = data.weights ? new Block(data.weights, data.layers.length, data.heads.length, data.n) : null;
+    this.ready = this.block ? this.block.ready : Promise.resolve();
+    if (!this.block && data.head0) { // a served long text comes with its first head
+      var first = new Block(data.head0, 1, 1, data.n), self = this;
+      this.ready = first.ready.then(function () { self.loaded["0,0"] = first.head(0, 0); });
+    }
+  }
+  Store.prototype.has = function (l, h) { return !!this.block || (l + "," + h) in this.loaded; };
+  Store.prototype.head = function (l, h) {
+    var key = l + "," + h, hit = this.cache.get(key);
+    if (hit) { this.cache.delete(key); this.cache.set(key, hit); return hit; }
+    if (!this.block && !(key in this.loaded)) return null;
+    var out = this.block ? this.block.head(l, h) : this.loaded[key];
+    this.cache.set(key, out);
+    if (this.cache.size > CACHE_HEADS) this.cache.delete(this.cache.keys().next().value);
+    return out;
+  };
+  Store.prototype.load = function (l, h) {
+    var key = l + "," + h, self = this;
+    if (this.block || key in this.loaded) return Promise.resolve();
+    if (!this.pending[key]) {
+      this.pending[key] = this.fetchHead(this.data.layers[l], this.data.heads[h]).then(function (w) {
+        var b = new Block(w, 1, 1, self.n);
+        return b.ready.then(function () { self.loaded[key] = b.head(0, 0); delete self.pending[key]; });
+      }, function (e) { delete self.pending[key]; throw e; });
+    }
+    return this.pending[key];
+  };
+
+  // -- the view registry: a view is {name, label, head (uses the head selector), render(ex)} ------
+  var VIEWS = [];
+  function addView(spec) {
+    for (var i = 0; i < VIEWS.length; i++) if (VIEWS[i].name === spec.name) { VIEWS[i] = spec; return; }
+    VIEWS.push(spec);
+  }
+  function viewSpec(name) {
+    for (var i = 0; i < VIEWS.length; i++) if (VIEWS[i].name === name) return VIEWS[i];
+    return VIEWS[0];
+  }
 
   function Explorer(root, data, options) {
     this.root = root;
     this.data = data;
     this.options = options || {};
+    this.store = new Store(data, this.options.fetchHead);
     this.levels = {};
-    var first = data.level in data.levels ? data.level : Object.keys(data.levels)[0];
     this.state = {
-      view: this.options.view || data.view || "head", level: first, layer: 0, head: 0,
+      view: this.options.view || data.view || (data.lazy ? "matrix" : "head"),
+      level: data.level === "word" && data.words ? "word" : "token", layer: 0, head: 0,
       heads: data.heads.map(function () { return true; }),
-      hideSpecial: false, scale: data.scale === "1" ? "1" : "auto", hover: null,
+      hideSpecial: false, scale: data.scale || "auto", hover: null, focus: null, zoom: null,
     };
     root.classList.add("av");
     root.textContent = "";
     root.attnviz = this;
-    this.build();
-    this.render();
+    var self = this;
+    this.ready = this.store.ready.then(function () { self.build(); self.render(); return self; });
   }
 
+  // A level: labels, flags, spans into the text, and (word level) each token's unit.
   Explorer.prototype.level = function () {
-    var name = this.state.level, lv = this.levels[name];
-    if (!lv) {
-      var src = this.data.levels[name];
-      lv = { tokens: src.tokens, special: src.special, n: src.tokens.length, w: decodeHalf(src.weights) };
-      this.levels[name] = lv;
+    var name = this.state.level, lv = this.levels[name], d = this.data;
+    if (lv) return lv;
+    var spans = d.spans || [];
+    if (name === "word") {
+      var w = d.words, U = w.tokens.length, count = new Float32Array(U), wspans = [];
+      for (var u = 0; u < U; u++) wspans.push(null);
+      w.unit.forEach(function (u, i) {
+        count[u] += 1;
+        var s = spans[i];
+        if (s && !(s[0] === 0 && s[1] === 0)) wspans[u] = wspans[u] ? [wspans[u][0], s[1]] : [s[0], s[1]];
+      });
+      lv = { tokens: w.tokens, special: w.special, n: U, unit: w.unit, count: count,
+        spans: wspans.map(function (s) { return s || [0, 0]; }) };
+    } else {
+      lv = { tokens: d.tokens, special: d.special, n: d.n, spans: spans };
     }
+    lv.heads = new Map();
+    this.levels[name] = lv;
     return lv;
+  };
+
+  // One head of the current level, [n][n] as a Float32Array; null while a served head loads.
+  Explorer.prototype.head = function (layer, head) {
+    var lv = this.level(), tok = this.store.head(layer, head);
+    if (!tok) { this.need(layer, head); return null; }
+    if (!lv.unit) return tok;
+    var key = layer + "," + head, hit = lv.heads.get(key);
+    if (hit) return hit;
+    var n = this.data.n, U = lv.n, unit = lv.unit, out = new Float32Array(U * U);
+    for (var q = 0; q < n; q++) {
+      var row = unit[q] * U, base = q * n;
+      for (var k = 0; k < n; k++) out[row + unit[k]] += tok[base + k];
+    }
+    for (var u = 0; u < U; u++) for (var v = 0; v < U; v++) out[u * U + v] /= lv.count[u];
+    lv.heads.set(key, out);
+    if (lv.heads.size > CACHE_HEADS) lv.heads.delete(lv.heads.keys().next().value);
+    return out;
+  };
+  Explorer.prototype.need = function (layer, head) {
+    var self = this;
+    if (this.store.has(layer, head) || !this.store.fetchHead || this.store.pending[layer + "," + head]) return;
+    this.store.load(layer, head).then(function () { self.render(); },
+      function (e) { self.fail(e); });
+  };
+  Explorer.prototype.fail = function (e) {
+    this.body.textContent = "";
+    this.body.appendChild(el("div", "av-error", e && e.message ? e.message : String(e)));
   };
 
   // The shown tokens (special ones dropped when hidden) and one head's [q][k] rows for them,
@@ -78,90 +195,100 @@
   Explorer.prototype.shown = function () {
     var lv = this.level(), keep = [];
     for (var i = 0; i < lv.n; i++) if (!(this.state.hideSpecial && lv.special[i])) keep.push(i);
-    return { lv: lv, keep: keep, labels: keep.map(function (i) { return lv.tokens[i]; }) };
+    return { lv: lv, keep: keep, labels: keep.map(function (i) { return lv.tokens[i]; }),
+      names: keep.map(function (i) { return lv.tokens[i] + "#" + i; }) };
   };
   Explorer.prototype.matrix = function (layer, head, sh) {
     sh = sh || this.shown();
-    var lv = sh.lv, n = lv.n, keep = sh.keep, m = keep.length, H = this.data.heads.length;
-    var base = (layer * H + head) * n * n, out = new Float32Array(m * m);
+    var w = this.head(layer, head);
+    if (!w) return null;
+    var n = sh.lv.n, keep = sh.keep, m = keep.length;
+    if (m === n) return w;
+    var out = new Float32Array(m * m);
     for (var a = 0; a < m; a++) {
-      var sum = 0;
-      for (var b = 0; b < m; b++) { var v = lv.w[base + keep[a] * n + keep[b]]; out[a * m + b] = v; sum += v; }
-      if (this.state.hideSpecial && sum > 0) for (b = 0; b < m; b++) out[a * m + b] /= sum;
+      var sum = 0, base = keep[a] * n;
+      for (var b = 0; b < m; b++) { var v = w[base + keep[b]]; out[a * m + b] = v; sum += v; }
+      if (sum > 0) for (b = 0; b < m; b++) out[a * m + b] /= sum;
     }
     return out;
   };
   Explorer.prototype.masked = function (sh, a, b) {
     return this.data.causal && sh.keep[b] > sh.keep[a];
   };
-  Explorer.prototype.vmax = function (mat, sh) {
-    if (this.state.scale === "1") return 1;
-    var m = sh.keep.length, top = 0;
-    for (var a = 0; a < m; a++) for (var b = 0; b < m; b++)
-      if (!this.masked(sh, a, b) && mat[a * m + b] > top) top = mat[a * m + b];
-    return top > 0 ? top : 1;
+
+  // The key column the auto scale leaves out: the first key of a causal model, or a first
+  // [CLS]/BOS key that holds the largest weight.
+  Explorer.prototype.sink = function (mats, sh) {
+    var m = sh.keep.length;
+    if (m < 2) return null;
+    if (this.data.causal) return 0;
+    if (!sh.lv.special[sh.keep[0]]) return null;
+    for (var i = 0; i < mats.length; i++) {
+      var mat = mats[i], top = 0, col = 0;
+      for (var j = 0; j < mat.length; j++) if (mat[j] > top) top = mat[j];
+      for (var a = 0; a < m; a++) if (mat[a * m] > col) col = mat[a * m];
+      if (top > 0 && col >= top) return 0;
+    }
+    return null;
+  };
+  // {top, log, vmin, sink, sinkTop, t(v) -> 0..1}: auto, max, log, or a fixed number.
+  Explorer.prototype.scaleOf = function (mats, sh, rows) {
+    var m = sh.keep.length, mode = this.state.scale, top = 0, rest = 0, causal = this.data.causal;
+    var sink = mode === "auto" ? this.sink(mats, sh) : null;
+    mats.forEach(function (mat) { // shown tokens keep their order: key b is masked for a when b > a
+      for (var a = 0; a < m; a++) {
+        if (rows && rows.indexOf(a) < 0) continue;
+        for (var b = 0, end = causal ? a + 1 : m, base = a * m; b < end; b++) {
+          var v = mat[base + b];
+          if (v > top) top = v;
+          if (v > rest && b !== sink) rest = v;
+        }
+      }
+    });
+    var sc = { top: top > 0 ? top : 1, log: false, sink: null };
+    if (mode === "log") { sc.log = true; sc.vmin = sc.top * LOG_RANGE; }
+    else if (!isNaN(parseFloat(mode)) && mode !== "max" && mode !== "auto") sc.top = parseFloat(mode);
+    else if (sink !== null && rest > 0 && rest < top) { sc.top = rest; sc.sink = sink; sc.sinkTop = top; }
+    var lo = sc.log ? Math.log(sc.vmin) : 0, span = sc.log ? Math.log(sc.top) - lo : sc.top;
+    sc.t = sc.log ? function (v) { return v <= sc.vmin ? 0 : Math.min(1, (Math.log(v) - lo) / span); }
+      : function (v) { return Math.min(1, v / span); };
+    return sc;
   };
 
   Explorer.prototype.build = function () {
     var self = this, d = this.data, st = this.state;
-    var title = el("div", "av-title", d.model + " \u00b7 " + (d.kind || "") + (d.causal ? " (causal)" : ""));
+    var title = el("div", "av-title", d.model + " \u00b7 " + (d.kind || "") + (d.causal ? " (causal)" : "") +
+      " \u00b7 " + d.n + " tokens");
     this.root.appendChild(title);
     if (d.note) this.root.appendChild(el("div", "av-note", d.note));
     var bar = el("div", "av-bar");
     var tabs = el("span", "av-tabs");
     this.tabs = {};
-    [["head", "Head view"], ["matrix", "Matrix view"], ["model", "Model view"]].forEach(function (t) {
-      var b = el("button", "", t[1]);
+    VIEWS.forEach(function (v) {
+      var b = el("button", "", v.label);
       b.type = "button";
-      b.setAttribute("data-view", t[0]);
-      b.addEventListener("click", function () { self.set({ view: t[0] }); });
+      b.setAttribute("data-view", v.name);
+      b.addEventListener("click", function () { self.set({ view: v.name }); });
       tabs.appendChild(b);
-      self.tabs[t[0]] = b;
+      self.tabs[v.name] = b;
     });
     bar.appendChild(tabs);
-
-    var lab = el("label", "", "Layer ");
-    this.layerSel = el("select", "av-layer");
-    d.layers.forEach(function (l, i) { var o = el("option", "", l); o.value = i; self.layerSel.appendChild(o); });
-    this.layerSel.addEventListener("change", function () { self.set({ layer: +self.layerSel.value }); });
-    lab.appendChild(this.layerSel);
-    bar.appendChild(lab);
-
-    lab = el("label", "", "Head ");
-    this.headSel = el("select", "av-head");
-    d.heads.forEach(function (h, i) { var o = el("option", "", h); o.value = i; self.headSel.appendChild(o); });
-    this.headSel.addEventListener("change", function () { self.set({ head: +self.headSel.value }); });
-    lab.appendChild(this.headSel);
-    this.headLabel = lab;
-    bar.appendChild(lab);
-
-    if (d.levels.word) {
-      lab = el("label", "");
-      this.wordBox = el("input", "av-words");
-      this.wordBox.type = "checkbox";
-      this.wordBox.checked = st.level === "word";
-      this.wordBox.addEventListener("change", function () {
-        self.set({ level: self.wordBox.checked ? "word" : "token", hover: null });
+    this.layerSel = this.picker(bar, "Layer ", "av-layer", d.layers, "layer");
+    this.headSel = this.picker(bar, "Head ", "av-head", d.heads, "head");
+    this.headLabel = this.headSel.parentNode;
+    if (d.words) {
+      this.wordBox = this.checkbox(bar, "av-words", " words", st.level === "word", function (on) {
+        self.set({ level: on ? "word" : "token", hover: null, focus: null, zoom: null });
       });
-      lab.appendChild(this.wordBox);
-      lab.appendChild(document.createTextNode(" words"));
-      bar.appendChild(lab);
     }
-    lab = el("label", "");
-    this.specialBox = el("input", "av-special");
-    this.specialBox.type = "checkbox";
-    this.specialBox.addEventListener("change", function () {
-      self.set({ hideSpecial: self.specialBox.checked, hover: null });
+    this.specialBox = this.checkbox(bar, "av-special", " hide special tokens", false, function (on) {
+      self.set({ hideSpecial: on, hover: null, focus: null, zoom: null });
     });
-    lab.appendChild(this.specialBox);
-    lab.appendChild(document.createTextNode(" hide special tokens"));
-    bar.appendChild(lab);
-
-    lab = el("label", "", "Colour scale ");
+    var lab = el("label", "", "Colour scale ");
     this.scaleSel = el("select", "av-scale");
-    [["auto", "auto (largest shown)"], ["1", "0-1"]].forEach(function (s) {
-      var o = el("option", "", s[1]); o.value = s[0]; self.scaleSel.appendChild(o);
-    });
+    var scales = [["auto", "auto (sink left out)"], ["max", "largest weight"], ["log", "log"], ["1", "0-1"]];
+    if (!scales.some(function (s) { return s[0] === st.scale; })) scales.push([st.scale, "0-" + st.scale]);
+    scales.forEach(function (s) { var o = el("option", "", s[1]); o.value = s[0]; self.scaleSel.appendChild(o); });
     this.scaleSel.value = st.scale;
     this.scaleSel.addEventListener("change", function () { self.set({ scale: self.scaleSel.value }); });
     lab.appendChild(this.scaleSel);
@@ -190,6 +317,24 @@
     this.tip = el("div", "av-tip");
     this.root.appendChild(this.tip);
   };
+  Explorer.prototype.picker = function (bar, text, cls, values, key) {
+    var self = this, lab = el("label", "", text), sel = el("select", cls);
+    values.forEach(function (v, i) { var o = el("option", "", v); o.value = i; sel.appendChild(o); });
+    sel.addEventListener("change", function () { var c = {}; c[key] = +sel.value; self.set(c); });
+    lab.appendChild(sel);
+    bar.appendChild(lab);
+    return sel;
+  };
+  Explorer.prototype.checkbox = function (bar, cls, text, checked, change) {
+    var lab = el("label", ""), box = el("input", cls);
+    box.type = "checkbox";
+    box.checked = checked;
+    box.addEventListener("change", function () { change(box.checked); });
+    lab.appendChild(box);
+    lab.appendChild(document.createTextNode(text));
+    bar.appendChild(lab);
+    return box;
+  };
 
   Explorer.prototype.set = function (change) {
     for (var k in change) this.state[k] = change[k];
@@ -205,52 +350,81 @@
   };
 
   Explorer.prototype.render = function () {
-    var st = this.state, self = this;
+    var st = this.state, self = this, spec = viewSpec(st.view);
+    st.view = spec.name;
     Object.keys(this.tabs).forEach(function (v) { self.tabs[v].setAttribute("aria-pressed", String(v === st.view)); });
     this.layerSel.value = st.layer;
     this.headSel.value = st.head;
-    this.headLabel.style.display = st.view === "matrix" ? "" : "none";
-    this.headBar.style.display = st.view === "head" ? "" : "none";
+    this.headLabel.style.display = spec.head ? "" : "none";
+    this.headBar.style.display = spec.name === "head" ? "" : "none";
     this.headButtons.forEach(function (b, i) { b.setAttribute("aria-pressed", String(st.heads[i])); });
+    if (this.cleanup) { this.cleanup(); this.cleanup = null; }
     this.body.textContent = "";
     this.tip.style.display = "none";
-    this.root.setAttribute("data-view", st.view);
     this.root.setAttribute("data-level", st.level);
     this.root.setAttribute("data-layer", this.data.layers[st.layer]);
     this.root.setAttribute("data-head", this.data.heads[st.head]);
-    if (st.view === "head") this.renderHead();
-    else if (st.view === "matrix") this.renderMatrix();
-    else this.renderModel();
+    spec.render(this);
+    if (!this.root.hasAttribute("data-drawn-at")) { // ms since the page started: for benchmarks/browser.py
+      this.root.setAttribute("data-drawn-at", performance.now().toFixed(1));
+    }
+    this.root.setAttribute("data-view", st.view);
+    this.root.setAttribute("data-rendered", String((+this.root.getAttribute("data-rendered") || 0) + 1));
+  };
+  Explorer.prototype.loading = function (layer, head) {
+    this.body.appendChild(el("div", "av-note av-loading", "loading layer " + this.data.layers[layer] +
+      ", head " + this.data.heads[head] + "\u2026"));
+  };
+  Explorer.prototype.showTip = function (text, ev) {
+    this.tip.textContent = text;
+    this.tip.style.left = ev.clientX + 12 + "px"; this.tip.style.top = ev.clientY + 12 + "px";
+    this.tip.style.display = "block";
   };
 
   // -- head view: two columns of tokens, a line per (query, key, head) with opacity = weight ----
-  Explorer.prototype.renderHead = function () {
-    var self = this, st = this.state, sh = this.shown(), m = sh.keep.length;
+  function renderHead(ex) {
+    var st = ex.state, sh = ex.shown(), m = sh.keep.length;
     var rowH = 20, width = 420, top = 10, left = 150, right = width - 150;
+    var mats = [], missing = null;
+    st.heads.forEach(function (on, h) {
+      if (!on) return;
+      var mat = ex.matrix(st.layer, h, sh);
+      if (mat) mats.push([h, mat]); else if (missing === null) missing = h;
+    });
+    if (missing !== null) { ex.loading(st.layer, missing); return; }
     var box = el("div", "av-main");
     var s = svg("svg", { width: width, height: top * 2 + m * rowH, class: "av-headview" });
     var lines = svg("g", { class: "av-lines" });
     s.appendChild(lines);
-    var mats = [];
-    st.heads.forEach(function (on, h) { if (on) mats.push([h, self.matrix(st.layer, h, sh)]); });
-    mats.forEach(function (hm) {
-      var h = hm[0], mat = hm[1];
-      for (var a = 0; a < m; a++) for (var b = 0; b < m; b++) {
-        var w = mat[a * m + b];
-        if (w < MIN_LINE || self.masked(sh, a, b)) continue;
-        lines.appendChild(svg("line", {
-          x1: left, y1: top + a * rowH + rowH / 2, x2: right, y2: top + b * rowH + rowH / 2,
-          stroke: headColour(h), "stroke-width": 1.5, "stroke-opacity": Math.min(1, w).toFixed(3),
-          "data-q": a, "data-k": b, "data-head": self.data.heads[h], "data-w": w.toFixed(4),
-        }));
-      }
-    });
+    // A long text draws only the hovered token's lines: every line of 500 tokens is too many to move.
+    var dense = m > DENSE_HEAD_VIEW;
+    function draw(col, i) {
+      lines.textContent = "";
+      mats.forEach(function (hm) {
+        var h = hm[0], mat = hm[1];
+        for (var a = 0; a < m; a++) {
+          if (dense && !(col === "q" && a === i) && col !== "k") continue;
+          for (var b = 0; b < m; b++) {
+            if (dense && col === "k" && b !== i) continue;
+            var w = mat[a * m + b];
+            if (w < MIN_LINE || ex.masked(sh, a, b)) continue;
+            lines.appendChild(svg("line", {
+              x1: left, y1: top + a * rowH + rowH / 2, x2: right, y2: top + b * rowH + rowH / 2,
+              stroke: headColour(h), "stroke-width": 1.5, "stroke-opacity": Math.min(1, w).toFixed(3),
+              "data-q": a, "data-k": b, "data-head": ex.data.heads[h], "data-w": w.toFixed(4),
+            }));
+          }
+        }
+      });
+    }
+    if (!dense) draw(null, null);
     var side = el("div", "av-side");
-    var hint = el("div", "av-note", "Hover a token: its lines and top keys. Click a coloured head to toggle it.");
-    side.appendChild(hint);
+    side.appendChild(el("div", "av-note", "Hover a token: its lines and top keys. Click a coloured head to toggle it." +
+      (dense ? " (" + m + " tokens: only the hovered token's lines are drawn.)" : "")));
     var panel = el("div", "av-top");
     side.appendChild(panel);
     function hover(col, i) {
+      if (dense && i !== null) draw(col, i);
       var all = lines.childNodes;
       for (var j = 0; j < all.length; j++) {
         var ln = all[j], show = i === null || +ln.getAttribute(col === "q" ? "data-q" : "data-k") === i;
@@ -262,21 +436,20 @@
       panel.textContent = "";
       s.setAttribute("data-hover", i === null ? "" : col + i);
       if (i === null || col !== "q") return;
-      panel.appendChild(el("div", "av-title", "\u201c" + sh.labels[i] + "\u201d attends to"));
+      panel.appendChild(el("div", "av-title", "\u201c" + sh.names[i] + "\u201d attends to"));
       var tab = el("table", "av-topkeys");
       mats.forEach(function (hm) {
         var row = [];
-        for (var b = 0; b < m; b++) if (!self.masked(sh, i, b)) row.push([hm[1][i * m + b], b]);
+        for (var b = 0; b < m; b++) if (!ex.masked(sh, i, b)) row.push([hm[1][i * m + b], b]);
         row.sort(function (x, y) { return y[0] - x[0]; });
-        var tr = el("tr");
-        var td = el("td", "", "H" + self.data.heads[hm[0]]);
+        var tr = el("tr"), td = el("td", "", "H" + ex.data.heads[hm[0]]);
         td.style.color = headColour(hm[0]);
         tr.appendChild(td);
         tab.appendChild(tr);
         row.slice(0, 3).forEach(function (x) {
           var r = el("tr");
           r.appendChild(el("td", "", ""));
-          r.appendChild(el("td", "av-key", sh.labels[x[1]]));
+          r.appendChild(el("td", "av-key", sh.names[x[1]]));
           r.appendChild(el("td", "av-w", fmt(x[0])));
           tab.appendChild(r);
         });
@@ -300,115 +473,17 @@
     });
     box.appendChild(s);
     box.appendChild(side);
-    this.body.appendChild(box);
-    this.hover = hover;
+    ex.body.appendChild(box);
+    ex.hover = hover;
+  }
+  addView({ name: "head", label: "Head view", head: false, render: renderHead });
+
+  var api = {
+    Explorer: Explorer, decodeHalf: decodeHalf, el: el, svg: svg, colour: colour, LUT: LUT, fmt: fmt,
+    MASKED: MASKED, addView: addView, views: VIEWS, mounted: [],
   };
-
-  // -- matrix view: one head's heatmap on a canvas, labels as text, value on hover --------------
-  Explorer.prototype.cellSize = function (m) { return Math.max(2, Math.min(28, Math.floor(560 / Math.max(m, 1)))); };
-
-  Explorer.prototype.paint = function (canvas, mat, sh, cs, vmax) {
-    var m = sh.keep.length, ctx = canvas.getContext("2d");
-    canvas.width = m * cs; canvas.height = m * cs;
-    for (var a = 0; a < m; a++) for (var b = 0; b < m; b++) {
-      if (this.masked(sh, a, b)) {
-        ctx.fillStyle = MASKED;
-        ctx.fillRect(b * cs, a * cs, cs, cs);
-        if (cs >= 6) {
-          ctx.strokeStyle = "#aaaaaa"; ctx.beginPath();
-          ctx.moveTo(b * cs, (a + 1) * cs); ctx.lineTo((b + 1) * cs, a * cs); ctx.stroke();
-        }
-      } else {
-        ctx.fillStyle = colour(mat[a * m + b] / vmax);
-        ctx.fillRect(b * cs, a * cs, cs, cs);
-      }
-    }
-  };
-
-  Explorer.prototype.renderMatrix = function () {
-    var self = this, st = this.state, sh = this.shown(), m = sh.keep.length;
-    var mat = this.matrix(st.layer, st.head, sh), vmax = this.vmax(mat, sh), cs = this.cellSize(m);
-    var d = this.data;
-    this.body.appendChild(el("div", "av-title", "Layer " + d.layers[st.layer] + ", head " + d.heads[st.head] +
-      " \u00b7 rows: query (attending from), columns: key (attending to)"));
-    var grid = el("div", "av-grid");
-    var font = Math.min(13, Math.max(cs - 2, 0));
-    grid.appendChild(el("div"));
-    var cols = el("div", "av-cols");
-    var rows = el("div", "av-rows");
-    sh.labels.forEach(function (t) {
-      var c = el("div", "", t), r = el("div", "", t);
-      c.style.width = cs + "px"; c.style.maxHeight = "120px"; c.style.fontSize = font + "px";
-      c.style.lineHeight = cs + "px";
-      r.style.height = cs + "px"; r.style.maxWidth = "160px"; r.style.fontSize = font + "px";
-      r.style.lineHeight = cs + "px";
-      if (font < 6) { c.style.visibility = "hidden"; r.style.visibility = "hidden"; }
-      cols.appendChild(c); rows.appendChild(r);
-    });
-    grid.appendChild(cols);
-    grid.appendChild(rows);
-    var canvas = el("canvas", "av-matrix");
-    this.paint(canvas, mat, sh, cs, vmax);
-    canvas.setAttribute("data-cells", m * m);
-    canvas.setAttribute("data-cell", cs);
-    canvas.setAttribute("data-vmax", vmax.toFixed(4));
-    canvas.addEventListener("mousemove", function (ev) {
-      var r = canvas.getBoundingClientRect();
-      var b = Math.floor((ev.clientX - r.left) / cs), a = Math.floor((ev.clientY - r.top) / cs);
-      if (a < 0 || b < 0 || a >= m || b >= m) { self.tip.style.display = "none"; return; }
-      self.tip.textContent = sh.labels[a] + " \u2192 " + sh.labels[b] + ": " +
-        (self.masked(sh, a, b) ? "masked (future token)" : fmt(mat[a * m + b]));
-      self.tip.style.left = ev.clientX + 12 + "px"; self.tip.style.top = ev.clientY + 12 + "px";
-      self.tip.style.display = "block";
-    });
-    canvas.addEventListener("mouseleave", function () { self.tip.style.display = "none"; });
-    grid.appendChild(canvas);
-    this.body.appendChild(grid);
-    this.body.appendChild(this.legend(vmax));
-  };
-
-  Explorer.prototype.legend = function (vmax) {
-    var box = el("div", "av-legend"), c = el("canvas"), ctx = c.getContext("2d");
-    c.width = 160; c.height = 10;
-    for (var x = 0; x < 160; x++) { ctx.fillStyle = colour(x / 159); ctx.fillRect(x, 0, 1, 10); }
-    box.appendChild(el("span", "", "0"));
-    box.appendChild(c);
-    box.appendChild(el("span", "", fmt(vmax)));
-    if (this.data.causal) {
-      var sw = el("span", "", "\u00a0\u00a0\u00a0\u00a0");
-      sw.style.background = MASKED;
-      box.appendChild(sw);
-      box.appendChild(el("span", "", "masked: future token"));
-    }
-    return box;
-  };
-
-  // -- model view: layers x heads thumbnails; a click opens the head in the matrix view --------
-  Explorer.prototype.renderModel = function () {
-    var self = this, d = this.data, sh = this.shown(), m = sh.keep.length;
-    var cs = Math.max(1, Math.floor(64 / Math.max(m, 1)));
-    var grid = el("div", "av-thumbs");
-    grid.style.gridTemplateColumns = "repeat(" + d.heads.length + ", auto)";
-    d.layers.forEach(function (l, li) {
-      d.heads.forEach(function (h, hi) {
-        var cell = el("div", "av-thumb");
-        cell.setAttribute("data-layer", l);
-        cell.setAttribute("data-head", h);
-        var c = el("canvas");
-        var mat = self.matrix(li, hi, sh);
-        self.paint(c, mat, sh, cs, self.vmax(mat, sh));
-        cell.appendChild(c);
-        cell.appendChild(el("div", "", "L" + l + " H" + h));
-        cell.title = "layer " + l + ", head " + h + ": open in the matrix view";
-        cell.addEventListener("click", function () { self.select(l, h); });
-        grid.appendChild(cell);
-      });
-    });
-    this.body.appendChild(el("div", "av-note", "Layers (rows) x heads (columns); click one to open it."));
-    this.body.appendChild(grid);
-  };
-
-  var api = { Explorer: Explorer, decodeHalf: decodeHalf, el: el, mounted: [] };
+  // Mount an explorer; `options.fetchHead(layer, head)` -> Promise of one head's encoded weights,
+  // for data sent without weights (a served long text). Resolves once the first view is drawn.
   api.mount = function (root, data, options) {
     var ex = new Explorer(root, data, options);
     api.mounted.push(ex);
@@ -416,11 +491,15 @@
   };
   window.AttnViz = api;
 
-  // A page written by `attnviz view` carries its data in a JSON script element.
+  // A page written by `attnviz view` carries its data in a JSON script element; every view file
+  // has registered by DOMContentLoaded.
   var node = document.getElementById("attnviz-data");
   if (node) {
-    var start = function () { api.mount(document.getElementById("attnviz-root"), JSON.parse(node.textContent)); };
+    var start = function () {
+      api.mount(document.getElementById("attnviz-root"), JSON.parse(node.textContent)).ready
+        .catch(function (e) { document.getElementById("attnviz-root").textContent = "error: " + e; });
+    };
     if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
-    else start();
+    else setTimeout(start, 0);
   }
 })();

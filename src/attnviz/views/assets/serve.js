@@ -12,11 +12,10 @@
     status.textContent = message;
     status.className = error ? "av-note av-error" : "av-note";
   }
+  // POST with a JSON body: long texts do not fit a query string.
   function get(path, params) {
-    var q = Object.keys(params).map(function (k) {
-      return encodeURIComponent(k) + "=" + encodeURIComponent(params[k]);
-    }).join("&");
-    return fetch(path + "?" + q).then(function (r) {
+    var init = { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(params) };
+    return fetch(path, init).then(function (r) {
       return r.json().then(function (body) {
         if (!r.ok) throw new Error(body.error || ("HTTP " + r.status));
         return body;
@@ -27,7 +26,8 @@
   function showWords(data) {
     textBox.textContent = "";
     picked = [];
-    var lv = data.levels.word || data.levels.token;
+    var lv = data.words || data;
+    if (lv.tokens.length > 600) return; // a long text: read it in the explorer's text view
     lv.tokens.forEach(function (w, i) {
       if (lv.special[i]) return;
       var s = el("span", "av-word", w);
@@ -49,7 +49,7 @@
 
   function findHead(a, b) {
     ranking.textContent = "";
-    get("/api/find-head", { text: current.text, model: current.model, a: a, b: b, top: 10 })
+    get("/api/find-head", { text: current.text, model: current.model, a: a, b: b, top: 10, truncate: current.truncate })
       .then(function (rows) {
         var tab = el("table", "av-rank");
         var head = el("tr");
@@ -71,19 +71,31 @@
   form.addEventListener("submit", function (ev) {
     ev.preventDefault();
     var text = input.value.trim(), model = modelSel.value;
+    var cut = document.getElementById("av-truncate").checked ? 1 : 0;
     if (!text) { say("type a text first", true); return; }
     say("computing\u2026");
-    get("/api/view", { text: text, model: model }).then(function (data) {
-      current = { text: text, model: model, data: data };
-      current.explorer = window.AttnViz.mount(root, data);
+    var t0 = performance.now();
+    get("/api/view", { text: text, model: model, lazy: 1, truncate: cut }).then(function (data) {
+      current = { text: text, model: model, data: data, truncate: cut };
+      document.body.setAttribute("data-answered", String(performance.now() - t0)); // ms from the request
+      document.body.setAttribute("data-answered-at", String(performance.now())); // ms from page start
+      var fetchHead = function (layer, head) {
+        var q = { text: text, model: model, layer: layer, head: head, truncate: cut };
+        return get("/api/head", q).then(function (r) {
+          return r.weights;
+        });
+      };
+      current.explorer = window.AttnViz.mount(root, data, { fetchHead: fetchHead });
       ranking.textContent = "";
       showWords(data);
-      say(data.model + ": " + data.levels.token.tokens.length + " tokens");
+      say(data.model + ": " + data.n + " tokens" + (data.lazy ? " (long text: heads are fetched one at a time)" : ""));
+      return current.explorer.ready;
+    }).then(function () {
       document.body.setAttribute("data-ready", String(Date.now()));
     }).catch(function (e) { say(e.message, true); });
   });
 
-  get("/api/models", {}).then(function (models) {
+  fetch("/api/models").then(function (r) { return r.json(); }).then(function (models) {
     models.forEach(function (m) {
       var o = el("option", "", m.name + " (" + m.layers + " x " + m.heads + ")");
       o.value = m.name;
