@@ -86,9 +86,22 @@ def _long_in(source: str, label: str) -> dict[str, int]:
 # server -> apps; a command -> cli. The package root is core: its re-exports are lazy, and nothing
 # of ours imports them (import from the module that defines a name; `__version__` is the exception).
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("core", ("", "errors", "selection", "outputs", "tokens", "config", "gguf_cache", "corpus")),
+    (
+        "core",
+        (
+            "",
+            "errors",
+            "selection",
+            "outputs",
+            "tokens",
+            "config",
+            "gguf_cache",
+            "corpus",
+            "generation_transform",
+        ),
+    ),
     ("attention", ("attention",)),
-    ("models", ("models", "capture", "architecture", "model_info")),
+    ("models", ("models", "capture", "generation_capture", "architecture", "model_info")),
     ("extraction", ("extraction",)),
     (
         "analyses",

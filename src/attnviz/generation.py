@@ -153,10 +153,9 @@ class Generation:
 
     def _repr_html_(self) -> str:
         """Jupyter shows the explorer's generation mode."""
-        from attnviz.views.generation import render_generation_html
-        from attnviz.views.notebook import iframe
+        from attnviz.views.notebook import generation_html
 
-        return iframe(render_generation_html(self))
+        return generation_html(self)
 
     def transformed(self, hide_special: bool = False, aggregate: str | None = None, over: str = "heads"):
         """Special tokens hidden (columns dropped, rows renormalised) and/or heads or layers pooled."""
@@ -166,36 +165,6 @@ class Generation:
         ViewOptions(hide_special=hide_special, aggregate=aggregate, over=over).check()
         gen = without_special(self) if hide_special else self
         return pooled(gen, aggregate, over) if aggregate else gen
-
-    def figure(self, stream: str = "self", **style: Any) -> Any:
-        """The heatmap of one recorded head (or, with several, their mean, said in the title)."""
-        from attnviz.generation_transform import pooled
-        from attnviz.plots._common import ranges
-        from attnviz.plots.generation import generation_figure
-
-        if stream not in ("self", "cross"):
-            raise InputError(f"unknown --stream '{stream}': use self or cross")
-        if self.n_new == 0:
-            raise InputError("no new token is left to draw (were they all special tokens? drop --no-special)")
-        gen = self
-        if len(self.layers) * len(self.heads) > 1:
-            gen = pooled(self, "mean", "both")
-        arr = gen.cross if stream == "cross" else gen.attn
-        if arr is None:
-            raise InputError(f"{self.model} is not an encoder-decoder model: it has no cross-attention")
-        who = gen.notes[-1] if gen.notes else f"layer {ranges(gen.layers)} · head {ranges(gen.heads)}"
-        what = "cross-attention" if stream == "cross" else "while generating"
-        cols = self.source_labels if stream == "cross" else gen.labels
-        return generation_figure(
-            arr[0, 0],
-            gen.new_labels,
-            cols,
-            gen.prompt_length,
-            cross=stream == "cross",
-            title=f"{self.model} · {what} · {who}",
-            text=self.prompt,
-            **style,
-        )
 
     @property
     def source_labels(self) -> list[str]:

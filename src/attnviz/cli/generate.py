@@ -158,8 +158,9 @@ def _write(
         written.append(gen.save(output))
     if plot is not None:
         from attnviz import plots
+        from attnviz.plots.generation import generation_picture
 
-        written.append(plots.save(gen.figure(stream, cmap=cmap), plot))
+        written.append(plots.save(generation_picture(gen, stream, cmap=cmap), plot))
     if view is not None:
         from attnviz.views.generation import write_generation_html
 

@@ -7,7 +7,7 @@ row's end are hatched (the step could not see them) and a dashed line marks wher
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -88,3 +88,33 @@ def generation_figure(
         handle = Line2D([], [], color=HIGHLIGHT, linestyle="--", label=PROMPT_END_LABEL)
         ax.legend(handles=[handle], loc="upper right", fontsize=8, framealpha=0.9)
     return fig
+
+
+def generation_picture(gen0: Any, stream: str = "self", **style: Any) -> Figure:
+    """A Generation's heatmap: one recorded head (or, with several, their mean, said in the title)."""
+    from attnviz.generation_transform import pooled
+    from attnviz.plots._common import ranges
+
+    if stream not in ("self", "cross"):
+        raise InputError(f"unknown --stream '{stream}': use self or cross")
+    if gen0.n_new == 0:
+        raise InputError("no new token is left to draw (were they all special tokens? drop --no-special)")
+    gen = gen0
+    if len(gen0.layers) * len(gen0.heads) > 1:
+        gen = pooled(gen0, "mean", "both")
+    arr = gen.cross if stream == "cross" else gen.attn
+    if arr is None:
+        raise InputError(f"{gen0.model} is not an encoder-decoder model: it has no cross-attention")
+    who = gen.notes[-1] if gen.notes else f"layer {ranges(gen.layers)} · head {ranges(gen.heads)}"
+    what = "cross-attention" if stream == "cross" else "while generating"
+    cols = gen0.source_labels if stream == "cross" else gen.labels
+    return generation_figure(
+        arr[0, 0],
+        gen.new_labels,
+        cols,
+        gen.prompt_length,
+        cross=stream == "cross",
+        title=f"{gen0.model} · {what} · {who}",
+        text=gen0.prompt,
+        **style,
+    )

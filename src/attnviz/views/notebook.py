@@ -32,6 +32,13 @@ def attention_html(att: Attention, **options: Any) -> str:
         return f"<p>attnviz: {html.escape(str(exc))} (extract fewer layers or heads)</p>"
 
 
+def generation_html(gen: Generation) -> str:
+    """The explorer's generation mode in an iframe (what `Generation._repr_html_` shows)."""
+    from attnviz.views.generation import render_generation_html
+
+    return iframe(render_generation_html(gen))
+
+
 def ranking_html(result: HeadSearch) -> str:
     """find_heads' ranking as a table (every value escaped)."""
     esc = html.escape
