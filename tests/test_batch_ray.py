@@ -356,6 +356,15 @@ def test_resume_after_the_ray_command_is_killed(ray_instance, tiny_model_path, t
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     assert json.loads((out / RUN_FILE).read_text())["status"] == "running"  # it never got to say otherwise
+    # The workers live in the module's Ray instance, not under the killed driver: Ray ends a dead
+    # driver's actors within seconds, and a chunk in flight may still commit its part meanwhile.
+    parts, settled = sorted(out.glob("heads/part-*.parquet")), time.monotonic() + 3
+    while time.monotonic() < settled:
+        time.sleep(0.2)
+        now = sorted(out.glob("heads/part-*.parquet"))
+        if now != parts:
+            parts, settled = now, time.monotonic() + 3
+        assert time.monotonic() < deadline + 60, "the killed driver's workers kept committing parts"
     before = pd.read_parquet(out / HEADS_DIR).text_id.nunique()
     assert 0 < before < 300
     config = make_config(
