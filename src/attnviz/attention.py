@@ -226,52 +226,20 @@ class Attention:
 
     def save(self, path: str | Path) -> Path:
         """Write the arrays and metadata to .safetensors or .npz (never pickle)."""
-        from attnviz.outputs import atomic_output, check_data_output, write_error
+        from attnviz.outputs import write_arrays
 
-        path = Path(path)
-        check_data_output(path)
         arrays = {  # float16 stays float16 (`store="float16"`); anything else is written as float32
             name: np.ascontiguousarray(a, dtype=np.float16 if a.dtype == np.float16 else np.float32)
             for name, a in self.streams.items()
         }
-        meta = json.dumps(self.metadata())
-        try:
-            with atomic_output(path) as tmp:
-                if path.suffix.lower() == ".safetensors":
-                    from safetensors.numpy import save_file
-
-                    save_file(arrays, str(tmp), metadata={"attnviz": meta})
-                else:
-                    np.savez_compressed(tmp, **arrays, metadata=np.array(meta))
-        except OSError as exc:
-            raise _input_error(write_error(path, exc)) from exc
-        except Exception as exc:  # safetensors reports I/O failures (a full disk) as its own error
-            if "No space left" in str(exc) or "os error 28" in str(exc):
-                raise _input_error(write_error(path, OSError(28, "No space left on device"))) from exc
-            raise
-        return path
+        return write_arrays(Path(path), arrays, json.dumps(self.metadata()))
 
     @classmethod
     def load(cls, path: str | Path) -> Attention:
         """Read a file written by `save`."""
-        path = Path(path)
-        if not path.is_file():
-            raise _input_error(f"no such file: {path}")
-        try:
-            if path.suffix.lower() == ".safetensors":
-                from safetensors import safe_open
+        from attnviz.outputs import read_arrays
 
-                with safe_open(str(path), framework="numpy") as f:
-                    meta = json.loads((f.metadata() or {})["attnviz"])
-                    arrays = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-            else:
-                with np.load(path, allow_pickle=False) as data:
-                    meta = json.loads(str(data["metadata"]))
-                    arrays = {k: data[k] for k in data.files if k != "metadata"}
-        except Exception as exc:  # damaged, cut short or foreign (safetensors has its own error type)
-            raise _input_error(
-                f"{path} is not a readable attention file from `attnviz extract -o` ({type(exc).__name__})"
-            ) from exc
+        meta, arrays = read_arrays(Path(path), "attention file from `attnviz extract -o`")
         main = arrays.get("self", arrays.get("encoder"))
         if meta.get("labels") != LABEL_RULE:  # written before the one labelling rule
             from attnviz.tokens import display

@@ -197,47 +197,20 @@ class Generation:
 
     def save(self, path: str | Path) -> Path:
         """Write `self` (and `cross`) with the metadata to .safetensors or .npz, as `extract` does."""
-        from attnviz.outputs import atomic_output, check_data_output, write_error
+        from attnviz.outputs import write_arrays
 
-        path = Path(path)
-        check_data_output(path)
         arrays = {k: np.ascontiguousarray(a, dtype=np.float32) for k, a in self.streams.items()}
-        meta = json.dumps(self.metadata())
-        try:
-            with atomic_output(path) as tmp:
-                if path.suffix.lower() == ".safetensors":
-                    from safetensors.numpy import save_file
-
-                    save_file(arrays, str(tmp), metadata={"attnviz": meta})
-                else:
-                    np.savez_compressed(tmp, **arrays, metadata=np.array(meta))
-        except OSError as exc:
-            raise InputError(write_error(path, exc)) from exc
-        return path
+        return write_arrays(Path(path), arrays, json.dumps(self.metadata()))
 
     @classmethod
     def load(cls, path: str | Path) -> Generation:
         """Read a file written by `save`."""
-        path = Path(path)
-        if not path.is_file():
-            raise InputError(f"no such file: {path}")
-        try:
-            if path.suffix.lower() == ".safetensors":
-                from safetensors import safe_open
+        from attnviz.outputs import read_arrays
 
-                with safe_open(str(path), framework="numpy") as f:
-                    meta = json.loads((f.metadata() or {})["attnviz"])
-                    arrays = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-            else:
-                with np.load(path, allow_pickle=False) as data:
-                    meta = json.loads(str(data["metadata"]))
-                    arrays = {k: data[k] for k in data.files if k != "metadata"}
-            if meta.get("format") != FORMAT:
-                raise ValueError("not a generation file")
-        except Exception as exc:  # damaged, cut short or foreign (safetensors has its own error type)
-            raise InputError(
-                f"{path} is not a readable file from `attnviz generate -o` ({type(exc).__name__})"
-            ) from exc
+        what = "file from `attnviz generate -o`"
+        meta, arrays = read_arrays(Path(path), what)
+        if meta.get("format") != FORMAT:
+            raise InputError(f"{path} is not a readable {what} (not a generation file)")
         return cls(
             model=meta["model"],
             kind=meta["kind"],

@@ -227,3 +227,51 @@ def atomic_output(path: str | Path, folder: bool = False) -> Iterator[Path]:
         else:
             tmp.unlink(missing_ok=True)
         raise
+
+
+def write_arrays(path: Path, arrays: dict, meta: str) -> Path:
+    """Write named arrays and a JSON metadata string, atomically, as .safetensors or .npz (never
+    pickle): the one writer of `extract -o` and `generate -o` files."""
+    check_data_output(path)
+    try:
+        with atomic_output(path) as tmp:
+            if path.suffix.lower() == ".safetensors":
+                from safetensors.numpy import save_file
+
+                save_file(arrays, str(tmp), metadata={"attnviz": meta})
+            else:
+                import numpy as np
+
+                np.savez_compressed(tmp, **arrays, metadata=np.array(meta))
+    except OSError as exc:
+        raise InputError(write_error(path, exc)) from exc
+    except Exception as exc:  # safetensors reports I/O failures (a full disk) as its own error
+        if "No space left" in str(exc) or "os error 28" in str(exc):
+            raise InputError(write_error(path, OSError(errno.ENOSPC, "No space left on device"))) from exc
+        raise
+    return path
+
+
+def read_arrays(path: Path, what: str) -> tuple[dict, dict]:
+    """Read a file `write_arrays` wrote: (metadata, arrays); anything unreadable is one line naming
+    `what` wrote it."""
+    import json
+
+    if not path.is_file():
+        raise InputError(f"no such file: {path}")
+    try:
+        if path.suffix.lower() == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="numpy") as f:
+                meta = json.loads((f.metadata() or {})["attnviz"])
+                arrays = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+        else:
+            import numpy as np
+
+            with np.load(path, allow_pickle=False) as data:
+                meta = json.loads(str(data["metadata"]))
+                arrays = {k: data[k] for k in data.files if k != "metadata"}
+    except Exception as exc:  # damaged, cut short or foreign (safetensors has its own error type)
+        raise InputError(f"{path} is not a readable {what} ({type(exc).__name__})") from exc
+    return meta, arrays
