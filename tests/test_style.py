@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 import shutil
 import subprocess
 import sys
@@ -53,6 +54,7 @@ def _modules() -> dict[str, Path]:
     return out
 
 
+@functools.cache  # the tree is read once a session, whichever tests ask
 def _long_functions(path: Path) -> dict[str, int]:
     """`module.py:Class.function` -> body lines, for every function whose body is over the limit."""
     return _long_in(path.read_text(encoding="utf-8"), path.relative_to(SRC).as_posix())
@@ -191,9 +193,10 @@ def _imports_of(name: str, path: Path, modules: Collection[str]) -> list[Import]
     return _all_imports(name, path.read_text(encoding="utf-8"), modules, path.name == "__init__.py")
 
 
-def _every_import() -> list[Import]:
+@functools.cache
+def _every_import() -> tuple[Import, ...]:
     modules = _modules()
-    return [imp for name, path in modules.items() for imp in _imports_of(name, path, modules)]
+    return tuple(imp for name, path in modules.items() for imp in _imports_of(name, path, modules))
 
 
 def _layer_of(module: str, layers=LAYERS) -> int | None:
@@ -214,7 +217,7 @@ def _parents(module: str) -> list[str]:
     return [".".join(parts[:i]) for i in range(2, len(parts))]
 
 
-def _upward(imports: list[Import], modules: Collection[str], layers=LAYERS) -> list[str]:
+def _upward(imports: Collection[Import], modules: Collection[str], layers=LAYERS) -> list[str]:
     """Imports that reach a higher layer (a package's `__init__` counts), as readable lines."""
     bad = []
     for imp in imports:

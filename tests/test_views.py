@@ -175,7 +175,7 @@ def long_attention(n: int, n_layers: int, n_heads: int = 12) -> Attention:
     from dataclasses import replace
 
     att = synthetic()
-    attn = np.full((n_layers, n_heads, n, n), 1.0 / n, dtype=np.float32)
+    attn = np.broadcast_to(np.float32(1.0 / n), (n_layers, n_heads, n, n))  # uniform rows, no memory
     tokens = ("[CLS]", *(f"w{i}" for i in range(n - 2)), "[SEP]")
     return replace(
         att,
