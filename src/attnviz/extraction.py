@@ -140,17 +140,21 @@ def extract_batch(
         if not isinstance(t, str) or not t.strip():
             raise InputError(f"text {i + 1} is empty" if len(texts) > 1 else "the text is empty")
     loaded = model if isinstance(model, LoadedModel) else load_model(model, device=device, dtype=dtype)
-    layer_list = resolve_indices(layers, loaded.num_layers, "layer", loaded.name)
-    head_list = resolve_indices(heads, loaded.capture.num_heads, "head", loaded.name)
-    out: list[Attention] = []
-    for start in range(0, len(texts), max(1, batch_size)):
-        chunk = texts[start : start + batch_size]
-        encoded = tokenize(
-            loaded, chunk, special_tokens, truncate, max_length, first=start + 1, many=len(texts) > 1
+    out = list(
+        extract_stream(
+            texts,
+            loaded,
+            layers=layers,
+            heads=heads,
+            special_tokens=special_tokens,
+            truncate=truncate,
+            max_length=max_length,
+            qkv=qkv,
+            decoder_text=decoder_text,
+            batch_size=batch_size,
+            store=store,
         )
-        out.extend(
-            run_batch(loaded, encoded, layer_list, head_list, qkv=qkv, decoder_text=decoder_text, store=store)
-        )
+    )
     return [a.to_words() for a in out] if words else out
 
 
@@ -164,9 +168,11 @@ def extract_stream(
     truncate: bool = False,
     max_length: int | None = None,
     qkv: bool = False,
+    decoder_text: str | None = None,
     batch_size: int = 32,
     device: str | None = "auto",
     dtype: str | None = "float32",
+    store: str = "float32",
 ) -> Iterator[Attention]:
     """Extract many texts lazily, `batch_size` at a time, so a long corpus never holds every
     tensor at once; an empty or over-long text is named by its place in the whole input."""
@@ -183,7 +189,9 @@ def extract_stream(
             if not isinstance(t, str) or not t.strip():
                 raise InputError(f"text {start + i + 1} is empty" if many else "the text is empty")
         encoded = tokenize(loaded, chunk, special_tokens, truncate, max_length, first=start + 1, many=many)
-        yield from run_batch(loaded, encoded, layer_list, head_list, qkv=qkv)
+        yield from run_batch(
+            loaded, encoded, layer_list, head_list, qkv=qkv, decoder_text=decoder_text, store=store
+        )
         start += len(chunk)
 
 
