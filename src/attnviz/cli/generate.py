@@ -96,9 +96,7 @@ def generate_cmd(
     options = view_options("attention", special, aggregate, over)
     if stream not in ("self", "cross"):
         raise InputError(f"unknown --stream '{stream}': use self or cross")
-    body = read_text(prompt, file)
-    if not body.strip():
-        raise InputError("the prompt is empty: give it as the argument, with --file or on standard input")
+    body = read_text(prompt, file)  # refuses an empty prompt
     layer_list = parse_indices(layers, "--layers")
     head_list = parse_indices(heads, "--heads")
     if rollout and (aggregate or heads or not special):
