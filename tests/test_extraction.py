@@ -54,7 +54,7 @@ def test_special_tokens_can_be_omitted(tiny_model_path):
 def test_too_long_is_an_error_unless_truncated(tiny_model_path):
     loaded = load_model(str(tiny_model_path("gpt2")), device="cpu")  # limit: 64 tokens
     long = " ".join(["the cat sat on the mat"] * 40)
-    with pytest.raises(TextTooLongError, match="--truncate"):
+    with pytest.raises(TextTooLongError, match="pass truncate=True to cut it"):
         extract(long, loaded)
     cut = extract(long, loaded, truncate=True)
     assert cut.n_tokens == 64 and cut.truncated > 0

@@ -101,7 +101,7 @@ def test_view_data_and_models(client, models):
         ({"text": TEXT, "layer": "x", "head": 0}, 400, "must be an integer"),
         ({}, 400, "missing parameter 'text'"),
         ({"text": "   "}, 400, "missing parameter 'text'"),
-        ({"text": "x " * 100}, 413, "takes at most 64; send truncate=1 to cut it"),
+        ({"text": "x " * 100}, 413, "takes at most 64; pass truncate=1 to cut it"),
         ({"text": "x" * (MAX_TEXT_CHARS + 1)}, 413, "at most"),
     ],
 )

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from attnviz.attention import FORMAT_VERSION, QKV, Attention, Encoded  # re-exported: the old home
-from attnviz.errors import InputError, TextTooLongError
+from attnviz.errors import InputError, TextTooLongError, param
 from attnviz.selection import resolve_indices
 from attnviz.tokens import align_words, token_labels
 
@@ -228,7 +228,8 @@ def tokenize(
             several = many if many is not None else len(full) > 1
             where = f"text {i + first} has" if several else "the text has"
             raise TextTooLongError(
-                f"{where} {full[i]} tokens but {loaded.name} takes at most {limit}; pass --truncate to cut it"
+                f"{where} {full[i]} tokens but {loaded.name} takes at most {limit}; "
+                f"pass {param('truncate', True)} to cut it"
             )
         enc = tok(list(texts), truncation=True, max_length=limit, **kwargs)
         truncated = [max(0, f - limit) for f in full]

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from attnviz.errors import InputError
+from attnviz.errors import InputError, param
 from attnviz.tokens import display
 
 if TYPE_CHECKING:
@@ -222,16 +222,11 @@ class PatternTable:
         return out
 
 
-def check_thresholds(
-    threshold: float, broad_threshold: float, names: tuple[str, str] = ("threshold", "broad_threshold")
-) -> None:
-    """Both thresholds are fractions of a row's attention: 0-1 (checked before a model loads).
-
-    `names`: what the caller typed, so the error speaks its language (the CLI passes its flags).
-    """
-    for option, value in zip(names, (threshold, broad_threshold), strict=True):
+def check_thresholds(threshold: float, broad_threshold: float) -> None:
+    """Both thresholds are fractions of a row's attention: 0-1 (checked before a model loads)."""
+    for name, value in (("threshold", threshold), ("broad_threshold", broad_threshold)):
         if not 0.0 <= value <= 1.0:
-            raise InputError(f"bad {option} {value:g}: pattern scores are fractions, use a value in 0-1")
+            raise InputError(f"bad {param(name)} {value:g}: pattern scores are fractions, use a value in 0-1")
 
 
 def head_patterns(

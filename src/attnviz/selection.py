@@ -11,7 +11,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from attnviz.errors import InputError
+from attnviz.errors import InputError, param
 
 _PART = re.compile(r"(-?\d+)(?:-(-?\d+))?")
 
@@ -20,13 +20,14 @@ MAX_RANGE = 1 << 16  # far above any model's layers or heads
 
 
 def _where(option: str, source: str | None) -> str:
-    return f"{option} in {source}" if source else option
+    """A config file's key as written there; otherwise the parameter, spelled by whoever shows it."""
+    return f"{option} in {source}" if source else param(option)
 
 
 def parse_indices(value: Any, option: str, source: str | None = None) -> tuple[int, ...] | None:
     """A selection as written -> a tuple of indices in the order given; None (or "all") means all.
 
-    `option` names the option (`--layers`, `heads`) and `source` the config file, for the message.
+    `option` names the parameter (`layers`, `heads`) and `source` the config file, for the message.
     Empty lists, words (`a,b`) and reversed ranges (`3-1`) are errors, the same in every command.
     """
     where = _where(option, source)

@@ -108,7 +108,7 @@ def command(*args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callabl
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(fn)
         def wrapper(*a: Any, **kw: Any) -> Any:
-            from attnviz.errors import AttnvizError
+            from attnviz.errors import AttnvizError, cli_terms
 
             as_json = JSON_OUTPUT.set(bool(kw.get("as_json")))
             try:
@@ -116,7 +116,7 @@ def command(*args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callabl
             except AttnvizError as exc:
                 if os.environ.get("ATTNVIZ_DEBUG"):
                     raise
-                raise fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+                raise fail(exc.render(cli_terms)) from None
             except KeyboardInterrupt:
                 raise fail("interrupted", 130) from None
             finally:

@@ -80,7 +80,7 @@ def rollout_cmd(
     if token is not None and not token.strip():  # not silently @0
         raise InputError("--token is empty: give a word or @N")
     check_style(cmap, dpi)
-    layer_list = parse_indices(layers, "--layers")
+    layer_list = parse_indices(layers, "layers")
     body = read_text(text, file)
     check_output(output)
     loaded = load(model, device, dtype, trust_remote_code)
@@ -138,8 +138,8 @@ def compare_cmd(
         if not value.strip():
             raise InputError(f"{name} is empty")
     check_style(cmap, dpi)
-    layer_list = parse_indices(layers, "--layers")
-    head_list = parse_indices(heads, "--heads")
+    layer_list = parse_indices(layers, "layers")
+    head_list = parse_indices(heads, "heads")
     check_output(output)
     loaded = load(model, device, dtype, trust_remote_code)
     if layer is not None and head is not None:  # out of range is refused, as every command does
@@ -232,8 +232,8 @@ def cluster_cmd(
         raise InputError(f"bad --batch-size {batch_size}: use 1 or more")
     if groups is not None and groups < 1:
         raise InputError(f"bad --groups {groups}: use 1 or more")
-    layer_list = parse_indices(layers, "--layers")
-    head_list = parse_indices(heads, "--heads")
+    layer_list = parse_indices(layers, "layers")
+    head_list = parse_indices(heads, "heads")
     texts, skipped = read_texts(where, fmt, field, column)
     if limit is not None:
         texts = texts[: max(limit, 0)]

@@ -118,7 +118,7 @@ def batch_cmd(
 
     if resume and overwrite:  # one continues the run in the folder, the other replaces it
         raise InputError("give --resume (continue the run) or --overwrite (replace it), not both")
-    for value, option in ((layers, "--layers"), (heads, "--heads")):
+    for value, option in ((layers, "layers"), (heads, "heads")):
         parse_indices(value, option)  # extract's one-line errors, naming the option ("all" stays)
     cfg = make_config(
         config,

@@ -76,8 +76,8 @@ def extract_cmd(
         raise InputError(f"unknown --store '{store}': use float32 or float16")
     options = view_options(weighting, special, words=words)
     body = read_text(text, file)
-    layer_list = parse_indices(layers, "--layers")
-    head_list = parse_indices(heads, "--heads")
+    layer_list = parse_indices(layers, "layers")
+    head_list = parse_indices(heads, "heads")
     check_data_output(output)
     loaded = load(model, device, dtype, trust_remote_code, quiet=as_json)
     att = extract(

@@ -97,8 +97,8 @@ def generate_cmd(
     if stream not in ("self", "cross"):
         raise InputError(f"unknown --stream '{stream}': use self or cross")
     body = read_text(prompt, file)  # refuses an empty prompt
-    layer_list = parse_indices(layers, "--layers")
-    head_list = parse_indices(heads, "--heads")
+    layer_list = parse_indices(layers, "layers")
+    head_list = parse_indices(heads, "heads")
     if rollout and (aggregate or heads or not special):
         raise InputError("--rollout fuses every head itself: drop --aggregate, --heads and --no-special")
     check_data_output(output)

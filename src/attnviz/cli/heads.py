@@ -80,7 +80,7 @@ def _layer_choice(layer: int | None, layers: str | None) -> tuple[int, ...] | No
 
     if layer is not None and layers is not None:
         raise InputError("give --layer (one layer) or --layers (a list), not both")
-    return (layer,) if layer is not None else parse_indices(layers, "--layers")
+    return (layer,) if layer is not None else parse_indices(layers, "layers")
 
 
 def _stream(
@@ -175,7 +175,7 @@ def find_head_cmd(
     options = view_options(weighting, special)
     occ = parse_occurrence(occurrence)
     layer_list = _layer_choice(layer, layers)
-    head_list = parse_indices(heads, "--heads")
+    head_list = parse_indices(heads, "heads")
     _check_plot(plot)
     items = texts_from(text, file, texts)
     check_queries(items, a, b)
@@ -318,8 +318,8 @@ def heads_cmd(
     from attnviz.patterns import SORTS, check_thresholds, head_patterns
 
     _check_plot(plot)
-    layer_list = parse_indices(layers, "--layers")
-    head_list = parse_indices(heads, "--heads")
+    layer_list = parse_indices(layers, "layers")
+    head_list = parse_indices(heads, "heads")
     if induction:
         from attnviz.induction import InductionSettings
 
@@ -337,7 +337,7 @@ def heads_cmd(
         raise InputError("--ablate works with --induction (for a text, use attnviz ablate TEXT --scan)")
     if sort is not None and sort not in SORTS:
         raise InputError(f"unknown --sort '{sort}': use one of {', '.join(SORTS)}")
-    check_thresholds(threshold, broad_threshold, ("--threshold", "--broad-threshold"))
+    check_thresholds(threshold, broad_threshold)
     items = texts_from(text, file, texts)
     loaded = load(model, device, dtype, trust_remote_code)
     atts = _stream(items, loaded, layer_list, head_list, truncate, view_options(special=special))

@@ -160,7 +160,7 @@ def _heads_arg(head: int | None, heads: str | None) -> list[int] | None:
 
     if head is not None and heads is not None:
         raise InputError("give --head or --heads, not both")
-    return [head] if head is not None else parse_indices(heads, "--heads")
+    return [head] if head is not None else parse_indices(heads, "heads")
 
 
 def _selection_name(att: Any, layer_given: bool, pooled: str | None = None) -> tuple[str, ...]:

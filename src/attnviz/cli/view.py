@@ -79,8 +79,8 @@ def view_cmd(
     options = view_options(weighting, special, aggregate, over)
     body = read_text(text, file)
     check_output(output)
-    layer_list = parse_indices(layers, "--layers")
-    head_list = parse_indices(heads, "--heads")
+    layer_list = parse_indices(layers, "layers")
+    head_list = parse_indices(heads, "heads")
     loaded = load(model, device, dtype, trust_remote_code)
     check_page_fits(
         loaded, body, layers=layer_list, heads=head_list, options=options, truncate=truncate, max_mb=max_mb

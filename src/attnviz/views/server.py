@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from attnviz.analyses.transform import transform
-from attnviz.errors import AttnvizError, InputError, TextTooLongError, TokenNotFoundError
+from attnviz.errors import AttnvizError, InputError, TextTooLongError, TokenNotFoundError, api_terms, render
 
 if TYPE_CHECKING:
     import socket
@@ -264,7 +264,7 @@ class Params:
         try:
             return options.check()
         except InputError as exc:
-            raise RequestError(str(exc).replace("--", "parameter ")) from None
+            raise RequestError(render(exc.message, api_terms)) from None
 
     def indices(self, name: str) -> list[int] | None:
         from attnviz.selection import parse_indices
@@ -411,12 +411,6 @@ def _error(message: str, status: int) -> Response:
     return JSONResponse({"error": message}, status_code=status)
 
 
-def _api_terms(exc: AttnvizError) -> str:
-    """The library's one-line message in the API's own words (parameters, not command-line flags)."""
-    line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return line.replace("pass --truncate to cut it", "send truncate=1 to cut it").replace("--", "parameter ")
-
-
 def _api(handler: Callable[[Params], Any], max_query_bytes: int) -> Callable[[Request], Any]:
     """Run a blocking handler in a worker thread; library errors become 4xx JSON, bugs one 500 line."""
     from starlette.concurrency import run_in_threadpool
@@ -427,7 +421,7 @@ def _api(handler: Callable[[Params], Any], max_query_bytes: int) -> Callable[[Re
             params = await Params.read(request, max_query_bytes)
             result = await run_in_threadpool(handler, params)
         except AttnvizError as exc:
-            return _error(_api_terms(exc), _status(exc))
+            return _error(exc.render(api_terms), _status(exc))  # query parameters, not flags
         except Exception as exc:  # a bug: logged here, one line to the client
             log.exception("request failed: %s", request.url.path)
             return _error(f"internal error ({type(exc).__name__})", 500)
