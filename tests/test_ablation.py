@@ -277,12 +277,13 @@ def test_bad_input_is_one_line(tiny_lm):
         (lambda: ablate(loaded, TEXT, [(0, 4)]), "head 4 is out of range: .* heads 0-3"),
         (lambda: ablate(loaded, TEXT, [(2, 0)]), "layer 2 is out of range"),
         (lambda: ablate(loaded, TEXT, [(0, 1)], target="zebra"), "'zebra' is not in the text"),
-        (lambda: ablate(loaded, TEXT, [(0, 1)], mode="mean"), "--mode mean needs reference texts"),
-        (lambda: scan_heads(loaded, TEXT, mode="mean"), "--mode mean needs reference texts"),
-        (lambda: ablate(loaded, TEXT, [(0, 1)], mode="half"), "unknown --mode"),
+        (lambda: ablate(loaded, TEXT, [(0, 1)], mode="mean"), "^mode='mean' needs reference texts"),
+        (lambda: scan_heads(loaded, TEXT, mode="mean"), "^mode='mean' needs reference texts"),
+        (lambda: ablate(loaded, TEXT, [(0, 1)], mode="mean", reference=[" "]), "^reference has no text"),
+        (lambda: ablate(loaded, TEXT, [(0, 1)], mode="half"), "^unknown mode 'half'"),
         (lambda: ablate(loaded, TEXT, [(0, 1)], target="@0"), "first token"),
-        (lambda: ablate(loaded, TEXT, []), "no head to ablate"),
-        (lambda: parse_heads("18-6"), "LAYER:HEAD pairs"),
+        (lambda: ablate(loaded, TEXT, []), "no head to ablate: give heads as"),
+        (lambda: parse_heads("18-6"), "^bad heads '18-6': use LAYER:HEAD pairs"),
     ]
     for call, message in cases:
         with pytest.raises(InputError, match=message) as info:
@@ -290,6 +291,22 @@ def test_bad_input_is_one_line(tiny_lm):
         assert "\n" not in str(info.value)
     assert ablate(loaded, TEXT, [(-1, 0)]).heads == ((1, 0),)
     assert parse_heads("18:6, 17:3") == ((18, 6), (17, 3))
+
+
+def test_errors_name_the_keyword_and_the_command_line_its_flag():
+    """A Python caller never typed `--mode`; `attnviz ablate` prints the flags it has."""
+    from attnviz.ablation import check_mode, parse_heads
+    from attnviz.errors import cli_terms
+
+    for call, python, cli in (
+        (lambda: check_mode("mean", None), "mode='mean' needs", "--mode mean needs"),
+        (lambda: check_mode("half", None), "unknown mode 'half'", "unknown --mode 'half'"),
+        (lambda: parse_heads("1"), "bad heads '1'", "bad --heads '1'"),
+    ):
+        with pytest.raises(InputError) as caught:
+            call()
+        assert str(caught.value).startswith(python) and "--" not in str(caught.value)
+        assert caught.value.render(cli_terms).startswith(cli)
 
 
 def test_spearman_and_overlap_match_brute_force():
