@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from attnviz.errors import InputError, cli_terms
+from attnviz.errors import InputError, api_terms, cli_terms
 from attnviz.generation import Generation, check_settings, generate, generate_kwargs, generation_task
 
 try:  # tests/zoo.py: the tiny model of every architecture attnviz covers (when present)
@@ -228,6 +228,9 @@ def test_errors_name_the_python_keywords_and_the_cli_its_flags(lm):
         generation_data(gen, max_mb=1e-9)
     assert info.value.render(cli_terms).endswith(
         "record fewer --layers or --heads, or fewer --max-new-tokens"
+    )
+    assert info.value.render(api_terms).endswith(  # the server's /api/generate says its query parameters
+        "record fewer parameter layers or parameter heads, or fewer parameter max_new_tokens"
     )
     with pytest.raises(InputError, match=r"^unknown stream 'x'") as info:
         generation_picture(gen, "x")
