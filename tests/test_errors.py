@@ -25,6 +25,13 @@ def test_a_flag_spelled_otherwise_and_a_false_value():
     assert render(text, api_terms) == "drop special=0 and chat=1"
 
 
+def test_a_list_is_typed_with_commas_on_the_command_line_and_in_a_query():
+    text = f"narrow it with {param('layers', [0, 5])}"
+    assert render(text) == "narrow it with layers=[0, 5]"
+    assert render(text, cli_terms) == "narrow it with --layers 0,5"
+    assert render(text, api_terms) == "narrow it with layers=0,5"
+
+
 def test_plain_messages_pass_through_and_only_the_first_line_is_rendered():
     assert str(InputError("no such file: a--b")) == "no such file: a--b"
     assert InputError("first\nsecond").render(cli_terms) == "first"

@@ -203,7 +203,7 @@ def peaked_attention(n: int, n_layers: int, n_heads: int = 12, seed: int = 0) ->
 
 def test_a_huge_page_is_refused_before_encoding_and_a_big_one_after():
     with pytest.raises(
-        InputError, match=r"narrow it with layers \(e.g. layers 0\) or heads, allow it with max_mb,"
+        InputError, match=r"narrow it with layers \(e.g. layers=\[0\]\) or heads, allow it with max_mb,"
     ) as info:
         render_html(long_attention(2048, 6))  # refused on the estimate alone
     cli = "narrow it with --layers (e.g. --layers 0) or --heads, allow it with --max-mb,"

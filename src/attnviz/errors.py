@@ -43,21 +43,27 @@ def python_terms(p: Param) -> str:
     return f"{p.name}={p.value}" if p.has_value else p.name
 
 
+def _typed(value: str) -> str:
+    """A value's repr as typed in a shell or a query string: no quotes, a list as `0,5`."""
+    if value[:1] in "'\"" and value[-1:] == value[:1]:
+        return value[1:-1]
+    if value[:1] in "[(" and value[-1:] in "])":
+        return ",".join(part.strip() for part in value[1:-1].split(",") if part.strip())
+    return value
+
+
 def cli_terms(p: Param) -> str:
-    """`--threshold`, `--truncate`, `--model minilm`: what a shell user types."""
+    """`--threshold`, `--truncate`, `--model minilm`, `--layers 0,5`: what a shell user types."""
     if not p.has_value or p.value in ("True", "False"):
         return p.flag
-    value = p.value[1:-1] if p.value[:1] in "'\"" and p.value[-1:] == p.value[:1] else p.value
-    return f"{p.flag} {value}"
+    return f"{p.flag} {_typed(p.value)}"
 
 
 def api_terms(p: Param) -> str:
     """`parameter threshold`, `truncate=1`, `model=minilm`: what the server's query string takes."""
     if not p.has_value:
         return f"parameter {p.name}"
-    value = {"True": "1", "False": "0"}.get(p.value, p.value)
-    value = value[1:-1] if value[:1] in "'\"" and value[-1:] == value[:1] else value
-    return f"{p.name}={value}"
+    return f"{p.name}={_typed({'True': '1', 'False': '0'}.get(p.value, p.value))}"
 
 
 def render(message: str, terms: Callable[[Param], str] = python_terms) -> str:

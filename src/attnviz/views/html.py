@@ -140,7 +140,7 @@ def check_page_size(size: float, shape: tuple[int, ...], max_mb: float) -> None:
         raise InputError(
             f"the page would be about {size / 1e6:.0f} MB ({n} tokens x {layers} layers x {heads} heads, "
             f"about {size / layers / 1e6:.1f} MB a layer); "
-            f"narrow it with {param('layers')} (e.g. {param('layers')} 0) "
+            f"narrow it with {param('layers')} (e.g. {param('layers', [0])}) "
             f"or {param('heads')}, allow it with {param('max_mb')}, or explore it through `attnviz serve`"
         )
 
