@@ -94,5 +94,5 @@ def test_too_long_text_is_numbered_in_the_whole_input(tiny_model_path) -> None:
     from attnviz.errors import TextTooLongError
 
     texts = ["the cat sat", "a dog", "the bird sang", "the cat " * 40]
-    with pytest.raises(TextTooLongError, match=r"^text 4 has \d+ tokens .*--truncate"):
+    with pytest.raises(TextTooLongError, match=r"^text 4 has \d+ tokens .*pass truncate=True"):
         cluster_texts(texts, str(tiny_model_path("bert")), batch_size=2, device="cpu")
