@@ -7,7 +7,7 @@ import pytest
 from analyses_helpers import synthetic
 
 from attnviz.analyses.rollout import rollout
-from attnviz.errors import InputError
+from attnviz.errors import InputError, cli_terms
 from attnviz.extraction import extract
 
 
@@ -58,9 +58,10 @@ def test_layer_range_limits_the_product(tiny_model_path) -> None:
 
 def test_bad_options() -> None:
     att = synthetic(("a", "b", "c"), layers=3)
-    with pytest.raises(InputError, match="--head-fusion"):
+    with pytest.raises(InputError, match=r"^unknown head_fusion 'median'") as caught:  # the keyword
         rollout(att, "median")
-    with pytest.raises(InputError, match="--residual"):
+    assert caught.value.render(cli_terms).startswith("unknown --head-fusion 'median'")  # the CLI's flag
+    with pytest.raises(InputError, match=r"^bad residual 1.5"):
         rollout(att, residual=1.5)
     gap = synthetic(("a", "b"), layers=3)
     from dataclasses import replace

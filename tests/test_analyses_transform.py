@@ -8,7 +8,7 @@ from analyses_helpers import synthetic
 
 from attnviz.analyses.aggregate import aggregate, without_special
 from attnviz.analyses.transform import ViewOptions, transform
-from attnviz.errors import InputError
+from attnviz.errors import InputError, api_terms, cli_terms
 
 TOKENS = ("[CLS]", "a", "b", "c", "[SEP]")
 SPECIAL = (True, False, False, False, True)
@@ -17,9 +17,9 @@ SPECIAL = (True, False, False, False, True)
 @pytest.mark.parametrize(
     ("options", "match"),
     [
-        (ViewOptions(weighting="value"), "unknown --weighting 'value'"),
-        (ViewOptions(aggregate="median"), "unknown --aggregate 'median'"),
-        (ViewOptions(over="rows"), "unknown --over 'rows'"),
+        (ViewOptions(weighting="value"), "^unknown weighting 'value'"),
+        (ViewOptions(aggregate="median"), "^unknown aggregate 'median'"),
+        (ViewOptions(over="rows"), "^unknown over 'rows'"),
     ],
 )
 def test_bad_options_are_one_line_errors(options, match) -> None:
@@ -28,8 +28,10 @@ def test_bad_options_are_one_line_errors(options, match) -> None:
 
 
 def test_norm_on_words_and_without_a_model_are_errors() -> None:
-    with pytest.raises(InputError, match="works on tokens"):
+    with pytest.raises(InputError, match=r"^weighting='norm' works on tokens: drop words=True$") as caught:
         ViewOptions(weighting="norm").check(words=True)
+    assert caught.value.render(cli_terms) == "--weighting norm works on tokens: drop --words"
+    assert caught.value.render(api_terms) == "weighting=norm works on tokens: drop words=1"
     with pytest.raises(InputError, match="needs the model"):
         transform(synthetic(TOKENS, SPECIAL), ViewOptions(weighting="norm"))
 

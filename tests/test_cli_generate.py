@@ -95,7 +95,7 @@ def test_cross_attention_plot(tiny_model_path, tmp_path, figures):
         (["--sample", "--top-p", "2"], "--top-p"),
         (["--stream", "sideways"], "unknown --stream"),
         (["-o", "x.txt"], "unknown output format"),
-        (["--view", "x.png"], "should end with .html"),
+        (["--view", "x.png"], "--view x.png should end with .html"),
         (["--aggregate", "median"], "unknown --aggregate"),
         (["-m", "minilm"], "is an encoder"),
     ],
@@ -106,7 +106,7 @@ def test_bad_input_is_one_line_before_loading(args, needle):
 
 def test_chat_needs_a_template(tiny_model_path):
     result = runner.invoke(app, ["generate", "hi", "-m", str(tiny_model_path("gpt2")), "--chat"])
-    _one_line_error(result, "no chat template")
+    _one_line_error(result, "no chat template: drop --chat")
 
 
 def test_rollout(tiny_model_path):

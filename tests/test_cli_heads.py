@@ -244,7 +244,7 @@ NO_MODEL = ["-m", "/nonexistent/model"]  # loading this fails: an error naming a
         (["find-head", "a", "b", "a b", "--plot", "blocker/x.png"], ["cannot write", "not a folder"]),
         (["heads", "a b", "--threshold", "2"], ["bad --threshold 2", "0-1"]),
         (["heads", "a b", "--broad-threshold", "-0.1"], ["bad --broad-threshold"]),
-        (["heads", "--induction", "--sort", "self"], ["unknown --sort 'self' with --induction"]),
+        (["heads", "--induction", "--sort", "self"], ["unknown --sort 'self' for the induction test"]),
         (["heads", "a b", "--plot", "blocker/x.png"], ["cannot write"]),
         (["heads", "a b", "--texts", "list.txt"], ["not both the text and --texts"]),
     ],

@@ -47,22 +47,31 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "attnviz"
 COMMAND = re.compile(r"`attnviz [^`]*`|pip install .*")  # a quoted command: its flags are its own
 
 
-def _docstrings(tree: ast.AST) -> set[int]:
+def _exempt(tree: ast.AST) -> set[int]:
+    """Docstrings, and the `flag=` of a `param()`: where a flag is meant to be written."""
     kinds = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
-    return {
+    docs = {
         id(node.body[0].value)
         for node in ast.walk(tree)
         if isinstance(node, kinds) and node.body and isinstance(node.body[0], ast.Expr)
     }
+    flags = {
+        id(kw.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "param"
+        for kw in node.keywords
+        if kw.arg == "flag"
+    }
+    return docs | flags
 
 
 def _flags(source: str) -> list[tuple[int, str]]:
-    """Every flag-like word in the string literals of a module, docstrings and quoted commands aside."""
+    """Every flag-like word in a module's string literals; docstrings, quoted commands, `flag=` aside."""
     tree = ast.parse(source)
-    docs = _docstrings(tree)
+    exempt = _exempt(tree)
     found = []
     for node in ast.walk(tree):
-        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs:
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in exempt:
             text = COMMAND.sub("", node.value)
             found += [(node.lineno, m.group(1)) for m in FLAG.finditer(text)]
     return sorted(found)
@@ -71,7 +80,7 @@ def _flags(source: str) -> list[tuple[int, str]]:
 def test_the_sweep_finds_a_flag():
     """The check below can fail: a flag in a message is caught, a docstring or quoted command is not."""
     source = 'def f():\n    """Like --vmax."""\n    raise InputError(f"bad --vmax {v}: or pass -o DIR")\n'
-    source += 'HINT = "pip install --no-deps x; see `attnviz extract -o`"\n'
+    source += 'HINT = "pip install --no-deps x; see `attnviz extract -o`" + param("out", flag="-o")\n'
     assert [flag for _, flag in _flags(source)] == ["--vmax", "-o"]
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from attnviz.errors import InputError, TokenNotFoundError
+from attnviz.errors import InputError, TokenNotFoundError, cli_terms
 from attnviz.explain import explain, explain_head
 from attnviz.extraction import extract
 from attnviz.patterns import row_entropy_of
@@ -103,5 +103,6 @@ def test_explain_follows_a_query_and_key_in_the_library(tiny_model_path):
     np.testing.assert_allclose(plain.steps.weights, ex.steps.weights)
     no_special = explain(text, model, layer=1, head=2, special_tokens=False)
     assert no_special.labels[0] != "[CLS]" and len(no_special.labels) == len(plain.labels) - 2
-    with pytest.raises(InputError, match="--key needs --query"):
+    with pytest.raises(InputError, match=r"^key needs query ") as caught:  # the keywords, not the flags
         explain(text, model, layer=1, head=2, key="sat")
+    assert caught.value.render(cli_terms).startswith("--key needs --query ")

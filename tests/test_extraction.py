@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from attnviz.attention import Attention
-from attnviz.errors import InputError, TextTooLongError
+from attnviz.errors import InputError, TextTooLongError, cli_terms
 from attnviz.extraction import extract, extract_batch
 from attnviz.models import load_model
 
@@ -211,16 +211,20 @@ def test_check_stream_names_and_cross_needs_one_raw_head() -> None:
     check_stream("self")
     check_stream("decoder", None, None, words=True)
     check_stream("cross", 0, [1])
-    with pytest.raises(InputError, match="unknown --stream 'sideways'"):
+    with pytest.raises(InputError, match=r"^unknown stream 'sideways'"):
         check_stream("sideways")
     for layer, heads, words in ((None, [1], False), (0, None, False), (0, [1, 2], False), (0, [1], True)):
         with pytest.raises(InputError, match="one head at token level"):
             check_stream("cross", layer, heads, words)
-    with pytest.raises(InputError, match="raw weights"):
+    with pytest.raises(
+        InputError, match="raw weights: drop aggregate, weighting and hide_special=True"
+    ) as caught:
         check_stream("cross", 0, [1], transformed=True)
+    assert caught.value.render(cli_terms).endswith("drop --aggregate, --weighting and --no-special")
     check_stream("self", norm=True)
-    with pytest.raises(InputError, match="drop --stream decoder"):
+    with pytest.raises(InputError, match=r"^weighting='norm' .* drop stream='decoder'$") as caught:
         check_stream("decoder", norm=True)
+    assert caught.value.render(cli_terms).startswith("--weighting norm ")
 
 
 def test_square_stream_picks_encoder_or_decoder(tiny_model_path) -> None:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from attnviz.errors import InputError
+from attnviz.errors import InputError, api_terms, cli_terms
 from attnviz.generation import Generation, check_settings, generate, generate_kwargs, generation_task
 
 try:  # tests/zoo.py: the tiny model of every architecture attnviz covers (when present)
@@ -207,6 +208,38 @@ def test_as_attention_needs_the_prompt_rows(lm):
         generate(PROMPT, lm("llama"), max_new_tokens=2).as_attention()
 
 
+def test_errors_name_the_python_keywords_and_the_cli_its_flags(lm):
+    """A Python caller reads `chat=True`, `max_new_tokens`; the command line `--chat`, `--max-new-tokens`."""
+    from attnviz.generation_capture import check_size
+    from attnviz.plots.generation import generation_picture
+    from attnviz.views.generation import generation_data
+
+    loaded = lm("gpt2")  # no chat template
+    with pytest.raises(InputError, match=r"no chat template: drop chat=True$") as info:
+        generate(PROMPT, loaded, max_new_tokens=2, chat=True)
+    assert info.value.render(cli_terms).endswith("drop --chat")
+    with pytest.raises(InputError, match=r"plus max_new_tokens 100000 exceeds") as info:
+        generate(PROMPT, loaded, max_new_tokens=100_000)
+    assert "plus --max-new-tokens 100000 exceeds" in info.value.render(cli_terms)
+    with pytest.raises(InputError, match=r"record fewer layers or heads, or fewer max_new_tokens$"):
+        check_size(10**18, "cpu")
+    gen = generate(PROMPT, loaded, max_new_tokens=2, layers=[0], heads=[0])
+    with pytest.raises(InputError, match=r"record fewer layers or heads, or fewer max_new_tokens$") as info:
+        generation_data(gen, max_mb=1e-9)
+    assert info.value.render(cli_terms).endswith(
+        "record fewer --layers or --heads, or fewer --max-new-tokens"
+    )
+    assert info.value.render(api_terms).endswith(  # the server's /api/generate says its query parameters
+        "record fewer parameter layers or parameter heads, or fewer parameter max_new_tokens"
+    )
+    with pytest.raises(InputError, match=r"^unknown stream 'x'") as info:
+        generation_picture(gen, "x")
+    assert info.value.render(cli_terms).startswith("unknown --stream 'x'")
+    with pytest.raises(InputError, match=r"drop hide_special=True\)$") as info:
+        generation_picture(replace(gen, attn=gen.attn[:, :, :0]), "self")
+    assert info.value.render(cli_terms).endswith("drop --no-special)")
+
+
 def test_find_heads_heads_and_show_accept_a_generation(lm, tmp_path):
     from attnviz import find_heads, head_patterns, show
 
@@ -240,12 +273,16 @@ def test_serve_generation_endpoint(lm):
 
 
 def test_bad_settings_fail_before_loading():
-    with pytest.raises(InputError, match="max-new-tokens"):
+    with pytest.raises(InputError, match="max_new_tokens must be at least 1") as info:
         check_settings(0)
-    with pytest.raises(InputError, match="add --sample"):
+    assert info.value.render(cli_terms) == "--max-new-tokens must be at least 1 (got 0)"
+    with pytest.raises(InputError, match=r"shape sampling: add sample=True$") as info:
         check_settings(5, temperature=0.5)
-    with pytest.raises(InputError, match="top-p"):
+    assert info.value.render(cli_terms) == "--temperature and --top-p shape sampling: add --sample"
+    with pytest.raises(InputError, match=r"^top_p must be in"):
         check_settings(5, sample=True, top_p=0)
+    with pytest.raises(InputError, match="min_new_tokens must be between 0 and max_new_tokens"):
+        check_settings(5, min_new_tokens=6)
     with pytest.raises(InputError, match="is an encoder"):
         generation_task("minilm")
     with pytest.raises(InputError, match="empty"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from attnviz.errors import InputError
+from attnviz.errors import InputError, cli_terms
 from attnviz.induction import chance_level, induction_scores, random_repeats, repeat_scores
 
 T = 6
@@ -105,10 +105,13 @@ def test_settings_are_checked_before_a_model_loads():
     from attnviz.induction import InductionSettings
 
     assert InductionSettings(seq_len=8, batch=2).check().sort == "induction"
-    with pytest.raises(InputError, match="--seq-len of at least 2"):
+    with pytest.raises(InputError, match=r"^use seq_len of at least 2 and batch of at least 1$") as caught:
         InductionSettings(seq_len=1).check()
-    with pytest.raises(InputError, match="unknown --sort 'self' with --induction"):
+    assert caught.value.render(cli_terms) == "use --seq-len of at least 2 and --batch of at least 1"
+    with pytest.raises(InputError, match=r"^unknown sort 'self' for the induction test"):
         InductionSettings(sort="self").check()
+    with pytest.raises(InputError, match=r"^seed -1: "):
+        InductionSettings(seed=-1).check()
 
 
 def test_settings_run_equals_the_function(tiny_llama):

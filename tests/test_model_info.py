@@ -40,6 +40,14 @@ def test_info_never_loads_the_weights(tiny_model_path, monkeypatch):
     assert (info["layers"], info["heads"], info["kv_heads"], info["kind"]) == (2, 4, 2, "decoder")
 
 
+def test_an_uncached_hub_id_suggests_the_keyword_or_the_flag():
+    from attnviz.errors import ModelNotFoundError, cli_terms
+
+    with pytest.raises(ModelNotFoundError, match=r"try model='minilm' or a local model folder$") as info:
+        model_info.describe("no-such-org/no-such-model")
+    assert info.value.render(cli_terms).endswith("try --model minilm or a local model folder")
+
+
 def test_a_truncated_gguf_file_is_one_line(tmp_path):
     bad = tmp_path / "cut.gguf"
     bad.write_bytes(b"GGUF\x03\x00\x00\x00")

@@ -8,7 +8,7 @@ import os
 import pytest
 
 from attnviz import gguf_cache, model_info, models
-from attnviz.errors import DeviceError, ModelNotFoundError
+from attnviz.errors import DeviceError, ModelNotFoundError, cli_terms
 from attnviz.models import load_model, resolve_model
 
 
@@ -44,7 +44,8 @@ def test_hub_id_offline_is_one_clear_error():
     assert resolve_model("distilbert-base-uncased").origin == "hub"
     with pytest.raises(ModelNotFoundError, match="offline") as info:
         load_model("distilbert-base-uncased", device="cpu")
-    assert "--model minilm" in str(info.value)
+    assert "try model='minilm' or a local model folder" in str(info.value)  # the Python keyword
+    assert "try --model minilm or" in info.value.render(cli_terms)  # the command line's flag
     assert "\n" not in str(info.value)
 
 
@@ -55,8 +56,12 @@ def test_device_and_dtype_checks():
     assert models.resolve_device("auto") in ("cpu", "cuda")
     with pytest.raises(DeviceError):
         models.resolve_device("tpu")
-    with pytest.raises(DeviceError, match="CUDA"):
+    with pytest.raises(DeviceError, match=r"^dtype='float16' needs a CUDA device") as info:
         models.resolve_dtype("float16", "cpu")
+    assert info.value.render(cli_terms).startswith("--dtype float16 needs a CUDA device")
+    with pytest.raises(DeviceError, match=r"^device='cuda:99'") as info:  # with CUDA or without
+        models.resolve_device("cuda:99")
+    assert info.value.render(cli_terms).startswith("--device cuda:99")
     with pytest.raises(DeviceError):
         models.resolve_dtype("int8", "cpu")
     if not torch.cuda.is_available():

@@ -14,7 +14,7 @@ import pytest
 
 from attnviz import plots
 from attnviz.attention import Attention
-from attnviz.errors import InputError
+from attnviz.errors import InputError, cli_terms
 
 TOKENS = ("[CLS]", "the", "cat", "costs", "$5", "[SEP]")
 
@@ -116,8 +116,11 @@ def test_sink_key_rules():
     assert scale.vmax == pytest.approx(0.1) and "[CLS]" in scale.note
     assert plots.resolve_scale("auto", [enc], None).vmax == pytest.approx(0.7)  # no sink given: the largest
     for bad in ("x", "0", "-1", "nan"):
-        with pytest.raises(InputError, match="--scale"):
+        with pytest.raises(InputError, match=f"^bad scale '{bad}'") as info:
             plots.parse_scale(bad)
+        assert info.value.render(cli_terms).startswith(f"bad --scale '{bad}'")
+    with pytest.raises(InputError, match=r"^bad vmax 'x'"):  # the plots' keyword
+        plots.heatmap(enc, labels, vmax="x")
 
 
 def test_dollar_tokens_are_not_mathtext():
@@ -300,14 +303,17 @@ def test_parse_vmax_size_and_cmap():
     assert plots.parse_vmax("auto") is None
     assert plots.parse_vmax("0.5") == 0.5
     for bad in ("x", "0", "-1", "nan"):
-        with pytest.raises(InputError, match="--vmax"):
+        with pytest.raises(InputError, match=f"^bad vmax '{bad}'"):
             plots.parse_vmax(bad)
     assert plots.parse_size("8x6") == (8.0, 6.0)
     assert plots.parse_size("7") == (7.0, 7.0)
     assert plots.parse_size(None) is None
     for bad in ("8x", "axb", "0x5", "1x2x3"):
-        with pytest.raises(InputError, match="--size"):
+        with pytest.raises(InputError, match=f"^bad size '{bad}'") as info:
             plots.parse_size(bad)
+        assert info.value.render(cli_terms).startswith(f"bad --size '{bad}'")
+    with pytest.raises(InputError, match=r"^size is empty"):
+        plots.parse_size(" ")
     with pytest.raises(InputError, match="colour map"):
         plots.colormap("no-such-map")
 
@@ -513,8 +519,11 @@ def test_overview_of_a_long_text_gives_every_token_a_pixel():
 
 
 def test_overview_too_large_is_refused_with_a_hint():
-    with pytest.raises(InputError, match="--layer"):
+    with pytest.raises(
+        InputError, match=r"draw one layer with layer N \(or pick fewer layers/heads,"
+    ) as info:
         plots.overview(squares(200, 6, 12), range(6), range(12), dpi=10)
+    assert "draw one layer with --layer N (or pick fewer --layers/--heads," in info.value.render(cli_terms)
     assert max(plots.overview_layout(6, 12, 363, 100).size) <= plots.OVERVIEW_MAX  # MiniLM: drawn
     with pytest.raises(InputError, match="6873x5960 px"):
         plots.overview_layout(30, 9, 363, 100)  # SmolLM2: 270 panels of 363 px is too much

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from attnviz.attention import Attention
-from attnviz.errors import InputError, TokenNotFoundError
+from attnviz.errors import InputError, TokenNotFoundError, cli_terms
 from attnviz.extraction import extract
 from attnviz.search import combine, find_heads, pair_scores, parse_occurrence, rank, resolve, resolve_pair
 
@@ -82,6 +82,9 @@ def test_parse_occurrence():
     for bad in ("0", "x", "1,2,3"):
         with pytest.raises(InputError):
             parse_occurrence(bad)
+    with pytest.raises(InputError, match=r"^occurrence is empty") as caught:  # the keyword of find_heads
+        parse_occurrence(" ")
+    assert caught.value.render(cli_terms).startswith("--occurrence is empty")
 
 
 @pytest.fixture(scope="module", params=["bert", "gpt2", "llama"])
@@ -132,7 +135,7 @@ def test_the_same_word_twice_means_its_first_and_second_occurrence(family):
     _, _, att = family
     ua, ub = resolve_pair(att, "catsuits", "Catsuits")
     assert (ua.occurrence, ub.occurrence) == (1, 2)
-    with pytest.raises(InputError, match="overlap"):
+    with pytest.raises(InputError, match=r"overlap: pick other occurrences with occurrence='N,M'$"):
         resolve_pair(att, "catsuits", "catsuits", (1, 1))
 
 
@@ -142,8 +145,10 @@ def test_a_missing_word_lists_the_texts_words(family):
         find_heads(att, "emily", "london")
     message = str(err.value)
     assert "'london' is not in the text" in message and "Parisian" in message and "\n" not in message
-    with pytest.raises(TokenNotFoundError, match="occurrence 3"):
+    with pytest.raises(TokenNotFoundError, match="occurrence 3") as caught:
         find_heads(att, "parisian", "catsuits", occurrence=3)
+    assert str(caught.value).endswith("; occurrence='N,M' picks A's and B's separately")
+    assert caught.value.render(cli_terms).endswith("; --occurrence N,M picks A's and B's separately")
 
 
 def test_direction_top_and_layers(family):

@@ -167,6 +167,21 @@ def test_serve_cli_fails_in_one_line_when_the_port_is_taken():
     assert result.exit_code == 2 and "another --port" in result.stderr
 
 
+def test_bind_errors_name_the_keyword_and_the_cli_the_flag():
+    from attnviz.errors import InputError, cli_terms
+    from attnviz.views.server import bind
+
+    with pytest.raises(InputError, match=r"^bad port 70000: use 1-65535") as info:
+        bind("127.0.0.1", 70000)
+    assert info.value.render(cli_terms).startswith("bad --port 70000: use 1-65535")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        with pytest.raises(InputError, match=r"; pass another port$") as info:
+            bind("127.0.0.1", s.getsockname()[1])
+    assert info.value.render(cli_terms).endswith("; pass another --port")
+
+
 def test_serve_answers_and_stops_cleanly_on_ctrl_c(tiny_model_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

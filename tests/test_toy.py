@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from test_steps import by_hand
 
-from attnviz.errors import InputError
+from attnviz.errors import InputError, cli_terms
 from attnviz.toy import build_toy, parse_tokens
 
 
@@ -63,11 +63,14 @@ def test_parse_tokens_and_bad_settings():
     pos = same.x[2] - same.x[0]  # same token embedding, different positions
     assert not np.allclose(pos, 0)
     for kwargs, message in (
-        ({"tokens": "0"}, "--tokens"),
-        ({"tokens": " "}, "--tokens"),
-        ({"dim": 10, "heads": 3}, "divisible"),
-        ({"heads": 0}, "--heads"),
-        ({"temperature": 0.0}, "--temperature"),
+        ({"tokens": "0"}, "^tokens 0: "),
+        ({"tokens": " "}, "^tokens is empty"),
+        ({"dim": 10, "heads": 3}, "^dim 10 is not divisible by heads 3"),
+        ({"heads": 0}, "^heads 0: "),
+        ({"temperature": 0.0}, "^temperature 0.0: "),
     ):
-        with pytest.raises(InputError, match=message):
+        with pytest.raises(InputError, match=message):  # the keywords of build_toy, not the flags
             build_toy(**kwargs)
+    with pytest.raises(InputError) as caught:
+        build_toy(dim=10, heads=3)
+    assert caught.value.render(cli_terms).startswith("--dim 10 is not divisible by --num-heads 3")

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from attnviz.attention import Attention
 from attnviz.cli import app
-from attnviz.errors import InputError
+from attnviz.errors import InputError, cli_terms
 from attnviz.views.html import (
     QUANT_LEVELS,
     decode_weights,
@@ -118,7 +118,7 @@ def test_word_level_is_left_out_when_it_equals_the_tokens():
 
 
 def test_bad_options_are_input_errors():
-    with pytest.raises(InputError, match="--scale"):
+    with pytest.raises(InputError, match=r"^bad scale 'bright'"):
         page_data(synthetic(), scale="bright")
     with pytest.raises(InputError, match="view"):
         render_html(synthetic(), view="grid")
@@ -202,8 +202,12 @@ def peaked_attention(n: int, n_layers: int, n_heads: int = 12, seed: int = 0) ->
 
 
 def test_a_huge_page_is_refused_before_encoding_and_a_big_one_after():
-    with pytest.raises(InputError, match="--layers") as info:
+    with pytest.raises(
+        InputError, match=r"narrow it with layers \(e.g. layers 0\) or heads, allow it with max_mb,"
+    ) as info:
         render_html(long_attention(2048, 6))  # refused on the estimate alone
+    cli = "narrow it with --layers (e.g. --layers 0) or --heads, allow it with --max-mb,"
+    assert cli in info.value.render(cli_terms)
     assert "\n" not in str(info.value) and "MB" in str(info.value) and "attnviz serve" in str(info.value)
     att = peaked_attention(256, 2)
     page = render_html(att)
@@ -250,6 +254,14 @@ def test_view_rejects_a_bad_output_before_loading_a_model():
     assert result.exit_code == 2 and "should end with .html" in result.stderr
     result = runner.invoke(app, ["view", "some text", "--view", "grid"])
     assert result.exit_code == 2 and "--view" in result.stderr
+
+
+def test_a_bad_generation_page_path_names_the_keyword_and_the_cli_the_flag():
+    from attnviz.views.generation import check_view_output
+
+    with pytest.raises(InputError, match=r"^path x.png should end with .html$") as info:
+        check_view_output(Path("x.png"))
+    assert info.value.render(cli_terms) == "--view x.png should end with .html"
 
 
 def test_cli_imports_no_web_stack():

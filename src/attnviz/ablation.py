@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from attnviz.architecture import main_stream, require_interface
-from attnviz.errors import AttnvizError, InputError
+from attnviz.errors import AttnvizError, InputError, param
 
 if TYPE_CHECKING:
     from attnviz.models import LoadedModel
@@ -115,17 +115,20 @@ def parse_heads(value: str) -> tuple[tuple[int, int], ...]:
     for part in value.split(","):
         m = re.fullmatch(r"\s*(-?\d+)\s*:\s*(\d+)\s*", part)
         if not m:
-            raise InputError(f"bad --heads '{value}': use LAYER:HEAD pairs like 18:6,17:3")
+            raise InputError(f"bad {param('heads')} '{value}': use LAYER:HEAD pairs like 18:6,17:3")
         out.append((int(m.group(1)), int(m.group(2))))
     return tuple(dict.fromkeys(out))
 
 
 def check_mode(mode: str, reference: Sequence[str] | None) -> None:
-    """`--mode mean` needs reference texts; checked before the model loads."""
+    """`mode="mean"` needs reference texts; checked before the model loads."""
     if mode not in MODES:
-        raise InputError(f"unknown --mode '{mode}': use {' or '.join(MODES)}")
+        raise InputError(f"unknown {param('mode')} '{mode}': use {' or '.join(MODES)}")
     if mode == "mean" and not reference:
-        raise InputError("--mode mean needs reference texts: pass --reference FILE (one text per line)")
+        raise InputError(
+            f"{param('mode', 'mean')} needs reference texts to take each head's mean output over:"
+            f" pass {param('reference')}"
+        )
 
 
 def spearman(x: np.ndarray, y: np.ndarray) -> float:
@@ -204,7 +207,7 @@ def _measure_of(loaded: LoadedModel) -> tuple[str, str]:
 def check_heads(loaded: LoadedModel, heads: Sequence[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
     """Layer and head numbers in range (negative layers count from the end); one-line errors."""
     if not heads:
-        raise InputError("no head to ablate: pass --layer L --head H, --heads L:H,... or --scan")
+        raise InputError(f"no head to ablate: give {param('heads')} as (layer, head) pairs")
     n_layers, n_heads = loaded.capture.num_layers, loaded.capture.num_heads
     out = []
     for layer, head in heads:
@@ -277,7 +280,7 @@ def reference_means(loaded: LoadedModel, texts: Sequence[str], batch_size: int =
     require_interface(loaded, "ablation")
     texts = [t for t in texts if t.strip()]
     if not texts:
-        raise InputError("the --reference file has no text: give one text per line")
+        raise InputError(f"{param('reference')} has no text: give at least one text that is not blank")
     stream = main_stream(loaded)
     cap = loaded.capture
     sums: list[Any] = [None] * cap.num_layers
@@ -350,7 +353,7 @@ def _prepare(
     if measure == "embedding":
         if target is not None:
             resolve(att, target, occurrence)  # a word not in the text is still an error
-            reason += " (--target is not used: the embedding covers the whole text)"
+            reason += " (the target is not used: the embedding covers the whole text)"
         return _Prepared(measure, reason, ids, mask, None, (), ())
     if target is None:
         if measure == "log-prob":
@@ -358,7 +361,7 @@ def _prepare(
         else:  # masked: the last word of the text
             last = [w for w in att.word_ids if w is not None and re.search(r"\w", words[w])]
             if not last:
-                raise InputError("the text has no word to mask: pass --target WORD")
+                raise InputError(f"the text has no word to mask: name a token with {param('target')}")
             target = words[last[-1]]
             occurrence = sum(1 for w in words[: last[-1] + 1] if w.casefold() == target.casefold())
     unit = resolve(att, target, occurrence)

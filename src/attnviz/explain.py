@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from attnviz.errors import InputError
+from attnviz.errors import InputError, param
 from attnviz.steps import Steps, five_steps
 
 if TYPE_CHECKING:
@@ -53,6 +53,12 @@ class Explained:
         }
 
 
+def _check_focus(query: str | None, key: str | None) -> None:
+    """A key is worked out against one query's row, so it needs one (checked before extraction)."""
+    if key is not None and query is None:
+        raise InputError(f"{param('key')} needs {param('query')} (the token whose row is followed)")
+
+
 def explain_head(
     att: Attention, layer: int, head: int, query: str | None = None, key: str | None = None
 ) -> Explained:
@@ -62,8 +68,7 @@ def explain_head(
     """
     from attnviz.tokens import positions
 
-    if key is not None and query is None:
-        raise InputError("--key needs --query (the token whose row is followed)")
+    _check_focus(query, key)
     if att.qkv is None:
         raise InputError("this attention has no query/key/value vectors: extract it with qkv=True")
     pos = att.head_pos(head)
@@ -104,8 +109,7 @@ def explain(
     """Run the model on `text`, capturing one head's vectors, and return its five steps."""
     from attnviz.extraction import extract
 
-    if key is not None and query is None:
-        raise InputError("--key needs --query (the token whose row is followed)")
+    _check_focus(query, key)
     att = extract(
         text,
         model,

@@ -39,6 +39,8 @@ __all__ = [
 
 
 STREAMS = ("self", "decoder", "cross")
+CROSS = param("stream", "cross")
+UNHIDDEN = param("hide_special", True, flag="--no-special")  # a ViewOptions field; the CLI's flag
 
 
 def check_stream(
@@ -53,15 +55,22 @@ def check_stream(
     square) is asked for one head at token level, untransformed, and norm weighting (which reads the
     encoder's value vectors) is not asked of the decoder. InputError otherwise."""
     if stream not in STREAMS:
-        raise InputError(f"unknown --stream '{stream}': use self, decoder or cross")
+        raise InputError(f"unknown {param('stream')} '{stream}': use self, decoder or cross")
     if stream == "decoder" and norm:
-        raise InputError("--weighting norm weighs the encoder's self-attention: drop --stream decoder")
+        raise InputError(
+            f"{param('weighting', 'norm')} weighs the encoder's self-attention:"
+            f" drop {param('stream', 'decoder')}"
+        )
     if stream != "cross":
         return
     if layer is None or heads is None or len(heads) != 1 or words:
-        raise InputError("--stream cross draws one head at token level: pass --layer L --head H")
+        raise InputError(
+            f"{CROSS} draws one head at token level: pass a {param('layer')} and a {param('head')}"
+        )
     if transformed:
-        raise InputError("--stream cross draws raw weights: drop --aggregate, --weighting and --no-special")
+        raise InputError(
+            f"{CROSS} draws raw weights: drop {param('aggregate')}, {param('weighting')} and {UNHIDDEN}"
+        )
 
 
 def square_stream(att: Attention, stream: str) -> Attention:

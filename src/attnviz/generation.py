@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from attnviz.errors import InputError
+from attnviz.errors import InputError, param
 
 if TYPE_CHECKING:
     from attnviz.attention import Attention
@@ -248,15 +248,20 @@ def check_settings(
 ) -> None:
     """InputError for settings `generate` would refuse, before any model loads."""
     if max_new_tokens < 1:
-        raise InputError(f"--max-new-tokens must be at least 1 (got {max_new_tokens})")
+        raise InputError(f"{param('max_new_tokens')} must be at least 1 (got {max_new_tokens})")
     if not 0 <= min_new_tokens <= max_new_tokens:
-        raise InputError(f"--min-new-tokens must be between 0 and --max-new-tokens (got {min_new_tokens})")
+        raise InputError(
+            f"{param('min_new_tokens')} must be between 0 and {param('max_new_tokens')} "
+            f"(got {min_new_tokens})"
+        )
     if not temperature > 0:
-        raise InputError(f"--temperature must be above 0 (got {temperature})")
+        raise InputError(f"{param('temperature')} must be above 0 (got {temperature})")
     if not 0 < top_p <= 1:
-        raise InputError(f"--top-p must be in (0, 1] (got {top_p})")
+        raise InputError(f"{param('top_p')} must be in (0, 1] (got {top_p})")
     if not sample and (temperature != 1.0 or top_p != 1.0):
-        raise InputError("--temperature and --top-p shape sampling: add --sample")
+        raise InputError(
+            f"{param('temperature')} and {param('top_p')} shape sampling: add {param('sample', True)}"
+        )
 
 
 def generation_task(spec: str | None) -> str:
@@ -394,7 +399,7 @@ def prompt_ids(loaded: LoadedModel, prompt: str, chat: bool = False) -> list[int
     if not chat:
         return list(tok(prompt)["input_ids"])
     if not getattr(tok, "chat_template", None):
-        raise InputError(f"{loaded.name}'s tokenizer has no chat template: drop --chat")
+        raise InputError(f"{loaded.name}'s tokenizer has no chat template: drop {param('chat', True)}")
     text = tok.apply_chat_template(
         [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
     )
@@ -411,8 +416,8 @@ def _prompt_inputs(loaded: LoadedModel, prompt: str, chat: bool, max_new: int) -
     total = len(ids) + (0 if loaded.kind == "encoder-decoder" else max_new)
     if limit is not None and total > limit:
         raise InputError(
-            f"the prompt ({len(ids)} tokens) plus --max-new-tokens {max_new} exceeds {loaded.name}'s "
-            f"limit of {limit} tokens"
+            f"the prompt ({len(ids)} tokens) plus {param('max_new_tokens')} {max_new} exceeds "
+            f"{loaded.name}'s limit of {limit} tokens"
         )
     device = next(loaded.model.parameters()).device
     input_ids = torch.tensor([ids], device=device)

@@ -133,7 +133,7 @@ def check_size(n_bytes: int, device: str) -> None:
     """InputError, before anything is allocated, for a result larger than half the machine's memory."""
     import os
 
-    from attnviz.errors import InputError
+    from attnviz.errors import InputError, param
 
     if device != "cpu":
         return
@@ -144,5 +144,5 @@ def check_size(n_bytes: int, device: str) -> None:
     if n_bytes > total // 2:
         raise InputError(
             f"recording would need {n_bytes / 1e9:.1f} GB for its rows ({total / 1e9:.0f} GB of memory "
-            "here): record fewer --layers or --heads, or fewer --max-new-tokens"
+            f"here): record fewer {param('layers')} or {param('heads')}, or fewer {param('max_new_tokens')}"
         )

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from attnviz.errors import InputError
+from attnviz.errors import InputError, param
 
 if TYPE_CHECKING:
     from attnviz.attention import Encoded
@@ -115,7 +115,9 @@ def random_repeats(loaded: LoadedModel, seq_len: int, batch: int, seed: int) -> 
     banned = set(tok.all_special_ids or [])
     candidates = np.array([i for i in range(vocab) if i not in banned])
     if len(candidates) < seq_len:
-        raise InputError(f"the vocabulary has only {len(candidates)} ordinary tokens; use --seq-len <= that")
+        raise InputError(
+            f"the vocabulary has only {len(candidates)} ordinary tokens; use {param('seq_len')} <= that"
+        )
     prefix_ids = list(tok("")["input_ids"])  # the BOS the model always sees, if its tokenizer adds one
     p = len(prefix_ids)
     rng = np.random.default_rng(seed)
@@ -154,11 +156,13 @@ class InductionSettings:
 
     def check(self) -> InductionSettings:
         if self.seq_len < 2 or self.batch < 1:
-            raise InputError("use --seq-len of at least 2 and --batch of at least 1")
+            raise InputError(f"use {param('seq_len')} of at least 2 and {param('batch')} of at least 1")
         if not 0 <= self.seed < 2**64:  # the same range as toy's seed (numpy refuses a negative one)
-            raise InputError(f"--seed {self.seed}: use a whole number from 0 to 2**64 - 1")
+            raise InputError(f"{param('seed')} {self.seed}: use a whole number from 0 to 2**64 - 1")
         if self.sort not in SCORES:
-            raise InputError(f"unknown --sort '{self.sort}' with --induction: use {' or '.join(SCORES)}")
+            raise InputError(
+                f"unknown {param('sort')} '{self.sort}' for the induction test: use {' or '.join(SCORES)}"
+            )
         return self
 
     def run(self, loaded: LoadedModel) -> InductionResult:
@@ -190,14 +194,16 @@ def induction_scores(
     if not loaded.causal:
         raise InputError(
             f"the induction test applies to causal (decoder) models; {loaded.name} is an {loaded.kind}"
-            " that sees the whole sequence at once (try --model smollm2)"
+            f" that sees the whole sequence at once (try {param('model', 'smollm2')})"
         )
     if seq_len < 2 or batch < 1:
-        raise InputError("use --seq-len of at least 2 and --batch of at least 1")
+        raise InputError(f"use {param('seq_len')} of at least 2 and {param('batch')} of at least 1")
     enc, prefix = random_repeats(loaded, seq_len, batch, seed)
     n = prefix + 2 * seq_len
     if loaded.max_length and n > loaded.max_length:
-        raise InputError(f"{n} tokens exceed {loaded.name}'s limit of {loaded.max_length}: lower --seq-len")
+        raise InputError(
+            f"{n} tokens exceed {loaded.name}'s limit of {loaded.max_length}: lower {param('seq_len')}"
+        )
     layer_list = resolve_indices(layers, loaded.num_layers, "layer", loaded.name)
     head_list = resolve_indices(heads, loaded.capture.num_heads, "head", loaded.name)
     ind_sum: Any = 0.0

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from attnviz.errors import ModelNotFoundError
+from attnviz.errors import ModelNotFoundError, param
 from attnviz.models import BUNDLED, LoadedModel, ModelSource, bundled_path, check_weights, resolve_model
 
 
@@ -170,7 +170,7 @@ def _config_folder(source: ModelSource) -> Path:
     if not isinstance(found, str):
         raise ModelNotFoundError(
             f"model '{source.spec}' is not in the Hugging Face cache; "
-            "try --model minilm or a local model folder"
+            f"try {param('model', 'minilm')} or a local model folder"
         )
     folder = Path(found).parent
     check_weights(folder)

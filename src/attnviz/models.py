@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from attnviz.errors import DeviceError, InputError, ModelNotFoundError
+from attnviz.errors import DeviceError, InputError, ModelNotFoundError, param
 from attnviz.gguf_cache import (
     ENTRY_FILE,
     cache_folder,
@@ -199,11 +199,11 @@ def resolve_device(device: str | None) -> str:
         return "cpu"
     if re.fullmatch(r"cuda(:\d+)?", device):
         if not torch.cuda.is_available():
-            raise DeviceError(f"--device {device} was asked for, but CUDA is not available here")
+            raise DeviceError(f"{param('device', device)} was asked for, but CUDA is not available here")
         index = int(device.split(":")[1]) if ":" in device else 0
         if index >= torch.cuda.device_count():
             raise DeviceError(
-                f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) are present"
+                f"{param('device', device)}: only {torch.cuda.device_count()} CUDA device(s) are present"
             )
         return device
     raise DeviceError(f"unknown device '{device}'; use auto, cpu, cuda or cuda:N")
@@ -216,7 +216,7 @@ def resolve_dtype(dtype: str | None, device: str) -> torch.dtype:
     if dtype not in DTYPES:
         raise DeviceError(f"unknown dtype '{dtype}'; use one of {', '.join(DTYPES)}")
     if dtype != "float32" and not device.startswith("cuda"):
-        raise DeviceError(f"--dtype {dtype} needs a CUDA device; on the CPU use float32")
+        raise DeviceError(f"{param('dtype', dtype)} needs a CUDA device; on the CPU use float32")
     return getattr(torch, dtype)
 
 
@@ -279,7 +279,7 @@ def _from_pretrained(loader: Any, source: ModelSource, **kwargs: Any) -> Any:
         if source.origin == "hub":
             raise ModelNotFoundError(
                 f"model '{source.spec}' is not in the Hugging Face cache and the hub cannot be "
-                "reached (offline?); try --model minilm or a local model folder"
+                f"reached (offline?); try {param('model', 'minilm')} or a local model folder"
             ) from exc
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelNotFoundError(f"could not load '{source.spec}': {first}") from exc

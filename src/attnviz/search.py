@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from attnviz.errors import InputError, TokenNotFoundError
+from attnviz.errors import InputError, TokenNotFoundError, param
 from attnviz.patterns import PATTERNS, pattern_scores, role_of
 from attnviz.tokens import display, locate, normalise
 
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 Direction = Literal["both", "a2b", "b2a"]
 DIRECTIONS: tuple[str, ...] = ("both", "a2b", "b2a")
+EACH_OCCURRENCE = param("occurrence", "N,M")  # which occurrence of A and of B, separately
 Occurrence = int | Literal["all"] | None
 
 
@@ -175,7 +176,7 @@ def parse_occurrence(value: str | int | None) -> tuple[Occurrence, Occurrence]:
     if isinstance(value, int):
         return value, value
     if not str(value).strip():  # `--occurrence ''` is not "the first"
-        raise InputError("--occurrence is empty: use N, N,M or all")
+        raise InputError(f"{param('occurrence')} is empty: use N, N,M or all")
     parts = [p.strip().lower() for p in str(value).split(",")]
     if len(parts) == 1:
         parts *= 2
@@ -315,11 +316,13 @@ def resolve_pair(
         ub = resolve(att, b, occ_b, view)
     except TokenNotFoundError as exc:
         if "occurrence" in str(exc) and occ_a == occ_b:
-            raise TokenNotFoundError(f"{exc}; --occurrence N,M picks A's and B's separately") from None
+            raise TokenNotFoundError(
+                f"{exc.message}; {EACH_OCCURRENCE} picks A's and B's separately"
+            ) from None
         raise
     if set(ua.tokens) & set(ub.tokens):
         raise InputError(
-            f"{ua.describe()} and {ub.describe()} overlap: pick other occurrences with --occurrence N,M"
+            f"{ua.describe()} and {ub.describe()} overlap: pick other occurrences with {EACH_OCCURRENCE}"
         )
     return ua, ub
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from attnviz.errors import InputError
+from attnviz.errors import InputError, param
 from attnviz.steps import Steps, five_steps, format_focus, format_matrix, format_steps, mask_note
 
 __all__ = [  # the five steps are re-exported: `from attnviz.toy import five_steps` keeps working
@@ -28,6 +28,7 @@ __all__ = [  # the five steps are re-exported: `from attnviz.toy import five_ste
 ]
 
 MAX_TOKENS = 512
+HEADS = param("heads", flag="--num-heads")  # `attnviz toy --head` picks one head's steps
 
 
 # -- the toy ----------------------------------------------------------------------------------
@@ -86,14 +87,16 @@ def parse_tokens(value: str | int | Sequence[str]) -> list[str]:
     if isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit()):
         n = int(value)
         if not 1 <= n <= MAX_TOKENS:
-            raise InputError(f"--tokens {n}: use between 1 and {MAX_TOKENS} tokens")
+            raise InputError(f"{param('tokens')} {n}: use between 1 and {MAX_TOKENS} tokens")
         return [f"t{i}" for i in range(n)]
     words = [w for w in re.split(r"[\s,]+", value.strip())] if isinstance(value, str) else list(value)
     words = [w for w in words if w]
     if not words:
-        raise InputError("--tokens is empty: give a count like 12 or words like 'I like transformers'")
+        raise InputError(
+            f"{param('tokens')} is empty: give a count like 12 or words like 'I like transformers'"
+        )
     if len(words) > MAX_TOKENS:
-        raise InputError(f"--tokens has {len(words)} tokens; the toy takes at most {MAX_TOKENS}")
+        raise InputError(f"{param('tokens')} has {len(words)} tokens; the toy takes at most {MAX_TOKENS}")
     return words
 
 
@@ -115,15 +118,17 @@ def build_toy(
 
     labels = parse_tokens(tokens)
     if heads < 1:
-        raise InputError(f"--heads {heads}: use at least 1 head")
+        raise InputError(f"{HEADS} {heads}: use at least 1 head")
     if dim < 1 or dim > 4096:
-        raise InputError(f"--dim {dim}: use a size between 1 and 4096")
+        raise InputError(f"{param('dim')} {dim}: use a size between 1 and 4096")
     if dim % heads:
-        raise InputError(f"--dim {dim} is not divisible by --heads {heads}; each head gets dim/heads")
+        raise InputError(
+            f"{param('dim')} {dim} is not divisible by {HEADS} {heads}; each head gets dim/heads"
+        )
     if not math.isfinite(temperature) or temperature <= 0:
-        raise InputError(f"--temperature {temperature}: use a number above 0")
+        raise InputError(f"{param('temperature')} {temperature}: use a number above 0")
     if not 0 <= seed < 2**64:  # torch's generator takes a 64-bit seed
-        raise InputError(f"--seed {seed}: use a whole number from 0 to 2**64 - 1")
+        raise InputError(f"{param('seed')} {seed}: use a whole number from 0 to 2**64 - 1")
     d_k = dim // heads
     g = torch.Generator().manual_seed(seed)
     vocab = list(dict.fromkeys(labels))

@@ -15,7 +15,7 @@ import numpy as np
 
 from attnviz.analyses.aggregate import renormalise
 from attnviz.attention import Attention
-from attnviz.errors import InputError
+from attnviz.errors import InputError, param
 
 FUSIONS = ("mean", "max", "min")
 
@@ -61,9 +61,9 @@ class Rollout:
 def check_options(head_fusion: str, residual: float) -> None:
     """Fail on a bad option before any model loads."""
     if head_fusion not in FUSIONS:
-        raise InputError(f"unknown --head-fusion '{head_fusion}': use mean, max or min")
+        raise InputError(f"unknown {param('head_fusion')} '{head_fusion}': use mean, max or min")
     if not 0.0 <= residual <= 1.0 or residual != residual:
-        raise InputError(f"bad --residual {residual}: use a weight between 0 and 1 (0.5 by default)")
+        raise InputError(f"bad {param('residual')} {residual}: use a weight between 0 and 1 (0.5 by default)")
 
 
 def fuse(attn: np.ndarray, how: str) -> np.ndarray:

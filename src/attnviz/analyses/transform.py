@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from attnviz.errors import InputError
+from attnviz.errors import InputError, param
 
 if TYPE_CHECKING:
     from attnviz.attention import Attention
@@ -42,13 +42,13 @@ class ViewOptions:
     def check(self, words: bool = False) -> ViewOptions:
         """InputError (one line, naming the option) on the first bad value; returns self."""
         if self.weighting not in ("attention", "norm"):
-            raise InputError(f"unknown --weighting '{self.weighting}': use attention or norm")
+            raise InputError(f"unknown {param('weighting')} '{self.weighting}': use attention or norm")
         if self.aggregate is not None and self.aggregate not in AGGREGATES:
-            raise InputError(f"unknown --aggregate '{self.aggregate}': use mean or max")
+            raise InputError(f"unknown {param('aggregate')} '{self.aggregate}': use mean or max")
         if self.over not in OVERS:
-            raise InputError(f"unknown --over '{self.over}': use heads, layers or both")
+            raise InputError(f"unknown {param('over')} '{self.over}': use heads, layers or both")
         if words and self.weighting == "norm":
-            raise InputError("--weighting norm works on tokens: drop --words")
+            raise InputError(f"{param('weighting', 'norm')} works on tokens: drop {param('words', True)}")
         return self
 
 

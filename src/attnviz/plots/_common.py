@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from attnviz.errors import InputError
+from attnviz.errors import InputError, param
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -72,9 +72,9 @@ def parse_vmax(value: str | float | None) -> float | None:
     try:
         out = float(value)
     except ValueError:
-        raise InputError(f"bad --vmax '{value}': use a number like 1.0, or auto") from None
+        raise InputError(f"bad {param('vmax')} '{value}': use a number like 1.0, or auto") from None
     if not math.isfinite(out) or out <= 0:
-        raise InputError(f"bad --vmax '{value}': it must be a number above 0")
+        raise InputError(f"bad {param('vmax')} '{value}': it must be a number above 0")
     return out
 
 
@@ -83,7 +83,7 @@ def parse_size(value: str | None) -> tuple[float, float] | None:
     if value is None:
         return None
     if not value.strip():  # given but empty: an error, not the default size
-        raise InputError("--size is empty: use WIDTHxHEIGHT in inches, e.g. 8x6")
+        raise InputError(f"{param('size')} is empty: use WIDTHxHEIGHT in inches, e.g. 8x6")
     parts = value.lower().replace(",", "x").split("x")
     try:
         nums = [float(p) for p in parts]
@@ -92,7 +92,9 @@ def parse_size(value: str | None) -> tuple[float, float] | None:
     if len(nums) == 1:
         nums = nums * 2
     if len(nums) != 2 or not all(math.isfinite(n) and 0.5 <= n <= 100 for n in nums):
-        raise InputError(f"bad --size '{value}': use WIDTHxHEIGHT in inches, e.g. 8x6 (0.5-100 each)")
+        raise InputError(
+            f"bad {param('size')} '{value}': use WIDTHxHEIGHT in inches, e.g. 8x6 (0.5-100 each)"
+        )
     return nums[0], nums[1]
 
 
@@ -114,10 +116,11 @@ LOG_RANGE = 1e-3  # the log scale spans top * LOG_RANGE .. top
 SINK_TOKENS = ("[CLS]", "<s>", "<|begin_of_text|>", "<bos>", "<|endoftext|>", "<|im_start|>")
 
 
-def parse_scale(value: str | float | None) -> str | float:
+def parse_scale(value: str | float | None, name: str = "scale") -> str | float:
     """--scale: auto (the sink left out), max (largest weight shown), log, or a number (the top).
 
-    The old `--vmax auto|NUMBER` values mean the same here.
+    The old `--vmax auto|NUMBER` values mean the same here. `name` is the caller's keyword for it:
+    the plots say `vmax` (the command line's old name for `--scale`).
     """
     if value is None:
         return "auto"
@@ -127,10 +130,10 @@ def parse_scale(value: str | float | None) -> str | float:
         out = float(value)
     except ValueError:
         raise InputError(
-            f"bad --scale '{value}': use auto (sink left out), max, log, or a number like 1.0"
+            f"bad {param(name)} '{value}': use auto (sink left out), max, log, or a number like 1.0"
         ) from None
     if not math.isfinite(out) or out <= 0:
-        raise InputError(f"bad --scale '{value}': a number must be above 0")
+        raise InputError(f"bad {param(name)} '{value}': a number must be above 0")
     return out
 
 
@@ -181,7 +184,7 @@ def resolve_scale(
 ) -> ColourScale:
     """The colour scale for these matrices: `auto` tops at the largest weight outside the sink
     column (sink weights above it get the top colour, and the legend says so)."""
-    scale = parse_scale(scale)
+    scale = parse_scale(scale, "vmax")  # the plots' keyword
     if not isinstance(scale, str):
         return ColourScale(float(scale))
     top = resolve_vmax(None, arrays, visible)

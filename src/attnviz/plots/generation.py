@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from attnviz.errors import InputError
+from attnviz.errors import InputError, param
 from attnviz.plots._common import (
     CELL,
     DEFAULT_CMAP,
@@ -96,9 +96,10 @@ def generation_picture(gen0: Any, stream: str = "self", **style: Any) -> Figure:
     from attnviz.plots._common import ranges
 
     if stream not in ("self", "cross"):
-        raise InputError(f"unknown --stream '{stream}': use self or cross")
+        raise InputError(f"unknown {param('stream')} '{stream}': use self or cross")
     if gen0.n_new == 0:
-        raise InputError("no new token is left to draw (were they all special tokens? drop --no-special)")
+        hint = param("hide_special", True, flag="--no-special")
+        raise InputError(f"no new token is left to draw (were they all special tokens? drop {hint})")
     gen = gen0
     if len(gen0.layers) * len(gen0.heads) > 1:
         gen = pooled(gen0, "mean", "both")

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from attnviz.errors import InputError
+from attnviz.errors import InputError, param
 from attnviz.plots._common import (
     ANNOTATE_MAX,
     CELL,
@@ -256,8 +256,9 @@ def overview_layout(
         if max(size) > OVERVIEW_MAX:
             raise InputError(
                 f"the whole-model overview of {n_tokens} tokens ({n_layers} layers x {n_heads} heads) "
-                f"would be {size[0] * dpi:.0f}x{size[1] * dpi:.0f} px; draw one layer with --layer N "
-                "(or pick fewer --layers/--heads, or a shorter text)"
+                f"would be {size[0] * dpi:.0f}x{size[1] * dpi:.0f} px; "
+                f"draw one layer with {param('layer')} N "
+                f"(or pick fewer {param('layers')}/{param('heads')}, or a shorter text)"
             )
         extra = max(0.0, min_width - size[0])  # a long title: widen, and centre the grid under it
         size = (size[0] + extra, size[1])

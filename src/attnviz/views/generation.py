@@ -12,7 +12,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from attnviz.errors import InputError
+from attnviz.errors import InputError, param
 
 if TYPE_CHECKING:
     from attnviz.generation import Generation
@@ -44,7 +44,7 @@ def generation_data(gen: Generation, max_mb: float | None = DEFAULT_MAX_MB) -> d
     if max_mb is not None and size > max_mb * 1e6:
         raise InputError(
             f"the page would hold {size / 1e6:.0f} MB of weights (limit {max_mb:g} MB): record fewer "
-            "--layers or --heads, or fewer --max-new-tokens"
+            f"{param('layers')} or {param('heads')}, or fewer {param('max_new_tokens')}"
         )
     return {
         "model": gen.model,
@@ -90,13 +90,13 @@ def render_generation_html(gen: Generation, max_mb: float | None = DEFAULT_MAX_M
 
 
 def check_view_output(path: Path | None) -> None:
-    """Fail on a bad --view path before a model loads."""
+    """Fail on a bad page path (`generate --view`) before a model loads."""
     from attnviz.outputs import _check_parent
 
     if path is None:
         return
     if path.suffix.lower() not in (".html", ".htm"):
-        raise InputError(f"--view {path} should end with .html")
+        raise InputError(f"{param('path', flag='--view')} {path} should end with .html")
     _check_parent(path)
 
 

@@ -20,7 +20,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from attnviz.errors import InputError
+from attnviz.errors import InputError, param
 
 if TYPE_CHECKING:
     from attnviz.analyses.transform import ViewOptions
@@ -139,8 +139,9 @@ def check_page_size(size: float, shape: tuple[int, ...], max_mb: float) -> None:
         layers, heads, n = shape[:3]
         raise InputError(
             f"the page would be about {size / 1e6:.0f} MB ({n} tokens x {layers} layers x {heads} heads, "
-            f"about {size / layers / 1e6:.1f} MB a layer); narrow it with --layers (e.g. --layers 0) "
-            f"or --heads, allow it with --max-mb, or explore it through `attnviz serve`"
+            f"about {size / layers / 1e6:.1f} MB a layer); "
+            f"narrow it with {param('layers')} (e.g. {param('layers')} 0) "
+            f"or {param('heads')}, allow it with {param('max_mb')}, or explore it through `attnviz serve`"
         )
 
 

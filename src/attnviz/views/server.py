@@ -16,7 +16,15 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from attnviz.analyses.transform import transform
-from attnviz.errors import AttnvizError, InputError, TextTooLongError, TokenNotFoundError, api_terms, render
+from attnviz.errors import (
+    AttnvizError,
+    InputError,
+    TextTooLongError,
+    TokenNotFoundError,
+    api_terms,
+    param,
+    render,
+)
 
 if TYPE_CHECKING:
     import socket
@@ -509,11 +517,11 @@ def bind(host: str, port: int) -> socket.socket:
     import socket
 
     if not 0 <= port < 65536:
-        raise InputError(f"bad --port {port}: use 1-65535 (or 0: any free port)")
+        raise InputError(f"bad {param('port')} {port}: use 1-65535 (or 0: any free port)")
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror:
-        raise InputError(f"unknown --host '{host}'") from None
+        raise InputError(f"unknown {param('host')} '{host}'") from None
     family, _, _, _, addr = infos[0]
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -523,7 +531,7 @@ def bind(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         raise InputError(
-            f"cannot listen on {host}:{port}: {exc.strerror or exc}; pass another --port"
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}; pass another {param('port')}"
         ) from None
     return sock
 
