@@ -31,7 +31,7 @@ from attnviz.batch import (
     summarise,
 )
 from attnviz.config import BatchConfig, make_config, parse_probe
-from attnviz.errors import InputError
+from attnviz.errors import InputError, cli_terms
 from attnviz.extraction import extract
 from attnviz.models import load_model
 
@@ -190,7 +190,10 @@ def test_too_long_texts_are_rejected_or_cut(tiny_bert):
         iter_records(["short one", long], _config(max_length=12), model=tiny_bert, on_reject=rejects.append)
     )
     assert [r.text_id for r in recs] == [0]
-    assert rejects[0].reason == "too_long" and "--truncate" in rejects[0].detail
+    assert rejects[0].reason == "too_long" and rejects[0].detail.endswith(
+        "set truncate to cut such texts instead"
+    )
+    assert "--" not in rejects[0].detail  # written into _rejects.jsonl: read by config and Python users too
     cut = list(iter_records([long], _config(max_length=12, truncate=True), model=tiny_bert))
     assert cut[0].n_tokens == 12 and cut[0].truncated > 0
 
@@ -312,9 +315,15 @@ def test_run_writes_parts_summary_and_rejects(tiny_bert, tmp_path, monkeypatch, 
 def test_refuses_another_run_unless_overwrite(tiny_bert, tmp_path):
     out = tmp_path / "out"
     run_batch_analysis(["a cat", "a dog"], _config(), out, model=tiny_bert)
-    with pytest.raises(InputError, match=r"already holds this run.*--resume"):
+    # a Python caller is told the keywords it passes; the command line shows its flags
+    with pytest.raises(
+        InputError, match=r"already holds this run.*pass resume=True .* or overwrite=True"
+    ) as info:
         run_batch_analysis(["a cat", "a dog"], _config(), out, model=tiny_bert)
-    with pytest.raises(InputError, match=r"already holds a different run.*--overwrite"):
+    assert "--" not in str(info.value) and "pass --resume to continue it or --overwrite" in info.value.render(
+        cli_terms
+    )
+    with pytest.raises(InputError, match=r"already holds a different run.*pass overwrite=True"):
         run_batch_analysis(["a cat"], _config(statistics="entropy"), out, model=tiny_bert)
     with pytest.raises(InputError, match=r"different settings \(statistics\)"):
         run_batch_analysis(["a cat"], _config(statistics="entropy"), out, model=tiny_bert, resume=True)
@@ -529,8 +538,9 @@ def test_disk_full_is_one_line_and_committed_parts_survive(tiny_bert, tmp_path, 
     with pytest.raises(OutputError) as info:
         run_batch_analysis(corpus, _config(), out, model=tiny_bert)
     assert str(info.value) == (
-        f"no space left on {out}; nothing committed is lost, free space and rerun with --resume"
+        f"no space left on {out}; nothing committed is lost, free space and rerun with resume=True"
     )
+    assert info.value.render(cli_terms).endswith("rerun with --resume")
     assert pd.read_parquet(out).text_id.unique().tolist() == [0, 1, 2, 3]
     assert not list((out / HEADS_DIR).glob(".*.tmp")) and not list((out / "_texts").glob(".*.tmp"))
     monkeypatch.setattr(Store, "_write_table", real)
@@ -547,12 +557,13 @@ def test_output_folder_checks_come_before_the_model(tmp_path, monkeypatch):
 
     from attnviz.batch import OutputError, OutputFolder
 
-    busy = r"another attnviz batch is writing to .*pick another -o"
+    busy = r"another attnviz batch is writing to .*pick another outdir folder"
     with (
         OutputFolder(tmp_path / "out", BatchConfig(), ["x"], False, False),
-        pytest.raises(InputError, match=busy),
+        pytest.raises(InputError, match=busy) as info,
     ):
         OutputFolder(tmp_path / "out", BatchConfig(), ["x"], False, False)
+    assert info.value.render(cli_terms).endswith("pick another -o folder")
     assert not (tmp_path / "out").exists()  # made for a run that never wrote: removed again
     (tmp_path / "file").write_text("x")
     with pytest.raises(InputError, match="exists and is not a folder"):
@@ -562,7 +573,9 @@ def test_output_folder_checks_come_before_the_model(tmp_path, monkeypatch):
         raise PermissionError(errno.EROFS, "Read-only file system", str(self))
 
     monkeypatch.setattr(pathlib.Path, "mkdir", denied)
-    with pytest.raises(OutputError, match=r"cannot write to .*ro: read-only file system; pick a folder"):
+    with pytest.raises(
+        OutputError, match=r"cannot write to .*ro: read-only file system; pick a folder .* outdir$"
+    ):
         OutputFolder(tmp_path / "ro", BatchConfig(), ["x"], False, False)
 
 

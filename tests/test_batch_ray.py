@@ -24,7 +24,7 @@ from attnviz.batch import HEADS_DIR, REJECTS_FILE, RUN_FILE, TEXTS_DIR, ray_engi
 from attnviz.batch.ray_engine import DIE_ENV
 from attnviz.cli import app
 from attnviz.config import make_config, parse_probe
-from attnviz.errors import AttnvizError, InputError
+from attnviz.errors import AttnvizError, InputError, cli_terms
 
 runner = CliRunner()
 KEYS = ["text_id", "layer", "head"]
@@ -173,7 +173,8 @@ def test_a_chunk_that_always_kills_its_worker_stops_the_run_in_one_line(
         AttnvizError, match=r"^a Ray worker died 2 times on chunk 0 \(texts from id 0\); "
     ) as err:
         run_batch_analysis(texts, _ray(tiny_model_path("bert"), workers=1), out)
-    assert "\n" not in str(err.value) and "--resume" in str(err.value)
+    assert "\n" not in str(err.value) and "rerun with resume=True" in str(err.value)
+    assert "rerun with --resume" in err.value.render(cli_terms)
     assert json.loads((out / RUN_FILE).read_text())["status"] == "failed"
     assert not list((out / HEADS_DIR).iterdir())
 
@@ -224,7 +225,7 @@ def test_worker_errors_come_back_as_one_line(ray_instance, tiny_model_path, tmp_
         run_batch_analysis(["a cat"], _ray(tiny_model_path("bert"), layers=(7,), workers=1), out)
     assert "\n" not in str(err.value)
     assert not out.exists()  # the folder made for the run is removed again
-    with pytest.raises(InputError, match=r"--workers 3 x --threads 1 need 3 CPUs but the Ray cluster has 2"):
+    with pytest.raises(InputError, match=r"workers=3 x threads=1 need 3 CPUs but the Ray cluster has 2"):
         run_batch_analysis(["a cat"], _config(tiny_model_path("bert"), engine="ray", workers=3), out)
     with pytest.raises(InputError, match="loads the model in each worker"):
         run_batch_analysis(["a cat"], _ray(tiny_model_path("bert")), out, model=object())  # type: ignore[arg-type]
@@ -290,8 +291,41 @@ def test_a_missing_ray_says_how_to_install_it(tmp_path, monkeypatch):
     assert result.exit_code == 2
     assert result.output == "error: --engine ray needs Ray: pip install 'attnviz[ray]'\n"
     assert not (tmp_path / "out").exists()
-    with pytest.raises(AttnvizError, match=r"attnviz\[ray\]"):
+    with pytest.raises(AttnvizError, match=r"^engine='ray' needs Ray: pip install 'attnviz\[ray\]'$"):
         run_batch_analysis(["a cat"], make_config(engine="ray"), tmp_path / "lib")
+
+
+def test_messages_name_python_keywords_and_a_workers_error_keeps_its_marks():
+    """A Python caller is told `workers=3`, the command line `--workers 3`; an AttnvizError raised in
+    a worker crosses the process boundary (pickled, as Ray sends it) and is returned as it is."""
+    import pickle
+    from types import SimpleNamespace
+
+    from attnviz.errors import param
+
+    with pytest.raises(InputError) as info:
+        ray_engine.check_fits(3, 2, 4, "this machine")
+    assert (
+        str(info.value)
+        == "workers=3 x threads=2 need 6 CPUs but this machine has 4; ask for fewer workers or threads"
+    )
+    assert info.value.render(cli_terms).startswith("--workers 3 x --threads 2 need 6 CPUs")
+
+    class RayError(Exception):
+        pass
+
+    class RayActorError(RayError):
+        pass
+
+    ray = SimpleNamespace(exceptions=SimpleNamespace(RayError=RayError, RayActorError=RayActorError))
+    died = ray_engine.remote_error(ray, RayActorError("gone"), "chunk 0")
+    assert "rerun with resume=True (fewer threads or a smaller batch_size need less memory)" in str(died)
+    assert "rerun with --resume (fewer --threads or a smaller --batch-size need" in died.render(cli_terms)
+    raised = pickle.loads(pickle.dumps(InputError(f"bad {param('max_length')} 1")))  # as a worker sends it
+    failed = RayError("wrapped")
+    failed.cause = raised
+    assert ray_engine.remote_error(ray, failed, "chunk 0") is raised
+    assert str(raised) == "bad max_length 1" and raised.render(cli_terms) == "bad --max-length 1"
 
 
 @pytest.mark.slow  # a real Ray instance: minutes on 2 cores, so not in -m 'not slow'

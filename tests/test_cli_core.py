@@ -214,7 +214,8 @@ def test_extract_on_a_full_disk_is_one_line(tiny_model_path, tmp_path, monkeypat
     monkeypatch.setattr(np, "savez_compressed", full_disk)
     out = tmp_path / "y.npz"
     result = runner.invoke(app, ["extract", "the cat", "-m", str(tiny_model_path("bert")), "-o", str(out)])
-    _one_line_error(result, "no space left", "y.npz")
+    # the line docs/models.md shows
+    _one_line_error(result, "no space left", "y.npz", "free some space or choose another -o")
     assert list(tmp_path.iterdir()) == []
 
 

@@ -14,7 +14,7 @@ from attnviz.config import (
     make_config,
     parse_probe,
 )
-from attnviz.errors import InputError
+from attnviz.errors import InputError, cli_terms
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -121,7 +121,10 @@ b = ["Emily", "Anna"]
         ("[run]\nlayers = []\n", r"layers in .*bad\.toml is an empty list"),
         ("[run]\nheads = ''\n", r"heads in .*bad\.toml is empty"),
         ("[run]\nlayers = 'a,b'\n", r"bad layers in .*bad\.toml value 'a,b'"),
-        ("[model]\ntrust_remote_code = true\n", r"cannot be set in a config file .*pass --trust-remote-code"),
+        (
+            "[model]\ntrust_remote_code = true\n",
+            r"cannot be set in a config file .*pass trust_remote_code=True",
+        ),
         ("not toml [", "not valid TOML"),
     ],
 )
@@ -158,6 +161,24 @@ def test_trust_remote_code_comes_only_from_the_flag(tmp_path):
     text = flagged.to_toml()
     assert "trust_remote_code =" not in text  # --show-config never writes it into a file
     assert make_config(_write(tmp_path / "shown.toml", text)).trust_remote_code is False
+    # the comment in its place is true for `--show-config` and for a Python caller of `to_toml()`
+    assert "# trust_remote_code: a config file cannot enable it; only the command line or a Python" in text
+
+
+def test_messages_name_python_keywords_and_the_cli_its_flags(tmp_path):
+    """A Python caller never typed a flag: `str()` names the keyword, the command line the flag."""
+    with pytest.raises(InputError) as info:
+        make_config(_write(tmp_path / "t.toml", "[model]\ntrust_remote_code = true\n"))
+    assert "pass trust_remote_code=True instead" in str(info.value) and "--" not in str(info.value)
+    assert "pass --trust-remote-code instead" in info.value.render(cli_terms)
+    with pytest.raises(InputError) as info:
+        BatchConfig(workers=2)
+    assert str(info.value) == "workers is only for the Ray engine; add engine ray (engine='ray')"
+    assert info.value.render(cli_terms).endswith("add engine ray (--engine ray)")
+    with pytest.raises(InputError) as info:
+        parse_probe("a b=she:Emily")
+    assert "(in probe='a b=she:Emily')" in str(info.value)
+    assert "(in --probe a b=she:Emily)" in info.value.render(cli_terms)
 
 
 def test_statistics_shorthands():

@@ -57,6 +57,36 @@ def test_write_error_names_a_full_disk(tmp_path):
     )
 
 
+def test_messages_name_the_python_keyword_and_the_cli_its_flag(tmp_path, monkeypatch):
+    """A Python caller never typed `-o`: `str()` names the keyword of the function it called."""
+    import numpy as np
+
+    from attnviz.errors import InputError, cli_terms
+    from attnviz.outputs import check_output, write_arrays
+
+    link = tmp_path / "link.png"
+    link.symlink_to(tmp_path / "nowhere.png")
+    with pytest.raises(InputError) as info:
+        check_output(link)
+    assert str(info.value).endswith("does not write through links, give another output")
+    assert info.value.render(cli_terms).endswith("give another -o")
+    with pytest.raises(InputError) as info, atomic_output(link):
+        pass
+    assert str(info.value).endswith("give another path") and info.value.render(cli_terms).endswith("-o")
+    # a full disk: plain words by default (a warning shows them as they are), a keyword when asked
+    full = OSError(errno.ENOSPC, "No space left on device")
+    assert write_error(tmp_path / "y.npz", full).endswith("free some space or choose another path")
+
+    def no_space(*args, **kwargs):
+        raise full
+
+    monkeypatch.setattr(np, "savez_compressed", no_space)
+    with pytest.raises(InputError) as info:
+        write_arrays(tmp_path / "y.npz", {"a": np.zeros(2)}, "{}")
+    assert str(info.value).endswith("choose another path")
+    assert info.value.render(cli_terms).endswith("free some space or choose another -o")
+
+
 # -- symbolic links: never written through, never replaced (issue 24) ----------------------------
 LINKED_COMMANDS = {
     "heatmap": ["heatmap", "the cat sat", "-o", "{link}"],
@@ -95,6 +125,7 @@ def test_o_onto_a_symbolic_link_is_refused_before_the_model(command, dangling, t
     assert result.exit_code == 2, result.output
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and "symbolic link" in lines[0], result.stderr
+    assert lines[0].endswith("give another -o"), lines[0]  # the flag, on the command line
     assert link.is_symlink() and os.readlink(link) == str(mine)
     assert mine.read_bytes() == b"the user's own file" if not dangling else not mine.exists()
 

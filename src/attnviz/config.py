@@ -14,7 +14,7 @@ from dataclasses import field as dc_field
 from pathlib import Path
 from typing import Any
 
-from attnviz.errors import InputError
+from attnviz.errors import InputError, param
 from attnviz.selection import parse_indices
 
 # Per-head statistics `attnviz batch` can record; probes are added by listing probes.
@@ -164,7 +164,10 @@ class BatchConfig:
             for key, name in keys.items():
                 value = data[name]
                 if name == "trust_remote_code":
-                    lines.append("# trust_remote_code: only the --trust-remote-code flag can enable it")
+                    lines.append(  # true for `--show-config` and for `to_toml()` alike
+                        "# trust_remote_code: a config file cannot enable it; "
+                        "only the command line or a Python caller can"
+                    )
                 elif value is None:
                     lines.append(f"# {key} = (not set)")
                 else:
@@ -227,7 +230,9 @@ def _check_engine(cfg: BatchConfig, where: str) -> None:
     if cfg.engine != "ray":
         for name in ("workers", "address"):
             if getattr(cfg, name) is not None:
-                raise InputError(f"{name} is only for the Ray engine{where}; add engine ray (--engine ray)")
+                raise InputError(
+                    f"{name} is only for the Ray engine{where}; add engine ray ({param('engine', 'ray')})"
+                )
     if cfg.address is not None and not _ADDRESS.fullmatch(cfg.address):
         raise InputError(
             f"bad Ray address '{cfg.address}'{where}: use auto, ray://HOST:PORT or HOST:PORT "
@@ -276,7 +281,7 @@ def parse_probe(spec: str) -> Probe:
     a, b = text.split(":")
     if not a.strip() or not b.strip():
         raise InputError(f"bad probe '{spec}': both words are needed, as A:B")
-    return make_probe(a.split("|"), b.split("|"), name, f" (in --probe {spec})")
+    return make_probe(a.split("|"), b.split("|"), name, f" (in {param('probe', spec)})")
 
 
 def shipped_configs() -> dict[str, Path]:
@@ -341,7 +346,7 @@ def load_config(spec: str | Path) -> dict[str, Any]:
             if key == "trust_remote_code" and value is not False:
                 raise InputError(
                     f"trust_remote_code cannot be set in a config file{where}; remove it and pass "
-                    "--trust-remote-code on the command line to let a model's own code run"
+                    f"{param('trust_remote_code', True)} instead to let a model's own code run"
                 )
             if keys[key] == "statistics" and not isinstance(value, list):  # the file's form is a list
                 example = 'keep = ["entropy"]'

@@ -18,10 +18,12 @@ import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 
-from attnviz.errors import InputError
+from attnviz.errors import InputError, param
 
 FORMATS = ("png", "svg", "pdf")
 OUTPUT_DIR = Path("outputs")
+# The output a message points to, by the keyword of the function that takes it; -o on the command line.
+OUTPUT, PATH = param("output", flag="-o"), param("path", flag="-o")
 
 
 def slug(text: str, max_len: int = 40) -> str:
@@ -101,7 +103,9 @@ def refuse_link(path: Path) -> None:
     A link to a folder is fine: new files are made inside it under names that never overwrite.
     """
     if path.is_symlink() and not path.is_dir():
-        raise InputError(f"{path} is a symbolic link; attnviz does not write through links, give another -o")
+        raise InputError(
+            f"{path} is a symbolic link; attnviz does not write through links, give another {OUTPUT}"
+        )
 
 
 def output_path(output: Path | None, name_parts: tuple[str | int | None, ...], ext: str = "png") -> Path:
@@ -158,7 +162,7 @@ def _check_parent(output: Path) -> None:
     if parent.exists() and not parent.is_dir():
         raise InputError(f"cannot write {output}: {parent} is a file, not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise InputError(f"cannot write {output}: permission denied in {parent}; choose another -o")
+        raise InputError(f"cannot write {output}: permission denied in {parent}; choose another {OUTPUT}")
 
 
 def umask() -> int:
@@ -177,10 +181,14 @@ def no_space(exc: OSError) -> bool:
     return exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
-def write_error(path: Path, exc: OSError) -> str:
-    """One line a user can act on, for an OSError met while writing `path`."""
+def write_error(path: Path, exc: OSError, elsewhere: str = "choose another path") -> str:
+    """One line a user can act on, for an OSError met while writing `path`.
+
+    Plain text unless `elsewhere` (what else to do on a full disk) names a `param()`: a warning
+    shows it as it is, an error spells it for its caller.
+    """
     if no_space(exc):
-        return f"no space left on the device to write {path}; free some space or choose another -o"
+        return f"no space left on the device to write {path}; free some space or {elsewhere}"
     return f"cannot write {path}: {exc.strerror or exc}"
 
 
@@ -205,7 +213,9 @@ def atomic_output(path: str | Path, folder: bool = False) -> Iterator[Path]:
     """
     path = Path(path)
     if path.is_symlink():  # os.replace would replace the link itself, a file we did not write
-        raise InputError(f"{path} is a symbolic link; attnviz does not write through links, give another -o")
+        raise InputError(
+            f"{path} is a symbolic link; attnviz does not write through links, give another {PATH}"
+        )
     parent = path.parent
     parent.mkdir(parents=True, exist_ok=True)
     prefix = f".{path.name[:80]}.tmp{os.getpid()}-"
@@ -244,10 +254,11 @@ def write_arrays(path: Path, arrays: dict, meta: str) -> Path:
 
                 np.savez_compressed(tmp, **arrays, metadata=np.array(meta))
     except OSError as exc:
-        raise InputError(write_error(path, exc)) from exc
+        raise InputError(write_error(path, exc, f"choose another {PATH}")) from exc
     except Exception as exc:  # safetensors reports I/O failures (a full disk) as its own error
         if "No space left" in str(exc) or "os error 28" in str(exc):
-            raise InputError(write_error(path, OSError(errno.ENOSPC, "No space left on device"))) from exc
+            full = OSError(errno.ENOSPC, "No space left on device")
+            raise InputError(write_error(path, full, f"choose another {PATH}")) from exc
         raise
     return path
 

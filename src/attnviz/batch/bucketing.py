@@ -53,7 +53,10 @@ def tokenize_window(
             if config.truncate:
                 keep.append(Entry(it, limit))
                 continue
-            detail = f"{n} tokens but {loaded.name} takes at most {limit}; --truncate cuts such texts instead"
+            # plain words, not a flag: the file is read by whoever ran it (command line, config, Python)
+            detail = (
+                f"{n} tokens but {loaded.name} takes at most {limit}; set truncate to cut such texts instead"
+            )
             rejects.append(Reject(it.text_id, it.line, "too_long", detail, excerpt(it.text)))
         else:
             offsets = enc["offset_mapping"][i] if fast else [(0, 0)] * n

@@ -360,7 +360,7 @@ def _analyse(engine: Engine, source: Source, config: BatchConfig, state: RunStat
             state.record("interrupted" if interrupted else "failed")
         if isinstance(exc, CorpusReadError):
             done = state.resumed + state.processed
-            raise CorpusReadError(f"{exc} ({done} texts before it are committed)") from None
+            raise CorpusReadError(f"{exc.message} ({done} texts before it are committed)") from None
         raise
     except BaseException:
         with contextlib.suppress(BaseException):

@@ -30,7 +30,7 @@ from attnviz.batch.records import events, free_cpus, load
 from attnviz.batch.store import HEADS_DIR, OutputError, OutputFolder, PartWriter
 from attnviz.config import BatchConfig
 from attnviz.corpus import Item, Reject, Source
-from attnviz.errors import AttnvizError, InputError
+from attnviz.errors import AttnvizError, InputError, param
 
 if TYPE_CHECKING:
     from attnviz.models import LoadedModel
@@ -42,7 +42,7 @@ IN_FLIGHT = 2  # chunks queued per worker: one running, one ready
 # Test hook: a path: the first worker to find no file there creates it and dies part way through
 # its chunk (os._exit), as a killed or crashed worker process would; "always": every worker dies so.
 DIE_ENV = "ATTNVIZ_RAY_TEST_DIE"
-INSTALL_HINT = "--engine ray needs Ray: pip install 'attnviz[ray]'"
+INSTALL_HINT = f"{param('engine', 'ray')} needs Ray: pip install 'attnviz[ray]'"
 
 
 @dataclass(frozen=True)
@@ -179,7 +179,7 @@ def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
             channel.close()
     if why:
         raise InputError(
-            f"cannot reach a Ray cluster at {address}: {why}; check --address, "
+            f"cannot reach a Ray cluster at {address}: {why}; check {param('address')}, "
             "or leave it out to start a local Ray instance"
         )
 
@@ -283,8 +283,8 @@ def check_fits(workers: int, threads: int, cpus: int, where: str) -> None:
     """Refuse at once what Ray would otherwise wait on forever: more CPUs than there are."""
     if workers * threads > cpus:
         raise InputError(
-            f"--workers {workers} x --threads {threads} need {workers * threads} CPUs but {where} has "
-            f"{cpus}; ask for fewer workers or threads"
+            f"{param('workers', workers)} x {param('threads', threads)} need {workers * threads} CPUs "
+            f"but {where} has {cpus}; ask for fewer workers or threads"
         )
 
 
@@ -332,7 +332,8 @@ def remote_error(ray: Any, exc: BaseException, what: str) -> AttnvizError:
     if isinstance(exc, ray.exceptions.RayActorError):
         return AttnvizError(
             f"a Ray worker died {RETRIES + 1} times on {what}; every part committed is kept, "
-            "rerun with --resume (fewer --threads or a smaller --batch-size need less memory)"
+            f"rerun with {param('resume', True)} (fewer {param('threads')} or a smaller "
+            f"{param('batch_size')} need less memory)"
         )
     err = cause if isinstance(cause, BaseException) else exc
     first = str(err).strip().splitlines()[0] if str(err).strip() else ""

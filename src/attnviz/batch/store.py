@@ -22,7 +22,7 @@ import numpy as np
 
 from attnviz.config import BatchConfig
 from attnviz.corpus import Reject, Source, detect_format, input_label
-from attnviz.errors import AttnvizError, InputError
+from attnviz.errors import AttnvizError, InputError, param
 
 if TYPE_CHECKING:
     from attnviz.batch.analyzer import BatchResult, RunShape
@@ -36,6 +36,8 @@ SUMMARY_FILE = "_summary.csv"
 RUN_FILE = "_run.json"
 REJECTS_FILE = "_rejects.jsonl"
 LOCK_FILE = ".lock"
+# The parameters of `run_batch_analysis` these messages point to (the CLI's -o, --resume, --overwrite).
+OUTDIR, RESUME, OVERWRITE = param("outdir", flag="-o"), param("resume", True), param("overwrite", True)
 OUR_FILES = (HEADS_DIR, TEXTS_DIR, ATTENTION_DIR, PLOTS_DIR, SUMMARY_FILE, RUN_FILE, REJECTS_FILE)
 # What attnviz writes inside its folders (and the hidden temporary names it writes them under).
 OUR_NAMES = {
@@ -62,11 +64,11 @@ def writing(path: Path, outdir: Path) -> Iterator[None]:
 def _output_error(exc: OSError, path: Path, outdir: Path) -> OutputError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return OutputError(
-            f"no space left on {outdir}; nothing committed is lost, free space and rerun with --resume"
+            f"no space left on {outdir}; nothing committed is lost, free space and rerun with {RESUME}"
         )
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         why = "read-only file system" if exc.errno == errno.EROFS else "permission denied"
-        return OutputError(f"cannot write to {path}: {why}; pick a folder you can write to with -o")
+        return OutputError(f"cannot write to {path}: {why}; pick a folder you can write to with {OUTDIR}")
     return OutputError(f"cannot write to {path}: {exc.strerror or exc}")
 
 
@@ -119,7 +121,7 @@ class _Lock:
             self.file.close()
             raise InputError(
                 f"another attnviz batch is writing to {outdir}; "
-                "wait for it to finish or pick another -o folder"
+                f"wait for it to finish or pick another {OUTDIR} folder"
             ) from None
 
     def release(self) -> None:
@@ -148,7 +150,7 @@ class OutputFolder:
         self.outdir = Path(outdir).expanduser()
         self.overwrite = overwrite
         if self.outdir.exists() and not self.outdir.is_dir():
-            raise InputError(f"{self.outdir} exists and is not a folder; pick a folder with -o")
+            raise InputError(f"{self.outdir} exists and is not a folder; pick a folder with {OUTDIR}")
         self.created = not self.outdir.exists()
         with writing(self.outdir, self.outdir):
             self.outdir.mkdir(parents=True, exist_ok=True)
@@ -190,7 +192,7 @@ def check_outdir(
     """Raise the error `run_batch_analysis` would raise for this output folder, changing nothing."""
     outdir = Path(outdir).expanduser()
     if outdir.exists() and not outdir.is_dir():
-        raise InputError(f"{outdir} exists and is not a folder; pick a folder with -o")
+        raise InputError(f"{outdir} exists and is not a folder; pick a folder with {OUTDIR}")
     if outdir.is_dir():
         _check_folder(outdir, config, source, resume, overwrite)
 
@@ -198,7 +200,9 @@ def check_outdir(
 def _refuse_linked_lock(outdir: Path) -> None:
     """The lock file is opened for appending: a link would create or hold a file we did not write."""
     if (outdir / LOCK_FILE).is_symlink():
-        raise InputError(f"{outdir / LOCK_FILE} is a symbolic link; move it away or pick another -o folder")
+        raise InputError(
+            f"{outdir / LOCK_FILE} is a symbolic link; move it away or pick another {OUTDIR} folder"
+        )
 
 
 def _check_folder(
@@ -212,18 +216,18 @@ def _check_folder(
         linked = [n for n in ours if (outdir / n).is_symlink()]
         if linked:
             raise InputError(
-                f"{outdir / linked[0]} is a symbolic link; move it away or pick another -o folder"
+                f"{outdir / linked[0]} is a symbolic link; move it away or pick another {OUTDIR} folder"
             )
         if ours:
             raise InputError(
                 f"{outdir / ours[0]} exists but no attnviz run wrote it (no readable {RUN_FILE}); "
-                "move it away or pick another -o folder"
+                f"move it away or pick another {OUTDIR} folder"
             )
         others = [p.name for p in outdir.iterdir() if not p.name.startswith(".")]
         if others and not overwrite:
             raise InputError(
                 f"{outdir} is not empty and holds no attnviz batch run; pick an empty folder "
-                "or pass --overwrite (which keeps files attnviz did not write)"
+                f"or pass {OVERWRITE} (which keeps files attnviz did not write)"
             )
         return None
     if overwrite or resume:
@@ -236,9 +240,9 @@ def _check_folder(
         same = previous.get("identity") == identity(config, source)
         what = "this run" if same else "a different run"
         hint = (
-            "pass --resume to continue it or --overwrite to start again"
+            f"pass {RESUME} to continue it or {OVERWRITE} to start again"
             if same
-            else "pass --overwrite to replace it, or pick another folder"
+            else f"pass {OVERWRITE} to replace it, or pick another folder"
         )
         raise InputError(f"{outdir} already holds {what} ({status}, {done} texts); {hint}")
     old = previous.get("identity") or {}
@@ -247,7 +251,7 @@ def _check_folder(
     if differ:
         raise InputError(
             f"cannot resume: {outdir} holds a run with different settings ({', '.join(differ)}); "
-            "pass --overwrite to start again"
+            f"pass {OVERWRITE} to start again"
         )
     label = input_label(source)
     old_input = previous.get("input", {}).get("path")
