@@ -125,7 +125,8 @@ def test_o_onto_a_symbolic_link_is_refused_before_the_model(command, dangling, t
     assert result.exit_code == 2, result.output
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and "symbolic link" in lines[0], result.stderr
-    assert lines[0].endswith("give another -o"), lines[0]  # the flag, on the command line
+    flag = "--plot" if "--plot" in args else "-o"  # the flag the path came in by, on the command line
+    assert lines[0].endswith(f"give another {flag}"), lines[0]
     assert link.is_symlink() and os.readlink(link) == str(mine)
     assert mine.read_bytes() == b"the user's own file" if not dangling else not mine.exists()
 
@@ -190,3 +191,28 @@ def test_cluster_refuses_a_linked_file_in_its_folder_before_the_model(tmp_path, 
     result = CliRunner().invoke(app, ["cluster", str(tmp_path / "texts.txt"), "-o", str(tmp_path / "out")])
     assert result.exit_code == 2 and "symbolic link" in result.stderr, result.output
     assert mine.read_text() == "mine"
+
+
+def test_a_path_check_names_the_parameter_the_path_came_from(tmp_path, monkeypatch):
+    """`-o` by default; `generate --view` and `--plot` say theirs, on the command line and in Python."""
+    from attnviz.errors import InputError, cli_terms, param
+    from attnviz.outputs import check_output
+    from attnviz.views.generation import check_view_output
+
+    (tmp_path / "mine.png").write_bytes(b"x")
+    (tmp_path / "link.png").symlink_to(tmp_path / "mine.png")
+    with pytest.raises(InputError) as default:
+        check_output(tmp_path / "link.png")
+    with pytest.raises(InputError) as plot:
+        check_output(tmp_path / "link.png", param("plot"))
+    assert str(default.value).endswith("give another output") and default.value.render(cli_terms).endswith(
+        "-o"
+    )
+    assert plot.value.render(cli_terms).endswith("give another --plot")
+    monkeypatch.setattr(
+        "attnviz.outputs.os.access", lambda *a: False
+    )  # a folder we may not write (even as root)
+    with pytest.raises(InputError) as view:
+        check_view_output(tmp_path / "page.html")
+    assert str(view.value).endswith("choose another path")
+    assert view.value.render(cli_terms).endswith("choose another --view")

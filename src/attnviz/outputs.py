@@ -97,14 +97,15 @@ def reserve(folder: Path, name: str) -> Path:
             raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
-def refuse_link(path: Path) -> None:
+def refuse_link(path: Path, option: str = OUTPUT) -> None:
     """Refuse an `-o` that is a link to a file (or to nothing): writing would change a file we did not write.
 
     A link to a folder is fine: new files are made inside it under names that never overwrite.
+    `option` is the `param()` the path came from (`-o` unless said otherwise), for the message.
     """
     if path.is_symlink() and not path.is_dir():
         raise InputError(
-            f"{path} is a symbolic link; attnviz does not write through links, give another {OUTPUT}"
+            f"{path} is a symbolic link; attnviz does not write through links, give another {option}"
         )
 
 
@@ -126,15 +127,15 @@ def output_path(output: Path | None, name_parts: tuple[str | int | None, ...], e
     return output
 
 
-def check_output(output: Path | None) -> None:
-    """Fail fast (before a model loads) on an unknown format or an unwritable `-o` path."""
+def check_output(output: Path | None, option: str = OUTPUT) -> None:
+    """Fail fast (before a model loads) on an unknown format or an unwritable `-o` (or `option`) path."""
     if output is None:
         return
-    refuse_link(output)
+    refuse_link(output, option)
     if output.is_dir():
         return
     image_format(output)
-    _check_parent(output)
+    check_parent(output, option)
 
 
 DATA_FORMATS = (".safetensors", ".npz")
@@ -150,10 +151,11 @@ def check_data_output(output: Path | None) -> None:
     if output.suffix.lower() not in DATA_FORMATS:
         shown = output.suffix or "(none)"
         raise InputError(f"unknown output format '{shown}' for {output}; end it with .safetensors or .npz")
-    _check_parent(output)
+    check_parent(output)
 
 
-def _check_parent(output: Path) -> None:
+def check_parent(output: Path, option: str = OUTPUT) -> None:
+    """Fail fast when `output` could not be written: no rights, or a file where a folder should be."""
     if output.exists() and not os.access(output, os.W_OK):
         raise InputError(f"cannot write {output}: permission denied")
     parent = output.parent
@@ -162,7 +164,7 @@ def _check_parent(output: Path) -> None:
     if parent.exists() and not parent.is_dir():
         raise InputError(f"cannot write {output}: {parent} is a file, not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise InputError(f"cannot write {output}: permission denied in {parent}; choose another {OUTPUT}")
+        raise InputError(f"cannot write {output}: permission denied in {parent}; choose another {option}")
 
 
 def umask() -> int:

@@ -104,9 +104,10 @@ def ablate_cmd(
     if plot is not None:
         if not scan:
             raise InputError("--plot draws the --scan heatmap: add --scan")
+        from attnviz.errors import param
         from attnviz.outputs import check_output
 
-        check_output(plot)  # format, rights, and never a symbolic link
+        check_output(plot, param("plot"))  # format, rights, and never a symbolic link
     refs = reference_texts(mode, reference)
     body = read_text(text, file)
     loaded = for_ablation(load(model, device, dtype, trust_remote_code), trust_remote_code)

@@ -86,7 +86,7 @@ def generate_cmd(
 ) -> None:
     """Continue a prompt with the model's own generate and record, for each new token, the attention
     row of the step that wrote it; prints the continuation."""
-    from attnviz.errors import InputError
+    from attnviz.errors import InputError, param
     from attnviz.generation import check_settings, generate, generation_task
     from attnviz.outputs import check_data_output, check_output
     from attnviz.views.generation import check_view_output
@@ -102,7 +102,7 @@ def generate_cmd(
     if rollout and (aggregate or heads or not special):
         raise InputError("--rollout fuses every head itself: drop --aggregate, --heads and --no-special")
     check_data_output(output)
-    check_output(plot)
+    check_output(plot, param("plot"))
     check_view_output(view)
     task = generation_task(model)
     loaded = load(model, device, dtype, trust_remote_code, quiet=as_json, task=task)

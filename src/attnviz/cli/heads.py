@@ -54,9 +54,10 @@ AblateOpt = Annotated[
 def _check_plot(plot: Path | None) -> None:
     """Fail on a bad --plot extension or an unwritable place before the model loads."""
     if plot is not None:
+        from attnviz.errors import param
         from attnviz.outputs import check_output
 
-        check_output(plot)
+        check_output(plot, param("plot"))
 
 
 def texts_from(text: str | None, file: Path | None, texts: Path | None) -> list[str]:

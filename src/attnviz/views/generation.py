@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from attnviz.generation import Generation
 
 DEFAULT_MAX_MB = 25.0
+VIEW = param("path", flag="--view")  # the page's path: `generate --view` on the command line
 STYLE = """
 body { font: 15px/1.6 system-ui, sans-serif; margin: 1.2em; color: #222; }
 .gen-bar { display: flex; gap: 1em; align-items: center; flex-wrap: wrap; margin-bottom: .6em; }
@@ -91,13 +92,13 @@ def render_generation_html(gen: Generation, max_mb: float | None = DEFAULT_MAX_M
 
 def check_view_output(path: Path | None) -> None:
     """Fail on a bad page path (`generate --view`) before a model loads."""
-    from attnviz.outputs import _check_parent
+    from attnviz.outputs import check_parent
 
     if path is None:
         return
     if path.suffix.lower() not in (".html", ".htm"):
-        raise InputError(f"{param('path', flag='--view')} {path} should end with .html")
-    _check_parent(path)
+        raise InputError(f"{VIEW} {path} should end with .html")
+    check_parent(path, VIEW)
 
 
 def write_generation_html(gen: Generation, path: str | Path, max_mb: float | None = DEFAULT_MAX_MB) -> Path:
@@ -111,7 +112,7 @@ def write_generation_html(gen: Generation, path: str | Path, max_mb: float | Non
         with atomic_output(path) as tmp:
             tmp.write_text(page, encoding="utf-8")
     except OSError as exc:
-        raise InputError(write_error(path, exc)) from exc
+        raise InputError(write_error(path, exc, f"choose another {VIEW}")) from exc
     return path
 
 
