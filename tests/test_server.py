@@ -297,3 +297,13 @@ def test_a_text_too_long_for_one_page_is_served_one_head_at_a_time(models, monke
         back = decode_weights(one["weights"], [1, 1, att.n_tokens, att.n_tokens])[0, 0]
         np.testing.assert_allclose(back, att.head(1, 3), atol=0.5 / 63 + 1e-3)
     assert calls == [([0], [0]), ([1], [3])]  # one head per forward pass, never the whole text
+
+
+def test_a_page_too_big_for_the_server_points_to_lazy_not_to_a_file_option(models):
+    """The server's way out is `lazy=1` (one head at a time), not `max_mb` or `attnviz serve`."""
+    with TestClient(create_app(models, max_page_mb=0.001), raise_server_exceptions=False) as small:
+        r = small.post("/api/view", json={"text": TEXT, "model": "gpt2"})
+    error = r.json()["error"]
+    assert r.status_code == 400 and "narrow it with parameter layers (e.g. layers=0)" in error, error
+    assert error.endswith("or ask for lazy=1 (the page then fetches one head at a time)"), error
+    assert "max_mb" not in error and "--" not in error

@@ -133,15 +133,21 @@ def estimate_bytes(att: Attention) -> int:
     return int(att.attn.size * BYTES_PER_WEIGHT) + 60_000
 
 
-def check_page_size(size: float, shape: tuple[int, ...], max_mb: float) -> None:
-    """Refuse a page of about `size` bytes over `max_mb`, saying how to narrow it ([layers, heads, n, n])."""
+ALLOW = f"allow it with {param('max_mb')}, or explore it through `attnviz serve`"  # a page in a file
+
+
+def check_page_size(size: float, shape: tuple[int, ...], max_mb: float, allow: str = ALLOW) -> None:
+    """Refuse a page of about `size` bytes over `max_mb`, saying how to narrow it ([layers, heads, n, n]).
+
+    `allow`: the other way out, where the caller has one (the server: one head at a time).
+    """
     if size > max_mb * 1e6:
         layers, heads, n = shape[:3]
         raise InputError(
             f"the page would be about {size / 1e6:.0f} MB ({n} tokens x {layers} layers x {heads} heads, "
             f"about {size / layers / 1e6:.1f} MB a layer); "
             f"narrow it with {param('layers')} (e.g. {param('layers', [0])}) "
-            f"or {param('heads')}, allow it with {param('max_mb')}, or explore it through `attnviz serve`"
+            f"or {param('heads')}, {allow}"
         )
 
 
@@ -213,7 +219,12 @@ def page_meta(att: Attention, *, level: str = "token", scale: str = "auto") -> d
 
 
 def page_data(
-    att: Attention, *, level: str = "token", scale: str = "auto", max_mb: float | None = DEFAULT_MAX_MB
+    att: Attention,
+    *,
+    level: str = "token",
+    scale: str = "auto",
+    max_mb: float | None = DEFAULT_MAX_MB,
+    allow: str = ALLOW,
 ) -> dict[str, Any]:
     """What the page's script reads: `page_meta` and the weights in their compact encoding.
 
@@ -221,11 +232,11 @@ def page_data(
     """
     data = page_meta(att, level=level, scale=scale)
     if max_mb is not None and estimate_bytes(att) > 2 * max_mb * 1e6:  # clearly too big: not encoded
-        check_page_size(estimate_bytes(att), att.attn.shape, max_mb)
+        check_page_size(estimate_bytes(att), att.attn.shape, max_mb, allow)
     data["weights"] = encode_weights(att.attn)
     if max_mb is not None:
         size = len(data["weights"]["data"]) + len(data["weights"]["first"]) + 60_000
-        check_page_size(size, att.attn.shape, max_mb)
+        check_page_size(size, att.attn.shape, max_mb, allow)
     return data
 
 

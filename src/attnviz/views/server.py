@@ -328,7 +328,8 @@ class Handlers:
         )
         if p.flag("lazy") and estimate_bytes(att) > self.max_page_mb * 1e6:
             return self._lazy(name, text, p.flag("truncate"))
-        return page_data(transform(att, options), max_mb=self.max_page_mb)
+        lazy = f"or ask for {param('lazy', True)} (the page then fetches one head at a time)"
+        return page_data(transform(att, options), max_mb=self.max_page_mb, allow=lazy)
 
     def generate(self, p: Params) -> dict[str, Any]:
         """The generation mode's data: a continuation and what each new token's step read."""
