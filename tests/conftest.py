@@ -27,23 +27,26 @@ USER_CACHE = _user_cache()
 @pytest.fixture(scope="session", autouse=True)
 def _build_the_cli_once():
     """Typer rebuilds the click command tree, reading every signature, on each `CliRunner.invoke`
-    (about 0.1 s, a third of the fast suite); a process running `attnviz` builds it once. Build it
-    once per app here too: the tree is the same, each invocation still gets its own context."""
+    and `get_command` (about 0.1 s, a third of the fast suite); a process running `attnviz` builds
+    it once. Build it once per app here too: the tree is the same, each invocation still gets its
+    own context."""
     import weakref
 
+    import typer.main
     import typer.testing
 
     built: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-    build = typer.testing._get_command
+    build = typer.main.get_command
 
     def cached(app):
         if app not in built:
             built[app] = build(app)
         return built[app]
 
-    typer.testing._get_command = cached
-    yield
-    typer.testing._get_command = build
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(typer.main, "get_command", cached)
+        patch.setattr(typer.testing, "_get_command", cached)
+        yield
 
 
 @pytest.fixture(scope="session")

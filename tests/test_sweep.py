@@ -253,18 +253,6 @@ def sweep_files(tmp_path_factory: pytest.TempPathFactory, tiny_model_path) -> di
     return out
 
 
-@pytest.fixture(scope="module")
-def built_once():
-    """Typer builds the click command anew on every invoke - most of a failing run's time here
-    (0.3 of 0.45 s on a busy machine); the sweep's cases share one build instead."""
-    import typer.testing
-
-    command = typer.main.get_command(app)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(typer.testing, "_get_command", lambda _app: command)
-        yield
-
-
 def _args(line: str, files: dict[str, str]) -> list[str]:
     import shlex
 
@@ -272,7 +260,7 @@ def _args(line: str, files: dict[str, str]) -> list[str]:
 
 
 @pytest.mark.parametrize(("command", "line", "stdin", "needle"), FLAT, ids=[f"{c[0]}: {c[1]}" for c in FLAT])
-def test_bad_input_is_one_line_and_exit_2(sweep_files, built_once, command, line, stdin, needle):
+def test_bad_input_is_one_line_and_exit_2(sweep_files, command, line, stdin, needle):
     result = runner.invoke(app, _args(line, sweep_files), input=stdin)
     assert "Traceback" not in result.output
     one_line_error(result, needle)
