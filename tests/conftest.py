@@ -93,6 +93,19 @@ def _load_with_cache(alias: str, cache: Path):
                 os.environ[key] = value
 
 
+@pytest.fixture
+def empty_model_cache():
+    """The process's loaded-model cache, emptied for one test and given back after it: a test that
+    loads anew must not make the next test that uses a session model load it again (18 s for SmolLM2)."""
+    from attnviz import models
+
+    saved = dict(models._CACHE)
+    models.clear_cache()
+    yield
+    models._CACHE.clear()
+    models._CACHE.update(saved)
+
+
 @pytest.fixture(scope="session")
 def minilm(model_cache: Path):
     """The bundled MiniLM (BERT encoder, 6 x 12), loaded once for the whole session."""

@@ -76,7 +76,7 @@ def test_model_is_loaded_once_per_process(tiny_model_path):
     assert load_model(path, device="cpu") is load_model(path, device="cpu")
 
 
-def test_trust_remote_code_is_off_unless_asked(tiny_model_path, monkeypatch):
+def test_trust_remote_code_is_off_unless_asked(tiny_model_path, monkeypatch, empty_model_cache):
     seen = []
     real = models._from_pretrained
 
@@ -85,7 +85,6 @@ def test_trust_remote_code_is_off_unless_asked(tiny_model_path, monkeypatch):
         return real(loader, source, **kwargs)
 
     monkeypatch.setattr(models, "_from_pretrained", spy)
-    models.clear_cache()
     load_model(str(tiny_model_path("distilbert")), device="cpu")
     assert seen and all(flag is False for flag in seen)
 
@@ -117,7 +116,7 @@ def test_minilm_info(minilm):
 
 
 @pytest.mark.slow
-def test_smollm2_gguf_is_cached_as_safetensors(smollm2, model_cache, monkeypatch):
+def test_smollm2_gguf_is_cached_as_safetensors(smollm2, model_cache, monkeypatch, empty_model_cache):
     assert (smollm2.kind, smollm2.num_layers, smollm2.num_heads, smollm2.num_kv_heads) == (
         "decoder",
         30,
@@ -131,22 +130,16 @@ def test_smollm2_gguf_is_cached_as_safetensors(smollm2, model_cache, monkeypatch
     assert gguf_cache.entry_ok(folder, gguf_cache.file_digest(gguf))
     mode = (folder / "model.safetensors").stat().st_mode & 0o777
     assert mode & 0o044, oct(mode)  # readable by group and others under the usual umask, not 0600
-    saved = dict(models._CACHE)
-    try:
-        models.clear_cache()
-        notices = []
-        again = load_model("smollm2", device="cpu", progress=notices.append)
-        assert again.from_cache and notices == []  # a cached load is silent
-    finally:
-        models._CACHE.clear()
-        models._CACHE.update(saved)
+    notices = []
+    again = load_model("smollm2", device="cpu", progress=notices.append)
+    assert again.from_cache and notices == []  # a cached load is silent
 
 
 # -- the GGUF cache, with the slow GGUF reading replaced by a tiny model -------------------------
 
 
 @pytest.fixture
-def fake_gguf(tmp_path, tiny_model_path, monkeypatch):
+def fake_gguf(tmp_path, tiny_model_path, monkeypatch, empty_model_cache):
     """A .gguf file whose 'de-quantisation' loads a tiny llama folder: the cache logic runs for real."""
     from transformers import AutoModel, AutoTokenizer
 
@@ -162,9 +155,7 @@ def fake_gguf(tmp_path, tiny_model_path, monkeypatch):
 
     monkeypatch.setattr(models, "_read_gguf", read)
     monkeypatch.setenv("ATTNVIZ_CACHE", str(tmp_path / "cache"))
-    models.clear_cache()
     yield gguf, reads
-    models.clear_cache()
 
 
 def _load(gguf, notices=None):

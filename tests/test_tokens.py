@@ -239,7 +239,8 @@ def test_smollm2_labels_beijing_and_an_emoji_in_every_surface(smollm2, figures, 
     att = extract(text, smollm2, layers=[0])
     want = ["the", "cat", "loves", "北…", "…北…", "…北", "京…", "…京", "😀…", "…😀", "!"]
     assert list(att.tokens) == want and att.pieces[1] == "Ġcat" and att.pieces[3] == "Ġå"
-    monkeypatch.setattr("attnviz.cli._options.load", lambda *args, **kwargs: smollm2)
+    for where in ("attnviz.cli._options.load", "attnviz.cli.pictures.load"):  # the session's model
+        monkeypatch.setattr(where, lambda *args, **kwargs: smollm2)
     assert (
         json.loads(cli_ok(["extract", text, "-m", "smollm2", "--layers", "0", "--json"]).stdout)["tokens"]
         == want
