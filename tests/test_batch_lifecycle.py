@@ -98,15 +98,22 @@ def test_free_cpus_leaves_the_busy_ones_out(monkeypatch, load, free):
 
 
 def test_the_default_threads_are_the_free_cpus_and_recorded(tiny, tmp_path, monkeypatch):
-    """No --threads: torch gets the CPUs other work leaves free (not one per core), and _run.json says so."""
+    """No --threads: torch gets the CPUs other work leaves free (not one per core), and _run.json says so.
+
+    The caller's own setting comes back after the run (a notebook's, or the rest of a test session's).
+    """
     before = torch.get_num_threads()
+    mine = 3 if before != 3 else 4
+    torch.set_num_threads(mine)
     monkeypatch.setattr(records, "free_cpus", lambda: 1)
     try:
         run_batch_analysis(TEXTS[:2], make_config(plots=False), tmp_path / "auto", model=tiny)
         auto = json.loads((tmp_path / "auto" / RUN_FILE).read_text())
-        assert auto["engine"] == {"name": "local", "threads": 1} and torch.get_num_threads() == 1
+        assert auto["engine"] == {"name": "local", "threads": 1} and torch.get_num_threads() == mine
         run_batch_analysis(TEXTS[:2], make_config(plots=False, threads=2), tmp_path / "two", model=tiny)
         two = json.loads((tmp_path / "two" / RUN_FILE).read_text())
-        assert two["engine"] == {"name": "local", "threads": 2}
+        assert two["engine"] == {"name": "local", "threads": 2} and torch.get_num_threads() == mine
+        during = [torch.get_num_threads() for _ in records.iter_records(TEXTS[:2], make_config(), model=tiny)]
+        assert during == [1, 1] and torch.get_num_threads() == mine
     finally:
         torch.set_num_threads(before)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -138,11 +139,22 @@ def threads_for(config: BatchConfig) -> int:
     return config.threads if config.threads is not None else free_cpus()
 
 
-def load(config: BatchConfig, loaded: LoadedModel | None) -> LoadedModel:
-    """The model to run: the one given, else loaded from the config (threads set either way)."""
+@contextlib.contextmanager
+def torch_threads(config: BatchConfig) -> Iterator[int]:
+    """Torch's threads set for a run (`threads_for`) and given back after it: the caller's process
+    (a notebook, a test session) keeps its own setting."""
     import torch
 
+    before = torch.get_num_threads()
     torch.set_num_threads(threads_for(config))
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+
+
+def load(config: BatchConfig, loaded: LoadedModel | None) -> LoadedModel:
+    """The model to run: the one given, else loaded from the config."""
     if loaded is not None:
         return loaded
     from attnviz.models import load_model
@@ -165,18 +177,19 @@ def iter_records(
     records go to `on_reject` (ignored when None). Nothing is written.
     """
     config = config or BatchConfig()
-    analyzer = Analyzer(load(config, model), config)
-    pending: list[TextStats] = []
-    for ev in events(read_corpus(texts, config.format, config.field, config.column), analyzer):
-        if isinstance(ev, Reject):
-            if on_reject is not None:
-                on_reject(ev)
-        elif isinstance(ev, BatchResult):
-            pending += split(ev, analyzer.layer_ids, analyzer.head_ids)
-        else:
-            pending.sort(key=lambda r: r.text_id)
-            yield from pending
-            pending = []
+    with torch_threads(config):  # given back when the iteration ends or is closed
+        analyzer = Analyzer(load(config, model), config)
+        pending: list[TextStats] = []
+        for ev in events(read_corpus(texts, config.format, config.field, config.column), analyzer):
+            if isinstance(ev, Reject):
+                if on_reject is not None:
+                    on_reject(ev)
+            elif isinstance(ev, BatchResult):
+                pending += split(ev, analyzer.layer_ids, analyzer.head_ids)
+            else:
+                pending.sort(key=lambda r: r.text_id)
+                yield from pending
+                pending = []
 
 
 def records_frame(texts: Source, config: BatchConfig | None = None, **kwargs: Any) -> pd.DataFrame:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from attnviz.batch.analyzer import Analyzer, RunShape
 from attnviz.batch.lifecycle import BatchRun, RunProgress, RunState, Windows, drive, model_record
-from attnviz.batch.records import load
+from attnviz.batch.records import load, torch_threads
 from attnviz.batch.store import OutputFolder
 from attnviz.config import BatchConfig
 from attnviz.corpus import CorpusReadError, Reject, Source, read_corpus
@@ -87,7 +87,8 @@ def run_batch_analysis(
             from attnviz.batch.ray_engine import run_on_ray
 
             return run_on_ray(texts_or_path, config, folder, progress, model)
-        return drive(LocalEngine(config, model), texts_or_path, config, folder, progress)
+        with torch_threads(config):  # this process's setting is given back after the run
+            return drive(LocalEngine(config, model), texts_or_path, config, folder, progress)
     finally:
         if own:
             folder.release()
