@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import assert_png_of, image_values, tick_labels
+from helpers import assert_png_of, image_values, one_line_error, tick_labels
 from typer.testing import CliRunner
 
 from attnviz.cli import app
@@ -35,14 +35,6 @@ def _corpus(path: Path, n: int, extra: bytes = b"") -> Path:
     lines = [f"{SENTENCES[i % len(SENTENCES)]} This is sentence number {i}." for i in range(n)]
     path.write_bytes(("\n".join(lines) + "\n").encode() + extra)
     return path
-
-
-def _one_line_error(result, *needles: str) -> None:
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for needle in needles:
-        assert needle in lines[0]
 
 
 @pytest.mark.slow
@@ -146,15 +138,13 @@ def test_standard_input_and_refusals(minilm):
     assert result.exit_code == 0, result.output
     assert "done: 2 texts processed, 0 rejected" in result.stdout
     same = runner.invoke(app, ["batch", "-", "-o", "out", "--stats", "entropy"], input="one text\n")
-    _one_line_error(same, "already holds this run", "--resume")
+    one_line_error(same, "already holds this run", "--resume")
     other = runner.invoke(app, ["batch", "-", "-o", "out"], input="one text\n")
-    _one_line_error(other, "different run", "--overwrite")
-    _one_line_error(runner.invoke(app, ["batch", "missing.txt", "-o", "o2"]), "no such input file")
-    _one_line_error(runner.invoke(app, ["batch", "-", "-o", "o3", "--probe", "nocolon"]), "bad probe")
+    one_line_error(other, "different run", "--overwrite")
+    one_line_error(runner.invoke(app, ["batch", "missing.txt", "-o", "o2"]), "no such input file")
+    one_line_error(runner.invoke(app, ["batch", "-", "-o", "o3", "--probe", "nocolon"]), "bad probe")
     Path("t.csv").write_text("id,text\n1,hi\n")
-    _one_line_error(
-        runner.invoke(app, ["batch", "t.csv", "-o", "o4", "--column", "body"]), "no column 'body'"
-    )
+    one_line_error(runner.invoke(app, ["batch", "t.csv", "-o", "o4", "--column", "body"]), "no column 'body'")
 
 
 def _start(corpus: Path, out: Path) -> subprocess.Popen:
@@ -240,7 +230,7 @@ def test_selections_answer_as_extract_does(no_model, tmp_path, args):
     corpus = _corpus(tmp_path / "c.txt", 2)
     batch = runner.invoke(app, ["batch", str(corpus), "-o", "out", *args])
     extract = runner.invoke(app, ["extract", "some text", *args])
-    _one_line_error(batch, args[0].split("=")[0])
+    one_line_error(batch, args[0].split("=")[0])
     assert batch.stderr == extract.stderr and extract.exit_code == 2
     assert not Path("out").exists()
 
@@ -248,12 +238,12 @@ def test_selections_answer_as_extract_does(no_model, tmp_path, args):
 def test_config_selections_name_the_file(no_model, tmp_path):
     corpus = _corpus(tmp_path / "c.txt", 2)
     Path("bad.toml").write_text("[run]\nlayers = '3-1'\n")
-    _one_line_error(
+    one_line_error(
         runner.invoke(app, ["batch", str(corpus), "-o", "out", "-c", "bad.toml"]),
         "bad layers in bad.toml range '3-1'",
     )
     Path("trust.toml").write_text("[model]\ntrust_remote_code = true\n")
-    _one_line_error(
+    one_line_error(
         runner.invoke(app, ["batch", str(corpus), "-o", "out", "-c", "trust.toml"]),
         "trust.toml",
         "--trust-remote-code",
@@ -263,17 +253,17 @@ def test_config_selections_name_the_file(no_model, tmp_path):
 def test_bad_inputs_and_folders_are_refused_before_the_model(no_model, tmp_path, monkeypatch):
     corpus = _corpus(tmp_path / "c.txt", 2)
     Path("fake.txt.gz").write_text("not compressed\n")
-    _one_line_error(runner.invoke(app, ["batch", "fake.txt.gz", "-o", "o1"]), "not gzip-compressed")
+    one_line_error(runner.invoke(app, ["batch", "fake.txt.gz", "-o", "o1"]), "not gzip-compressed")
     Path("empty.txt").write_bytes(b"")
-    _one_line_error(runner.invoke(app, ["batch", "empty.txt", "-o", "o2"]), "empty.txt is empty")
-    _one_line_error(
+    one_line_error(runner.invoke(app, ["batch", "empty.txt", "-o", "o2"]), "empty.txt is empty")
+    one_line_error(
         runner.invoke(app, ["batch", str(corpus), "-o", "o3", "--probe", "a b=she:Emily"]),
         "bad probe name 'a b'",
     )
     # the example: a folder of the user's own with a heads/ sub-folder, and --overwrite
     Path("u/heads").mkdir(parents=True)
     Path("u/heads/important.txt").write_text("notes")
-    _one_line_error(
+    one_line_error(
         runner.invoke(app, ["batch", str(corpus), "-o", "u", "--overwrite"]), "no attnviz run wrote it"
     )
     assert Path("u/heads/important.txt").read_text() == "notes"
@@ -281,7 +271,7 @@ def test_bad_inputs_and_folders_are_refused_before_the_model(no_model, tmp_path,
     from attnviz.batch import BatchConfig, OutputFolder
 
     with OutputFolder("busy", BatchConfig(), ["x"], False, False):
-        _one_line_error(runner.invoke(app, ["batch", str(corpus), "-o", "busy"]), "another attnviz batch")
+        one_line_error(runner.invoke(app, ["batch", str(corpus), "-o", "busy"]), "another attnviz batch")
     assert not any(Path(p).exists() for p in ("o1", "o2", "o3"))
 
     import errno
@@ -291,18 +281,18 @@ def test_bad_inputs_and_folders_are_refused_before_the_model(no_model, tmp_path,
         raise PermissionError(errno.EROFS, "Read-only file system", str(self))
 
     monkeypatch.setattr(pathlib.Path, "mkdir", read_only)
-    _one_line_error(runner.invoke(app, ["batch", str(corpus), "-o", "ro/out"]), "read-only file system", "-o")
+    one_line_error(runner.invoke(app, ["batch", str(corpus), "-o", "ro/out"]), "read-only file system", "-o")
 
 
 def test_cut_short_gz_and_empty_input_are_one_line_errors(tiny, tmp_path):
     data = gzip.compress(("\n".join(SENTENCES * 4) + "\n").encode())
     Path("cut.txt.gz").write_bytes(data[:-12])
     cut = runner.invoke(app, ["batch", "cut.txt.gz", "-o", "o1", "-m", tiny, "--texts-per-part", "4"])
-    _one_line_error(cut, "cut.txt.gz", "cut short", "texts before it are committed")
+    one_line_error(cut, "cut.txt.gz", "cut short", "texts before it are committed")
     assert json.loads(Path("o1/_run.json").read_text())["status"] == "failed"
     for stdin in ("", "\n"[:0]):
         closed = runner.invoke(app, ["batch", "-", "-o", "o2", "-m", tiny], input=stdin)
-        _one_line_error(closed, "nothing was read: standard input held no records")
+        one_line_error(closed, "nothing was read: standard input held no records")
         assert not Path("o2").exists()
 
 
@@ -335,7 +325,7 @@ def test_disk_full_is_one_line_and_says_how_to_go_on(tiny, tmp_path, monkeypatch
         "--truncate",
     ]
     full = runner.invoke(app, args)
-    _one_line_error(
+    one_line_error(
         full, "no space left on out; nothing committed is lost, free space and rerun with --resume"
     )
     assert sorted(pd.read_parquet("out").text_id.unique()) == [0, 1, 2, 3]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import one_line_error
 from typer.testing import CliRunner
 
 from attnviz.attention import Attention
@@ -19,13 +20,8 @@ runner = CliRunner()
 
 
 def _one_line_error(result, *needles: str) -> None:
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: ")
+    one_line_error(result, *needles)
     assert "Traceback" not in result.output
-    for needle in needles:
-        assert needle in lines[0]
 
 
 def test_help_does_not_import_heavy_libraries():

@@ -6,20 +6,13 @@ import json
 
 import numpy as np
 import pytest
+from helpers import one_line_error
 from typer.testing import CliRunner
 
 from attnviz.cli import app
 from attnviz.generation import Generation
 
 runner = CliRunner()
-
-
-def _one_line_error(result, *needles: str) -> None:
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for needle in needles:
-        assert needle in lines[0]
 
 
 def test_prints_the_continuation_and_writes_every_file(tiny_model_path, tmp_path, figures):
@@ -101,12 +94,12 @@ def test_cross_attention_plot(tiny_model_path, tmp_path, figures):
     ],
 )
 def test_bad_input_is_one_line_before_loading(args, needle):
-    _one_line_error(runner.invoke(app, ["generate", "hello", *args]), needle)
+    one_line_error(runner.invoke(app, ["generate", "hello", *args]), needle)
 
 
 def test_chat_needs_a_template(tiny_model_path):
     result = runner.invoke(app, ["generate", "hi", "-m", str(tiny_model_path("gpt2")), "--chat"])
-    _one_line_error(result, "no chat template: drop --chat")
+    one_line_error(result, "no chat template: drop --chat")
 
 
 def test_rollout(tiny_model_path):
@@ -116,4 +109,4 @@ def test_rollout(tiny_model_path):
     )
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["notes"][-1].startswith("attention rollout over layers 0, 1")
-    _one_line_error(runner.invoke(app, ["generate", "x", "--rollout", "--heads", "1"]), "--rollout fuses")
+    one_line_error(runner.invoke(app, ["generate", "x", "--rollout", "--heads", "1"]), "--rollout fuses")
