@@ -25,9 +25,9 @@ def main() -> None:
 
     import torch
 
-    from attnviz.ablation import ablate, for_ablation, repeat_loss_scan, scan_heads, top_overlap
-    from attnviz.induction import induction_scores
-    from attnviz.models import load_model
+    from attnviz.heads.ablation import ablate, for_ablation, repeat_loss_scan, scan_heads, top_overlap
+    from attnviz.heads.induction import induction_scores
+    from attnviz.models.loading import load_model
 
     torch.set_grad_enabled(False)
     loaded = for_ablation(load_model(args.model, device=args.device))

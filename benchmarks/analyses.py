@@ -85,7 +85,7 @@ def main() -> None:
     from attnviz.analyses.norms import norm_weighted
     from attnviz.analyses.rollout import rollout
     from attnviz.extraction import extract, extract_batch
-    from attnviz.models import load_model
+    from attnviz.models.loading import load_model
     from attnviz.plots import save
     from attnviz.plots.analyses import cluster_map, embedding_figure, rollout_figure, save_clustermap
 

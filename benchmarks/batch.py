@@ -174,7 +174,7 @@ def floor(model, tokenizer, texts: list[str], batch_size: int) -> None:
 
 def python_statistics(attentions, special: list[bool], tokens: list[str]) -> dict[str, np.ndarray]:
     """The statistics attnviz batch records, per text in numpy (what a careful notebook would do)."""
-    from attnviz.patterns import pattern_scores, row_entropy
+    from attnviz.heads.patterns import pattern_scores, row_entropy
 
     a = np.stack([x[0].float().numpy() for x in attentions])  # [layers, heads, n, n]
     spec = np.asarray(special, dtype=bool)
@@ -222,7 +222,7 @@ def seed_as_written(path: str, texts: list[str]) -> None:
 
 def attnviz_batch(loaded, corpus_file: Path, batch_size: int, outdir: Path) -> None:
     from attnviz.batch import run_batch_analysis
-    from attnviz.config import make_config
+    from attnviz.batch.config import make_config
 
     cfg = make_config(batch_size=batch_size)
     run_batch_analysis(corpus_file, cfg, outdir, model=loaded, overwrite=True)
@@ -255,7 +255,7 @@ def memory_child(n: int, threads: int, batch_size: int) -> None:
     torch.set_num_threads(threads)
     import tracemalloc
 
-    from attnviz.models import load_model
+    from attnviz.models.loading import load_model
 
     loaded = load_model("minilm", device="cpu")
     loaded.capture.run(dict(loaded.tokenizer(["warm up"], return_tensors="pt")), None, None)
@@ -291,9 +291,9 @@ def statistics_cost(texts: int, rounds: int = 15) -> dict[str, float]:
 
     from attnviz.batch import Analyzer, Item
     from attnviz.batch.bucketing import encode
+    from attnviz.batch.config import make_config, parse_probe
     from attnviz.batch.statistics import Masks, batch_statistics, probe_masks
-    from attnviz.config import make_config, parse_probe
-    from attnviz.models import load_model
+    from attnviz.models.loading import load_model
 
     torch.set_num_threads(1)
     loaded = load_model("minilm", device="cpu")
@@ -347,7 +347,7 @@ def speed(args: argparse.Namespace) -> dict[str, object]:
     import torch
     from transformers import AutoModel
 
-    from attnviz.models import load_model, quiet_transformers
+    from attnviz.models.loading import load_model, quiet_transformers
 
     quiet_transformers()
     texts = corpus(args.texts)

@@ -35,7 +35,7 @@ from batch import corpus  # the same generated corpus as benchmarks/batch.py
 
 def run(name: str, texts_file: Path, out: Path, **settings) -> dict:
     from attnviz.batch import run_batch_analysis
-    from attnviz.config import make_config
+    from attnviz.batch.config import make_config
 
     cfg = make_config(plots=False, **settings)
     start = time.perf_counter()

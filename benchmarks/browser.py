@@ -184,8 +184,8 @@ def driver():
 
 
 def serve(model: str):
-    from attnviz.models import load_model
-    from attnviz.views.server import bind, create_app, uvicorn_server
+    from attnviz.models.loading import load_model
+    from attnviz.server.app import bind, create_app, uvicorn_server
 
     loaded = load_model(model, device="cpu")
     sock = bind("127.0.0.1", 0)
@@ -199,7 +199,7 @@ def main() -> None:
     parser.add_argument("--lengths", default="14,256,512", help="MiniLM texts in tokens (14: the seed)")
     parser.add_argument("--served", default="2048,8192", help="SmolLM2 texts in tokens, through serve")
     args = parser.parse_args()
-    from attnviz.models import load_model
+    from attnviz.models.loading import load_model
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     d = driver()

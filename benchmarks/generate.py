@@ -76,7 +76,7 @@ def variants(loaded, device: str):
     """plain(n) and recorded(n, one_head): the calls measured."""
     import torch
 
-    from attnviz.generation import generate, generate_kwargs
+    from attnviz.generation.run import generate, generate_kwargs
 
     model, tok = loaded.model, loaded.tokenizer
     ids = torch.tensor([tok(PROMPT)["input_ids"]], device=device)
@@ -100,7 +100,7 @@ def variants(loaded, device: str):
 
 def child(variant: str, n: int, device: str) -> None:
     """One measured call in this fresh process (for memory)."""
-    from attnviz.generation import load_for_generation
+    from attnviz.generation.run import load_for_generation
 
     loaded = load_for_generation("smollm2", device=device)
     plain, recorded = variants(loaded, device)
@@ -179,7 +179,7 @@ def main() -> None:
                 cmd = [sys.executable, __file__, "--child", variant, "--new", str(n), "--device", args.device]
                 subprocess.run(cmd, check=True)
     else:
-        from attnviz.generation import load_for_generation
+        from attnviz.generation.run import load_for_generation
 
         names = tuple(args.variants.split(","))
         timing(load_for_generation("smollm2", device=args.device), news, args.rounds, args.device, names)

@@ -28,7 +28,7 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from attnviz.generation import generate, load_for_generation
+    from attnviz.generation.run import generate, load_for_generation
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--new", type=int, default=16)

@@ -15,7 +15,7 @@ import time
 
 INFO = "import sys; from attnviz.cli import main; sys.argv = ['attnviz', 'info', {model!r}]; main()"
 LOAD = (
-    "import attnviz; from attnviz.model_info import model_info; "
+    "import attnviz; from attnviz.models.info import model_info; "
     "print(model_info(attnviz.load_model({model!r}, device='cpu')))"
 )
 

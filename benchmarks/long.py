@@ -60,7 +60,7 @@ def worker(variant: str, n: int) -> dict[str, object]:
     import torch
 
     from attnviz.extraction import extract, tokenize
-    from attnviz.models import load_model
+    from attnviz.models.loading import load_model
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
     loaded = load_model("smollm2", device="cpu")

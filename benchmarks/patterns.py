@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from attnviz.patterns import pattern_scores
+from attnviz.heads.patterns import pattern_scores
 
 
 def main() -> None:

@@ -42,9 +42,9 @@ def main() -> None:
 
     from attnviz.errors import InputError
     from attnviz.extraction import extract
-    from attnviz.models import load_model
+    from attnviz.models.loading import load_model
+    from attnviz.server.app import bind, create_app, uvicorn_server
     from attnviz.views.html import render_html
-    from attnviz.views.server import bind, create_app, uvicorn_server
 
     start = time.perf_counter()
     loaded = load_model(args.model, device="cpu")

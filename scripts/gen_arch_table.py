@@ -32,9 +32,9 @@ def _zoo() -> Any:
 
 def facts(spec: Any, folder: Path) -> dict[str, str]:
     """What attnviz finds on one zoo model, as the table's cells."""
-    from attnviz.architecture import output_projections
     from attnviz.errors import InputError
-    from attnviz.models import load_model
+    from attnviz.models.architecture import output_projections
+    from attnviz.models.loading import load_model
 
     loaded = load_model(str(folder), device="cpu")
     interface = loaded.capture.interface

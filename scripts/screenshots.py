@@ -49,10 +49,10 @@ def main() -> None:
     from selenium.webdriver.support.ui import WebDriverWait
 
     from attnviz.extraction import extract
-    from attnviz.models import load_model
-    from attnviz.search import find_heads
+    from attnviz.heads.search import find_heads
+    from attnviz.models.loading import load_model
+    from attnviz.server.app import bind, create_app, uvicorn_server
     from attnviz.views.html import render_html
-    from attnviz.views.server import bind, create_app, uvicorn_server
 
     model = load_model("minilm", device="cpu")
     att = extract(SEED, model)

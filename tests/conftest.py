@@ -78,7 +78,7 @@ def _isolate(monkeypatch: pytest.MonkeyPatch, session_cache: Path, tmp_path: Pat
 
 def _load_with_cache(alias: str, cache: Path):
     """Load a bundled model with ATTNVIZ_CACHE pointing at `cache` for this load only."""
-    from attnviz.models import load_model
+    from attnviz.models.loading import load_model
 
     saved = {k: os.environ.get(k) for k in ("ATTNVIZ_CACHE", "HF_HUB_OFFLINE")}
     os.environ["ATTNVIZ_CACHE"] = str(cache)
@@ -97,7 +97,7 @@ def _load_with_cache(alias: str, cache: Path):
 def empty_model_cache():
     """The process's loaded-model cache, emptied for one test and given back after it: a test that
     loads anew must not make the next test that uses a session model load it again (18 s for SmolLM2)."""
-    from attnviz import models
+    from attnviz.models import loading as models
 
     saved = dict(models._CACHE)
     models.clear_cache()

@@ -80,8 +80,8 @@ def _distance(a: np.ndarray, b: np.ndarray) -> float:
 @pytest.fixture(scope="module")
 def tiny_lm(tiny_model_path):
     """arch -> the tiny model loaded with the head its measure needs."""
-    from attnviz.ablation import for_ablation
-    from attnviz.models import load_model
+    from attnviz.heads.ablation import for_ablation
+    from attnviz.models.loading import load_model
 
     return lambda arch: for_ablation(load_model(str(tiny_model_path(arch)), device="cpu"))
 
@@ -99,7 +99,7 @@ def _independent(loaded, arch: str, heads, mean=None) -> tuple[float, float]:
 
 @pytest.mark.parametrize("arch", ["bert", "distilbert", "gpt2", "llama", "t5"])
 def test_zero_ablation_equals_a_model_without_the_heads_w_o_columns(tiny_lm, arch):
-    from attnviz.ablation import ablate
+    from attnviz.heads.ablation import ablate
 
     loaded = tiny_lm(arch)
     expected_measure = "log-prob" if arch in ("gpt2", "llama") else "embedding"
@@ -117,7 +117,7 @@ def test_zero_ablation_equals_a_model_without_the_heads_w_o_columns(tiny_lm, arc
 def test_mean_ablation_equals_folding_the_reference_mean_into_the_bias(tiny_lm, arch):
     import torch
 
-    from attnviz.ablation import ablate
+    from attnviz.heads.ablation import ablate
 
     loaded = tiny_lm(arch)
     # the reference mean by hand: each text alone (no padding), every token of every layer's projection input
@@ -163,8 +163,8 @@ def _masked_lm(tiny_model_path, tmp_path: Path, arch: str) -> Path:
 def test_masked_lm_probability_of_the_masked_word_by_hand(tiny_model_path, tmp_path, arch):
     import torch
 
-    from attnviz.ablation import ablate, for_ablation
-    from attnviz.models import load_model
+    from attnviz.heads.ablation import ablate, for_ablation
+    from attnviz.models.loading import load_model
 
     loaded = for_ablation(load_model(str(_masked_lm(tiny_model_path, tmp_path, arch)), device="cpu"))
     assert loaded.task == "masked-lm"
@@ -188,7 +188,7 @@ def test_masked_lm_probability_of_the_masked_word_by_hand(tiny_model_path, tmp_p
 
 
 def test_causal_target_word_and_position(tiny_lm):
-    from attnviz.ablation import ablate
+    from attnviz.heads.ablation import ablate
 
     loaded = tiny_lm("gpt2")
     r = ablate(loaded, TEXT, [(1, 2)], target="@3")
@@ -204,7 +204,7 @@ def test_causal_target_word_and_position(tiny_lm):
 
 @pytest.mark.parametrize("arch", ["bert", "gpt2", "llama", "t5"])
 def test_scan_equals_one_ablation_per_head(tiny_lm, arch):
-    from attnviz.ablation import ablate, scan_heads
+    from attnviz.heads.ablation import ablate, scan_heads
 
     loaded = tiny_lm(arch)
     found = scan_heads(loaded, TEXT, batch_size=3)  # 8 heads in chunks of 3: a chunk spans two layers
@@ -224,8 +224,8 @@ def test_scan_equals_one_ablation_per_head(tiny_lm, arch):
 def test_ablating_a_head_whose_output_is_already_zero_changes_nothing(tiny_lm, arch):
     import torch
 
-    from attnviz.ablation import ablate, scan_heads
-    from attnviz.capture import Capture
+    from attnviz.heads.ablation import ablate, scan_heads
+    from attnviz.models.capture import Capture
 
     loaded = tiny_lm(arch)
     model = copy.deepcopy(loaded.model)
@@ -249,9 +249,9 @@ def test_ablating_a_head_whose_output_is_already_zero_changes_nothing(tiny_lm, a
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama", "bert"])
 def test_hooks_never_leak_into_a_later_extraction(tiny_lm, arch):
-    from attnviz.ablation import ablate, ablating, scan_heads
-    from attnviz.architecture import output_projections
     from attnviz.extraction import extract
+    from attnviz.heads.ablation import ablate, ablating, scan_heads
+    from attnviz.models.architecture import output_projections
 
     loaded = tiny_lm(arch)
     before = extract(TEXT, loaded, qkv=True)
@@ -270,7 +270,7 @@ def test_hooks_never_leak_into_a_later_extraction(tiny_lm, arch):
 
 
 def test_bad_input_is_one_line(tiny_lm):
-    from attnviz.ablation import ablate, parse_heads, scan_heads
+    from attnviz.heads.ablation import ablate, parse_heads, scan_heads
 
     loaded = tiny_lm("gpt2")
     cases = [
@@ -295,8 +295,8 @@ def test_bad_input_is_one_line(tiny_lm):
 
 def test_errors_name_the_keyword_and_the_command_line_its_flag():
     """A Python caller never typed `--mode`; `attnviz ablate` prints the flags it has."""
-    from attnviz.ablation import check_mode, parse_heads
     from attnviz.errors import cli_terms
+    from attnviz.heads.ablation import check_mode, parse_heads
 
     for call, python, cli in (
         (lambda: check_mode("mean", None), "mode='mean' needs", "--mode mean needs"),
@@ -312,7 +312,7 @@ def test_errors_name_the_keyword_and_the_command_line_its_flag():
 def test_spearman_and_overlap_match_brute_force():
     import pandas as pd
 
-    from attnviz.ablation import spearman, top_overlap
+    from attnviz.heads.ablation import spearman, top_overlap
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=40)
@@ -330,8 +330,8 @@ def test_spearman_and_overlap_match_brute_force():
 def test_repeat_loss_scan_by_hand(tiny_lm):
     import torch
 
-    from attnviz.ablation import repeat_loss_scan
-    from attnviz.induction import random_repeats
+    from attnviz.heads.ablation import repeat_loss_scan
+    from attnviz.heads.induction import random_repeats
 
     loaded = tiny_lm("llama")
     found = repeat_loss_scan(loaded, seq_len=6, batch=2, seed=1, batch_size=6)  # 3 heads x 2 rows a pass
@@ -351,7 +351,7 @@ def test_repeat_loss_scan_by_hand(tiny_lm):
 
 
 def test_load_model_task_is_part_of_the_cache_key(tiny_model_path):
-    from attnviz.models import load_model
+    from attnviz.models.loading import load_model
 
     folder = str(tiny_model_path("gpt2"))
     base = load_model(folder, device="cpu")
@@ -369,8 +369,8 @@ def test_smollm2_gguf_cache_serves_the_lm_head_and_l18h6_hurts_the_repeat_loss(
 ):
     import torch
 
-    from attnviz.ablation import for_ablation, repeat_loss_scan, top_overlap
-    from attnviz.induction import induction_scores
+    from attnviz.heads.ablation import for_ablation, repeat_loss_scan, top_overlap
+    from attnviz.heads.induction import induction_scores
 
     monkeypatch.setenv("ATTNVIZ_CACHE", str(model_cache))  # the cache the session's smollm2 was loaded from
     lm = for_ablation(smollm2)
@@ -391,7 +391,7 @@ def test_smollm2_gguf_cache_serves_the_lm_head_and_l18h6_hurts_the_repeat_loss(
 
 @pytest.mark.slow
 def test_minilm_is_measured_on_its_mean_pooled_embedding(minilm):
-    from attnviz.ablation import ablate, for_ablation
+    from attnviz.heads.ablation import ablate, for_ablation
 
     loaded = for_ablation(minilm)
     assert loaded is minilm  # no LM head: the base model is used as is

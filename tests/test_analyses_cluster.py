@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from analyses_helpers import js_scalar, synthetic
 
-from attnviz.analyses.cluster import classical_mds, cluster_texts, head_distances, read_texts
+from attnviz.analyses.cluster import classical_mds, cluster_texts, head_distances
+from attnviz.batch.corpus import read_texts
 from attnviz.errors import InputError
 
 

@@ -15,7 +15,7 @@ from analyses_helpers import synthetic
 from attnviz.analyses.norms import norm_weighted, special_share, value_norms, weighting_statistics
 from attnviz.errors import InputError
 from attnviz.extraction import extract
-from attnviz.models import load_model
+from attnviz.models.loading import load_model
 
 
 def _parts(model, arch: str, layer: int):

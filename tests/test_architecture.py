@@ -17,8 +17,8 @@ BY_HAND = {
 
 @pytest.mark.parametrize("arch", sorted(BY_HAND))
 def test_output_projections_are_the_modules_named_by_hand(tiny_model_path, arch):
-    from attnviz.architecture import in_features, output_projections
-    from attnviz.models import load_model
+    from attnviz.models.architecture import in_features, output_projections
+    from attnviz.models.loading import load_model
 
     loaded = load_model(str(tiny_model_path(arch)), device="cpu")
     found = output_projections(loaded, "a test")
@@ -32,8 +32,8 @@ def test_output_projections_are_the_modules_named_by_hand(tiny_model_path, arch)
 def test_an_output_changed_on_its_way_names_the_model_layer_and_purpose(tiny_model_path):
     import torch
 
-    from attnviz.architecture import output_projections
-    from attnviz.models import load_model
+    from attnviz.models.architecture import output_projections
+    from attnviz.models.loading import load_model
 
     loaded = load_model(str(tiny_model_path("bert")), device="cpu")
     outputs = [layer.attention.output for layer in loaded.model.base_model.encoder.layer]

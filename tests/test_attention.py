@@ -12,15 +12,6 @@ def test_attention_module_imports_nothing_of_attnviz():
     assert out.stdout.strip() == "['attnviz', 'attnviz.attention']", out.stdout
 
 
-def test_old_and_new_homes_are_the_same_types():
-    import attnviz
-    from attnviz import attention, extraction
-
-    assert extraction.Attention is attention.Attention is attnviz.Attention
-    assert extraction.QKV is attention.QKV is attnviz.QKV
-    assert extraction.Encoded is attention.Encoded is attnviz.Encoded
-
-
 def test_repr_is_one_short_line_whatever_the_size():
     """A prompt shows what was extracted, not 27 KB of weights."""
     import numpy as np

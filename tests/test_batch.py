@@ -30,10 +30,10 @@ from attnviz.batch import (
     statistics_of,
     summarise,
 )
-from attnviz.config import BatchConfig, make_config, parse_probe
+from attnviz.batch.config import BatchConfig, make_config, parse_probe
 from attnviz.errors import InputError, cli_terms
 from attnviz.extraction import extract
-from attnviz.models import load_model
+from attnviz.models.loading import load_model
 
 TEXTS = [
     "Emily always wanted to visit Paris so she took some French lessons.",
@@ -201,7 +201,7 @@ def test_too_long_texts_are_rejected_or_cut(tiny_bert):
 def test_a_bucketed_batch_is_encoded_as_extraction_tokenizes(tiny_model_path):
     from attnviz.batch.analyzer import Analyzer
     from attnviz.batch.bucketing import encode
-    from attnviz.corpus import Item
+    from attnviz.batch.corpus import Item
     from attnviz.extraction import tokenize
 
     loaded = load_model(str(tiny_model_path("gpt2")), device="cpu")  # byte-level: readable labels differ
@@ -247,7 +247,7 @@ def test_buckets_limit_padding_and_memory(tiny_bert):
 
 # -- the output folder ----------------------------------------------------------------------
 def test_run_writes_parts_summary_and_rejects(tiny_bert, tmp_path, monkeypatch, figures):
-    from attnviz.patterns import ROLE_NAMES
+    from attnviz.heads.patterns import ROLE_NAMES
 
     saved = figures
     corpus = tmp_path / "c.txt"
@@ -430,7 +430,7 @@ def test_summarise_streams_parts(tiny_bert, tmp_path):
 
 def test_statistics_are_declared_once_in_column_order():
     from attnviz.batch import STATISTICS
-    from attnviz.patterns import PATTERNS
+    from attnviz.heads.patterns import PATTERNS
 
     names = [s.column for s in STATISTICS]
     patterns = [f"pattern_{p}" for p in PATTERNS]
@@ -597,7 +597,7 @@ def test_the_package_stays_small():
 def test_norm_statistic_in_a_padded_batch_equals_weighting_statistics(tiny_model_path, arch):
     """`--stats norm` (off by default) equals analyses.norms.weighting_statistics text by text."""
     from attnviz.analyses.norms import norm_weighted
-    from attnviz.config import DEFAULT_STATISTICS
+    from attnviz.batch.config import DEFAULT_STATISTICS
 
     assert "norm" not in DEFAULT_STATISTICS
     loaded = load_model(str(tiny_model_path(arch)), device="cpu")

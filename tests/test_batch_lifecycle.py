@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from attnviz.batch import HEADS_DIR, RUN_FILE, LocalEngine, OutputFolder, drive, records, run_batch_analysis
-from attnviz.config import make_config
-from attnviz.models import load_model
+from attnviz.batch.config import make_config
+from attnviz.models.loading import load_model
 
 TEXTS = [f"The cat number {i} sat on the mat, and the dog watched it." for i in range(7)]
 

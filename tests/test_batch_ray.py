@@ -21,9 +21,9 @@ import pytest
 from typer.testing import CliRunner
 
 from attnviz.batch import HEADS_DIR, REJECTS_FILE, RUN_FILE, TEXTS_DIR, ray_engine, run_batch_analysis
+from attnviz.batch.config import make_config, parse_probe
 from attnviz.batch.ray_engine import DIE_ENV
 from attnviz.cli import app
-from attnviz.config import make_config, parse_probe
 from attnviz.errors import AttnvizError, InputError, cli_terms
 
 runner = CliRunner()

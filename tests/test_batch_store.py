@@ -11,8 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from attnviz.batch import HEADS_DIR, REJECTS_FILE, RUN_FILE, run_batch_analysis
-from attnviz.config import make_config
-from attnviz.models import load_model
+from attnviz.batch.config import make_config
+from attnviz.models.loading import load_model
 
 runner = CliRunner()
 TEXTS = [f"The cat sat on the mat number {i}." for i in range(6)]

@@ -485,8 +485,8 @@ def test_text_view_colours_each_token_by_the_selected_tokens_attention(driver, t
 @pytest.fixture(scope="module")
 def served(tiny_model_path):
     """The real uvicorn server on a free loopback port, in a thread; stopped after the module."""
-    from attnviz.models import load_model
-    from attnviz.views.server import create_app, uvicorn_server
+    from attnviz.models.loading import load_model
+    from attnviz.server.app import create_app, uvicorn_server
 
     models = {"bert": load_model(str(tiny_model_path("bert")), device="cpu")}
     # a cache of 60 kB holds every head of the short test text (2 layers x 4 heads), not of LONG
@@ -516,7 +516,7 @@ def test_served_page_draws_a_typed_text_and_ranks_clicked_words(driver, served):
     from selenium.webdriver.common.by import By
 
     from attnviz.extraction import extract
-    from attnviz.search import find_heads
+    from attnviz.heads.search import find_heads
 
     base, model = served
     driver.get(base + "/")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from attnviz.extraction import extract
-from attnviz.models import load_model
+from attnviz.models.loading import load_model
 
 TEXT = "The cat sat on the mat, transformers attend."
 ARCHS = ["bert", "distilbert", "gpt2", "llama", "t5"]
@@ -139,7 +139,7 @@ def _last_hidden(out) -> list[np.ndarray]:
 @pytest.mark.parametrize("block", [1 << 22, 7])
 def test_head_sliced_weights_equal_eager(tiny_model_path, arch, block, monkeypatch):
     """Heads 1 and 2 (two KV groups in the GQA Llama) of the last layer, whole or in 1-row blocks."""
-    from attnviz import capture
+    from attnviz.models import capture
 
     monkeypatch.setattr(capture, "_BLOCK_ELEMENTS", block)
     computed: list[tuple[int, ...]] = []
@@ -170,7 +170,7 @@ def test_head_sliced_weights_equal_eager(tiny_model_path, arch, block, monkeypat
 def test_recorded_layer_output_equals_unrecorded(tiny_model_path, arch):
     from transformers import AutoModel
 
-    from attnviz.capture import Recorder, recording
+    from attnviz.models.capture import Recorder, recording
 
     path = tiny_model_path(arch)
     loaded = load_model(str(path), device="cpu")
@@ -256,7 +256,7 @@ def test_smollm2_head_sliced_equals_eager_and_output_unchanged(smollm2, seed_tex
     model = smollm2.model
     inputs = _inputs(smollm2, seed_text)
     att = extract(seed_text, smollm2, layers=[0, 15, 29], heads=[0, 4, 8])
-    from attnviz.capture import Recorder, recording
+    from attnviz.models.capture import Recorder, recording
 
     cap = smollm2.capture
     with torch.no_grad():
@@ -279,7 +279,7 @@ def test_smollm2_head_sliced_equals_eager_and_output_unchanged(smollm2, seed_tex
 
 def test_attention_sinks_fall_back_to_eager_weights(tiny_model_path, monkeypatch):
     """A weight term head_weights does not model (sinks) makes the layer run eager, then keep the heads."""
-    from attnviz import capture
+    from attnviz.models import capture
 
     def fail(*args, **kwargs):
         raise AssertionError("head_weights must not run when the layer has attention sinks")

@@ -16,14 +16,14 @@ TEXT = "The cat sat on the mat, and the cat slept."
 
 
 def _lm(path: str):
-    from attnviz.ablation import for_ablation
-    from attnviz.models import load_model
+    from attnviz.heads.ablation import for_ablation
+    from attnviz.models.loading import load_model
 
     return for_ablation(load_model(path, device="cpu"))
 
 
 def test_ablate_json_is_the_library_result(gpt2):
-    from attnviz.ablation import ablate
+    from attnviz.heads.ablation import ablate
 
     out = json.loads(
         cli_ok(["ablate", TEXT, "-l", "1", "--head", "2", "--target", "mat", "-m", gpt2, "--json"]).stdout
@@ -47,7 +47,7 @@ def test_ablate_text_says_which_measure_and_why(bert, gpt2):
 def test_scan_json_rows_and_heatmap(gpt2, tmp_path):
     from PIL import Image
 
-    from attnviz.ablation import scan_heads
+    from attnviz.heads.ablation import scan_heads
 
     plot = tmp_path / "effect.png"
     result = cli_ok(["ablate", TEXT, "--scan", "--top", "0", "-m", gpt2, "--json", "--plot", str(plot)])
@@ -66,7 +66,7 @@ def test_scan_json_rows_and_heatmap(gpt2, tmp_path):
 
 
 def test_mean_mode_reads_the_reference_file(gpt2, tmp_path):
-    from attnviz.ablation import ablate
+    from attnviz.heads.ablation import ablate
 
     ref = tmp_path / "ref.txt"
     ref.write_text("A dog chased the cat.\n\nAttention is a weighted average.\n")
@@ -106,9 +106,9 @@ def test_errors_are_one_line(gpt2, args, needles):
 
 
 def test_find_head_ablate_adds_the_effect_and_spearman(gpt2):
-    from attnviz.ablation import for_ablation, scan_heads, spearman
     from attnviz.extraction import extract
-    from attnviz.search import find_heads
+    from attnviz.heads.ablation import for_ablation, scan_heads, spearman
+    from attnviz.heads.search import find_heads
 
     result = cli_ok(["find-head", "cat", "mat", TEXT, "-m", gpt2, "--ablate", "--json", "-k", "3"])
     rows = json.loads(result.stdout)
@@ -127,8 +127,8 @@ def test_find_head_ablate_adds_the_effect_and_spearman(gpt2):
 
 
 def test_heads_induction_ablate_reports_the_loss_rise_and_overlap(tiny_model_path):
-    from attnviz.ablation import repeat_loss_scan, top_overlap
-    from attnviz.induction import induction_scores
+    from attnviz.heads.ablation import repeat_loss_scan, top_overlap
+    from attnviz.heads.induction import induction_scores
 
     llama = str(tiny_model_path("llama"))
     args = ["heads", "--induction", "--ablate", "-m", llama, "--seq-len", "6", "--batch", "2", "--top", "0"]

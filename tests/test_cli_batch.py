@@ -336,31 +336,31 @@ def test_disk_full_is_one_line_and_says_how_to_go_on(tiny, tmp_path, monkeypatch
 
 
 def test_resuming_a_complete_run_loads_no_model(tiny, tmp_path, monkeypatch):
-    import attnviz.models
+    import attnviz.models.loading
 
     corpus = tmp_path / "c.txt"
     corpus.write_text("the cat sat\n\nthe dog ran\na bird flew\n")
     out = tmp_path / "out"
     args = ["batch", str(corpus), "-o", str(out), "-m", tiny, "--no-plots"]
     assert runner.invoke(app, args).exit_code == 0
-    real = attnviz.models.load_model
+    real = attnviz.models.loading.load_model
 
     def refuse(*a, **kw):
         raise AssertionError("a model was loaded to resume a complete run")
 
-    monkeypatch.setattr(attnviz.models, "load_model", refuse)
+    monkeypatch.setattr(attnviz.models.loading, "load_model", refuse)
     again = runner.invoke(app, [*args, "--resume"])
     assert again.exit_code == 0, again.output
     assert "done: 3 texts processed (0 now, 3 before), 1 rejected" in again.stdout
     assert "nothing left to do" in again.stderr
     from attnviz.batch import run_batch_analysis
-    from attnviz.config import make_config
+    from attnviz.batch.config import make_config
 
     done = run_batch_analysis(corpus, make_config(model=tiny, plots=False), out, resume=True)
     assert (done.status, done.processed, done.total_processed, done.total_rejected) == ("complete", 0, 3, 1)
     with corpus.open("a") as f:
         f.write("one more text\n")  # a record the run has not seen: the model is needed again
-    monkeypatch.setattr(attnviz.models, "load_model", real)
+    monkeypatch.setattr(attnviz.models.loading, "load_model", real)
     more = runner.invoke(app, [*args, "--resume"])
     assert more.exit_code == 0, more.output
     assert "done: 4 texts processed (1 now, 3 before), 1 rejected" in more.stdout

@@ -123,12 +123,12 @@ def test_errors_are_one_line(args, needles):
 @pytest.fixture
 def no_model_load(monkeypatch):
     """Make any model load fail loudly: the checks under test must come before it."""
-    import attnviz.models
+    import attnviz.models.loading
 
     def refuse(*a, **kw):
         raise AssertionError("the model was loaded before the input was checked")
 
-    monkeypatch.setattr(attnviz.models, "load_model", refuse)
+    monkeypatch.setattr(attnviz.models.loading, "load_model", refuse)
 
 
 @pytest.mark.parametrize(
@@ -233,16 +233,16 @@ def test_broken_model_folders_are_one_line(tiny_model_path, tmp_path):
 
 def test_load_notices_reach_stderr_as_warnings_only(monkeypatch):
     from attnviz.cli import _options
-    from attnviz.models import LoadNotice
+    from attnviz.models.loading import LoadNotice
 
     def fake_load(model, progress=None, **kw):
         progress(LoadNotice("status", "de-quantising smollm2 (first load, cached afterwards)..."))
         progress(LoadNotice("warning", "the cached copy of smollm2 was unreadable (x); rebuilding it"))
         return "loaded"
 
-    import attnviz.models
+    import attnviz.models.loading
 
-    monkeypatch.setattr(attnviz.models, "load_model", fake_load)
+    monkeypatch.setattr(attnviz.models.loading, "load_model", fake_load)
     printed = []
     monkeypatch.setattr(_options.typer, "echo", lambda msg, err=False: printed.append((msg, err)))
     assert _options.load("smollm2", "cpu", "float32") == "loaded"  # not a terminal: no status line

@@ -10,7 +10,7 @@ from helpers import one_line_error
 from typer.testing import CliRunner
 
 from attnviz.cli import app
-from attnviz.generation import Generation
+from attnviz.generation.run import Generation
 
 runner = CliRunner()
 

@@ -18,7 +18,7 @@ from helpers import (
 from typer.testing import CliRunner
 
 from attnviz.cli import app
-from attnviz.patterns import PATTERNS
+from attnviz.heads.patterns import PATTERNS
 
 runner = CliRunner()
 FIELDS = {"rank", "layer", "head", "score", "a2b", "b2a", "role"}
@@ -68,8 +68,8 @@ def test_find_head_reads_texts_file_and_stdin(bert, tmp_path):
 
 def test_find_head_plot_draws_the_winning_heads_attention(bert, tmp_path, monkeypatch, figures):
     from attnviz.extraction import extract
-    from attnviz.models import load_model
-    from attnviz.search import find_heads
+    from attnviz.heads.search import find_heads
+    from attnviz.models.loading import load_model
 
     saved = figures
     out = tmp_path / "best.png"
@@ -167,8 +167,8 @@ def test_heads_over_a_file_gives_mean_and_spread(bert, tmp_path):
 
 def test_heads_plot_is_the_role_map_of_the_table(bert, tmp_path, monkeypatch, figures):
     from attnviz.extraction import extract
-    from attnviz.models import load_model
-    from attnviz.patterns import ROLE_NAMES, head_patterns
+    from attnviz.heads.patterns import ROLE_NAMES, head_patterns
+    from attnviz.models.loading import load_model
 
     saved = figures
     out = tmp_path / "roles.svg"
@@ -182,8 +182,8 @@ def test_heads_plot_is_the_role_map_of_the_table(bert, tmp_path, monkeypatch, fi
 
 
 def test_heads_induction_on_a_tiny_causal_model(llama, tmp_path, monkeypatch, figures):
-    from attnviz.induction import induction_scores
-    from attnviz.models import load_model
+    from attnviz.heads.induction import induction_scores
+    from attnviz.models.loading import load_model
 
     rows = json.loads(
         cli_ok(["heads", "--induction", "-m", llama, "--seq-len", "8", "--batch", "2", "--json"]).stdout
@@ -318,7 +318,7 @@ def test_no_special_encodes_the_words_alone(bert):
     rows = json.loads(cli_ok(["heads", TEXT, "-m", bert, "--no-special", "--json"]).stdout)
     from attnviz.analyses.aggregate import without_special
     from attnviz.extraction import extract
-    from attnviz.patterns import head_patterns
+    from attnviz.heads.patterns import head_patterns
 
     att = extract(TEXT, bert)
     hidden = {(r.layer, r.head): r.scores for r in head_patterns(without_special(att)).rows()}

@@ -289,7 +289,8 @@ def test_toy_causal_temperature_and_steps(figures):
 
 
 def test_toy_steps_equal_the_library(figures):
-    from attnviz.toy import build_toy, format_steps
+    from attnviz.analyses.steps import format_steps
+    from attnviz.analyses.toy import build_toy
 
     toy = build_toy(4, dim=8, heads=1, seed=7)
     out = ok("toy", "--tokens", "4", "--dim", "8", "--num-heads", "1", "--seed", "7", "--steps").stdout
@@ -382,7 +383,7 @@ def test_help_does_not_import_heavy_libraries():
 # -- encoder-decoder streams -------------------------------------------------------------------
 def test_cross_attention_of_one_head(tiny_model_path, figures, tmp_path):
     from attnviz.extraction import extract
-    from attnviz.models import load_model
+    from attnviz.models.loading import load_model
 
     model = str(tiny_model_path("t5"))
     out = tmp_path / "cross.png"

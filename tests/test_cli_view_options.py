@@ -21,7 +21,7 @@ from attnviz.analyses.norms import norm_weighted
 from attnviz.attention import Attention
 from attnviz.cli import app
 from attnviz.extraction import extract
-from attnviz.models import load_model
+from attnviz.models.loading import load_model
 
 TEXT = "The cat sat on the mat and the cat slept"
 HIDDEN = "special tokens hidden, rows renormalised"
@@ -209,7 +209,7 @@ def test_hiding_special_tokens_ranks_a_sep_sink_head_on_the_rest_of_its_weight()
     from analyses_helpers import synthetic
 
     from attnviz.analyses.transform import ViewOptions, transform
-    from attnviz.search import find_heads
+    from attnviz.heads.search import find_heads
 
     tokens = ("[CLS]", "the", "cat", "sat", "[SEP]")
     att = synthetic(tokens, (True, False, False, False, True), layers=1, heads=2)
@@ -228,7 +228,7 @@ def test_hiding_special_tokens_ranks_a_sep_sink_head_on_the_rest_of_its_weight()
 
 
 def test_heads_no_special_patterns_equal_head_patterns_of_hidden_rows(bert, loaded) -> None:
-    from attnviz.patterns import head_patterns
+    from attnviz.heads.patterns import head_patterns
 
     rows = json.loads(ok("heads", TEXT, "-m", bert, "--no-special", "--top", "0", "--json").stdout)
     table = head_patterns([without_special(extract(TEXT, loaded))])
@@ -266,7 +266,7 @@ def test_view_shows_pooled_heads_as_one_head(bert, loaded, tmp_path) -> None:
 
 
 def test_serve_api_aggregates_and_hides(loaded) -> None:
-    from attnviz.views.server import create_app
+    from attnviz.server.app import create_app
 
     with TestClient(create_app({"bert": loaded}), raise_server_exceptions=False) as client:
         r = client.get("/api/attention", params={"text": TEXT, "aggregate": "max", "over": "both"})

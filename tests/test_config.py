@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from attnviz.config import (
+from attnviz.batch.config import (
     DEFAULT_STATISTICS,
     BatchConfig,
     load_config,
@@ -56,7 +56,7 @@ def test_bare_name_finds_configs_folder(tmp_path):
 
 def test_bare_name_finds_the_shipped_configs_outside_a_checkout(tmp_path):
     """`--config coreference` (in the README) works from any folder: the configs ship in the package."""
-    from attnviz.config import find_config
+    from attnviz.batch.config import find_config
 
     assert not (tmp_path / "configs").exists()  # tests run in tmp_path (conftest)
     path = find_config("coreference")

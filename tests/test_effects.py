@@ -9,8 +9,8 @@ TEXT = "The cat sat on the mat, and the cat slept."
 
 
 def _lm(path: str):
-    from attnviz.ablation import for_ablation
-    from attnviz.models import load_model
+    from attnviz.heads.ablation import for_ablation
+    from attnviz.models.loading import load_model
 
     return for_ablation(load_model(path, device="cpu"))
 
@@ -18,10 +18,10 @@ def _lm(path: str):
 def test_search_effects_follow_the_ranking_and_correlate_like_pandas(tiny_model_path):
     import pandas as pd
 
-    from attnviz.ablation import scan_heads
-    from attnviz.effects import search_effects
     from attnviz.extraction import extract
-    from attnviz.search import find_heads
+    from attnviz.heads.ablation import scan_heads
+    from attnviz.heads.effects import search_effects
+    from attnviz.heads.search import find_heads
 
     loaded = _lm(str(tiny_model_path("gpt2")))
     result = find_heads(extract(TEXT, loaded), "cat", "mat", top=None)
@@ -36,9 +36,9 @@ def test_search_effects_follow_the_ranking_and_correlate_like_pandas(tiny_model_
 
 
 def test_induction_effects_rise_and_top_k_overlap_by_hand(tiny_model_path):
-    from attnviz.ablation import repeat_loss_scan
-    from attnviz.effects import induction_effects
-    from attnviz.induction import induction_scores
+    from attnviz.heads.ablation import repeat_loss_scan
+    from attnviz.heads.effects import induction_effects
+    from attnviz.heads.induction import induction_scores
 
     loaded = _lm(str(tiny_model_path("llama")))
     result = induction_scores(loaded, seq_len=6, batch=2, seed=0)

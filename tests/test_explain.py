@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from attnviz.analyses.explain import explain, explain_head
 from attnviz.errors import InputError, TokenNotFoundError, cli_terms
-from attnviz.explain import explain, explain_head
 from attnviz.extraction import extract
-from attnviz.patterns import row_entropy_of
+from attnviz.heads.patterns import row_entropy_of
 from attnviz.tokens import positions, positions_of
 
 
@@ -38,7 +38,7 @@ def test_explain_from_text_and_every_head_of_a_layer(minilm, seed_text):
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "t5"])
 def test_tiny_models_causal_gqa_and_position_bias(tiny_model_path, arch):
-    from attnviz.models import load_model
+    from attnviz.models.loading import load_model
 
     loaded = load_model(str(tiny_model_path(arch)), device="cpu")
     att = extract("the cat sat on the mat", loaded, qkv=True)

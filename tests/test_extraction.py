@@ -11,7 +11,7 @@ import pytest
 from attnviz.attention import Attention
 from attnviz.errors import InputError, TextTooLongError, cli_terms
 from attnviz.extraction import extract, extract_batch
-from attnviz.models import load_model
+from attnviz.models.loading import load_model
 
 TEXTS = ["The cat sat.", "Transformers are great; transformers attend to tokens in Paris.", "A dog"]
 
@@ -71,9 +71,11 @@ def test_bad_selection_and_empty_text(tiny_model_path):
 
 
 def test_an_empty_text_is_refused_before_a_model_name_is_loaded(monkeypatch):
-    import attnviz.models
+    import attnviz.models.loading
 
-    monkeypatch.setattr(attnviz.models, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(
+        attnviz.models.loading, "load_model", lambda *a, **k: pytest.fail("the model was loaded")
+    )
     with pytest.raises(InputError, match="text 2 is empty"):
         extract_batch(["a cat", " "], "minilm")
 
@@ -244,7 +246,7 @@ def test_square_stream_picks_encoder_or_decoder(tiny_model_path) -> None:
 def test_extract_stream_is_lazy_and_equals_extract_batch(tiny_model_path) -> None:
     """The library's stream of many texts (what heads, find-head and cluster use)."""
     from attnviz.extraction import extract_stream
-    from attnviz.models import load_model
+    from attnviz.models.loading import load_model
 
     loaded = load_model(str(tiny_model_path("bert")), device="cpu")
     texts = ["the cat sat", "a dog ran far away", "the bird sang", "hello"]
@@ -267,7 +269,7 @@ def test_extract_stream_is_lazy_and_equals_extract_batch(tiny_model_path) -> Non
 def test_stream_and_batch_errors_number_texts_in_the_whole_input(tiny_model_path) -> None:
     from attnviz.errors import TextTooLongError
     from attnviz.extraction import extract_stream
-    from attnviz.models import load_model
+    from attnviz.models.loading import load_model
 
     loaded = load_model(str(tiny_model_path("bert")), device="cpu")
     texts = ["the cat sat", "a dog", "the bird sang", "the cat " * 40, "fine"]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from attnviz.errors import InputError, api_terms, cli_terms
-from attnviz.generation import Generation, check_settings, generate, generate_kwargs, generation_task
+from attnviz.generation.run import Generation, check_settings, generate, generate_kwargs, generation_task
 
 try:  # tests/zoo.py: the tiny model of every architecture attnviz covers (when present)
     import zoo
@@ -25,7 +25,7 @@ PROMPT = "the cat sat on the"
 @pytest.fixture(scope="session")
 def lm(tiny_model_path):
     """Factory: arch -> the tiny model loaded with its LM head (once per session)."""
-    from attnviz.generation import load_for_generation
+    from attnviz.generation.run import load_for_generation
 
     return lambda arch: load_for_generation(str(tiny_model_path(arch)), device="cpu")
 
@@ -210,7 +210,7 @@ def test_as_attention_needs_the_prompt_rows(lm):
 
 def test_errors_name_the_python_keywords_and_the_cli_its_flags(lm):
     """A Python caller reads `chat=True`, `max_new_tokens`; the command line `--chat`, `--max-new-tokens`."""
-    from attnviz.generation_capture import check_size
+    from attnviz.models.generation_capture import check_size
     from attnviz.plots.generation import generation_picture
     from attnviz.views.generation import generation_data
 
@@ -256,7 +256,7 @@ def test_find_heads_heads_and_show_accept_a_generation(lm, tmp_path):
 def test_serve_generation_endpoint(lm):
     from starlette.testclient import TestClient
 
-    from attnviz.views.server import create_app
+    from attnviz.server.app import create_app
 
     loaded = lm("llama")
     client = TestClient(create_app({"tiny": loaded}))
@@ -297,7 +297,7 @@ def test_seq2seq_and_causal_tasks(tiny_model_path):
 @pytest.fixture(scope="session")
 def smollm2_lm(model_cache: Path):
     """SmolLM2 with its LM head, from the same GGUF cache entry as the `smollm2` fixture."""
-    from attnviz.generation import load_for_generation
+    from attnviz.generation.run import load_for_generation
 
     saved = os.environ.get("ATTNVIZ_CACHE")
     os.environ["ATTNVIZ_CACHE"] = str(model_cache)
@@ -345,7 +345,7 @@ def test_rollout_rows_are_the_rollout_of_the_steps(lm):
 
 
 def test_a_step_computes_one_query_row_never_a_square(lm, monkeypatch):
-    import attnviz.capture as capture
+    import attnviz.models.capture as capture
 
     loaded = lm("llama")  # loaded (and its layers discovered) before counting
     shapes = []

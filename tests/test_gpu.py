@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from attnviz.extraction import extract
-from attnviz.models import load_model
+from attnviz.models.loading import load_model
 
 pytestmark = [
     pytest.mark.gpu,

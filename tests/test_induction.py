@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from attnviz.errors import InputError, cli_terms
-from attnviz.induction import chance_level, induction_scores, random_repeats, repeat_scores
+from attnviz.heads.induction import chance_level, induction_scores, random_repeats, repeat_scores
 
 T = 6
 
@@ -48,7 +48,7 @@ def test_repeat_scores_checks_the_length():
 
 @pytest.fixture(scope="module")
 def tiny_llama(tiny_model_path):
-    from attnviz.models import load_model
+    from attnviz.models.loading import load_model
 
     return load_model(str(tiny_model_path("llama")), device="cpu")
 
@@ -80,7 +80,7 @@ def test_induction_scores_on_a_tiny_llama(tiny_llama):
 
 
 def test_encoders_are_told_the_test_is_for_causal_models(tiny_model_path):
-    from attnviz.models import load_model
+    from attnviz.models.loading import load_model
 
     bert = load_model(str(tiny_model_path("bert")), device="cpu")
     with pytest.raises(InputError, match="applies to causal"):
@@ -102,7 +102,7 @@ def test_smollm2_has_real_induction_heads(smollm2):
 
 
 def test_settings_are_checked_before_a_model_loads():
-    from attnviz.induction import InductionSettings
+    from attnviz.heads.induction import InductionSettings
 
     assert InductionSettings(seq_len=8, batch=2).check().sort == "induction"
     with pytest.raises(InputError, match=r"^use seq_len of at least 2 and batch of at least 1$") as caught:
@@ -115,7 +115,7 @@ def test_settings_are_checked_before_a_model_loads():
 
 
 def test_settings_run_equals_the_function(tiny_llama):
-    from attnviz.induction import InductionSettings
+    from attnviz.heads.induction import InductionSettings
 
     settings = InductionSettings(seq_len=6, batch=2, seed=3, layers=(-1,), heads=(0, 2))
     ran = settings.run(tiny_llama)
@@ -125,7 +125,7 @@ def test_settings_run_equals_the_function(tiny_llama):
 
 
 def test_random_repeats_label_byte_level_tokens_readably(tiny_model_path):
-    from attnviz.models import load_model
+    from attnviz.models.loading import load_model
     from attnviz.tokens import is_byte_level, token_labels
 
     loaded = load_model(str(tiny_model_path("gpt2")), device="cpu")

@@ -8,8 +8,9 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from attnviz import model_info, models
 from attnviz.cli import app
+from attnviz.models import info as model_info
+from attnviz.models import loading as models
 
 runner = CliRunner()
 SHAPE = ("architecture", "kind", "causal", "layers", "heads", "kv_heads", "head_dim", "hidden_size",
@@ -103,7 +104,7 @@ def test_plain_encoders_are_read_without_transformers(tiny_model_path):
     import sys
 
     code = (
-        "import sys; from attnviz.model_info import describe\n"
+        "import sys; from attnviz.models.info import describe\n"
         f"info = describe({str(tiny_model_path('bert'))!r})\n"
         "heavy = [m for m in ('torch', 'transformers') if m in sys.modules]\n"
         "print(info.layers, info.heads, info.kind, heavy)"

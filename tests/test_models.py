@@ -7,9 +7,11 @@ import os
 
 import pytest
 
-from attnviz import gguf_cache, model_info, models
 from attnviz.errors import DeviceError, ModelNotFoundError, cli_terms
-from attnviz.models import load_model, resolve_model
+from attnviz.models import gguf_cache
+from attnviz.models import info as model_info
+from attnviz.models import loading as models
+from attnviz.models.loading import load_model, resolve_model
 
 
 def test_bundled_alias_resolves_to_installed_folder():

@@ -7,7 +7,7 @@ import pytest
 
 from attnviz.attention import Attention
 from attnviz.errors import InputError
-from attnviz.patterns import (
+from attnviz.heads.patterns import (
     PATTERNS,
     ROLE_NAMES,
     head_patterns,
@@ -229,7 +229,7 @@ def test_row_entropy_and_uniform_bound_keep_their_signatures():
 
 def test_thresholds_are_fractions():
     from attnviz.errors import cli_terms
-    from attnviz.patterns import check_thresholds
+    from attnviz.heads.patterns import check_thresholds
 
     check_thresholds(0.0, 1.0)
     for t, b, option in ((2.0, 0.8, "threshold"), (0.5, -0.1, "broad_threshold")):
@@ -241,7 +241,7 @@ def test_thresholds_are_fractions():
 
 
 def test_role_scores_are_each_heads_score_on_its_own_role():
-    from attnviz.patterns import PatternTable
+    from attnviz.heads.patterns import PatternTable
 
     mean = {name: np.full((1, 2), 0.1) for name in PATTERNS}
     mean["previous"] = np.array([[0.9, 0.2]])

@@ -253,7 +253,7 @@ def test_annotate_limit():
 
 # -- entropy --------------------------------------------------------------------------------
 def test_entropy_bars_and_uniform_bound():
-    from attnviz.patterns import row_entropy, row_entropy_of
+    from attnviz.heads.patterns import row_entropy, row_entropy_of
 
     att = fake_attention(layers=1, heads=1, causal=True)
     ent = row_entropy_of(att)
@@ -269,7 +269,7 @@ def test_entropy_bars_and_uniform_bound():
 
 
 def test_entropy_grid_is_layers_by_heads():
-    from attnviz.patterns import row_entropy_of
+    from attnviz.heads.patterns import row_entropy_of
 
     att = fake_attention(layers=2, heads=3)
     ent = row_entropy_of(att)
@@ -283,7 +283,7 @@ def test_entropy_grid_is_layers_by_heads():
 
 # -- the toy -------------------------------------------------------------------------------------
 def test_toy_figure_has_a_heatmap_per_head_and_the_entropy_plot():
-    from attnviz.toy import build_toy
+    from attnviz.analyses.toy import build_toy
 
     toy = build_toy(6, dim=8, heads=2, causal=True)
     fig = plots.toy_figure(
@@ -422,7 +422,7 @@ def layout_problems(fig, tolerance: float = 1.0) -> list[tuple[str, ...]]:
 
 
 def test_causal_toy_title_and_legend_overlap_nothing():
-    from attnviz.toy import build_toy
+    from attnviz.analyses.toy import build_toy
 
     toy = build_toy(12, dim=16, heads=2, causal=True)  # `attnviz toy --causal`
     fig = plots.toy_figure(
@@ -444,7 +444,7 @@ def test_causal_toy_title_and_legend_overlap_nothing():
 
 @pytest.mark.parametrize("heads", [1, 2, 4, 6])
 def test_toy_layouts_overlap_nothing(heads: int):
-    from attnviz.toy import build_toy
+    from attnviz.analyses.toy import build_toy
 
     toy = build_toy("the cat sat on the mat because it was tired", dim=12, heads=heads, causal=heads % 2 == 0)
     fig = plots.toy_figure(
@@ -462,7 +462,7 @@ def test_heatmap_layouts_overlap_nothing(layers: int, heads: int, causal: bool):
 
 
 def test_entropy_layouts_overlap_nothing_and_quote_the_text():
-    from attnviz.patterns import row_entropy_of
+    from attnviz.heads.patterns import row_entropy_of
 
     for layers, heads in ((1, 1), (2, 3)):
         att = fake_attention(layers=layers, heads=heads, causal=True)
@@ -618,7 +618,7 @@ def test_missing_fonts_fall_back_silently(monkeypatch, tmp_path, capfd):
 
 # -- head roles and scores --------------------------------------------------------------------------
 def test_role_figure_colours_each_head_by_its_role(tmp_path):
-    from attnviz.patterns import ROLE_NAMES
+    from attnviz.heads.patterns import ROLE_NAMES
 
     roles = np.array([["self", "previous", "mixed"], ["first", "broad", "last_sep"]])
     scores = np.array([[0.9, 0.8, np.nan], [0.7, 0.6, 0.5]])
@@ -658,7 +658,7 @@ def test_search_figure_draws_the_best_head_with_both_words_outlined(tiny_model_p
     from helpers import image_values
 
     from attnviz.extraction import extract
-    from attnviz.search import find_heads
+    from attnviz.heads.search import find_heads
 
     att = extract("the cat sat on the mat", str(tiny_model_path("bert")), device="cpu")
     found = find_heads(att, "cat", "mat")

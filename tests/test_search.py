@@ -8,7 +8,15 @@ import pytest
 from attnviz.attention import Attention
 from attnviz.errors import InputError, TokenNotFoundError, cli_terms
 from attnviz.extraction import extract
-from attnviz.search import combine, find_heads, pair_scores, parse_occurrence, rank, resolve, resolve_pair
+from attnviz.heads.search import (
+    combine,
+    find_heads,
+    pair_scores,
+    parse_occurrence,
+    rank,
+    resolve,
+    resolve_pair,
+)
 
 # Every word after "Emily" is split into pieces by all three tiny tokenizers; two words repeat.
 SPLIT_TEXT = "Emily visits Parisian catsuits and Parisian catsuits"
@@ -90,7 +98,7 @@ def test_parse_occurrence():
 @pytest.fixture(scope="module", params=["bert", "gpt2", "llama"])
 def family(request, tiny_model_path):
     """WordPiece (bert), GPT-2 byte-level BPE (gpt2) and SentencePiece-style Metaspace (llama)."""
-    from attnviz.models import load_model
+    from attnviz.models.loading import load_model
 
     loaded = load_model(str(tiny_model_path(request.param)), device="cpu")
     return request.param, loaded, extract(SPLIT_TEXT, loaded)
@@ -189,7 +197,7 @@ def test_many_texts_rank_by_the_mean_over_texts_with_both_words(family):
 
 
 def test_roles_come_from_the_pattern_scores(family):
-    from attnviz.patterns import pattern_scores, role_of
+    from attnviz.heads.patterns import pattern_scores, role_of
 
     _, _, att = family
     roles = role_of(pattern_scores(att.attn, att.special, att.tokens, att.causal))
@@ -262,7 +270,7 @@ def test_a_subword_piece_is_found_by_its_string(family):
 
 
 def test_check_queries_before_loading():
-    from attnviz.search import check_queries
+    from attnviz.heads.search import check_queries
 
     check_queries(["Emily visits PARIS"], "paris", "emily")  # case-free
     check_queries(["Un café à Paris"], "CAFE", "a")  # accents do not count

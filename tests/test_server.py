@@ -20,9 +20,9 @@ from typer.testing import CliRunner
 
 from attnviz.cli import app as cli_app
 from attnviz.extraction import extract
-from attnviz.models import load_model
-from attnviz.search import find_heads
-from attnviz.views.server import MAX_TEXT_CHARS, create_app
+from attnviz.heads.search import find_heads
+from attnviz.models.loading import load_model
+from attnviz.server.app import MAX_TEXT_CHARS, create_app
 
 TEXT = "Emily always wanted to visit Paris so she took some French lessons."
 
@@ -169,7 +169,7 @@ def test_serve_cli_fails_in_one_line_when_the_port_is_taken():
 
 def test_bind_errors_name_the_keyword_and_the_cli_the_flag():
     from attnviz.errors import InputError, cli_terms
-    from attnviz.views.server import bind
+    from attnviz.server.app import bind
 
     with pytest.raises(InputError, match=r"^bad port 70000: use 1-65535") as info:
         bind("127.0.0.1", 70000)
@@ -215,7 +215,7 @@ def test_serve_answers_and_stops_cleanly_on_ctrl_c(tiny_model_path):
 
 def test_the_cache_runs_the_model_once_per_text_and_stays_bounded(models, monkeypatch):
     import attnviz.extraction
-    from attnviz.views.server import Pool
+    from attnviz.server.app import Pool
 
     calls = []
     real = attnviz.extraction.extract
@@ -235,7 +235,7 @@ def test_the_cache_runs_the_model_once_per_text_and_stays_bounded(models, monkey
 
 
 def test_an_unexpected_failure_is_one_json_line_and_the_server_keeps_answering(models, monkeypatch):
-    from attnviz.views.server import Pool
+    from attnviz.server.app import Pool
 
     def broken(self, *args, **kwargs):
         raise RuntimeError("boom\nTraceback (most recent call last): secret")

@@ -8,9 +8,9 @@ import random
 import numpy as np
 import pytest
 
+from attnviz.analyses.steps import five_steps, format_focus, format_steps
+from attnviz.analyses.toy import build_toy
 from attnviz.errors import InputError
-from attnviz.steps import five_steps, format_focus, format_steps
-from attnviz.toy import build_toy
 
 
 # -- seed 002, by hand: lists and loops, no numpy, no torch ---------------------------------------
@@ -106,10 +106,12 @@ def test_format_focus_works_one_score_by_hand():
 
 
 def test_toy_and_explain_use_the_one_five_steps():
-    import attnviz.explain
-    import attnviz.steps
-    import attnviz.toy
+    import attnviz.analyses.explain
+    import attnviz.analyses.steps
+    import attnviz.analyses.toy
 
-    assert attnviz.toy.five_steps is attnviz.steps.five_steps is attnviz.explain.five_steps
-    assert attnviz.toy.Steps is attnviz.steps.Steps
-    assert attnviz.toy.format_steps is attnviz.steps.format_steps
+    assert (
+        attnviz.analyses.toy.five_steps
+        is attnviz.analyses.steps.five_steps
+        is attnviz.analyses.explain.five_steps
+    )

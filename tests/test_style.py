@@ -88,50 +88,32 @@ def _long_in(source: str, label: str) -> dict[str, int]:
 # server -> apps; a command -> cli. The package root is core: its re-exports are lazy, and nothing
 # of ours imports them (import from the module that defines a name; `__version__` is the exception).
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    (
-        "core",
-        (
-            "",
-            "errors",
-            "selection",
-            "outputs",
-            "tokens",
-            "config",
-            "gguf_cache",
-            "corpus",
-            "generation_transform",
-        ),
-    ),
+    ("core", ("", "errors", "selection", "outputs", "tokens")),
     ("attention", ("attention",)),
-    ("models", ("models", "capture", "generation_capture", "architecture", "model_info")),
+    ("models", ("models",)),
     ("extraction", ("extraction",)),
-    (
-        "analyses",
-        # `generation`: issue 21's generate-with-attention, expected on main (a model, then extraction)
-        (
-            "patterns",
-            "search",
-            "induction",
-            "ablation",
-            "effects",
-            "steps",
-            "toy",
-            "explain",
-            "analyses",
-            "generation",
-        ),
-    ),
+    ("analyses", ("heads", "analyses", "generation")),
     ("pictures", ("plots", "views")),
-    ("apps", ("batch", "views.server")),
+    ("apps", ("batch", "server")),
     ("cli", ("cli",)),
 )
+# The tree is the map: beside the package root, only these modules stand flat (what every layer
+# uses, and extraction, a layer of one module); everything else lives in its layer's folder.
+FLAT = {
+    "attnviz.errors",
+    "attnviz.selection",
+    "attnviz.outputs",
+    "attnviz.tokens",
+    "attnviz.attention",
+    "attnviz.extraction",
+}
 # The one upward edge: Jupyter's display hook, `_repr_html_`, may reach up for the notebook view
 # (a result type knows how to be shown without depending on the views when it is not shown).
 ALLOWED_UPWARD = {("_repr_html_", "attnviz.views.notebook")}
 # Pictures never load or run a model: these modules may not import what does (views.server may);
 # from extraction they may take `tokenize` alone (views.html counts a text's tokens for its size).
 NO_MODEL = ("attnviz.plots", "attnviz.views.html", "attnviz.views.notebook")
-MODEL_MODULES = ("attnviz.models", "attnviz.capture", "attnviz.extraction", "attnviz.architecture")
+MODEL_MODULES = ("attnviz.models", "attnviz.extraction")
 TOKENISING_ONLY = {("attnviz.extraction", "tokenize")}
 
 
@@ -388,11 +370,43 @@ def test_the_layer_checks_can_fail():
     assert len(bad) == 2 and bad[0].startswith("attnviz.low:5 in f() (low) imports attnviz.high.sub (high)")
     assert "imports attnviz.high (high)" in bad[1]  # the package __init__ that import runs
     assert _layer_of("attnviz.new_module") is None
-    assert _layer_of("attnviz.views.server") > _layer_of("attnviz.views.html")
+    assert _layer_of("attnviz.server.app") > _layer_of("attnviz.views.html")
 
 
 def test_the_one_upward_edge_is_used_and_nothing_else_is_allowed():
     """The allow-list is one named edge; if no `_repr_html_` needs it any more, it must go."""
     assert {("_repr_html_", "attnviz.views.notebook")} == ALLOWED_UPWARD
     users = {i.importer for i in _every_import() if (i.function, i.target) in ALLOWED_UPWARD}
-    assert users >= {"attnviz.attention", "attnviz.search"}
+    assert users >= {"attnviz.attention", "attnviz.heads.search"}
+
+
+def _home_of(module: str, imports: Collection[Import], layers=LAYERS) -> str:
+    """The folders of the lowest layer above everything `module` imports: where a flat module belongs."""
+    needed = max((_layer_of(i.target, layers) or 0 for i in imports if i.importer == module), default=0)
+    folders = [p for p in layers[needed][1] if p and p not in {m.split(".")[-1] for m in FLAT}]
+    return " or ".join(f"src/attnviz/{p}/" for p in folders) or "a flat module (add it to FLAT)"
+
+
+def _misplaced(modules: Collection[str], imports: Collection[Import], layers=LAYERS) -> list[str]:
+    """Flat modules (files beside the package root, not packages) outside FLAT, each with its folder."""
+    packages = {m.rpartition(".")[0] for m in modules}
+    flat = [m for m in modules if m.count(".") == 1 and m not in FLAT and m not in packages]
+    return [f"{m} stands flat: move it into {_home_of(m, imports, layers)}" for m in sorted(flat)]
+
+
+def test_every_module_sits_in_its_layers_folder():
+    """Folders are layers: a new flat module fails with the folder it belongs in."""
+    modules = _modules()
+    assert _misplaced(modules, _every_import()) == []
+
+
+def test_a_misplaced_module_is_named_with_its_folder():
+    imports = [Import("attnviz.newthing", "attnviz.models.loading", 1, "", ("load_model",))]
+    bad = _misplaced({"attnviz", "attnviz.errors", "attnviz.newthing"}, imports)
+    assert bad == ["attnviz.newthing stands flat: move it into src/attnviz/models/"]
+    imports = [Import("attnviz.other", "attnviz.heads.search", 1, "", ("find_heads",))]
+    bad = _misplaced({"attnviz.other"}, imports)
+    assert bad == [
+        "attnviz.other stands flat: move it into src/attnviz/heads/ or src/attnviz/analyses/ or "
+        "src/attnviz/generation/"
+    ]

@@ -276,15 +276,15 @@ def test_the_sweep_covers_every_command():
 
 def test_ctrl_c_during_a_scan_exits_130(monkeypatch):
     """KeyboardInterrupt raised inside `ablate --scan`'s loop: one line, exit 130, nothing printed."""
-    import attnviz.ablation
     import attnviz.cli.ablate
+    import attnviz.heads.ablation
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(attnviz.cli.ablate, "load", lambda *a, **k: None)
-    monkeypatch.setattr(attnviz.ablation, "for_ablation", lambda loaded, trust: loaded)
-    monkeypatch.setattr(attnviz.ablation, "scan_heads", interrupted)
+    monkeypatch.setattr(attnviz.heads.ablation, "for_ablation", lambda loaded, trust: loaded)
+    monkeypatch.setattr(attnviz.heads.ablation, "scan_heads", interrupted)
     result = runner.invoke(app, ["ablate", T, "--scan"])
     assert result.exit_code == 130, result.output
     assert result.stderr.strip() == "error: interrupted" and result.stdout == ""
@@ -293,12 +293,12 @@ def test_ctrl_c_during_a_scan_exits_130(monkeypatch):
 # -- a real standard output and a real signal: subprocesses, one interpreter start each ----------
 _PATCHED_SCAN = """
 import os, signal, sys
-import attnviz.ablation, attnviz.cli.ablate
+import attnviz.heads.ablation, attnviz.cli.ablate
 from attnviz.cli import main
 signal.signal(signal.SIGINT, signal.default_int_handler)  # as on a terminal, whatever the parent set
 attnviz.cli.ablate.load = lambda *a, **k: None
-attnviz.ablation.for_ablation = lambda loaded, trust: loaded
-attnviz.ablation.scan_heads = lambda *a, **k: os.kill(os.getpid(), signal.SIGINT)
+attnviz.heads.ablation.for_ablation = lambda loaded, trust: loaded
+attnviz.heads.ablation.scan_heads = lambda *a, **k: os.kill(os.getpid(), signal.SIGINT)
 sys.argv = ["attnviz", "ablate", "the cat sat", "--scan"]
 main()
 """

@@ -128,7 +128,7 @@ def family_paths(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def family_models(family_paths):
-    from attnviz.models import load_model
+    from attnviz.models.loading import load_model
 
     return {name: load_model(str(path), device="cpu") for name, path in family_paths.items()}
 
@@ -173,10 +173,10 @@ def test_every_surface_shows_the_same_labels(family_paths, family_models, figure
     from starlette.testclient import TestClient
 
     from attnviz.batch import run_batch_analysis
-    from attnviz.config import make_config
+    from attnviz.batch.config import make_config
     from attnviz.extraction import extract
+    from attnviz.server.app import create_app
     from attnviz.views.html import render_html
-    from attnviz.views.server import create_app
 
     text, model = tokenizers_helpers.TEXT, str(family_paths["byte-level"])
     loaded = family_models["byte-level"]

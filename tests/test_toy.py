@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from test_steps import by_hand
 
+from attnviz.analyses.toy import build_toy, parse_tokens
 from attnviz.errors import InputError, cli_terms
-from attnviz.toy import build_toy, parse_tokens
 
 
 def test_matches_torch_scaled_dot_product_attention():

@@ -240,7 +240,7 @@ def test_show_returns_a_view_outside_jupyter(tmp_path):
 
 
 def test_find_heads_result_shows_an_escaped_ranking():
-    from attnviz.search import find_heads
+    from attnviz.heads.search import find_heads
 
     result = find_heads(synthetic(), "emily", "paris", top=3)
     out = result._repr_html_()

@@ -17,7 +17,7 @@ from helpers import one_line_error
 
 from attnviz.errors import InputError
 from attnviz.extraction import extract, extract_batch
-from attnviz.models import load_model
+from attnviz.models.loading import load_model
 
 TEXT = "The cat sat on the mat, transformers attend."
 TEXTS = ["The cat sat on the mat.", "A dog chased the cat across the garden while the bird sang."]
@@ -118,7 +118,7 @@ def _reference_ablation(loaded, ref, layer: int, head: int, ids, mask, mean=None
 def test_ablation_equals_zeroing_or_replacing_the_heads_slice_of_the_attention_output(
     tiny_model_path, eager_model, spec
 ):
-    from attnviz.ablation import _encoder_forward, _keep, ablating, reference_means
+    from attnviz.heads.ablation import _encoder_forward, _keep, ablating, reference_means
 
     folder = tiny_model_path(spec.name)
     loaded = load_model(str(folder), device="cpu")
@@ -150,7 +150,7 @@ def test_ablation_equals_zeroing_or_replacing_the_heads_slice_of_the_attention_o
 def test_norm_weighting_equals_brute_force_through_the_projection(tiny_model_path, spec):
     """||alpha_ij f_h(x_j)||, with f_h(x_j) = W_O(v_j in head h's slice, zeros elsewhere) - W_O(0)."""
     from attnviz.analyses.norms import norm_weighted
-    from attnviz.architecture import output_projections
+    from attnviz.models.architecture import output_projections
 
     loaded = load_model(str(tiny_model_path(spec.name)), device="cpu")
     att = extract(TEXT, loaded, qkv=True)
@@ -178,9 +178,9 @@ def test_a_model_with_its_own_attention_code_is_refused_in_one_line(
     """Weights still come out (eager); norm weighting and ablation say why not, before any forward pass."""
     from typer.testing import CliRunner
 
-    from attnviz.ablation import ablate, for_ablation
     from attnviz.analyses.norms import norm_weighted
     from attnviz.cli import app
+    from attnviz.heads.ablation import ablate, for_ablation
 
     folder = str(tiny_model_path(spec.name))
     loaded = load_model(folder, device="cpu")

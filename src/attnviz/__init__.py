@@ -11,47 +11,47 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "load_model": "attnviz.models",
-    "resolve_model": "attnviz.models",
-    "LoadedModel": "attnviz.models",
-    "LoadNotice": "attnviz.models",
-    "BUNDLED": "attnviz.models",
+    "load_model": "attnviz.models.loading",
+    "resolve_model": "attnviz.models.loading",
+    "LoadedModel": "attnviz.models.loading",
+    "LoadNotice": "attnviz.models.loading",
+    "BUNDLED": "attnviz.models.loading",
     "extract": "attnviz.extraction",
     "extract_batch": "attnviz.extraction",
-    "generate": "attnviz.generation",
-    "Generation": "attnviz.generation",
+    "generate": "attnviz.generation.run",
+    "Generation": "attnviz.generation.run",
     "Attention": "attnviz.attention",
     "QKV": "attnviz.attention",
     "Encoded": "attnviz.attention",
     "AttnvizError": "attnviz.errors",
-    "find_heads": "attnviz.search",
-    "HeadScore": "attnviz.search",
-    "pattern_scores": "attnviz.patterns",
-    "head_patterns": "attnviz.patterns",
-    "row_entropy": "attnviz.patterns",
-    "induction_scores": "attnviz.induction",
+    "find_heads": "attnviz.heads.search",
+    "HeadScore": "attnviz.heads.search",
+    "pattern_scores": "attnviz.heads.patterns",
+    "head_patterns": "attnviz.heads.patterns",
+    "row_entropy": "attnviz.heads.patterns",
+    "induction_scores": "attnviz.heads.induction",
     "run_batch_analysis": "attnviz.batch",
     "iter_records": "attnviz.batch",
-    "BatchConfig": "attnviz.config",
+    "BatchConfig": "attnviz.batch.config",
     "show": "attnviz.views.notebook",
-    "ablate": "attnviz.ablation",
-    "scan_heads": "attnviz.ablation",
+    "ablate": "attnviz.heads.ablation",
+    "scan_heads": "attnviz.heads.ablation",
 }
 
 __all__ = [*_EXPORTS, "__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from attnviz.ablation import ablate, scan_heads  # noqa: F401
     from attnviz.attention import QKV, Attention, Encoded  # noqa: F401
     from attnviz.batch import iter_records, run_batch_analysis  # noqa: F401
-    from attnviz.config import BatchConfig  # noqa: F401
+    from attnviz.batch.config import BatchConfig  # noqa: F401
     from attnviz.errors import AttnvizError  # noqa: F401
     from attnviz.extraction import extract, extract_batch  # noqa: F401
-    from attnviz.generation import Generation, generate  # noqa: F401
-    from attnviz.induction import induction_scores  # noqa: F401
-    from attnviz.models import BUNDLED, LoadedModel, LoadNotice, load_model, resolve_model  # noqa: F401
-    from attnviz.patterns import head_patterns, pattern_scores, row_entropy  # noqa: F401
-    from attnviz.search import HeadScore, find_heads  # noqa: F401
+    from attnviz.generation.run import Generation, generate  # noqa: F401
+    from attnviz.heads.ablation import ablate, scan_heads  # noqa: F401
+    from attnviz.heads.induction import induction_scores  # noqa: F401
+    from attnviz.heads.patterns import head_patterns, pattern_scores, row_entropy  # noqa: F401
+    from attnviz.heads.search import HeadScore, find_heads  # noqa: F401
+    from attnviz.models.loading import BUNDLED, LoadedModel, LoadNotice, load_model, resolve_model  # noqa: F401
     from attnviz.views.notebook import show  # noqa: F401
 
 

@@ -12,20 +12,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from attnviz.attention import FORMAT_VERSION, QKV, Attention, Encoded  # re-exported: the old home
+from attnviz.attention import QKV, Attention, Encoded
 from attnviz.errors import InputError, TextTooLongError, param
 from attnviz.selection import resolve_indices
 from attnviz.tokens import align_words, token_labels
 
 if TYPE_CHECKING:
-    from attnviz.models import LoadedModel
+    from attnviz.models.loading import LoadedModel
 
 __all__ = [
-    "FORMAT_VERSION",
-    "QKV",
     "STREAMS",
-    "Attention",
-    "Encoded",
     "check_stream",
     "decoder_inputs",
     "extract",
@@ -138,8 +134,8 @@ def extract_batch(
 
     `store="float16"` keeps the weights as float16: half the memory and file, each weight rounded.
     """
-    from attnviz.capture import STORES
-    from attnviz.models import LoadedModel, load_model
+    from attnviz.models.capture import STORES
+    from attnviz.models.loading import LoadedModel, load_model
 
     if store not in STORES:
         raise InputError(f"unknown store '{store}': use {' or '.join(STORES)}")
@@ -185,7 +181,7 @@ def extract_stream(
 ) -> Iterator[Attention]:
     """Extract many texts lazily, `batch_size` at a time, so a long corpus never holds every
     tensor at once; an empty or over-long text is named by its place in the whole input."""
-    from attnviz.models import LoadedModel, load_model
+    from attnviz.models.loading import LoadedModel, load_model
 
     loaded = model if isinstance(model, LoadedModel) else load_model(model, device=device, dtype=dtype)
     layer_list = resolve_indices(layers, loaded.num_layers, "layer", loaded.name)
@@ -290,7 +286,7 @@ def run_batch(
     """One forward pass over an encoded batch; returns one Attention per text."""
     cap = loaded.capture
     if qkv:
-        from attnviz.architecture import require_interface
+        from attnviz.models.architecture import require_interface
 
         require_interface(loaded, "the query, key and value vectors (qkv, explain, norm weighting)")
     inputs, dec = model_inputs(loaded, enc, decoder_text)

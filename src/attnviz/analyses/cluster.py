@@ -18,8 +18,8 @@ from attnviz.attention import Attention
 from attnviz.errors import InputError
 
 if TYPE_CHECKING:
-    from attnviz.models import LoadedModel
-    from attnviz.patterns import PatternTable
+    from attnviz.heads.patterns import PatternTable
+    from attnviz.models.loading import LoadedModel
 
 
 @dataclass(frozen=True)
@@ -199,7 +199,7 @@ class _Accumulator:
 
 def head_distances(atts: Iterable[Attention]) -> HeadDistances:
     """Distances between heads averaged over extracted texts (at least two)."""
-    from attnviz.patterns import head_patterns
+    from attnviz.heads.patterns import head_patterns
 
     acc = _Accumulator()
     table: PatternTable = head_patterns(acc.feed(atts))
@@ -213,21 +213,6 @@ def head_distances(atts: Iterable[Attention]) -> HeadDistances:
         texts=acc.n,
         roles=tuple(str(r) for r in table.roles.reshape(-1)),
     )
-
-
-def read_texts(
-    source: str | Path | Iterable[str], fmt: str = "auto", field: str = "text", column: str = "text"
-) -> tuple[list[str], int]:
-    """Texts from a corpus (as `batch` reads it: txt, jsonl, csv, parquet, `-`) and how many were skipped."""
-    from attnviz.corpus import Item, read_corpus
-
-    texts, skipped = [], 0
-    for rec in read_corpus(source, fmt, field, column):
-        if isinstance(rec, Item):
-            texts.append(rec.text)
-        else:
-            skipped += 1
-    return texts, skipped
 
 
 def cluster_texts(

@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from attnviz.analyses.aggregate import derive
-from attnviz.architecture import output_projections as attention_output_projections
-from attnviz.architecture import require_interface
 from attnviz.attention import Attention
 from attnviz.errors import InputError
+from attnviz.models.architecture import output_projections as attention_output_projections
+from attnviz.models.architecture import require_interface
 
 if TYPE_CHECKING:
-    from attnviz.models import LoadedModel
+    from attnviz.models.loading import LoadedModel
 
 WEIGHTINGS = ("attention", "norm")
 
@@ -87,7 +87,7 @@ def norm_weighted(
     Attention given here must carry its value vectors (`extract(..., qkv=True)`).
     """
     from attnviz.extraction import extract
-    from attnviz.models import LoadedModel, load_model
+    from attnviz.models.loading import LoadedModel, load_model
 
     loaded = model if isinstance(model, LoadedModel) else load_model(model, device=device, dtype=dtype)
     require_interface(loaded, "norm weighting")

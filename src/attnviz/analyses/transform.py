@@ -14,7 +14,7 @@ from attnviz.errors import InputError, param
 
 if TYPE_CHECKING:
     from attnviz.attention import Attention
-    from attnviz.models import LoadedModel
+    from attnviz.models.loading import LoadedModel
 
 AGGREGATES = ("mean", "max")
 OVERS = ("heads", "layers", "both")

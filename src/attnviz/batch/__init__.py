@@ -22,89 +22,72 @@ Output folder (side files start with `_` so `pandas.read_parquet(OUTDIR)` reads 
     _rejects.jsonl         one line per rejected record: text_id, line, reason, detail, excerpt
     _run.json              configuration, versions, timings and counts
     _attention/*.safetensors  raw [layers, heads, n, n] tensors, with --save-attention only
+
+The names below are re-exported lazily: `import attnviz.batch.config` (read by the CLI at start-up)
+loads neither pandas nor torch.
 """
 
 from __future__ import annotations
 
-from attnviz.batch.analyzer import Analyzer, BatchResult, Timings
-from attnviz.batch.bucketing import Entry
-from attnviz.batch.lifecycle import BatchRun, Engine, RunProgress, RunState, drive
-from attnviz.batch.records import TextStats, iter_records, records_frame
-from attnviz.batch.run import LocalEngine, run_batch_analysis
-from attnviz.batch.statistics import STATISTICS, Statistic, find_unit, stat_columns, statistics_of, word_units
-from attnviz.batch.store import (
-    ATTENTION_DIR,
-    HEADS_DIR,
-    LOCK_FILE,
-    OUR_FILES,
-    PLOTS_DIR,
-    REJECTS_FILE,
-    RUN_FILE,
-    RUN_FORMAT,
-    SUMMARY_FILE,
-    TEXTS_DIR,
-    OutputError,
-    OutputFolder,
-    check_outdir,
-)
-from attnviz.batch.summary import read_results, summarise, summary_plots
-from attnviz.config import BatchConfig, Probe
-from attnviz.corpus import (
-    CorpusReadError,
-    Item,
-    Reject,
-    Source,
-    check_input,
-    count_records,
-    detect_format,
-    read_corpus,
-)
+import importlib
+from typing import Any
 
-__all__ = [
-    "ATTENTION_DIR",
-    "HEADS_DIR",
-    "LOCK_FILE",
-    "OUR_FILES",
-    "PLOTS_DIR",
-    "REJECTS_FILE",
-    "RUN_FILE",
-    "RUN_FORMAT",
-    "STATISTICS",
-    "SUMMARY_FILE",
-    "TEXTS_DIR",
-    "Analyzer",
-    "BatchConfig",
-    "BatchResult",
-    "BatchRun",
-    "CorpusReadError",
-    "Engine",
-    "Entry",
-    "Item",
-    "LocalEngine",
-    "OutputError",
-    "OutputFolder",
-    "Probe",
-    "Reject",
-    "RunProgress",
-    "RunState",
-    "Source",
-    "Statistic",
-    "TextStats",
-    "Timings",
-    "check_input",
-    "check_outdir",
-    "count_records",
-    "detect_format",
-    "drive",
-    "find_unit",
-    "iter_records",
-    "read_corpus",
-    "read_results",
-    "records_frame",
-    "run_batch_analysis",
-    "stat_columns",
-    "statistics_of",
-    "summarise",
-    "summary_plots",
-    "word_units",
-]
+_EXPORTS = {
+    "Analyzer": "attnviz.batch.analyzer",
+    "BatchResult": "attnviz.batch.analyzer",
+    "Timings": "attnviz.batch.analyzer",
+    "Entry": "attnviz.batch.bucketing",
+    "BatchConfig": "attnviz.batch.config",
+    "Probe": "attnviz.batch.config",
+    "CorpusReadError": "attnviz.batch.corpus",
+    "Item": "attnviz.batch.corpus",
+    "Reject": "attnviz.batch.corpus",
+    "Source": "attnviz.batch.corpus",
+    "check_input": "attnviz.batch.corpus",
+    "count_records": "attnviz.batch.corpus",
+    "detect_format": "attnviz.batch.corpus",
+    "read_corpus": "attnviz.batch.corpus",
+    "BatchRun": "attnviz.batch.lifecycle",
+    "Engine": "attnviz.batch.lifecycle",
+    "RunProgress": "attnviz.batch.lifecycle",
+    "RunState": "attnviz.batch.lifecycle",
+    "drive": "attnviz.batch.lifecycle",
+    "TextStats": "attnviz.batch.records",
+    "iter_records": "attnviz.batch.records",
+    "records_frame": "attnviz.batch.records",
+    "LocalEngine": "attnviz.batch.run",
+    "run_batch_analysis": "attnviz.batch.run",
+    "STATISTICS": "attnviz.batch.statistics",
+    "Statistic": "attnviz.batch.statistics",
+    "find_unit": "attnviz.batch.statistics",
+    "stat_columns": "attnviz.batch.statistics",
+    "statistics_of": "attnviz.batch.statistics",
+    "word_units": "attnviz.batch.statistics",
+    "ATTENTION_DIR": "attnviz.batch.store",
+    "HEADS_DIR": "attnviz.batch.store",
+    "LOCK_FILE": "attnviz.batch.store",
+    "OUR_FILES": "attnviz.batch.store",
+    "OutputError": "attnviz.batch.store",
+    "OutputFolder": "attnviz.batch.store",
+    "PLOTS_DIR": "attnviz.batch.store",
+    "REJECTS_FILE": "attnviz.batch.store",
+    "RUN_FILE": "attnviz.batch.store",
+    "RUN_FORMAT": "attnviz.batch.store",
+    "SUMMARY_FILE": "attnviz.batch.store",
+    "TEXTS_DIR": "attnviz.batch.store",
+    "check_outdir": "attnviz.batch.store",
+    "read_results": "attnviz.batch.summary",
+    "summarise": "attnviz.batch.summary",
+    "summary_plots": "attnviz.batch.summary",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'attnviz.batch' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

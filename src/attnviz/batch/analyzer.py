@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from attnviz.batch.bucketing import Entry, cut_batches, encode, tokenize_window
+from attnviz.batch.config import BatchConfig
+from attnviz.batch.corpus import Item, Reject
 from attnviz.batch.statistics import Masks, batch_statistics, probe_masks, stat_columns
-from attnviz.config import BatchConfig
-from attnviz.corpus import Item, Reject
 
 if TYPE_CHECKING:
     from attnviz.attention import Encoded
-    from attnviz.models import LoadedModel
+    from attnviz.models.loading import LoadedModel
 
 
 @dataclass
@@ -169,7 +169,7 @@ class Analyzer:
     def _is_punct(self, token: str) -> bool:
         hit = self._punct.get(token)
         if hit is None:
-            from attnviz.patterns import is_punctuation
+            from attnviz.heads.patterns import is_punctuation
 
             hit = self._punct[token] = is_punctuation(token)
         return hit

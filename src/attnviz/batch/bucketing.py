@@ -8,13 +8,13 @@ import random
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from attnviz.config import BatchConfig
-from attnviz.corpus import Item, Reject, excerpt
+from attnviz.batch.config import BatchConfig
+from attnviz.batch.corpus import Item, Reject, excerpt
 from attnviz.tokens import token_labels
 
 if TYPE_CHECKING:
     from attnviz.attention import Encoded
-    from attnviz.models import LoadedModel
+    from attnviz.models.loading import LoadedModel
 
 
 class Entry(NamedTuple):

@@ -15,6 +15,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from attnviz.batch.config import BatchConfig
+from attnviz.batch.corpus import (
+    CorpusReadError,
+    Item,
+    Reject,
+    Source,
+    count_records,
+    detect_format,
+    input_label,
+    read_corpus,
+)
 from attnviz.batch.records import windows
 from attnviz.batch.store import (
     ATTENTION_DIR,
@@ -34,17 +45,6 @@ from attnviz.batch.store import (
     writing,
 )
 from attnviz.batch.summary import summarise, summary_plots
-from attnviz.config import BatchConfig
-from attnviz.corpus import (
-    CorpusReadError,
-    Item,
-    Reject,
-    Source,
-    count_records,
-    detect_format,
-    input_label,
-    read_corpus,
-)
 from attnviz.errors import InputError
 
 if TYPE_CHECKING:

@@ -25,15 +25,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from attnviz.batch.analyzer import Analyzer, BatchResult, Timings
+from attnviz.batch.config import BatchConfig
+from attnviz.batch.corpus import Item, Reject, Source
 from attnviz.batch.lifecycle import BatchRun, RunProgress, RunState, Windows, drive, model_record
 from attnviz.batch.records import events, free_cpus, load
 from attnviz.batch.store import HEADS_DIR, OutputError, OutputFolder, PartWriter
-from attnviz.config import BatchConfig
-from attnviz.corpus import Item, Reject, Source
 from attnviz.errors import AttnvizError, InputError, param
 
 if TYPE_CHECKING:
-    from attnviz.models import LoadedModel
+    from attnviz.models.loading import LoadedModel
 
 RETRIES = 3  # times a chunk is retried after its worker died
 CONNECT_TIMEOUT_S = 3.0  # an --address that does not answer within this fails

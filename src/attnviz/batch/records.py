@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from attnviz.batch.analyzer import Analyzer, BatchResult, Timings
-from attnviz.config import BatchConfig
-from attnviz.corpus import Item, Reject, Source, read_corpus
+from attnviz.batch.config import BatchConfig
+from attnviz.batch.corpus import Item, Reject, Source, read_corpus
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from attnviz.models import LoadedModel
+    from attnviz.models.loading import LoadedModel
 
 
 @dataclass(frozen=True)
@@ -157,7 +157,7 @@ def load(config: BatchConfig, loaded: LoadedModel | None) -> LoadedModel:
     """The model to run: the one given, else loaded from the config."""
     if loaded is not None:
         return loaded
-    from attnviz.models import load_model
+    from attnviz.models.loading import load_model
 
     return load_model(
         config.model, device=config.device, dtype=config.dtype, trust_remote_code=config.trust_remote_code

@@ -6,17 +6,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from attnviz.batch.analyzer import Analyzer, RunShape
+from attnviz.batch.config import BatchConfig
+from attnviz.batch.corpus import CorpusReadError, Reject, Source, read_corpus
 from attnviz.batch.lifecycle import BatchRun, RunProgress, RunState, Windows, drive, model_record
 from attnviz.batch.records import load, torch_threads
 from attnviz.batch.store import OutputFolder
-from attnviz.config import BatchConfig
-from attnviz.corpus import CorpusReadError, Reject, Source, read_corpus
 from attnviz.errors import InputError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from attnviz.models import LoadedModel
+    from attnviz.models.loading import LoadedModel
 
 __all__ = ["BatchRun", "LocalEngine", "RunProgress", "run_batch_analysis"]
 

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from attnviz.config import BatchConfig
+from attnviz.batch.config import BatchConfig
 from attnviz.errors import InputError, TokenNotFoundError
-from attnviz.patterns import PATTERNS
+from attnviz.heads.patterns import PATTERNS
 from attnviz.tokens import word_units
 
 if TYPE_CHECKING:
@@ -226,7 +226,7 @@ def statistics_of(
     Returns column -> [layers, heads] float32, with the columns of `stat_columns(config)`.
     `weighted` (analyses.norms.norm_weighted of `att`) is needed when `norm` is kept.
     """
-    from attnviz.patterns import pattern_scores, row_entropy
+    from attnviz.heads.patterns import pattern_scores, row_entropy
 
     if att.level != "token":
         raise InputError("batch statistics need token-level attention (extract without words=True)")

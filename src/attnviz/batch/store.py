@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from attnviz.config import BatchConfig
-from attnviz.corpus import Reject, Source, detect_format, input_label
+from attnviz.batch.config import BatchConfig
+from attnviz.batch.corpus import Reject, Source, detect_format, input_label
 from attnviz.errors import AttnvizError, InputError, param
 
 if TYPE_CHECKING:

@@ -9,7 +9,7 @@ import numpy as np
 
 from attnviz.batch.store import HEADS_DIR, OUR_NAMES, TEXTS_DIR
 from attnviz.errors import InputError
-from attnviz.patterns import PATTERNS
+from attnviz.heads.patterns import PATTERNS
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -85,7 +85,7 @@ def summarise(outdir: str | Path) -> pd.DataFrame | None:
         frame[f"{name}_count"] = n.astype(np.int64)
     out = pd.DataFrame(frame)
     if all(f"pattern_{p}" in means for p in PATTERNS):
-        from attnviz.patterns import role_of
+        from attnviz.heads.patterns import role_of
 
         out.insert(2, "role", role_of({p: means[f"pattern_{p}"] for p in PATTERNS}))
     out.attrs["mean_log2_tokens"] = log2_tokens / max(rows, 1)  # the typical uniform-entropy bound

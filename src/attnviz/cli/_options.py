@@ -17,7 +17,7 @@ def complete_model(incomplete: str) -> list[str]:
     """Bundled aliases, hub ids already in the Hugging Face cache, then folders and .gguf files."""
     import os
 
-    from attnviz.models import BUNDLED
+    from attnviz.models.loading import BUNDLED
 
     out = [alias for alias in BUNDLED if alias.startswith(incomplete)]
     hub = Path(
@@ -42,7 +42,7 @@ def complete_cmap(incomplete: str) -> list[str]:
 
 def complete_config(incomplete: str) -> list[str]:
     """Names of configs/*.toml and of the shipped configs (as `--config NAME` takes them), then files."""
-    from attnviz.config import shipped_configs
+    from attnviz.batch.config import shipped_configs
 
     names = sorted({p.stem for p in Path("configs").glob("*.toml")} | set(shipped_configs()))
     return [n for n in names if n.startswith(incomplete)] + _paths(
@@ -316,7 +316,7 @@ def load(
     as notices: status notices update the spinner, warnings are one `warning:` line on stderr.
     Nothing is ever written to stdout. `task` picks the head (`generate` needs the LM head).
     """
-    from attnviz.models import LoadNotice, load_model
+    from attnviz.models.loading import LoadNotice, load_model
 
     def warn(notice: LoadNotice) -> None:
         if notice.kind == "warning":

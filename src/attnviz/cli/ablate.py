@@ -26,10 +26,10 @@ from attnviz.cli._options import (
 )
 
 if TYPE_CHECKING:
-    from attnviz.ablation import Ablation, HeadScan
-    from attnviz.induction import InductionResult
-    from attnviz.models import LoadedModel
-    from attnviz.search import HeadSearch
+    from attnviz.heads.ablation import Ablation, HeadScan
+    from attnviz.heads.induction import InductionResult
+    from attnviz.heads.search import HeadSearch
+    from attnviz.models.loading import LoadedModel
 
 TargetOpt = Annotated[
     str | None,
@@ -49,7 +49,7 @@ ReferenceOpt = Annotated[
 
 def reference_texts(mode: str, reference: Path | None) -> list[str] | None:
     """The --reference file's lines; `--mode mean` without one is an error before the model loads."""
-    from attnviz.ablation import check_mode
+    from attnviz.heads.ablation import check_mode
 
     texts = None
     if reference is not None:
@@ -86,8 +86,8 @@ def ablate_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Ablate heads (zero or mean) and print the change in the prediction or the embedding."""
-    from attnviz.ablation import ablate, for_ablation, parse_heads, scan_heads
     from attnviz.errors import InputError
+    from attnviz.heads.ablation import ablate, for_ablation, parse_heads, scan_heads
     from attnviz.plots.roles import effect_map
 
     pairs: tuple[tuple[int, int], ...] = ()
@@ -161,7 +161,7 @@ def find_head_effects(
     loaded: LoadedModel, result: HeadSearch, text: str, truncate: bool, top: int, as_json: bool
 ) -> None:
     """`find-head --ablate`: each ranked head's ablation effect beside its score, and Spearman's rho."""
-    from attnviz.effects import search_effects
+    from attnviz.heads.effects import search_effects
 
     fx = search_effects(loaded, result, text, truncate)
     found = fx.scan
@@ -189,7 +189,7 @@ def find_head_effects(
 
 def induction_effects(loaded: LoadedModel, result: InductionResult, ranking: tuple, as_json: bool) -> None:
     """`heads --induction --ablate`: the loss rise of each ranked head, and the top-10 overlap."""
-    from attnviz.effects import induction_effects as compute
+    from attnviz.heads.effects import induction_effects as compute
 
     fx = compute(loaded, result, 10)
     by_loss = ", ".join(f"L{r.layer}H{r.head}" for r in fx.scan.ranking(5))

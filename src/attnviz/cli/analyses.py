@@ -216,7 +216,8 @@ def cluster_cmd(
 ) -> None:
     """Cluster heads by how alike they attend (Clark et al. 2019): mean JS divergence between heads
     over the texts. Writes distances.csv, a seaborn clustermap and a 2-D MDS map coloured by layer."""
-    from attnviz.analyses.cluster import cluster_texts, read_texts
+    from attnviz.analyses.cluster import cluster_texts
+    from attnviz.batch.corpus import read_texts
     from attnviz.errors import InputError
     from attnviz.outputs import refuse_link, slug
     from attnviz.plots.analyses import CLUSTER_FILES, cluster_folder, save_cluster

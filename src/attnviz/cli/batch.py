@@ -112,7 +112,7 @@ def batch_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Record per-head statistics (entropy, patterns, probes...) for every text of a corpus."""
-    from attnviz.config import make_config, parse_probe
+    from attnviz.batch.config import make_config, parse_probe
     from attnviz.errors import InputError
     from attnviz.selection import parse_indices
 

@@ -87,7 +87,7 @@ def generate_cmd(
     """Continue a prompt with the model's own generate and record, for each new token, the attention
     row of the step that wrote it; prints the continuation."""
     from attnviz.errors import InputError, param
-    from attnviz.generation import check_settings, generate, generation_task
+    from attnviz.generation.run import check_settings, generate, generation_task
     from attnviz.outputs import check_data_output, check_output
     from attnviz.views.generation import check_view_output
 

@@ -36,10 +36,10 @@ from attnviz.selection import parse_indices
 if TYPE_CHECKING:
     from attnviz.analyses.transform import ViewOptions
     from attnviz.attention import Attention
-    from attnviz.induction import InductionResult, InductionSettings
-    from attnviz.models import LoadedModel
-    from attnviz.patterns import PatternTable
-    from attnviz.search import HeadSearch
+    from attnviz.heads.induction import InductionResult, InductionSettings
+    from attnviz.heads.patterns import PatternTable
+    from attnviz.heads.search import HeadSearch
+    from attnviz.models.loading import LoadedModel
 
 
 AblateOpt = Annotated[
@@ -169,7 +169,7 @@ def find_head_cmd(
     so a head that only looks at [SEP] does not win because of it.
     """
     from attnviz.errors import InputError
-    from attnviz.search import DIRECTIONS, check_queries, find_heads, parse_occurrence
+    from attnviz.heads.search import DIRECTIONS, check_queries, find_heads, parse_occurrence
 
     if direction not in DIRECTIONS:
         raise InputError(f"unknown --direction '{direction}': use {', '.join(DIRECTIONS)}")
@@ -182,7 +182,7 @@ def find_head_cmd(
     check_queries(items, a, b)
     loaded = load(model, device, dtype, trust_remote_code)
     if ablate:  # the model with its LM head, for extraction and ablation alike
-        from attnviz.ablation import for_ablation
+        from attnviz.heads.ablation import for_ablation
 
         loaded = for_ablation(loaded, trust_remote_code)
     roles = None  # roles are `heads`' roles: from the weights, whatever --weighting ranks
@@ -316,20 +316,20 @@ def heads_cmd(
 ) -> None:
     """Score every head on the classic patterns and name its role; or find induction heads."""
     from attnviz.errors import InputError
-    from attnviz.patterns import SORTS, check_thresholds, head_patterns
+    from attnviz.heads.patterns import SORTS, check_thresholds, head_patterns
 
     _check_plot(plot)
     layer_list = parse_indices(layers, "layers")
     head_list = parse_indices(heads, "heads")
     if induction:
-        from attnviz.induction import InductionSettings
+        from attnviz.heads.induction import InductionSettings
 
         if text is not None or file is not None or texts is not None:
             raise InputError("--induction makes its own random text: drop the text, --file and --texts")
         settings = InductionSettings(seq_len, batch, seed, layer_list, head_list, sort or "induction").check()
         loaded = load(model, device, dtype, trust_remote_code)
         if ablate:  # the LM head's loss needs the model with it
-            from attnviz.ablation import for_ablation
+            from attnviz.heads.ablation import for_ablation
 
             loaded = for_ablation(loaded, trust_remote_code)
         _induction(settings.run(loaded), settings, top, as_json, plot, loaded if ablate else None)

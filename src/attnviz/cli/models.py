@@ -13,8 +13,8 @@ from attnviz.cli._options import JsonOpt, TrustOpt, print_json
 @command("models")
 def models_cmd(as_json: JsonOpt = False) -> None:
     """List the bundled model aliases and whether each is installed."""
-    from attnviz.model_info import list_bundled
-    from attnviz.models import DEFAULT_MODEL
+    from attnviz.models.info import list_bundled
+    from attnviz.models.loading import DEFAULT_MODEL
 
     rows = list_bundled()
     if as_json:
@@ -34,7 +34,7 @@ def info_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Print a model's layers, heads, kind, maximum length and parameter count (read, not loaded)."""
-    from attnviz.model_info import describe
+    from attnviz.models.info import describe
 
     info = describe(model, trust_remote_code=trust_remote_code)
     if as_json:

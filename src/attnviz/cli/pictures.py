@@ -304,8 +304,8 @@ def entropy_cmd(
 ) -> None:
     """Row entropy of attention in bits: per query token for one head (--layer --head), with the
     uniform bound for reference; otherwise the mean of every head as a layers x heads heatmap."""
+    from attnviz.heads.patterns import row_entropy_of
     from attnviz.outputs import slug
-    from attnviz.patterns import row_entropy_of
     from attnviz.plots import entropy_figure
     from attnviz.tokens import positions_of
 
@@ -395,10 +395,11 @@ def toy_cmd(
 ) -> None:
     """A toy self-attention built from scratch (random embeddings and Q/K/V, no pretrained model):
     draws each head's attention and row entropy; --steps prints the five steps."""
+    from attnviz.analyses.steps import format_steps
+    from attnviz.analyses.toy import build_toy, parse_tokens
     from attnviz.errors import InputError
     from attnviz.outputs import check_output, slug
     from attnviz.plots import toy_figure
-    from attnviz.toy import build_toy, format_steps, parse_tokens
 
     style = _style(vmax, cmap, dpi, size)
     if re.fullmatch(r"\s*-\d+\s*", tokens):
@@ -475,9 +476,9 @@ def explain_cmd(
 ) -> None:
     """The five steps of attention for a real model's head, from the query, key and value vectors
     it computed for this text: scores, scaling, mask, softmax, weighted sum of values."""
+    from attnviz.analyses.explain import explain
+    from attnviz.analyses.steps import format_focus, format_steps
     from attnviz.errors import InputError
-    from attnviz.explain import explain
-    from attnviz.toy import format_focus, format_steps
 
     body = read_text(text, file)
     if layer is None or head is None:

@@ -35,7 +35,7 @@ def serve_cmd(
     import logging
     import sys
 
-    from attnviz.views.server import bind, create_app, log, serve
+    from attnviz.server.app import bind, create_app, log, serve
 
     if not log.handlers:  # one line per request on stderr
         handler = logging.StreamHandler(sys.stderr)

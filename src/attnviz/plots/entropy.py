@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-    from attnviz.patterns import RowEntropy
+    from attnviz.heads.patterns import RowEntropy
 
 ENTROPY_LABEL = "row entropy (bits)"
 BOUND_LABEL = "uniform attention: log2(visible keys)"

@@ -92,7 +92,7 @@ def generation_figure(
 
 def generation_picture(gen0: Any, stream: str = "self", **style: Any) -> Figure:
     """A Generation's heatmap: one recorded head (or, with several, their mean, said in the title)."""
-    from attnviz.generation_transform import pooled
+    from attnviz.generation.transform import pooled
     from attnviz.plots._common import ranges
 
     if stream not in ("self", "cross"):

@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from attnviz.attention import Attention
-    from attnviz.search import HeadSearch
+    from attnviz.heads.search import HeadSearch
 
 OVERVIEW_PANEL = 1.25  # inches: a panel of the whole-model overview, unless the text needs more
 OVERVIEW_MAX = 50.0  # inches: an overview that needs more (a long text, many heads) is refused

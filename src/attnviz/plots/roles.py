@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from attnviz.patterns import ROLE_NAMES
+from attnviz.heads.patterns import ROLE_NAMES
 from attnviz.plots import _common  # `_common.save`: the one save, as tests spy on it
 from attnviz.plots._common import DEFAULT_CMAP, DEFAULT_DPI, colormap, new_figure, text_inches, write_cells
 from attnviz.plots.fonts import with_fonts
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-    from attnviz.ablation import HeadScan
+    from attnviz.heads.ablation import HeadScan
 
 ROLE_COLOURS: dict[str, str] = {
     "self": "#4c72b0",

@@ -1,7 +1,7 @@
 """The self-contained HTML explorer (`attnviz view`, notebooks) and the local web app (`attnviz serve`).
 
 No view loads a model. The page and notebook views never run one either: they take an `Attention`
-and give HTML (`html.check_page_fits` only tokenises, with a model it is given). `attnviz.views.server`
+and give HTML (`html.check_page_fits` only tokenises, with a model it is given). `attnviz.server.app`
 runs the forward passes of the models it is given (the CLI loads them), in a worker thread; it is
 the only module that imports Starlette and uvicorn.
 """

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from attnviz.errors import InputError, param
 
 if TYPE_CHECKING:
-    from attnviz.generation import Generation
+    from attnviz.generation.run import Generation
 
 DEFAULT_MAX_MB = 25.0
 VIEW = param("path", flag="--view")  # the page's path: `generate --view` on the command line
@@ -114,31 +114,3 @@ def write_generation_html(gen: Generation, path: str | Path, max_mb: float | Non
     except OSError as exc:
         raise InputError(write_error(path, exc, f"choose another {VIEW}")) from exc
     return path
-
-
-MAX_SERVED_TOKENS = 256  # new tokens one request may ask for
-
-
-def serve_generation(pool: Any, p: Any, max_mb: float | None = DEFAULT_MAX_MB) -> dict[str, Any]:
-    """`serve`'s /api/generate: text, model, max_new_tokens, layers, heads, chat, special, aggregate."""
-    from attnviz.generation import generate, load_for_generation
-
-    text, name = p.text(), pool.name(p.q.get("model"))
-    n = p.int("max_new_tokens", 20)
-    if n is None or not 1 <= n <= MAX_SERVED_TOKENS:
-        raise InputError(f"parameter 'max_new_tokens' must be between 1 and {MAX_SERVED_TOKENS}")
-    options = p.view_options()
-    with pool.locks[name]:
-        loaded = load_for_generation(pool.models[name])  # the LM-head model, loaded once and cached
-        gen = generate(
-            text,
-            loaded,
-            max_new_tokens=n,
-            layers=p.indices("layers"),
-            heads=p.indices("heads"),
-            chat=p.flag("chat"),
-        )
-    gen = gen.transformed(options.hide_special, options.aggregate, options.over)
-    data = generation_data(gen, max_mb)
-    data.update(generated_ids=list(gen.generated_ids), kind=gen.kind)
-    return data

@@ -25,7 +25,7 @@ from attnviz.errors import InputError, param
 if TYPE_CHECKING:
     from attnviz.analyses.transform import ViewOptions
     from attnviz.attention import Attention
-    from attnviz.models import LoadedModel
+    from attnviz.models.loading import LoadedModel
 
 DEFAULT_MAX_MB = 25.0
 BYTES_PER_WEIGHT = 0.22  # the page's encoding, measured on MiniLM at 512 tokens (causal models: less)

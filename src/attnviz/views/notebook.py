@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from attnviz.attention import Attention
-    from attnviz.generation import Generation
-    from attnviz.search import HeadSearch
+    from attnviz.generation.run import Generation
+    from attnviz.heads.search import HeadSearch
 
 
 def iframe(page: str, height: int = 640) -> str:
@@ -73,7 +73,7 @@ class HTMLView:
 def show(obj: Attention | HeadSearch | Generation, **options: Any) -> HTMLView | None:
     """Show the explorer for an Attention, a Generation or a find_heads ranking in Jupyter; elsewhere
     return it."""
-    from attnviz.search import HeadSearch
+    from attnviz.heads.search import HeadSearch
 
     if hasattr(obj, "as_attention"):  # a Generation: the explorer's generation mode
         from attnviz.views.generation import render_generation_html

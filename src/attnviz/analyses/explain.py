@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from attnviz.analyses.steps import Steps, five_steps
 from attnviz.errors import InputError, param
-from attnviz.steps import Steps, five_steps
 
 if TYPE_CHECKING:
     from attnviz.attention import Attention
-    from attnviz.models import LoadedModel
+    from attnviz.models.loading import LoadedModel
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from attnviz.errors import InputError, TokenNotFoundError, param
-from attnviz.patterns import PATTERNS, pattern_scores, role_of
+from attnviz.heads.patterns import PATTERNS, pattern_scores, role_of
 from attnviz.tokens import display, locate, normalise
 
 if TYPE_CHECKING:
@@ -37,7 +37,7 @@ class HeadScore:
     score: float  # what the ranking sorts on (see `direction`)
     a2b: float  # A as query, B as key: how much A looks at B
     b2a: float
-    role: str  # the head's dominant pattern (see attnviz.patterns)
+    role: str  # the head's dominant pattern (see attnviz.heads.patterns)
 
     def as_dict(self) -> dict[str, int | float | str]:
         """Exactly the fields the JSON output promises."""

@@ -18,7 +18,7 @@ from attnviz.errors import InputError, param
 
 if TYPE_CHECKING:
     from attnviz.attention import Encoded
-    from attnviz.models import LoadedModel
+    from attnviz.models.loading import LoadedModel
 
 SCORES = ("induction", "duplicate")
 
@@ -63,7 +63,7 @@ class InductionResult:
         if by not in SCORES:
             raise InputError(f"unknown score '{by}': use {' or '.join(SCORES)}")
         key = self.induction if by == "induction" else self.duplicate
-        from attnviz.search import ranked_positions
+        from attnviz.heads.search import ranked_positions
 
         out = []
         for r, (li, hi) in enumerate(ranked_positions(key, top), start=1):

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from starlette.responses import Response
 
     from attnviz.attention import Attention
-    from attnviz.models import LoadedModel
+    from attnviz.models.loading import LoadedModel
 
 MAX_TEXT_CHARS = 100_000  # longer texts are refused before tokenising (413)
 MAX_QUERY_BYTES = 200_000  # the whole query string (a long text, percent-encoded)
@@ -209,7 +209,7 @@ class Params:
             raise RequestError(f"the query string is over {max_bytes} bytes", 414)
         self.q: dict[str, str] = dict(request.query_params)
         if body:
-            from attnviz.views.web import body_params
+            from attnviz.server.web import body_params
 
             try:
                 self.q.update(body_params(body, request.headers.get("content-type", "")))
@@ -329,7 +329,7 @@ class Handlers:
 
     def generate(self, p: Params) -> dict[str, Any]:
         """The generation mode's data: a continuation and what each new token's step read."""
-        from attnviz.views.generation import serve_generation
+        from attnviz.server.generation import serve_generation
 
         return serve_generation(self.pool, p, self.max_page_mb)
 
@@ -364,7 +364,7 @@ class Handlers:
         }
 
     def find_head(self, p: Params) -> list[dict[str, Any]]:
-        from attnviz.search import DIRECTIONS, find_heads
+        from attnviz.heads.search import DIRECTIONS, find_heads
 
         text, name = p.text(), self.pool.name(p.q.get("model"))
         a, b = p.word("a"), p.word("b")
@@ -477,7 +477,7 @@ def create_app(
     from starlette.middleware import Middleware
     from starlette.routing import Route
 
-    from attnviz.views.web import RequestLog
+    from attnviz.server.web import RequestLog
 
     pool = Pool(dict(models), cache_bytes=cache_bytes)
     h = Handlers(pool, max_page_mb)

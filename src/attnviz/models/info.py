@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from attnviz.errors import ModelNotFoundError, param
-from attnviz.models import BUNDLED, LoadedModel, ModelSource, bundled_path, check_weights, resolve_model
+from attnviz.models.loading import (
+    BUNDLED,
+    LoadedModel,
+    ModelSource,
+    bundled_path,
+    check_weights,
+    resolve_model,
+)
 
 
 @dataclass(frozen=True)
@@ -150,7 +157,7 @@ def _auto_config(folder: Path, source: ModelSource, trust_remote_code: bool) -> 
     """transformers' config object, which knows every model type's names for its sizes."""
     from transformers import AutoConfig
 
-    from attnviz.models import quiet_transformers
+    from attnviz.models.loading import quiet_transformers
 
     quiet_transformers()
     try:
@@ -212,7 +219,7 @@ def _architecture(config: Any) -> str:
 
 def _config_max_length(text: Any, folder: Path) -> int | None:
     """As `models._max_length`, with the tokenizer's limit read from tokenizer_config.json."""
-    from attnviz.models import _max_length
+    from attnviz.models.loading import _max_length
 
     tok_max = None
     with contextlib.suppress(OSError, ValueError, AttributeError):

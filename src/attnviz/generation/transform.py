@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-Generation = Any  # attnviz.generation.Generation (not imported: generation.py imports this module)
+Generation = Any  # attnviz.generation.run.Generation (not imported: generation.py imports this module)
 
 
 def span(values: Sequence[int]) -> str:

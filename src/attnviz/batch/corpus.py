@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from attnviz.config import BatchConfig
+from attnviz.batch.config import BatchConfig
 from attnviz.errors import InputError
 
 EXCERPT = 80
@@ -398,3 +398,16 @@ def check_input(source: Source, config: BatchConfig) -> None:
             next(records, None)
         finally:
             records.close()
+
+
+def read_texts(
+    source: str | Path | Iterable[str], fmt: str = "auto", field: str = "text", column: str = "text"
+) -> tuple[list[str], int]:
+    """Texts from a corpus (as `batch` reads it: txt, jsonl, csv, parquet, `-`) and how many were skipped."""
+    texts, skipped = [], 0
+    for rec in read_corpus(source, fmt, field, column):
+        if isinstance(rec, Item):
+            texts.append(rec.text)
+        else:
+            skipped += 1
+    return texts, skipped

@@ -11,21 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from attnviz.analyses.steps import Steps, five_steps
 from attnviz.errors import InputError, param
-from attnviz.steps import Steps, five_steps, format_focus, format_matrix, format_steps, mask_note
-
-__all__ = [  # the five steps are re-exported: `from attnviz.toy import five_steps` keeps working
-    "MAX_TOKENS",
-    "Steps",
-    "Toy",
-    "build_toy",
-    "five_steps",
-    "format_focus",
-    "format_matrix",
-    "format_steps",
-    "mask_note",
-    "parse_tokens",
-]
 
 MAX_TOKENS = 512
 HEADS = param("heads", flag="--num-heads")  # `attnviz toy --head` picks one head's steps
@@ -63,13 +50,13 @@ class Toy:
 
     def entropy(self) -> np.ndarray:
         """[heads, q] row entropy in bits (seed 000)."""
-        from attnviz.patterns import row_entropy
+        from attnviz.heads.patterns import row_entropy
 
         return row_entropy(self.weights, self.visible())
 
     def bound(self) -> np.ndarray:
         """[q] the entropy of uniform attention over each row's visible keys."""
-        from attnviz.patterns import uniform_bound
+        from attnviz.heads.patterns import uniform_bound
 
         return uniform_bound(self.visible())
 

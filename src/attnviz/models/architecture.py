@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from attnviz.errors import InputError
 
 if TYPE_CHECKING:
-    from attnviz.models import LoadedModel
+    from attnviz.models.loading import LoadedModel
 
 
 def in_features(module: Any) -> int | None:
@@ -67,7 +67,7 @@ def output_projections(loaded: LoadedModel, purpose: str) -> list[Any]:
 def _trace(loaded: LoadedModel) -> list[Any | None]:
     import torch
 
-    from attnviz.capture import Editor, editing
+    from attnviz.models.capture import Editor, editing
 
     cap = loaded.capture
     main = main_stream(loaded)

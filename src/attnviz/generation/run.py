@@ -21,8 +21,8 @@ from attnviz.errors import InputError, param
 
 if TYPE_CHECKING:
     from attnviz.attention import Attention
-    from attnviz.generation_capture import StepRecorder
-    from attnviz.models import LoadedModel
+    from attnviz.models.generation_capture import StepRecorder
+    from attnviz.models.loading import LoadedModel
 
 FORMAT = "generation"
 ENCODERS = frozenset(
@@ -160,7 +160,7 @@ class Generation:
     def transformed(self, hide_special: bool = False, aggregate: str | None = None, over: str = "heads"):
         """Special tokens hidden (columns dropped, rows renormalised) and/or heads or layers pooled."""
         from attnviz.analyses.transform import ViewOptions
-        from attnviz.generation_transform import pooled, without_special
+        from attnviz.generation.transform import pooled, without_special
 
         ViewOptions(hide_special=hide_special, aggregate=aggregate, over=over).check()
         gen = without_special(self) if hide_special else self
@@ -269,7 +269,7 @@ def generation_task(spec: str | None) -> str:
 
     InputError for a model that cannot generate (an encoder such as BERT).
     """
-    from attnviz.models import resolve_model
+    from attnviz.models.loading import resolve_model
 
     source = resolve_model(spec)
     if source.origin == "gguf":
@@ -306,7 +306,7 @@ def load_for_generation(
     progress: Any = None,
 ) -> LoadedModel:
     """The model with its LM head (loaded once and cached like every model)."""
-    from attnviz.models import LoadedModel, load_model
+    from attnviz.models.loading import LoadedModel, load_model
 
     if isinstance(model, LoadedModel):
         if model.task in ("causal-lm", "seq2seq-lm"):
@@ -369,7 +369,7 @@ def generate(
         "seed": seed,
         "chat": chat,
     }
-    from attnviz.generation_capture import recorder
+    from attnviz.models.generation_capture import recorder
 
     inputs = _prompt_inputs(loaded, prompt, chat, max_new_tokens)
     rec = recorder(loaded, inputs, layers, heads, max_new_tokens, prompt_rows)
@@ -430,7 +430,7 @@ def _run(
     """model.generate with the recorder active; its hook and recorder always removed."""
     import torch
 
-    from attnviz.capture import recording
+    from attnviz.models.capture import recording
 
     if settings.get("sample") and settings.get("seed") is not None:
         torch.manual_seed(int(settings["seed"]))

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from attnviz.models import LoadedModel
+    from attnviz.models.loading import LoadedModel
 
 
 # -- recording --------------------------------------------------------------------------------
@@ -39,7 +39,7 @@ class StepRecorder:
 
     def forward(self, module: Any, query: Any, key: Any, value: Any, mask: Any, **kwargs: Any):
         """The layer's output as without recording; the step's last query row saved on the side."""
-        from attnviz.capture import _plain
+        from attnviz.models.capture import _plain
 
         out, _ = _plain(module, query, key, value, mask, **kwargs)
         ident = self.index.get(id(module))
@@ -53,7 +53,7 @@ class StepRecorder:
         end = key.shape[2] if stream == "cross" else self.start[stream] + t  # keys up to the query
         dest = buf[self.rows[stream][layer], :, t]  # [heads, width]
         if t == 0 and self.prompt is not None and stream == "self":
-            from attnviz.capture import head_weights
+            from attnviz.models.capture import head_weights
 
             rows = self.prompt[self.rows[stream][layer]][None]  # [1, heads, prompt, prompt]
             head_weights(module, query, key, mask, self.heads, rows, **kwargs)
@@ -66,7 +66,7 @@ class StepRecorder:
         """The last query row's weights for the asked heads, into dest[:, :end]."""
         import torch
 
-        from attnviz.capture import _EAGER_ONLY, _additive, _eager_for, head_weights
+        from attnviz.models.capture import _EAGER_ONLY, _additive, _eager_for, head_weights
 
         q = query[:, :, -1:]  # [batch, heads, 1, d]
         if mask is not None and mask.dim() == 4:

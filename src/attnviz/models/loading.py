@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from attnviz.errors import DeviceError, InputError, ModelNotFoundError, param
-from attnviz.gguf_cache import (
+from attnviz.models.gguf_cache import (
     ENTRY_FILE,
     cache_folder,
     clean_stale_temporaries,
@@ -31,7 +31,7 @@ from attnviz.gguf_cache import (
 if TYPE_CHECKING:
     import torch
 
-    from attnviz.capture import Capture
+    from attnviz.models.capture import Capture
 
 ModelKind = Literal["encoder", "decoder", "encoder-decoder"]
 DTYPES = ("float32", "float16", "bfloat16")
@@ -499,7 +499,7 @@ def load_model(
     quiet_transformers()
     from transformers import AutoTokenizer
 
-    from attnviz.capture import ATTN_IMPLEMENTATION, Capture, register
+    from attnviz.models.capture import ATTN_IMPLEMENTATION, Capture, register
 
     register()
     start = time.perf_counter()

@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from attnviz.architecture import main_stream, require_interface
 from attnviz.errors import AttnvizError, InputError, param
+from attnviz.models.architecture import main_stream, require_interface
 
 if TYPE_CHECKING:
-    from attnviz.models import LoadedModel
+    from attnviz.models.loading import LoadedModel
 
 MODES = ("zero", "mean")
 MEASURES = ("log-prob", "masked-prob", "embedding")
@@ -98,7 +98,7 @@ class HeadScan:
 
     def ranking(self, top: int | None = None) -> tuple[ScanRow, ...]:
         """Heads by descending effect; ties keep layer-then-head order."""
-        from attnviz.search import ranked_positions
+        from attnviz.heads.search import ranked_positions
 
         return tuple(
             ScanRow(r, self.layers[li], self.heads[hi], float(self.delta[li, hi]))
@@ -168,7 +168,7 @@ def choose_task(loaded: LoadedModel) -> str:
 
 def for_ablation(loaded: LoadedModel, trust_remote_code: bool = False) -> LoadedModel:
     """The same model with the LM head its measure needs (loaded once and cached)."""
-    from attnviz.models import load_model
+    from attnviz.models.loading import load_model
 
     require_interface(loaded, "ablation")  # before loading the model again with its head
     task = choose_task(loaded)
@@ -253,7 +253,7 @@ def _check_heads_out(out: Any, num_heads: int, name: str) -> None:
 @contextmanager
 def ablating(loaded: LoadedModel, means: list[Any] | None = None) -> Iterator[_Ablator]:
     """Each head's output edited inside the attention function, driven by the yielded state; always undone."""
-    from attnviz.capture import Editor, editing
+    from attnviz.models.capture import Editor, editing
 
     require_interface(loaded, "ablation")
     state = _Ablator(loaded, means)
@@ -274,8 +274,8 @@ def reference_means(loaded: LoadedModel, texts: Sequence[str], batch_size: int =
     """Each head's mean output over the real tokens of the reference texts: [heads, head_dim] per layer."""
     import torch
 
-    from attnviz.capture import Editor, editing
     from attnviz.extraction import tokenize
+    from attnviz.models.capture import Editor, editing
 
     require_interface(loaded, "ablation")
     texts = [t for t in texts if t.strip()]
@@ -334,7 +334,7 @@ def _prepare(
 ) -> _Prepared:
     from attnviz.attention import Attention
     from attnviz.extraction import tokenize
-    from attnviz.search import resolve
+    from attnviz.heads.search import resolve
     from attnviz.tokens import align_words
 
     if not isinstance(text, str) or not text.strip():
@@ -527,7 +527,7 @@ def repeat_loss_scan(
 
     import torch
 
-    from attnviz.induction import random_repeats
+    from attnviz.heads.induction import random_repeats
 
     require_interface(loaded, "ablation")
     if loaded.task != "causal-lm":
@@ -579,7 +579,7 @@ def repeat_loss_scan(
 
 def top_overlap(a: np.ndarray, b: np.ndarray, k: int = 10) -> tuple[int, int]:
     """How many of the k highest cells of two [layers, heads] scores coincide, and k as used."""
-    from attnviz.search import ranked_positions
+    from attnviz.heads.search import ranked_positions
 
     k = min(k, a.size)
     return len(set(ranked_positions(a, k)) & set(ranked_positions(b, k))), k

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from attnviz.ablation import HeadScan
-    from attnviz.induction import InductionResult
-    from attnviz.models import LoadedModel
-    from attnviz.search import HeadSearch
+    from attnviz.heads.ablation import HeadScan
+    from attnviz.heads.induction import InductionResult
+    from attnviz.heads.search import HeadSearch
+    from attnviz.models.loading import LoadedModel
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ def search_effects(
     """Ablate every head on `text`, measuring B (as the search found it), and correlate with the scores."""
     import numpy as np
 
-    from attnviz.ablation import scan_heads, spearman
+    from attnviz.heads.ablation import scan_heads, spearman
 
     ub = result.units[0][1]
     scan = scan_heads(loaded, text, target=result.b, occurrence=ub.occurrence or None, truncate=truncate)
@@ -56,7 +56,7 @@ def induction_effects(loaded: LoadedModel, result: InductionResult, k: int = 10)
     """Zero each head on the same repeated sequences as `result`; overlap of the top-k by each measure."""
     import numpy as np
 
-    from attnviz.ablation import repeat_loss_scan, top_overlap
+    from attnviz.heads.ablation import repeat_loss_scan, top_overlap
 
     scan = repeat_loss_scan(loaded, seq_len=result.seq_len, batch=result.batch, seed=result.seed)
     rise = {(r.layer, r.head): r.delta for r in scan.ranking()}
