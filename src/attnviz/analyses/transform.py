@@ -1,6 +1,6 @@
 """One pipeline every command uses for its view options: weighting, hidden special tokens, pooling.
 
-`check_view` validates the options before a model loads; `transform` applies them in the one order
+`ViewOptions.check()` validates the options before a model loads; `transform` applies them in the one order
 that makes sense (norm weighting needs the special tokens' value vectors, pooling comes last), and
 each step adds a note, so figures and saved files say how the attention was made.
 """
