@@ -50,7 +50,7 @@ def test_hide_then_pool_equals_the_steps_by_hand() -> None:
     keep = [1, 2, 3]
     sub = att.attn[:, :, keep][:, :, :, keep]
     np.testing.assert_allclose(out.attn[0, 0], (sub / sub.sum(-1, keepdims=True)).max(axis=(0, 1)), atol=1e-6)
-    assert out.notes == ("special tokens hidden, rows renormalised", "max of heads 0-2", "max of layers 0,1")
+    assert out.notes == ("special tokens hidden, rows renormalised", "max of heads 0-2", "max of layers 0, 1")
 
 
 def test_float16_attention_stays_float16() -> None:

@@ -298,7 +298,9 @@ def _plain(meta: dict[str, Any], tokens: tuple[str, ...], attn: np.ndarray, caus
 
 
 def _ranges(values: Sequence[int]) -> str:
-    return ", ".join(str(v) for v in values) if len(values) < 8 else f"{values[0]}-{values[-1]}"
+    from attnviz.selection import format_indices  # here, not at the top: this module stays a leaf
+
+    return format_indices(values)
 
 
 @dataclass

@@ -16,6 +16,7 @@ import numpy as np
 
 from attnviz.attention import Attention
 from attnviz.errors import InputError
+from attnviz.selection import format_indices
 
 if TYPE_CHECKING:
     from attnviz.heads.patterns import PatternTable
@@ -135,11 +136,7 @@ class HeadGroup:
 
 
 def _span(layers: Sequence[int]) -> str:
-    if len(layers) == 1:
-        return f"layer {layers[0]}"
-    if list(layers) == list(range(layers[0], layers[-1] + 1)):
-        return f"layers {layers[0]}-{layers[-1]}"
-    return "layers " + ",".join(str(x) for x in layers)
+    return f"layer {layers[0]}" if len(layers) == 1 else f"layers {format_indices(layers)}"
 
 
 def default_groups(heads: int) -> int:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from attnviz.errors import InputError, param
+from attnviz.selection import format_indices
 
 if TYPE_CHECKING:
     from attnviz.attention import Attention
@@ -84,9 +85,9 @@ class Generation:
     def head(self, layer: int, head: int, stream: str = "self") -> np.ndarray:
         """One head's [new, context] (or [new, source] for `cross`) rows, by model layer and head."""
         if layer not in self.layers:
-            raise InputError(f"layer {layer} was not recorded (have {_span(self.layers)})")
+            raise InputError(f"layer {layer} was not recorded (have {format_indices(self.layers)})")
         if head not in self.heads:
-            raise InputError(f"head {head} was not recorded (have {_span(self.heads)})")
+            raise InputError(f"head {head} was not recorded (have {format_indices(self.heads)})")
         if stream == "cross" and self.cross is None:
             raise InputError(f"{self.model} is not an encoder-decoder model: it has no cross-attention")
         arr = self.cross if stream == "cross" else self.attn
@@ -147,7 +148,7 @@ class Generation:
             heads=(self.heads[0],),
             notes=(
                 *self.notes,
-                f"attention rollout over layers {_span(self.layers)} ({head_fusion} of heads)",
+                f"attention rollout over layers {format_indices(self.layers)} ({head_fusion} of heads)",
             ),
         )
 
@@ -230,10 +231,6 @@ class Generation:
             settings=dict(meta.get("settings") or {}),
             notes=tuple(meta.get("notes") or ()),
         )
-
-
-def _span(values: Sequence[int]) -> str:
-    return ", ".join(str(v) for v in values) if len(values) < 8 else f"{values[0]}-{values[-1]}"
 
 
 # -- the API ------------------------------------------------------------------------------------

@@ -6,17 +6,14 @@ operations as analyses/aggregate.py performs on an Attention, on [layers, heads,
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
+from attnviz.selection import format_indices
+
 Generation = Any  # attnviz.generation.run.Generation (not imported: generation.py imports this module)
-
-
-def span(values: Sequence[int]) -> str:
-    return ", ".join(str(v) for v in values) if len(values) < 8 else f"{values[0]}-{values[-1]}"
 
 
 def without_special(gen: Generation) -> Generation:
@@ -67,7 +64,7 @@ def pooled(gen: Generation, how: str, over: str) -> Generation:
     layers = (gen.layers[0],) if 0 in axes else gen.layers
     heads = (gen.heads[0],) if 1 in axes else gen.heads
     what = " and ".join(
-        f"{name} {span(v)}"
+        f"{name} {format_indices(v)}"
         for name, v, ax in (("layers", gen.layers, 0), ("heads", gen.heads, 1))
         if ax in axes
     )
