@@ -359,8 +359,9 @@ def find_heads(
     `att`, when `att` is norm-weighted: a head's role is what `head_patterns` says of its weights.
     """
     from attnviz.attention import Attention
+    from attnviz.generation.run import Generation
 
-    if hasattr(att, "as_attention"):  # a Generation: its steps' rows on the context
+    if isinstance(att, Generation):  # its steps' rows on the context
         att = att.as_attention()  # type: ignore[union-attr]
     if direction not in DIRECTIONS:
         raise InputError(f"unknown direction '{direction}': use {', '.join(DIRECTIONS)}")
