@@ -67,13 +67,12 @@ def extract_cmd(
 ) -> None:
     """Extract per-layer, per-head attention for a text and save it with its tokens (and, in the
     file's metadata, how it was made: --weighting, --no-special)."""
-    from attnviz.errors import InputError
     from attnviz.extraction import extract
+    from attnviz.models.capture import check_store
     from attnviz.outputs import check_data_output
 
     # everything the user typed is checked before the model loads (which can take a minute)
-    if store not in ("float32", "float16"):
-        raise InputError(f"unknown --store '{store}': use float32 or float16")
+    check_store(store)
     options = view_options(weighting, special, words=words)
     body = read_text(text, file)
     layer_list = parse_indices(layers, "layers")
