@@ -124,7 +124,7 @@ def test_heatmap_aggregate_mean_over_layers(bert, loaded, figures) -> None:
     (ax,) = heat_axes(figures[-1][0])
     att = extract(TEXT, loaded, heads=[2])
     np.testing.assert_allclose(image(ax), att.attn[:, 0].mean(axis=0), atol=1e-6)
-    assert "mean of layers 0,1" in ax.get_title()
+    assert "mean of layers 0, 1" in ax.get_title()
     assert figures[-1][1].name.endswith("-H2-mean.png")
 
 
@@ -274,7 +274,7 @@ def test_serve_api_aggregates_and_hides(loaded) -> None:
         body = r.json()
         att = extract(TEXT, loaded)
         np.testing.assert_allclose(np.array(body["attention"])[0, 0], att.attn.max(axis=(0, 1)), atol=1e-6)
-        assert body["notes"] == ["max of heads 0-3", "max of layers 0,1"]
+        assert body["notes"] == ["max of heads 0-3", "max of layers 0, 1"]
         r = client.get("/api/attention", params={"text": TEXT, "layer": 1, "head": 0, "special": 0})
         body = r.json()
         assert "[CLS]" not in body["tokens"]

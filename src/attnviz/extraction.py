@@ -134,11 +134,10 @@ def extract_batch(
 
     `store="float16"` keeps the weights as float16: half the memory and file, each weight rounded.
     """
-    from attnviz.models.capture import STORES
+    from attnviz.models.capture import check_store
     from attnviz.models.loading import LoadedModel, load_model
 
-    if store not in STORES:
-        raise InputError(f"unknown store '{store}': use {' or '.join(STORES)}")
+    check_store(store)
 
     texts = list(texts)
     for i, t in enumerate(texts):  # checked before the model loads

@@ -20,6 +20,16 @@ from typing import Any
 
 ATTN_IMPLEMENTATION = "attnviz"
 STORES = ("float32", "float16")
+
+
+def check_store(store: str) -> None:
+    """InputError unless `store` is a dtype the weights can be kept in: the one copy of this rule."""
+    if store not in STORES:
+        from attnviz.errors import InputError, param
+
+        raise InputError(f"unknown {param('store')} '{store}': use {' or '.join(STORES)}")
+
+
 _CROSS_NAMES = ("encdecattention", "encoder_attn", "crossattention", "cross_attn")
 _BLOCK_ELEMENTS = 1 << 22  # scores computed at once (16 MB of float32): bounds the working set
 _EAGER_ONLY = {"s_aux", "sinks"}  # weight terms head_weights does not model (attention sinks): eager
@@ -435,10 +445,7 @@ class Capture:
         """
         import torch
 
-        if store not in STORES:
-            from attnviz.errors import InputError
-
-            raise InputError(f"unknown store '{store}': use {' or '.join(STORES)}")
+        check_store(store)
         rec = Recorder(
             index=self.index,
             layers=frozenset(layers) if layers is not None else None,

@@ -364,7 +364,7 @@ class Handlers:
         }
 
     def find_head(self, p: Params) -> list[dict[str, Any]]:
-        from attnviz.heads.search import DIRECTIONS, find_heads
+        from attnviz.heads.search import check_direction, find_heads
 
         text, name = p.text(), self.pool.name(p.q.get("model"))
         a, b = p.word("a"), p.word("b")
@@ -372,8 +372,7 @@ class Handlers:
         if top is None or top < 0:
             raise RequestError("parameter 'top' must be 0 (all) or more")
         direction = p.q.get("direction", "both")
-        if direction not in DIRECTIONS:
-            raise RequestError(f"unknown direction '{direction}': use {', '.join(DIRECTIONS)}")
+        check_direction(direction)
         att = self.pool.extract(name, text, layers=p.indices("layers"), truncate=p.flag("truncate"))
         result = find_heads(att, a, b, direction=direction, top=top or None)
         return [h.as_dict() for h in result.ranking]
