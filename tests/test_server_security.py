@@ -166,6 +166,66 @@ def test_a_cross_site_fetch_of_the_api_is_refused_but_a_link_to_the_page_opens(p
     assert ask(port, "GET", "/", {"Sec-Fetch-Site": "cross-site"})[0] == 200  # a link to the page
 
 
+_HOSTILE = """<!doctype html><html><body>
+<iframe name="sink"></iframe>
+<form id="f" method="POST" action="{base}/api/attention" target="sink">
+<input name="text" value="hello world"><input name="layer" value="0"><input name="head" value="0"></form>
+<img src="{base}/api/heatmap.png?text=hello&layer=0&head=0">
+<script>
+document.getElementById("f").submit();
+fetch("{base}/api/attention", {{method: "POST", mode: "no-cors", body: "text=hi&layer=0&head=0",
+  headers: {{"Content-Type": "application/x-www-form-urlencoded"}}}}).catch(function () {{}});
+</script></body></html>"""
+
+
+@pytest.mark.browser
+def test_a_page_of_another_origin_in_chromium_cannot_run_the_model(port, caplog):
+    """A real page on another origin (here 127.0.0.1 on another port: Chromium reaches only loopback)
+    posts a form, fetches with no-cors and loads an image from the API: all three refused, none run."""
+    import http.server
+
+    from test_browser import CHROMEDRIVER, CHROMIUM, chrome_options
+
+    if not all(Path(p).exists() for p in (CHROMIUM, CHROMEDRIVER)):
+        pytest.skip("needs Chromium and chromedriver (bash scripts/setup.sh installs them)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    page = _HOSTILE.format(base=f"http://127.0.0.1:{port}").encode()
+
+    class Evil(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    evil = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Evil)
+    threading.Thread(target=evil.serve_forever, daemon=True).start()
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=chrome_options())
+    try:
+        with caplog.at_level(logging.INFO, logger="attnviz.serve"):
+            driver.get(f"http://127.0.0.1:{evil.server_address[1]}/")
+
+            def api_lines(_) -> list[str]:
+                lines = [r.getMessage() for r in caplog.records if r.name == "attnviz.serve"]
+                return [line for line in lines if " /api/" in line]
+
+            WebDriverWait(driver, WAIT).until(lambda d: len(api_lines(d)) >= 3)
+            time.sleep(0.5)  # anything else the page sent has arrived
+            lines = api_lines(driver)
+    finally:
+        driver.quit()
+        evil.shutdown()
+    assert len(lines) == 3, lines
+    assert all(" 403 refused: requests from another site" in line for line in lines), lines
+
+
 # -- the body ------------------------------------------------------------------------------------------
 def _chunked_head(port: int) -> bytes:
     return (
