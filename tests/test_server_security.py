@@ -280,6 +280,20 @@ def test_a_body_that_never_ends_times_out(start, models, monkeypatch):
     assert status == 408 and "took over 1 s" in json.loads(body)["error"]
 
 
+def test_a_client_gone_in_the_middle_of_its_body_is_one_cancelled_line(port, caplog):
+    with caplog.at_level(logging.INFO, logger="attnviz.serve"):
+        with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as sock:
+            head = f"POST /api/attention HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 5000\r\n\r\n"
+            sock.sendall(head.encode() + b'{"text": "he')
+            time.sleep(0.3)
+        end = time.monotonic() + WAIT
+        while time.monotonic() < end and not any("/api/attention" in r.getMessage() for r in caplog.records):
+            time.sleep(0.05)
+    records = [r for r in caplog.records if r.name == "attnviz.serve"]
+    assert [r.getMessage().split(" after ")[0] for r in records] == ["POST /api/attention cancelled"]
+    assert "the client went away" in records[0].getMessage() and not records[0].exc_info
+
+
 # -- idle connections ---------------------------------------------------------------------------------
 def test_idle_connections_cannot_lock_out_the_users_browser(port):
     """80 connections that say nothing, or half a request, then the user's request: answered at once."""

@@ -67,6 +67,8 @@ async def read_body(request: Any, limit: int, seconds: float | None = None) -> b
     `limit` bytes, so a 100 MB body is never held; 408 if it takes over `seconds` (BODY_SECONDS)."""
     import asyncio
 
+    from starlette.requests import ClientDisconnect
+
     seconds = BODY_SECONDS if seconds is None else seconds
 
     size = request.headers.get("content-length", "")
@@ -82,6 +84,8 @@ async def read_body(request: Any, limit: int, seconds: float | None = None) -> b
                 chunks.append(chunk)
     except TimeoutError:
         raise RequestError(f"the request body took over {seconds:g} s to arrive", 408, close=True) from None
+    except ClientDisconnect:
+        raise ClientGone from None
     return b"".join(chunks)
 
 
@@ -182,7 +186,8 @@ def refusal(scope: dict[str, Any], names: frozenset[str], wildcard: bool) -> tup
     host = headers.get("host", "")
     bare = _bare(host)
     if not bare or not (bare in names or (wildcard and _is_ip(bare))):
-        return 400, f"host '{_shown(host)}' is not this server's (use http://127.0.0.1 or the --host given)"
+        why = "open it as localhost, or as the host it was started on"
+        return 400, f"host '{_shown(host)}' is not this server's name ({why})"
     origin = headers.get("origin")
     if origin is not None:
         parts = urlsplit(origin)
