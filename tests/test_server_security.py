@@ -480,7 +480,7 @@ def test_stopping_with_requests_in_flight_is_quiet_and_prompt(tiny_model_path, s
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, rest  # SIGTERM too: not killed by the signal
-    assert stopped_after is not None and stopped_after < 4, (stopped_after, rest)  # not 6 s of queued work
+    assert stopped_after is not None and stopped_after < 5, (stopped_after, rest)  # not 6 s of queued work
     lines = [line for line in rest[:-1] if line.strip()]
     assert all(" /api/attention " in line for line in lines), rest  # no traceback, no uvicorn line
     assert sum("cancelled after" in line and "the server is stopping" in line for line in lines) >= 4, rest
