@@ -32,9 +32,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 LOOPBACK = ("localhost", "127.0.0.1", "::1")
 WILDCARD = ("", "0.0.0.0", "::")
-REQUEST_SECONDS = (
-    10.0  # a connection sends its request's headers this soon after it opens (or after its last answer)
-)
+REQUEST_SECONDS = 10.0  # a connection sends its request's headers this soon after it opens or is answered
 BODY_SECONDS = 10.0  # and its body this soon after the headers
 MAX_QUERY_BYTES = 200_000  # the whole query string (a long text, percent-encoded)
 MAX_WAITING = 32  # connections waiting to send a request; a new one closes the oldest
@@ -70,7 +68,6 @@ async def read_body(request: Any, limit: int, seconds: float | None = None) -> b
     from starlette.requests import ClientDisconnect
 
     seconds = BODY_SECONDS if seconds is None else seconds
-
     size = request.headers.get("content-length", "")
     if size.isdigit() and int(size) > limit:
         raise RequestError(f"the request body is over {limit} bytes", 413, close=True)
@@ -90,6 +87,7 @@ async def read_body(request: Any, limit: int, seconds: float | None = None) -> b
 
 
 STRINGS = ("text", "a", "b")  # parameters a JSON body must give as strings
+_JSON_KINDS = {type(None): "null", list: "a list", dict: "an object", bool: "a boolean"}
 
 
 def body_params(body: bytes, content_type: str) -> dict[str, str]:
@@ -125,9 +123,7 @@ def _scalar(name: str, value: Any) -> str:
         return "1" if value else "0"
     if name not in STRINGS and isinstance(value, int | float):
         return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
-    kind = {type(None): "null", list: "a list", dict: "an object", bool: "a boolean"}.get(
-        type(value), "a number"
-    )
+    kind = _JSON_KINDS.get(type(value), "a number")
     wanted = "a string" if name in STRINGS else "a string, a number or a boolean"
     raise ValueError(f"parameter '{_shown(name)}' must be {wanted}, not {kind}")
 
