@@ -222,6 +222,7 @@ CASES: dict[str, list[tuple[str, bytes | None, str]]] = {
         ("serve --port=-1", None, "port"),
         ("serve --port 70000", None, "port"),
         ("serve -m ''", None, "model name is empty"),
+        ("serve -m {tiny} -m {missing}/ --port 0", None, "unknown model"),  # no "loaded" line first
     ],
 }
 FLAT = [(cmd, *case) for cmd, cases in CASES.items() for case in cases]
