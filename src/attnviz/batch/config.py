@@ -32,6 +32,9 @@ FORMATS = ("auto", "txt", "jsonl", "csv", "parquet")
 _NAME_RE = re.compile(r"[^0-9a-z_]+")
 _ADDRESS = re.compile(r"auto|(ray://)?[A-Za-z0-9_.\-]+:\d{1,5}|(ray://)?\[[0-9A-Fa-f:.]+\]:\d{1,5}")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# Torch threads per process (and Ray's CPUs per worker): more cannot help, and 100,000 made the
+# allocator fail to start its threads (a segmentation fault), not a message.
+MAX_THREADS = 1024
 
 # TOML layout: section -> {key in the file: BatchConfig field}
 SECTIONS: dict[str, dict[str, str]] = {
@@ -211,8 +214,11 @@ def _check(cfg: BatchConfig) -> None:
             raise InputError(f"{name} must be at least 1{where}")
     if cfg.max_length is not None and cfg.max_length < 2:
         raise InputError(f"max_length must be at least 2{where}")
-    if cfg.threads is not None and cfg.threads < 1:
-        raise InputError(f"threads must be at least 1{where}")
+    if cfg.threads is not None and not 1 <= cfg.threads <= MAX_THREADS:
+        raise InputError(f"threads must be from 1 to {MAX_THREADS}, got {cfg.threads}{where}")
+    for name in ("field", "column"):
+        if not getattr(cfg, name).strip():
+            raise InputError(f"the {name} name is empty{where}: name the {_HOLDS[name]} holding the text")
     if not cfg.commit_seconds > 0:  # NaN too
         raise InputError(f"commit_seconds must be positive{where}")
     _check_engine(cfg, where)
@@ -220,6 +226,9 @@ def _check(cfg: BatchConfig) -> None:
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise InputError(f"probe name '{dupes[0]}' is used twice{where}; give each probe its own name")
+
+
+_HOLDS = {"field": "JSON key", "column": "CSV / Parquet column"}
 
 
 def _check_engine(cfg: BatchConfig, where: str) -> None:
