@@ -1,4 +1,4 @@
-"""Batch configuration: a TOML file (yours, or one shipped in `attnviz/configs/`), merged with options.
+"""Batch configuration: a TOML file (yours, or one shipped: the project's `configs/`), merged with options.
 
 Precedence, lowest first: the defaults below, the TOML file, then the options actually given on the
 command line (an option left out never overrides the file). Light on purpose: no numpy, no torch,
@@ -293,12 +293,22 @@ def parse_probe(spec: str) -> Probe:
     return make_probe(a.split("|"), b.split("|"), name, f" (in {param('probe', spec)})")
 
 
-def shipped_configs() -> dict[str, Path]:
-    """The configs that ship inside the package (name -> file), found wherever attnviz is installed."""
-    from importlib import resources
+def config_folder() -> Path:
+    """Where the shipped configs are: `attnviz/configs/` in an installed wheel, else the project's
+    own `configs/` beside `src/` (a checkout, an editable install): one copy, never two."""
+    import attnviz
 
-    folder = resources.files("attnviz").joinpath("configs")
-    return {p.name[: -len(".toml")]: Path(str(p)) for p in folder.iterdir() if p.name.endswith(".toml")}
+    package = Path(attnviz.__file__).parent
+    installed = package / "configs"
+    return installed if installed.is_dir() else package.parent.parent / "configs"
+
+
+def shipped_configs() -> dict[str, Path]:
+    """The configs that ship with attnviz (name -> file), found wherever attnviz is installed."""
+    folder = config_folder()
+    if not folder.is_dir():
+        return {}
+    return {p.stem: p for p in sorted(folder.glob("*.toml")) if p.is_file()}
 
 
 def find_config(spec: str | Path) -> Path:
