@@ -101,12 +101,11 @@ def _install(tmp_path: Path, editable: bool) -> tuple[Path, Path]:
 
 
 def _run_from(folder: Path, site: Path, editable: bool) -> list[str]:
-    import subprocess
-    import sys
-
     # -S: none of this interpreter's own site-packages (where the shared venv's attnviz is); the
     # installed folder is read as a site folder, so an editable install's .pth is honoured
     import os
+    import subprocess
+    import sys
 
     code = f"import site; site.addsitedir({str(site)!r}); {FIND}"
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
