@@ -54,12 +54,14 @@ def finished(tiny, tmp_path_factory) -> Path:
 
 @pytest.fixture
 def previous(finished, tmp_path) -> Path:
-    """A copy of the finished run (its folder OUT and its corpus.txt) in this test's folder."""
+    """A copy of the finished run (its folder OUT and its corpus.txt) in this test's folder, as if
+    it had been killed before its end."""
     out = tmp_path / "OUT"
     shutil.copytree(finished / "OUT", out)
     shutil.copy(finished / "corpus.txt", tmp_path / "corpus.txt")
     data = json.loads((out / RUN_FILE).read_text())
     data["input"]["path"] = str((tmp_path / "corpus.txt").resolve())  # the run was over this copy
+    data["status"] = "interrupted"  # killed before its end: --resume reads its parts and rejects
     (out / RUN_FILE).write_text(json.dumps(data))
     return out
 
@@ -379,8 +381,5 @@ def test_a_text_both_analysed_and_rejected_is_refused(tiny, previous, tmp_path):
         f.write(json.dumps(line) + "\n")
     from attnviz.errors import InputError
 
-    data = json.loads((previous / RUN_FILE).read_text())
-    data["status"] = "interrupted"  # a run killed before its end: resume reads parts and rejects
-    (previous / RUN_FILE).write_text(json.dumps(data))
     with pytest.raises(InputError, match=r"text 0 is both in a committed part and in _rejects\.jsonl"):
         _resume(tiny, tmp_path, previous)
