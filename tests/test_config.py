@@ -70,8 +70,8 @@ def test_the_project_root_configs_is_the_one_copy():
     """Issue 28: configs/ at the root is the only home of the shipped configs (none in the package)."""
     assert sorted(p.name for p in (REPO / "configs").glob("*.toml")) == ["coreference.toml", "default.toml"]
     assert not list((REPO / "src").rglob("*.toml"))
-    build = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["hatch"]["build"]["targets"]
-    assert build["wheel"]["force-include"] == {"configs": "attnviz/configs"}
+    wheel = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["hatch"]["build"]["targets"]["wheel"]
+    assert wheel["sources"]["configs"] == "attnviz/configs"  # the wheel maps configs/ into the package
 
 
 FIND = (
@@ -130,6 +130,7 @@ def test_an_editable_install_finds_the_shipped_configs_from_any_folder(tmp_path)
     package, config = _run_from(elsewhere, site, editable=True)
     assert Path(package).parent == REPO / "src" / "attnviz"
     assert Path(config) == REPO / "configs" / "coreference.toml"  # edits to configs/ count at once
+    assert not (site / "attnviz").exists()  # nothing copied: no second copy to drift
 
 
 def test_command_line_overrides_the_file(tmp_path):
