@@ -205,6 +205,7 @@ CASES: dict[str, list[tuple[str, bytes | None, str]]] = {
         ("batch {text} -o run --config {cfg_empty_field}", None, "field name is empty"),
         ("batch {text} -o run --config {cfg_empty_column}", None, "column name is empty"),
         ("batch {text} -o {not_utf8}", None, "not UTF-8"),
+        ("batch {not_utf8} -o run", None, "no such input file: caf\\xe9"),
         ("batch {text} -o {long_name}", None, "over the file system's limit"),
         ("batch {text} -o {long_path}", None, "the system's limit of 4096"),
     ],

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from attnviz.batch.config import BatchConfig
+from attnviz.batch.integrity import shown
 from attnviz.errors import InputError
 
 EXCERPT = 80
@@ -165,7 +166,7 @@ def open_binary(source: str | Path) -> Iterator[BinaryIO]:
         return
     path = Path(source).expanduser()
     if not path.is_file():
-        raise InputError(f"no such input file: {source}")
+        raise InputError(f"no such input file: {shown(source)}")
     try:
         if _is_gzip_name(path):
             check_gzip_header(path)
@@ -445,7 +446,7 @@ def check_input(source: Source, config: BatchConfig) -> None:
         return
     path = Path(source).expanduser()
     if not path.is_file():
-        raise InputError(f"no such input file: {source}")
+        raise InputError(f"no such input file: {shown(source)}")
     try:
         size = path.stat().st_size
         if _is_gzip_name(path):
