@@ -227,6 +227,30 @@ def test_the_next_write_of_an_output_removes_a_killed_writers_temporary_file(tmp
     assert sorted(p.name for p in tmp_path.iterdir()) == [".other.png.tmp1-abc.png", "out.safetensors"]
 
 
+def _dead_pid() -> int:
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
+    return int(done.stdout)
+
+
+def test_extract_o_removes_what_a_killed_extract_left(bert, tmp_path):
+    """`extract -o x.safetensors` killed with -9 left `.x.safetensors.tmpPID-*` (70 MB for 512
+    tokens); the next `extract -o` of the same file removes it."""
+    stale = tmp_path / f".x.safetensors.tmp{_dead_pid()}-k2j4h5.safetensors"
+    stale.write_bytes(b"\0" * 1000)
+    result = _cli("extract", "the cat sat", "-m", bert, "-o", str(tmp_path / "x.safetensors"))
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.safetensors"]
+
+
+def test_an_endless_line_is_rejected_before_its_end(tmp_path):
+    """Standard input from /dev/zero never ends: its reject comes at once (then it reads on, flat)."""
+    from attnviz.batch.corpus import MAX_LINE_BYTES, _read_txt
+
+    with open("/dev/zero", "rb") as zeros:
+        first = next(_read_txt(zeros))
+    assert first.reason == "too_long" and f"{MAX_LINE_BYTES // 2**20} MiB" in first.detail
+
+
 def test_a_live_writers_temporary_file_is_kept(tmp_path):
     from attnviz.outputs import atomic_output
 
@@ -330,6 +354,25 @@ def test_view_full_disk_injected(bert, tmp_path, monkeypatch):
 
 
 # -- 3. damaged runs -----------------------------------------------------------------------------
+def test_overwrite_refuses_a_run_without_a_manifest(previous, tmp_path, no_model):
+    """A run written before the manifest existed: nothing says which files are its own."""
+    data = json.loads((previous / RUN_FILE).read_text())
+    del data["manifest"]
+    (previous / RUN_FILE).write_text(json.dumps(data))
+    result = _cli("batch", str(tmp_path / "corpus.txt"), "-o", str(previous), "--overwrite")
+    one_line_error(result, "is not a file this run wrote")
+    assert (previous / HEADS_DIR / "part-00000.parquet").exists()
+
+
+def test_a_complete_run_with_a_part_moved_away_is_resumed_not_called_done(tiny, previous, tmp_path):
+    data = json.loads((previous / RUN_FILE).read_text())
+    data["status"] = "complete"
+    (previous / RUN_FILE).write_text(json.dumps(data))
+    (previous / HEADS_DIR / "part-00000.parquet").rename(tmp_path / "damaged.parquet")
+    done = _resume(tiny, tmp_path, previous)
+    assert (done.processed, done.total_processed) == (3, 6)
+
+
 def test_resume_over_a_cut_part_names_it(previous, tmp_path, no_model):
     part = previous / HEADS_DIR / "part-00001.parquet"
     part.write_bytes(part.read_bytes()[:100])

@@ -221,9 +221,9 @@ def _lines(f: BinaryIO) -> Iterator[tuple[bytes, bool]]:
         if len(raw) <= MAX_LINE_BYTES or raw.endswith(b"\n"):
             yield raw, True
             continue
+        yield raw[:EXCERPT], False  # rejected at once: an endless stream (/dev/zero) shows it too
         while (rest := f.readline(_CHUNK)) and not rest.endswith(b"\n"):
             pass
-        yield raw[:EXCERPT], False
 
 
 def _too_long(i: int, head: bytes) -> Reject:
