@@ -128,6 +128,8 @@ def test_ray_output_equals_the_local_engine(
     assert run["engine"] == {"name": "ray", "workers": 2, "address": None}
     assert run["counts"] == json.loads((reference / RUN_FILE).read_text())["counts"]
     assert run["model"]["num_layers"] == 2 and run["timings"]["forward_s"] > 0
+    # the workers' files are in the manifest (what --overwrite may delete), as the local engine's are
+    assert {f"heads/part-{i:05d}.parquet" for i in range(4)} <= set(run["manifest"])
     # the raw tensors too: the same texts, the same values
     from safetensors.numpy import load_file
 
