@@ -59,7 +59,7 @@ def test_float16_attention_stays_float16() -> None:
     assert transform(half, ViewOptions(hide_special=True)).attn.dtype == np.float16
 
 
-def test_extract_shown_is_extract_then_transform_with_one_checked_options_object(tiny_model_path):
+def test_extract_shown_is_extract_then_transform_with_one_checked_options_object(tiny_bert):
     """Issue 28: five callers paired extract(qkv=options.qkv) with transform(); one function now."""
     import numpy as np
     import pytest
@@ -67,9 +67,8 @@ def test_extract_shown_is_extract_then_transform_with_one_checked_options_object
     from attnviz.analyses.transform import ExtractOptions, ViewOptions, extract_shown, transform
     from attnviz.errors import InputError
     from attnviz.extraction import extract
-    from attnviz.models.loading import load_model
 
-    loaded = load_model(str(tiny_model_path("bert")), device="cpu")
+    loaded = tiny_bert
     view = ViewOptions(weighting="norm", hide_special=True, aggregate="mean")
     shown = extract_shown("the cat sat", loaded, ExtractOptions(layers=(1,), view=view))
     by_hand = transform(extract("the cat sat", loaded, layers=[1], qkv=True), view, loaded)

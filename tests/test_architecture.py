@@ -29,13 +29,12 @@ def test_output_projections_are_the_modules_named_by_hand(tiny_model_path, arch)
         assert in_features(proj) % loaded.capture.num_heads == 0  # heads * head_dim inputs
 
 
-def test_an_output_changed_on_its_way_names_the_model_layer_and_purpose(tiny_model_path):
+def test_an_output_changed_on_its_way_names_the_model_layer_and_purpose(tiny_bert):
     import torch
 
     from attnviz.models.architecture import output_projections
-    from attnviz.models.loading import load_model
 
-    loaded = load_model(str(tiny_model_path("bert")), device="cpu")
+    loaded = tiny_bert
     outputs = [layer.attention.output for layer in loaded.model.base_model.encoder.layer]
     kept = [out.dense for out in outputs]
     try:  # no projection receives the attention output (put back after: loaded models are cached)

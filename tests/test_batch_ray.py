@@ -331,10 +331,10 @@ def test_messages_name_python_keywords_and_a_workers_error_keeps_its_marks():
 
 
 @pytest.mark.slow  # a real Ray instance: minutes on 2 cores, so not in -m 'not slow'
-def test_the_command_starts_and_stops_its_own_ray(tiny_model_path, corpus, reference, tmp_path):
+def test_the_command_starts_and_stops_its_own_ray(corpus, reference, tmp_path, bert):
     """No cluster given: the command starts a local Ray instance and shuts it down; stdout is JSON."""
     out = tmp_path / "out"
-    args = ["batch", str(corpus), "-o", str(out), "-m", str(tiny_model_path("bert")), "--engine", "ray"]
+    args = ["batch", str(corpus), "-o", str(out), "-m", bert, "--engine", "ray"]
     args += ["--workers", "1", "-b", "3", "--texts-per-part", "5", "--max-length", "64"]
     args += ["--probe", "she:Emily", "--no-plots", "--save-attention", "--json"]
     code = "from attnviz.cli import main; main()"

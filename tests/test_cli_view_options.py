@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import ok
 from starlette.testclient import TestClient
 from typer.testing import CliRunner
 
@@ -31,12 +32,6 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def loaded(bert):
     return load_model(bert, device="cpu")
-
-
-def ok(*args: str):
-    result = runner.invoke(app, list(args))
-    assert result.exit_code == 0, result.output
-    return result
 
 
 def heat_axes(fig) -> list:

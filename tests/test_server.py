@@ -182,13 +182,13 @@ def test_bind_errors_name_the_keyword_and_the_cli_the_flag():
     assert info.value.render(cli_terms).endswith("; pass another --port")
 
 
-def test_serve_answers_and_stops_cleanly_on_ctrl_c(tiny_model_path):
+def test_serve_answers_and_stops_cleanly_on_ctrl_c(bert):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     src = str(Path(__file__).resolve().parents[1] / "src")
     env = {**os.environ, "PYTHONPATH": src}
-    args = ["serve", "--model", str(tiny_model_path("bert")), "--port", str(port)]
+    args = ["serve", "--model", bert, "--port", str(port)]
     proc = subprocess.Popen(
         [sys.executable, "-c", "from attnviz.cli import main; main()", *args],
         env=env,
