@@ -614,3 +614,75 @@ def test_a_long_served_text_is_fetched_one_head_at_a_time(driver, served):
         "1,3",
     ]  # only those shown
     assert [e for e in errors(driver) if "status of 413" not in e["message"]] == []  # the 413 was ours
+
+
+# -- text beyond ASCII: emoji (two UTF-16 units), CJK, combining marks ---------------------------
+UNICODE_TEXT = "Smile 😀 then walk. 巴黎 Cafe\u0301 👩\u200d👧 ok"  # fits the tiny models' 64 tokens
+
+
+def text_view_pieces(d) -> list[list]:
+    """The text view's tokens as drawn: [index, text, boxed (a special or overlapping token)]."""
+    return js(
+        d,
+        "return [...document.querySelectorAll('.av-textview .av-t')].map(t =>"
+        " [+t.dataset.j, t.textContent, t.classList.contains('av-special-tok')])",
+    )
+
+
+def assert_text_view_reads_the_text(d, att) -> None:
+    pieces = text_view_pieces(d)
+    assert [p[0] for p in pieces] == list(range(att.n_tokens))
+    drawn = [p for p in pieces if not p[2]]
+    assert drawn, pieces
+    for j, text, _ in drawn:  # each token shows exactly its own characters (spans count code points)
+        start, end = att.spans[j]
+        assert text == att.text[start:end], (j, text, att.tokens[j])
+    box = js(
+        d,
+        "const b = document.querySelector('.av-textview').cloneNode(true);"
+        " b.querySelectorAll('.av-special-tok').forEach(e => e.remove()); return b.textContent",
+    )
+    assert box == att.text
+    assert "\ufffd" not in box
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "bert"])
+def test_text_view_keeps_emoji_cjk_and_combining_marks_in_place(driver, tmp_path, tiny_model_path, arch):
+    from attnviz.extraction import extract
+    from attnviz.models.loading import load_model
+
+    att = extract(UNICODE_TEXT, load_model(str(tiny_model_path(arch)), device="cpu"))
+    open_page(driver, tmp_path, att, view="text")
+    assert_text_view_reads_the_text(driver, att)
+    assert not errors(driver)
+
+
+def test_text_view_of_words_beyond_the_bmp(driver, tmp_path):
+    """Word level too: the units' spans, merged from the tokens', land on the same characters."""
+    from dataclasses import replace
+
+    words = ("Smile", "😀", "then", "𠀀𠀁", "walk", "Cafe\u0301", "巴黎", "👩\u200d👧", "ok")
+    text = " ".join(words)
+    spans, at = [], 0
+    for w in words:
+        half_way = at + max(1, len(w) // 2)
+        spans += [(at, half_way), (half_way, at + len(w))] if len(w) > 1 else [(at, at + 1)]
+        at += len(w) + 1
+    pieces = tuple(text[a:b] for a, b in spans)
+    word_ids = tuple(i for i, w in enumerate(words) for _ in range(2 if len(w) > 1 else 1))
+    att = synthetic(tokens=("[CLS]", *pieces, "[SEP]"), special=(True, *([False] * len(pieces)), True))
+    att = replace(
+        att,
+        text=text,
+        spans=((0, 0), *spans, (0, 0)),
+        word_ids=(None, *word_ids, None),
+        words=words,
+    )
+    open_page(driver, tmp_path, att, view="text")
+    assert_text_view_reads_the_text(driver, att)
+    from selenium.webdriver.common.by import By
+
+    driver.find_element(By.CSS_SELECTOR, "input.av-words").click()
+    got = [p[1] for p in text_view_pieces(driver) if not p[2]]
+    assert got == list(words)
+    assert not errors(driver)

@@ -139,11 +139,29 @@
     this.ready = this.store.ready.then(function () { self.build(); self.render(); return self; });
   }
 
-  // A level: labels, flags, spans into the text, and (word level) each token's unit.
+  // Spans come as code-point offsets (Python's); a JS string counts UTF-16 units, in which every
+  // character beyond the BMP (an emoji, a rare CJK ideograph) is two. -> spans in UTF-16 units.
+  function utf16Spans(text, spans) {
+    if (!spans || !/[\uD800-\uDFFF]/.test(text)) return spans || [];
+    var at = [0];
+    for (var i = 0; i < text.length; i++) {
+      var c = text.charCodeAt(i);
+      if (c >= 0xD800 && c <= 0xDBFF && i + 1 < text.length) {
+        var lo = text.charCodeAt(i + 1);
+        if (lo >= 0xDC00 && lo <= 0xDFFF) i++;
+      }
+      at.push(i + 1);
+    }
+    var end = at.length - 1;
+    return spans.map(function (s) { return [at[Math.min(s[0], end)], at[Math.min(s[1], end)]]; });
+  }
+
+  // A level: labels, flags, spans into the text (UTF-16 units), and (word level) each token's unit.
   Explorer.prototype.level = function () {
     var name = this.state.level, lv = this.levels[name], d = this.data;
     if (lv) return lv;
-    var spans = d.spans || [];
+    if (!this.spans) this.spans = utf16Spans(d.text, d.spans);
+    var spans = this.spans;
     if (name === "word") {
       var w = d.words, U = w.tokens.length, count = new Float32Array(U), wspans = [];
       for (var u = 0; u < U; u++) wspans.push(null);
@@ -479,7 +497,7 @@
   addView({ name: "head", label: "Head view", head: false, render: renderHead });
 
   var api = {
-    Explorer: Explorer, decodeHalf: decodeHalf, el: el, svg: svg, colour: colour, LUT: LUT, fmt: fmt,
+    Explorer: Explorer, decodeHalf: decodeHalf, utf16Spans: utf16Spans, el: el, svg: svg, colour: colour, LUT: LUT, fmt: fmt,
     MASKED: MASKED, addView: addView, views: VIEWS, mounted: [],
   };
   // Mount an explorer; `options.fetchHead(layer, head)` -> Promise of one head's encoded weights,
