@@ -686,3 +686,72 @@ def test_text_view_of_words_beyond_the_bmp(driver, tmp_path):
     got = [p[1] for p in text_view_pieces(driver) if not p[2]]
     assert got == list(words)
     assert not errors(driver)
+
+
+# -- the generation page (`generate --view`) ------------------------------------------------------
+CONTINUATION = (
+    " The password is tiger, and the door opens at nine.\n\n"
+    "Then:\n  1. walk to the park 😀\n  2. read 巴黎 in the café (Cafe\u0301)\n"
+    "  3. https://example.org/a/very/long/path/without/any/spaces/at/all/to/break/the/line/on\n"
+    "Done. The cat sat on the mat, and the cat slept while the bird sang in the garden."
+)
+
+
+def fake_generation(tokenizer, prompt: str, continuation: str, seed: int = 0):
+    """A Generation built from a real tokenizer's pieces and random causal rows (no model runs)."""
+    from attnviz.generation.run import Generation
+    from attnviz.tokens import token_labels
+
+    p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    c_ids = tokenizer(continuation, add_special_tokens=False)["input_ids"]
+    ids = [*p_ids, *c_ids]
+    labels, _ = token_labels(tokenizer, ids)
+    p, n, w = len(p_ids), len(c_ids), len(ids)
+    rng = np.random.default_rng(seed)
+    attn = rng.random((1, 2, n, w)).astype(np.float32) ** 3
+    attn *= np.arange(w)[None, None, None, :] < (p + np.arange(n))[None, None, :, None]
+    return Generation(
+        model="fake",
+        kind="decoder",
+        prompt=prompt,
+        text=tokenizer.decode(c_ids, skip_special_tokens=True),
+        tokens=tuple(labels),
+        token_ids=tuple(ids),
+        special=tuple(False for _ in ids),
+        prompt_length=p,
+        layers=(0,),
+        heads=(0, 1),
+        attn=attn / attn.sum(-1, keepdims=True),
+    )
+
+
+def test_generation_page_keeps_the_texts_layout_and_fits_its_width(driver, tmp_path, tiny_model_path):
+    from selenium.webdriver.common.by import By
+    from transformers import AutoTokenizer
+
+    from attnviz.views.generation import write_generation_html
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_path("gpt2")))
+    gen = fake_generation(tokenizer, "Emily said:", CONTINUATION)
+    assert gen.n_new >= 100 and gen.text == CONTINUATION
+    path = write_generation_html(gen, tmp_path / "gen.html")
+    driver.get(path.as_uri())
+    wait(driver, lambda d: d.execute_script("return document.querySelectorAll('.gen-tok').length") > 0)
+    shown = js(
+        driver,
+        "const b = document.querySelectorAll('.gen-text')[0].cloneNode(true);"
+        " b.querySelectorAll('.gen-box').forEach(e => e.remove()); return b.textContent",
+    )
+    assert shown == gen.prompt + gen.text  # spaces, line breaks, emoji and accents as written
+    assert js(driver, "return document.querySelectorAll('.gen-box').length") == 0
+    assert js(driver, "return document.querySelectorAll('.gen-tok').length") == len(gen.tokens)
+    width = js(driver, "const s = document.scrollingElement; return [s.scrollWidth, s.clientWidth]")
+    assert width[0] <= width[1], width  # wraps: no sideways scrolling
+    lines = js(driver, "return document.querySelectorAll('.gen-text')[0].getClientRects()[0].height")
+    assert lines > 8 * 15  # many lines, not one
+    # hovering a new token still shows what its step read
+    token = driver.find_elements(By.CSS_SELECTOR, ".gen-tok.gen-new")[40]
+    token.click()
+    assert "gen-query" in token.get_attribute("class")
+    assert len(driver.find_elements(By.CSS_SELECTOR, ".gen-top li")) == 5
+    assert not errors(driver)

@@ -323,3 +323,32 @@ def test_view_writes_a_512_token_page_with_every_layer_under_5_mb(minilm, tmp_pa
     assert small.exit_code == 2
     lines = [x for x in small.stderr.splitlines() if x.startswith("error:")]
     assert len(lines) == 1 and "--layers" in lines[0]
+
+
+# -- the generation page's layout -------------------------------------------------------------
+def test_generation_layout_puts_tokens_back_on_their_text():
+    from attnviz.views.generation import layout
+
+    labels = [
+        "<|im_start|>",
+        "user",
+        "\\n",
+        "Hello",
+        "<|im_end|>",
+        "world",
+        "\\n\\n",
+        "巴…",
+        "…巴…",
+        "…巴",
+        "!",
+    ]
+    special = [True, False, False, False, True, False, False, False, False, False, False]
+    pieces, gaps, boxed = layout(labels, special, [("Hello", 5), (" world\n\n巴 !", None)])
+    assert boxed == [True, True, True, False, True, False, False, False, False, False, False]
+    assert pieces[3] == "Hello" and pieces[5:] == ["world", "\n\n", "巴", "", "", "!"]
+    assert gaps == ["", "", "", "", "", " ", "", "", "", "", " ", ""]
+    text = "".join(g + ("" if b else p) for g, p, b in zip(gaps, pieces, boxed, strict=False)) + gaps[-1]
+    assert text == "Hello world\n\n巴 !"
+    # a piece never found keeps the rest of the text in the last gap: nothing of the text is lost
+    pieces, gaps, boxed = layout(["a", "zzz", "c"], [False] * 3, [("a b c", None)])
+    assert boxed == [False, True, True] and gaps[-1] == " b c"
