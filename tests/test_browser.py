@@ -383,9 +383,9 @@ def test_matrix_zooms_pans_labels_and_focuses_a_long_text(driver, tmp_path):
     col = half(att.attn[0, 0])[:, 3]
     first = js(driver, "return document.querySelector('.av-barrow').children[0].textContent")
     assert first == f"{att.labels[int(col.argmax())]}#{int(col.argmax())}"
-    # the head view of 300 tokens draws only the hovered token's lines, with positions in the list
+    # the head view of 300 tokens draws all of a hovered token's lines, with positions in the list
     driver.find_element(By.CSS_SELECTOR, "button[data-view=head]").click()
-    assert js(driver, "return document.querySelectorAll('svg.av-headview line').length") == 0
+    assert js(driver, "return document.querySelector('svg.av-headview').dataset.lines") == "strongest"
     token = driver.find_element(By.CSS_SELECTOR, "text.av-tok[data-col=q][data-i='5']")
     ActionChains(driver).move_to_element(token).perform()
     drawn = js(driver, "return [...document.querySelectorAll('svg.av-headview line')].map(l => +l.dataset.q)")
@@ -608,11 +608,9 @@ def test_a_long_served_text_is_fetched_one_head_at_a_time(driver, served):
     wait(driver, lambda d: d.execute_script("return !!document.querySelector('canvas.av-matrix')"))
     got = np.array(js(driver, f"return Array.from({ex}.matrix(1, 3))")).reshape(att.n_tokens, -1)
     np.testing.assert_allclose(got, half(att.attn[1, 3]), atol=1e-3)
-    assert js(driver, f"return Object.keys({ex}.store.loaded).sort()") == [
-        "0,0",
-        "1,0",
-        "1,3",
-    ]  # only those shown
+    sent = js(driver, f"return {ex}.store.sent")  # what was fetched: the shown heads, and their layers
+    assert "1,0" in sent and "1,3" in sent and {k.split(",")[0] for k in sent} == {"0", "1"}
+    assert sent.index("1,0") < sent.index("1,3") and len(set(sent)) == len(sent)
     assert [e for e in errors(driver) if "status of 413" not in e["message"]] == []  # the 413 was ours
 
 
@@ -754,4 +752,118 @@ def test_generation_page_keeps_the_texts_layout_and_fits_its_width(driver, tmp_p
     token.click()
     assert "gen-query" in token.get_attribute("class")
     assert len(driver.find_elements(By.CSS_SELECTOR, ".gen-top li")) == 5
+    assert not errors(driver)
+
+
+# -- a long text opens on attention, and a served one draws each head as it comes -----------------
+def strongest_lines(att, layer: int = 0, per_token: int = 2) -> set[tuple[int, int, int]]:
+    """(head, query, key) of the lines a long head view draws at rest: each query's strongest key
+    in each head, the first key (a sink) left out, the strongest per_token * n of those."""
+    rows = []
+    for h in range(att.attn.shape[1]):
+        w = half(att.attn[layer, h]).copy()
+        w[:, 0] = -1
+        if att.causal:
+            w[np.triu(np.ones(w.shape, dtype=bool), 1)] = -1
+        for q in range(w.shape[0]):
+            if w[q].max() >= 0.01:
+                rows.append((float(w[q].max()), h, q, int(w[q].argmax())))
+    rows.sort(key=lambda r: -r[0])
+    return {r[1:] for r in rows[: per_token * att.n_tokens]}
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_a_long_head_view_opens_on_its_strongest_lines(driver, tmp_path, causal):
+    att = long_page(240, causal=causal)
+    open_page(driver, tmp_path, att)  # the head view, as `attnviz view` opens by default
+    drawn = js(
+        driver,
+        "return [...document.querySelectorAll('svg.av-headview line')]"
+        ".map(l => [+l.dataset.head, +l.dataset.q, +l.dataset.k])",
+    )
+    assert drawn, "a long page opened on no line at all"
+    expected = strongest_lines(att)
+    assert len(drawn) == len(expected) and len({tuple(x) for x in drawn} ^ expected) <= 4  # ties
+    assert all(k != 0 for _, _, k in drawn)  # the sink column is left out
+    assert "strongest lines" in js(driver, "return document.querySelector('.av-side .av-note').textContent")
+    assert not errors(driver)
+
+
+def test_a_served_long_text_draws_the_shown_head_first_and_the_others_behind(driver, tmp_path):
+    """The explorer as `serve` mounts it for a long text (no weights, the first head inline, the
+    others from fetchHead), with fetches the test answers one by one."""
+    from attnviz.views.html import encode_weights, page_meta
+
+    att = replace_heads(long_page(150), 6)
+    open_page(driver, tmp_path, att)
+    data = {**page_meta(att), "lazy": True, "head0": encode_weights(att.attn[:1, :1]), "view": "matrix"}
+    heads = {f"0,{h}": encode_weights(att.attn[:1, h : h + 1]) for h in range(6)}
+    js(
+        driver,
+        "window.asked = []; window.answers = {};"
+        " const root = document.createElement('div'); root.id = 'lazy'; document.body.appendChild(root);"
+        " window.lazy = AttnViz.mount(root, arguments[0], {fetchHead: (l, h) => new Promise(ok => {"
+        "   asked.push(l + ',' + h); answers[l + ',' + h] = ok; })});",
+        data,
+    )
+    wait(driver, lambda d: d.execute_script("return !!document.querySelector('#lazy canvas.av-matrix')"))
+    asked = lambda d: d.execute_script("return window.asked")  # noqa: E731
+
+    def answer(key: str) -> None:
+        js(driver, "answers[arguments[0]](arguments[1])", key, heads[key])
+
+    wait(driver, lambda d: asked(d) == ["0,1"])  # the rest of the layer, one at a time, behind
+    js(driver, "lazy.set({head: 4})")  # a head shown now goes before the background ones
+    assert "loading layer 0, head 4" in js(driver, "return document.querySelector('#lazy').textContent")
+    answer("0,1")
+    wait(driver, lambda d: asked(d) == ["0,1", "0,4"])
+    answer("0,4")
+    wait(driver, lambda d: d.execute_script("return !!document.querySelector('#lazy canvas.av-matrix')"))
+    got = np.array(js(driver, "return Array.from(lazy.matrix(0, 4))")).reshape(150, 150)
+    np.testing.assert_allclose(got, half(att.attn[0, 4]), atol=1e-3)
+    # the head view draws the heads it has (0, 1, 4) at once and says how many are still coming
+    js(driver, "lazy.set({view: 'head'})")
+    lines = js(
+        driver, "return [...new Set([...document.querySelectorAll('#lazy line')].map(l => l.dataset.head))]"
+    )
+    assert sorted(lines) == ["0", "1", "4"]
+    assert "loading 3 more heads of layer 0" in js(
+        driver, "return document.querySelector('#lazy').textContent"
+    )
+    for key in ("0,2", "0,3", "0,5"):
+        wait(driver, lambda d, key=key: asked(d)[-1] == key)
+        answer(key)
+    wait(
+        driver,
+        lambda d: d.execute_script("return document.querySelectorAll('#lazy .av-loading').length") == 0,
+    )
+    lines = js(
+        driver, "return [...new Set([...document.querySelectorAll('#lazy line')].map(l => l.dataset.head))]"
+    )
+    assert sorted(lines) == [str(h) for h in range(6)]
+    assert asked(driver) == ["0,1", "0,4", "0,2", "0,3", "0,5"]  # each head once
+    assert not errors(driver)
+
+
+def replace_heads(att, n_heads: int):
+    """`att` with n_heads heads: the first two repeated, rolled so that each head differs."""
+    from dataclasses import replace
+
+    attn = np.stack([np.roll(att.attn[0, h % 2], h // 2, axis=1) for h in range(n_heads)])[None]
+    return replace(att, attn=attn / attn.sum(-1, keepdims=True), heads=tuple(range(n_heads)))
+
+
+def test_served_text_view_keeps_emoji_in_place(driver, served):
+    from selenium.webdriver.common.by import By
+
+    from attnviz.extraction import extract
+
+    base, model = served
+    driver.get(base + "/")
+    wait(driver, lambda d: d.execute_script("return document.body.dataset.models") == "1")
+    driver.execute_script("document.getElementById('av-input').value = arguments[0]", UNICODE_TEXT)
+    driver.find_element(By.ID, "av-submit").click()
+    wait(driver, lambda d: d.execute_script("return document.body.dataset.ready"))
+    driver.find_element(By.CSS_SELECTOR, "button[data-view=text]").click()
+    assert_text_view_reads_the_text(driver, extract(UNICODE_TEXT, model))
     assert not errors(driver)
