@@ -367,6 +367,8 @@ def test_generation_layout_puts_tokens_back_on_their_text():
     assert text == "Hello world\n\n巴 !"
     # a piece never found keeps the rest of the text in the last gap: nothing of the text is lost
     pieces, gaps, boxed = layout(["a", "zzz", "c"], [False] * 3, [("a b c", None)])
+    assert boxed == [False, True, False] and gaps == ["", "", " b ", ""]  # "c" found past the box
+    pieces, gaps, boxed = layout(["a", "zzz", "q"], [False] * 3, [("a b c", None)])
     assert boxed == [False, True, True] and gaps[-1] == " b c"
 
 
@@ -423,3 +425,18 @@ def test_a_page_that_fits_is_written_and_one_that_does_not_is_refused_with_its_s
         render_html(att, max_mb=real * 0.9 / 1e6)
     said = float(re.search(r"about ([\d.]+) MB", str(info.value)).group(1)) * 1e6
     assert real / 1.5 <= said <= real * 1.5
+
+
+def test_generation_layout_steps_over_an_unknown_token_and_reads_stray_bytes():
+    from attnviz.views.generation import layout
+
+    # T5 reads an emoji as <unk> (special): the next token finds its text after it
+    pieces, gaps, boxed = layout(
+        ["Paris", ".", "<unk>", "The", "cat"],
+        [False, False, True, False, False],
+        [("Paris. 😀 The cat", None)],
+    )
+    assert boxed == [False, False, True, False, False] and gaps[3] == " 😀 " and pieces[3:] == ["The", "cat"]
+    # bytes a sampled model wrote that spell no character decode as U+FFFD
+    pieces, gaps, boxed = layout(["ok", "\\xb9", "\\xb9\\xb9"], [False] * 3, [("ok\ufffd\ufffd\ufffd", None)])
+    assert boxed == [False] * 3 and pieces == ["ok", "\ufffd", "\ufffd\ufffd"]

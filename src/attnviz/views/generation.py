@@ -7,6 +7,7 @@ base64 float16, and the same Content-Security-Policy as the explorer: no network
 from __future__ import annotations
 
 import html
+import re
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -98,17 +99,28 @@ def _candidates(label: str) -> list[str]:
     if SPLIT in label:
         core = label[2:] if label.startswith(SPLIT) and len(label) > 1 else label
         out.append(unescape(core.removesuffix(SPLIT)))
+    if re.fullmatch(r"(\\x[0-9a-f]{2})+", label):  # bytes that spell no character: decoded as U+FFFD
+        out.append("\ufffd" * (len(label) // 4))
     return out
 
 
-def _find(text: str, at: int, piece: str) -> int | None:
-    """Where `piece` starts in `text` at or after `at`, with only whitespace skipped; None if not."""
+SKIP = 8  # characters a token may skip after one not found (an <unk>'s emoji, say)
+
+
+def _find(text: str, at: int, piece: str, skip: bool = False) -> int | None:
+    """Where `piece` starts in `text` at or after `at`, with only whitespace skipped (or, `skip`,
+    up to SKIP characters of any kind); None if not."""
+    start = at
     while True:
         if text.startswith(piece, at):
             return at
         if at >= len(text) or not text[at].isspace():
-            return None
+            break
         at += 1
+    if skip and piece:
+        found = text.find(piece, start, start + SKIP + len(piece))
+        return found if found >= 0 else None
+    return None
 
 
 def layout(
@@ -131,9 +143,9 @@ def layout(
         end = len(labels) if count is None else min(len(labels), i + count)
         at = 0
         for k in range(i, end):
-            found = None
+            found, lost = None, k > i and boxed[-1]  # after a box (an <unk>): its text may lie between
             for piece in [] if special[k] else _candidates(labels[k]):
-                start = _find(text, at, piece)
+                start = _find(text, at, piece, skip=lost)
                 if start is not None:
                     found = (start, piece)
                     break
