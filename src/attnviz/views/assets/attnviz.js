@@ -473,7 +473,9 @@
     }
     // Each query's strongest key in each head (the first key, a sink, left out), the strongest
     // STRONGEST_LINES per token of those.
+    var strong = null; // computed once a drawing: leaving a token draws them again
     function strongest() {
+      if (strong) return strong;
       var best = [];
       mats.forEach(function (hm) {
         var mat = hm[1];
@@ -487,7 +489,8 @@
         }
       });
       best.sort(function (x, y) { return y[0] - x[0]; });
-      return best.slice(0, STRONGEST_LINES * m);
+      strong = best.slice(0, STRONGEST_LINES * m);
+      return strong;
     }
     function draw(col, i) {
       lines.textContent = "";
