@@ -842,6 +842,24 @@ def test_a_served_long_text_draws_the_shown_head_first_and_the_others_behind(dri
     )
     assert sorted(lines) == [str(h) for h in range(6)]
     assert asked(driver) == ["0,1", "0,4", "0,2", "0,3", "0,5"]  # each head once
+    # another text mounted in its place: the one it replaces sends no more requests
+    js(
+        driver,
+        "window.asked2 = []; window.answers2 = {}; const root = document.getElementById('lazy');"
+        " window.second = AttnViz.mount(root, arguments[0], {fetchHead: (l, h) => new Promise(ok => {"
+        "   asked2.push(l + ',' + h); answers2[l + ',' + h] = ok; })});",
+        data,
+    )
+    wait(driver, lambda d: d.execute_script("return window.asked2") == ["0,1"])
+    js(
+        driver,
+        "AttnViz.mount(document.getElementById('lazy'), arguments[0],"
+        " {fetchHead: () => new Promise(() => {})})",
+        data,
+    )
+    js(driver, "answers2['0,1'](arguments[0])", heads["0,1"])
+    js(driver, "return new Promise(ok => setTimeout(ok, 300))")
+    assert js(driver, "return window.asked2") == ["0,1"]
     assert not errors(driver)
 
 

@@ -115,9 +115,15 @@
     this.pump();
     return job.promise;
   };
+  // Drop the fetches not yet sent (another text replaces this one).
+  Store.prototype.stop = function () {
+    this.stopped = true;
+    this.queue.forEach(function (job) { job.reject(new Error("stopped")); });
+    this.queue = [];
+  };
   Store.prototype.pump = function () {
     var self = this, q = this.queue;
-    if (this.busy || !q.length) return;
+    if (this.busy || !q.length || this.stopped) return;
     var i = 0;
     while (i < q.length && q[i].background) i++;
     var job = q.splice(i < q.length ? i : 0, 1)[0];
@@ -241,8 +247,8 @@
     var first = !this.store.pending[key];
     var job = this.store.load(layer, head, background);
     if (!first) return; // already asked for: its promise draws (and load() moved it up if now wanted)
-    job.then(function () { if (self.shows(layer, head)) self.render(); },
-      function (e) { if (self.shows(layer, head)) self.fail(e); });
+    job.then(function () { if (!self.store.stopped && self.shows(layer, head)) self.render(); },
+      function (e) { if (!self.store.stopped && self.shows(layer, head)) self.fail(e); });
   };
   // Whether the view on screen draws head (layer, head).
   Explorer.prototype.shows = function (layer, head) {
@@ -591,6 +597,7 @@
   // Mount an explorer; `options.fetchHead(layer, head)` -> Promise of one head's encoded weights,
   // for data sent without weights (a served long text). Resolves once the first view is drawn.
   api.mount = function (root, data, options) {
+    if (root.attnviz) root.attnviz.store.stop(); // the explorer it replaces fetches nothing more
     var ex = new Explorer(root, data, options);
     api.mounted.push(ex);
     return ex;
