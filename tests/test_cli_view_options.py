@@ -316,28 +316,28 @@ def test_decoder_stream_can_hide_special_tokens(tiny_model_path, figures) -> Non
 def test_view_refuses_a_large_page_before_the_forward_pass(
     bert, loaded, tmp_path, monkeypatch, extra, options
 ):
-    """The early check counts exactly the weights the page would carry (the token level), and
-    refuses a page estimated at over twice --max-mb (compression varies; page_data checks the rest)."""
+    """The early check counts exactly the rows the page would carry (the token level), and
+    refuses a page whose least size is over --max-mb (compression varies; page_data checks the rest)."""
     import attnviz.extraction
     from attnviz.analyses.transform import ViewOptions, transform
-    from attnviz.views.html import BYTES_PER_WEIGHT, check_page_fits
+    from attnviz.views.html import check_page_fits, least_bytes
 
     att = transform(
         extract(TEXT, loaded, layers=[1] if "--layers" in extra else None), ViewOptions(**options)
     )
-    size = att.attn.size * BYTES_PER_WEIGHT + 60_000  # the estimate page_data starts from
+    size = least_bytes(*att.attn.shape[:3])  # what the page takes at the least
     layers = [1] if "--layers" in extra else None
-    check_page_fits(loaded, TEXT, layers=layers, options=ViewOptions(**options), max_mb=size / 2e6)
-    with pytest.raises(Exception, match="the page would be about"):
-        check_page_fits(loaded, TEXT, layers=layers, options=ViewOptions(**options), max_mb=(size - 1) / 2e6)
+    check_page_fits(loaded, TEXT, layers=layers, options=ViewOptions(**options), max_mb=size / 1e6)
+    with pytest.raises(Exception, match="the page would be at least about"):
+        check_page_fits(loaded, TEXT, layers=layers, options=ViewOptions(**options), max_mb=(size - 1) / 1e6)
 
     def no_forward(*args, **kwargs):
         raise AssertionError("the forward pass ran before the size check")
 
     monkeypatch.setattr(attnviz.extraction, "run_batch", no_forward)
-    max_mb = str((size - 1) / 2e6)
+    max_mb = str((size - 1) / 1e6)
     result = runner.invoke(
         app, ["view", TEXT, "-m", bert, "-o", str(tmp_path / "v.html"), "--max-mb", max_mb, *extra]
     )
-    assert result.exit_code == 2 and result.output.startswith("error: the page would be about"), result.output
+    assert result.exit_code == 2 and result.output.startswith("error: the page would be at least about")
     assert result.output.count("\n") == 1 and not (tmp_path / "v.html").exists()
