@@ -300,15 +300,15 @@ class Handlers:
     def view(self, p: Params) -> dict[str, Any]:
         """The explorer's data; with `lazy=1`, a text too long for one page comes without weights
         (`"lazy": true`) and the page fetches its heads one at a time from /api/head."""
-        from attnviz.views.html import estimate_bytes, page_data
+        from attnviz.views.html import estimate_bytes, least_bytes, page_data
 
         text, name = p.text(), self.pool.name(p.q.get("model"))
         options = p.view_options()
         if p.flag("lazy") and not options.changes:
             loaded, truncate = self.pool.models[name], p.flag("truncate")
             n = self.pool.length(name, text, truncate)
-            values = n * n * loaded.num_layers * loaded.capture.num_heads
-            if not self.pool.fits(name, n) or values * 0.22 > self.max_page_mb * 1e6:
+            least = least_bytes(loaded.num_layers, loaded.capture.num_heads, n)  # the page's own rule
+            if not self.pool.fits(name, n) or least > self.max_page_mb * 1e6:
                 return self._lazy(name, text, truncate)
         att = self.pool.extract(
             name, text, layers=p.indices("layers"), heads=p.indices("heads"), truncate=p.flag("truncate")
