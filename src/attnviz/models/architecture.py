@@ -67,7 +67,7 @@ def output_projections(loaded: LoadedModel, purpose: str) -> list[Any]:
 def _trace(loaded: LoadedModel) -> list[Any | None]:
     import torch
 
-    from attnviz.models.capture import Editor, editing
+    from attnviz.models.capture import Editor, active_editor, editing
 
     cap = loaded.capture
     main = main_stream(loaded)
@@ -77,15 +77,18 @@ def _trace(loaded: LoadedModel) -> list[Any | None]:
         events.append(("attn", key[1] if key[0] == main else None, out.detach()))
         return out
 
+    editor = Editor(index=cap.index, edit=seen, shared=cap.shared)
+
     def pre_hook(module: Any, args: tuple[Any, ...]) -> None:
-        if args and isinstance(args[0], torch.Tensor):
+        # only this trace's pass: other threads may run the same model meanwhile, through these hooks
+        if active_editor() is editor and args and isinstance(args[0], torch.Tensor):
             events.append(("proj", module, args[0].detach()))
 
     handles = [
         m.register_forward_pre_hook(pre_hook) for m in loaded.model.modules() if in_features(m) is not None
     ]
     try:
-        with torch.no_grad(), editing(Editor(index=cap.index, edit=seen, shared=cap.shared)):
+        with torch.no_grad(), editing(editor):
             loaded.model(**cap.probe)
     finally:
         for handle in handles:

@@ -11,6 +11,7 @@ import importlib.util
 import json
 import os
 import re
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -471,6 +472,7 @@ def hub_reachable(timeout: float = 2.0) -> bool:
 
 
 _CACHE: dict[tuple[str, str, str, bool], LoadedModel] = {}
+_LOADING = threading.RLock()
 
 
 def load_model(
@@ -495,7 +497,20 @@ def load_model(
     key = (source.path, dev, str(torch_dtype), trust_remote_code, task)
     if key in _CACHE:
         return _CACHE[key]
+    with _LOADING:  # one load at a time: threads asking for one model at once share one copy
+        if key not in _CACHE:
+            _CACHE[key] = _load(source, dev, torch_dtype, trust_remote_code, progress, task)
+    return _CACHE[key]
 
+
+def _load(
+    source: ModelSource,
+    dev: str,
+    torch_dtype: Any,
+    trust_remote_code: bool,
+    progress: Callable[[LoadNotice], None] | None,
+    task: str,
+) -> LoadedModel:
     quiet_transformers()
     from transformers import AutoTokenizer
 
@@ -547,7 +562,6 @@ def load_model(
         from_cache=from_cache,
         task=task,
     )
-    _CACHE[key] = loaded
     return loaded
 
 
