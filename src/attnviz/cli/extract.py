@@ -67,6 +67,7 @@ def extract_cmd(
 ) -> None:
     """Extract per-layer, per-head attention for a text and save it with its tokens (and, in the
     file's metadata, how it was made: --weighting, --no-special)."""
+    from attnviz.analyses.norms import needs_qkv
     from attnviz.errors import InputError
     from attnviz.extraction import extract
     from attnviz.outputs import check_data_output
@@ -89,7 +90,7 @@ def extract_cmd(
         special_tokens=add_special,
         truncate=truncate,
         store=store,
-        qkv=options.qkv,
+        qkv=options.qkv and needs_qkv(loaded),
     )
     att = transform(att, options, loaded)
     output = _save(att, output, body, loaded.name)

@@ -66,6 +66,7 @@ def view_cmd(
 ) -> None:
     """Write an interactive explorer (head, matrix, model and text views) as one HTML file that works
     offline; prints its path. --aggregate shows the pooled heads as one head."""
+    from attnviz.analyses.norms import needs_qkv
     from attnviz.errors import InputError
     from attnviz.extraction import extract
     from attnviz.plots._common import parse_scale
@@ -85,7 +86,14 @@ def view_cmd(
     check_page_fits(
         loaded, body, layers=layer_list, heads=head_list, options=options, truncate=truncate, max_mb=max_mb
     )
-    att = extract(body, loaded, layers=layer_list, heads=head_list, truncate=truncate, qkv=options.qkv)
+    att = extract(
+        body,
+        loaded,
+        layers=layer_list,
+        heads=head_list,
+        truncate=truncate,
+        qkv=options.qkv and needs_qkv(loaded),
+    )
     att = transform(att, options, loaded)
     if att.truncated:
         typer.echo(f"note: cut {att.truncated} tokens to fit the model's limit", err=True)

@@ -390,6 +390,12 @@ class Capture:
         if self.encoder_decoder:
             inputs["decoder_input_ids"] = inputs["input_ids"]
         self.probe = inputs  # a three-token input: discovery, and tracing where outputs go
+        # where an Editor edits heads: in our attention function, or (own attention code, set by
+        # architecture.install_head_edits) at W_O's input; else edit_problem says why it cannot
+        self.edit_at: str | None = "attention" if self.interface else None
+        self.edit_problem: str | None = None
+        self.projections: tuple[Any, ...] = ()  # own attention code: W_O per main-stream layer
+        self.head_sizes: tuple[int, ...] = ()  # and its head size (W_O may take more: ConvBERT)
         names = {id(m): n for n, m in model.named_modules()}
         sdpa_ok = bool(getattr(model, "_supports_sdpa", False))
         self.index: dict[int, tuple[str, int]] = {}  # id(module) -> (stream, layer) of its first call

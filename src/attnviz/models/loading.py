@@ -514,6 +514,7 @@ def _load(
     quiet_transformers()
     from transformers import AutoTokenizer
 
+    from attnviz.models.architecture import install_head_edits
     from attnviz.models.capture import ATTN_IMPLEMENTATION, Capture, register
 
     register()
@@ -542,6 +543,7 @@ def _load(
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     capture = Capture(hf_model, tokenizer)
+    install_head_edits(hf_model, capture)  # own attention code: heads are edited at W_O's input
     config = hf_model.config
     enc_config = config.get_text_config() if hasattr(config, "get_text_config") else config
     num_heads = int(getattr(enc_config, "num_attention_heads", 0) or capture.num_heads)
