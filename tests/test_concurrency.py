@@ -41,7 +41,8 @@ WAIT = 60
 
 @pytest.fixture(scope="module")
 def models(tiny_model_path):
-    return {arch: load_model(str(tiny_model_path(arch)), device="cpu") for arch in ("bert", "gpt2", "t5")}
+    archs = ("bert", "gpt2", "t5", "deberta")  # deberta: its own attention code, edited at W_O's input
+    return {arch: load_model(str(tiny_model_path(arch)), device="cpu") for arch in archs}
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -124,18 +125,23 @@ def test_generate_beside_extract_and_two_generations_at_once(models, tiny_model_
 
 
 def test_ablation_and_norm_weighting_beside_extract(models):
-    """The editor of an ablation and the hooks of the output-projection trace stay in their call."""
+    """The editor of an ablation and the hooks of the output-projection trace stay in their call, on
+    a model through the attention interface and on one with its own attention code."""
     from attnviz.analyses.norms import norm_weighted
     from attnviz.heads.ablation import ablate, for_ablation
 
     lm = for_ablation(models["gpt2"])
 
-    def ablated(text: str, heads: list[tuple[int, int]]) -> Callable[[], Any]:
-        return lambda: (lambda a: (a.before, a.after))(ablate(lm, text, heads))
+    own = for_ablation(models["deberta"])
+
+    def ablated(text: str, heads: list[tuple[int, int]], model: Any = lm) -> Callable[[], Any]:
+        return lambda: (lambda a: (a.before, a.after))(ablate(model, text, heads))
 
     calls = [ablated(TEXTS[0], [(0, 1)]), ablated(TEXTS[3], [(1, 2), (0, 0)])]
+    calls += [ablated(TEXTS[1], [(1, 3)], own), ablated(TEXTS[2], [(0, 2)], own)]
     calls += [lambda: (norm_weighted(TEXTS[2], models["bert"]).attn,)]
-    calls += [_attn(t, m) for t in TEXTS[:3] for m in (lm, models["bert"])]
+    calls += [lambda t=t: (norm_weighted(t, models["deberta"]).attn,) for t in TEXTS[4:7]]
+    calls += [_attn(t, m) for t in TEXTS[:3] for m in (lm, models["bert"], models["deberta"])]
     _check_together(calls, threads=4, repeat=3)
 
 

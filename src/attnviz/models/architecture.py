@@ -14,12 +14,15 @@ Where W_O cannot be found that way, `require_editable` says so in one line befor
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from attnviz.errors import InputError
 
 if TYPE_CHECKING:
     from attnviz.models.loading import LoadedModel
+
+_TRACING: ContextVar[object | None] = ContextVar("attnviz_trace", default=None)  # this thread's trace
 
 
 def in_features(module: Any) -> int | None:
@@ -188,17 +191,21 @@ def _traced(model: Any, cap: Any, inputs: dict[str, Any], keep: list[Any] | None
     import torch
 
     calls: list[tuple[Any, Any]] = []
+    mine = object()
 
     def pre_hook(module: Any, args: tuple[Any, ...]) -> None:
-        if args and isinstance(args[0], torch.Tensor) and args[0].requires_grad:
+        # only this pass: other threads may run the same model meanwhile, through these hooks
+        if _TRACING.get() is mine and args and isinstance(args[0], torch.Tensor) and args[0].requires_grad:
             calls.append((module, args[0]))
 
     modules = keep if keep is not None else [m for m in model.modules() if in_features(m) is not None]
     handles = [m.register_forward_pre_hook(pre_hook) for m in dict.fromkeys(modules)]
+    token = _TRACING.set(mine)
     try:
         with torch.inference_mode(False), torch.enable_grad():
             out = model(**inputs, output_attentions=True)
     finally:
+        _TRACING.reset(token)
         for handle in handles:
             handle.remove()
     attns = out.encoder_attentions if cap.encoder_decoder else out.attentions
