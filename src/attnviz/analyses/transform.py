@@ -78,6 +78,7 @@ def extract_shown(text: str, model: str | LoadedModel | None, options: ExtractOp
     """`extract` then `transform`: the attention a command shows, as `options` ask. The value
     vectors are kept only when norm weighting needs them; `model` may be a LoadedModel (needed for
     norm weighting) or anything `load_model` takes."""
+    from attnviz.analyses.norms import needs_qkv
     from attnviz.extraction import extract
     from attnviz.models.loading import LoadedModel, load_model
 
@@ -92,7 +93,7 @@ def extract_shown(text: str, model: str | LoadedModel | None, options: ExtractOp
         special_tokens=options.special_tokens,
         truncate=options.truncate,
         store=options.store,
-        qkv=options.view.qkv,
+        qkv=options.view.qkv and needs_qkv(loaded),  # own-code models: traced at the projection
     )
     return transform(att, options.view, loaded)
 

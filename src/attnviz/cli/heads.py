@@ -101,12 +101,19 @@ def _stream(
     """
     from dataclasses import replace
 
+    from attnviz.analyses.norms import needs_qkv
     from attnviz.analyses.transform import ViewOptions, transform
     from attnviz.extraction import extract_stream
 
     options = options or ViewOptions()
     atts = extract_stream(
-        texts, loaded, layers=layers, heads=heads, truncate=truncate, qkv=options.qkv, batch_size=chunk
+        texts,
+        loaded,
+        layers=layers,
+        heads=heads,
+        truncate=truncate,
+        qkv=options.qkv and needs_qkv(loaded),
+        batch_size=chunk,
     )
     for att in atts:
         shown = transform(att, options, loaded)

@@ -424,12 +424,11 @@ def _run(
     import torch
 
     from attnviz.models.capture import recording
+    from attnviz.models.generation_capture import sampling
 
-    if settings.get("sample") and settings.get("seed") is not None:
-        torch.manual_seed(int(settings["seed"]))
     hook = loaded.model.register_forward_pre_hook(rec.next_step)
     try:
-        with torch.inference_mode(), recording(rec):
+        with torch.inference_mode(), recording(rec), sampling(settings.get("sample"), settings.get("seed")):
             out = loaded.model.generate(**inputs, **generate_kwargs(loaded, settings))
     finally:
         hook.remove()
