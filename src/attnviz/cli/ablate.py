@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from attnviz.cli._app import command
+from attnviz.cli._app import HEADS, command
 from attnviz.cli._options import (
     DeviceOpt,
     DtypeOpt,
@@ -58,7 +58,7 @@ def reference_texts(mode: str, reference: Path | None) -> list[str] | None:
     return texts
 
 
-@command("ablate")
+@command("ablate", rich_help_panel=HEADS)
 def ablate_cmd(
     text: TextArg = None,
     file: FileOpt = None,

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from attnviz.cli._app import command
+from attnviz.cli._app import GENERATE, command
 from attnviz.cli._options import (
     AggregateOpt,
     CmapOpt,
@@ -34,7 +34,7 @@ PromptArg = Annotated[
 ]
 
 
-@command("generate")
+@command("generate", rich_help_panel=GENERATE)
 def generate_cmd(
     prompt: PromptArg = None,
     max_new_tokens: Annotated[

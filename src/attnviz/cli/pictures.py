@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from attnviz.analyses.transform import transform
-from attnviz.cli._app import command
+from attnviz.cli._app import PICTURES, command
 from attnviz.cli._options import (
     AddSpecialOpt,
     AggregateOpt,
@@ -181,7 +181,7 @@ def _selection_name(att: Any, layer_given: bool, pooled: str | None = None) -> t
 
 
 # -- heatmap ----------------------------------------------------------------------------------
-@command("heatmap")
+@command("heatmap", rich_help_panel=PICTURES)
 def heatmap_cmd(
     text: TextArg = None,
     layer: LayerOpt = None,
@@ -270,7 +270,7 @@ def heatmap_cmd(
 
 
 # -- entropy ----------------------------------------------------------------------------------
-@command("entropy")
+@command("entropy", rich_help_panel=PICTURES)
 def entropy_cmd(
     text: TextArg = None,
     layer: LayerOpt = None,
@@ -347,7 +347,7 @@ def entropy_cmd(
 
 
 # -- toy --------------------------------------------------------------------------------------
-@command("toy")
+@command("toy", rich_help_panel=PICTURES)
 def toy_cmd(
     tokens: Annotated[
         str,
@@ -446,7 +446,7 @@ def toy_cmd(
 
 
 # -- explain --------------------------------------------------------------------------------------
-@command("explain")
+@command("explain", rich_help_panel=PICTURES)
 def explain_cmd(
     text: TextArg = None,
     layer: LayerOpt = None,

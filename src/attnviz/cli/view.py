@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from attnviz.analyses.transform import transform
-from attnviz.cli._app import command
+from attnviz.cli._app import EXPLORE, command
 from attnviz.cli._options import (
     AggregateOpt,
     DeviceOpt,
@@ -31,7 +31,7 @@ from attnviz.cli._options import (
 from attnviz.selection import parse_indices
 
 
-@command("view")
+@command("view", rich_help_panel=EXPLORE)
 def view_cmd(
     text: TextArg = None,
     output: Annotated[
