@@ -99,3 +99,11 @@ def test_generate_streams_on_a_terminal_and_counts_when_redirected(tiny_model_pa
     counted = cli_ok(args)
     assert counted.stdout == text and "generating" in counted.stderr and "/5" in counted.stderr
     assert "generating" not in cli_ok([*args, "--json"]).stderr
+
+
+def test_view_shows_its_stages_on_a_terminal_only(gpt2, terminal, tmp_path):
+    args = ["view", TEXT, "-m", gpt2, "-o", str(tmp_path / "v.html")]
+    assert "building the page" not in cli_ok(args).stderr
+    terminal()
+    shown = cli_ok(args).stderr
+    assert "extracting attention" in shown and "building the page" in shown, shown

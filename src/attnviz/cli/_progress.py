@@ -52,3 +52,17 @@ def progress_bar(label: str, unit: str = "", quiet: bool = False) -> Iterator[Pr
 
     with bar:
         yield update
+
+
+@contextmanager
+def stage(message: str, quiet: bool = False) -> Iterator[None]:
+    """A spinner with `message` for a step the library cannot count (one forward pass, a page build)."""
+    from attnviz.cli._options import spinner_wanted
+
+    if not spinner_wanted(quiet):
+        yield
+        return
+    from rich.console import Console
+
+    with Console(stderr=True, force_terminal=True).status(message):
+        yield

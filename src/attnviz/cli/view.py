@@ -85,11 +85,15 @@ def view_cmd(
     check_page_fits(
         loaded, body, layers=layer_list, heads=head_list, options=options, truncate=truncate, max_mb=max_mb
     )
-    att = extract(body, loaded, layers=layer_list, heads=head_list, truncate=truncate, qkv=options.qkv)
-    att = transform(att, options, loaded)
+    from attnviz.cli._progress import stage
+
+    with stage("extracting attention..."):
+        att = extract(body, loaded, layers=layer_list, heads=head_list, truncate=truncate, qkv=options.qkv)
+        att = transform(att, options, loaded)
     if att.truncated:
         typer.echo(f"note: cut {att.truncated} tokens to fit the model's limit", err=True)
-    page = render_html(att, level="word" if words else "token", scale=scale, view=start, max_mb=max_mb)
+    with stage(f"building the page ({len(att.tokens)} tokens)..."):
+        page = render_html(att, level="word" if words else "token", scale=scale, view=start, max_mb=max_mb)
     path = write_html(page, output_path(output, body, loaded.name))
     typer.echo(str(path))
     if open_:
