@@ -669,3 +669,45 @@ def test_search_figure_draws_the_best_head_with_both_words_outlined(tiny_model_p
     assert f"layer {best.layer} · head {best.head}: cat ↔ mat (score {best.score:.3f})" in title
     outlined = [p for p in fig.axes[0].patches if p.get_fill() is False]
     assert outlined  # the rows and columns of 'cat' and 'mat'
+
+
+# -- issue 31: figures that mislead -------------------------------------------------------------
+def _panel_contrast(fig) -> float:
+    """Measured on the drawn images: the share of panels where at least half the rows have a cell a
+    quarter of the colour range above the row's median colour (a uniformly dark panel has none)."""
+    shown = []
+    for im in images(fig):
+        if im.axes.get_ylabel().startswith(plots.WEIGHT_LABEL):
+            continue
+        colour = np.clip(np.asarray(im.norm(np.asarray(im.get_array(), dtype=float))), 0, 1)
+        spread = colour.max(-1) - np.median(colour, -1)
+        shown.append(np.mean(spread >= 0.25) >= 0.5)
+    return float(np.mean(shown))
+
+
+def _thin_long_text(n: int = 300, layers: int = 3, heads: int = 4) -> Attention:
+    """A long text's attention: each head puts 0.05 on a band (offset h) and spreads the rest thin;
+    one cell holds 1.0, so a linear scale tops at 1 and every panel reads uniformly dark."""
+    base = fake_attention(n, layers, heads)
+    attn = np.full((layers, heads, n, n), 0.95 / n, dtype=np.float32)
+    for li in range(layers):
+        for hi in range(heads):
+            q = np.arange(n)
+            attn[li, hi, q, (q + li * heads + hi) % n] += 0.05
+    attn[0, 0, 0] = 0.0
+    attn[0, 0, 0, 5] = 1.0
+    return replace(base, attn=attn)
+
+
+def test_overview_of_a_long_text_shows_contrast_in_most_panels():
+    """On one shared linear scale 0 of 12 panels show their band; the default must show most."""
+    att = _thin_long_text()
+    linear = plots.attention_figure(att, vmax="max")
+    assert _panel_contrast(linear) == 0.0  # the trouble: uniformly dark
+    fig = plots.attention_figure(att)
+    assert _panel_contrast(fig) >= 0.9
+    (bar,) = [ax for ax in fig.axes if ax.get_ylabel().startswith(plots.WEIGHT_LABEL)]
+    assert "auto: log scale" in bar.get_ylabel() and "12 of 12 panels" in bar.get_ylabel()
+    short = plots.attention_figure(fake_attention(6, 2, 3))  # a short text keeps its linear scale
+    assert type(images(short)[0].norm).__name__ == "Normalize"
+    assert _panel_contrast(short) > 0.5

@@ -34,8 +34,10 @@ from attnviz.plots._common import (
     label_inches,
     mask_patch,
     new_figure,
+    parse_scale,
     quoted,
     ranges,
+    readable_scale,
     resolve_scale,
     resolve_vmax,
     set_ticks,
@@ -298,7 +300,11 @@ def overview(
     width, height = lay.size
     fig = new_figure(lay.size, dpi, constrained=False)
     flat = [attn[li, hi] for li in range(nl) for hi in range(nh)]
-    top, cs = resolve_vmax(None, flat, visible), resolve_scale(vmax, flat, visible, *(sink or (None,)))
+    top = resolve_vmax(None, flat, visible)
+    if parse_scale(vmax, "vmax") == "auto":  # many small panels: linear, or log where linear shows nothing
+        cs = readable_scale(flat, visible, *(sink or (None,)))
+    else:
+        cs = resolve_scale(vmax, flat, visible, *(sink or (None,)))
     cm = colormap(cmap)
     font = max(7.0, min(9.0, lay.panel * 72 * 0.12))
     for li, layer in enumerate(layers):
