@@ -711,3 +711,62 @@ def test_overview_of_a_long_text_shows_contrast_in_most_panels():
     short = plots.attention_figure(fake_attention(6, 2, 3))  # a short text keeps its linear scale
     assert type(images(short)[0].norm).__name__ == "Normalize"
     assert _panel_contrast(short) > 0.5
+
+
+def _generation(n_new: int, prompt: int, seed: int = 0):
+    """A decoder's [new, context] rows (the first key a sink of 0.6) and its labels."""
+    from attnviz.plots.generation import step_visible
+
+    width = prompt + n_new
+    visible = step_visible(n_new, width, prompt)
+    raw = np.random.default_rng(seed).random((n_new, width)) ** 4 * visible
+    raw /= raw.sum(-1, keepdims=True)
+    raw = raw * 0.4
+    raw[:, 0] += 0.6
+    new = [f"w{i}" for i in range(n_new)]
+    return raw.astype(np.float32), new, [f"p{i}" for i in range(prompt)] + new, visible
+
+
+def _extent(fig, artist):
+    fig.canvas.draw()
+    return artist.get_window_extent(fig.canvas.get_renderer())
+
+
+def test_generation_plot_leaves_the_sink_out_of_its_colour_scale_as_heatmap_does():
+    from attnviz.plots.generation import generation_figure
+
+    matrix, new, ctx, visible = _generation(5, 4)
+    fig = generation_figure(matrix, new, ctx, 4, title="m · while generating · layer 0 · head 0")
+    (image,) = data_axes(fig)[0].get_images()
+    rest = np.where(visible, matrix, 0)[:, 1:].max()
+    assert image.norm.vmax == pytest.approx(rest) and image.norm.vmax < matrix[:, 0].max()
+    (bar,) = [ax for ax in fig.axes if ax.get_ylabel().startswith(plots.WEIGHT_LABEL)]
+    assert "sink p0 (key 0" in bar.get_ylabel()
+
+
+def test_a_100_token_generation_plot_fills_its_figure_and_its_bar_is_the_plots_height():
+    from attnviz.plots.generation import generation_figure
+
+    matrix, new, ctx, _ = _generation(100, 18)
+    fig = generation_figure(matrix, new, ctx, 18, title="smollm2 · while generating · layer 18 · head 6")
+    ax = data_axes(fig)[0]
+    (bar,) = [a for a in fig.axes if a.get_ylabel().startswith(plots.WEIGHT_LABEL)]
+    image, colour = _extent(fig, ax.get_images()[0]), _extent(fig, bar)
+    assert colour.height <= image.height * 1.02  # not as tall as the figure
+    assert image.height >= 0.78 * fig.canvas.get_width_height()[1]  # no band of white above and below
+    assert layout_problems(fig) == []
+
+
+def test_a_short_cross_attention_plot_keeps_title_and_y_label_apart():
+    """The T5 case: 3 new tokens, a long title: nothing clipped, the y label clear of the title."""
+    from attnviz.plots.generation import generation_figure
+
+    title = "/tmp/pytest-of-root/pytest-0/tiny-models0/t5 · cross-attention · mean of layers 0-1, heads 0-3"
+    for rows, cols in ((1, 2), (3, 3), (2, 3), (3, 6)):
+        matrix = np.random.default_rng(1).random((rows, cols)).astype(np.float32)
+        src = ["▁the", "▁cat", "▁sat", "</s>", "a", "b"][:cols]
+        new = [f"w{i}" for i in range(rows)]
+        fig = generation_figure(matrix, new, src, 1, cross=True, title=title, text="the cat sat")
+        assert layout_problems(fig) == [], (rows, cols)
+        ylabel = _extent(fig, data_axes(fig)[0].yaxis.label)
+        assert ylabel.y1 <= _extent(fig, fig._suptitle).y0
