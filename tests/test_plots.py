@@ -762,7 +762,7 @@ def test_a_short_cross_attention_plot_keeps_title_and_y_label_apart():
     from attnviz.plots.generation import generation_figure
 
     title = "/tmp/pytest-of-root/pytest-0/tiny-models0/t5 · cross-attention · mean of layers 0-1, heads 0-3"
-    for rows, cols in ((1, 2), (3, 3), (2, 3), (3, 6)):
+    for rows, cols in ((1, 2), (1, 4), (3, 3), (2, 3), (3, 6)):
         matrix = np.random.default_rng(1).random((rows, cols)).astype(np.float32)
         src = ["▁the", "▁cat", "▁sat", "</s>", "a", "b"][:cols]
         new = [f"w{i}" for i in range(rows)]

@@ -35,12 +35,21 @@ ROW_LABELS = (ROW_LABEL, "new token\n(the step that wrote it)", "new token")  # 
 MIN_ROWS_INCHES = 1.6  # a few rows still get this much height (their label must fit beside them)
 
 
-def row_label(axis_inches: float, fontsize: float = 10.0) -> str:
-    """The y label, shortened so it is no taller than the rows it names (else it runs into the title)."""
-    for label in ROW_LABELS:
+SOURCE_LABELS = (
+    "source token (the prompt, read by cross-attention)",
+    "source token\n(the prompt, read by cross-attention)",
+    "source token",
+)
+CONTEXT_LABELS = ("context token (attending to)", "context token\n(attending to)", "context token")
+
+
+def row_label(axis_inches: float, fontsize: float = 10.0, labels: tuple[str, ...] = ROW_LABELS) -> str:
+    """The y label (or x label, given its `labels`), the longest that is no longer than the axis it
+    names, so it never runs into the title or out of the picture."""
+    for label in labels:
         if max(len(line) for line in label.split("\n")) * fontsize * 0.6 / 72 <= axis_inches:
             return label
-    return ROW_LABELS[-1]
+    return labels[-1]
 
 
 def step_visible(n_new: int, width: int, prompt_length: int) -> np.ndarray:
@@ -96,7 +105,7 @@ def generation_figure(
     ax = fig.axes[0]
     if title:  # the title over the whole figure (sized for it), never over the y label beside the axes
         ax.set_title("")
-        fig.suptitle(with_text(title, text), fontsize=11, parse_math=False)
+        fig.suptitle(with_text(wrap_title(title, fig.get_figwidth()), text), fontsize=11, parse_math=False)
     # heatmap() thins both axes' labels as for a square; rows and a wide context get their own room
     room = axis or (min(width * CELL, MAX_SIDE - label_inches(rows) - 1.6), None)
     token_ticks(ax.xaxis, cols, max(1.0, room[0]))
@@ -104,9 +113,7 @@ def generation_figure(
         token_ticks(ax.yaxis, rows, max(1.0, room[1]))
     ax.tick_params(axis="x", labelrotation=90, length=2)
     ax.set_ylabel(row_label(room[1] if room[1] is not None else MAX_SIDE))
-    ax.set_xlabel(
-        "source token (the prompt, read by cross-attention)" if cross else "context token (attending to)"
-    )
+    ax.set_xlabel(row_label(room[0] + 0.8, labels=SOURCE_LABELS if cross else CONTEXT_LABELS))
     if not cross and 0 < prompt_length < width:
         ax.axvline(prompt_length - 0.5, color=HIGHLIGHT, linestyle="--", linewidth=1.4, zorder=4)
         handle = Line2D([], [], color=HIGHLIGHT, linestyle="--", label=PROMPT_END_LABEL)
@@ -118,17 +125,31 @@ def _size(
     n_new: int, width: int, labels: list[str], title: str, text: str | None
 ) -> tuple[tuple[float, float], tuple[float, float]]:
     """Figure inches shaped like the matrix (cells square, no empty band above and below), and the
-    axes' inches: a 100-token continuation over a 120-token context is a wide, shorter picture."""
+    axes' inches: a 100-token continuation over a 120-token context is a wide, shorter picture. A
+    long title is wrapped to the figure (`wrap_title`), never the reason the cells grow."""
     margin = label_inches(labels)
     cell = min(CELL, (MAX_SIDE - margin - 1.6) / width, (MAX_SIDE - margin - 1.2) / n_new)
     cell = max(cell, min(2 * CELL, MIN_ROWS_INCHES / n_new, (MAX_SIDE - margin - 1.6) / width))  # few rows
+    wide = max(5.0, width * cell + margin + 1.6, text_inches(quoted(text), 11))
+    cell = (wide - margin - 1.6) / width  # the axes fill the width: the height follows from it
     axis = (width * cell, n_new * cell)
-    heading = 0.25 * (bool(title) + bool(text))
-    size = (
-        max(5.0, axis[0] + margin + 1.6, text_inches(title, 11), text_inches(quoted(text), 11)),
-        max(3.0, axis[1] + margin + 0.9 + heading),
-    )
-    return size, axis
+    lines = wrap_title(title, wide).count("\n") + 1 if title else 0
+    heading = 0.22 * (lines + bool(text))
+    return (wide, min(MAX_SIDE, max(3.2, axis[1] + margin + 1.1 + heading))), axis
+
+
+def wrap_title(title: str, inches: float, fontsize: float = 11.0) -> str:
+    """`title` broken at its ' · ' separators (else at spaces) into lines no wider than `inches`."""
+    import textwrap
+
+    chars = max(20, int((inches - 0.4) * 72 / (fontsize * 0.6)))
+    lines: list[str] = []
+    for part in title.split(" · "):
+        if lines and len(lines[-1]) + 3 + len(part) <= chars:
+            lines[-1] += " · " + part
+        else:
+            lines.extend(textwrap.wrap(part, chars, break_long_words=True) or [""])
+    return "\n".join(lines)
 
 
 def generation_picture(gen0: Any, stream: str = "self", **style: Any) -> Figure:
