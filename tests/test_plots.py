@@ -770,3 +770,38 @@ def test_a_short_cross_attention_plot_keeps_title_and_y_label_apart():
         assert layout_problems(fig) == [], (rows, cols)
         ylabel = _extent(fig, data_axes(fig)[0].yaxis.label)
         assert ylabel.y1 <= _extent(fig, fig._suptitle).y0
+
+
+@pytest.mark.parametrize(("n", "causal"), [(6, False), (6, True), (40, False), (40, True)])
+def test_entropy_legend_covers_neither_the_uniform_line_nor_a_bar(n, causal):
+    from attnviz.heads.patterns import row_entropy_of
+
+    att = fake_attention(n=n, layers=1, heads=1, causal=causal)
+    uniform = replace(
+        att, attn=np.where(att.visible(), 1.0, 0.0)[None, None] / att.visible().sum(-1)[..., None]
+    )
+    for a in (att, uniform):  # uniform rows: the bars reach the line
+        fig = plots.entropy_figure(row_entropy_of(a))
+        (ax,) = fig.axes
+        box = _extent(fig, ax.get_legend())
+        line = next(x for x in ax.get_lines() if x.get_label() == plots.BOUND_LABEL)
+        points = ax.transData.transform(np.column_stack([line.get_xdata(), line.get_ydata()]))
+        inside = [(x, y) for x, y in points if box.x0 - 2 <= x <= box.x1 + 2]
+        assert all(y < box.y0 for _, y in inside), "the legend sits on the dashed line"
+        assert all(_extent(fig, bar).y1 < box.y0 for bar in ax.patches), "the legend covers a bar"
+
+
+def test_every_layers_by_heads_grid_labels_cells_l_and_h():
+    """role.png, scores, entropy, compare: rows L0.., columns H0.., as the overview's 'L1 H5'."""
+    from attnviz.heads.patterns import row_entropy_of
+
+    roles = np.array([["previous", "mixed", "self"], ["mixed", "broad", "first"]])
+    att = fake_attention(layers=2, heads=3)
+    figs = [
+        plots.role_figure(roles, [0, 1], [0, 1, 2]),
+        plots.score_figure(np.random.default_rng(0).random((2, 3)), [0, 1], [0, 1, 2]),
+        plots.entropy_figure(row_entropy_of(att)),
+    ]
+    for fig in figs:
+        ax = fig.axes[0]
+        assert labels(ax.yaxis) == ["L0", "L1"] and labels(ax.xaxis) == ["H0", "H1", "H2"]

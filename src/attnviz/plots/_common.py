@@ -340,6 +340,15 @@ def set_ticks(
     ax.tick_params(axis="y", length=2)
 
 
+def layer_head_ticks(ax: Axes, layers: Sequence[int], heads: Sequence[int], fontsize: float = 8.0) -> None:
+    """Every layers x heads grid labels its cells the same way: rows L0, L1..., columns H0, H1...
+    (as the overview's panels and the printed tables, e.g. L18H6)."""
+    ax.set_xticks(range(len(heads)), [f"H{h}" for h in heads], fontsize=fontsize)
+    ax.set_yticks(range(len(layers)), [f"L{layer}" for layer in layers], fontsize=fontsize)
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+
+
 # -- drawing ---------------------------------------------------------------------------------
 def mask_patch(edge: str = MASK_EDGE) -> Any:
     """The legend entry for hatched (masked) cells."""

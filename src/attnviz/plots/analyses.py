@@ -22,6 +22,7 @@ from attnviz.plots._common import (
     colormap,
     draw_matrix,
     label_step,
+    layer_head_ticks,
     new_figure,
     quoted,
     with_text,
@@ -97,10 +98,7 @@ def change_figure(cmp: Comparison, *, cmap: str = "magma", dpi: float = DEFAULT_
     fig = new_figure((max(4.5, n_heads * 0.45 + 2.2), max(3.0, n_layers * 0.45 + 1.6)), dpi)
     ax = fig.add_subplot()
     image = ax.imshow(cmp.change, cmap=colormap(cmap), vmin=0.0, aspect="auto")
-    ax.set_xticks(range(n_heads), [str(h) for h in cmp.heads])
-    ax.set_yticks(range(n_layers), [str(layer) for layer in cmp.layers])
-    ax.set_xlabel("head")
-    ax.set_ylabel("layer")
+    layer_head_ticks(ax, cmp.layers, cmp.heads)
     ax.set_title(
         f"{cmp.model} · change per head (JS divergence, bits)\n{_both(cmp)}", fontsize=10, parse_math=False
     )
