@@ -139,10 +139,15 @@ def without_outputs(cmd: str) -> str:
     return shlex.join(kept)
 
 
-def run(picture: Picture) -> float:
-    """Run the picture's command in the repository's root; the picture in place. Seconds taken."""
+def run(picture: Picture, done: set[str] | None = None) -> float:
+    """Run the picture's command in the repository's root; the picture in place. Seconds taken.
+
+    A command in `done` already ran (cluster writes two pictures): only its file is copied."""
     cmd = shown_command(picture)
     start = time.perf_counter()
+    if done is not None and cmd.text in done:
+        shutil.copyfile(ROOT / str(picture.made), DOCS / picture.name)
+        return 0.0
     if cmd.lang == "python":
         argv = [sys.executable, "-c", cmd.text]
     else:
@@ -151,6 +156,8 @@ def run(picture: Picture) -> float:
     subprocess.run(argv, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
     if picture.made:  # the command's own file, copied under the docs' name
         shutil.copyfile(ROOT / picture.made, DOCS / picture.name)
+    if done is not None:
+        done.add(cmd.text)
     return time.perf_counter() - start
 
 
@@ -163,12 +170,19 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(args.names) - {p.name for p in PICTURES}
     if unknown:
         parser.error(f"unknown pictures: {', '.join(sorted(unknown))}")
-    for picture in chosen:
-        cmd = shown_command(picture)
-        if args.list:
-            print(f"{picture.name}  ({picture.doc}:{cmd.line})\n  {cmd.text.strip()}")
-            continue
-        print(f"{picture.name}: {run(picture):.1f} s", flush=True)
+    done: set[str] = set()
+    folders = {ROOT / Path(p.made).parent for p in chosen if p.made}
+    fresh = {f for f in folders if not f.exists()}  # made here: removed when done
+    try:
+        for picture in chosen:
+            cmd = shown_command(picture)
+            if args.list:
+                print(f"{picture.name}  ({picture.doc}:{cmd.line})\n  {cmd.text.strip()}")
+                continue
+            print(f"{picture.name}: {run(picture, done):.1f} s", flush=True)
+    finally:
+        for folder in fresh:
+            shutil.rmtree(folder, ignore_errors=True)
     return 0
 
 
