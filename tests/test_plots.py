@@ -626,7 +626,7 @@ def test_role_figure_colours_each_head_by_its_role(tmp_path):
     (ax,) = [a for a in fig.axes if a.get_images()]
     codes = ax.get_images()[0].get_array()
     np.testing.assert_array_equal(codes, [[ROLE_NAMES.index(r) for r in row] for row in roles])
-    assert labels(ax.xaxis) == ["0", "1", "2"] and labels(ax.yaxis) == ["0", "1"]
+    assert labels(ax.xaxis) == ["H0", "H1", "H2"] and labels(ax.yaxis) == ["L0", "L1"]
     assert sorted(t.get_text() for t in ax.texts) == sorted(
         ["self\n0.90", "prev\n0.80", "first\n0.70", "broad\n0.60", "sep\n0.50"]
     )
@@ -646,7 +646,7 @@ def test_score_figure_shows_the_scores(tmp_path):
     (ax,) = [a for a in fig.axes if a.get_images() and a.get_label() != "<colorbar>"]
     np.testing.assert_allclose(ax.get_images()[0].get_array(), values)
     assert ax.get_images()[0].get_clim() == (0.0, 0.9)
-    assert labels(ax.yaxis) == ["2", "3"]
+    assert labels(ax.yaxis) == ["L2", "L3"]
     assert sorted(t.get_text() for t in ax.texts) == ["0.00", "0.10", "0.50", "0.90"]
     path = plots.score_map(values, [2, 3], [0, 1], tmp_path / "s.svg", label="induction score")
     root = ET.fromstring(path.read_bytes())
