@@ -467,10 +467,8 @@ def scan_heads(
     batch_size: int = 64,
     progress: Callable[[int, int], None] | None = None,
 ) -> HeadScan:
-    """Ablate every head in turn, `batch_size` copies of the text per forward pass (one head each).
-
-    `progress(done, total)` is called with the heads scanned so far, from (0, total) on.
-    """
+    """Ablate every head in turn, `batch_size` copies of the text per forward pass (one head each);
+    `progress(done, total)` is called with the heads scanned so far, from (0, total) on."""
     import time
 
     import torch
@@ -499,9 +497,7 @@ def scan_heads(
     )
 
 
-def _scan(
-    loaded: LoadedModel, means: list[Any] | None, batch_size: int, score: Any, progress: Any = None
-) -> np.ndarray:
+def _scan(loaded: LoadedModel, means: Any, batch_size: int, score: Any, progress: Any) -> np.ndarray:
     """The measure with each head ablated alone: [layers, heads], rows of a batch = heads."""
     import torch
 
@@ -509,8 +505,8 @@ def _scan(
     every = [(layer, head) for layer in range(n_layers) for head in range(n_heads)]
     out = np.zeros(len(every))
     step = max(1, batch_size)
-    if progress is not None:
-        progress(0, len(every))
+    tell = progress or (lambda done, total: None)
+    tell(0, len(every))
     with ablating(loaded, means) as state:
         for start in range(0, len(every), step):
             chunk = every[start : start + step]
@@ -520,8 +516,7 @@ def _scan(
                     state.keep[layer] = torch.ones(len(chunk), n_heads)
                 state.keep[layer][row, head] = 0.0
             out[start : start + len(chunk)] = score(len(chunk)).double().cpu().numpy()
-            if progress is not None:
-                progress(start + len(chunk), len(every))
+            tell(start + len(chunk), len(every))
     return out.reshape(n_layers, n_heads)
 
 
@@ -566,8 +561,8 @@ def repeat_loss_scan(
     per = max(1, batch_size // batch)  # heads per forward pass
     every = [(layer, head) for layer in range(n_layers) for head in range(n_heads)]
     out = np.zeros(len(every))
-    if progress is not None:
-        progress(0, len(every))
+    tell = progress or (lambda done, total: None)
+    tell(0, len(every))
     with torch.inference_mode():
         before = float(loss(batch)[0])
         with ablating(loaded) as state:
@@ -579,8 +574,7 @@ def repeat_loss_scan(
                         state.keep[layer] = torch.ones(len(chunk) * batch, n_heads)
                     state.keep[layer][row * batch : (row + 1) * batch, head] = 0.0
                 out[s : s + len(chunk)] = loss(len(chunk) * batch).cpu().numpy()
-                if progress is not None:
-                    progress(s + len(chunk), len(every))
+                tell(s + len(chunk), len(every))
     return HeadScan(
         model=loaded.name,
         measure="repeat-loss",
