@@ -107,3 +107,12 @@ def test_view_shows_its_stages_on_a_terminal_only(gpt2, terminal, tmp_path):
     terminal()
     shown = cli_ok(args).stderr
     assert "extracting attention" in shown and "building the page" in shown, shown
+
+
+def test_heatmap_says_it_is_drawing_on_a_terminal_only(gpt2, terminal, tmp_path):
+    """A long text's overview takes seconds to draw and write: a spinner says so (never off a terminal)."""
+    args = ["heatmap", TEXT, "-m", gpt2, "-o", str(tmp_path / "h.png")]
+    assert "drawing" not in cli_ok(args).stderr
+    terminal()
+    shown = cli_ok(args).stderr
+    assert "drawing 8 heads of" in shown and "writing the picture" in shown, shown

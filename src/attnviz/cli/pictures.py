@@ -250,8 +250,11 @@ def heatmap_cmd(
         if att.n_tokens > limit:
             why = "the whole-model overview" if limit == 0 else f"more than {limit} {att.level}s in this view"
             note(f"--annotate skipped: the numbers cannot be read in {why} ({att.n_tokens} {att.level}s)")
+    from attnviz.cli._progress import stage
+
     draw = derived_figure if att.notes else attention_figure
-    fig = draw(att, annotate=annotate, highlight=marks, **style)
+    with stage(f"drawing {len(att.layers) * len(att.heads)} heads of {att.n_tokens} {att.level}s..."):
+        fig = draw(att, annotate=annotate, highlight=marks, **style)
     stream_part = () if stream == "self" else (stream,)
     how = (
         options.weighting if options.weighting != "attention" else None,
@@ -265,7 +268,8 @@ def heatmap_cmd(
         *_selection_name(att, layer is not None, options.aggregate),
         *(p for p in how if p),
     )
-    path = write_figure(fig, output, (*parts, "words") if words else parts)
+    with stage("writing the picture..."):
+        path = write_figure(fig, output, (*parts, "words") if words else parts)
     typer.echo(str(path))
 
 
