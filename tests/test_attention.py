@@ -38,3 +38,21 @@ def test_repr_is_one_short_line_whatever_the_size():
     assert "\n" not in text and len(text) < 300, text
     assert "self=float32[6, 12, 60, 60]" in text and "tokens=60" in text and "causal=True" in text
     assert str(att) == text
+
+
+def test_attention_and_generation_share_one_result_base():
+    """Issue 28: Generation ran parallel to Attention; both are HeadResults now, with one lookup rule."""
+    import dataclasses
+    import typing
+
+    from attnviz.attention import Attention, HeadResult
+    from attnviz.generation.run import Generation
+
+    assert issubclass(Attention, HeadResult) and issubclass(Generation, HeadResult)
+    base = {f.name for f in dataclasses.fields(HeadResult)}
+    assert base == {"model", "layers", "heads", "notes"}
+    assert base <= {f.name for f in dataclasses.fields(Generation)}
+    hints = typing.get_type_hints(Attention)
+    assert typing.get_args(hints["kind"]) == ("encoder", "decoder", "encoder-decoder")
+    assert typing.get_args(hints["level"]) == ("token", "word")
+    assert typing.get_args(hints["weighting"]) == ("attention", "norm")

@@ -50,11 +50,6 @@ def _config(**kw) -> BatchConfig:
     return make_config(**{"probes": PROBES, "batch_size": 4, "texts_per_part": 4, "plots": False, **kw})
 
 
-@pytest.fixture(scope="module")
-def tiny_bert(tiny_model_path):
-    return load_model(str(tiny_model_path("bert")), device="cpu")
-
-
 def _corpus_lines(tmp_path, n: int = 12) -> list[str]:
     return [TEXTS[i % len(TEXTS)] + f" Number {i}." for i in range(n)]
 

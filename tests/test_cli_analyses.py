@@ -9,30 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import bad, ok
 from typer.testing import CliRunner
-
-from attnviz.cli import app
 
 runner = CliRunner()
 PAIR = (
     "The trophy did not fit in the suitcase because it was too big.",
     "The trophy did not fit in the suitcase because it was too small.",
 )
-
-
-def ok(*args: str, stdin: str | None = None):
-    result = runner.invoke(app, list(args), input=stdin)
-    assert result.exit_code == 0, result.output
-    return result
-
-
-def bad(*args: str, match: str, stdin: str | None = None) -> str:
-    result = runner.invoke(app, list(args), input=stdin)
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert re.search(match, lines[0]), lines[0]
-    return lines[0]
 
 
 def labels(axis) -> list[str]:

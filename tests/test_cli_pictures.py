@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import bad, ok
 from typer.testing import CliRunner
 
 from attnviz.cli import app
@@ -39,22 +40,6 @@ runner = CliRunner()
 
 def run(*args: str):
     return runner.invoke(app, list(args))
-
-
-def ok(*args: str):
-    result = run(*args)
-    assert result.exit_code == 0, result.output
-    return result
-
-
-def bad(*args: str, match: str):
-    """Bad input: exit code 2 and exactly one line on stderr, naming the problem."""
-    result = run(*args)
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert re.search(match, lines[0]), lines[0]
-    return lines[0]
 
 
 def heat_axes(fig):
@@ -434,11 +419,11 @@ def test_decoder_stream_is_causal_and_hatched(tiny_model_path, figures, tmp_path
     assert ticks(ax.yaxis)[0] == "<pad>"  # the decoder's start token
 
 
-def test_stream_errors(tiny_model_path):
+def test_stream_errors(tiny_model_path, bert):
     model = str(tiny_model_path("t5"))
     bad("heatmap", "the cat", "-m", model, "--stream", "cross", "--layer", "1", match="one head")
     bad("heatmap", "the cat", "-m", model, "--stream", "sideways", match="unknown --stream")
-    bad("heatmap", "the cat", "-m", str(tiny_model_path("bert")), "--stream", "decoder", match="no decoder")
+    bad("heatmap", "the cat", "-m", bert, "--stream", "decoder", match="no decoder")
 
 
 # -- one meaning per option (issue 12) -----------------------------------------------------------

@@ -653,14 +653,14 @@ def test_score_figure_shows_the_scores(tmp_path):
     assert root.get("width") == f"{fig.get_figwidth() * 72:g}pt"
 
 
-def test_search_figure_draws_the_best_head_with_both_words_outlined(tiny_model_path):
+def test_search_figure_draws_the_best_head_with_both_words_outlined(bert):
     """find-head's --plot as a library function: the winning head's weights, A and B outlined."""
     from helpers import image_values
 
     from attnviz.extraction import extract
     from attnviz.heads.search import find_heads
 
-    att = extract("the cat sat on the mat", str(tiny_model_path("bert")), device="cpu")
+    att = extract("the cat sat on the mat", bert, device="cpu")
     found = find_heads(att, "cat", "mat")
     fig = plots.search_figure(found, att)
     best = found.best

@@ -101,12 +101,19 @@ def _stream(
     """
     from dataclasses import replace
 
+    from attnviz.analyses.norms import needs_qkv
     from attnviz.analyses.transform import ViewOptions, transform
     from attnviz.extraction import extract_stream
 
     options = options or ViewOptions()
     atts = extract_stream(
-        texts, loaded, layers=layers, heads=heads, truncate=truncate, qkv=options.qkv, batch_size=chunk
+        texts,
+        loaded,
+        layers=layers,
+        heads=heads,
+        truncate=truncate,
+        qkv=options.qkv and needs_qkv(loaded),
+        batch_size=chunk,
     )
     for att in atts:
         shown = transform(att, options, loaded)
@@ -168,11 +175,9 @@ def find_head_cmd(
     texts that contain both. --no-special ranks on rows without [CLS]/[SEP]/BOS/EOS, renormalised,
     so a head that only looks at [SEP] does not win because of it.
     """
-    from attnviz.errors import InputError
-    from attnviz.heads.search import DIRECTIONS, check_queries, find_heads, parse_occurrence
+    from attnviz.heads.search import check_direction, check_queries, find_heads, parse_occurrence
 
-    if direction not in DIRECTIONS:
-        raise InputError(f"unknown --direction '{direction}': use {', '.join(DIRECTIONS)}")
+    check_direction(direction)
     options = view_options(weighting, special)
     occ = parse_occurrence(occurrence)
     layer_list = _layer_choice(layer, layers)

@@ -125,6 +125,7 @@ def _extract_selection(
 
     Returns (text, loaded model, Attention); a truncation is reported as a note.
     """
+    from attnviz.analyses.norms import needs_qkv
     from attnviz.extraction import extract
     from attnviz.outputs import check_output
 
@@ -141,7 +142,7 @@ def _extract_selection(
         words=words,
         truncate=truncate,
         special_tokens=add_special,
-        qkv=qkv,
+        qkv=qkv and needs_qkv(loaded),
     )
     if att.truncated:
         note(f"cut {att.truncated} tokens to fit the model's limit")

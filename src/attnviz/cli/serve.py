@@ -44,17 +44,19 @@ def serve_cmd(
         log.setLevel(logging.INFO)
     names = list(dict.fromkeys(model or ["minilm"]))
     sock = bind(host, port)
-    loaded = {}
-    try:
+    loaded, took = {}, []
+    try:  # every model loads before any "loaded" line: a failure is the one line printed
         for name in names:
             start = time.perf_counter()
             loaded[name] = load(name, device, dtype, trust_remote_code)
-            typer.echo(f"loaded {name} in {time.perf_counter() - start:.1f} s", err=True)
+            took.append(f"loaded {name} in {time.perf_counter() - start:.1f} s")
     except BaseException:
         sock.close()
         raise
+    for line in took:
+        typer.echo(line, err=True)
     shown = f"[{host}]" if ":" in host else host
     typer.echo(f"serving on http://{shown}:{sock.getsockname()[1]}/ (Ctrl-C stops)", err=True)
     with contextlib.suppress(KeyboardInterrupt):
-        serve(create_app(loaded), sock)
+        serve(create_app(loaded), sock, host)
     typer.echo("stopped", err=True)

@@ -7,7 +7,6 @@ from typing import Annotated
 
 import typer
 
-from attnviz.analyses.transform import transform
 from attnviz.cli._app import EXPLORE, command
 from attnviz.cli._options import (
     AggregateOpt,
@@ -66,8 +65,8 @@ def view_cmd(
 ) -> None:
     """Write an interactive explorer (head, matrix, model and text views) as one HTML file that works
     offline; prints its path. --aggregate shows the pooled heads as one head."""
+    from attnviz.analyses.transform import ExtractOptions, extract_shown
     from attnviz.errors import InputError
-    from attnviz.extraction import extract
     from attnviz.plots._common import parse_scale
     from attnviz.views.html import VIEWS, check_output, check_page_fits, output_path, render_html, write_html
 
@@ -88,8 +87,8 @@ def view_cmd(
     from attnviz.cli._progress import stage
 
     with stage("extracting attention..."):
-        att = extract(body, loaded, layers=layer_list, heads=head_list, truncate=truncate, qkv=options.qkv)
-        att = transform(att, options, loaded)
+        shown = ExtractOptions(layers=layer_list, heads=head_list, truncate=truncate, view=options)
+        att = extract_shown(body, loaded, shown)
     if att.truncated:
         typer.echo(f"note: cut {att.truncated} tokens to fit the model's limit", err=True)
     with stage(f"building the page ({len(att.tokens)} tokens)..."):

@@ -13,11 +13,13 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from attnviz.attention import HeadResult
 from attnviz.errors import InputError, param
+from attnviz.selection import format_indices
 
 if TYPE_CHECKING:
     from attnviz.attention import Attention
@@ -31,26 +33,24 @@ ENCODERS = frozenset(
 
 
 @dataclass(frozen=True)
-class Generation:
+class Generation(HeadResult):
     """A continuation and, for each new token, the attention row of the step that produced it."""
 
-    model: str
-    kind: str  # "decoder" or "encoder-decoder"
+    kind: Literal["decoder", "encoder-decoder"]
     prompt: str  # the prompt as given (before any chat template)
     text: str  # the continuation, decoded without special tokens
     tokens: tuple[str, ...]  # readable labels of the context: prompt (or decoder start) + new tokens
     token_ids: tuple[int, ...]
     special: tuple[bool, ...]
     prompt_length: int  # context tokens before the first new one (encoder-decoder: the decoder start)
-    layers: tuple[int, ...]  # model layer of each row of `attn`
-    heads: tuple[int, ...]  # model head of each column of `attn`
     attn: np.ndarray  # [layers, heads, new, context] float32: row t reads keys 0..prompt_length+t-1
     source_tokens: tuple[str, ...] = ()  # encoder-decoder: the encoder's tokens (the prompt)
     source_special: tuple[bool, ...] = ()
     cross: np.ndarray | None = None  # encoder-decoder: [layers, heads, new, source]
     settings: dict[str, Any] = field(default_factory=dict)  # how it was generated (greedy, seed...)
     prompt_attn: np.ndarray | None = None  # `prompt_rows=True`: [layers, heads, prompt, prompt] (square)
-    notes: tuple[str, ...] = ()  # how a transform changed it, e.g. 'mean of heads 0-8'
+
+    _verb = "recorded"
 
     @property
     def generated_ids(self) -> tuple[int, ...]:
@@ -83,14 +83,11 @@ class Generation:
 
     def head(self, layer: int, head: int, stream: str = "self") -> np.ndarray:
         """One head's [new, context] (or [new, source] for `cross`) rows, by model layer and head."""
-        if layer not in self.layers:
-            raise InputError(f"layer {layer} was not recorded (have {_span(self.layers)})")
-        if head not in self.heads:
-            raise InputError(f"head {head} was not recorded (have {_span(self.heads)})")
+        row, col = self.layer_pos(layer), self.head_pos(head)
         if stream == "cross" and self.cross is None:
             raise InputError(f"{self.model} is not an encoder-decoder model: it has no cross-attention")
         arr = self.cross if stream == "cross" else self.attn
-        return arr[self.layers.index(layer), self.heads.index(head)]
+        return arr[row, col]
 
     def as_attention(self) -> Attention:
         """Prompt and continuation (less the last token, which nothing read) as a square Attention,
@@ -147,7 +144,7 @@ class Generation:
             heads=(self.heads[0],),
             notes=(
                 *self.notes,
-                f"attention rollout over layers {_span(self.layers)} ({head_fusion} of heads)",
+                f"attention rollout over layers {format_indices(self.layers)} ({head_fusion} of heads)",
             ),
         )
 
@@ -230,10 +227,6 @@ class Generation:
             settings=dict(meta.get("settings") or {}),
             notes=tuple(meta.get("notes") or ()),
         )
-
-
-def _span(values: Sequence[int]) -> str:
-    return ", ".join(str(v) for v in values) if len(values) < 8 else f"{values[0]}-{values[-1]}"
 
 
 # -- the API ------------------------------------------------------------------------------------
@@ -472,12 +465,11 @@ def _run(
     import torch
 
     from attnviz.models.capture import recording
+    from attnviz.models.generation_capture import sampling
 
-    if settings.get("sample") and settings.get("seed") is not None:
-        torch.manual_seed(int(settings["seed"]))
     hook = loaded.model.register_forward_pre_hook(rec.next_step)
     try:
-        with torch.inference_mode(), recording(rec):
+        with torch.inference_mode(), recording(rec), sampling(settings.get("sample"), settings.get("seed")):
             extra = {"streamer": streamer} if streamer is not None else {}
             out = loaded.model.generate(**inputs, **generate_kwargs(loaded, settings), **extra)
     finally:

@@ -1,10 +1,11 @@
 """Removing heads and measuring the effect: the check that attention rankings cannot give.
 
-A head is ablated inside attnviz's registered attention function, where every architecture hands
-over each head's output before the output projection ([batch, q, heads, head_dim]): the head's
-slice is set to zero (`zero`) or to its mean over reference texts (`mean`), which equals removing
-its columns of W_O (plus, for `mean`, a constant). No module names, so it works on every model whose
-attention goes through transformers' attention interface; the editor is always switched off.
+A head is ablated where every architecture hands over each head's output before the output
+projection ([batch, q, heads, head_dim]; capture.Editor): inside attnviz's registered attention
+function, or, on a model whose attention is its own code, at the input of its output projection
+(found by data flow, models/architecture.py). The head's slice is set to zero (`zero`) or to its
+mean over reference texts (`mean`), which equals removing its columns of W_O (plus, for `mean`, a
+constant). No module names; the editor is always switched off.
 
 The measure depends on the model: a causal LM's log-probability of a target, a masked LM's
 probability of the original token at a masked position, else 1 - cosine similarity of the
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from attnviz.errors import AttnvizError, InputError, param
-from attnviz.models.architecture import main_stream, require_interface
+from attnviz.models.architecture import main_stream, require_editable
 
 if TYPE_CHECKING:
     from attnviz.models.loading import LoadedModel
@@ -170,7 +171,7 @@ def for_ablation(loaded: LoadedModel, trust_remote_code: bool = False) -> Loaded
     """The same model with the LM head its measure needs (loaded once and cached)."""
     from attnviz.models.loading import load_model
 
-    require_interface(loaded, "ablation")  # before loading the model again with its head
+    require_editable(loaded, "ablation")  # before loading the model again with its head
     task = choose_task(loaded)
     if task == loaded.task:
         return loaded
@@ -255,7 +256,7 @@ def ablating(loaded: LoadedModel, means: list[Any] | None = None) -> Iterator[_A
     """Each head's output edited inside the attention function, driven by the yielded state; always undone."""
     from attnviz.models.capture import Editor, editing
 
-    require_interface(loaded, "ablation")
+    require_editable(loaded, "ablation")
     state = _Ablator(loaded, means)
     cap = loaded.capture
     with editing(Editor(index=cap.index, edit=state.edit, shared=cap.shared)):
@@ -277,7 +278,7 @@ def reference_means(loaded: LoadedModel, texts: Sequence[str], batch_size: int =
     from attnviz.extraction import tokenize
     from attnviz.models.capture import Editor, editing
 
-    require_interface(loaded, "ablation")
+    require_editable(loaded, "ablation")
     texts = [t for t in texts if t.strip()]
     if not texts:
         raise InputError(f"{param('reference')} has no text: give at least one text that is not blank")
@@ -429,7 +430,7 @@ def ablate(
     import torch
 
     check_mode(mode, reference)
-    require_interface(loaded, "ablation")
+    require_editable(loaded, "ablation")
     pairs = check_heads(loaded, heads)
     prep = _prepare(loaded, text, target, occurrence, truncate)
     means = reference_means(loaded, reference) if mode == "mean" and reference else None
@@ -474,7 +475,7 @@ def scan_heads(
     import torch
 
     check_mode(mode, reference)
-    require_interface(loaded, "ablation")
+    require_editable(loaded, "ablation")
     prep = _prepare(loaded, text, target, occurrence, truncate)
     means = reference_means(loaded, reference) if mode == "mean" and reference else None
     start = time.perf_counter()
@@ -540,7 +541,7 @@ def repeat_loss_scan(
 
     from attnviz.heads.induction import random_repeats
 
-    require_interface(loaded, "ablation")
+    require_editable(loaded, "ablation")
     if loaded.task != "causal-lm":
         raise InputError(f"the repeat-loss ablation needs a causal LM head; {loaded.name} has none")
     enc, prefix = random_repeats(loaded, seq_len, batch, seed)

@@ -23,6 +23,14 @@ if TYPE_CHECKING:
 
 Direction = Literal["both", "a2b", "b2a"]
 DIRECTIONS: tuple[str, ...] = ("both", "a2b", "b2a")
+
+
+def check_direction(direction: str) -> None:
+    """InputError unless `direction` is one of DIRECTIONS: the one copy of this rule (CLI, server, API)."""
+    if direction not in DIRECTIONS:
+        raise InputError(f"unknown {param('direction')} '{direction}': use {', '.join(DIRECTIONS)}")
+
+
 EACH_OCCURRENCE = param("occurrence", "N,M")  # which occurrence of A and of B, separately
 Occurrence = int | Literal["all"] | None
 
@@ -120,7 +128,8 @@ def combine(a2b: np.ndarray, b2a: np.ndarray, direction: str) -> np.ndarray:
         return a2b
     if direction == "b2a":
         return b2a
-    raise InputError(f"unknown direction '{direction}': use {', '.join(DIRECTIONS)}")
+    check_direction(direction)
+    raise AssertionError("unreachable")
 
 
 def ranked_positions(score: np.ndarray, top: int | None = None) -> list[tuple[int, int]]:
@@ -359,11 +368,11 @@ def find_heads(
     `att`, when `att` is norm-weighted: a head's role is what `head_patterns` says of its weights.
     """
     from attnviz.attention import Attention
+    from attnviz.generation.run import Generation
 
-    if hasattr(att, "as_attention"):  # a Generation: its steps' rows on the context
+    if isinstance(att, Generation):  # its steps' rows on the context
         att = att.as_attention()  # type: ignore[union-attr]
-    if direction not in DIRECTIONS:
-        raise InputError(f"unknown direction '{direction}': use {', '.join(DIRECTIONS)}")
+    check_direction(direction)
     occ = occurrence if isinstance(occurrence, tuple) else parse_occurrence(occurrence)
     items = iter([att] if isinstance(att, Attention) else att)
     role_items = None

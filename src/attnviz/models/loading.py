@@ -11,6 +11,7 @@ import importlib.util
 import json
 import os
 import re
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -471,6 +472,7 @@ def hub_reachable(timeout: float = 2.0) -> bool:
 
 
 _CACHE: dict[tuple[str, str, str, bool], LoadedModel] = {}
+_LOADING = threading.RLock()
 
 
 def load_model(
@@ -495,10 +497,24 @@ def load_model(
     key = (source.path, dev, str(torch_dtype), trust_remote_code, task)
     if key in _CACHE:
         return _CACHE[key]
+    with _LOADING:  # one load at a time: threads asking for one model at once share one copy
+        if key not in _CACHE:
+            _CACHE[key] = _load(source, dev, torch_dtype, trust_remote_code, progress, task)
+    return _CACHE[key]
 
+
+def _load(
+    source: ModelSource,
+    dev: str,
+    torch_dtype: Any,
+    trust_remote_code: bool,
+    progress: Callable[[LoadNotice], None] | None,
+    task: str,
+) -> LoadedModel:
     quiet_transformers()
     from transformers import AutoTokenizer
 
+    from attnviz.models.architecture import install_head_edits
     from attnviz.models.capture import ATTN_IMPLEMENTATION, Capture, register
 
     register()
@@ -527,6 +543,7 @@ def load_model(
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     capture = Capture(hf_model, tokenizer)
+    install_head_edits(hf_model, capture)  # own attention code: heads are edited at W_O's input
     config = hf_model.config
     enc_config = config.get_text_config() if hasattr(config, "get_text_config") else config
     num_heads = int(getattr(enc_config, "num_attention_heads", 0) or capture.num_heads)
@@ -547,7 +564,6 @@ def load_model(
         from_cache=from_cache,
         task=task,
     )
-    _CACHE[key] = loaded
     return loaded
 
 

@@ -282,13 +282,6 @@ def text_inches(text: str, fontsize: float = 12.0) -> float:
     return longest * fontsize * 0.6 / 72 + 0.4
 
 
-def ranges(values: Sequence[int]) -> str:
-    """[0, 1, 2, 3] -> '0-3'; anything else listed."""
-    if len(values) > 2 and list(values) == list(range(values[0], values[-1] + 1)):
-        return f"{values[0]}-{values[-1]}"
-    return ", ".join(str(v) for v in values)
-
-
 def label_step(n: int, axis_inches: float, font: float = FONT) -> tuple[int, float]:
     """Show every `step`-th label at `fontsize` so labels of n cells in `axis_inches` never overlap."""
     if n <= 0:

@@ -155,7 +155,7 @@ def wrap_title(title: str, inches: float, fontsize: float = 11.0) -> str:
 def generation_picture(gen0: Any, stream: str = "self", **style: Any) -> Figure:
     """A Generation's heatmap: one recorded head (or, with several, their mean, said in the title)."""
     from attnviz.generation.transform import pooled
-    from attnviz.plots._common import ranges
+    from attnviz.selection import format_indices
 
     if stream not in ("self", "cross"):
         raise InputError(f"unknown {param('stream')} '{stream}': use self or cross")
@@ -168,7 +168,11 @@ def generation_picture(gen0: Any, stream: str = "self", **style: Any) -> Figure:
     arr = gen.cross if stream == "cross" else gen.attn
     if arr is None:
         raise InputError(f"{gen0.model} is not an encoder-decoder model: it has no cross-attention")
-    who = gen.notes[-1] if gen.notes else f"layer {ranges(gen.layers)} · head {ranges(gen.heads)}"
+    who = (
+        gen.notes[-1]
+        if gen.notes
+        else f"layer {format_indices(gen.layers)} · head {format_indices(gen.heads)}"
+    )
     what = "cross-attention" if stream == "cross" else "while generating"
     cols = gen0.source_labels if stream == "cross" else gen.labels
     return generation_figure(

@@ -36,7 +36,6 @@ from attnviz.plots._common import (
     new_figure,
     parse_scale,
     quoted,
-    ranges,
     readable_scale,
     resolve_scale,
     resolve_vmax,
@@ -46,6 +45,7 @@ from attnviz.plots._common import (
     with_text,
 )
 from attnviz.plots.fonts import with_fonts
+from attnviz.selection import format_indices
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -387,7 +387,7 @@ def attention_figure(
     if len(layers) == 1:
         titles = [f"head {h}" for h in heads]
         where = "pooled layers" if att.pooled_layers is not None else f"layer {layers[0]}"
-        title = with_text(f"{att.model} · {where} · heads {ranges(heads)}{level}", att.text)
+        title = with_text(f"{att.model} · {where} · heads {format_indices(heads)}{level}", att.text)
         return heatmap_panels(list(att.attn[0]), titles, labels, title=title, **many)
     if len(heads) == 1:
         titles = [f"layer {layer}" for layer in layers]
