@@ -113,7 +113,7 @@ def test_groups_recover_planted_clusters() -> None:
     assert [len(g.heads) for g in groups] == [4, 3, 2]  # largest first
     assert groups[0].heads == ("L1H2", "L2H0", "L2H1", "L2H2") and groups[0].layers == (1, 2)
     assert groups[0].spread == pytest.approx(0.05) and groups[0].roles == (("broad", 4),)
-    assert groups[0].describe() == "4 heads, layers 1-2, broad 4; mean distance 0.050 bits"
+    assert groups[0].describe() == "4 heads, layers 1, 2, broad 4; mean distance 0.050 bits"
     assert len(dist.groups()) == 2 and len(dist.groups(1)) == 1  # default: round(sqrt(9 / 2))
     with pytest.raises(Exception, match="cannot cut 9 heads into 10 groups"):
         dist.groups(10)
