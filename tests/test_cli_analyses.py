@@ -88,7 +88,7 @@ def test_compare_pictures(bert, figures, tmp_path) -> None:
     ok("compare", "the cat sat on the mat", "the big cat sat", "-m", bert, "-o", str(tmp_path / "c.png"))
     change = figures[0][0]
     assert change.axes[0].get_images()[0].get_array().shape == (2, 4)
-    assert labels(change.axes[0].xaxis) == ["0", "1", "2", "3"]
+    assert labels(change.axes[0].xaxis) == ["H0", "H1", "H2", "H3"]
     ok(
         "compare",
         "the cat sat on the mat",

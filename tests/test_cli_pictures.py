@@ -469,3 +469,29 @@ def test_option_help_says_what_the_option_does_in_that_command():
     assert "rows and columns" not in _option_help("entropy", "--highlight")
     assert "bars" in _option_help("entropy", "--highlight")
     assert "rows and columns" in _option_help("heatmap", "--highlight")
+
+
+def test_norm_weighting_colour_bar_says_what_it_draws(gpt2, figures, tmp_path):
+    """--weighting norm draws vector norms (above 1 here and there): never 'attention weight'."""
+    from attnviz.plots.heatmaps import NORM_LABEL
+
+    for args in (["-l", "1", "--head", "2"], ["-l", "1"], []):
+        ok("heatmap", "the cat sat on the mat", "-m", gpt2, "--weighting", "norm", *args,
+           "-o", str(tmp_path / "n.png"))  # fmt: skip
+        fig = figures[-1][0]
+        bars = [ax.get_ylabel() for ax in fig.axes if not ax.get_images() or ax.get_ylabel()]
+        bars = [b for b in bars if "norm" in b or "attention weight" in b]
+        assert bars and all(b.startswith(NORM_LABEL) for b in bars), bars
+    ok(
+        "heatmap",
+        "the cat sat on the mat",
+        "-m",
+        gpt2,
+        "-l",
+        "1",
+        "--head",
+        "2",
+        "-o",
+        str(tmp_path / "a.png"),
+    )
+    assert any(ax.get_ylabel().startswith("attention weight") for ax in figures[-1][0].axes)

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from attnviz.cli._app import command
+from attnviz.cli._app import BEYOND, command
 from attnviz.cli._options import (
     CmapOpt,
     DeviceOpt,
@@ -37,7 +37,7 @@ from attnviz.selection import parse_indices, resolve_indices
 
 
 # -- rollout ------------------------------------------------------------------------------------
-@command("rollout")
+@command("rollout", rich_help_panel=BEYOND)
 def rollout_cmd(
     text: TextArg = None,
     head_fusion: Annotated[
@@ -101,7 +101,7 @@ def rollout_cmd(
 
 
 # -- compare ------------------------------------------------------------------------------------
-@command("compare")
+@command("compare", rich_help_panel=BEYOND)
 def compare_cmd(
     text_a: Annotated[str, typer.Argument(help="First text of the minimal pair.")],
     text_b: Annotated[str, typer.Argument(help="Second text of the minimal pair.")],
@@ -182,7 +182,7 @@ def compare_cmd(
 
 
 # -- cluster ------------------------------------------------------------------------------------
-@command("cluster")
+@command("cluster", rich_help_panel=BEYOND)
 def cluster_cmd(
     source: Annotated[
         str | None,

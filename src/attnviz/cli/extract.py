@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from attnviz.cli._app import command
+from attnviz.cli._app import START, command
 from attnviz.cli._options import (
     AddSpecialOpt,
     DeviceOpt,
@@ -32,7 +32,7 @@ from attnviz.cli._options import (
 from attnviz.selection import parse_indices
 
 
-@command("extract")
+@command("extract", rich_help_panel=START)
 def extract_cmd(
     text: TextArg = None,
     output: Annotated[

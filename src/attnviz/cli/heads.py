@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from attnviz.cli._app import command
+from attnviz.cli._app import HEADS, command
 from attnviz.cli._options import (
     DeviceOpt,
     DtypeOpt,
@@ -123,7 +123,7 @@ def _stream(
 # -- find-head ---------------------------------------------------------------------------------
 
 
-@command("find-head")
+@command("find-head", rich_help_panel=HEADS)
 def find_head_cmd(
     a: Annotated[
         str,
@@ -256,7 +256,7 @@ def _plot_best(result: HeadSearch, att: Attention, path: Path) -> None:
 # -- heads -------------------------------------------------------------------------------------
 
 
-@command("heads")
+@command("heads", rich_help_panel=HEADS)
 def heads_cmd(
     text: TextArg = None,
     file: FileOpt = None,

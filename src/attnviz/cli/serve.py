@@ -8,11 +8,11 @@ from typing import Annotated
 
 import typer
 
-from attnviz.cli._app import command
+from attnviz.cli._app import EXPLORE, command
 from attnviz.cli._options import DeviceOpt, DtypeOpt, TrustOpt, load
 
 
-@command("serve")
+@command("serve", rich_help_panel=EXPLORE)
 def serve_cmd(
     model: Annotated[
         list[str] | None,

@@ -10,7 +10,7 @@ keys up to it. A step costs [heads, 1, context] weights, written straight into o
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -341,12 +341,16 @@ def generate(
     device: str | None = "auto",
     dtype: str | None = "float32",
     trust_remote_code: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+    on_text: Callable[[str], None] | None = None,
 ) -> Generation:
     """Continue `prompt` with the model's own `generate`, recording each new token's attention row.
 
     Greedy unless `sample`; stops at EOS or after `max_new_tokens`. Encoder-decoder models also
     record each new token's cross-attention over the source. `prompt_rows` also keeps the prompt's
     own rows (one square [prompt, prompt] per head, at the first step): `as_attention` needs them.
+    `progress(new tokens so far, max_new_tokens)` is called after each step (from (0, max) on), and
+    `on_text(piece)` with the continuation as it grows: the pieces join to the result's `text`.
     """
     if not isinstance(prompt, str) or not prompt.strip():
         raise InputError("the prompt is empty")
@@ -366,7 +370,8 @@ def generate(
 
     inputs = _prompt_inputs(loaded, prompt, chat, max_new_tokens)
     rec = recorder(loaded, inputs, layers, heads, max_new_tokens, prompt_rows)
-    ids = _run(loaded, inputs, rec, settings)
+    streamer = _Streamer(loaded.tokenizer, max_new_tokens, progress, on_text) if progress or on_text else None
+    ids = _run(loaded, inputs, rec, settings, streamer)
     return _result(loaded, prompt, inputs, rec, ids, settings)
 
 
@@ -417,8 +422,44 @@ def _prompt_inputs(loaded: LoadedModel, prompt: str, chat: bool, max_new: int) -
     return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
 
 
+class _Streamer:
+    """transformers' streamer interface: counts the new tokens and hands on the text as it grows."""
+
+    def __init__(self, tokenizer: Any, total: int, progress: Any, on_text: Any) -> None:
+        self.tokenizer, self.total, self.progress, self.on_text = tokenizer, total, progress, on_text
+        self.ids: list[int] | None = None  # None until the prompt's put (the first) has passed
+        self.shown = ""
+        if progress is not None:
+            progress(0, total)
+
+    def put(self, value: Any) -> None:
+        if self.ids is None:
+            self.ids = []
+            return
+        self.ids.extend(int(i) for i in value.reshape(-1).tolist())
+        if self.progress is not None:
+            self.progress(min(len(self.ids), self.total), self.total)
+        self._emit(final=False)
+
+    def end(self) -> None:
+        self._emit(final=True)
+
+    def _emit(self, final: bool) -> None:
+        """The text not yet handed on; a piece ending in a half character waits for the next token."""
+        if self.on_text is None or self.ids is None:
+            return
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if text.startswith(self.shown) and (final or not text.endswith("\ufffd")) and text != self.shown:
+            self.on_text(text[len(self.shown) :])
+            self.shown = text
+
+
 def _run(
-    loaded: LoadedModel, inputs: dict[str, Any], rec: StepRecorder, settings: dict[str, Any]
+    loaded: LoadedModel,
+    inputs: dict[str, Any],
+    rec: StepRecorder,
+    settings: dict[str, Any],
+    streamer: Any = None,
 ) -> list[int]:
     """model.generate with the recorder active; its hook and recorder always removed."""
     import torch
@@ -429,7 +470,8 @@ def _run(
     hook = loaded.model.register_forward_pre_hook(rec.next_step)
     try:
         with torch.inference_mode(), recording(rec), sampling(settings.get("sample"), settings.get("seed")):
-            out = loaded.model.generate(**inputs, **generate_kwargs(loaded, settings))
+            extra = {"streamer": streamer} if streamer is not None else {}
+            out = loaded.model.generate(**inputs, **generate_kwargs(loaded, settings), **extra)
     finally:
         hook.remove()
     return [int(i) for i in out[0].tolist()]

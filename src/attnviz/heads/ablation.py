@@ -15,7 +15,7 @@ mean-pooled sentence embedding. A scan ablates every head in turn, one head per 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -466,8 +466,10 @@ def scan_heads(
     reference: Sequence[str] | None = None,
     truncate: bool = False,
     batch_size: int = 64,
+    progress: Callable[[int, int], None] | None = None,
 ) -> HeadScan:
-    """Ablate every head in turn, `batch_size` copies of the text per forward pass (one head each)."""
+    """Ablate every head in turn, `batch_size` copies of the text per forward pass (one head each);
+    `progress(done, total)` is called with the heads scanned so far, from (0, total) on."""
     import time
 
     import torch
@@ -479,7 +481,7 @@ def scan_heads(
     start = time.perf_counter()
     with torch.inference_mode():
         before, base = _scores(loaded, prep, 1, None)
-        delta = _scan(loaded, means, batch_size, lambda rows: _scores(loaded, prep, rows, base)[0])
+        delta = _scan(loaded, means, batch_size, lambda rows: _scores(loaded, prep, rows, base)[0], progress)
     delta -= float(before[0])
     return HeadScan(
         model=loaded.name,
@@ -496,7 +498,7 @@ def scan_heads(
     )
 
 
-def _scan(loaded: LoadedModel, means: list[Any] | None, batch_size: int, score: Any) -> np.ndarray:
+def _scan(loaded: LoadedModel, means: Any, batch_size: int, score: Any, progress: Any) -> np.ndarray:
     """The measure with each head ablated alone: [layers, heads], rows of a batch = heads."""
     import torch
 
@@ -504,6 +506,8 @@ def _scan(loaded: LoadedModel, means: list[Any] | None, batch_size: int, score: 
     every = [(layer, head) for layer in range(n_layers) for head in range(n_heads)]
     out = np.zeros(len(every))
     step = max(1, batch_size)
+    tell = progress or (lambda done, total: None)
+    tell(0, len(every))
     with ablating(loaded, means) as state:
         for start in range(0, len(every), step):
             chunk = every[start : start + step]
@@ -513,16 +517,23 @@ def _scan(loaded: LoadedModel, means: list[Any] | None, batch_size: int, score: 
                     state.keep[layer] = torch.ones(len(chunk), n_heads)
                 state.keep[layer][row, head] = 0.0
             out[start : start + len(chunk)] = score(len(chunk)).double().cpu().numpy()
+            tell(start + len(chunk), len(every))
     return out.reshape(n_layers, n_heads)
 
 
 def repeat_loss_scan(
-    loaded: LoadedModel, *, seq_len: int = 20, batch: int = 2, seed: int = 0, batch_size: int = 64
+    loaded: LoadedModel,
+    *,
+    seq_len: int = 20,
+    batch: int = 2,
+    seed: int = 0,
+    batch_size: int = 64,
+    progress: Callable[[int, int], None] | None = None,
 ) -> HeadScan:
     """Ablate each head on the induction test's repeated random tokens: the rise in loss on the second copy.
 
     The same sequences as `induction_scores` with the same seed; rows of a forward pass are
-    (head, sequence) pairs.
+    (head, sequence) pairs. `progress(done, total)` is called with the heads done, from (0, total) on.
     """
     import time
 
@@ -551,6 +562,8 @@ def repeat_loss_scan(
     per = max(1, batch_size // batch)  # heads per forward pass
     every = [(layer, head) for layer in range(n_layers) for head in range(n_heads)]
     out = np.zeros(len(every))
+    tell = progress or (lambda done, total: None)
+    tell(0, len(every))
     with torch.inference_mode():
         before = float(loss(batch)[0])
         with ablating(loaded) as state:
@@ -562,6 +575,7 @@ def repeat_loss_scan(
                         state.keep[layer] = torch.ones(len(chunk) * batch, n_heads)
                     state.keep[layer][row * batch : (row + 1) * batch, head] = 0.0
                 out[s : s + len(chunk)] = loss(len(chunk) * batch).cpu().numpy()
+                tell(s + len(chunk), len(every))
     return HeadScan(
         model=loaded.name,
         measure="repeat-loss",
