@@ -54,7 +54,7 @@ class Lens:
         return int(self.top_ids.shape[2])
 
     def label(self, stage: int, position: int, rank: int = 0) -> str:
-        s, n, k = self.top_ids.shape
+        _, n, k = self.top_ids.shape
         return self.top_tokens[(stage * n + position) * k + rank]
 
     def top_labels(self) -> list[list[str]]:
@@ -82,7 +82,7 @@ class Lens:
                     for r in range(k)
                 ]
                 for i in range(s)
-            ],  # fmt: skip
+            ],
             "answer": self.answer,
         }
         if self.answer_rank is not None and self.answer_prob is not None:
