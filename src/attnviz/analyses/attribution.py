@@ -198,7 +198,7 @@ def attribute(
     With `wrong`, to the logit difference answer - wrong. `model`: a name, a path or a LoadedModel
     (loaded again with its LM head when it has none). The components sum to the model's own logit.
     """
-    from attnviz.analyses.residual import head_links, plan, run, weight_of, with_head
+    from attnviz.analyses.residual import after_unembed, head_links, plan, run, weight_of, with_head
 
     check_answers(answer, wrong)
     loaded = with_head(model, PURPOSE, device, dtype)
@@ -218,10 +218,14 @@ def attribute(
     extra = float(bias @ direction)
     if b_u is not None:
         extra += float(b_u[a_id] - (b_u[w_id] if w_id is not None else 0.0))
+    kind, after = after_unembed(loaded, r.io[id(p.unembed)][1], r.logits)
+    if kind == "scale":  # a constant factor (Cohere's logit scale) scales every component
+        values, extra = values * after, extra * after
+    elif kind == "shift":  # a constant bias added to the logits (BART's final logits bias)
+        extra += float(after[a_id] - (after[w_id] if w_id is not None else 0.0))
     logits = r.logits[pos].double()
     logit = float(logits[a_id] - (logits[w_id] if w_id is not None else 0.0))
     rest = logit - float(values.sum()) - extra
-    cap = getattr(loaded.model.config, "final_logit_softcapping", None)
     return Attribution(
         model=loaded.name,
         text=text,
@@ -232,7 +236,7 @@ def attribute(
         wrong=w_label,
         wrong_id=w_id,
         logit=logit,
-        names=(*names, "bias", "softcap" if cap else "rest"),
+        names=(*names, "bias", "softcap" if kind == "softcap" else "rest"),
         values=np.concatenate([values, [extra, rest]]).astype(np.float64),
         num_layers=len(p.layers),
         num_heads=int(next(iter(r.heads.values())).shape[1]),

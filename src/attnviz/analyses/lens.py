@@ -148,7 +148,7 @@ class Lens:
 
 def check_k(k: int) -> None:
     if not isinstance(k, int) or k < 1:
-        raise InputError(f"{param('k', k)} must be a whole number of at least 1")
+        raise InputError(f"{param('k', k, flag='-k')} must be a whole number of at least 1")
 
 
 def lens(
@@ -213,28 +213,16 @@ def lens(
     )
 
 
-def _constant(before: Any, after: Any) -> float | None:
-    """The one number c with after = c * before, if there is one (a rescaling in the model's code)."""
-    import torch
-
-    nz = before != 0
-    if not bool(nz.any()):
-        return None
-    ratio = after[nz].double() / before[nz].double()
-    c = float(ratio.median())
-    return c if bool(torch.allclose(ratio, torch.full_like(ratio, c), rtol=1e-4, atol=1e-6)) else None
-
-
 def _head_steps(loaded: LoadedModel, p: Any, r: Any) -> list[Any]:
     """The path from a stage's stream to the unembedding's input: modules, and constant rescalings."""
-    from attnviz.analyses.residual import same
+    from attnviz.analyses.residual import constant_ratio, same
 
     steps: list[Any] = []
     prev = r.stages[-1]
     for module in [*p.head, None]:
         x = r.io[id(module if module is not None else p.unembed)][0]
         if not same(x, prev):
-            c = _constant(prev, x)
+            c = constant_ratio(prev, x)
             if c is None:
                 raise InputError(
                     f"{loaded.name} applies a step of its own code on the way to its logits that depends on "
@@ -254,26 +242,25 @@ def _through(steps: list[Any], x: Any) -> Any:
 
 
 def _after_unembed(loaded: LoadedModel, p: Any, r: Any, steps: list[Any]) -> Any:
-    """What the model does after its unembedding, as a function (softcap, a bias, a scale), or identity."""
+    """What the model does after its unembedding (softcap, a bias, a scale), as a function."""
     import torch
+
+    from attnviz.analyses.residual import after_unembed
 
     with torch.inference_mode():
         raw = p.unembed(_through(steps, r.stages[-1]))
-    own = r.logits
-    if torch.allclose(raw, own, rtol=1e-4, atol=1e-4):
-        return lambda x: x
-    cap = getattr(loaded.model.config, "final_logit_softcapping", None)
-    if cap:
-        return lambda x: torch.tanh(x / cap) * cap
-    shift = own - raw
-    if torch.allclose(shift, shift[:1].expand_as(shift), rtol=1e-4, atol=1e-4):
-        return lambda x: x + shift[0]
-    c = _constant(raw, own)
-    if c is not None:
-        return lambda x: x * c
-    raise InputError(
-        f"{loaded.name} changes its logits after the unembedding in a way {PURPOSE} cannot rerun"
-    )
+    kind, value = after_unembed(loaded, raw, r.logits)
+    if kind == "other":
+        raise InputError(
+            f"{loaded.name} changes its logits after the unembedding in a way {PURPOSE} cannot rerun"
+        )
+    if kind == "softcap":
+        return lambda x: torch.tanh(x / value) * value
+    if kind == "scale":
+        return lambda x: x * value
+    if kind == "shift":
+        return lambda x: x + value
+    return lambda x: x
 
 
 def _check_last(loaded: LoadedModel, own: Any, last: Any) -> None:

@@ -412,3 +412,38 @@ def head_links(p: Plan, r: Run, pos: int) -> list[Link]:
     if not same(x_u, prev):
         links.append(gate(prev, x_u))
     return links
+
+
+def constant_ratio(before: Any, after: Any) -> float | None:
+    """The one number c with after = c * before, if there is one (a rescaling in the model's code)."""
+    import torch
+
+    nz = before != 0
+    if not bool(nz.any()):
+        return None
+    ratio = after[nz].double() / before[nz].double()
+    c = float(ratio.median())
+    return c if bool(torch.allclose(ratio, torch.full_like(ratio, c), rtol=1e-4, atol=1e-6)) else None
+
+
+def after_unembed(loaded: LoadedModel, raw: Any, own: Any) -> tuple[str, Any]:
+    """What the model does to the unembedding's output [n, vocab] to make its logits, read off the run.
+
+    ("none", None), ("softcap", cap) from the config, ("scale", c) for a constant factor (Cohere's
+    logit scale), ("shift", [vocab]) for a constant added vector (BART's final logits bias), else
+    ("other", None).
+    """
+    import torch
+
+    cap = getattr(loaded.model.config, "final_logit_softcapping", None)
+    if cap:
+        return "softcap", float(cap)
+    if torch.allclose(raw, own, rtol=1e-5, atol=1e-5):
+        return "none", None
+    c = constant_ratio(raw, own)
+    if c is not None:
+        return "scale", c
+    shift = own - raw
+    if torch.allclose(shift, shift[:1].expand_as(shift), rtol=1e-4, atol=1e-5):
+        return "shift", shift[0]
+    return "other", None
