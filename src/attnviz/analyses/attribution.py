@@ -107,7 +107,7 @@ class Attribution:
         return (
             f"<div><p>{esc(self.model)}: direct logit attribution of {what} at token {self.position} "
             f"('{esc(self.tokens[self.position])}'): logit {self.logit:+.4f} = sum of {len(self.names)} "
-            f"components</p><table><thead><tr><th>component</th><th>value</th></tr></thead>"
+            f"components</p><p>{esc(self.text)}</p><table><thead><tr><th>component</th><th>value</th></tr></thead>"
             f"<tbody>{rows}</tbody></table></div>"
         )
 
