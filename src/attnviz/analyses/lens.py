@@ -103,7 +103,7 @@ class Lens:
             rows.append(f"<tr><th>{esc(stage)}</th>{cells}</tr>")
         return (
             f"<div><p>{esc(self.model)}: logit lens, top token per stage and position (shade: its "
-            f"probability)</p><table><thead><tr><th></th>{head}</tr></thead><tbody>{''.join(rows)}"
+            f"probability)</p><p>{esc(self.text)}</p><table><thead><tr><th></th>{head}</tr></thead><tbody>{''.join(rows)}"
             "</tbody></table></div>"
         )
 
