@@ -264,3 +264,26 @@ def test_smollm2_indirect_object(smollm2):
     assert abs(r.total - r.logit) < 1e-3 and abs(r.value("rest")) < 1e-3
     best = r.top(1)[0]
     assert best[0].startswith("L2") and "H" in best[0] and best[1] > 1.0
+
+
+def test_batch_writes_per_head_attribution(tiny_model_path, tmp_path):
+    """`statistics = ["dla"]`: each text's [layers, heads] is attribute() on the model's own top token."""
+    from attnviz.batch import iter_records, run_batch_analysis
+    from attnviz.batch.config import BatchConfig
+
+    loaded = load_model(str(tiny_model_path("gpt2")), device="cpu")
+    texts = ["The cat sat on the mat, and the", "A dog chased the cat", "Attention is a weighted"]
+    cfg = BatchConfig(statistics=("entropy", "dla"), batch_size=3)
+    recs = list(iter_records(texts, cfg, model=loaded))
+    lm = load_model(str(tiny_model_path("gpt2")), device="cpu", task="causal-lm")
+    for rec in recs:
+        ids = lm.tokenizer(rec.text, return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            top = int(lm.model(input_ids=ids).logits[0, -1].argmax())
+        want = attribute(rec.text, lm, answer=top)  # the model's own top token, by id
+        np.testing.assert_allclose(rec.values["dla"], want.head_map(), atol=1e-6)
+        assert np.abs(want.head_map()).max() > 0
+    run_batch_analysis(texts, cfg, tmp_path / "out", model=loaded)
+    assert any((tmp_path / "out").rglob("*.parquet"))
+    with pytest.raises(InputError, match="dla"):
+        list(iter_records(texts, cfg, model=load_model(str(tiny_model_path("t5")), device="cpu")))

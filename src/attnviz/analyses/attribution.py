@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import html
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -138,8 +139,12 @@ class Attribution:
         )
 
 
-def check_answers(answer: str | None, wrong: str | None) -> None:
+def check_answers(answer: str | int | None, wrong: str | int | None) -> None:
     """Before any model loads: an answer is given, and differs from the wrong one."""
+    if isinstance(answer, int) or isinstance(wrong, int):
+        if answer is None or answer == wrong:
+            raise InputError(f"{param('answer')} and {param('wrong')} are the same (or no answer is given)")
+        return
     if answer is None or not str(answer).strip():
         raise InputError(f"give the answer to explain with {param('answer')}")
     if wrong is not None and not wrong.strip():
@@ -150,11 +155,18 @@ def check_answers(answer: str | None, wrong: str | None) -> None:
         )
 
 
-def answer_token(loaded: LoadedModel, text: str, word: str, what: str = "answer") -> tuple[str, int]:
-    """`word` as the tokenizer makes it right after `text`: (readable label, id); it must be one token."""
+def answer_token(loaded: LoadedModel, text: str, word: str | int, what: str = "answer") -> tuple[str, int]:
+    """`word` as the tokenizer makes it right after `text`: (readable label, id); it must be one token.
+
+    A whole number is a token id already."""
     from attnviz.tokens import token_labels
 
     tok = loaded.tokenizer
+    if isinstance(word, int):
+        vocab = loaded.model.get_output_embeddings().weight.shape[0]
+        if not 0 <= word < vocab:
+            raise InputError(f"{param(what)} token id {word} is out of range: the vocabulary has {vocab}")
+        return token_labels(tok, [word])[0][0], word
     word = word.strip()
     spaced = word if not text or text[-1:].isspace() else " " + word
     base = tok(text, add_special_tokens=False)["input_ids"]
@@ -187,18 +199,19 @@ def attribute(
     text: str,
     model: str | LoadedModel | None = None,
     *,
-    answer: str,
-    wrong: str | None = None,
+    answer: str | int,
+    wrong: str | int | None = None,
     position: int = -1,
     device: str | None = "auto",
     dtype: str | None = "float32",
 ) -> Attribution:
     """Each head's, MLP's and the embeddings' direct contribution to `answer`'s logit at `position`.
 
-    With `wrong`, to the logit difference answer - wrong. `model`: a name, a path or a LoadedModel
-    (loaded again with its LM head when it has none). The components sum to the model's own logit.
+    With `wrong`, to the logit difference answer - wrong (words, or token ids). `model`: a name, a
+    path or a LoadedModel (loaded again with its LM head when it has none). The components sum to
+    the model's own logit.
     """
-    from attnviz.analyses.residual import after_unembed, head_links, plan, run, weight_of, with_head
+    from attnviz.analyses.residual import plan, run, with_head
 
     check_answers(answer, wrong)
     loaded = with_head(model, PURPOSE, device, dtype)
@@ -209,6 +222,33 @@ def attribute(
         raise InputError(f"{param('answer')} and {param('wrong')} are the same token '{label}'")
     r = run(loaded, p, text)
     pos = resolve_position(loaded, r.token_ids, position)
+    return _attribution(loaded, p, r, pos, (label, a_id), (w_label, w_id), text)
+
+
+def head_attribution(loaded: LoadedModel, ids: Sequence[int]) -> np.ndarray:
+    """[layers, heads]: each head's direct contribution to the logit of the model's own top token
+    after the last of `ids` (batch's `dla` statistic). `loaded` must have its LM head (`with_head`)."""
+    from attnviz.analyses.residual import plan, run
+
+    p = plan(loaded, PURPOSE)
+    r = run(loaded, p, None, ids=list(ids))
+    top = int(r.logits[-1].argmax())
+    return _attribution(loaded, p, r, len(r.token_ids) - 1, (str(top), top), (None, None), "").head_map()
+
+
+def _attribution(
+    loaded: LoadedModel,
+    p: Any,
+    r: Any,
+    pos: int,
+    answer: tuple[str, int],
+    wrong: tuple[str | None, int | None],
+    text: str,
+) -> Attribution:
+    """The components of one run at `pos`, through the frozen path to the unembedding."""
+    from attnviz.analyses.residual import after_unembed, head_links, weight_of
+
+    (label, a_id), (w_label, w_id) = answer, wrong
     names, rows, bias = _parts(p, r, pos)
     for step in head_links(p, r, pos):
         rows, bias = step.apply(rows, bias)

@@ -260,13 +260,19 @@ def tokenized(loaded: LoadedModel, text: str) -> tuple[dict[str, Any], Encoded]:
     return inputs, dec if dec is not None else enc
 
 
-def run(loaded: LoadedModel, p: Plan, text: str, heads: bool = True) -> Run:
-    """Run `text` once, recording what attribution and the lens read; every hook removed after."""
+def run(loaded: LoadedModel, p: Plan, text: str | None, heads: bool = True, ids: Any = None) -> Run:
+    """Run `text` (or token `ids` [n], batch's texts) once, recording what attribution and the lens
+    read; every hook removed after."""
     import torch
 
     from attnviz.models.capture import Editor, editing
 
-    inputs, enc = tokenized(loaded, text)
+    if ids is None:
+        inputs, enc = tokenized(loaded, text or "")
+        labels, kept = tuple(enc.tokens[0]), enc.input_ids[0, : enc.lengths[0]]
+    else:
+        kept = torch.as_tensor(ids)
+        inputs, labels = {"input_ids": kept[None].to(loaded.device)}, tuple(str(i) for i in ids)
     cap = loaded.capture
     got: dict[tuple[str, int], Any] = {}
     io: dict[int, tuple[Any, Any]] = {}
@@ -297,8 +303,8 @@ def run(loaded: LoadedModel, p: Plan, text: str, heads: bool = True) -> Run:
             handle.remove()
     stages = torch.stack([first[0], *(outs[id(m)] for m in p.layers)])
     return Run(
-        tokens=tuple(enc.tokens[0]),
-        token_ids=tuple(int(i) for i in enc.input_ids[0, : enc.lengths[0]]),
+        tokens=labels,
+        token_ids=tuple(int(i) for i in kept),
         stages=stages,
         heads=got,
         io=io,
