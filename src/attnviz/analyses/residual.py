@@ -63,11 +63,26 @@ def task_with_head(loaded: LoadedModel, purpose: str) -> str:
     )
 
 
+def head_task(spec: str | None) -> str:
+    """The loading task of a named model's LM head, read from its config without loading it:
+    causal-lm for a decoder, seq2seq-lm for an encoder-decoder, else base (decided once loaded)."""
+    from attnviz.errors import AttnvizError
+    from attnviz.models.info import describe as read_config
+
+    try:
+        kind = read_config(spec).kind
+    except (AttnvizError, OSError, ValueError):  # loading says what is wrong, in one line
+        return "base"
+    return {"decoder": "causal-lm", "encoder-decoder": "seq2seq-lm"}.get(kind, "base")
+
+
 def with_head(model: Any, purpose: str, device: str | None = "auto", dtype: str | None = "float32") -> Any:
     """A model name, path or LoadedModel, loaded (once, cached) with the LM head `purpose` needs."""
     from attnviz.models.loading import LoadedModel, load_model
 
-    loaded = model if isinstance(model, LoadedModel) else load_model(model, device=device, dtype=dtype)
+    if not isinstance(model, LoadedModel):
+        model = load_model(model, device=device, dtype=dtype, task=head_task(model))
+    loaded = model
     task = task_with_head(loaded, purpose)
     if loaded.task == task:
         return loaded

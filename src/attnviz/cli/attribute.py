@@ -77,12 +77,12 @@ def attribute_cmd(
 ) -> None:
     """Direct logit attribution: each head's, MLP's and the embeddings' share of the answer's logit."""
     from attnviz.analyses.attribution import PURPOSE, attribute, check_answers
-    from attnviz.analyses.residual import with_head
+    from attnviz.analyses.residual import head_task, with_head
 
     check_answers(answer, wrong)
     _checks(plot, output)
     body = read_text(text, file)
-    loaded = with_head(load(model, device, dtype, trust_remote_code), PURPOSE)
+    loaded = with_head(load(model, device, dtype, trust_remote_code, task=head_task(model)), PURPOSE)
     result = attribute(body, loaded, answer=answer or "", wrong=wrong, position=position)
     if as_json:
         print_json(result.as_dict())
@@ -109,7 +109,7 @@ def lens_cmd(
 ) -> None:
     """The logit lens: the top tokens of the residual stream after each layer, at every position."""
     from attnviz.analyses.lens import PURPOSE, check_k, lens
-    from attnviz.analyses.residual import with_head
+    from attnviz.analyses.residual import head_task, with_head
     from attnviz.errors import InputError, param
 
     check_k(k)
@@ -117,7 +117,7 @@ def lens_cmd(
         raise InputError(f"{param('answer')} is empty: give a word or leave it out")
     _checks(plot, output)
     body = read_text(text, file)
-    loaded = with_head(load(model, device, dtype, trust_remote_code), PURPOSE)
+    loaded = with_head(load(model, device, dtype, trust_remote_code, task=head_task(model)), PURPOSE)
     result = lens(body, loaded, k=k, answer=answer)
     if as_json:
         print_json(result.as_dict())
