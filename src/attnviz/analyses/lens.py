@@ -179,7 +179,7 @@ def lens(
     r = run(loaded, p, text, heads=False)
     k = min(k, int(r.logits.shape[-1]))
     steps = _head_steps(loaded, p, r)
-    after = _after_unembed(loaded, p, r, steps)
+    after = _after_unembed(loaded, p, r)
     stages, n, d = r.stages.shape
     flat = r.stages.reshape(stages * n, d)
     ids, probs, ranks, aprob, last = [], [], [], [], None
@@ -241,14 +241,13 @@ def _through(steps: list[Any], x: Any) -> Any:
     return x
 
 
-def _after_unembed(loaded: LoadedModel, p: Any, r: Any, steps: list[Any]) -> Any:
+def _after_unembed(loaded: LoadedModel, p: Any, r: Any) -> Any:
     """What the model does after its unembedding (softcap, a bias, a scale), as a function."""
     import torch
 
     from attnviz.analyses.residual import after_unembed
 
-    with torch.inference_mode():
-        raw = p.unembed(_through(steps, r.stages[-1]))
+    raw = r.io[id(p.unembed)][1]  # the unembedding's output in the run: what `steps` lead to
     kind, value = after_unembed(loaded, raw, r.logits)
     if kind == "other":
         raise InputError(

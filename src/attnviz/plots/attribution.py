@@ -44,7 +44,7 @@ def attribution_figure(result: Attribution, dpi: float = DEFAULT_DPI) -> Figure:
     title = with_text(_what(result), result.text)
     n_layers, n_heads = heads.shape
     width = min(max(6.0, 0.5 * n_heads * len(maps) + 4.5, text_inches(title)), 30)
-    height = min(max(4.0, 0.3 * n_layers + 2.2), 30)
+    height = min(max(4.0, 0.22 * n_layers + 2.2), 30)
     fig = new_figure((width, height), dpi)
     grid = fig.add_gridspec(
         2, len(maps) + 1, width_ratios=[*([max(2, n_heads)] * len(maps)), 3], height_ratios=[4, 1]
@@ -63,7 +63,9 @@ def attribution_figure(result: Attribution, dpi: float = DEFAULT_DPI) -> Figure:
         ax.set_ylabel("layer")
         ax.set_title(name, fontsize=9)
         for layer, head in _strongest(values, 5):
-            ax.text(head, layer, f"{values[layer, head]:+.2f}", ha="center", va="center", fontsize=6)
+            v = values[layer, head]
+            colour = "white" if abs(v) > 0.6 * top else "black"  # readable on the dark ends of the map
+            ax.text(head, layer, f"{v:+.2f}", ha="center", va="center", fontsize=6, color=colour)
     bars = fig.add_subplot(grid[0, -1])
     bars.barh(range(n_layers), mlp, color=[cmap(0.5 + 0.5 * v / top) for v in mlp])
     bars.set_ylim(n_layers - 0.5, -0.5)
