@@ -287,3 +287,11 @@ def test_batch_writes_per_head_attribution(tiny_model_path, tmp_path):
     assert any((tmp_path / "out").rglob("*.parquet"))
     with pytest.raises(InputError, match="dla"):
         list(iter_records(texts, cfg, model=load_model(str(tiny_model_path("t5")), device="cpu")))
+
+
+def test_exported_lazily_from_the_package():
+    import attnviz
+    from attnviz.analyses.lens import Lens, lens
+
+    assert attnviz.attribute is attribute and attnviz.Attribution is Attribution
+    assert attnviz.lens is lens and attnviz.Lens is Lens
