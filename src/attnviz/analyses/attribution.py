@@ -246,18 +246,18 @@ def _attribution(
     text: str,
 ) -> Attribution:
     """The components of one run at `pos`, through the frozen path to the unembedding."""
-    from attnviz.analyses.residual import after_unembed, head_links, weight_of
+    from attnviz.analyses.residual import after_unembed, head_links, unembed_rows
 
     (label, a_id), (w_label, w_id) = answer, wrong
     names, rows, bias = _parts(p, r, pos)
     for step in head_links(p, r, pos):
         rows, bias = step.apply(rows, bias)
-    w_u, b_u = weight_of(p.unembed)
-    direction = w_u[a_id] - (w_u[w_id] if w_id is not None else 0.0)
+    w_u, b_u = unembed_rows(p.unembed, [a_id] if w_id is None else [a_id, w_id])
+    direction = w_u[0] - (w_u[1] if w_id is not None else 0.0)
     values = (rows @ direction).cpu().numpy()
     extra = float(bias @ direction)
     if b_u is not None:
-        extra += float(b_u[a_id] - (b_u[w_id] if w_id is not None else 0.0))
+        extra += float(b_u[0] - (b_u[1] if w_id is not None else 0.0))
     kind, after = after_unembed(loaded, r.io[id(p.unembed)][1], r.logits)
     if kind == "scale":  # a constant factor (Cohere's logit scale) scales every component
         values, extra = values * after, extra * after

@@ -185,15 +185,15 @@ def lens(
     ids, probs, ranks, aprob, last = [], [], [], [], None
     with torch.inference_mode():
         for s in range(0, flat.shape[0], _ROWS):
-            logits = after(p.unembed(_through(steps, flat[s : s + _ROWS])))
-            logp = torch.log_softmax(logits.float(), dim=-1)
-            top = torch.topk(logp, k, dim=-1)
+            logits = after(p.unembed(_through(steps, flat[s : s + _ROWS]))).float()
+            lse = torch.logsumexp(logits, dim=-1)  # no [rows, vocab] log-softmax kept: top-k first
+            top = torch.topk(logits, k, dim=-1)
             ids.append(top.indices)
-            probs.append(top.values.exp())
+            probs.append((top.values - lse[:, None]).exp())
             if a_id is not None:
                 target = logits[:, a_id : a_id + 1]
                 ranks.append((logits > target).sum(-1) + 1)
-                aprob.append(logp[:, a_id].exp())
+                aprob.append((target[:, 0] - lse).exp())
             last = logits
     _check_last(loaded, r.logits, last[-n:])
     top_ids = torch.cat(ids).reshape(stages, n, k).cpu().numpy().astype(np.int64)

@@ -330,6 +330,15 @@ def run(loaded: LoadedModel, p: Plan, text: str | None, heads: bool = True, ids:
 # -- frozen links: the path at one position as affine maps ----------------------------------------
 
 
+def unembed_rows(module: Any, ids: list[int]) -> tuple[Any, Any]:
+    """The unembedding's rows of `ids` ([len(ids), d] float64) and their biases (or None): only those
+    rows are converted, not the whole [vocab, d] matrix."""
+    w = module.weight.detach()
+    rows = w[:, ids].T if type(module).__name__ == "Conv1D" else w[ids]
+    b = getattr(module, "bias", None)
+    return rows.double(), (b.detach()[ids].double() if b is not None else None)
+
+
 def weight_of(module: Any) -> tuple[Any, Any]:
     """A projection's (W [out, in], bias [out] or None) in float64 (GPT-2's Conv1D is stored [in, out])."""
     w = module.weight.detach().double()
