@@ -6,7 +6,7 @@ Model: the bundled SmolLM2 (30 layers x 9 heads) with its LM head, float32, on t
 prompt (15 tokens) and a longer text (about 120 tokens). Variants, interleaved round by round in
 one process so the ratios compare runs made under the same machine load:
 
-  forward    model(**inputs): one plain forward with its logits (the baseline of `attribute`)
+  forward    model(**inputs) under inference_mode: one plain forward with its logits (the baseline)
   attribute  attnviz.attribute(text, answer="Mary", wrong="John"): one recorded forward, then
              every component through the frozen final norm (the path traced once, before the rounds)
   lens       attnviz.lens(text, k=5): one recorded forward, then 31 stages x every position through
@@ -59,6 +59,11 @@ def main() -> None:
     p = plan(loaded, "benchmark")
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
     results = {}
+
+    def plain(inputs):  # as attribute and lens run theirs: under inference_mode
+        with torch.inference_mode():
+            return loaded.model(**inputs)
+
     for name, text in (("ioi", IOI), ("long", LONG)):
         inputs, enc = tokenized(loaded, text)
         n = enc.lengths[0]
@@ -70,7 +75,7 @@ def main() -> None:
                 p.unembed(flat[s : s + _ROWS])
 
         variants = {
-            "forward": lambda inputs=inputs: loaded.model(**inputs),
+            "forward": lambda inputs=inputs: plain(inputs),
             "attribute": lambda text=text: attribute(text, loaded, answer="Mary", wrong="John"),
             "lens": lambda text=text: lens(text, loaded, k=5),
             "unembed": unembed,
