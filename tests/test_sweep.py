@@ -24,8 +24,8 @@ BAD_UTF8 = b"\xff\xfe bad"
 T = "the cat sat"
 
 # (command line, standard input or None, a piece of the expected message or "")
-# {tiny} is a tiny BERT folder; {text}, {empty}, {latin1}, {dir}, {missing}: files; {cut}: a cut
-# GGUF file; {notgguf}: a text file named .gguf; {cfg_*}: TOML configs.
+# {tiny} is a tiny BERT folder, {tinylm} a tiny GPT-2; {text}, {empty}, {latin1}, {dir}, {missing}:
+# files; {cut}: a cut GGUF file; {notgguf}: a text file named .gguf; {cfg_*}: TOML configs.
 CASES: dict[str, list[tuple[str, bytes | None, str]]] = {
     "models": [("models --bogus", None, "No such option")],
     "info": [
@@ -153,6 +153,24 @@ CASES: dict[str, list[tuple[str, bytes | None, str]]] = {
         ("ablate '{T}' --layer 0 --head 0 --mode mean --reference {latin1}", None, "not UTF-8"),
         ("ablate '{T}' --layer 2 --head 0 -m {tiny}", None, "out of range"),
     ],
+    "attribute": [
+        ("attribute '{T}'", None, "--answer"),
+        ("attribute '{T}' --answer ' '", None, "--answer"),
+        ("attribute '{T}' --answer cat --wrong cat", None, "the same"),
+        ("attribute '{T}' --answer cat --wrong ''", None, "--wrong is empty"),
+        ("attribute '{T}' --answer cat --plot p.gif", None, "gif"),
+        ("attribute '{T}' --answer cat -o out.txt", None, ".safetensors"),
+        ("attribute '{T}' --answer cat -m {tiny}", None, "no LM head"),
+        ("attribute '{T}' --answer zzqx -m {tinylm}", None, "tokens ("),
+        ("attribute '{T}' --answer cat --position 99 -m {tinylm}", None, "--position"),
+    ],
+    "lens": [
+        ("lens '{T}' -k 0", None, "-k 0"),
+        ("lens '{T}' --answer ''", None, "--answer is empty"),
+        ("lens '{T}' --plot p.gif", None, "gif"),
+        ("lens '{T}' -m {tiny}", None, "no LM head"),
+        ("lens '{T}' --answer zzqx -m {tinylm}", None, "tokens ("),
+    ],
     "rollout": [
         ("rollout '{T}' --residual nan", None, "residual"),
         ("rollout '{T}' --residual 2", None, "residual"),
@@ -259,6 +277,7 @@ def sweep_files(tmp_path_factory: pytest.TempPathFactory, tiny_model_path) -> di
     out["not_utf8"] = os.fsdecode(b"caf\xe9")  # a byte that is not UTF-8, as Python receives it
     out["long_name"] = "x" * 300
     out["long_path"] = "/".join(["y" * 200] * 21)
+    out["tinylm"] = str(tiny_model_path("gpt2"))  # a causal LM: attribute and lens need an LM head
     for name, body in files.items():
         suffix = {"notgguf": ".gguf", "text": ".txt"}.get(name, ".toml" if name.startswith("cfg") else "")
         path = root / f"{name}{suffix}"

@@ -36,11 +36,17 @@ _EXPORTS = {
     "show": "attnviz.views.notebook",
     "ablate": "attnviz.heads.ablation",
     "scan_heads": "attnviz.heads.ablation",
+    "attribute": "attnviz.analyses.attribution",
+    "Attribution": "attnviz.analyses.attribution",
+    "lens": "attnviz.analyses.lens",
+    "Lens": "attnviz.analyses.lens",
 }
 
 __all__ = [*_EXPORTS, "__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover
+    from attnviz.analyses.attribution import Attribution, attribute  # noqa: F401
+    from attnviz.analyses.lens import Lens, lens  # noqa: F401
     from attnviz.attention import QKV, Attention, Encoded  # noqa: F401
     from attnviz.batch import iter_records, run_batch_analysis  # noqa: F401
     from attnviz.batch.config import BatchConfig  # noqa: F401

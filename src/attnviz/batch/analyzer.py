@@ -94,6 +94,33 @@ class Analyzer:
             from attnviz.analyses.norms import output_projections
 
             self._projections = output_projections(loaded)
+        self._with_head = self._dla_model() if "dla" in config.statistics else None
+
+    def _dla_model(self) -> LoadedModel:
+        """The model with its LM head for the `dla` statistic (refused at once where it cannot run)."""
+        from attnviz.analyses.attribution import PURPOSE
+        from attnviz.analyses.residual import plan, with_head
+        from attnviz.errors import InputError
+
+        if self.loaded.capture.encoder_decoder:
+            raise InputError(
+                f"the dla statistic attributes a decoder's prediction, but {self.loaded.name}'s batch "
+                "statistics are its encoder's heads: leave dla out for an encoder-decoder"
+            )
+        loaded = with_head(self.loaded, PURPOSE)
+        plan(loaded, PURPOSE)  # no LM head, post-norm, own attention code: one line now
+        return loaded
+
+    def _dla(self, enc: Encoded) -> np.ndarray:
+        """[B, layers, heads]: each text's per-head direct logit attribution (one pass per text)."""
+        from attnviz.analyses.attribution import head_attribution
+
+        assert self._with_head is not None
+        maps = [
+            head_attribution(self._with_head, enc.input_ids[b, :n].tolist())
+            for b, n in enumerate(enc.lengths)
+        ]
+        return np.stack([m[self.layer_ids][:, self.head_ids] for m in maps]).astype(np.float32)
 
     @property
     def model_name(self) -> str:
@@ -126,6 +153,8 @@ class Analyzer:
             probes = probe_masks(enc, self.config, weights[0].device) if self.config.probes else []
             norms = self._norms(rec) if "norm" in self.config.statistics else None
             stats = batch_statistics(weights, masks, self.config, probes, norms)
+        if self._with_head is not None:
+            stats["dla"] = self._dla(enc)
         attention = self._saved(weights, enc) if self.config.save_attention else None
         t3 = time.perf_counter()
         self.timings.tokenize += t1 - t0

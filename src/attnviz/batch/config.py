@@ -26,8 +26,10 @@ STATISTICS: dict[str, str] = {
     "last_sep, punctuation, broad)",
     "norm": "special_attention and special_norm: the share of each row on special tokens, by weight and "
     "by value-norm weight (Kobayashi et al. 2020); off by default",
+    "dla": "direct logit attribution: each head's direct contribution to the logit of the model's own "
+    "top next token after the text (docs/attribution.md); off by default, one more forward pass per text",
 }
-DEFAULT_STATISTICS: tuple[str, ...] = tuple(s for s in STATISTICS if s != "norm")
+DEFAULT_STATISTICS: tuple[str, ...] = tuple(s for s in STATISTICS if s not in ("norm", "dla"))
 FORMATS = ("auto", "txt", "jsonl", "csv", "parquet")
 _NAME_RE = re.compile(r"[^0-9a-z_]+")
 _ADDRESS = re.compile(r"auto|(ray://)?[A-Za-z0-9_.\-]+:\d{1,5}|(ray://)?\[[0-9A-Fa-f:.]+\]:\d{1,5}")
@@ -415,8 +417,8 @@ def _coerce(values: dict[str, Any], where: str = "") -> dict[str, Any]:
             if not isinstance(items, list | tuple) or not all(isinstance(s, str) for s in items):
                 raise InputError(f"statistics must be a list of names{where}")
             flat = [s.strip() for item in items for s in item.split(",") if s.strip()]
-            if flat == ["all"]:
-                flat = list(STATISTICS)
+            if flat == ["all"]:  # dla needs an LM head and a pass per text: asked for by name only
+                flat = [s for s in STATISTICS if s != "dla"]
             if flat == ["none"]:
                 flat = []
             out[name] = tuple(dict.fromkeys(flat))

@@ -200,7 +200,8 @@ def kept(config: BatchConfig) -> list[Statistic]:
 
 def stat_columns(config: BatchConfig) -> list[str]:
     """The long table's statistic columns, in order."""
-    return [s.column for s in kept(config)] + [c for p in config.probes for c in p.columns]
+    dla = ["dla"] if "dla" in config.statistics else []  # computed by the analyser (attribution)
+    return [s.column for s in kept(config)] + [c for p in config.probes for c in p.columns] + dla
 
 
 # -- the per-text reference ----------------------------------------------------------------------

@@ -13,6 +13,7 @@ from attnviz.cli import ablate as _ablate  # noqa: F401
 
 # Command modules register themselves on import; each is a few lines over the library.
 from attnviz.cli import analyses as _analyses  # noqa: F401
+from attnviz.cli import attribute as _attribute  # noqa: F401
 from attnviz.cli import batch as _batch  # noqa: F401
 from attnviz.cli import extract as _extract  # noqa: F401
 from attnviz.cli import generate as _generate  # noqa: F401

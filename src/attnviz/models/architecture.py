@@ -68,8 +68,8 @@ def main_stream(loaded: LoadedModel) -> str:
     return "encoder" if loaded.capture.encoder_decoder else "self"
 
 
-def output_projections(loaded: LoadedModel, purpose: str) -> list[Any]:
-    """The module receiving each (main-stream) layer's attention output, in layer order.
+def output_projections(loaded: LoadedModel, purpose: str, stream: str | None = None) -> list[Any]:
+    """The module receiving each layer's attention output of `stream` (default: the main one), in order.
 
     Found by tracing one forward pass: the first projection (Linear or Conv1D) called after a
     layer's attention whose input equals that attention's output, element for element (own
@@ -78,7 +78,7 @@ def output_projections(loaded: LoadedModel, purpose: str) -> list[Any]:
     require_editable(loaded, purpose)
     if not loaded.capture.interface:
         return list(loaded.capture.projections)
-    found = _trace(loaded)  # one three-token pass: cheap, and always the model as it is now
+    found = _trace(loaded, stream)  # one three-token pass: cheap, and always the model as it is now
     missing = [layer for layer, proj in enumerate(found) if proj is None]
     if missing:
         raise InputError(
@@ -88,13 +88,13 @@ def output_projections(loaded: LoadedModel, purpose: str) -> list[Any]:
     return found
 
 
-def _trace(loaded: LoadedModel) -> list[Any | None]:
+def _trace(loaded: LoadedModel, stream: str | None = None) -> list[Any | None]:
     import torch
 
     from attnviz.models.capture import Editor, active_editor, editing
 
     cap = loaded.capture
-    main = main_stream(loaded)
+    main = stream or main_stream(loaded)
     events: list[tuple[str, Any, Any]] = []  # ("attn", layer, out) / ("proj", module, input), in order
 
     def seen(key: tuple[str, int], out: Any, module: Any) -> Any:
@@ -117,7 +117,7 @@ def _trace(loaded: LoadedModel) -> list[Any | None]:
     finally:
         for handle in handles:
             handle.remove()
-    found: list[Any | None] = [None] * cap.num_layers
+    found: list[Any | None] = [None] * cap.layer_counts.get(main, 0)
     for i, (kind, layer, out) in enumerate(events):
         if kind != "attn" or layer is None or found[layer] is not None:
             continue

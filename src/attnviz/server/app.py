@@ -474,6 +474,7 @@ def create_app(
     from starlette.middleware import Middleware
     from starlette.routing import Route
 
+    from attnviz.server.attribution import serve_attribute, serve_lens
     from attnviz.server.web import RequestLog
 
     pool = Pool(dict(models), cache_bytes=cache_bytes)
@@ -487,6 +488,8 @@ def create_app(
         "find-head": h.find_head,
         "generate": h.generate,
         "heatmap.png": h.heatmap,
+        "attribute": lambda p: serve_attribute(pool, p),
+        "lens": lambda p: serve_lens(pool, p),
     }
     routes = [
         Route("/", _page),
