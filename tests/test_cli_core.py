@@ -292,3 +292,40 @@ def test_usage_errors_are_one_line_from_the_console_script(argv, needle):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     lines = out.stderr.strip().splitlines()
     assert out.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0]
+
+
+# -- issue 30: what a user typed never drives the terminal -------------------------------------
+OSC = "\x1b]0;pwned\x07\x1b[31m"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["heatmap", "the cat", "--cmap", OSC],  # a library error (InputError)
+        ["heatmap", "the cat", "--layer", OSC],  # a usage error (Click's BadParameter)
+        ["nosuch" + OSC],  # an unknown command
+        ["extract", "the cat", "-o", "x" + OSC],  # an output name
+    ],
+)
+def test_control_characters_in_an_error_line_are_escaped(no_model_load, args):
+    line = _one_line_error_line(runner.invoke(app, args))
+    assert "\x1b" not in line and "\x07" not in line
+    assert "\\x1b]0;pwned\\x07" in line
+
+
+def _one_line_error_line(result) -> str:
+    assert "Traceback" not in result.output
+    return one_line_error(result)
+
+
+def test_an_unexpected_error_line_is_escaped_too():
+    """The console script's last resort (an unexpected exception) escapes its message as well."""
+    code = (
+        "import sys; import attnviz.models.info as m; from attnviz.cli import main\n"
+        "def boom(*a, **k): raise RuntimeError('bad \\x1b]0;x\\x07 \\ud800 name')\n"
+        "m.list_bundled = boom; sys.argv = ['attnviz', 'models']; main()"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True)
+    line = out.stderr.decode("utf-8")
+    assert out.returncode == 1 and "\x1b" not in line and "\x07" not in line, line
+    assert "\\x1b]0;x\\x07 \\ud800 name" in line

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import unicodedata
 from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any
@@ -76,7 +77,7 @@ class Group(TyperGroup):
                 sys.exit(0)
             ctx = getattr(exc, "ctx", None)
             hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-            typer.echo(f"error: {exc.format_message()}{hint}", err=True)
+            typer.echo(f"error: {printable(exc.format_message())}{hint}", err=True)
             sys.exit(exc.exit_code)
         sys.exit(code if isinstance(code, int) else 0)
 
@@ -92,9 +93,23 @@ app = typer.Typer(
 )
 
 
+def printable(message: str) -> str:
+    """A message safe for a terminal: control characters (ESC, BEL, NUL, a line break...) and
+    lone surrogates shown as escapes (`\\x1b`), so what a user typed cannot drive the terminal
+    (an OSC sequence retitling the window) or split the one error line."""
+    out = []
+    for ch in message:
+        code = ord(ch)
+        if unicodedata.category(ch) in ("Cc", "Cs") or ch in "\u2028\u2029":
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
 def fail(message: str, code: int = 2) -> typer.Exit:
-    """Print one error line to stderr; the caller raises the returned Exit."""
-    typer.echo(f"error: {message}", err=True)
+    """Print one error line to stderr (control characters escaped); the caller raises the Exit."""
+    typer.echo(f"error: {printable(message)}", err=True)
     return typer.Exit(code)
 
 

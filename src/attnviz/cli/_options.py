@@ -316,11 +316,12 @@ def load(
     as notices: status notices update the spinner, warnings are one `warning:` line on stderr.
     Nothing is ever written to stdout. `task` picks the head (`generate` needs the LM head).
     """
+    from attnviz.cli._app import printable
     from attnviz.models.loading import LoadNotice, load_model
 
     def warn(notice: LoadNotice) -> None:
         if notice.kind == "warning":
-            typer.echo(f"warning: {notice.message}", err=True)
+            typer.echo(f"warning: {printable(notice.message)}", err=True)
 
     if not spinner_wanted(quiet):
         return load_model(
@@ -335,7 +336,7 @@ def load(
             if notice.kind == "status":
                 status.update(notice.message)
             else:
-                console.print(f"warning: {notice.message}", markup=False, highlight=False)
+                console.print(f"warning: {printable(notice.message)}", markup=False, highlight=False)
 
         return load_model(
             model, device=device, dtype=dtype, trust_remote_code=trust_remote_code, progress=show, task=task
@@ -366,12 +367,14 @@ def note(message: str) -> None:
     typer.echo(f"note: {message}", err=True)
 
 
-def check_style(cmap: str, dpi: int | None) -> None:
-    """--cmap and --dpi checked before any model loads; InputError on the first bad one."""
-    from attnviz.plots import colormap
+def check_style(cmap: str, dpi: int | None, size: tuple[float, float] | None = None) -> None:
+    """--cmap, --dpi and the pixels of --size at that dpi, checked before any model loads;
+    InputError on the first bad one."""
+    from attnviz.plots import check_pixels, colormap
 
     if dpi is not None and not 10 <= dpi <= 1200:
         raise InputError(f"bad --dpi {dpi}: use a resolution between 10 and 1200")
+    check_pixels(size, dpi)
     colormap(cmap)
 
 
