@@ -309,3 +309,48 @@ def test_cache_entries_are_written_under_a_lock(fake_gguf, monkeypatch):
     monkeypatch.setattr(models, "_read_gguf", read_while_checking_the_lock)
     _load(gguf)
     assert held == [True]
+
+
+# -- issue 30: model folders that cannot be a model are refused in one line -------------------
+def _edited(src, folder, **config):
+    import json
+    import shutil
+
+    shutil.copytree(src, folder)
+    path = folder / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **config}))
+    return str(folder)
+
+
+@pytest.mark.parametrize(
+    ("arch", "config", "needle"),
+    [
+        ("bert", {"num_attention_heads": 0}, "num_attention_heads 0"),
+        ("bert", {"max_position_embeddings": 1}, "max_position_embeddings 1"),
+        ("gpt2", {"n_positions": 1}, "n_positions 1"),
+        ("bert", {"num_hidden_layers": -2}, "num_hidden_layers -2"),
+        ("bert", {"hidden_size": 64}, "do not have the shapes"),  # weights of 32, a config of 64
+        ("gpt2", {"n_embd": 48}, "do not have the shapes"),
+    ],
+)
+def test_a_config_no_weights_fit_is_a_model_not_found_error(tiny_model_path, tmp_path, arch, config, needle):
+    folder = _edited(tiny_model_path(arch), tmp_path / "edited", **config)
+    with pytest.raises(ModelNotFoundError, match=needle):
+        load_model(folder, device="cpu")
+
+
+def test_a_folder_without_tokenizer_files_is_refused(tiny_model_path, tmp_path):
+    import shutil
+
+    folder = tmp_path / "no-tokenizer"
+    shutil.copytree(tiny_model_path("bert"), folder)
+    for path in folder.iterdir():
+        if path.name.startswith(("tokenizer", "vocab", "special_tokens")):
+            path.unlink()
+    with pytest.raises(ModelNotFoundError, match="no tokenizer files"):
+        load_model(str(folder), device="cpu")
+
+
+def test_a_tilde_naming_no_user_is_an_unknown_model():
+    with pytest.raises(ModelNotFoundError, match="unknown model '~no-such-user-attnviz/x'"):
+        resolve_model("~no-such-user-attnviz/x")

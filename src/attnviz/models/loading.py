@@ -140,7 +140,10 @@ def resolve_model(spec: str | None) -> ModelSource:
             )
         origin = "gguf" if path.suffix == ".gguf" else "bundled"
         return ModelSource(spec=spec, name=alias, origin=origin, path=str(path))
-    path = Path(spec).expanduser()
+    try:
+        path = Path(spec).expanduser()
+    except RuntimeError:  # `~nobody/x`: no such user, or no home to expand to
+        raise ModelNotFoundError(f"unknown model '{spec}': its ~ names no user's home folder here") from None
     if path.suffix.lower() == ".gguf":
         if not path.is_file():
             raise ModelNotFoundError(f"no such GGUF file: {spec}")
@@ -149,6 +152,7 @@ def resolve_model(spec: str | None) -> ModelSource:
         if not (path / "config.json").is_file():
             raise ModelNotFoundError(f"folder {spec} has no config.json, so it is not a model folder")
         check_weights(path)
+        check_config(path)
         return ModelSource(spec=spec, name=path.resolve().name, origin="folder", path=str(path))
     looks_like_path = spec.startswith((".", "/", "~")) or os.sep in spec.strip("/").replace("/", "", 1)
     if path.exists() or looks_like_path or not _HUB_ID.match(spec):
@@ -172,6 +176,55 @@ def check_weights(folder: Path) -> None:
         raise ModelNotFoundError(
             f"{folder / pickled[0]} is a pickled PyTorch file, which attnviz never loads (unpickling can "
             "run code); convert the weights to model.safetensors and try again"
+        )
+
+
+# sizes a config.json may give; each must be a whole number of at least 1 (positions: 2, room for
+# one token and one more), or the model class divides by zero or builds tables no weight fits
+_SIZES = {
+    "num_attention_heads": 1, "num_hidden_layers": 1, "hidden_size": 1,
+    "n_head": 1, "n_layer": 1, "n_embd": 1, "d_model": 1, "num_heads": 1, "num_layers": 1,
+    "encoder_attention_heads": 1, "decoder_attention_heads": 1, "num_key_value_heads": 1,
+    "encoder_layers": 1, "decoder_layers": 1, "head_dim": 1,
+    "max_position_embeddings": 2, "n_positions": 2,
+}  # fmt: skip
+
+
+def check_config(folder: Path) -> None:
+    """Refuse a config.json whose sizes no model can have (0 heads, 1 position, -3 layers, 2.5).
+
+    Read before transformers builds the model, where they end in a ZeroDivisionError or a shape
+    error. A config transformers cannot read at all is left to its own message.
+    """
+    try:
+        data = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    configs = [data] + [v for v in data.values() if isinstance(v, dict)] if isinstance(data, dict) else []
+    for config in configs:  # a multimodal config nests its text model's
+        for key, least in _SIZES.items():
+            value = config.get(key)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ModelNotFoundError(
+                    f"{folder / 'config.json'} gives {key} {value!r}, which no model can have "
+                    f"(a whole number, at least {least}); fix the config or save the model again"
+                )
+
+
+def check_tokenizer(tokenizer: Any, source: ModelSource) -> None:
+    """Refuse a tokenizer with no vocabulary of its own (a folder without its tokenizer files):
+    transformers builds one anyway, and every word becomes [UNK]."""
+    try:
+        vocab = tokenizer.get_vocab()
+        special = set(getattr(tokenizer, "all_special_tokens", ()))
+    except Exception:  # a tokenizer of its own code, without get_vocab: trusted as it is
+        return
+    if vocab and not set(vocab) - special:
+        raise ModelNotFoundError(
+            f"'{source.spec}' has no tokenizer files (tokenizer.json, vocab.txt, ...): every word would "
+            "read as unknown; copy the tokenizer's files into the folder"
         )
 
 
@@ -268,6 +321,11 @@ def _from_pretrained(loader: Any, source: ModelSource, **kwargs: Any) -> Any:
         if source.origin == "folder" and (bad := unreadable_safetensors(Path(source.path))) is not None:
             raise ModelNotFoundError(
                 f"{bad} is not a readable safetensors file (damaged or cut short?); download or save it again"
+            ) from exc
+        if isinstance(exc, RuntimeError) and "mismatch" in str(exc):  # shapes the config does not give
+            raise ModelNotFoundError(
+                f"the weights of '{source.spec}' do not have the shapes its config.json gives (a "
+                "config of another model, or edited?); use the config the weights were saved with"
             ) from exc
         if not isinstance(exc, (OSError, ValueError)):
             raise
@@ -508,6 +566,7 @@ def load_model(
     else:
         common = {"trust_remote_code": trust_remote_code}
         tokenizer = _from_pretrained(AutoTokenizer, source, **common)
+        check_tokenizer(tokenizer, source)
         hf_model = _from_pretrained(
             _auto_class(task), source, dtype=torch_dtype, use_safetensors=True, **common
         )
