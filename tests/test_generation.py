@@ -134,9 +134,10 @@ def test_zoo_generation_equals_model_generate_and_eager(lm, spec):
 )
 def test_ids_equal_model_generate(lm, arch, sample):
     loaded = lm(arch)
-    settings = {"max_new_tokens": 5, "sample": sample, "seed": 3, "temperature": 0.7 if sample else 1.0}
+    seed = 3 if sample else None  # a seed without sampling is refused
+    settings = {"max_new_tokens": 5, "sample": sample, "seed": seed, "temperature": 0.7 if sample else 1.0}
     gen = generate(
-        PROMPT, loaded, max_new_tokens=5, sample=sample, seed=3, temperature=settings["temperature"]
+        PROMPT, loaded, max_new_tokens=5, sample=sample, seed=seed, temperature=settings["temperature"]
     )
     assert list(gen.token_ids) == plain_ids(loaded, settings)
     assert gen.text == loaded.tokenizer.decode(gen.generated_ids, skip_special_tokens=True)
@@ -287,6 +288,38 @@ def test_bad_settings_fail_before_loading():
         generation_task("minilm")
     with pytest.raises(InputError, match="empty"):
         generate("  ", "minilm")
+
+
+@pytest.mark.parametrize(
+    ("settings", "needle"),
+    [
+        ({"temperature": 1e-300}, "temperature must be a number from 0.01 up (got 1e-300)"),
+        ({"temperature": float("inf")}, "temperature must be a number from 0.01 up (got inf)"),
+        ({"temperature": float("nan")}, "temperature must be a number from 0.01 up (got nan)"),
+        ({"seed": 2**64}, f"seed {2**64}: use a whole number from 0 to 2**64 - 1"),
+        ({"seed": -1}, "seed -1: use a whole number"),
+        ({"seed": 1.5}, "seed 1.5: use a whole number"),
+    ],
+)
+def test_sampling_settings_that_would_crash_are_refused(settings, needle):
+    """Today 1e-300 overflows the logits (RuntimeError), 2**64 overflows torch's seed, inf passes."""
+    import re
+
+    with pytest.raises(InputError, match=re.escape(needle)):
+        check_settings(5, sample=True, **settings)
+
+
+def test_a_seed_without_sampling_is_refused_not_ignored():
+    with pytest.raises(InputError, match=r"seed only matters when sampling: add sample=True$") as info:
+        check_settings(5, seed=1)
+    assert info.value.render(cli_terms) == "--seed only matters when sampling: add --sample"
+    check_settings(5, sample=True, seed=2**64 - 1, temperature=0.01)  # the limits themselves pass
+
+
+def test_sampling_at_the_extremes_runs(lm):
+    """The smallest temperature and the largest seed accepted really generate (no overflow)."""
+    gen = generate(PROMPT, lm("llama"), max_new_tokens=2, sample=True, temperature=0.01, seed=2**64 - 1)
+    assert gen.n_new == 2
 
 
 def test_seq2seq_and_causal_tasks(tiny_model_path):

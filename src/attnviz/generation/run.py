@@ -10,6 +10,7 @@ keys up to it. A step costs [heads, 1, context] weights, written straight into o
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from attnviz.errors import InputError, param
+from attnviz.errors import InputError, check_seed, param
 
 if TYPE_CHECKING:
     from attnviz.attention import Attention
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from attnviz.models.loading import LoadedModel
 
 FORMAT = "generation"
+MIN_TEMPERATURE = 0.01  # below, sampling is greedy decoding anyway, and 1e-300 overflows the logits
 ENCODERS = frozenset(
     {"bert", "distilbert", "roberta", "xlm-roberta", "albert", "electra", "deberta", "deberta-v2", "mpnet"}
 )
@@ -245,6 +247,7 @@ def check_settings(
     sample: bool = False,
     temperature: float = 1.0,
     top_p: float = 1.0,
+    seed: int | None = None,
 ) -> None:
     """InputError for settings `generate` would refuse, before any model loads."""
     if max_new_tokens < 1:
@@ -254,14 +257,21 @@ def check_settings(
             f"{param('min_new_tokens')} must be between 0 and {param('max_new_tokens')} "
             f"(got {min_new_tokens})"
         )
-    if not temperature > 0:
-        raise InputError(f"{param('temperature')} must be above 0 (got {temperature})")
+    if not MIN_TEMPERATURE <= temperature < math.inf:  # NaN fails too; a tinier one overflows
+        raise InputError(
+            f"{param('temperature')} must be a number from {MIN_TEMPERATURE} up (got {temperature}); "
+            "lower ones are greedy decoding, which is what leaving out sampling does"
+        )
     if not 0 < top_p <= 1:
         raise InputError(f"{param('top_p')} must be in (0, 1] (got {top_p})")
     if not sample and (temperature != 1.0 or top_p != 1.0):
         raise InputError(
             f"{param('temperature')} and {param('top_p')} shape sampling: add {param('sample', True)}"
         )
+    if seed is not None:
+        check_seed(seed)
+        if not sample:  # greedy decoding draws nothing: a seed there would be silently ignored
+            raise InputError(f"{param('seed')} only matters when sampling: add {param('sample', True)}")
 
 
 def generation_task(spec: str | None) -> str:
@@ -357,7 +367,7 @@ def generate(
     """
     if not isinstance(prompt, str) or not prompt.strip():
         raise InputError("the prompt is empty")
-    check_settings(max_new_tokens, min_new_tokens, sample, temperature, top_p)
+    check_settings(max_new_tokens, min_new_tokens, sample, temperature, top_p, seed)
     loaded = load_for_generation(model, device, dtype, trust_remote_code)
     _check_generates(loaded)
     settings = {
