@@ -393,3 +393,39 @@ def test_a_step_computes_one_query_row_never_a_square(lm, monkeypatch):
     assert len(shapes) == 3  # one recorded layer, three steps
     assert all(q == 1 and out[0] == 1 and out[1] == 1 and out[2] == 1 for q, out in shapes), shapes
     assert gen.attn.shape == (1, 1, 3, gen.prompt_length + 3)
+
+
+def _crafted_generation(tmp_path, gen, change, arrays=None):
+    import json
+
+    good = gen.save(tmp_path / "good.npz")
+    with np.load(good, allow_pickle=False) as data:
+        meta = json.loads(str(data["metadata"]))
+        stored = {k: data[k] for k in data.files if k != "metadata"}
+    change(meta)
+    path = tmp_path / "crafted.npz"
+    np.savez(path, metadata=np.array(json.dumps(meta)), **(arrays if arrays is not None else stored))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("change", "arrays", "needle"),
+    [
+        (lambda m: m.pop("tokens"), None, "'tokens' is missing"),
+        (lambda m: m.update(tokens=list(range(len(m["tokens"])))), None, "other than strings"),
+        (lambda m: m.update(layers="0"), None, "'layers' is not a list"),
+        (lambda m: m.update(prompt_length=999), None, "'prompt_length' 999 is more than"),
+        (lambda m: m.update(token_ids=[1]), None, "'token_ids' has 1 entries"),
+        (lambda m: m.update(settings=[1]), None, "'settings' is not an object"),
+        (lambda m: m.update(heads=[0, 1, 2, 3, 4]), None, "its 'self' array is float32"),
+        (lambda m: None, {}, "holds no 'self' array"),
+    ],
+)
+def test_a_crafted_generation_file_is_refused_naming_it(lm, tmp_path, change, arrays, needle):
+    from attnviz.errors import AttnvizError
+
+    gen = generate(PROMPT, lm("llama"), max_new_tokens=2)
+    path = _crafted_generation(tmp_path, gen, change, arrays)
+    with pytest.raises(AttnvizError) as info:
+        Generation.load(path)
+    assert str(path) in str(info.value) and needle in str(info.value), str(info.value)

@@ -206,31 +206,43 @@ class Generation:
 
     @classmethod
     def load(cls, path: str | Path) -> Generation:
-        """Read a file written by `save`."""
+        """Read a file written by `save`; a file whose fields or shapes do not fit is an InputError
+        naming it."""
+        from attnviz.attention import FileFields
         from attnviz.outputs import read_arrays
 
         what = "file from `attnviz generate -o`"
         meta, arrays = read_arrays(Path(path), what)
+        r = FileFields(meta, arrays, Path(path), what)
         if meta.get("format") != FORMAT:
             raise InputError(f"{path} is not a readable {what} (not a generation file)")
+        tokens, layers, heads = r.texts("tokens"), r.counts("layers"), r.counts("heads")
+        n, lh = len(tokens), (len(layers), len(heads))
+        prompt_length = r.count("prompt_length")
+        if prompt_length > n:
+            raise r.fail(f"'prompt_length' {prompt_length} is more than its {n} tokens")
+        source_tokens = r.texts("source_tokens", ())
+        settings = r._get("settings", {})
+        if not isinstance(settings, dict):
+            raise r.fail("'settings' is not an object")
         return cls(
-            model=meta["model"],
-            kind=meta["kind"],
-            prompt=meta["prompt"],
-            text=meta["text"],
-            tokens=tuple(meta["tokens"]),
-            token_ids=tuple(meta["token_ids"]),
-            special=tuple(meta["special"]),
-            prompt_length=int(meta["prompt_length"]),
-            layers=tuple(meta["layers"]),
-            heads=tuple(meta["heads"]),
-            attn=arrays["self"],
-            prompt_attn=arrays.get("prompt"),
-            source_tokens=tuple(meta.get("source_tokens") or ()),
-            source_special=tuple(meta.get("source_special") or ()),
-            cross=arrays.get("cross"),
-            settings=dict(meta.get("settings") or {}),
-            notes=tuple(meta.get("notes") or ()),
+            model=r.text("model"),
+            kind=r.choice("kind", ("decoder", "encoder-decoder")),
+            prompt=r.text("prompt"),
+            text=r.text("text"),
+            tokens=tokens,
+            token_ids=r.counts("token_ids", length=(n,)),
+            special=r.flags("special", length=(n,)),
+            prompt_length=prompt_length,
+            layers=layers,
+            heads=heads,
+            attn=r.array("self", (*lh, n - prompt_length, n)),
+            prompt_attn=r.array("prompt", (*lh, prompt_length, prompt_length), required=False),
+            source_tokens=source_tokens,
+            source_special=r.flags("source_special", (), length=(0, len(source_tokens))),
+            cross=r.array("cross", (*lh, n - prompt_length, len(source_tokens)), required=False),
+            settings=dict(settings),
+            notes=r.texts("notes", ()),
         )
 
 
