@@ -253,7 +253,16 @@ ConfigOpt = Annotated[
 
 
 def read_text(text: str | None, file: Path | None) -> str:
-    """The text from the argument, --file, or standard input (`-` or nothing on a pipe)."""
+    """The text from the argument, --file, or standard input (`-` or nothing on a pipe), checked
+    (not empty, no byte that is not UTF-8) before any model loads."""
+    from attnviz.extraction import check_text
+
+    body = _read_text(text, file)
+    check_text(body)
+    return body
+
+
+def _read_text(text: str | None, file: Path | None) -> str:
     if file is not None and text not in (None, "-"):
         raise InputError("give the text as an argument or with --file, not both")
     if file is not None:
