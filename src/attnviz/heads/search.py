@@ -16,7 +16,7 @@ import numpy as np
 
 from attnviz.errors import InputError, TokenNotFoundError, param
 from attnviz.heads.patterns import PATTERNS, pattern_scores, role_of
-from attnviz.tokens import display, locate, normalise
+from attnviz.tokens import display, locate, normalise, span_tokens
 
 if TYPE_CHECKING:
     from attnviz.attention import Attention
@@ -213,15 +213,20 @@ def resolve(att: Attention, query: str, occurrence: Occurrence = None, view: Att
         return _resolve_phrase(att, view, q, occurrence)
     try:
         if occurrence == "all":
-            m = locate(q, view.tokens)
+            m = locate(q, view.tokens, what="words")
             toks = tuple(sorted(t for i in m.occurrences for t in _unit_tokens(att, view, i)))
             label = display(view.tokens[m.index])
             return Unit(query=q, label=label, tokens=toks, occurrence=0, occurrences=len(m.occurrences))
-        m = locate(q, view.tokens, occurrence)
+        m = locate(q, view.tokens, occurrence, what="words")
     except TokenNotFoundError as exc:
         if "is not in the text" not in str(exc):
             raise
-        return _resolve_piece(att, q, occurrence, exc)
+        try:
+            return _resolve_piece(att, q, occurrence, exc)
+        except TokenNotFoundError:
+            if (span := _resolve_span(att, q, occurrence)) is None:
+                raise
+            return span
     return Unit(
         query=q,
         label=display(view.tokens[m.index]),
@@ -247,6 +252,27 @@ def _resolve_piece(att: Attention, q: str, occurrence: Occurrence, missing: Toke
         occurrence=m.occurrence,
         occurrences=len(m.occurrences),
     )
+
+
+def _resolve_span(att: Attention, q: str, occurrence: Occurrence) -> Unit | None:
+    """A query in a script written without spaces (巴黎 in 我喜欢在巴黎学习法语), as the tokens
+    covering its characters; None when it is not such a query or does not occur."""
+    found = span_tokens(att, q) if att.level == "token" else []
+    if not found:
+        return None
+    if occurrence == "all":
+        toks = tuple(sorted({t for covering in found for t in covering}))
+        chosen, which = found[0], 0
+    else:
+        which = 1 if occurrence is None else occurrence
+        if not 1 <= which <= len(found):
+            raise TokenNotFoundError(
+                f"'{q}' occurs {len(found)} time(s); occurrence {which} does not exist (1-{len(found)})"
+            )
+        chosen = toks = found[which - 1]
+    spans = [att.spans[i] for i in chosen]
+    label = att.text[min(a for a, _ in spans) : max(b for _, b in spans)]  # the characters they cover
+    return Unit(query=q, label=label, tokens=toks, occurrence=which, occurrences=len(found))
 
 
 def _resolve_phrase(att: Attention, view: Attention, q: str, occurrence: Occurrence) -> Unit:
