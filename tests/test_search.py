@@ -292,7 +292,7 @@ def _tokens_with_spans(text: str, cuts: list[tuple[int, int]], special_ends: boo
     special = [s == (0, 0) for s in spans]
     tokens = tuple(
         "[CLS]" if s and i == 0 else "[SEP]" if s else text[a:b]
-        for i, ((a, b), s) in enumerate(zip(spans, special))
+        for i, ((a, b), s) in enumerate(zip(spans, special, strict=True))
     )
     word_ids, words = align_words(text, spans, special)
     n = len(tokens)
