@@ -135,16 +135,20 @@ def extract_batch(
     `store="float16"` keeps the weights as float16: half the memory and file, each weight rounded.
     """
     from attnviz.models.capture import STORES
-    from attnviz.models.loading import LoadedModel, load_model
+    from attnviz.models.loading import LoadedModel, as_loaded, model_spec
 
     if store not in STORES:
         raise InputError(f"unknown store '{store}': use {' or '.join(STORES)}")
 
+    if isinstance(texts, str):  # a string is an iterable of characters: one text each, not wanted
+        raise TypeError("texts must be a list of strings, not one string (extract takes one text)")
+    if not isinstance(model, LoadedModel):
+        model_spec(model)  # a wrong type is a TypeError before anything else
     texts = list(texts)
     check_sizes(batch_size, max_length)
     for i, t in enumerate(texts):  # checked before the model loads
         check_text(t, i + 1, len(texts) > 1)
-    loaded = model if isinstance(model, LoadedModel) else load_model(model, device=device, dtype=dtype)
+    loaded = as_loaded(model, device=device, dtype=dtype)
     out = list(
         extract_stream(
             texts,
@@ -181,10 +185,10 @@ def extract_stream(
 ) -> Iterator[Attention]:
     """Extract many texts lazily, `batch_size` at a time, so a long corpus never holds every
     tensor at once; an empty or over-long text is named by its place in the whole input."""
-    from attnviz.models.loading import LoadedModel, load_model
+    from attnviz.models.loading import as_loaded
 
     check_sizes(batch_size, max_length)
-    loaded = model if isinstance(model, LoadedModel) else load_model(model, device=device, dtype=dtype)
+    loaded = as_loaded(model, device=device, dtype=dtype)
     layer_list = resolve_indices(layers, loaded.num_layers, "layer", loaded.name)
     head_list = resolve_indices(heads, loaded.capture.num_heads, "head", loaded.name)
     many = not (isinstance(texts, Sized) and len(texts) == 1)

@@ -328,12 +328,13 @@ def load_for_generation(
     progress: Any = None,
 ) -> LoadedModel:
     """The model with its LM head (loaded once and cached like every model)."""
-    from attnviz.models.loading import LoadedModel, load_model
+    from attnviz.models.loading import LoadedModel, load_model, model_spec
 
     if isinstance(model, LoadedModel):
         if model.task in ("causal-lm", "seq2seq-lm"):
             return model
         device, dtype, model = model.device, model.dtype, model.source.spec
+    model = model_spec(model)  # a name or a path; TypeError naming `model` for anything else
     task = generation_task(model)
     loaded = load_model(
         model, device=device, dtype=dtype, trust_remote_code=trust_remote_code, progress=progress, task=task
@@ -377,7 +378,9 @@ def generate(
     record each new token's cross-attention over the source. `prompt_rows` also keeps the prompt's
     own rows (one square [prompt, prompt] per head, at the first step): `as_attention` needs them.
     """
-    if not isinstance(prompt, str) or not prompt.strip():
+    if prompt is not None and not isinstance(prompt, str):
+        raise TypeError(f"prompt must be a string, not {type(prompt).__name__}")
+    if not prompt or not prompt.strip():
         raise InputError("the prompt is empty")
     check_settings(max_new_tokens, min_new_tokens, sample, temperature, top_p, seed)
     loaded = load_for_generation(model, device, dtype, trust_remote_code)

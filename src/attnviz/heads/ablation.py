@@ -183,6 +183,16 @@ def for_ablation(loaded: LoadedModel, trust_remote_code: bool = False) -> Loaded
     )
 
 
+def _model_of(loaded: object) -> LoadedModel:
+    """The public entry points' model: a LoadedModel as given; a name or a path loaded with the LM
+    head its measure needs (`for_ablation`); anything else a TypeError naming the parameter."""
+    from attnviz.models.loading import LoadedModel, as_loaded
+
+    if isinstance(loaded, LoadedModel):
+        return loaded
+    return for_ablation(as_loaded(loaded, "loaded"))
+
+
 def _measure_of(loaded: LoadedModel) -> tuple[str, str]:
     if loaded.capture.encoder_decoder:
         return "embedding", (
@@ -411,7 +421,7 @@ def _scores(loaded: LoadedModel, prep: _Prepared, rows: int, base: Any | None) -
 
 
 def ablate(
-    loaded: LoadedModel,
+    loaded: LoadedModel | str,
     text: str,
     heads: Sequence[tuple[int, int]],
     *,
@@ -423,12 +433,13 @@ def ablate(
 ) -> Ablation:
     """The measure on `text` with and without the given (layer, head)s ablated together.
 
-    `loaded` should carry the LM head its measure needs (see `for_ablation`); a model loaded
-    without one is measured on its embedding.
+    `loaded`: a model name or path (loaded with the LM head its measure needs), or a LoadedModel,
+    which should carry that head (see `for_ablation`): one without is measured on its embedding.
     """
     import torch
 
     check_mode(mode, reference)
+    loaded = _model_of(loaded)
     require_interface(loaded, "ablation")
     pairs = check_heads(loaded, heads)
     prep = _prepare(loaded, text, target, occurrence, truncate)
@@ -456,7 +467,7 @@ def ablate(
 
 
 def scan_heads(
-    loaded: LoadedModel,
+    loaded: LoadedModel | str,
     text: str,
     *,
     target: str | None = None,
@@ -466,12 +477,14 @@ def scan_heads(
     truncate: bool = False,
     batch_size: int = 64,
 ) -> HeadScan:
-    """Ablate every head in turn, `batch_size` copies of the text per forward pass (one head each)."""
+    """Ablate every head in turn, `batch_size` copies of the text per forward pass (one head each).
+    `loaded` as `ablate` takes it: a model name, a path or a LoadedModel."""
     import time
 
     import torch
 
     check_mode(mode, reference)
+    loaded = _model_of(loaded)
     require_interface(loaded, "ablation")
     prep = _prepare(loaded, text, target, occurrence, truncate)
     means = reference_means(loaded, reference) if mode == "mean" and reference else None

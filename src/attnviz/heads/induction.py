@@ -177,7 +177,7 @@ class InductionSettings:
 
 
 def induction_scores(
-    loaded: LoadedModel,
+    loaded: LoadedModel | str,
     *,
     seq_len: int = 50,
     batch: int = 4,
@@ -186,10 +186,13 @@ def induction_scores(
     heads: Sequence[int] | None = None,
     chunk: int = 8,
 ) -> InductionResult:
-    """Run the repeated-random-tokens test; causal models only."""
+    """Run the repeated-random-tokens test; causal models only. `loaded`: a model name, a path or
+    a LoadedModel."""
     from attnviz.extraction import run_batch
+    from attnviz.models.loading import as_loaded
     from attnviz.selection import resolve_indices
 
+    loaded = as_loaded(loaded, "loaded")
     if not loaded.causal:
         raise InputError(
             f"the induction test applies to causal (decoder) models; {loaded.name} is an {loaded.kind}"

@@ -386,8 +386,16 @@ def find_heads(
     """
     from attnviz.attention import Attention
 
+    for name, query in (("a", a), ("b", b)):
+        if not isinstance(query, str):
+            raise TypeError(f"{name} must be a word, a phrase or '@N' (a string), not {type(query).__name__}")
     if hasattr(att, "as_attention"):  # a Generation: its steps' rows on the context
         att = att.as_attention()  # type: ignore[union-attr]
+    if isinstance(att, (str, bytes)) or not (isinstance(att, Attention) or hasattr(att, "__iter__")):
+        raise TypeError(
+            "att must be an Attention (from extract), a Generation or an iterable of them, "
+            f"not {type(att).__name__}"
+        )
     if direction not in DIRECTIONS:
         raise InputError(f"unknown direction '{direction}': use {', '.join(DIRECTIONS)}")
     occ = occurrence if isinstance(occurrence, tuple) else parse_occurrence(occurrence)
@@ -404,6 +412,10 @@ def find_heads(
     total = 0
     for index, one in enumerate(items):
         total += 1
+        if not isinstance(one, Attention):
+            raise TypeError(
+                f"att's item {index} must be an Attention (from extract), not {type(one).__name__}"
+            )
         plain = one if role_items is None else next(role_items, None)
         if plain is None or plain.attn.shape != one.attn.shape:
             raise InputError("roles_from must hold the same texts, layers and heads as the attention ranked")

@@ -123,8 +123,39 @@ def bundled_path(alias: str) -> Path | None:
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
-def resolve_model(spec: str | None) -> ModelSource:
+def model_spec(model: object, name: str = "model") -> str | None:
+    """A model argument as `resolve_model` takes it: a name or a path (str or os.PathLike), or
+    None for the default. TypeError naming the parameter for anything else (`model=123`), never an
+    AttributeError from deep inside."""
+    if model is None or isinstance(model, str):
+        return model
+    if isinstance(model, os.PathLike):
+        return os.fspath(model)  # type: ignore[return-value]
+    raise TypeError(
+        f"{name} must be a model name, a path or a LoadedModel (from load_model), not {type(model).__name__}"
+    )
+
+
+def as_loaded(
+    model: object,
+    name: str = "model",
+    *,
+    device: str | None = "auto",
+    dtype: str | None = "float32",
+    trust_remote_code: bool = False,
+    task: str = "base",
+) -> LoadedModel:
+    """What every public function does with its model argument: a LoadedModel as it is; a name or
+    a path loaded (once per process); anything else a TypeError naming the parameter."""
+    if isinstance(model, LoadedModel):
+        return model
+    spec = model_spec(model, name)
+    return load_model(spec, device=device, dtype=dtype, trust_remote_code=trust_remote_code, task=task)
+
+
+def resolve_model(spec: str | os.PathLike[str] | None) -> ModelSource:
     """Turn what the user typed into a ModelSource; raise ModelNotFoundError with a fix if we can."""
+    spec = model_spec(spec)
     if spec is not None and not spec.strip():  # `info ''` names no model; None is the default one
         raise ModelNotFoundError(
             f"the model name is empty: give an alias ({', '.join(BUNDLED)}), a hub id, a model folder "
@@ -532,7 +563,7 @@ _CACHE: dict[tuple[str, str, str, bool], LoadedModel] = {}
 
 
 def load_model(
-    model: str | None = None,
+    model: str | os.PathLike[str] | None = None,
     *,
     device: str | None = "auto",
     dtype: str | None = "float32",
@@ -545,7 +576,7 @@ def load_model(
     `progress` receives LoadNotices for slow first loads and repaired caches (the CLI draws them).
     `task`: "base", or "causal-lm"/"masked-lm" for the model with its LM head (ablation measures).
     """
-    source = resolve_model(model)
+    source = resolve_model(model_spec(model))
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     if task not in TASKS:
