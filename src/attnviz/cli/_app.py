@@ -30,6 +30,13 @@ def _tidy(params: list[Any]) -> list[Any]:
     return params
 
 
+class _Repeated(typer.BadParameter):
+    """A usage error whose message is all it says (no "Invalid value for ..." before it)."""
+
+    def format_message(self) -> str:
+        return self.message
+
+
 class Command(TyperCommand):
     """Every command's help reads the same: flags show no `<bool>`, arguments show as TEXT or [TEXT].
 
@@ -38,6 +45,24 @@ class Command(TyperCommand):
 
     def get_params(self, ctx: Any) -> list[Any]:
         return _tidy(super().get_params(ctx))
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        """Refuse an option that takes one value given twice (`--file a --file b`): Click keeps
+        the last one silently. Found by a first, dry parse; a bad line is left to the real one."""
+        if not ctx.resilient_parsing:
+            try:
+                _, _, order = self.make_parser(ctx).parse_args(args=list(args))
+            except typer.TyperException:
+                order = []
+            seen: set[str] = set()
+            for param in order:
+                if not isinstance(param, TyperOption) or param.multiple or param.count or param.is_flag:
+                    continue
+                if param.name in seen:
+                    flag = max(param.opts, key=len)
+                    raise _Repeated(f"{flag} is given twice, and only one would be used: give it once", ctx)
+                seen.add(param.name or "")
+        return super().parse_args(ctx, args)
 
     def collect_usage_pieces(self, ctx: Any) -> list[str]:
         """`[OPTIONS] A B [TEXT]`: required arguments bare, optional ones in brackets (not `{a}`)."""
@@ -121,12 +146,15 @@ def command(*args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callabl
     """`app.command`, with library errors turned into one line and exit code 2."""
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        shared = _selection_options(fn)
+
         @functools.wraps(fn)
         def wrapper(*a: Any, **kw: Any) -> Any:
             from attnviz.errors import AttnvizError, cli_terms
 
             as_json = JSON_OUTPUT.set(bool(kw.get("as_json")))
             try:
+                _check_selection_early(shared, kw)
                 return fn(*a, **kw)
             except AttnvizError as exc:
                 if os.environ.get("ATTNVIZ_DEBUG"):
@@ -141,6 +169,41 @@ def command(*args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callabl
         return app.command(*args, **kwargs)(wrapper)
 
     return decorate
+
+
+# the shared options (cli/_options.py) that select layers and heads, by their annotation's name
+_SELECTION = {"LayerOpt": "layer", "LayersOpt": "layers", "HeadOpt": "head", "HeadsOpt": "heads"}
+
+
+def _selection_options(fn: Callable[..., Any]) -> dict[str, str]:
+    """Keyword -> kind (layer, layers, head, heads) of the command's shared selection options."""
+    import inspect
+
+    out = {}
+    for name, p in inspect.signature(fn).parameters.items():
+        kind = _SELECTION.get(p.annotation if isinstance(p.annotation, str) else "")
+        if kind:
+            out[name] = kind
+    return out
+
+
+def _check_selection_early(shared: dict[str, str], kw: dict[str, Any]) -> None:
+    """--layer/--layers/--head/--heads against the model's config, before the command loads it
+    (models.info.check_selection). A selection the command itself refuses is left to it."""
+    model = kw.get("model")
+    given = {shared[k]: v for k, v in kw.items() if k in shared and v is not None}
+    if not given or not isinstance(model, str) or not model.strip():
+        return
+    from attnviz.errors import InputError
+    from attnviz.models.info import check_selection
+    from attnviz.selection import parse_indices
+
+    try:
+        layers = parse_indices(given.get("layer", given.get("layers")), "layers")
+        heads = parse_indices(given.get("head", given.get("heads")), "heads")
+    except InputError:
+        return
+    check_selection(model, layers, heads, bool(kw.get("trust_remote_code")))
 
 
 def _version(value: bool) -> None:
