@@ -8,9 +8,9 @@ of the summed weight on the key word's pieces. A `@N` query is token N exactly.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -366,6 +366,36 @@ def _positions(att: Attention, layers: Sequence[int] | None) -> list[int]:
     return sorted(set(out))
 
 
+def _checked_arguments(att: Any, a: Any, b: Any) -> Any:
+    """find_heads' arguments of the wrong type are TypeErrors naming them (a Generation becomes
+    its Attention)."""
+    from attnviz.attention import Attention
+
+    for name, query in (("a", a), ("b", b)):
+        if not isinstance(query, str):
+            raise TypeError(f"{name} must be a word, a phrase or '@N' (a string), not {type(query).__name__}")
+    if hasattr(att, "as_attention"):  # a Generation: its steps' rows on the context
+        att = att.as_attention()
+    if isinstance(att, (str, bytes)) or not (isinstance(att, Attention) or hasattr(att, "__iter__")):
+        raise TypeError(
+            "att must be an Attention (from extract), a Generation or an iterable of them, "
+            f"not {type(att).__name__}"
+        )
+    return att
+
+
+def _each_attention(items: Iterable[Any]) -> Iterator[Attention]:
+    """The items of `att`, each an Attention, or a TypeError naming the first that is not."""
+    from attnviz.attention import Attention
+
+    for index, one in enumerate(items):
+        if not isinstance(one, Attention):
+            raise TypeError(
+                f"att's item {index} must be an Attention (from extract), not {type(one).__name__}"
+            )
+        yield one
+
+
 def find_heads(
     att: Attention | Iterable[Attention],
     a: str,
@@ -386,20 +416,11 @@ def find_heads(
     """
     from attnviz.attention import Attention
 
-    for name, query in (("a", a), ("b", b)):
-        if not isinstance(query, str):
-            raise TypeError(f"{name} must be a word, a phrase or '@N' (a string), not {type(query).__name__}")
-    if hasattr(att, "as_attention"):  # a Generation: its steps' rows on the context
-        att = att.as_attention()  # type: ignore[union-attr]
-    if isinstance(att, (str, bytes)) or not (isinstance(att, Attention) or hasattr(att, "__iter__")):
-        raise TypeError(
-            "att must be an Attention (from extract), a Generation or an iterable of them, "
-            f"not {type(att).__name__}"
-        )
+    att = _checked_arguments(att, a, b)
     if direction not in DIRECTIONS:
         raise InputError(f"unknown direction '{direction}': use {', '.join(DIRECTIONS)}")
     occ = occurrence if isinstance(occurrence, tuple) else parse_occurrence(occurrence)
-    items = iter([att] if isinstance(att, Attention) else att)
+    items = _each_attention([att] if isinstance(att, Attention) else att)
     role_items = None
     if roles_from is not None:
         role_items = iter([roles_from] if isinstance(roles_from, Attention) else roles_from)
@@ -412,10 +433,6 @@ def find_heads(
     total = 0
     for index, one in enumerate(items):
         total += 1
-        if not isinstance(one, Attention):
-            raise TypeError(
-                f"att's item {index} must be an Attention (from extract), not {type(one).__name__}"
-            )
         plain = one if role_items is None else next(role_items, None)
         if plain is None or plain.attn.shape != one.attn.shape:
             raise InputError("roles_from must hold the same texts, layers and heads as the attention ranked")
