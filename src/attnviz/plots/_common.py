@@ -401,7 +401,7 @@ def draw_matrix(
 
 
 # -- files ----------------------------------------------------------------------------------
-MAX_PIXELS = 100_000_000  # a PNG of 100 megapixels takes about 400 MB to draw; beyond, refused
+MAX_PIXELS = 400_000_000  # 4 bytes a pixel while drawing: 1.6 GB at most; a 16-inch figure at 1,200 dpi fits
 MAX_PIXEL_SIDE = 32_768  # pixels on one side (Agg itself stops at 65,536)
 
 
