@@ -342,3 +342,8 @@ def test_the_server_answers_400_for_a_lone_surrogate(tiny_model_path):
     )
     assert got.status_code == 400, got.text
     assert "lone surrogate" in got.json()["error"]
+
+
+def test_a_text_of_zero_width_characters_is_empty(no_load):
+    with pytest.raises(InputError, match="only invisible characters"):
+        extract("\u200b\u200c\ufeff \u2060", "minilm")

@@ -66,6 +66,7 @@ CASES: dict[str, list[tuple[str, bytes | None, str]]] = {
         ("extract '{T}' --heads=-99999999999--1", None, "more indices than any model has"),
         # issue 30: names and paths over the system's limits, a lone surrogate, broken model folders
         ("extract 'caf\udce9'", None, "lone surrogate"),
+        ("extract '\u200b\u200c\u2060'", None, "only invisible characters"),
         ("extract '{T}' -o {long}.npz", None, "over this system's limit"),
         ("extract '{T}' -o {deep}/x.npz", None, "over this system's limit"),
         ("extract '{T}' -m {heads0}", None, "num_attention_heads 0"),

@@ -7,6 +7,7 @@ text's attention is the same alone or in a batch.
 from __future__ import annotations
 
 import itertools
+import unicodedata
 from collections.abc import Iterable, Iterator, Sequence, Sized
 from typing import TYPE_CHECKING, Any
 
@@ -223,6 +224,8 @@ def check_text(text: object, number: int = 1, many: bool = False) -> None:
         raise TypeError(f"{which} must be a string, not {type(text).__name__}")
     if not text or not text.strip():
         raise InputError(f"{which} is empty")
+    if all(ch.isspace() or unicodedata.category(ch) == "Cf" for ch in text):
+        raise InputError(f"{which} is empty: it holds only invisible characters (zero-width spaces...)")
     bad = next((i for i, ch in enumerate(text) if "\ud800" <= ch <= "\udfff"), None)
     if bad is not None:
         raise InputError(
