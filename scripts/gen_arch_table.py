@@ -4,9 +4,11 @@
     python scripts/gen_arch_table.py --check  # exit 1 if the table is stale (tests/test_zoo.py does this)
 
 Each row is what attnviz finds on the tiny random model of tests/zoo.py (2 layers, 4 heads): its
-kind, whether its attention goes through transformers' attention interface (then weights, norm
-weighting and ablation all work) or through its own code (weights via eager; the analyses that need
-each head's output are refused in one line). tests/test_zoo.py checks each claim against eager.
+kind, whether its attention goes through transformers' attention interface (weights, norm weighting
+and ablation through attnviz's attention function) or through its own code (weights via eager; heads
+edited at the input of the output projection found by data flow, or, where none is found, the
+analyses that need each head's output refused in one line, saying why). tests/test_zoo.py checks
+each claim against eager and against hand-written references.
 """
 
 from __future__ import annotations
@@ -37,15 +39,18 @@ def facts(spec: Any, folder: Path) -> dict[str, str]:
     from attnviz.models.loading import load_model
 
     loaded = load_model(str(folder), device="cpu")
-    interface = loaded.capture.interface
+    cap = loaded.capture
+    interface = cap.interface
     if interface:
         try:
             output_projections(loaded, "norm weighting")
             analyses = "yes"
         except InputError:
             analyses = "refused: output changed before W_O"
+    elif cap.edit_at == "projection":
+        analyses = "yes (own attention code: heads edited at W_O's input)"
     else:
-        analyses = "refused in one line: own attention code"
+        analyses = f"refused in one line: own attention code, and {cap.edit_problem}"
     heads = f"{loaded.num_heads}"
     if loaded.num_kv_heads != loaded.num_heads:
         heads += f" ({loaded.num_kv_heads} kv)"

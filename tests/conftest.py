@@ -141,6 +141,24 @@ def bert(tiny_model_path) -> str:
 
 
 @pytest.fixture(scope="session")
+def tiny_bert(tiny_model_path):
+    """The tiny BERT (2 layers x 4 heads), loaded once for the session (`bert` is its folder)."""
+    from attnviz.models.loading import load_model
+
+    return load_model(str(tiny_model_path("bert")), device="cpu")
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Fail loudly if a command gets as far as loading a model (errors must come before it)."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the error")
+
+    monkeypatch.setattr("attnviz.cli._options.load", refuse)
+
+
+@pytest.fixture(scope="session")
 def gpt2(tiny_model_path) -> str:
     """The tiny GPT-2's folder, as a --model argument."""
     return str(tiny_model_path("gpt2"))

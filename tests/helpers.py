@@ -77,6 +77,24 @@ def one_line_error(result: Any, *needles: str) -> str:
     return lines[0]
 
 
+def ok(*args: str, stdin: str | None = None) -> Any:
+    """`cli_ok` with the arguments spelled out: `ok("heatmap", TEXT, "--layer", "1")`."""
+    return cli_ok(list(args), input=stdin)
+
+
+def bad(*args: str, match: str, stdin: str | None = None) -> str:
+    """Bad input: `one_line_error`, its line matching the regular expression `match`; returns the line."""
+    import re
+
+    from typer.testing import CliRunner
+
+    from attnviz.cli import app
+
+    line = one_line_error(CliRunner().invoke(app, list(args), input=stdin))
+    assert re.search(match, line), line
+    return line
+
+
 class SavedFigures(list):
     """What the `figures` fixture (the one spy on `attnviz.plots.save`) records: (figure, path)
     pairs in save order; a file name as index gives the last figure saved under that name."""

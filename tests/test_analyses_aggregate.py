@@ -27,7 +27,7 @@ def test_mean_and_max_over_heads_equal_loops() -> None:
                 assert mean.attn[li, 0, i, j] == pytest.approx((a + b) / 2, abs=1e-7)
                 assert top.attn[li, 0, i, j] == pytest.approx(max(a, b), abs=1e-7)
     assert mean.heads == (1,) and mean.pooled_heads == (1, 3) and mean.layers == (0, 1, 2)
-    assert mean.note == "mean of heads 1,3"
+    assert mean.note == "mean of heads 1, 3"
     np.testing.assert_allclose(mean.attn.sum(-1), 1.0, atol=1e-6)
 
 
@@ -44,7 +44,7 @@ def test_over_layers_and_both() -> None:
     assert both.attn.shape == (1, 1, 6, 6)
     assert both.attn[0, 0, 2, 4] == pytest.approx(sum(pooled) / 4, abs=1e-7)
     assert both.pooled_layers == (0, 2) and both.pooled_heads == (0, 1)
-    assert both.metadata()["notes"] == ["mean of heads 0,1", "mean of layers 0,2"]
+    assert both.metadata()["notes"] == ["mean of heads 0, 1", "mean of layers 0, 2"]
 
 
 def test_bad_aggregation_is_an_input_error() -> None:
@@ -108,7 +108,11 @@ def test_how_it_was_made_survives_save_and_load(tmp_path, suffix) -> None:
     back = Attention.load(out.save(tmp_path / f"a{suffix}"))
     assert type(back) is Attention
     assert back.weighting == "norm"
-    assert back.notes == ("special tokens hidden, rows renormalised", "max of heads 0-3", "max of layers 0,2")
+    assert back.notes == (
+        "special tokens hidden, rows renormalised",
+        "max of heads 0-3",
+        "max of layers 0, 2",
+    )
     assert back.pooled_layers == (0, 2) and back.pooled_heads == (0, 1, 2, 3)
     assert back.layers == (0,) and back.heads == (0,)
     np.testing.assert_array_equal(back.attn, out.attn)

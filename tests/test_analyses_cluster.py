@@ -70,10 +70,10 @@ def test_read_texts_uses_the_batch_readers(tmp_path) -> None:
     assert read_texts(path) == (["one", "two"], 1)
 
 
-def test_tiny_model(tiny_model_path) -> None:
+def test_tiny_model(bert) -> None:
     from attnviz.extraction import extract_batch
 
-    path = str(tiny_model_path("bert"))
+    path = bert
     texts = ["the cat sat on the mat", "a dog chased the bird", "attention is a weighted average"]
     got = cluster_texts(texts, path, device="cpu")
     atts = extract_batch(texts, path, device="cpu")
@@ -91,9 +91,9 @@ def test_minilm(minilm) -> None:
     assert got.matrix.shape == (24, 24)
 
 
-def test_too_long_text_is_numbered_in_the_whole_input(tiny_model_path) -> None:
+def test_too_long_text_is_numbered_in_the_whole_input(bert) -> None:
     from attnviz.errors import TextTooLongError
 
     texts = ["the cat sat", "a dog", "the bird sang", "the cat " * 40]
     with pytest.raises(TextTooLongError, match=r"^text 4 has \d+ tokens .*pass truncate=True"):
-        cluster_texts(texts, str(tiny_model_path("bert")), batch_size=2, device="cpu")
+        cluster_texts(texts, bert, batch_size=2, device="cpu")

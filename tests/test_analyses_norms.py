@@ -101,10 +101,10 @@ def test_head_and_layer_selection(tiny_model_path) -> None:
     np.testing.assert_allclose(some.attn, expected, rtol=1e-4, atol=1e-6)
 
 
-def test_errors(tiny_model_path) -> None:
+def test_errors(tiny_bert) -> None:
     import torch
 
-    loaded = load_model(str(tiny_model_path("bert")), device="cpu")
+    loaded = tiny_bert
     with pytest.raises(InputError, match="qkv=True"):
         norm_weighted(extract("the cat", loaded), loaded)
     with pytest.raises(InputError, match="already norm-weighted"):

@@ -113,7 +113,7 @@ def test_groups_recover_planted_clusters() -> None:
     assert [len(g.heads) for g in groups] == [4, 3, 2]  # largest first
     assert groups[0].heads == ("L1H2", "L2H0", "L2H1", "L2H2") and groups[0].layers == (1, 2)
     assert groups[0].spread == pytest.approx(0.05) and groups[0].roles == (("broad", 4),)
-    assert groups[0].describe() == "4 heads, layers 1-2, broad 4; mean distance 0.050 bits"
+    assert groups[0].describe() == "4 heads, layers 1, 2, broad 4; mean distance 0.050 bits"
     assert len(dist.groups()) == 2 and len(dist.groups(1)) == 1  # default: round(sqrt(9 / 2))
     with pytest.raises(Exception, match="cannot cut 9 heads into 10 groups"):
         dist.groups(10)
@@ -133,3 +133,49 @@ def test_rollout_and_compare_figures_quote_their_texts() -> None:
         lines = title.splitlines()
         assert lines[-2].startswith("A “") and lines[-2].endswith("too big.”"), title  # where they differ
         assert lines[-1].startswith("B “") and lines[-1].endswith("too small.”"), title
+
+
+def _boxes(fig, artists):
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    return [a.get_window_extent(renderer) for a in artists]
+
+
+def _many_heads():
+    atts = [synthetic(("a", "b", "c", "d"), seed=s, layers=6, heads=12) for s in (1, 2, 3)]
+    return head_distances(atts)
+
+
+def test_mds_point_labels_never_pile_up() -> None:
+    dist = _many_heads()
+    fig = embedding_figure(dist)
+    ax = fig.axes[0]
+    names = [t for t in ax.texts if t.get_text() in set(dist.labels)]
+    boxes = _boxes(fig, names)
+    assert len(names) >= 8  # the outer points are still named
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1 :]:
+            assert not a.overlaps(b)
+    frame = _boxes(fig, [ax])[0]
+    assert all(frame.x0 <= b.x0 and b.x1 <= frame.x1 for b in boxes)
+
+
+def test_clustermap_legend_off_the_dendrograms_and_title_off_the_edge() -> None:
+    dist = _many_heads()
+    grid = cluster_map(dist)
+    fig = grid.figure
+    (legend,) = fig.legends
+    legend_box, title_box = _boxes(fig, [legend, fig._suptitle])
+    parts = [grid.ax_row_dendrogram, grid.ax_col_dendrogram, grid.ax_heatmap, grid.ax_cbar]
+    parts += [grid.ax_row_colors, grid.ax_col_colors]
+    for box in _boxes(fig, parts):
+        assert not legend_box.overlaps(box)
+        assert not title_box.overlaps(box)
+    tick_boxes = _boxes(fig, grid.ax_heatmap.get_yticklabels())
+    assert not any(legend_box.overlaps(b) for b in tick_boxes)
+    height = fig.canvas.get_width_height()[1]
+    assert title_box.y1 <= height - 4  # a margin above the title
+    assert legend_box.x1 <= fig.canvas.get_width_height()[0]
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)

@@ -49,8 +49,8 @@ def test_rollout_on_tiny_models(tiny_model_path, arch: str) -> None:
     assert record["tokens"] == list(att.tokens) and len(record["rollout"]) == att.n_tokens
 
 
-def test_layer_range_limits_the_product(tiny_model_path) -> None:
-    att = extract("the cat sat", str(tiny_model_path("bert")), layers=[1], device="cpu")
+def test_layer_range_limits_the_product(bert) -> None:
+    att = extract("the cat sat", bert, layers=[1], device="cpu")
     got = rollout(att, residual=1.0)
     np.testing.assert_allclose(got.matrix, att.attn[0].mean(0), atol=1e-6)
     assert got.layers == (1,)

@@ -50,10 +50,30 @@ def test_hide_then_pool_equals_the_steps_by_hand() -> None:
     keep = [1, 2, 3]
     sub = att.attn[:, :, keep][:, :, :, keep]
     np.testing.assert_allclose(out.attn[0, 0], (sub / sub.sum(-1, keepdims=True)).max(axis=(0, 1)), atol=1e-6)
-    assert out.notes == ("special tokens hidden, rows renormalised", "max of heads 0-2", "max of layers 0,1")
+    assert out.notes == ("special tokens hidden, rows renormalised", "max of heads 0-2", "max of layers 0, 1")
 
 
 def test_float16_attention_stays_float16() -> None:
     att = synthetic(TOKENS, SPECIAL)
     half = type(att)(**{**att.__dict__, "attn": att.attn.astype(np.float16)})
     assert transform(half, ViewOptions(hide_special=True)).attn.dtype == np.float16
+
+
+def test_extract_shown_is_extract_then_transform_with_one_checked_options_object(tiny_bert):
+    """Issue 28: five callers paired extract(qkv=options.qkv) with transform(); one function now."""
+    import numpy as np
+    import pytest
+
+    from attnviz.analyses.transform import ExtractOptions, ViewOptions, extract_shown, transform
+    from attnviz.errors import InputError
+    from attnviz.extraction import extract
+
+    loaded = tiny_bert
+    view = ViewOptions(weighting="norm", hide_special=True, aggregate="mean")
+    shown = extract_shown("the cat sat", loaded, ExtractOptions(layers=(1,), view=view))
+    by_hand = transform(extract("the cat sat", loaded, layers=[1], qkv=True), view, loaded)
+    assert shown.notes == by_hand.notes and np.array_equal(shown.attn, by_hand.attn)
+    with pytest.raises(InputError, match="store"):
+        ExtractOptions(store="float8").check()
+    with pytest.raises(InputError, match="works on tokens"):
+        ExtractOptions(words=True, view=ViewOptions(weighting="norm")).check()

@@ -106,3 +106,21 @@ def test_a_good_file_still_loads_exactly(tmp_path):
     back = Attention.load(att.save(tmp_path / "a.safetensors"))
     assert back.tokens == att.tokens and back.word_ids == att.word_ids and back.causal
     np.testing.assert_array_equal(back.attn, att.attn)
+
+
+def test_attention_and_generation_share_one_result_base():
+    """Issue 28: Generation ran parallel to Attention; both are HeadResults now, with one lookup rule."""
+    import dataclasses
+    import typing
+
+    from attnviz.attention import Attention, HeadResult
+    from attnviz.generation.run import Generation
+
+    assert issubclass(Attention, HeadResult) and issubclass(Generation, HeadResult)
+    base = {f.name for f in dataclasses.fields(HeadResult)}
+    assert base == {"model", "layers", "heads", "notes"}
+    assert base <= {f.name for f in dataclasses.fields(Generation)}
+    hints = typing.get_type_hints(Attention)
+    assert typing.get_args(hints["kind"]) == ("encoder", "decoder", "encoder-decoder")
+    assert typing.get_args(hints["level"]) == ("token", "word")
+    assert typing.get_args(hints["weighting"]) == ("attention", "norm")

@@ -50,11 +50,6 @@ def _config(**kw) -> BatchConfig:
     return make_config(**{"probes": PROBES, "batch_size": 4, "texts_per_part": 4, "plots": False, **kw})
 
 
-@pytest.fixture(scope="module")
-def tiny_bert(tiny_model_path):
-    return load_model(str(tiny_model_path("bert")), device="cpu")
-
-
 def _corpus_lines(tmp_path, n: int = 12) -> list[str]:
     return [TEXTS[i % len(TEXTS)] + f" Number {i}." for i in range(n)]
 
@@ -295,7 +290,7 @@ def test_run_writes_parts_summary_and_rejects(tiny_bert, tmp_path, monkeypatch, 
     np.testing.assert_allclose(image_values(entropy), expect["mean"].to_numpy().reshape(2, 4), rtol=1e-5)
     codes = [ROLE_NAMES.index(r) for r in summary["role"]]
     np.testing.assert_array_equal(image_values(role), np.reshape(codes, (2, 4)))
-    assert tick_labels(role, "y") == ["0", "1"] and tick_labels(role, "x") == ["0", "1", "2", "3"]
+    assert tick_labels(role, "y") == ["L0", "L1"] and tick_labels(role, "x") == ["H0", "H1", "H2", "H3"]
     assert_png_of(out / "_plots" / "entropy.png", entropy)
     assert_png_of(out / "_plots" / "role.png", role)
     rejects = [json.loads(x) for x in (out / REJECTS_FILE).read_text().splitlines()]

@@ -128,6 +128,8 @@ def test_ray_output_equals_the_local_engine(
     assert run["engine"] == {"name": "ray", "workers": 2, "address": None}
     assert run["counts"] == json.loads((reference / RUN_FILE).read_text())["counts"]
     assert run["model"]["num_layers"] == 2 and run["timings"]["forward_s"] > 0
+    # the workers' files are in the manifest (what --overwrite may delete), as the local engine's are
+    assert {f"heads/part-{i:05d}.parquet" for i in range(4)} <= set(run["manifest"])
     # the raw tensors too: the same texts, the same values
     from safetensors.numpy import load_file
 
@@ -329,10 +331,10 @@ def test_messages_name_python_keywords_and_a_workers_error_keeps_its_marks():
 
 
 @pytest.mark.slow  # a real Ray instance: minutes on 2 cores, so not in -m 'not slow'
-def test_the_command_starts_and_stops_its_own_ray(tiny_model_path, corpus, reference, tmp_path):
+def test_the_command_starts_and_stops_its_own_ray(corpus, reference, tmp_path, bert):
     """No cluster given: the command starts a local Ray instance and shuts it down; stdout is JSON."""
     out = tmp_path / "out"
-    args = ["batch", str(corpus), "-o", str(out), "-m", str(tiny_model_path("bert")), "--engine", "ray"]
+    args = ["batch", str(corpus), "-o", str(out), "-m", bert, "--engine", "ray"]
     args += ["--workers", "1", "-b", "3", "--texts-per-part", "5", "--max-length", "64"]
     args += ["--probe", "she:Emily", "--no-plots", "--save-attention", "--json"]
     code = "from attnviz.cli import main; main()"

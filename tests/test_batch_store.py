@@ -12,15 +12,9 @@ from typer.testing import CliRunner
 
 from attnviz.batch import HEADS_DIR, REJECTS_FILE, RUN_FILE, run_batch_analysis
 from attnviz.batch.config import make_config
-from attnviz.models.loading import load_model
 
 runner = CliRunner()
 TEXTS = [f"The cat sat on the mat number {i}." for i in range(6)]
-
-
-@pytest.fixture(scope="module")
-def tiny_bert(tiny_model_path):
-    return load_model(str(tiny_model_path("bert")), device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -38,14 +32,6 @@ def previous_run(finished_run, tmp_path) -> Path:
     out = tmp_path / "OUT"
     shutil.copytree(finished_run, out)
     return out
-
-
-@pytest.fixture
-def no_model(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("the model was loaded before the error")
-
-    monkeypatch.setattr("attnviz.cli._options.load", refuse)
 
 
 def _snapshot(folder: Path) -> dict[str, bytes | str]:

@@ -383,9 +383,9 @@ def test_matrix_zooms_pans_labels_and_focuses_a_long_text(driver, tmp_path):
     col = half(att.attn[0, 0])[:, 3]
     first = js(driver, "return document.querySelector('.av-barrow').children[0].textContent")
     assert first == f"{att.labels[int(col.argmax())]}#{int(col.argmax())}"
-    # the head view of 300 tokens draws only the hovered token's lines, with positions in the list
+    # the head view of 300 tokens draws all of a hovered token's lines, with positions in the list
     driver.find_element(By.CSS_SELECTOR, "button[data-view=head]").click()
-    assert js(driver, "return document.querySelectorAll('svg.av-headview line').length") == 0
+    assert js(driver, "return document.querySelector('svg.av-headview').dataset.lines") == "strongest"
     token = driver.find_element(By.CSS_SELECTOR, "text.av-tok[data-col=q][data-i='5']")
     ActionChains(driver).move_to_element(token).perform()
     drawn = js(driver, "return [...document.querySelectorAll('svg.av-headview line')].map(l => +l.dataset.q)")
@@ -608,9 +608,280 @@ def test_a_long_served_text_is_fetched_one_head_at_a_time(driver, served):
     wait(driver, lambda d: d.execute_script("return !!document.querySelector('canvas.av-matrix')"))
     got = np.array(js(driver, f"return Array.from({ex}.matrix(1, 3))")).reshape(att.n_tokens, -1)
     np.testing.assert_allclose(got, half(att.attn[1, 3]), atol=1e-3)
-    assert js(driver, f"return Object.keys({ex}.store.loaded).sort()") == [
-        "0,0",
-        "1,0",
-        "1,3",
-    ]  # only those shown
+    sent = js(driver, f"return {ex}.store.sent")  # what was fetched: the shown heads, and their layers
+    assert "1,0" in sent and "1,3" in sent and {k.split(",")[0] for k in sent} == {"0", "1"}
+    assert sent.index("1,0") < sent.index("1,3") and len(set(sent)) == len(sent)
     assert [e for e in errors(driver) if "status of 413" not in e["message"]] == []  # the 413 was ours
+
+
+# -- text beyond ASCII: emoji (two UTF-16 units), CJK, combining marks ---------------------------
+UNICODE_TEXT = "Smile 😀 then walk. 巴黎 Cafe\u0301 👩\u200d👧 ok"  # fits the tiny models' 64 tokens
+
+
+def text_view_pieces(d) -> list[list]:
+    """The text view's tokens as drawn: [index, text, boxed (a special or overlapping token)]."""
+    return js(
+        d,
+        "return [...document.querySelectorAll('.av-textview .av-t')].map(t =>"
+        " [+t.dataset.j, t.textContent, t.classList.contains('av-special-tok')])",
+    )
+
+
+def assert_text_view_reads_the_text(d, att) -> None:
+    pieces = text_view_pieces(d)
+    assert [p[0] for p in pieces] == list(range(att.n_tokens))
+    drawn = [p for p in pieces if not p[2]]
+    assert drawn, pieces
+    for j, text, _ in drawn:  # each token shows exactly its own characters (spans count code points)
+        start, end = att.spans[j]
+        assert text == att.text[start:end], (j, text, att.tokens[j])
+    box = js(
+        d,
+        "const b = document.querySelector('.av-textview').cloneNode(true);"
+        " b.querySelectorAll('.av-special-tok').forEach(e => e.remove()); return b.textContent",
+    )
+    assert box == att.text
+    assert "\ufffd" not in box
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "bert"])
+def test_text_view_keeps_emoji_cjk_and_combining_marks_in_place(driver, tmp_path, tiny_model_path, arch):
+    from attnviz.extraction import extract
+    from attnviz.models.loading import load_model
+
+    att = extract(UNICODE_TEXT, load_model(str(tiny_model_path(arch)), device="cpu"))
+    open_page(driver, tmp_path, att, view="text")
+    assert_text_view_reads_the_text(driver, att)
+    assert not errors(driver)
+
+
+def test_text_view_of_words_beyond_the_bmp(driver, tmp_path):
+    """Word level too: the units' spans, merged from the tokens', land on the same characters."""
+    from dataclasses import replace
+
+    words = ("Smile", "😀", "then", "𠀀𠀁", "walk", "Cafe\u0301", "巴黎", "👩\u200d👧", "ok")
+    text = " ".join(words)
+    spans, at = [], 0
+    for w in words:
+        half_way = at + max(1, len(w) // 2)
+        spans += [(at, half_way), (half_way, at + len(w))] if len(w) > 1 else [(at, at + 1)]
+        at += len(w) + 1
+    pieces = tuple(text[a:b] for a, b in spans)
+    word_ids = tuple(i for i, w in enumerate(words) for _ in range(2 if len(w) > 1 else 1))
+    att = synthetic(tokens=("[CLS]", *pieces, "[SEP]"), special=(True, *([False] * len(pieces)), True))
+    att = replace(
+        att,
+        text=text,
+        spans=((0, 0), *spans, (0, 0)),
+        word_ids=(None, *word_ids, None),
+        words=words,
+    )
+    open_page(driver, tmp_path, att, view="text")
+    assert_text_view_reads_the_text(driver, att)
+    from selenium.webdriver.common.by import By
+
+    driver.find_element(By.CSS_SELECTOR, "input.av-words").click()
+    got = [p[1] for p in text_view_pieces(driver) if not p[2]]
+    assert got == list(words)
+    assert not errors(driver)
+
+
+# -- the generation page (`generate --view`) ------------------------------------------------------
+CONTINUATION = (
+    " The password is tiger, and the door opens at nine.\n\n"
+    "Then:\n  1. walk to the park 😀\n  2. read 巴黎 in the café (Cafe\u0301)\n"
+    "  3. https://example.org/a/very/long/path/without/any/spaces/at/all/to/break/the/line/on\n"
+    "Done. The cat sat on the mat, and the cat slept while the bird sang in the garden."
+)
+
+
+def fake_generation(tokenizer, prompt: str, continuation: str, seed: int = 0):
+    """A Generation built from a real tokenizer's pieces and random causal rows (no model runs)."""
+    from attnviz.generation.run import Generation
+    from attnviz.tokens import token_labels
+
+    p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    c_ids = tokenizer(continuation, add_special_tokens=False)["input_ids"]
+    ids = [*p_ids, *c_ids]
+    labels, _ = token_labels(tokenizer, ids)
+    p, n, w = len(p_ids), len(c_ids), len(ids)
+    rng = np.random.default_rng(seed)
+    attn = rng.random((1, 2, n, w)).astype(np.float32) ** 3
+    attn *= np.arange(w)[None, None, None, :] < (p + np.arange(n))[None, None, :, None]
+    return Generation(
+        model="fake",
+        kind="decoder",
+        prompt=prompt,
+        text=tokenizer.decode(c_ids, skip_special_tokens=True),
+        tokens=tuple(labels),
+        token_ids=tuple(ids),
+        special=tuple(False for _ in ids),
+        prompt_length=p,
+        layers=(0,),
+        heads=(0, 1),
+        attn=attn / attn.sum(-1, keepdims=True),
+    )
+
+
+def test_generation_page_keeps_the_texts_layout_and_fits_its_width(driver, tmp_path, tiny_model_path):
+    from selenium.webdriver.common.by import By
+    from transformers import AutoTokenizer
+
+    from attnviz.views.generation import write_generation_html
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_path("gpt2")))
+    gen = fake_generation(tokenizer, "Emily said:", CONTINUATION)
+    assert gen.n_new >= 100 and gen.text == CONTINUATION
+    path = write_generation_html(gen, tmp_path / "gen.html")
+    driver.get(path.as_uri())
+    wait(driver, lambda d: d.execute_script("return document.querySelectorAll('.gen-tok').length") > 0)
+    shown = js(
+        driver,
+        "const b = document.querySelectorAll('.gen-text')[0].cloneNode(true);"
+        " b.querySelectorAll('.gen-box').forEach(e => e.remove()); return b.textContent",
+    )
+    assert shown == gen.prompt + gen.text  # spaces, line breaks, emoji and accents as written
+    assert js(driver, "return document.querySelectorAll('.gen-box').length") == 0
+    assert js(driver, "return document.querySelectorAll('.gen-tok').length") == len(gen.tokens)
+    width = js(driver, "const s = document.scrollingElement; return [s.scrollWidth, s.clientWidth]")
+    assert width[0] <= width[1], width  # wraps: no sideways scrolling
+    lines = js(driver, "return document.querySelectorAll('.gen-text')[0].getClientRects()[0].height")
+    assert lines > 8 * 15  # many lines, not one
+    # hovering a new token still shows what its step read
+    token = driver.find_elements(By.CSS_SELECTOR, ".gen-tok.gen-new")[40]
+    token.click()
+    assert "gen-query" in token.get_attribute("class")
+    assert len(driver.find_elements(By.CSS_SELECTOR, ".gen-top li")) == 5
+    assert not errors(driver)
+
+
+# -- a long text opens on attention, and a served one draws each head as it comes -----------------
+def strongest_lines(att, layer: int = 0, per_token: int = 2) -> set[tuple[int, int, int]]:
+    """(head, query, key) of the lines a long head view draws at rest: each query's strongest key
+    in each head, the first key (a sink) left out, the strongest per_token * n of those."""
+    rows = []
+    for h in range(att.attn.shape[1]):
+        w = half(att.attn[layer, h]).copy()
+        w[:, 0] = -1
+        if att.causal:
+            w[np.triu(np.ones(w.shape, dtype=bool), 1)] = -1
+        for q in range(w.shape[0]):
+            if w[q].max() >= 0.01:
+                rows.append((float(w[q].max()), h, q, int(w[q].argmax())))
+    rows.sort(key=lambda r: -r[0])
+    return {r[1:] for r in rows[: per_token * att.n_tokens]}
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_a_long_head_view_opens_on_its_strongest_lines(driver, tmp_path, causal):
+    att = long_page(240, causal=causal)
+    open_page(driver, tmp_path, att)  # the head view, as `attnviz view` opens by default
+    drawn = js(
+        driver,
+        "return [...document.querySelectorAll('svg.av-headview line')]"
+        ".map(l => [+l.dataset.head, +l.dataset.q, +l.dataset.k])",
+    )
+    assert drawn, "a long page opened on no line at all"
+    expected = strongest_lines(att)
+    assert len(drawn) == len(expected) and len({tuple(x) for x in drawn} ^ expected) <= 4  # ties
+    assert all(k != 0 for _, _, k in drawn)  # the sink column is left out
+    assert "strongest lines" in js(driver, "return document.querySelector('.av-side .av-note').textContent")
+    assert not errors(driver)
+
+
+def test_a_served_long_text_draws_the_shown_head_first_and_the_others_behind(driver, tmp_path):
+    """The explorer as `serve` mounts it for a long text (no weights, the first head inline, the
+    others from fetchHead), with fetches the test answers one by one."""
+    from attnviz.views.html import encode_weights, page_meta
+
+    att = replace_heads(long_page(150), 6)
+    open_page(driver, tmp_path, att)
+    data = {**page_meta(att), "lazy": True, "head0": encode_weights(att.attn[:1, :1]), "view": "matrix"}
+    heads = {f"0,{h}": encode_weights(att.attn[:1, h : h + 1]) for h in range(6)}
+    js(
+        driver,
+        "window.asked = []; window.answers = {};"
+        " const root = document.createElement('div'); root.id = 'lazy'; document.body.appendChild(root);"
+        " window.lazy = AttnViz.mount(root, arguments[0], {fetchHead: (l, h) => new Promise(ok => {"
+        "   asked.push(l + ',' + h); answers[l + ',' + h] = ok; })});",
+        data,
+    )
+    wait(driver, lambda d: d.execute_script("return !!document.querySelector('#lazy canvas.av-matrix')"))
+    asked = lambda d: d.execute_script("return window.asked")  # noqa: E731
+
+    def answer(key: str) -> None:
+        js(driver, "answers[arguments[0]](arguments[1])", key, heads[key])
+
+    wait(driver, lambda d: asked(d) == ["0,1"])  # the rest of the layer, one at a time, behind
+    js(driver, "lazy.set({head: 4})")  # a head shown now goes before the background ones
+    assert "loading layer 0, head 4" in js(driver, "return document.querySelector('#lazy').textContent")
+    answer("0,1")
+    wait(driver, lambda d: asked(d) == ["0,1", "0,4"])
+    answer("0,4")
+    wait(driver, lambda d: d.execute_script("return !!document.querySelector('#lazy canvas.av-matrix')"))
+    got = np.array(js(driver, "return Array.from(lazy.matrix(0, 4))")).reshape(150, 150)
+    np.testing.assert_allclose(got, half(att.attn[0, 4]), atol=1e-3)
+    # the head view draws the heads it has (0, 1, 4) at once and says how many are still coming
+    js(driver, "lazy.set({view: 'head'})")
+    lines = js(
+        driver, "return [...new Set([...document.querySelectorAll('#lazy line')].map(l => l.dataset.head))]"
+    )
+    assert sorted(lines) == ["0", "1", "4"]
+    assert "loading 3 more heads of layer 0" in js(
+        driver, "return document.querySelector('#lazy').textContent"
+    )
+    for key in ("0,2", "0,3", "0,5"):
+        wait(driver, lambda d, key=key: asked(d)[-1] == key)
+        answer(key)
+    wait(
+        driver,
+        lambda d: d.execute_script("return document.querySelectorAll('#lazy .av-loading').length") == 0,
+    )
+    lines = js(
+        driver, "return [...new Set([...document.querySelectorAll('#lazy line')].map(l => l.dataset.head))]"
+    )
+    assert sorted(lines) == [str(h) for h in range(6)]
+    assert asked(driver) == ["0,1", "0,4", "0,2", "0,3", "0,5"]  # each head once
+    # another text mounted in its place: the one it replaces sends no more requests
+    js(
+        driver,
+        "window.asked2 = []; window.answers2 = {}; const root = document.getElementById('lazy');"
+        " window.second = AttnViz.mount(root, arguments[0], {fetchHead: (l, h) => new Promise(ok => {"
+        "   asked2.push(l + ',' + h); answers2[l + ',' + h] = ok; })});",
+        data,
+    )
+    wait(driver, lambda d: d.execute_script("return window.asked2") == ["0,1"])
+    js(
+        driver,
+        "AttnViz.mount(document.getElementById('lazy'), arguments[0],"
+        " {fetchHead: () => new Promise(() => {})})",
+        data,
+    )
+    js(driver, "answers2['0,1'](arguments[0])", heads["0,1"])
+    js(driver, "return new Promise(ok => setTimeout(ok, 300))")
+    assert js(driver, "return window.asked2") == ["0,1"]
+    assert not errors(driver)
+
+
+def replace_heads(att, n_heads: int):
+    """`att` with n_heads heads: the first two repeated, rolled so that each head differs."""
+    from dataclasses import replace
+
+    attn = np.stack([np.roll(att.attn[0, h % 2], h // 2, axis=1) for h in range(n_heads)])[None]
+    return replace(att, attn=attn / attn.sum(-1, keepdims=True), heads=tuple(range(n_heads)))
+
+
+def test_served_text_view_keeps_emoji_in_place(driver, served):
+    from selenium.webdriver.common.by import By
+
+    from attnviz.extraction import extract
+
+    base, model = served
+    driver.get(base + "/")
+    wait(driver, lambda d: d.execute_script("return document.body.dataset.models") == "1")
+    driver.execute_script("document.getElementById('av-input').value = arguments[0]", UNICODE_TEXT)
+    driver.find_element(By.ID, "av-submit").click()
+    wait(driver, lambda d: d.execute_script("return document.body.dataset.ready"))
+    driver.find_element(By.CSS_SELECTOR, "button[data-view=text]").click()
+    assert_text_view_reads_the_text(driver, extract(UNICODE_TEXT, model))
+    assert not errors(driver)

@@ -223,15 +223,15 @@ def test_float16_store_rounds_and_halves(tiny_model_path, arch, tmp_path):
     assert path.stat().st_size < full.save(tmp_path / "full.safetensors").stat().st_size
 
 
-def test_unknown_store_is_an_input_error(tiny_model_path):
+def test_unknown_store_is_an_input_error(tiny_bert):
     from attnviz.errors import InputError
 
-    loaded = load_model(str(tiny_model_path("bert")), device="cpu")
+    loaded = tiny_bert
     with pytest.raises(InputError, match="float16"):
         extract(TEXT, loaded, store="int8")
 
 
-def test_cli_store_float16_says_it_rounds(tiny_model_path, tmp_path):
+def test_cli_store_float16_says_it_rounds(tmp_path, bert):
     from typer.testing import CliRunner
 
     from attnviz.cli import app
@@ -240,7 +240,7 @@ def test_cli_store_float16_says_it_rounds(tiny_model_path, tmp_path):
     helptext = runner.invoke(app, ["extract", "--help"], terminal_width=200).output
     assert "--store" in helptext and "rounds" in helptext
     out = tmp_path / "a.safetensors"
-    model = str(tiny_model_path("bert"))
+    model = bert
     res = runner.invoke(app, ["extract", TEXT, "-m", model, "--store", "float16", "-o", str(out)])
     assert res.exit_code == 0, res.output
     from attnviz.attention import Attention

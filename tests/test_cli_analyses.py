@@ -9,30 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import bad, ok
 from typer.testing import CliRunner
-
-from attnviz.cli import app
 
 runner = CliRunner()
 PAIR = (
     "The trophy did not fit in the suitcase because it was too big.",
     "The trophy did not fit in the suitcase because it was too small.",
 )
-
-
-def ok(*args: str, stdin: str | None = None):
-    result = runner.invoke(app, list(args), input=stdin)
-    assert result.exit_code == 0, result.output
-    return result
-
-
-def bad(*args: str, match: str, stdin: str | None = None) -> str:
-    result = runner.invoke(app, list(args), input=stdin)
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert re.search(match, lines[0]), lines[0]
-    return lines[0]
 
 
 def labels(axis) -> list[str]:
@@ -104,7 +88,7 @@ def test_compare_pictures(bert, figures, tmp_path) -> None:
     ok("compare", "the cat sat on the mat", "the big cat sat", "-m", bert, "-o", str(tmp_path / "c.png"))
     change = figures[0][0]
     assert change.axes[0].get_images()[0].get_array().shape == (2, 4)
-    assert labels(change.axes[0].xaxis) == ["0", "1", "2", "3"]
+    assert labels(change.axes[0].xaxis) == ["H0", "H1", "H2", "H3"]
     ok(
         "compare",
         "the cat sat on the mat",

@@ -47,3 +47,42 @@ def test_usage_errors_are_typer_exceptions_when_not_standalone():
         group.main([], "attnviz", standalone_mode=False)
     assert bare.value.format_message().startswith("Usage: attnviz [OPTIONS] COMMAND")
     assert issubclass(typer.BadParameter, typer.TyperException)
+
+
+def _help_sections() -> list[tuple[str, list[str]]]:
+    """`attnviz --help`'s command sections: (title, [command, ...]) in the order printed."""
+    from typer.testing import CliRunner
+
+    out = CliRunner().invoke(app, ["--help"], terminal_width=100).output
+    sections: list[tuple[str, list[str]]] = []
+    for line in out.splitlines():
+        if line and not line.startswith(" ") and line.endswith(":") and line != "Options:":
+            sections.append((line[:-1], []))
+        elif sections and line.startswith("  ") and line.strip():
+            sections[-1][1].append(line.split()[0])
+    return sections
+
+
+def test_help_groups_commands_as_the_readme_tour_does():
+    """Panels in PANELS order, every command in one (none left in 'Other'), the tour's order."""
+    import re
+
+    from attnviz.cli import _app
+
+    sections = _help_sections()
+    titles = [title for title, _ in sections]
+    assert titles == [p for p in _app.PANELS if p in titles], titles
+    assert _app.OTHER not in titles and titles[:3] == ["Start", "Pictures", "Explore"]
+    listed = [name for _, names in sections for name in names]
+    assert sorted(listed) == sorted(typer.main.get_command(app).commands)  # type: ignore[attr-defined]
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    tour = readme.split("## A quick tour", 1)[1].split("\n## ", 1)[0]
+    order: list[str] = []
+    for name in re.findall(r"^attnviz ([a-z-]+)", tour, flags=re.M):
+        if name not in order:
+            order.append(name)
+    assert [n for n in listed if n in order] == order  # the README's tour, command by command
+    panel = dict(sections)
+    assert panel["Pictures"] == ["heatmap", "entropy", "toy", "explain"]
+    assert panel["Heads"] == ["find-head", "heads", "ablate"]
+    assert _app.SOURCE == "Where the answer comes from" and _app.SOURCE in _app.PANELS

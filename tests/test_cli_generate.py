@@ -56,7 +56,7 @@ def test_json_and_pooling(tiny_model_path):
     out = json.loads(result.stdout)
     assert {"model", "prompt", "generated", "tokens", "prompt_length", "output"} <= set(out)
     assert out["shapes"]["self"][:2] == [2, 1] and out["shapes"]["cross"][1] == 1
-    assert out["notes"] == ["max of heads 0, 1, 2, 3"]
+    assert out["notes"] == ["max of heads 0-3"]
 
 
 def test_cross_attention_plot(tiny_model_path, tmp_path, figures):

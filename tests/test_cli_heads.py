@@ -177,7 +177,7 @@ def test_heads_plot_is_the_role_map_of_the_table(bert, tmp_path, monkeypatch, fi
     fig = saved["roles.svg"]
     codes = np.vectorize(ROLE_NAMES.index)(np.asarray(table.roles))  # [1 layer, heads]
     np.testing.assert_array_equal(image_values(fig), codes)
-    assert tick_labels(fig, "y") == ["1"] and tick_labels(fig, "x") == [str(h) for h in table.heads]
+    assert tick_labels(fig, "y") == ["L1"] and tick_labels(fig, "x") == [f"H{h}" for h in table.heads]
     assert_svg_of(out, fig)
 
 
@@ -198,7 +198,7 @@ def test_heads_induction_on_a_tiny_causal_model(llama, tmp_path, monkeypatch, fi
     fig = saved["ind.png"]
     expected = induction_scores(load_model(llama, device="cpu"), seq_len=8).duplicate  # the sorted-by score
     np.testing.assert_allclose(image_values(fig), expected, atol=1e-9)
-    assert tick_labels(fig, "y") == ["0", "1"] and tick_labels(fig, "x") == ["0", "1", "2", "3"]
+    assert tick_labels(fig, "y") == ["L0", "L1"] and tick_labels(fig, "x") == ["H0", "H1", "H2", "H3"]
     assert_png_of(out, fig)
 
 

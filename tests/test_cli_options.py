@@ -40,10 +40,10 @@ def spinner_calls(monkeypatch) -> list[bool]:
 
 
 @pytest.mark.parametrize("name", sorted(JSON_RUNS))
-def test_json_runs_load_without_the_status_line(tiny_model_path, tmp_path, monkeypatch, spinner_calls, name):
+def test_json_runs_load_without_the_status_line(tmp_path, monkeypatch, spinner_calls, name, bert):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "corpus.txt").write_text(f"{TEXT}\nthe dog sat on the mat\n")
-    model = str(tiny_model_path("bert"))
+    model = bert
     args = JSON_RUNS[name]
     args = [*args, "-m", model]
     result = runner.invoke(app, args)
@@ -51,8 +51,8 @@ def test_json_runs_load_without_the_status_line(tiny_model_path, tmp_path, monke
     assert spinner_calls == [False]
 
 
-def test_without_json_a_terminal_gets_the_status_line(tiny_model_path, spinner_calls):
-    result = runner.invoke(app, ["heads", TEXT, "-m", str(tiny_model_path("bert"))])
+def test_without_json_a_terminal_gets_the_status_line(spinner_calls, bert):
+    result = runner.invoke(app, ["heads", TEXT, "-m", bert])
     assert result.exit_code == 0, result.output
     assert spinner_calls == [True]
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import bad, ok
 from typer.testing import CliRunner
 
 from attnviz.cli import app
@@ -39,22 +40,6 @@ runner = CliRunner()
 
 def run(*args: str):
     return runner.invoke(app, list(args))
-
-
-def ok(*args: str):
-    result = run(*args)
-    assert result.exit_code == 0, result.output
-    return result
-
-
-def bad(*args: str, match: str):
-    """Bad input: exit code 2 and exactly one line on stderr, naming the problem."""
-    result = run(*args)
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert re.search(match, lines[0]), lines[0]
-    return lines[0]
 
 
 def heat_axes(fig):
@@ -434,11 +419,11 @@ def test_decoder_stream_is_causal_and_hatched(tiny_model_path, figures, tmp_path
     assert ticks(ax.yaxis)[0] == "<pad>"  # the decoder's start token
 
 
-def test_stream_errors(tiny_model_path):
+def test_stream_errors(tiny_model_path, bert):
     model = str(tiny_model_path("t5"))
     bad("heatmap", "the cat", "-m", model, "--stream", "cross", "--layer", "1", match="one head")
     bad("heatmap", "the cat", "-m", model, "--stream", "sideways", match="unknown --stream")
-    bad("heatmap", "the cat", "-m", str(tiny_model_path("bert")), "--stream", "decoder", match="no decoder")
+    bad("heatmap", "the cat", "-m", bert, "--stream", "decoder", match="no decoder")
 
 
 # -- one meaning per option (issue 12) -----------------------------------------------------------
@@ -484,3 +469,29 @@ def test_option_help_says_what_the_option_does_in_that_command():
     assert "rows and columns" not in _option_help("entropy", "--highlight")
     assert "bars" in _option_help("entropy", "--highlight")
     assert "rows and columns" in _option_help("heatmap", "--highlight")
+
+
+def test_norm_weighting_colour_bar_says_what_it_draws(gpt2, figures, tmp_path):
+    """--weighting norm draws vector norms (above 1 here and there): never 'attention weight'."""
+    from attnviz.plots.heatmaps import NORM_LABEL
+
+    for args in (["-l", "1", "--head", "2"], ["-l", "1"], []):
+        ok("heatmap", "the cat sat on the mat", "-m", gpt2, "--weighting", "norm", *args,
+           "-o", str(tmp_path / "n.png"))  # fmt: skip
+        fig = figures[-1][0]
+        bars = [ax.get_ylabel() for ax in fig.axes if not ax.get_images() or ax.get_ylabel()]
+        bars = [b for b in bars if "norm" in b or "attention weight" in b]
+        assert bars and all(b.startswith(NORM_LABEL) for b in bars), bars
+    ok(
+        "heatmap",
+        "the cat sat on the mat",
+        "-m",
+        gpt2,
+        "-l",
+        "1",
+        "--head",
+        "2",
+        "-o",
+        str(tmp_path / "a.png"),
+    )
+    assert any(ax.get_ylabel().startswith("attention weight") for ax in figures[-1][0].axes)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import ok
 from starlette.testclient import TestClient
 from typer.testing import CliRunner
 
@@ -31,12 +32,6 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def loaded(bert):
     return load_model(bert, device="cpu")
-
-
-def ok(*args: str):
-    result = runner.invoke(app, list(args))
-    assert result.exit_code == 0, result.output
-    return result
 
 
 def heat_axes(fig) -> list:
@@ -124,7 +119,7 @@ def test_heatmap_aggregate_mean_over_layers(bert, loaded, figures) -> None:
     (ax,) = heat_axes(figures[-1][0])
     att = extract(TEXT, loaded, heads=[2])
     np.testing.assert_allclose(image(ax), att.attn[:, 0].mean(axis=0), atol=1e-6)
-    assert "mean of layers 0,1" in ax.get_title()
+    assert "mean of layers 0, 1" in ax.get_title()
     assert figures[-1][1].name.endswith("-H2-mean.png")
 
 
@@ -274,7 +269,7 @@ def test_serve_api_aggregates_and_hides(loaded) -> None:
         body = r.json()
         att = extract(TEXT, loaded)
         np.testing.assert_allclose(np.array(body["attention"])[0, 0], att.attn.max(axis=(0, 1)), atol=1e-6)
-        assert body["notes"] == ["max of heads 0-3", "max of layers 0,1"]
+        assert body["notes"] == ["max of heads 0-3", "max of layers 0, 1"]
         r = client.get("/api/attention", params={"text": TEXT, "layer": 1, "head": 0, "special": 0})
         body = r.json()
         assert "[CLS]" not in body["tokens"]
@@ -321,28 +316,28 @@ def test_decoder_stream_can_hide_special_tokens(tiny_model_path, figures) -> Non
 def test_view_refuses_a_large_page_before_the_forward_pass(
     bert, loaded, tmp_path, monkeypatch, extra, options
 ):
-    """The early check counts exactly the weights the page would carry (the token level), and
-    refuses a page estimated at over twice --max-mb (compression varies; page_data checks the rest)."""
+    """The early check counts exactly the rows the page would carry (the token level), and
+    refuses a page whose least size is over --max-mb (compression varies; page_data checks the rest)."""
     import attnviz.extraction
     from attnviz.analyses.transform import ViewOptions, transform
-    from attnviz.views.html import BYTES_PER_WEIGHT, check_page_fits
+    from attnviz.views.html import check_page_fits, least_bytes
 
     att = transform(
         extract(TEXT, loaded, layers=[1] if "--layers" in extra else None), ViewOptions(**options)
     )
-    size = att.attn.size * BYTES_PER_WEIGHT + 60_000  # the estimate page_data starts from
+    size = least_bytes(*att.attn.shape[:3])  # what the page takes at the least
     layers = [1] if "--layers" in extra else None
-    check_page_fits(loaded, TEXT, layers=layers, options=ViewOptions(**options), max_mb=size / 2e6)
-    with pytest.raises(Exception, match="the page would be about"):
-        check_page_fits(loaded, TEXT, layers=layers, options=ViewOptions(**options), max_mb=(size - 1) / 2e6)
+    check_page_fits(loaded, TEXT, layers=layers, options=ViewOptions(**options), max_mb=size / 1e6)
+    with pytest.raises(Exception, match="the page would be at least about"):
+        check_page_fits(loaded, TEXT, layers=layers, options=ViewOptions(**options), max_mb=(size - 1) / 1e6)
 
     def no_forward(*args, **kwargs):
         raise AssertionError("the forward pass ran before the size check")
 
     monkeypatch.setattr(attnviz.extraction, "run_batch", no_forward)
-    max_mb = str((size - 1) / 2e6)
+    max_mb = str((size - 1) / 1e6)
     result = runner.invoke(
         app, ["view", TEXT, "-m", bert, "-o", str(tmp_path / "v.html"), "--max-mb", max_mb, *extra]
     )
-    assert result.exit_code == 2 and result.output.startswith("error: the page would be about"), result.output
+    assert result.exit_code == 2 and result.output.startswith("error: the page would be at least about")
     assert result.output.count("\n") == 1 and not (tmp_path / "v.html").exists()

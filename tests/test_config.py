@@ -32,7 +32,7 @@ def test_defaults():
 
 @pytest.mark.parametrize("name", ["default", "coreference"])
 def test_shipped_configs_load(name):
-    cfg = make_config(REPO / "src" / "attnviz" / "configs" / f"{name}.toml")
+    cfg = make_config(REPO / "configs" / f"{name}.toml")
     assert cfg.source and cfg.source.endswith(f"{name}.toml")
     if name == "coreference":
         assert cfg.probes and all(p.a and p.b for p in cfg.probes)
@@ -42,7 +42,7 @@ def test_shipped_configs_load(name):
 
 def test_default_toml_matches_the_defaults():
     """configs/default.toml spells out the defaults: loading it changes nothing."""
-    cfg = make_config(REPO / "src" / "attnviz" / "configs" / "default.toml")
+    cfg = make_config(REPO / "configs" / "default.toml")
     assert cfg == BatchConfig()
 
 
@@ -55,24 +55,82 @@ def test_bare_name_finds_configs_folder(tmp_path):
 
 
 def test_bare_name_finds_the_shipped_configs_outside_a_checkout(tmp_path):
-    """`--config coreference` (in the README) works from any folder: the configs ship in the package."""
+    """`--config coreference` (in the README) works from any folder: here, the checkout's configs/."""
     from attnviz.batch.config import find_config
 
     assert not (tmp_path / "configs").exists()  # tests run in tmp_path (conftest)
-    path = find_config("coreference")
-    assert path.parent.name == "configs" and path.parent.parent.name == "attnviz"
+    assert find_config("coreference") == REPO / "configs" / "coreference.toml"
     assert make_config("coreference").probes
     (tmp_path / "configs").mkdir()
     _write(tmp_path / "configs" / "coreference.toml", "[run]\nbatch_size = 3\n")
     assert make_config("coreference").batch_size == 3  # your own configs/ comes first
 
 
-def test_the_shipped_configs_are_package_data():
-    """An installed wheel carries them too, not only a checkout."""
-    import tomllib
+def test_the_project_root_configs_is_the_one_copy():
+    """Issue 28: configs/ at the root is the only home of the shipped configs (none in the package)."""
+    assert sorted(p.name for p in (REPO / "configs").glob("*.toml")) == ["coreference.toml", "default.toml"]
+    assert not list((REPO / "src").rglob("*.toml"))
+    wheel = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["hatch"]["build"]["targets"]["wheel"]
+    assert wheel["sources"]["configs"] == "attnviz/configs"  # the wheel maps configs/ into the package
 
-    data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
-    assert "configs/*.toml" in data["attnviz"]
+
+FIND = (
+    "import attnviz, sys; from attnviz.batch.config import find_config, make_config; "
+    "assert make_config('coreference').probes; print(attnviz.__file__); print(find_config('coreference'))"
+)
+
+
+def _install(tmp_path: Path, editable: bool) -> tuple[Path, Path]:
+    """Build attnviz's wheel (or its editable wheel) offline and install it, without dependencies,
+    into a folder of its own: (that folder, a folder with no configs/ to run Python from)."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("hatchling")  # a dev dependency: the build backend, so the build is offline
+    wheels, target, elsewhere = tmp_path / "wheels", tmp_path / "site", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    build = (
+        f"from hatchling.build import build_{'editable' if editable else 'wheel'} as b; "
+        f"print(b({str(wheels)!r}))"
+    )
+    made = subprocess.run([sys.executable, "-c", build], cwd=REPO, capture_output=True, text=True, check=True)
+    wheel = made.stdout.strip().splitlines()[-1]
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target", str(target)]
+    subprocess.run([*pip, str(wheels / Path(wheel).name)], check=True, capture_output=True)
+    return target, elsewhere
+
+
+def _run_from(folder: Path, site: Path, editable: bool) -> list[str]:
+    # -S: none of this interpreter's own site-packages (where the shared venv's attnviz is); the
+    # installed folder is read as a site folder, so an editable install's .pth is honoured
+    import os
+    import subprocess
+    import sys
+
+    code = f"import site; site.addsitedir({str(site)!r}); {FIND}"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    args = [sys.executable, "-S", "-c", code]
+    done = subprocess.run(args, cwd=folder, capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split()
+
+
+def test_a_normal_install_finds_the_shipped_configs_from_any_folder(tmp_path):
+    """A built wheel carries configs/ as attnviz/configs/: found with no checkout in sight."""
+    site, elsewhere = _install(tmp_path, editable=False)
+    package, config = _run_from(elsewhere, site, editable=False)
+    assert Path(package).parent == site / "attnviz"
+    assert Path(config) == site / "attnviz" / "configs" / "coreference.toml"
+    assert Path(config).read_bytes() == (REPO / "configs" / "coreference.toml").read_bytes()
+
+
+def test_an_editable_install_finds_the_shipped_configs_from_any_folder(tmp_path):
+    """An editable install runs the checkout's src/ and reads the checkout's configs/: no copy."""
+    site, elsewhere = _install(tmp_path, editable=True)
+    package, config = _run_from(elsewhere, site, editable=True)
+    assert Path(package).parent == REPO / "src" / "attnviz"
+    assert Path(config) == REPO / "configs" / "coreference.toml"  # edits to configs/ count at once
+    assert not (site / "attnviz").exists()  # nothing copied: no second copy to drift
 
 
 def test_command_line_overrides_the_file(tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import re
 from pathlib import Path
 
@@ -283,3 +285,33 @@ def test_readme_limitations_are_the_limitations_guide_s_words():
     assert len(bullets) >= 3 and "docs/limitations.md" in section
     for bullet in bullets:
         assert bullet in guide, f"README's limitation differs from docs/limitations.md: {bullet[:70]}"
+
+
+# -- docs/api.md is generated from the public API's signatures and docstrings ------------------------
+@functools.cache
+def _api_generator():
+    spec = importlib.util.spec_from_file_location("gen_api_docs", ROOT / "scripts" / "gen_api_docs.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_api_reference_is_generated_from_the_code():
+    current = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
+    assert current == _api_generator().render(), "docs/api.md is stale: run python scripts/gen_api_docs.py"
+
+
+def test_docstrings_name_only_what_exists():
+    """analyses/transform.py once promised a `check_view` that no module defined."""
+    assert _api_generator().unresolved() == []
+
+
+def test_the_docstring_check_can_fail():
+    import types
+
+    fake = types.ModuleType("attnviz.fake")
+    fake.__doc__ = "Call `check_view` first, then `transform`; `no_such_thing()` too."
+    assert _api_generator().unresolved([fake]) == [
+        "attnviz.fake: check_view",
+        "attnviz.fake: no_such_thing()",
+    ]

@@ -2,9 +2,10 @@
 
 Blocks fenced as `bash`, `console` (only the `$ ` lines) or `python` are run; a block preceded by
 `<!-- example: skip REASON -->` is not (a server that runs until Ctrl-C, the set-up itself). Each
-document runs in its own temporary folder holding a few small input files (EXAMPLE_FILES) and no
-`configs/`, so an example may read `essay.txt` or `sentences.txt`, and `--config NAME` must find a
-config shipped in the package, as it does for a user outside the repository.
+document runs in its own temporary folder laid out like the repository's root for what examples
+read: `examples/` (the small corpora shipped in the repository) and `docs/`, so a command runs as
+written from the root; no input file is made up here. There is no `configs/` in it, so
+`--config NAME` must find a shipped config as it does for a user in any folder.
 `attnviz ...` lines run in-process through Typer's CliRunner (one model load per test session);
 other lines run in bash.
 """
@@ -29,23 +30,6 @@ from attnviz.cli import app
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 DOCS = [d for d in DOCS if d.name != "cli.md"]  # generated from --help; checked by test_docs
-
-EXAMPLE_FILES = {
-    "essay.txt": "Emily always wanted to visit Paris so she took some French lessons.\n",
-    "sentences.txt": (
-        "The trophy did not fit in the suitcase because it was too big.\n"
-        "The trophy did not fit in the suitcase because it was too small.\n"
-        "Emily thanked Anna because she had helped with the move.\n"
-        "Susan called Mary because she wanted to talk.\n"
-        "The city councilmen refused the demonstrators a permit because they feared violence.\n"
-    ),
-    "corpus.txt": "Emily visited Paris to learn French.\nThe cat sat on the mat.\nShe met Emily in Berlin.\n",
-    "corpus.jsonl": (
-        '{"text": "Emily visited Paris to learn French."}\n'
-        '{"text": "The cat sat on the mat."}\n'
-        '{"text": "She met Emily in Berlin."}\n'
-    ),
-}
 
 _FENCE = re.compile(
     r"(?:<!--\s*example:\s*(?P<skip>skip[^>]*)-->\s*\n)?```(?P<lang>\w*)[^\n]*\n(?P<body>.*?)```", re.S
@@ -169,9 +153,8 @@ def run_python(block: Block, cwd: Path, where: str) -> None:
 @pytest.mark.parametrize("doc", [d for d in DOCS if blocks(d)], ids=lambda d: d.name)
 def test_documented_examples_run(doc: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     found = blocks(doc)
-    for name, content in EXAMPLE_FILES.items():
-        (tmp_path / name).write_text(content, encoding="utf-8")
-    (tmp_path / "docs").symlink_to(ROOT / "docs")  # example corpora shipped with the docs
+    (tmp_path / "examples").symlink_to(ROOT / "examples")  # the example corpora, as in the repository
+    (tmp_path / "docs").symlink_to(ROOT / "docs")
     monkeypatch.setenv("COLUMNS", "100")
     for block in found:
         where = f"{doc.relative_to(ROOT)}:{block.line + 1}"
@@ -207,3 +190,22 @@ def test_runner_reads_console_heredocs_and_skips(tmp_path: Path) -> None:
     fake = tmp_path / "probe.md"
     fake.write_text(text, encoding="utf-8")
     assert [b.body for b in blocks(fake)] == ["attnviz models\n"]
+
+
+def test_every_input_file_an_example_names_is_in_the_repository() -> None:
+    """Issue 31: `attnviz cluster sentences.txt` failed for a reader; every file a documented
+    command reads (a corpus, an essay) is shipped under examples/ or docs/, named by that path."""
+    missing = []
+    for doc in DOCS:
+        for block in blocks(doc):
+            if block.lang == "python":
+                named = re.findall(r"[\"']([\w./-]+\.(?:txt|jsonl|csv|parquet))[\"']", block.body)
+            else:
+                made = set(re.findall(r"(?:>|-o)\s*([\w./-]+\.\w+)", block.body))
+                named = [
+                    w for cmd in commands(block) for w in shlex.split(cmd, comments=True)
+                    if re.fullmatch(r"[\w./-]+\.(txt|jsonl|csv|parquet)", w) and w not in made
+                ]  # fmt: skip
+            inputs = [n for n in named if not Path(n).name.startswith("_")]  # `_rejects.jsonl`: a run's
+            missing += [f"{doc.name}: {n}" for n in inputs if not (ROOT / n).is_file()]
+    assert not missing, missing

@@ -92,8 +92,8 @@ def test_row_entropy_of_masks_the_future():
     assert data["layers"] == [0, 1] and len(data["mean_entropy"]) == 2
 
 
-def test_explain_follows_a_query_and_key_in_the_library(tiny_model_path):
-    model = str(tiny_model_path("bert"))
+def test_explain_follows_a_query_and_key_in_the_library(bert):
+    model = bert
     text = "the cat sat on the cat"
     ex = explain(text, model, layer=1, head=2, query="cat", key="sat")
     assert ex.query_matches == (2, 6) and ex.query == 2 and ex.key == 3

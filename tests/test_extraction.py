@@ -28,8 +28,8 @@ def test_padding_never_leaks(tiny_model_path, arch):
             np.testing.assert_allclose(batched.cross, alone.cross, atol=1e-5)
 
 
-def test_word_view_merges_pieces_and_rows_sum_to_one(tiny_model_path):
-    loaded = load_model(str(tiny_model_path("bert")), device="cpu")
+def test_word_view_merges_pieces_and_rows_sum_to_one(tiny_bert):
+    loaded = tiny_bert
     att = extract("transformers attend", loaded)
     assert att.tokens == ("[CLS]", "transform", "##ers", "attend", "[SEP]")
     words = att.to_words()
@@ -45,8 +45,8 @@ def test_word_view_merges_pieces_and_rows_sum_to_one(tiny_model_path):
     assert extract("transformers attend", loaded, words=True).tokens == words.tokens
 
 
-def test_special_tokens_can_be_omitted(tiny_model_path):
-    loaded = load_model(str(tiny_model_path("bert")), device="cpu")
+def test_special_tokens_can_be_omitted(tiny_bert):
+    loaded = tiny_bert
     assert "[CLS]" not in extract("the cat", loaded, special_tokens=False).tokens
     assert extract("the cat", loaded).special == (True, False, False, True)
 
@@ -60,8 +60,8 @@ def test_too_long_is_an_error_unless_truncated(tiny_model_path):
     assert cut.n_tokens == 64 and cut.truncated > 0
 
 
-def test_bad_selection_and_empty_text(tiny_model_path):
-    loaded = load_model(str(tiny_model_path("bert")), device="cpu")
+def test_bad_selection_and_empty_text(tiny_bert):
+    loaded = tiny_bert
     with pytest.raises(InputError, match="layer 5 is out of range"):
         extract("the cat", loaded, layers=[5])
     with pytest.raises(InputError, match="head 4 is out of range"):
@@ -107,14 +107,14 @@ def test_damaged_files_are_one_clear_error(tmp_path, suffix):
         Attention.load(path)
 
 
-def test_unknown_output_format(tiny_model_path, tmp_path):
-    att = extract("the cat", load_model(str(tiny_model_path("bert")), device="cpu"))
+def test_unknown_output_format(tmp_path, tiny_bert):
+    att = extract("the cat", tiny_bert)
     with pytest.raises(InputError, match="format"):
         att.save(tmp_path / "x.pkl")
 
 
-def test_saving_is_atomic_on_a_full_disk(tiny_model_path, tmp_path, monkeypatch):
-    att = extract("the cat", load_model(str(tiny_model_path("bert")), device="cpu"))
+def test_saving_is_atomic_on_a_full_disk(tmp_path, monkeypatch, tiny_bert):
+    att = extract("the cat", tiny_bert)
     target = tmp_path / "out.npz"
     target.write_bytes(b"the user's previous result")
 
@@ -132,8 +132,8 @@ def test_saving_is_atomic_on_a_full_disk(tiny_model_path, tmp_path, monkeypatch)
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".npz"])
 @pytest.mark.parametrize("mask", [0o022, 0o077])
-def test_saved_files_respect_the_umask(tiny_model_path, tmp_path, suffix, mask):
-    att = extract("the cat", load_model(str(tiny_model_path("bert")), device="cpu"))
+def test_saved_files_respect_the_umask(tmp_path, suffix, mask, tiny_bert):
+    att = extract("the cat", tiny_bert)
     old = os.umask(mask)
     try:
         path = att.save(tmp_path / f"out{suffix}")
@@ -142,8 +142,8 @@ def test_saved_files_respect_the_umask(tiny_model_path, tmp_path, suffix, mask):
     assert oct(path.stat().st_mode & 0o777) == oct(0o666 & ~mask)
 
 
-def test_save_refuses_a_folder(tiny_model_path, tmp_path):
-    att = extract("the cat", load_model(str(tiny_model_path("bert")), device="cpu"))
+def test_save_refuses_a_folder(tmp_path, tiny_bert):
+    att = extract("the cat", tiny_bert)
     (tmp_path / "dir.npz").mkdir()
     with pytest.raises(InputError, match="is a folder"):
         att.save(tmp_path / "dir.npz")
@@ -243,12 +243,11 @@ def test_square_stream_picks_encoder_or_decoder(tiny_model_path) -> None:
         square_stream(bert, "decoder")
 
 
-def test_extract_stream_is_lazy_and_equals_extract_batch(tiny_model_path) -> None:
+def test_extract_stream_is_lazy_and_equals_extract_batch(tiny_bert) -> None:
     """The library's stream of many texts (what heads, find-head and cluster use)."""
     from attnviz.extraction import extract_stream
-    from attnviz.models.loading import load_model
 
-    loaded = load_model(str(tiny_model_path("bert")), device="cpu")
+    loaded = tiny_bert
     texts = ["the cat sat", "a dog ran far away", "the bird sang", "hello"]
     pulled: list[str] = []
 
@@ -266,12 +265,11 @@ def test_extract_stream_is_lazy_and_equals_extract_batch(tiny_model_path) -> Non
         assert got.tokens == want.tokens
 
 
-def test_stream_and_batch_errors_number_texts_in_the_whole_input(tiny_model_path) -> None:
+def test_stream_and_batch_errors_number_texts_in_the_whole_input(tiny_bert) -> None:
     from attnviz.errors import TextTooLongError
     from attnviz.extraction import extract_stream
-    from attnviz.models.loading import load_model
 
-    loaded = load_model(str(tiny_model_path("bert")), device="cpu")
+    loaded = tiny_bert
     texts = ["the cat sat", "a dog", "the bird sang", "the cat " * 40, "fine"]
     with pytest.raises(TextTooLongError, match=r"^text 4 has \d+ tokens"):
         list(extract_stream(iter(texts), loaded, batch_size=2))

@@ -188,7 +188,7 @@ def test_transforms(lm):
     np.testing.assert_allclose(hidden.attn.sum(-1), 1.0, atol=1e-5)
     pooled = gen.transformed(aggregate="mean")
     np.testing.assert_allclose(pooled.attn[:, 0], gen.attn.mean(axis=1), atol=1e-6)
-    assert pooled.notes == ("mean of heads 0, 1, 2, 3",)
+    assert pooled.notes == ("mean of heads 0-3",)  # one rule with aggregate.py: format_indices
     top = gen.transformed(aggregate="max", over="both")
     assert top.attn.shape[:2] == (1, 1)
 

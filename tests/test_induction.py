@@ -79,10 +79,9 @@ def test_induction_scores_on_a_tiny_llama(tiny_llama):
     assert np.allclose(part.induction, result.induction[1, [0, 2]][None], atol=1e-5)
 
 
-def test_encoders_are_told_the_test_is_for_causal_models(tiny_model_path):
-    from attnviz.models.loading import load_model
+def test_encoders_are_told_the_test_is_for_causal_models(tiny_bert):
 
-    bert = load_model(str(tiny_model_path("bert")), device="cpu")
+    bert = tiny_bert
     with pytest.raises(InputError, match="applies to causal"):
         induction_scores(bert)
 

@@ -73,8 +73,8 @@ def test_device_and_dtype_checks():
             models.resolve_device("cuda:1")
 
 
-def test_model_is_loaded_once_per_process(tiny_model_path):
-    path = str(tiny_model_path("bert"))
+def test_model_is_loaded_once_per_process(bert):
+    path = bert
     assert load_model(path, device="cpu") is load_model(path, device="cpu")
 
 

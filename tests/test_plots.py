@@ -626,7 +626,7 @@ def test_role_figure_colours_each_head_by_its_role(tmp_path):
     (ax,) = [a for a in fig.axes if a.get_images()]
     codes = ax.get_images()[0].get_array()
     np.testing.assert_array_equal(codes, [[ROLE_NAMES.index(r) for r in row] for row in roles])
-    assert labels(ax.xaxis) == ["0", "1", "2"] and labels(ax.yaxis) == ["0", "1"]
+    assert labels(ax.xaxis) == ["H0", "H1", "H2"] and labels(ax.yaxis) == ["L0", "L1"]
     assert sorted(t.get_text() for t in ax.texts) == sorted(
         ["self\n0.90", "prev\n0.80", "first\n0.70", "broad\n0.60", "sep\n0.50"]
     )
@@ -646,21 +646,21 @@ def test_score_figure_shows_the_scores(tmp_path):
     (ax,) = [a for a in fig.axes if a.get_images() and a.get_label() != "<colorbar>"]
     np.testing.assert_allclose(ax.get_images()[0].get_array(), values)
     assert ax.get_images()[0].get_clim() == (0.0, 0.9)
-    assert labels(ax.yaxis) == ["2", "3"]
+    assert labels(ax.yaxis) == ["L2", "L3"]
     assert sorted(t.get_text() for t in ax.texts) == ["0.00", "0.10", "0.50", "0.90"]
     path = plots.score_map(values, [2, 3], [0, 1], tmp_path / "s.svg", label="induction score")
     root = ET.fromstring(path.read_bytes())
     assert root.get("width") == f"{fig.get_figwidth() * 72:g}pt"
 
 
-def test_search_figure_draws_the_best_head_with_both_words_outlined(tiny_model_path):
+def test_search_figure_draws_the_best_head_with_both_words_outlined(bert):
     """find-head's --plot as a library function: the winning head's weights, A and B outlined."""
     from helpers import image_values
 
     from attnviz.extraction import extract
     from attnviz.heads.search import find_heads
 
-    att = extract("the cat sat on the mat", str(tiny_model_path("bert")), device="cpu")
+    att = extract("the cat sat on the mat", bert, device="cpu")
     found = find_heads(att, "cat", "mat")
     fig = plots.search_figure(found, att)
     best = found.best
@@ -715,3 +715,139 @@ def test_figures_of_sane_size_pass_the_pixel_check():
     plots.check_pixels((16, 16), 1200)  # the largest self-sized heatmap at the largest dpi
     plots.check_pixels((30, 30), 300)
     plots.check_pixels(None, 1200)
+
+
+# -- issue 31: figures that mislead -------------------------------------------------------------
+def _panel_contrast(fig) -> float:
+    """Measured on the drawn images: the share of panels where at least half the rows have a cell a
+    quarter of the colour range above the row's median colour (a uniformly dark panel has none)."""
+    shown = []
+    for im in images(fig):
+        if im.axes.get_ylabel().startswith(plots.WEIGHT_LABEL):
+            continue
+        colour = np.clip(np.asarray(im.norm(np.asarray(im.get_array(), dtype=float))), 0, 1)
+        spread = colour.max(-1) - np.median(colour, -1)
+        shown.append(np.mean(spread >= 0.25) >= 0.5)
+    return float(np.mean(shown))
+
+
+def _thin_long_text(n: int = 300, layers: int = 3, heads: int = 4) -> Attention:
+    """A long text's attention: each head puts 0.05 on a band (offset h) and spreads the rest thin;
+    one cell holds 1.0, so a linear scale tops at 1 and every panel reads uniformly dark."""
+    base = fake_attention(n, layers, heads)
+    attn = np.full((layers, heads, n, n), 0.95 / n, dtype=np.float32)
+    for li in range(layers):
+        for hi in range(heads):
+            q = np.arange(n)
+            attn[li, hi, q, (q + li * heads + hi) % n] += 0.05
+    attn[0, 0, 0] = 0.0
+    attn[0, 0, 0, 5] = 1.0
+    return replace(base, attn=attn)
+
+
+def test_overview_of_a_long_text_shows_contrast_in_most_panels():
+    """On one shared linear scale 0 of 12 panels show their band; the default must show most."""
+    att = _thin_long_text()
+    linear = plots.attention_figure(att, vmax="max")
+    assert _panel_contrast(linear) == 0.0  # the trouble: uniformly dark
+    fig = plots.attention_figure(att)
+    assert _panel_contrast(fig) >= 0.9
+    (bar,) = [ax for ax in fig.axes if ax.get_ylabel().startswith(plots.WEIGHT_LABEL)]
+    assert "auto: log scale" in bar.get_ylabel() and "12 of 12 panels" in bar.get_ylabel()
+    short = plots.attention_figure(fake_attention(6, 2, 3))  # a short text keeps its linear scale
+    assert type(images(short)[0].norm).__name__ == "Normalize"
+    assert _panel_contrast(short) > 0.5
+
+
+def _generation(n_new: int, prompt: int, seed: int = 0):
+    """A decoder's [new, context] rows (the first key a sink of 0.6) and its labels."""
+    from attnviz.plots.generation import step_visible
+
+    width = prompt + n_new
+    visible = step_visible(n_new, width, prompt)
+    raw = np.random.default_rng(seed).random((n_new, width)) ** 4 * visible
+    raw /= raw.sum(-1, keepdims=True)
+    raw = raw * 0.4
+    raw[:, 0] += 0.6
+    new = [f"w{i}" for i in range(n_new)]
+    return raw.astype(np.float32), new, [f"p{i}" for i in range(prompt)] + new, visible
+
+
+def _extent(fig, artist):
+    fig.canvas.draw()
+    return artist.get_window_extent(fig.canvas.get_renderer())
+
+
+def test_generation_plot_leaves_the_sink_out_of_its_colour_scale_as_heatmap_does():
+    from attnviz.plots.generation import generation_figure
+
+    matrix, new, ctx, visible = _generation(5, 4)
+    fig = generation_figure(matrix, new, ctx, 4, title="m · while generating · layer 0 · head 0")
+    (image,) = data_axes(fig)[0].get_images()
+    rest = np.where(visible, matrix, 0)[:, 1:].max()
+    assert image.norm.vmax == pytest.approx(rest) and image.norm.vmax < matrix[:, 0].max()
+    (bar,) = [ax for ax in fig.axes if ax.get_ylabel().startswith(plots.WEIGHT_LABEL)]
+    assert "sink p0 (key 0" in bar.get_ylabel()
+
+
+def test_a_100_token_generation_plot_fills_its_figure_and_its_bar_is_the_plots_height():
+    from attnviz.plots.generation import generation_figure
+
+    matrix, new, ctx, _ = _generation(100, 18)
+    fig = generation_figure(matrix, new, ctx, 18, title="smollm2 · while generating · layer 18 · head 6")
+    ax = data_axes(fig)[0]
+    (bar,) = [a for a in fig.axes if a.get_ylabel().startswith(plots.WEIGHT_LABEL)]
+    image, colour = _extent(fig, ax.get_images()[0]), _extent(fig, bar)
+    assert colour.height <= image.height * 1.02  # not as tall as the figure
+    assert image.height >= 0.78 * fig.canvas.get_width_height()[1]  # no band of white above and below
+    assert layout_problems(fig) == []
+
+
+def test_a_short_cross_attention_plot_keeps_title_and_y_label_apart():
+    """The T5 case: 3 new tokens, a long title: nothing clipped, the y label clear of the title."""
+    from attnviz.plots.generation import generation_figure
+
+    title = "/tmp/pytest-of-root/pytest-0/tiny-models0/t5 · cross-attention · mean of layers 0-1, heads 0-3"
+    for rows, cols in ((1, 2), (1, 4), (3, 3), (2, 3), (3, 6)):
+        matrix = np.random.default_rng(1).random((rows, cols)).astype(np.float32)
+        src = ["▁the", "▁cat", "▁sat", "</s>", "a", "b"][:cols]
+        new = [f"w{i}" for i in range(rows)]
+        fig = generation_figure(matrix, new, src, 1, cross=True, title=title, text="the cat sat")
+        assert layout_problems(fig) == [], (rows, cols)
+        ylabel = _extent(fig, data_axes(fig)[0].yaxis.label)
+        assert ylabel.y1 <= _extent(fig, fig._suptitle).y0
+
+
+@pytest.mark.parametrize(("n", "causal"), [(6, False), (6, True), (40, False), (40, True)])
+def test_entropy_legend_covers_neither_the_uniform_line_nor_a_bar(n, causal):
+    from attnviz.heads.patterns import row_entropy_of
+
+    att = fake_attention(n=n, layers=1, heads=1, causal=causal)
+    uniform = replace(
+        att, attn=np.where(att.visible(), 1.0, 0.0)[None, None] / att.visible().sum(-1)[..., None]
+    )
+    for a in (att, uniform):  # uniform rows: the bars reach the line
+        fig = plots.entropy_figure(row_entropy_of(a))
+        (ax,) = fig.axes
+        box = _extent(fig, ax.get_legend())
+        line = next(x for x in ax.get_lines() if x.get_label() == plots.BOUND_LABEL)
+        points = ax.transData.transform(np.column_stack([line.get_xdata(), line.get_ydata()]))
+        inside = [(x, y) for x, y in points if box.x0 - 2 <= x <= box.x1 + 2]
+        assert all(y < box.y0 for _, y in inside), "the legend sits on the dashed line"
+        assert all(_extent(fig, bar).y1 < box.y0 for bar in ax.patches), "the legend covers a bar"
+
+
+def test_every_layers_by_heads_grid_labels_cells_l_and_h():
+    """role.png, scores, entropy, compare: rows L0.., columns H0.., as the overview's 'L1 H5'."""
+    from attnviz.heads.patterns import row_entropy_of
+
+    roles = np.array([["previous", "mixed", "self"], ["mixed", "broad", "first"]])
+    att = fake_attention(layers=2, heads=3)
+    figs = [
+        plots.role_figure(roles, [0, 1], [0, 1, 2]),
+        plots.score_figure(np.random.default_rng(0).random((2, 3)), [0, 1], [0, 1, 2]),
+        plots.entropy_figure(row_entropy_of(att)),
+    ]
+    for fig in figs:
+        ax = fig.axes[0]
+        assert labels(ax.yaxis) == ["L0", "L1"] and labels(ax.xaxis) == ["H0", "H1", "H2"]

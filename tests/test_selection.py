@@ -32,3 +32,15 @@ def test_resolve_counts_negatives_from_the_end():
     assert resolve_indices(None, 6, "layer", "m") is None
     with pytest.raises(InputError, match="layer 6 is out of range: m has layers 0-5"):
         resolve_indices((6,), 6, "layer", "m")
+
+
+def test_format_indices_never_claims_an_index_that_is_not_there():
+    """generation's old `_span` printed [0, 2, ..., 14] as '0-14'; six formatters had three rules."""
+    from attnviz.selection import format_indices
+
+    assert format_indices([0, 2, 4, 6, 8, 10, 12, 14]) == "0, 2, 4, 6, 8, 10, 12, 14"
+    assert format_indices([0, 1, 2, 3, 5, 7, 8, 9]) == "0-3, 5, 7-9"
+    assert format_indices(range(12)) == "0-11"
+    assert format_indices([3]) == "3"
+    assert format_indices([1, 2]) == "1, 2"
+    assert format_indices([]) == ""

@@ -182,13 +182,13 @@ def test_bind_errors_name_the_keyword_and_the_cli_the_flag():
     assert info.value.render(cli_terms).endswith("; pass another --port")
 
 
-def test_serve_answers_and_stops_cleanly_on_ctrl_c(tiny_model_path):
+def test_serve_answers_and_stops_cleanly_on_ctrl_c(bert):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     src = str(Path(__file__).resolve().parents[1] / "src")
     env = {**os.environ, "PYTHONPATH": src}
-    args = ["serve", "--model", str(tiny_model_path("bert")), "--port", str(port)]
+    args = ["serve", "--model", bert, "--port", str(port)]
     proc = subprocess.Popen(
         [sys.executable, "-c", "from attnviz.cli import main; main()", *args],
         env=env,
@@ -307,3 +307,19 @@ def test_a_page_too_big_for_the_server_points_to_lazy_not_to_a_file_option(model
     assert r.status_code == 400 and "narrow it with parameter layers (e.g. layers=0)" in error, error
     assert error.endswith("or ask for lazy=1 (the page then fetches one head at a time)"), error
     assert "max_mb" not in error and "--" not in error
+
+
+def test_a_long_text_whose_whole_page_fits_is_served_whole(models, monkeypatch):
+    """/api/view once guessed 0.22 bytes a weight before the forward pass (210 MB for a 1,882-token
+    SmolLM2 page that is 19 MB) and sent such texts one head at a time; it now asks the page's rule."""
+    from attnviz.server import app as server_app
+    from attnviz.views.html import least_bytes
+
+    n, loaded = 1882, models["gpt2"]  # the issue's text length, on the tiny model's 2 x 4 heads
+    limit = 4 * least_bytes(loaded.num_layers, loaded.capture.num_heads, n)
+    assert n * n * loaded.num_layers * loaded.capture.num_heads * 0.22 > limit  # the old guess: too big
+    monkeypatch.setattr(server_app.Pool, "length", lambda self, name, text, truncate: n)
+    monkeypatch.setattr(server_app.Pool, "fits", lambda self, name, n: True)
+    with TestClient(create_app(models, max_page_mb=limit / 1e6)) as client:
+        data = client.post("/api/view", json={"text": TEXT, "model": "gpt2", "lazy": 1}).json()
+    assert "lazy" not in data and "weights" in data  # the (short) text's whole page

@@ -219,6 +219,17 @@ CASES: dict[str, list[tuple[str, bytes | None, str]]] = {
         ("batch {text} -o run --layers 3-1", None, "low to high"),
         ("batch {text} -o run --max-length 1", None, "max_length"),
         ("batch {text} -o run --format xml", None, "xml"),
+        # issue 30: each refused before a model loads
+        ("batch {text} -o run --threads 100000", None, "threads must be from 1 to 1024"),
+        ("batch {text} -o run --config {cfg_threads}", None, "threads must be from 1 to 1024"),
+        ("batch {text} -o run --field ''", None, "field name is empty"),
+        ("batch {text} -o run --column '  '", None, "column name is empty"),
+        ("batch {text} -o run --config {cfg_empty_field}", None, "field name is empty"),
+        ("batch {text} -o run --config {cfg_empty_column}", None, "column name is empty"),
+        ("batch {text} -o {not_utf8}", None, "not UTF-8"),
+        ("batch {not_utf8} -o run", None, "no such input file: caf\\xe9"),
+        ("batch {text} -o {long_name}", None, "over the file system's limit"),
+        ("batch {text} -o {long_path}", None, "the system's limit of 4096"),
     ],
     "view": [
         ("view '{T}' --max-mb nan", None, "--max-mb"),
@@ -251,6 +262,7 @@ CASES: dict[str, list[tuple[str, bytes | None, str]]] = {
         ("serve --port=-1", None, "port"),
         ("serve --port 70000", None, "port"),
         ("serve -m ''", None, "model name is empty"),
+        ("serve -m {tiny} -m {missing}/ --port 0", None, "unknown model"),  # no "loaded" line first
     ],
 }
 FLAT = [(cmd, *case) for cmd, cases in CASES.items() for case in cases]
@@ -268,10 +280,16 @@ def sweep_files(tmp_path_factory: pytest.TempPathFactory, tiny_model_path) -> di
         "cfg_keep_string": '[statistics]\nkeep = "entropy"\n',
         "cfg_nan": "[output]\ncommit_seconds = nan\n",
         "cfg_empty_model": '[model]\nname = ""\n',
+        "cfg_threads": "[model]\nthreads = 100000\n",
+        "cfg_empty_field": '[input]\nfield = ""\n',
+        "cfg_empty_column": '[input]\ncolumn = ""\n',
     }
     out = {"T": T, "dir": str(root), "missing": str(root / "missing"), "tiny": str(tiny_model_path("bert"))}
     out |= {"long": "a" * 300, "deep": "/".join(["b" * 200] * 21)}  # over NAME_MAX; over PATH_MAX
     out |= _broken_models(root, Path(out["tiny"]))
+    out["not_utf8"] = os.fsdecode(b"caf\xe9")  # a byte that is not UTF-8, as Python receives it
+    out["long_name"] = "x" * 300
+    out["long_path"] = "/".join(["y" * 200] * 21)
     for name, body in files.items():
         suffix = {"notgguf": ".gguf", "text": ".txt"}.get(name, ".toml" if name.startswith("cfg") else "")
         path = root / f"{name}{suffix}"

@@ -201,14 +201,30 @@ def peaked_attention(n: int, n_layers: int, n_heads: int = 12, seed: int = 0) ->
     return replace(long_attention(n, n_layers, n_heads), attn=attn / attn.sum(-1, keepdims=True))
 
 
-def test_a_huge_page_is_refused_before_encoding_and_a_big_one_after():
+def huge_attention(n: int = 2048, n_layers: int = 6, n_heads: int = 12) -> Attention:
+    """A page of about 100 MB without the memory: one diffuse head repeated over every head."""
+    from dataclasses import replace
+
+    one = np.random.default_rng(0).random((n, n), dtype=np.float32) ** 2
+    one /= one.sum(-1, keepdims=True)
+    return replace(long_attention(n, n_layers, n_heads), attn=np.broadcast_to(one, (n_layers, n_heads, n, n)))
+
+
+def test_a_huge_page_is_refused_before_encoding_and_a_big_one_after(monkeypatch):
+    import attnviz.views.html
+
+    def no_encoding(attn):
+        raise AssertionError("a page far over the limit was encoded")
+
+    monkeypatch.setattr(attnviz.views.html, "encode_weights", no_encoding)
     with pytest.raises(
         InputError, match=r"narrow it with layers \(e.g. layers=\[0\]\) or heads, allow it with max_mb,"
     ) as info:
-        render_html(long_attention(2048, 6))  # refused on the estimate alone
+        render_html(huge_attention())  # refused on the estimate alone
     cli = "narrow it with --layers (e.g. --layers 0) or --heads, allow it with --max-mb,"
     assert cli in info.value.render(cli_terms)
     assert "\n" not in str(info.value) and "MB" in str(info.value) and "attnviz serve" in str(info.value)
+    monkeypatch.undo()
     att = peaked_attention(256, 2)
     page = render_html(att)
     with pytest.raises(InputError, match="MB"):
@@ -227,7 +243,7 @@ def test_repr_html_is_the_explorer_in_a_sandboxed_iframe():
 
 
 def test_a_page_too_large_for_a_notebook_is_one_line():
-    out = long_attention(2048, 6)._repr_html_()
+    out = huge_attention()._repr_html_()
     assert out.startswith("<p>attnviz: the page would be about") and "<iframe" not in out
 
 
@@ -323,3 +339,104 @@ def test_view_writes_a_512_token_page_with_every_layer_under_5_mb(minilm, tmp_pa
     assert small.exit_code == 2
     lines = [x for x in small.stderr.splitlines() if x.startswith("error:")]
     assert len(lines) == 1 and "--layers" in lines[0]
+
+
+# -- the generation page's layout -------------------------------------------------------------
+def test_generation_layout_puts_tokens_back_on_their_text():
+    from attnviz.views.generation import layout
+
+    labels = [
+        "<|im_start|>",
+        "user",
+        "\\n",
+        "Hello",
+        "<|im_end|>",
+        "world",
+        "\\n\\n",
+        "巴…",
+        "…巴…",
+        "…巴",
+        "!",
+    ]
+    special = [True, False, False, False, True, False, False, False, False, False, False]
+    pieces, gaps, boxed = layout(labels, special, [("Hello", 5), (" world\n\n巴 !", None)])
+    assert boxed == [True, True, True, False, True, False, False, False, False, False, False]
+    assert pieces[3] == "Hello" and pieces[5:] == ["world", "\n\n", "巴", "", "", "!"]
+    assert gaps == ["", "", "", "", "", " ", "", "", "", "", " ", ""]
+    text = "".join(g + ("" if b else p) for g, p, b in zip(gaps, pieces, boxed, strict=False)) + gaps[-1]
+    assert text == "Hello world\n\n巴 !"
+    # a piece never found keeps the rest of the text in the last gap: nothing of the text is lost
+    pieces, gaps, boxed = layout(["a", "zzz", "c"], [False] * 3, [("a b c", None)])
+    assert boxed == [False, True, False] and gaps == ["", "", " b ", ""]  # "c" found past the box
+    pieces, gaps, boxed = layout(["a", "zzz", "q"], [False] * 3, [("a b c", None)])
+    assert boxed == [False, True, True] and gaps[-1] == " b c"
+
+
+# -- the page's size, estimated before it is encoded --------------------------------------------
+def model_like(n: int, n_layers: int, n_heads: int, causal: bool, seed: int = 0) -> Attention:
+    """Attention shaped like a model's at every depth: a sink, diffuse early heads, sharp late ones,
+    a previous-token head, a head that only looks at the sink; causal or not."""
+    from dataclasses import replace
+
+    rng = np.random.default_rng(seed)
+    attn = np.empty((n_layers, n_heads, n, n), np.float32)
+    below = np.tril(np.ones((n, n), dtype=bool)) if causal else np.ones((n, n), dtype=bool)
+    for layer in range(n_layers):
+        for h in range(n_heads):
+            sharp = 0.5 + 4.0 * (layer * n_heads + h) / max(1, n_layers * n_heads - 1)
+            logits = rng.normal(size=(n, n)).astype(np.float32) * sharp
+            logits[:, 0] += 3.0
+            if h % 4 == 1:
+                logits[np.arange(1, n), np.arange(n - 1)] += 12.0  # previous token
+            if h % 4 == 3 and layer % 2:
+                logits[:, 0] += 40.0  # all on the sink
+            logits = np.where(below, logits, -np.inf)
+            e = np.exp(logits - logits.max(-1, keepdims=True))
+            attn[layer, h] = e / e.sum(-1, keepdims=True)
+    att = long_attention(n, n_layers, n_heads)
+    return replace(att, attn=attn, causal=causal, kind="decoder" if causal else "encoder")
+
+
+@pytest.mark.parametrize(
+    ("n", "n_layers", "n_heads", "causal", "options"),
+    [
+        (14, 6, 12, False, {}),
+        (128, 4, 12, False, {"level": "word"}),
+        (300, 2, 6, True, {"view": "model"}),
+        (700, 1, 8, False, {}),
+        (1200, 1, 4, True, {}),
+        (2100, 1, 3, True, {"scale": "log"}),
+    ],
+)
+def test_the_size_estimate_is_within_1_5x_of_the_page(n, n_layers, n_heads, causal, options):
+    from attnviz.views.html import estimate_bytes
+
+    att = model_like(n, n_layers, n_heads, causal)
+    real = len(render_html(att, max_mb=None, **options).encode())
+    estimate = estimate_bytes(att)
+    assert real / 1.5 <= estimate <= real * 1.5, (estimate, real, estimate / real)
+
+
+def test_a_page_that_fits_is_written_and_one_that_does_not_is_refused_with_its_size():
+    att = model_like(1500, 1, 4, True)
+    real = len(render_html(att, max_mb=None).encode())
+    assert render_html(att, max_mb=real * 1.01 / 1e6)  # fits: written, whatever the estimate said
+    with pytest.raises(InputError, match=r"the page would be about \d") as info:
+        render_html(att, max_mb=real * 0.9 / 1e6)
+    said = float(re.search(r"about ([\d.]+) MB", str(info.value)).group(1)) * 1e6
+    assert real / 1.5 <= said <= real * 1.5
+
+
+def test_generation_layout_steps_over_an_unknown_token_and_reads_stray_bytes():
+    from attnviz.views.generation import layout
+
+    # T5 reads an emoji as <unk> (special): the next token finds its text after it
+    pieces, gaps, boxed = layout(
+        ["Paris", ".", "<unk>", "The", "cat"],
+        [False, False, True, False, False],
+        [("Paris. 😀 The cat", None)],
+    )
+    assert boxed == [False, False, True, False, False] and gaps[3] == " 😀 " and pieces[3:] == ["The", "cat"]
+    # bytes a sampled model wrote that spell no character decode as U+FFFD
+    pieces, gaps, boxed = layout(["ok", "\\xb9", "\\xb9\\xb9"], [False] * 3, [("ok\ufffd\ufffd\ufffd", None)])
+    assert boxed == [False] * 3 and pieces == ["ok", "\ufffd", "\ufffd\ufffd"]

@@ -1,4 +1,4 @@
-"""Every zoo architecture, four ways: exact weights, ablation, norm weighting, or a one-line refusal.
+"""Every zoo architecture, three ways: exact weights, ablation and norm weighting (one-line refusals).
 
 The models come from tests/zoo.py (built once per session by the `tiny_model_path` fixture). The
 `fast` ones (one per special case: shared layers, softcapping, sinks, rotary Falcon, encoder-decoders,
@@ -171,41 +171,170 @@ def test_norm_weighting_equals_brute_force_through_the_projection(tiny_model_pat
         np.testing.assert_allclose(weighted.attn[li], expected, rtol=1e-4, atol=1e-6)
 
 
+# The hand-written reference's own knowledge of where each own-code architecture's output projection
+# lives and its head size (the zoo's 32 wide, 4 heads; ConvBERT halves it for its convolution heads).
+# attnviz knows no names: it finds W_O by data flow.
+OUT_PROJ = {
+    "deberta": "encoder.layer.{}.attention.output.dense",
+    "deberta-v2": "encoder.layer.{}.attention.output.dense",
+    "mpnet": "encoder.layer.{}.attention.attn.o",
+    "megatron-bert": "encoder.layer.{}.attention.output.dense",
+    "roformer": "encoder.layer.{}.attention.output.dense",
+    "rembert": "encoder.layer.{}.attention.output.dense",
+    "convbert": "encoder.layer.{}.attention.output.dense",
+    "ibert": "encoder.layer.{}.attention.output.dense",
+    "gpt_neo": "h.{}.attn.attention.out_proj",
+    "bloom": "h.{}.self_attention.dense",
+    "mpt": "blocks.{}.attn.out_proj",
+    "xglm": "layers.{}.self_attn.out_proj",
+}
+HEAD_SIZE = {"convbert": 4}  # else 8
+
+
+def _pre_hook_ablation(ref, name: str, layer: int, head: int, ids, mask, mean=None):
+    """The eager model with head `head`'s slice of layer `layer`'s output projection input zeroed (or
+    set to `mean`) by a forward pre-hook on the projection, named by hand."""
+    d = HEAD_SIZE.get(name, 8)
+
+    def zeroing(module, args):
+        x = args[0].clone()
+        x[..., head * d : (head + 1) * d] = 0.0 if mean is None else mean
+        return (x, *args[1:])
+
+    handle = ref.get_submodule(OUT_PROJ[name].format(layer)).register_forward_pre_hook(zeroing)
+    try:
+        with torch.no_grad():
+            return ref(input_ids=ids, attention_mask=mask).last_hidden_state
+    finally:
+        handle.remove()
+
+
 @pytest.mark.parametrize("spec", _params([s for s in zoo.SPECS if s.name in OWN_CODE]))
-def test_a_model_with_its_own_attention_code_is_refused_in_one_line(
-    tiny_model_path, spec, monkeypatch, tmp_path
+def test_own_code_ablation_equals_zeroing_the_heads_slice_of_the_output_projections_input(
+    tiny_model_path, eager_model, spec, tmp_path
 ):
-    """Weights still come out (eager); norm weighting and ablation say why not, before any forward pass."""
+    """Own attention code: heads are edited at W_O's input, found by data flow, on every such model."""
+    from typer.testing import CliRunner
+
+    from attnviz.cli import app
+    from attnviz.heads.ablation import (
+        _encoder_forward,
+        _keep,
+        ablate,
+        ablating,
+        for_ablation,
+        reference_means,
+    )
+
+    assert set(OUT_PROJ) == OWN_CODE
+    folder = tiny_model_path(spec.name)
+    loaded = load_model(str(folder), device="cpu")
+    assert not loaded.capture.interface and loaded.capture.edit_at == "projection"
+    ref = eager_model(folder)
+    enc = loaded.tokenizer(TEXTS, return_tensors="pt", padding=True)
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    real = mask.bool()
+    for layer, head in ((loaded.num_layers - 1, 2), (0, 1)):
+        with torch.inference_mode():
+            before = _encoder_forward(loaded, ids, mask)
+            with ablating(loaded) as state:
+                state.keep[layer] = _keep(len(TEXTS), loaded.capture.num_heads, [head])
+                ours = _encoder_forward(loaded, ids, mask)
+            again = _encoder_forward(loaded, ids, mask)
+        theirs = _pre_hook_ablation(ref, spec.name, layer, head, ids, mask)
+        np.testing.assert_allclose(ours[real].numpy(), theirs[real].numpy(), atol=1e-5)
+        assert not torch.allclose(ours[real], before[real], atol=1e-6)  # the head mattered
+        assert torch.equal(again, before)  # the editor is gone
+    means = reference_means(loaded, TEXTS)
+    with torch.inference_mode(), ablating(loaded, means) as state:
+        state.keep[layer] = _keep(len(TEXTS), loaded.capture.num_heads, [head])
+        ours = _encoder_forward(loaded, ids, mask)
+    theirs = _pre_hook_ablation(ref, spec.name, layer, head, ids, mask, means[layer][head])
+    np.testing.assert_allclose(ours[real].numpy(), theirs[real].numpy(), atol=1e-5)
+    result = ablate(for_ablation(loaded), TEXT, [(0, 0)])  # the whole command path, LM head included
+    assert np.isfinite(result.before) and np.isfinite(result.after)
+    runner = CliRunner()
+    for args in (
+        ["ablate", TEXT, "--layer", "0", "--head", "0", "-m", str(folder)],
+        ["extract", TEXT, "--weighting", "norm", "-m", str(folder), "-o", str(tmp_path / "n.npz")],
+    ):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, (args, result.output)
+
+
+@pytest.mark.parametrize("spec", _params([s for s in zoo.SPECS if s.name in OWN_CODE]))
+def test_own_code_norm_weighting_equals_value_vectors_solved_from_the_projections_input(
+    tiny_model_path, eager_model, spec
+):
+    """||alpha_ij W_O^h v_j^h||, with v solved from W_O's input X = P V (hooked by hand) and P (eager),
+    an encoder's in float64 (a tiny random encoder's P is nearly uniform: solving in float32 loses
+    digits; a decoder's P is triangular, and XGLM's mask does not run in float64)."""
+    import copy
+
+    from attnviz.analyses.norms import norm_weighted
+
+    folder = tiny_model_path(spec.name)
+    loaded = load_model(str(folder), device="cpu")
+    ref = eager_model(folder)
+    if spec.family == "encoder":
+        ref = copy.deepcopy(ref).double()
+    weighted = norm_weighted(TEXT, loaded)
+    att = extract(TEXT, loaded)
+    np.testing.assert_array_equal(norm_weighted(att, loaded).attn, weighted.attn)
+    ids = torch.tensor([att.token_ids])
+    d, h_all = HEAD_SIZE.get(spec.name, 8), loaded.capture.num_heads
+    seen = {}
+    handles = [
+        ref.get_submodule(OUT_PROJ[spec.name].format(layer)).register_forward_pre_hook(
+            lambda module, args, layer=layer: seen.setdefault(layer, args[0])
+        )
+        for layer in range(loaded.num_layers)
+    ]
+    try:
+        with torch.no_grad():
+            out = ref(input_ids=ids, attention_mask=torch.ones_like(ids), output_attentions=True)
+    finally:
+        for handle in handles:
+            handle.remove()
+    for layer in range(loaded.num_layers):
+        p = out.attentions[layer][0].double()  # [heads, q, k]
+        x = seen[layer][0, :, : h_all * d].double().unflatten(-1, (h_all, d)).transpose(0, 1)  # [heads, q, d]
+        v = torch.linalg.solve(p, x)  # [heads, k, d]
+        w = ref.get_submodule(OUT_PROJ[spec.name].format(layer)).weight.detach().double()  # [hidden, in]
+        norms = torch.stack(
+            [torch.linalg.vector_norm(v[h] @ w[:, h * d : (h + 1) * d].T, dim=-1) for h in range(h_all)]
+        )
+        expected = att.attn[layer] * norms[:, None, :].numpy()
+        np.testing.assert_allclose(weighted.attn[layer], expected, rtol=1e-3, atol=1e-6)
+
+
+def test_a_model_whose_output_projection_is_not_found_is_refused_in_one_line(
+    tiny_model_path, monkeypatch, empty_model_cache
+):
+    """When data flow finds no W_O (here: made to fail), weights still come out; norm weighting and
+    ablation say why not in one line, before any forward pass."""
     from typer.testing import CliRunner
 
     from attnviz.analyses.norms import norm_weighted
     from attnviz.cli import app
     from attnviz.heads.ablation import ablate, for_ablation
+    from attnviz.models import architecture
 
-    folder = str(tiny_model_path(spec.name))
+    monkeypatch.setattr(architecture, "_head_size", lambda x, weights: None)
+    folder = str(tiny_model_path("deberta"))
     loaded = load_model(folder, device="cpu")
-    assert not loaded.capture.interface
-    model_type = loaded.model.config.model_type
-
-    def no_forward(*args, **kwargs):
-        raise AssertionError("a forward pass ran")
-
-    monkeypatch.setattr(loaded.model, "forward", no_forward)
+    assert loaded.capture.edit_at is None and extract(TEXT, loaded).attn.shape[:2] == (2, 4)
+    monkeypatch.setattr(loaded.model, "forward", lambda *a, **k: pytest.fail("a forward pass ran"))
     for call in (
         lambda: norm_weighted(TEXT, loaded),
         lambda: ablate(loaded, TEXT, [(0, 0)]),
         lambda: for_ablation(loaded),
     ):
-        with pytest.raises(InputError, match=f"model type '{model_type}'.*attention interface"):
+        with pytest.raises(InputError, match=r"model type 'deberta'.*heads' outputs side by side"):
             call()
     monkeypatch.undo()
-    runner = CliRunner()
-    result = runner.invoke(app, ["ablate", TEXT, "--layer", "0", "--head", "0", "-m", folder])
-    one_line_error(result, model_type, "attention interface", "ablation")
-    result = runner.invoke(
-        app, ["extract", TEXT, "--weighting", "norm", "-m", folder, "-o", str(tmp_path / "x.npz")]
-    )
-    one_line_error(result, model_type, "attention interface", "norm weighting")
+    result = CliRunner().invoke(app, ["ablate", TEXT, "--layer", "0", "--head", "0", "-m", folder])
+    one_line_error(result, "deberta", "attention interface", "ablation")
 
 
 # -- docs/models.md's table, written by scripts/gen_arch_table.py ----------------------------------
@@ -231,8 +360,10 @@ def test_the_table_lists_every_zoo_architecture_and_what_is_refused():
     """The quick drift check: same rows in zoo order, refusals exactly where the zoo expects them."""
     rows = [line.split(" | ") for line in _documented().splitlines()[2:]]
     assert [r[0].strip("| `") for r in rows] == [s.name for s in zoo.SPECS]
-    refused = {r[0].strip("| `") for r in rows if "own attention code" in r[-1]}
-    assert refused == OWN_CODE
+    refused = [r[0] for r in rows if "yes" not in r[-1]]
+    assert refused == []  # 50 of 50
+    at_projection = {r[0].strip("| `") for r in rows if "W_O's input" in r[-1]}
+    assert at_projection == OWN_CODE
 
 
 @pytest.mark.slow

@@ -10,11 +10,14 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 FORMAT_VERSION = 1
+Kind = Literal["encoder", "decoder", "encoder-decoder"]
+Level = Literal["token", "word"]
+Weighting = Literal["attention", "norm"]  # "norm": Kobayashi et al. 2020 value-norm weighting
 LABEL_RULE = 2  # tokens are tokens.readable labels; older files hold 'ĠParis', read with display()
 
 
@@ -22,6 +25,41 @@ def _input_error(message: str) -> Exception:
     from attnviz.errors import InputError
 
     return InputError(message)
+
+
+@dataclass(frozen=True, kw_only=True)
+class HeadResult:
+    """What every per-head result shares: the model, the layers and heads its arrays are indexed
+    by (model indices, in order), and notes on how an analysis changed it.
+
+    `Attention` and `Generation` are HeadResults; so is any new result with a layers x heads axis.
+    """
+
+    model: str
+    layers: tuple[int, ...]  # model layer index of each row
+    heads: tuple[int, ...]  # model head index of each column
+    notes: tuple[str, ...] = ()  # how an analysis changed it, e.g. 'mean of heads 0-11'
+
+    @property
+    def note(self) -> str:
+        """The notes joined for a figure title: 'mean of heads 0-11; special tokens hidden'."""
+        return "; ".join(self.notes)
+
+    def layer_pos(self, layer: int) -> int:
+        """Row holding model layer `layer` (an InputError naming the layers there are, if none)."""
+        try:
+            return self.layers.index(layer)
+        except ValueError:
+            raise _input_error(f"layer {layer} was not {self._verb} (have {_ranges(self.layers)})") from None
+
+    def head_pos(self, head: int) -> int:
+        """Column holding model head `head`."""
+        try:
+            return self.heads.index(head)
+        except ValueError:
+            raise _input_error(f"head {head} was not {self._verb} (have {_ranges(self.heads)})") from None
+
+    _verb = "extracted"  # how the message says a layer is missing: "extracted", "recorded"
 
 
 @dataclass(frozen=True)
@@ -36,30 +74,26 @@ class QKV:
 
 
 @dataclass(frozen=True)
-class Attention:
+class Attention(HeadResult):
     """The attention of one text: what every command draws, ranks or summarises."""
 
-    model: str
-    kind: str  # "encoder", "decoder" or "encoder-decoder"
+    kind: Kind
     text: str
     tokens: tuple[str, ...]  # readable pieces (byte-level BPE decoded to text; see tokens.readable)
     spans: tuple[tuple[int, int], ...]  # character span of each token in `text` ((0, 0): special)
     word_ids: tuple[int | None, ...]  # index into `words`; None for special tokens
     words: tuple[str, ...]
     special: tuple[bool, ...]
-    layers: tuple[int, ...]  # model layer index of each row of `attn`
-    heads: tuple[int, ...]  # model head index of each column of `attn`
     attn: np.ndarray  # [layers, heads, q, k] float32
     causal: bool = False
-    level: str = "token"  # "token" or "word"
+    level: Level = "token"
     truncated: int = 0  # tokens cut by --truncate
     decoder: Attention | None = None  # encoder-decoder: decoder self-attention
     cross: np.ndarray | None = None  # encoder-decoder: [layers, heads, decoder q, encoder k]
     qkv: dict[int, QKV] | None = field(default=None, repr=False)
     token_ids: tuple[int, ...] = ()  # the tokenizer's ids (token level only; () for words/old files)
     pieces: tuple[str, ...] = ()  # the tokenizer's raw pieces, e.g. 'ĠParis' or 'ðŁĺ' (token level)
-    weighting: str = "attention"  # "attention" or "norm" (Kobayashi et al. 2020 value-norm weighting)
-    notes: tuple[str, ...] = ()  # how an analysis changed it, e.g. 'mean of heads 0-11'
+    weighting: Weighting = "attention"
     pooled_layers: tuple[int, ...] | None = None  # the model layers behind a pooled layer row
     pooled_heads: tuple[int, ...] | None = None  # the model heads behind a pooled head column
 
@@ -82,11 +116,6 @@ class Attention:
             f"tokens={self.n_tokens}, layers=[{_ranges(self.layers)}], heads=[{_ranges(self.heads)}], "
             f"{shapes}{extra})"
         )
-
-    @property
-    def note(self) -> str:
-        """The notes joined for a figure title: 'mean of heads 0-11; special tokens hidden'."""
-        return "; ".join(self.notes)
 
     @property
     def n_tokens(self) -> int:
@@ -118,19 +147,6 @@ class Attention:
                 raise _input_error(f"{self.model} is not an encoder-decoder model: it has no decoder stream")
             return self.decoder
         raise _input_error(f"unknown attention stream '{name}': use self, decoder or cross")
-
-    def layer_pos(self, layer: int) -> int:
-        """Row of `attn` holding model layer `layer`."""
-        try:
-            return self.layers.index(layer)
-        except ValueError:
-            raise _input_error(f"layer {layer} was not extracted (have {_ranges(self.layers)})") from None
-
-    def head_pos(self, head: int) -> int:
-        try:
-            return self.heads.index(head)
-        except ValueError:
-            raise _input_error(f"head {head} was not extracted (have {_ranges(self.heads)})") from None
 
     def head(self, layer: int, head: int) -> np.ndarray:
         """One head's [q, k] matrix, by model layer and head index."""
@@ -422,7 +438,9 @@ def _plain(meta: dict[str, Any], tokens: tuple[str, ...], attn: np.ndarray, caus
 
 
 def _ranges(values: Sequence[int]) -> str:
-    return ", ".join(str(v) for v in values) if len(values) < 8 else f"{values[0]}-{values[-1]}"
+    from attnviz.selection import format_indices  # here, not at the top: this module stays a leaf
+
+    return format_indices(values)
 
 
 @dataclass

@@ -7,7 +7,9 @@ text's attention is the same alone or in a batch.
 from __future__ import annotations
 
 import itertools
+import threading
 import unicodedata
+import weakref
 from collections.abc import Iterable, Iterator, Sequence, Sized
 from typing import TYPE_CHECKING, Any
 
@@ -135,11 +137,10 @@ def extract_batch(
 
     `store="float16"` keeps the weights as float16: half the memory and file, each weight rounded.
     """
-    from attnviz.models.capture import STORES
+    from attnviz.models.capture import check_store
     from attnviz.models.loading import LoadedModel, as_loaded, model_spec
 
-    if store not in STORES:
-        raise InputError(f"unknown store '{store}': use {' or '.join(STORES)}")
+    check_store(store)
 
     if isinstance(texts, str):  # a string is an iterable of characters: one text each, not wanted
         raise TypeError("texts must be a list of strings, not one string (extract takes one text)")
@@ -270,7 +271,7 @@ def tokenize(
                 f"{where} {full[i]} tokens but {loaded.name} takes at most {limit}; "
                 f"pass {param('truncate', True)} to cut it"
             )
-        enc = tok(list(texts), truncation=True, max_length=limit, **kwargs)
+        enc = _truncating(tok, limit)(list(texts), truncation=True, max_length=limit, **kwargs)
         truncated = [max(0, f - limit) for f in full]
     ids = enc["input_ids"]
     lengths = [len(x) for x in ids]
@@ -289,6 +290,30 @@ def tokenize(
         truncated=truncated,
         pieces=[raw for _, raw in labels],
     )
+
+
+_TRUNCATING: weakref.WeakKeyDictionary[Any, dict[int, Any]] = weakref.WeakKeyDictionary()
+_TRUNCATING_LOCK = threading.Lock()
+
+
+def _truncating(tok: Any, limit: int) -> Any:
+    """A tokenizer that truncates at `limit`, never the shared one when it is a fast tokenizer.
+
+    A fast tokenizer keeps its truncation setting between calls: truncating with the shared one
+    would change what other threads' calls get at the same time (cut, or "Already borrowed"). So a
+    private copy per limit, set up once under a lock, truncates; the shared one never truncates.
+    """
+    import copy
+
+    if not getattr(tok, "is_fast", False):
+        return tok  # a slow tokenizer truncates in Python, holding no setting
+    with _TRUNCATING_LOCK:
+        copies = _TRUNCATING.setdefault(tok, {})
+        if limit not in copies:
+            private = copy.deepcopy(tok)
+            private("a", truncation=True, max_length=limit)  # its setting, made once, before any use
+            copies[limit] = private
+        return copies[limit]
 
 
 def pad_rows(rows: Sequence[Sequence[int]], pad_id: int | None) -> tuple[Any, Any]:

@@ -81,6 +81,10 @@ def _writable_dir(folder: Path) -> Path:
     return folder
 
 
+# Default names this process reserved (created empty): a write that fails removes its empty file.
+_RESERVED: set[Path] = set()
+
+
 def reserve(folder: Path, name: str) -> Path:
     """The first free path among name, name-2, name-3... in `folder`, created empty so no one takes it."""
     _writable_dir(folder)
@@ -90,6 +94,7 @@ def reserve(folder: Path, name: str) -> Path:
         path = folder / (name if n == 1 else f"{stem}-{n}{suffix}")
         try:
             with open(path, "x"):
+                _RESERVED.add(path)
                 return path
         except FileExistsError:
             n += 1
@@ -227,12 +232,50 @@ def _set_modes(tmp: Path) -> None:
             os.chmod(os.path.join(root, f), default_mode())
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, OverflowError):
+        return True  # it exists but is someone else's (or cannot be asked): leave its file alone
+    return True
+
+
+def remove_stale(path: Path) -> list[Path]:
+    """Remove the temporary files (or folders) that `atomic_output` made for `path` in processes that
+    died before renaming them (kill -9, a power cut): our names, `.NAME.tmpPID-XXXX`, a dead PID."""
+    import shutil
+
+    pattern = re.compile(rf"\.{re.escape(path.name[:80])}\.tmp(\d+)-[A-Za-z0-9_]+{re.escape(path.suffix)}")
+    removed = []
+    try:
+        children = list(path.parent.iterdir())
+    except OSError:
+        return removed
+    for child in children:
+        match = pattern.fullmatch(child.name)
+        if match is None or child.is_symlink() or int(match.group(1)) == os.getpid():
+            continue  # a link was never ours
+        if _pid_alive(int(match.group(1))):
+            continue
+        with contextlib.suppress(OSError):
+            if child.is_dir():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+            removed.append(child)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | Path, folder: bool = False) -> Iterator[Path]:
     """Yield a temporary path next to `path`; on success rename it to `path`, else remove it.
 
     The temporary file (or folder, with `folder=True`) gets the mode the user's umask gives new
     files, not tempfile's 0600. Errors while writing propagate unchanged (see `write_error`).
+    Temporary files of this same output left by a process that died are removed first
+    (`remove_stale`); an empty default-named file this process reserved goes when the write fails.
     """
     path = Path(path)
     if path.is_symlink():  # os.replace would replace the link itself, a file we did not write
@@ -241,6 +284,7 @@ def atomic_output(path: str | Path, folder: bool = False) -> Iterator[Path]:
         )
     parent = path.parent
     parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(path)
     prefix = f".{path.name[:80]}.tmp{os.getpid()}-"
     if folder:
         tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
@@ -254,11 +298,17 @@ def atomic_output(path: str | Path, folder: bool = False) -> Iterator[Path]:
         yield tmp
         _set_modes(tmp)  # writers that replace the file themselves (safetensors) leave it 0600
         os.replace(tmp, path)  # a folder replaces only an empty folder; the caller clears its own
+        _RESERVED.discard(path)
     except BaseException:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             tmp.unlink(missing_ok=True)
+        if path in _RESERVED:  # the empty file `reserve` made for a default name: not left behind
+            _RESERVED.discard(path)
+            with contextlib.suppress(OSError):
+                if path.is_file() and path.stat().st_size == 0:
+                    path.unlink()
         raise
 
 

@@ -80,3 +80,24 @@ def resolve_indices(values: Sequence[int] | None, count: int, what: str, model: 
     if not out:
         raise InputError(f"no {what}s selected")
     return sorted(set(out))
+
+
+def format_indices(values: Sequence[int]) -> str:
+    """Layer or head indices as people write them: [0, 1, 2, 3, 5, 7, 8, 9] -> '0-3, 5, 7-9'.
+
+    Runs of three or more consecutive values become `a-b`; everything else is listed, so the text
+    never claims an index that is not there ([0, 2, 4] stays '0, 2, 4').
+    """
+    vals = [int(v) for v in values]
+    parts: list[str] = []
+    i = 0
+    while i < len(vals):
+        j = i
+        while j + 1 < len(vals) and vals[j + 1] == vals[j] + 1:
+            j += 1
+        if j - i >= 2:
+            parts.append(f"{vals[i]}-{vals[j]}")
+        else:
+            parts.extend(str(v) for v in vals[i : j + 1])
+        i = j + 1
+    return ", ".join(parts)

@@ -14,6 +14,7 @@ import numpy as np
 
 from attnviz.attention import Attention
 from attnviz.errors import InputError
+from attnviz.selection import format_indices
 
 HOW = ("mean", "max")
 OVER = ("heads", "layers", "both")
@@ -25,14 +26,8 @@ def derive(att: Attention, note: str | Sequence[str] = (), **changes: Any) -> At
     return replace(att, **changes, notes=notes)
 
 
-def _ranges(values: Sequence[int]) -> str:
-    vals = list(values)
-    if len(vals) > 2 and vals == list(range(vals[0], vals[-1] + 1)):
-        return f"{vals[0]}-{vals[-1]}"
-    return ",".join(str(v) for v in vals)
-
-
-def _pool(arr: np.ndarray, axis: int, how: str) -> np.ndarray:
+def pool(arr: np.ndarray, axis: int | tuple[int, ...], how: str) -> np.ndarray:
+    """`arr` pooled over `axis` by its mean or maximum, the axis kept (size 1), as float32."""
     pooled = arr.mean(axis=axis, keepdims=True) if how == "mean" else arr.max(axis=axis, keepdims=True)
     return pooled.astype(np.float32)
 
@@ -66,12 +61,12 @@ def aggregate(
     pooled_layers = att.pooled_layers
     pooled_heads = att.pooled_heads
     if over in ("heads", "both"):
-        arr = _pool(arr, 1, how)
-        notes.append(f"{how} of heads {_ranges(sel_heads)}")
+        arr = pool(arr, 1, how)
+        notes.append(f"{how} of heads {format_indices(sel_heads)}")
         pooled_heads, sel_heads = sel_heads, sel_heads[:1]
     if over in ("layers", "both"):
-        arr = _pool(arr, 0, how)
-        notes.append(f"{how} of layers {_ranges(sel_layers)}")
+        arr = pool(arr, 0, how)
+        notes.append(f"{how} of layers {format_indices(sel_layers)}")
         pooled_layers, sel_layers = sel_layers, sel_layers[:1]
     return derive(
         att,

@@ -16,6 +16,7 @@ import numpy as np
 
 from attnviz.attention import Attention
 from attnviz.errors import InputError
+from attnviz.selection import format_indices
 
 if TYPE_CHECKING:
     from attnviz.heads.patterns import PatternTable
@@ -134,12 +135,14 @@ class HeadGroup:
         return f"{size}, {span}, {roles}" + ("" if alone else f"; mean distance {self.spread:.3f} bits")
 
 
+def check_enough_texts(n: int) -> None:
+    """Clustering compares heads across texts: InputError for fewer than two (the one copy)."""
+    if n < 2:
+        raise InputError(f"clustering needs at least two texts, got {n}")
+
+
 def _span(layers: Sequence[int]) -> str:
-    if len(layers) == 1:
-        return f"layer {layers[0]}"
-    if list(layers) == list(range(layers[0], layers[-1] + 1)):
-        return f"layers {layers[0]}-{layers[-1]}"
-    return "layers " + ",".join(str(x) for x in layers)
+    return f"layer {layers[0]}" if len(layers) == 1 else f"layers {format_indices(layers)}"
 
 
 def default_groups(heads: int) -> int:
@@ -203,8 +206,8 @@ def head_distances(atts: Iterable[Attention]) -> HeadDistances:
 
     acc = _Accumulator()
     table: PatternTable = head_patterns(acc.feed(atts))
-    if acc.n < 2 or acc.first is None or acc.total is None:
-        raise InputError(f"clustering needs at least two texts, got {acc.n}")
+    check_enough_texts(acc.n)
+    assert acc.first is not None and acc.total is not None  # two texts were fed
     return HeadDistances(
         model=acc.first.model,
         layers=tuple(acc.first.layers),
@@ -230,8 +233,7 @@ def cluster_texts(
     from attnviz.extraction import extract_stream
 
     texts = list(texts)
-    if len(texts) < 2:
-        raise InputError(f"clustering needs at least two texts, got {len(texts)}")
+    check_enough_texts(len(texts))
     atts = extract_stream(
         texts,
         model,

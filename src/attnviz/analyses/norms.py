@@ -5,8 +5,10 @@ projection: what key j actually adds to query i's output. Sink tokens ([CLS], [S
 large weights and tiny vectors; this view shows it. The value vectors come from the capture (they
 include the value bias; grouped-query heads already repeated per query head), the output
 projection W_O from the model's own weights, found by data flow (architecture.py: the module whose
-input is the attention function's output), on any model whose attention goes through transformers'
-attention interface. GPT-2's Conv1D stores its weight transposed.
+input is the attention function's output). On a model whose attention is its own code, W_O is the
+projection found by data flow at load, and the value vectors are read off the autograd graph of one
+more forward pass (W_O's input is P_h V_h per head, so its gradient by P_h is V_h), checked by
+rebuilding that input from them. GPT-2's Conv1D stores its weight transposed.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from attnviz.analyses.aggregate import derive
 from attnviz.attention import Attention
 from attnviz.errors import InputError
 from attnviz.models.architecture import output_projections as attention_output_projections
-from attnviz.models.architecture import require_interface
+from attnviz.models.architecture import require_editable, traced_values
 
 if TYPE_CHECKING:
     from attnviz.models.loading import LoadedModel
@@ -31,6 +33,12 @@ WEIGHTINGS = ("attention", "norm")
 def check_weighting(weighting: str) -> None:
     if weighting not in WEIGHTINGS:
         raise InputError(f"unknown weighting '{weighting}': use attention or norm")
+
+
+def needs_qkv(loaded: LoadedModel) -> bool:
+    """Whether norm weighting needs `extract(..., qkv=True)` first: not on a model whose attention is
+    its own code (its value vectors are traced, `value_norms`; it has no query and key vectors)."""
+    return bool(loaded.capture.interface)
 
 
 def output_projections(loaded: LoadedModel) -> dict[int, np.ndarray]:
@@ -47,25 +55,31 @@ def output_projections(loaded: LoadedModel) -> dict[int, np.ndarray]:
 
 def value_norms(att: Attention, loaded: LoadedModel) -> np.ndarray:
     """`||f_h(x_j)||` for every extracted layer, head and key token: [layers, heads, k] float32."""
-    if att.qkv is None:
+    own_code = not getattr(loaded.capture, "interface", True)
+    if att.qkv is None and not own_code:
         raise InputError("norm weighting needs the value vectors: extract with qkv=True")
     if att.level != "token":
         raise InputError("norm weighting works on tokens: extract without words=True")
     projections = output_projections(loaded)
+    traced = traced_values(loaded, att.token_ids) if att.qkv is None else None  # [heads, k, d] per layer
     norms = np.zeros((len(att.layers), len(att.heads), att.n_tokens), dtype=np.float32)
     for li, layer in enumerate(att.layers):
-        vectors = att.qkv.get(layer)
-        if vectors is None or layer not in projections:
-            raise InputError(f"layer {layer} has no captured value vectors")
-        w = projections[layer]  # [hidden, heads * d]
-        d = vectors.v.shape[-1]
+        if traced is not None:
+            v = traced[layer][list(att.heads)].numpy()
+        else:
+            vectors = att.qkv.get(layer) if att.qkv is not None else None
+            if vectors is None or layer not in projections:
+                raise InputError(f"layer {layer} has no captured value vectors")
+            v = vectors.v
+        w = projections[layer]  # [hidden, heads * d (and more: ConvBERT's convolution heads)]
+        d = v.shape[-1]
         if w.shape[1] % d:
             raise InputError(
                 f"the output projection of {loaded.name} layer {layer} takes {w.shape[1]} inputs, "
                 f"not a multiple of the head size {d}"
             )
         for hi, head in enumerate(att.heads):
-            pushed = vectors.v[hi].astype(np.float64) @ w[:, head * d : (head + 1) * d].T  # [k, hidden]
+            pushed = v[hi].astype(np.float64) @ w[:, head * d : (head + 1) * d].T  # [k, hidden]
             norms[li, hi] = np.linalg.norm(pushed, axis=-1)
     return norms
 
@@ -84,13 +98,14 @@ def norm_weighted(
     """A text's (or an Attention's) norm-weighted attention: `attn[l, h, i, j] * ||f_h(x_j)||`.
 
     Rows no longer sum to 1: their total is the size of what the head writes for that query. An
-    Attention given here must carry its value vectors (`extract(..., qkv=True)`).
+    Attention given here must carry its value vectors (`extract(..., qkv=True)`), except on a model
+    whose attention is its own code (they are traced from its token ids then).
     """
     from attnviz.extraction import extract
     from attnviz.models.loading import LoadedModel, load_model
 
     loaded = model if isinstance(model, LoadedModel) else load_model(model, device=device, dtype=dtype)
-    require_interface(loaded, "norm weighting")
+    require_editable(loaded, "norm weighting")
     if isinstance(source, str):
         att = extract(
             source,
@@ -99,7 +114,7 @@ def norm_weighted(
             heads=heads,
             special_tokens=special_tokens,
             truncate=truncate,
-            qkv=True,
+            qkv=needs_qkv(loaded),
         )
     else:
         att = source

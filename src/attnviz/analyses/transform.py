@@ -1,6 +1,6 @@
 """One pipeline every command uses for its view options: weighting, hidden special tokens, pooling.
 
-`check_view` validates the options before a model loads; `transform` applies them in the one order
+`ViewOptions.check()` validates the options before a model loads; `transform` applies them in the one order
 that makes sense (norm weighting needs the special tokens' value vectors, pooling comes last), and
 each step adds a note, so figures and saved files say how the attention was made.
 """
@@ -50,6 +50,52 @@ class ViewOptions:
         if words and self.weighting == "norm":
             raise InputError(f"{param('weighting', 'norm')} works on tokens: drop {param('words', True)}")
         return self
+
+
+@dataclass(frozen=True)
+class ExtractOptions:
+    """What to extract from a text and how to show it: one object, checked once by `check()`
+    before a model loads, taken whole by `extract_shown` (the CLI and the server only build it)."""
+
+    layers: tuple[int, ...] | None = None  # None: all
+    heads: tuple[int, ...] | None = None
+    words: bool = False  # word level (pieces pooled into words)
+    special_tokens: bool = True  # add the tokenizer's [CLS]/[SEP]/BOS
+    truncate: bool = False
+    store: str = "float32"  # or "float16"
+    view: ViewOptions = ViewOptions()
+
+    def check(self) -> ExtractOptions:
+        """InputError (one line, naming the option) on the first bad value; returns self."""
+        from attnviz.models.capture import check_store
+
+        check_store(self.store)
+        self.view.check(words=self.words)
+        return self
+
+
+def extract_shown(text: str, model: str | LoadedModel | None, options: ExtractOptions) -> Attention:
+    """`extract` then `transform`: the attention a command shows, as `options` ask. The value
+    vectors are kept only when norm weighting needs them; `model` may be a LoadedModel (needed for
+    norm weighting) or anything `load_model` takes."""
+    from attnviz.analyses.norms import needs_qkv
+    from attnviz.extraction import extract
+    from attnviz.models.loading import LoadedModel, load_model
+
+    options.check()
+    loaded = model if isinstance(model, LoadedModel) else load_model(model)
+    att = extract(
+        text,
+        loaded,
+        layers=options.layers,
+        heads=options.heads,
+        words=options.words,
+        special_tokens=options.special_tokens,
+        truncate=options.truncate,
+        store=options.store,
+        qkv=options.view.qkv and needs_qkv(loaded),  # own-code models: traced at the projection
+    )
+    return transform(att, options.view, loaded)
 
 
 def transform(att: Attention, options: ViewOptions, loaded: LoadedModel | None = None) -> Attention:

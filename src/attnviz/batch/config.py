@@ -1,4 +1,4 @@
-"""Batch configuration: a TOML file (yours, or one shipped in `attnviz/configs/`), merged with options.
+"""Batch configuration: a TOML file (yours, or one shipped: the project's `configs/`), merged with options.
 
 Precedence, lowest first: the defaults below, the TOML file, then the options actually given on the
 command line (an option left out never overrides the file). Light on purpose: no numpy, no torch,
@@ -32,6 +32,9 @@ FORMATS = ("auto", "txt", "jsonl", "csv", "parquet")
 _NAME_RE = re.compile(r"[^0-9a-z_]+")
 _ADDRESS = re.compile(r"auto|(ray://)?[A-Za-z0-9_.\-]+:\d{1,5}|(ray://)?\[[0-9A-Fa-f:.]+\]:\d{1,5}")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# Torch threads per process (and Ray's CPUs per worker): more cannot help, and 100,000 made the
+# allocator fail to start its threads (a segmentation fault), not a message.
+MAX_THREADS = 1024
 
 # TOML layout: section -> {key in the file: BatchConfig field}
 SECTIONS: dict[str, dict[str, str]] = {
@@ -211,8 +214,11 @@ def _check(cfg: BatchConfig) -> None:
             raise InputError(f"{name} must be at least 1{where}")
     if cfg.max_length is not None and cfg.max_length < 2:
         raise InputError(f"max_length must be at least 2{where}")
-    if cfg.threads is not None and cfg.threads < 1:
-        raise InputError(f"threads must be at least 1{where}")
+    if cfg.threads is not None and not 1 <= cfg.threads <= MAX_THREADS:
+        raise InputError(f"threads must be from 1 to {MAX_THREADS}, got {cfg.threads}{where}")
+    for name in ("field", "column"):
+        if not getattr(cfg, name).strip():
+            raise InputError(f"the {name} name is empty{where}: name the {_HOLDS[name]} holding the text")
     if not cfg.commit_seconds > 0:  # NaN too
         raise InputError(f"commit_seconds must be positive{where}")
     _check_engine(cfg, where)
@@ -220,6 +226,9 @@ def _check(cfg: BatchConfig) -> None:
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise InputError(f"probe name '{dupes[0]}' is used twice{where}; give each probe its own name")
+
+
+_HOLDS = {"field": "JSON key", "column": "CSV / Parquet column"}
 
 
 def _check_engine(cfg: BatchConfig, where: str) -> None:
@@ -284,12 +293,22 @@ def parse_probe(spec: str) -> Probe:
     return make_probe(a.split("|"), b.split("|"), name, f" (in {param('probe', spec)})")
 
 
-def shipped_configs() -> dict[str, Path]:
-    """The configs that ship inside the package (name -> file), found wherever attnviz is installed."""
-    from importlib import resources
+def config_folder() -> Path:
+    """Where the shipped configs are: `attnviz/configs/` in an installed wheel, else the project's
+    own `configs/` beside `src/` (a checkout, an editable install): one copy, never two."""
+    import attnviz
 
-    folder = resources.files("attnviz").joinpath("configs")
-    return {p.name[: -len(".toml")]: Path(str(p)) for p in folder.iterdir() if p.name.endswith(".toml")}
+    package = Path(attnviz.__file__).parent
+    installed = package / "configs"
+    return installed if installed.is_dir() else package.parent.parent / "configs"
+
+
+def shipped_configs() -> dict[str, Path]:
+    """The configs that ship with attnviz (name -> file), found wherever attnviz is installed."""
+    folder = config_folder()
+    if not folder.is_dir():
+        return {}
+    return {p.stem: p for p in sorted(folder.glob("*.toml")) if p.is_file()}
 
 
 def find_config(spec: str | Path) -> Path:

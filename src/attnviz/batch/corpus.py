@@ -10,7 +10,9 @@ import contextlib
 import gzip
 import io
 import json
+import os
 import sys
+import unicodedata
 import zlib
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -19,10 +21,15 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from attnviz.batch.config import BatchConfig
+from attnviz.batch.integrity import shown
 from attnviz.errors import InputError
 
 EXCERPT = 80
 GZIP_MAGIC = b"\x1f\x8b"
+# The longest record line read (bytes): a longer one is rejected as too long and skipped in pieces,
+# so a stream without newlines (/dev/zero, a binary file) never has to fit in memory.
+MAX_LINE_BYTES = 4 * 2**20
+_CHUNK = 2**20
 
 Source = str | Path | Iterable[str]
 
@@ -62,8 +69,23 @@ class Reject:
 
 
 def excerpt(text: str) -> str:
-    """A record shortened for a reject line."""
-    return text if len(text) <= EXCERPT else text[: EXCERPT - 1] + "…"
+    """A record shortened for a reject line (a lone surrogate shown as its escape, `\\ud800`)."""
+    short = text if len(text) <= EXCERPT else text[: EXCERPT - 1] + "…"
+    return short.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def visible(text: str) -> bool:
+    """Whether a text holds a character that shows: not only spaces, zero-width or control ones."""
+    return any(not c.isspace() and unicodedata.category(c) not in ("Cf", "Cc") for c in text)
+
+
+def not_utf8(text: str) -> int | None:
+    """The index of the first lone surrogate (a character UTF-8 cannot encode), or None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return exc.start
+    return None
 
 
 def detect_format(source: Source, fmt: str = "auto") -> str:
@@ -144,7 +166,7 @@ def open_binary(source: str | Path) -> Iterator[BinaryIO]:
         return
     path = Path(source).expanduser()
     if not path.is_file():
-        raise InputError(f"no such input file: {source}")
+        raise InputError(f"no such input file: {shown(source)}")
     try:
         if _is_gzip_name(path):
             check_gzip_header(path)
@@ -175,22 +197,54 @@ def text_item(text_id: int, line: int, value: Any, what: str) -> Item | Reject:
     if value is None:
         return Reject(text_id, line, "missing_field", f"no {what}")
     if not isinstance(value, str):
-        return Reject(
-            text_id, line, "not_text", f"{what} is {type(value).__name__}, not text", excerpt(str(value))
-        )
-    if not value.strip():
-        return Reject(text_id, line, "empty", "empty text")
+        kind = type(value).__name__
+        return Reject(text_id, line, "not_text", f"{what} is {kind}, not text", excerpt(_shown(value)))
+    if (at := not_utf8(value)) is not None:  # a tokenizer cannot take it: a lone surrogate
+        detail = f"a lone surrogate at character {at} (not valid Unicode text)"
+        return Reject(text_id, line, "undecodable", detail, excerpt(value))
+    if not visible(value):
+        return Reject(text_id, line, "empty", "empty text", excerpt(value) if value.strip() else "")
     return Item(text_id, line, value)
 
 
+def _shown(value: Any) -> str:
+    try:
+        return str(value)[: EXCERPT * 2]
+    except ValueError:  # an integer too long to print (Python's 4300-digit limit)
+        return f"<{type(value).__name__}>"
+
+
+def _lines(f: BinaryIO) -> Iterator[tuple[bytes, bool]]:
+    """Physical lines, each at most MAX_LINE_BYTES: (line, True) or (its first bytes, False) for a
+    longer one, whose rest is read and dropped in pieces."""
+    while raw := f.readline(MAX_LINE_BYTES + 1):
+        if len(raw) <= MAX_LINE_BYTES or raw.endswith(b"\n"):
+            yield raw, True
+            continue
+        yield raw[:EXCERPT], False  # rejected at once: an endless stream (/dev/zero) shows it too
+        while (rest := f.readline(_CHUNK)) and not rest.endswith(b"\n"):
+            pass
+
+
+def _too_long(i: int, head: bytes) -> Reject:
+    detail = f"the line is longer than {MAX_LINE_BYTES // 2**20} MiB; split it into texts"
+    return Reject(i, i + 1, "too_long", detail, excerpt(head.decode("utf-8", "replace")))
+
+
 def _read_txt(f: BinaryIO) -> Iterator[Item | Reject]:
-    for i, raw in enumerate(f):
+    for i, (raw, whole) in enumerate(_lines(f)):
+        if not whole:
+            yield _too_long(i, raw)
+            continue
         text, bad = _decode_line(raw, i)
         yield bad if bad is not None else text_item(i, i + 1, text, "text")
 
 
 def _read_jsonl(f: BinaryIO, key: str) -> Iterator[Item | Reject]:
-    for i, raw in enumerate(f):
+    for i, (raw, whole) in enumerate(_lines(f)):
+        if not whole:
+            yield _too_long(i, raw)
+            continue
         text, bad = _decode_line(raw, i)
         if bad is not None:
             yield bad
@@ -203,6 +257,12 @@ def _read_jsonl(f: BinaryIO, key: str) -> Iterator[Item | Reject]:
             obj = json.loads(text)
         except json.JSONDecodeError as exc:
             yield Reject(i, i + 1, "malformed_json", f"{exc.msg} at column {exc.colno}", excerpt(text))
+            continue
+        except RecursionError:
+            yield Reject(i, i + 1, "malformed_json", "nested too deeply", excerpt(text))
+            continue
+        except ValueError as exc:  # e.g. an integer over Python's 4300-digit limit
+            yield Reject(i, i + 1, "malformed_json", str(exc).split(";")[0], excerpt(text))
             continue
         if not isinstance(obj, dict):
             yield Reject(i, i + 1, "malformed_json", "not a JSON object", excerpt(text))
@@ -372,7 +432,10 @@ def count_records(source: Source, fmt: str = "auto", column: str = "text") -> in
 def input_label(source: Source) -> str:
     """How `_run.json` names the input: an absolute path, `-`, or a Python iterable."""
     if isinstance(source, str | Path):
-        return "-" if str(source) == "-" else str(Path(source).expanduser().resolve())
+        if str(source) == "-":
+            return "-"
+        path = os.fsencode(Path(source).expanduser().resolve())
+        return path.decode("utf-8", "backslashreplace")  # a byte that is not UTF-8 as its escape
     return "<python iterable>"
 
 
@@ -383,7 +446,7 @@ def check_input(source: Source, config: BatchConfig) -> None:
         return
     path = Path(source).expanduser()
     if not path.is_file():
-        raise InputError(f"no such input file: {source}")
+        raise InputError(f"no such input file: {shown(source)}")
     try:
         size = path.stat().st_size
         if _is_gzip_name(path):

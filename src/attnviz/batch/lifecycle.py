@@ -221,6 +221,7 @@ class RunState:
         )
         texts = self.resumed + self.processed
         self.run["status"] = status
+        self.run.setdefault("manifest", {}).update(self.store.written)  # what --overwrite may delete
         self.run["counts"] = {
             "texts": texts,
             "rejected": self.resumed_rejects + self.rejected,
@@ -333,6 +334,8 @@ def drive(
     store = Store(folder.outdir, shape)
     run = run_record(source, config, model)
     run["sessions"] = list((previous or {}).get("sessions", []))
+    run["manifest"] = dict((folder.previous or {}).get("manifest", {}))  # none left after --overwrite
+    store.adopt(run["manifest"])
     if engine.details is not None:
         run["engine"] = engine.details
     total = count_records(source, config.format, config.column) if progress is not None else None
@@ -387,10 +390,16 @@ def finish(state: RunState, config: BatchConfig, source: Source, fresh: bool) ->
     outdir = state.outdir
     summary = summarise(outdir)
     if summary is not None:
-        atomic_write(outdir / SUMMARY_FILE, lambda p: summary.to_csv(p, index=False, float_format="%.6g"))
+        store = state.store
+
+        def write(path: Path) -> None:
+            summary.to_csv(path, index=False, float_format="%.6g")
+
+        atomic_write(outdir / SUMMARY_FILE, write, outdir, store.note)
         if config.plots:
             title = f"{state.run['model']['name']}, {state.resumed + state.processed} texts"
             with writing(outdir / PLOTS_DIR, outdir):
-                summary_plots(summary, outdir / PLOTS_DIR, title)
+                for path in summary_plots(summary, outdir / PLOTS_DIR, title):
+                    store.note(path)
     state.shape.timings.write += time.perf_counter() - t0
     state.record("complete")

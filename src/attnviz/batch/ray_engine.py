@@ -54,6 +54,7 @@ class ChunkDone:
     texts: int  # texts in the part (0: every text was rejected, no part written)
     rejects: tuple[Reject, ...]
     timings: dict[str, float]
+    written: dict[str, list[Any]] = field(default_factory=dict)  # the manifest entries of its files
 
 
 class ChunkWorker:
@@ -103,7 +104,8 @@ class ChunkWorker:
                 results.append(ev)
                 self._maybe_die()
         texts = writer.commit(results)
-        return ChunkDone(chunk, part, texts, tuple(rejects), dict(analyzer.timings.__dict__))
+        timings = dict(analyzer.timings.__dict__)
+        return ChunkDone(chunk, part, texts, tuple(rejects), timings, dict(writer.written))
 
     def _maybe_die(self) -> None:
         if self.die == "always":
@@ -406,6 +408,7 @@ class RayEngine:
         """A chunk's part is committed (by its worker): count it, then write its tokenizer rejects."""
         assert self.info is not None
         self.info.add(done.timings)
+        state.store.written.update(done.written)
         for rej in done.rejects:
             state.reject(rej)
         state.committed(done.texts, done.part)

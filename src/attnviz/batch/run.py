@@ -10,7 +10,7 @@ from attnviz.batch.config import BatchConfig
 from attnviz.batch.corpus import CorpusReadError, Reject, Source, read_corpus
 from attnviz.batch.lifecycle import BatchRun, RunProgress, RunState, Windows, drive, model_record
 from attnviz.batch.records import load, torch_threads
-from attnviz.batch.store import OutputFolder
+from attnviz.batch.store import HEADS_DIR, OutputFolder
 from attnviz.errors import InputError
 
 if TYPE_CHECKING:
@@ -115,6 +115,9 @@ def already_complete(folder: OutputFolder, source: Source, config: BatchConfig) 
         return None  # the run itself says what is wrong
     if records != texts + rejected:
         return None
+    listed = previous.get("manifest") or {}
+    if any(n.startswith(HEADS_DIR + "/") and not (folder.outdir / n).is_file() for n in listed):
+        return None  # a part was moved away (a damaged one): its texts are analysed again
     return BatchRun(
         outdir=folder.outdir,
         processed=0,

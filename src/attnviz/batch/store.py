@@ -3,7 +3,7 @@
 Each part is written as `heads/part-NNNNN.parquet` (one row group) under a hidden temporary name,
 then renamed: a killed run leaves only complete parts, and `--resume` reads the text ids of those
 parts to continue without duplicating or skipping a text. `--overwrite` deletes only files that
-attnviz names and writes, in a folder whose `_run.json` says an attnviz run wrote it.
+`_run.json`'s manifest lists with their size and hash (see `integrity`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import contextlib
 import errno
 import json
 import os
-import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,32 +19,33 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from attnviz.batch import integrity
 from attnviz.batch.config import BatchConfig
 from attnviz.batch.corpus import Reject, Source, detect_format, input_label
-from attnviz.errors import AttnvizError, InputError, param
+from attnviz.batch.integrity import (
+    ATTENTION_DIR,
+    HEADS_DIR,
+    LOCK_FILE,
+    OUR_FILES,
+    OUR_NAMES,
+    OUR_TEMPORARIES,
+    OUTDIR,
+    OVERWRITE,
+    REJECTS_FILE,
+    RESUME,
+    RUN_FILE,
+    SUMMARY_FILE,
+    TEXTS_DIR,
+    foreign_file,
+    listed_files,
+    shown,
+)
+from attnviz.batch.integrity import PLOTS_DIR as PLOTS_DIR  # the names of a run's files, re-exported
+from attnviz.batch.integrity import RUN_FORMAT as RUN_FORMAT
+from attnviz.errors import AttnvizError, InputError
 
 if TYPE_CHECKING:
     from attnviz.batch.analyzer import BatchResult, RunShape
-
-RUN_FORMAT = 1
-HEADS_DIR = "heads"
-TEXTS_DIR = "_texts"
-ATTENTION_DIR = "_attention"
-PLOTS_DIR = "_plots"
-SUMMARY_FILE = "_summary.csv"
-RUN_FILE = "_run.json"
-REJECTS_FILE = "_rejects.jsonl"
-LOCK_FILE = ".lock"
-# The parameters of `run_batch_analysis` these messages point to (the CLI's -o, --resume, --overwrite).
-OUTDIR, RESUME, OVERWRITE = param("outdir", flag="-o"), param("resume", True), param("overwrite", True)
-OUR_FILES = (HEADS_DIR, TEXTS_DIR, ATTENTION_DIR, PLOTS_DIR, SUMMARY_FILE, RUN_FILE, REJECTS_FILE)
-# What attnviz writes inside its folders (and the hidden temporary names it writes them under).
-OUR_NAMES = {
-    HEADS_DIR: re.compile(r"\.?part-\d{5}\.parquet(\.tmp)?"),
-    TEXTS_DIR: re.compile(r"\.?part-\d{5}\.parquet(\.tmp)?"),
-    ATTENTION_DIR: re.compile(r"\.?part-\d{5}-\d{4}\.safetensors(\.tmp)?"),
-    PLOTS_DIR: re.compile(r"\.?(entropy|role)\.png(\.tmp)?"),
-}
 
 
 class OutputError(AttnvizError):
@@ -59,6 +59,13 @@ def writing(path: Path, outdir: Path) -> Iterator[None]:
         yield
     except OSError as exc:
         raise _output_error(exc, path, outdir) from None
+    except AttnvizError:
+        raise
+    except Exception as exc:  # a library's own error for an I/O failure (safetensors)
+        failed = integrity.os_error(exc)
+        if failed is None:
+            raise
+        raise _output_error(failed, path, outdir) from None
 
 
 def _output_error(exc: OSError, path: Path, outdir: Path) -> OutputError:
@@ -80,14 +87,26 @@ def part_index(name: str) -> int | None:
         return None
 
 
-def atomic_write(path: Path, write: Callable[[Path], None], outdir: Path | None = None) -> None:
-    """Write through a hidden temporary file, fsync, then rename: readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
+def atomic_write(
+    path: Path,
+    write: Callable[[Path], None],
+    outdir: Path | None = None,
+    record: Callable[[Path, Path], None] | None = None,
+) -> None:
+    """Write through a new hidden temporary file (O_EXCL, a name no one can plant a link under),
+    fsync, then rename: readers never see half a file. `record(path, tmp)` runs just before the
+    rename (the manifest entry is taken from the bytes that land)."""
+    from attnviz.outputs import default_mode
+
     with writing(path, outdir or path.parent):
+        tmp = integrity.temporary(path)
         try:
             write(tmp)
+            os.chmod(tmp, default_mode())  # mkstemp makes it 0600; a writer may have replaced it
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
+            if record is not None:
+                record(path, tmp)
             os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(OSError):
@@ -97,6 +116,8 @@ def atomic_write(path: Path, write: Callable[[Path], None], outdir: Path | None 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
     text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+    if integrity.not_utf8(text):  # a lone surrogate (a name from a non-UTF-8 argument): JSON's escape
+        text = json.dumps(data, indent=2) + "\n"
     atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
 
 
@@ -129,15 +150,20 @@ class _Lock:
 
 
 def read_run(outdir: Path) -> dict[str, Any] | None:
-    """The folder's `_run.json` when an attnviz run wrote it; None when there is none or it is not ours."""
+    """The folder's `_run.json` when an attnviz run wrote it; None when there is none or it is not ours.
+
+    One whose values have the wrong types is refused in one line (`integrity.check_run`)."""
     path = outdir / RUN_FILE
     if path.is_symlink() or not path.is_file():
         return None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    except (OSError, ValueError, RecursionError):
         return None
-    return data if isinstance(data, dict) and "attnviz_run" in data else None
+    if not (isinstance(data, dict) and "attnviz_run" in data):
+        return None
+    integrity.check_run(data, path)
+    return data
 
 
 class OutputFolder:
@@ -149,8 +175,9 @@ class OutputFolder:
     ):
         self.outdir = Path(outdir).expanduser()
         self.overwrite = overwrite
+        integrity.check_name(self.outdir)
         if self.outdir.exists() and not self.outdir.is_dir():
-            raise InputError(f"{self.outdir} exists and is not a folder; pick a folder with {OUTDIR}")
+            raise InputError(f"{shown(self.outdir)} exists and is not a folder; pick a folder with {OUTDIR}")
         self.created = not self.outdir.exists()
         with writing(self.outdir, self.outdir):
             self.outdir.mkdir(parents=True, exist_ok=True)
@@ -166,7 +193,7 @@ class OutputFolder:
     def clear(self) -> None:
         """With --overwrite, delete the earlier run's files (only those attnviz wrote)."""
         if self.overwrite and self.previous is not None and not self.cleared:
-            clear_run(self.outdir)
+            clear_run(self.outdir, self.previous.get("manifest", {}))
             self.previous = None
             self.cleared = True
 
@@ -191,8 +218,9 @@ def check_outdir(
 ) -> None:
     """Raise the error `run_batch_analysis` would raise for this output folder, changing nothing."""
     outdir = Path(outdir).expanduser()
+    integrity.check_name(outdir)
     if outdir.exists() and not outdir.is_dir():
-        raise InputError(f"{outdir} exists and is not a folder; pick a folder with {OUTDIR}")
+        raise InputError(f"{shown(outdir)} exists and is not a folder; pick a folder with {OUTDIR}")
     if outdir.is_dir():
         _check_folder(outdir, config, source, resume, overwrite)
 
@@ -232,7 +260,9 @@ def _check_folder(
         return None
     if overwrite or resume:
         _refuse_foreign(outdir, "overwrite" if overwrite else "resume")
+        integrity.read_rejects(outdir / REJECTS_FILE)  # a line attnviz did not write: refused here
     if overwrite:
+        _refuse_unlisted(outdir, previous.get("manifest", {}))
         return previous
     if not resume:
         status = previous.get("status", "unknown")
@@ -261,36 +291,10 @@ def _check_folder(
         and old_input != label
     ):
         raise InputError(f"cannot resume: {outdir} was a run over {old_input}, not {label}")
+    for part in sorted((outdir / HEADS_DIR).glob("part-*.parquet")):
+        if OUR_NAMES[HEADS_DIR].fullmatch(part.name) and part.is_file():
+            integrity.check_part(part)  # a cut part: named, before the model loads
     return previous
-
-
-def foreign_file(outdir: Path) -> Path | None:
-    """The first path in `outdir` that would make --overwrite or --resume unsafe, if any.
-
-    Unsafe: a link or a wrong kind of entry where attnviz writes (a link is never followed), and a
-    file that is not ours but looks like a part (`part-1.parquet`), which readers would take for
-    one. Other files of the user's own (notes, sketches) are safe: they are kept.
-    """
-    for name in (SUMMARY_FILE, RUN_FILE, REJECTS_FILE, LOCK_FILE):
-        path = outdir / name
-        if path.is_symlink() or (path.exists() and not path.is_file()):
-            return path
-    for folder, pattern in OUR_NAMES.items():
-        path = outdir / folder
-        if path.is_symlink() or (path.exists() and not path.is_dir()):
-            return path
-        if not path.is_dir():
-            continue
-        for child in sorted(path.iterdir()):
-            ours = pattern.fullmatch(child.name) is not None
-            if child.is_symlink() or (ours and not child.is_file()) or (not ours and _looks_ours(child.name)):
-                return child
-    return None
-
-
-def _looks_ours(name: str) -> bool:
-    plain = name.lstrip(".").removesuffix(".tmp")
-    return plain.startswith("part-") or plain.endswith((".parquet", ".safetensors"))
 
 
 def _refuse_foreign(outdir: Path, what: str) -> None:
@@ -298,28 +302,57 @@ def _refuse_foreign(outdir: Path, what: str) -> None:
     found = foreign_file(outdir)
     if found is None:
         return
-    kind = "a symbolic link" if found.is_symlink() else "not written by attnviz"
+    if found.is_symlink():
+        kind = "a symbolic link"
+    elif found.is_file() and found.stat().st_nlink > 1:
+        kind = "a hard link to another file"
+    else:
+        kind = "not written by attnviz"
     raise InputError(
         f"cannot {what} {outdir}: {found} is {kind}; move it away (attnviz never deletes, "
         "follows or reads what it did not write)"
     )
 
 
-def clear_run(outdir: Path) -> None:
-    """Delete what an attnviz run wrote: its named files, and its folders only once empty."""
+def _refuse_unlisted(outdir: Path, manifest: dict[str, Any]) -> None:
+    """--overwrite deletes only what the run wrote: a file its manifest does not list, or lists with
+    another size or hash, is refused in one line before anything is deleted."""
+    for path in listed_files(outdir):
+        if not integrity.matches(path, manifest.get(path.relative_to(outdir).as_posix())):
+            raise InputError(
+                f"cannot overwrite {outdir}: {path} is not a file this run wrote (its name, size or "
+                f"content differs from {RUN_FILE}'s manifest); move it away (attnviz deletes only "
+                "what it wrote)"
+            )
+
+
+def clear_run(outdir: Path, manifest: dict[str, Any] | None = None) -> None:
+    """Delete what an attnviz run wrote: its named files (with a manifest: only those of the size it
+    records), and its folders only once empty."""
+    listed = set(listed_files(outdir))
     for name in (SUMMARY_FILE, REJECTS_FILE, RUN_FILE):
-        with writing(outdir / name, outdir), contextlib.suppress(FileNotFoundError):
-            (outdir / name).unlink()
+        path = outdir / name
+        if manifest is not None and path in listed and not _same_size(path, manifest, outdir):
+            continue
+        with writing(path, outdir), contextlib.suppress(FileNotFoundError):
+            path.unlink()
     for folder, pattern in OUR_NAMES.items():
         path = outdir / folder
         if path.is_symlink() or not path.is_dir():
             continue  # never followed: `_refuse_foreign` stops a run before it gets here
         with writing(path, outdir):
             for child in path.iterdir():
-                if child.is_file() and not child.is_symlink() and pattern.fullmatch(child.name):
-                    child.unlink()
+                if not (child.is_file() and not child.is_symlink() and pattern.fullmatch(child.name)):
+                    continue
+                if manifest is not None and child in listed and not _same_size(child, manifest, outdir):
+                    continue
+                child.unlink()
             if not any(path.iterdir()):
                 path.rmdir()
+
+
+def _same_size(path: Path, manifest: dict[str, Any], outdir: Path) -> bool:
+    return integrity.matches(path, manifest.get(path.relative_to(outdir).as_posix()), content=False)
 
 
 class PartWriter:
@@ -338,6 +371,11 @@ class PartWriter:
         self.next_part = next_part
         self.shard = 0
         self.parts_written = 0
+        self.written: dict[str, list[Any]] = {}  # the manifest's new entries: relative name -> [size, sha256]
+
+    def note(self, path: Path, content: Path | None = None) -> None:
+        """Add a file this run wrote to the manifest (its bytes read from `content`, if given)."""
+        self.written[path.relative_to(self.outdir).as_posix()] = integrity.entry(content or path)
 
     # -- writing ------------------------------------------------------------------------------
     def save_attention(self, result: BatchResult) -> None:
@@ -358,7 +396,7 @@ class PartWriter:
         }
         path = self.attention_dir / f"part-{self.next_part:05d}-{self.shard:04d}.safetensors"
         start = time.perf_counter()
-        atomic_write(path, lambda p: save_file(arrays, str(p), metadata=meta), self.outdir)
+        atomic_write(path, lambda p: save_file(arrays, str(p), metadata=meta), self.outdir, self.note)
         self.analyzer.timings.write += time.perf_counter() - start
         self.shard += 1
         result.attention = None  # written: do not keep it until the commit
@@ -408,6 +446,7 @@ class PartWriter:
             path,
             lambda p: pq.write_table(table, p, compression="zstd", row_group_size=max(1, len(table))),
             self.outdir,
+            self.note,
         )
 
 
@@ -422,9 +461,33 @@ class Store(PartWriter):
                 self.texts_dir.mkdir(exist_ok=True)
             if self.config.save_attention:
                 self.attention_dir.mkdir(exist_ok=True)
+            self._remove_temporaries()
             self.done_ids, self.next_part = self._committed()
+            self.rejects = integrity.open_rejects(outdir / REJECTS_FILE)
+        try:
             self.reject_ids = self._read_rejects()
-            self.rejects = open(outdir / REJECTS_FILE, "a", encoding="utf-8")  # noqa: SIM115
+            both = sorted(self.reject_ids.intersection(self.done_ids.tolist()))
+            if both:
+                raise InputError(
+                    f"cannot resume: text {both[0]} is both in a committed part and in {REJECTS_FILE} "
+                    f"(edited by hand?); remove its line from {REJECTS_FILE}, or pick another {OUTDIR} folder"
+                )
+        except BaseException:
+            self.close()
+            raise
+
+    def _remove_temporaries(self) -> None:
+        """`_run.json` and `_summary.csv` temporary files left by a killed run (the folder is locked)."""
+        for child in self.outdir.iterdir():
+            if OUR_TEMPORARIES.fullmatch(child.name) and child.is_file() and not child.is_symlink():
+                child.unlink()
+
+    def adopt(self, manifest: dict[str, Any]) -> None:
+        """On resume: files of the run's own that a kill -9 left unlisted (renamed into place before
+        `_run.json` was rewritten) join the manifest: they are read as the run's parts anyway."""
+        for path in listed_files(self.outdir):
+            if path.relative_to(self.outdir).as_posix() not in manifest:
+                self.note(path)
 
     # -- resume state -----------------------------------------------------------------------
     def _committed(self) -> tuple[np.ndarray, int]:
@@ -438,7 +501,12 @@ class Store(PartWriter):
             if idx is None or not OUR_NAMES[HEADS_DIR].fullmatch(path.name):
                 continue
             committed.add(idx)
-            ids.append(np.unique(pq.read_table(path, columns=["text_id"]).column(0).to_numpy()))
+            try:
+                table = pq.read_table(path, columns=["text_id"])
+            except Exception:  # checked before the model loaded; a part cut since then is named here
+                integrity.check_part(path)
+                raise
+            ids.append(np.unique(table.column(0).to_numpy()))
         next_part = max(committed, default=-1) + 1
         for folder in (self.heads_dir, self.texts_dir, self.attention_dir):
             if not folder.is_dir():
@@ -456,18 +524,13 @@ class Store(PartWriter):
         return done, next_part
 
     def _read_rejects(self) -> set[int]:
-        path = self.outdir / REJECTS_FILE
-        if not path.is_file():
-            return set()
-        data = path.read_bytes()
+        """The ids already rejected, read through the file opened for appending (checked ours)."""
+        size = os.fstat(self.rejects).st_size
+        data = os.pread(self.rejects, size, 0) if size else b""
         if data and not data.endswith(b"\n"):  # a line cut short by a kill: drop it
             data = data[: data.rfind(b"\n") + 1]
-            path.write_bytes(data)
-        out: set[int] = set()
-        for line in data.splitlines():
-            with contextlib.suppress(json.JSONDecodeError, KeyError, TypeError):
-                out.add(int(json.loads(line)["text_id"]))
-        return out
+            os.ftruncate(self.rejects, len(data))
+        return integrity.reject_ids(data, self.outdir / REJECTS_FILE)
 
     def skip(self, text_id: int) -> bool:
         if text_id in self.reject_ids:
@@ -479,12 +542,16 @@ class Store(PartWriter):
 
     # -- writing ------------------------------------------------------------------------------
     def reject(self, rej: Reject) -> None:
-        with writing(self.outdir / REJECTS_FILE, self.outdir):
-            self.rejects.write(json.dumps(rej.as_dict(), ensure_ascii=False) + "\n")
-            self.rejects.flush()
+        line = json.dumps(rej.as_dict(), ensure_ascii=False) + "\n"
+        with writing(self.outdir / REJECTS_FILE, self.outdir):  # unbuffered: nothing left to flush
+            integrity.append(self.rejects, line.encode("utf-8", "backslashreplace"))
 
     def close(self) -> None:
-        self.rejects.close()
+        """Close the rejects file (twice is fine): every line is written already, nothing can fail."""
+        fd, self.rejects = self.rejects, -1
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 def _texts_table(results: list[BatchResult], order: np.ndarray) -> Any:

@@ -75,6 +75,44 @@ class Command(TyperCommand):
         return pieces
 
 
+# `attnviz --help` lists commands in these panels, in this order: the README's tour. A command names
+# its panel with `@command("name", rich_help_panel=PICTURES)`; within a panel, TOUR_ORDER ranks the
+# commands (a command missing there comes after the ranked ones, by name).
+START = "Start"
+PICTURES = "Pictures"
+EXPLORE = "Explore"
+GENERATE = "Generate"
+HEADS = "Heads"
+SOURCE = "Where the answer comes from"
+BEYOND = "Beyond raw weights"
+CORPORA = "Corpora"
+OTHER = "Other"
+PANELS = (START, PICTURES, EXPLORE, GENERATE, HEADS, SOURCE, BEYOND, CORPORA, OTHER)
+TOUR_ORDER = (
+    "models", "info", "extract",
+    "heatmap", "entropy", "toy", "explain",
+    "view", "serve",
+    "generate",
+    "find-head", "heads", "ablate",
+    "patch", "attribute", "lens",
+    "rollout", "compare", "cluster",
+    "batch",
+)  # fmt: skip
+
+
+def _panels(commands: list[tuple[str, Any]]) -> list[tuple[str, list[tuple[str, Any]]]]:
+    """Commands grouped by their `rich_help_panel`, panels in PANELS order, commands in tour order."""
+    rank = {name: i for i, name in enumerate(TOUR_ORDER)}
+    grouped: dict[str, list[tuple[str, Any]]] = {}
+    for name, cmd in commands:
+        grouped.setdefault(getattr(cmd, "rich_help_panel", None) or OTHER, []).append((name, cmd))
+    order = {panel: i for i, panel in enumerate(PANELS)}
+    return [
+        (panel, sorted(cmds, key=lambda c: (rank.get(c[0], len(rank)), c[0])))
+        for panel, cmds in sorted(grouped.items(), key=lambda p: (order.get(p[0], len(order)), p[0]))
+    ]
+
+
 class Group(TyperGroup):
     """The root command: a usage error (bad value, unknown option) is one `error:` line, exit 2.
 
@@ -86,6 +124,17 @@ class Group(TyperGroup):
 
     def get_params(self, ctx: Any) -> list[Any]:
         return _tidy(super().get_params(ctx))
+
+    def format_commands(self, ctx: Any, formatter: Any) -> None:
+        """Plain help (no rich panels, `rich_markup_mode=None`), one section per panel."""
+        commands = [(name, self.get_command(ctx, name)) for name in self.list_commands(ctx)]
+        commands = [(name, cmd) for name, cmd in commands if cmd is not None and not cmd.hidden]
+        if not commands:
+            return
+        limit = formatter.width - 6 - max(len(name) for name, _ in commands)
+        for panel, cmds in _panels(commands):
+            with formatter.section(panel):
+                formatter.write_dl([(name, cmd.get_short_help_str(limit)) for name, cmd in cmds])
 
     def main(self, args: Any = None, prog_name: Any = None, complete_var: Any = None,
              standalone_mode: bool = True, **extra: Any) -> Any:  # fmt: skip

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from attnviz.cli._app import command
+from attnviz.cli._app import HEADS, command
 from attnviz.cli._options import (
     DeviceOpt,
     DtypeOpt,
@@ -58,7 +58,7 @@ def reference_texts(mode: str, reference: Path | None) -> list[str] | None:
     return texts
 
 
-@command("ablate")
+@command("ablate", rich_help_panel=HEADS)
 def ablate_cmd(
     text: TextArg = None,
     file: FileOpt = None,
@@ -118,7 +118,12 @@ def ablate_cmd(
         else:
             _print_ablation(result)
         return
-    found = scan_heads(loaded, body, target=target, mode=mode, reference=refs, truncate=truncate)
+    from attnviz.cli._progress import progress_bar
+
+    with progress_bar("ablating each head", "heads") as progress:
+        found = scan_heads(
+            loaded, body, target=target, mode=mode, reference=refs, truncate=truncate, progress=progress
+        )
     rows = found.ranking(top or None)
     if as_json:
         print_json([r.as_dict() for r in rows])
@@ -161,9 +166,11 @@ def find_head_effects(
     loaded: LoadedModel, result: HeadSearch, text: str, truncate: bool, top: int, as_json: bool
 ) -> None:
     """`find-head --ablate`: each ranked head's ablation effect beside its score, and Spearman's rho."""
+    from attnviz.cli._progress import progress_bar
     from attnviz.heads.effects import search_effects
 
-    fx = search_effects(loaded, result, text, truncate)
+    with progress_bar("ablating each head", "heads") as progress:
+        fx = search_effects(loaded, result, text, truncate, progress)
     found = fx.scan
     shown = result.ranking[: top or None]
     what = _what(found.measure, found.target, found.position)
@@ -189,9 +196,11 @@ def find_head_effects(
 
 def induction_effects(loaded: LoadedModel, result: InductionResult, ranking: tuple, as_json: bool) -> None:
     """`heads --induction --ablate`: the loss rise of each ranked head, and the top-10 overlap."""
+    from attnviz.cli._progress import progress_bar
     from attnviz.heads.effects import induction_effects as compute
 
-    fx = compute(loaded, result, 10)
+    with progress_bar("ablating each head", "heads") as progress:
+        fx = compute(loaded, result, 10, progress)
     by_loss = ", ".join(f"L{r.layer}H{r.head}" for r in fx.scan.ranking(5))
     summary = (
         f"ablation: zeroing each head, mean loss on the second copy {fx.scan.before:.4f} without ablation;"

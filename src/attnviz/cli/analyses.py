@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from attnviz.cli._app import command
+from attnviz.cli._app import BEYOND, command
 from attnviz.cli._options import (
     CmapOpt,
     DeviceOpt,
@@ -37,7 +37,7 @@ from attnviz.selection import parse_indices, resolve_indices
 
 
 # -- rollout ------------------------------------------------------------------------------------
-@command("rollout")
+@command("rollout", rich_help_panel=BEYOND)
 def rollout_cmd(
     text: TextArg = None,
     head_fusion: Annotated[
@@ -101,7 +101,7 @@ def rollout_cmd(
 
 
 # -- compare ------------------------------------------------------------------------------------
-@command("compare")
+@command("compare", rich_help_panel=BEYOND)
 def compare_cmd(
     text_a: Annotated[str, typer.Argument(help="First text of the minimal pair.")],
     text_b: Annotated[str, typer.Argument(help="Second text of the minimal pair.")],
@@ -182,7 +182,7 @@ def compare_cmd(
 
 
 # -- cluster ------------------------------------------------------------------------------------
-@command("cluster")
+@command("cluster", rich_help_panel=BEYOND)
 def cluster_cmd(
     source: Annotated[
         str | None,
@@ -216,7 +216,7 @@ def cluster_cmd(
 ) -> None:
     """Cluster heads by how alike they attend (Clark et al. 2019): mean JS divergence between heads
     over the texts. Writes distances.csv, a seaborn clustermap and a 2-D MDS map coloured by layer."""
-    from attnviz.analyses.cluster import cluster_texts
+    from attnviz.analyses.cluster import check_enough_texts, cluster_texts
     from attnviz.batch.corpus import read_texts
     from attnviz.errors import InputError
     from attnviz.outputs import refuse_link, slug
@@ -238,8 +238,7 @@ def cluster_cmd(
     texts, skipped = read_texts(where, fmt, field, column)
     if limit is not None:
         texts = texts[: max(limit, 0)]
-    if len(texts) < 2:
-        raise InputError(f"clustering needs at least two texts, got {len(texts)}")
+    check_enough_texts(len(texts))
     if skipped:
         note(f"skipped {skipped} empty or unreadable records")
     for name in CLUSTER_FILES if outdir else ():

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from attnviz.cli._app import command
+from attnviz.cli._app import CORPORA, command
 from attnviz.cli._options import DeviceOpt, DtypeOpt, HeadsOpt, JsonOpt, LayersOpt, ModelOpt
 
 # Every option defaults to None, "not given", so a value from --config is only overridden when the
@@ -15,7 +15,7 @@ from attnviz.cli._options import DeviceOpt, DtypeOpt, HeadsOpt, JsonOpt, LayersO
 _Flag = Annotated[bool | None, typer.Option(show_default=False)]
 
 
-@command("batch")
+@command("batch", rich_help_panel=CORPORA)
 def batch_cmd(
     input: Annotated[
         str, typer.Argument(help="Corpus: .txt (a text per line), .jsonl, .csv, .parquet (.gz too), or -.")

@@ -8,8 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from attnviz.analyses.transform import transform
-from attnviz.cli._app import command
+from attnviz.cli._app import START, command
 from attnviz.cli._options import (
     AddSpecialOpt,
     DeviceOpt,
@@ -33,7 +32,7 @@ from attnviz.cli._options import (
 from attnviz.selection import parse_indices
 
 
-@command("extract")
+@command("extract", rich_help_panel=START)
 def extract_cmd(
     text: TextArg = None,
     output: Annotated[
@@ -67,31 +66,23 @@ def extract_cmd(
 ) -> None:
     """Extract per-layer, per-head attention for a text and save it with its tokens (and, in the
     file's metadata, how it was made: --weighting, --no-special)."""
-    from attnviz.errors import InputError
-    from attnviz.extraction import extract
+    from attnviz.analyses.transform import ExtractOptions, extract_shown
     from attnviz.outputs import check_data_output
 
     # everything the user typed is checked before the model loads (which can take a minute)
-    if store not in ("float32", "float16"):
-        raise InputError(f"unknown --store '{store}': use float32 or float16")
-    options = view_options(weighting, special, words=words)
-    body = read_text(text, file)
-    layer_list = parse_indices(layers, "layers")
-    head_list = parse_indices(heads, "heads")
-    check_data_output(output)
-    loaded = load(model, device, dtype, trust_remote_code, quiet=as_json)
-    att = extract(
-        body,
-        loaded,
-        layers=layer_list,
-        heads=head_list,
+    options = ExtractOptions(
+        layers=parse_indices(layers, "layers"),
+        heads=parse_indices(heads, "heads"),
         words=words,
         special_tokens=add_special,
         truncate=truncate,
         store=store,
-        qkv=options.qkv,
-    )
-    att = transform(att, options, loaded)
+        view=view_options(weighting, special, words=words),
+    ).check()
+    body = read_text(text, file)
+    check_data_output(output)
+    loaded = load(model, device, dtype, trust_remote_code, quiet=as_json)
+    att = extract_shown(body, loaded, options)
     output = _save(att, output, body, loaded.name)
     meta = att.metadata()
     summary = {

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from attnviz.cli._app import command
+from attnviz.cli._app import GENERATE, command
 from attnviz.cli._options import (
     AggregateOpt,
     CmapOpt,
@@ -34,7 +34,7 @@ PromptArg = Annotated[
 ]
 
 
-@command("generate")
+@command("generate", rich_help_panel=GENERATE)
 def generate_cmd(
     prompt: PromptArg = None,
     max_new_tokens: Annotated[
@@ -87,7 +87,7 @@ def generate_cmd(
     """Continue a prompt with the model's own generate and record, for each new token, the attention
     row of the step that wrote it; prints the continuation."""
     from attnviz.errors import InputError, param
-    from attnviz.generation.run import check_settings, generate, generation_task
+    from attnviz.generation.run import check_settings, generation_task
     from attnviz.outputs import check_data_output, check_output
     from attnviz.views.generation import check_view_output
 
@@ -106,19 +106,10 @@ def generate_cmd(
     check_view_output(view)
     task = generation_task(model)
     loaded = load(model, device, dtype, trust_remote_code, quiet=as_json, task=task)
-    gen = generate(
-        body,
-        loaded,
-        max_new_tokens=max_new_tokens,
-        layers=layer_list,
-        heads=head_list,
-        sample=sample,
-        temperature=temperature,
-        top_p=top_p,
-        seed=seed,
-        chat=chat,
-        prompt_rows=rollout,
-    )
+    settings = {"max_new_tokens": max_new_tokens, "layers": layer_list, "heads": head_list,
+                "sample": sample, "temperature": temperature, "top_p": top_p, "seed": seed,
+                "chat": chat, "prompt_rows": rollout}  # fmt: skip
+    gen, streamed = _generate(body, loaded, settings)
     gen = (
         gen.rolled_out()
         if rollout
@@ -142,9 +133,35 @@ def generate_cmd(
             }
         )
         return
-    typer.echo(gen.text)
+    if streamed is None:
+        typer.echo(gen.text)
+    else:  # what streamed is on the screen already: the rest (normally only the line's end)
+        rest = gen.text[len(streamed) :] if gen.text.startswith(streamed) else "\n" + gen.text
+        typer.echo(rest)
     for path in written:
         typer.echo(f"wrote {path}", err=True)
+
+
+def _generate(body: str, loaded, settings: dict) -> tuple:
+    """The generation, and the text already shown: on a terminal the continuation streams to stdout
+    as it grows (or, with stdout redirected, a bar counts the tokens on stderr); else nothing shows."""
+    import sys
+
+    from attnviz.cli._options import spinner_wanted
+    from attnviz.cli._progress import progress_bar, stdout_terminal
+    from attnviz.generation.run import generate
+
+    shown: list[str] = []
+    if spinner_wanted() and stdout_terminal():
+
+        def show(piece: str) -> None:
+            shown.append(piece)
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+
+        return generate(body, loaded, on_text=show, **settings), "".join(shown)
+    with progress_bar("generating", "tokens") as progress:
+        return generate(body, loaded, progress=progress, **settings), None
 
 
 def _write(

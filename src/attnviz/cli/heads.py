@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from attnviz.cli._app import command
+from attnviz.cli._app import HEADS, command
 from attnviz.cli._options import (
     DeviceOpt,
     DtypeOpt,
@@ -101,12 +101,19 @@ def _stream(
     """
     from dataclasses import replace
 
+    from attnviz.analyses.norms import needs_qkv
     from attnviz.analyses.transform import ViewOptions, transform
     from attnviz.extraction import extract_stream
 
     options = options or ViewOptions()
     atts = extract_stream(
-        texts, loaded, layers=layers, heads=heads, truncate=truncate, qkv=options.qkv, batch_size=chunk
+        texts,
+        loaded,
+        layers=layers,
+        heads=heads,
+        truncate=truncate,
+        qkv=options.qkv and needs_qkv(loaded),
+        batch_size=chunk,
     )
     for att in atts:
         shown = transform(att, options, loaded)
@@ -116,7 +123,7 @@ def _stream(
 # -- find-head ---------------------------------------------------------------------------------
 
 
-@command("find-head")
+@command("find-head", rich_help_panel=HEADS)
 def find_head_cmd(
     a: Annotated[
         str,
@@ -168,11 +175,9 @@ def find_head_cmd(
     texts that contain both. --no-special ranks on rows without [CLS]/[SEP]/BOS/EOS, renormalised,
     so a head that only looks at [SEP] does not win because of it.
     """
-    from attnviz.errors import InputError
-    from attnviz.heads.search import DIRECTIONS, check_queries, find_heads, parse_occurrence
+    from attnviz.heads.search import check_direction, check_queries, find_heads, parse_occurrence
 
-    if direction not in DIRECTIONS:
-        raise InputError(f"unknown --direction '{direction}': use {', '.join(DIRECTIONS)}")
+    check_direction(direction)
     options = view_options(weighting, special)
     occ = parse_occurrence(occurrence)
     layer_list = _layer_choice(layer, layers)
@@ -251,7 +256,7 @@ def _plot_best(result: HeadSearch, att: Attention, path: Path) -> None:
 # -- heads -------------------------------------------------------------------------------------
 
 
-@command("heads")
+@command("heads", rich_help_panel=HEADS)
 def heads_cmd(
     text: TextArg = None,
     file: FileOpt = None,

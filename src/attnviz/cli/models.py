@@ -6,11 +6,11 @@ import dataclasses
 
 import typer
 
-from attnviz.cli._app import command
+from attnviz.cli._app import START, command
 from attnviz.cli._options import JsonOpt, TrustOpt, print_json
 
 
-@command("models")
+@command("models", rich_help_panel=START)
 def models_cmd(as_json: JsonOpt = False) -> None:
     """List the bundled model aliases and whether each is installed."""
     from attnviz.models.info import list_bundled
@@ -27,7 +27,7 @@ def models_cmd(as_json: JsonOpt = False) -> None:
     typer.echo("Also accepted: a Hugging Face hub id (from the local cache), a model folder, a .gguf file.")
 
 
-@command("info")
+@command("info", rich_help_panel=START)
 def info_cmd(
     model: str = typer.Argument("minilm", help="Alias, hub id, model folder or .gguf file."),
     trust_remote_code: TrustOpt = False,

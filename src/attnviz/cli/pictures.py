@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from attnviz.analyses.transform import transform
-from attnviz.cli._app import command
+from attnviz.cli._app import PICTURES, command
 from attnviz.cli._options import (
     AddSpecialOpt,
     AggregateOpt,
@@ -125,6 +125,7 @@ def _extract_selection(
 
     Returns (text, loaded model, Attention); a truncation is reported as a note.
     """
+    from attnviz.analyses.norms import needs_qkv
     from attnviz.extraction import extract
     from attnviz.outputs import check_output
 
@@ -141,7 +142,7 @@ def _extract_selection(
         words=words,
         truncate=truncate,
         special_tokens=add_special,
-        qkv=qkv,
+        qkv=qkv and needs_qkv(loaded),
     )
     if att.truncated:
         note(f"cut {att.truncated} tokens to fit the model's limit")
@@ -181,7 +182,7 @@ def _selection_name(att: Any, layer_given: bool, pooled: str | None = None) -> t
 
 
 # -- heatmap ----------------------------------------------------------------------------------
-@command("heatmap")
+@command("heatmap", rich_help_panel=PICTURES)
 def heatmap_cmd(
     text: TextArg = None,
     layer: LayerOpt = None,
@@ -250,8 +251,11 @@ def heatmap_cmd(
         if att.n_tokens > limit:
             why = "the whole-model overview" if limit == 0 else f"more than {limit} {att.level}s in this view"
             note(f"--annotate skipped: the numbers cannot be read in {why} ({att.n_tokens} {att.level}s)")
+    from attnviz.cli._progress import stage
+
     draw = derived_figure if att.notes else attention_figure
-    fig = draw(att, annotate=annotate, highlight=marks, **style)
+    with stage(f"drawing {len(att.layers) * len(att.heads)} heads of {att.n_tokens} {att.level}s..."):
+        fig = draw(att, annotate=annotate, highlight=marks, **style)
     stream_part = () if stream == "self" else (stream,)
     how = (
         options.weighting if options.weighting != "attention" else None,
@@ -265,12 +269,13 @@ def heatmap_cmd(
         *_selection_name(att, layer is not None, options.aggregate),
         *(p for p in how if p),
     )
-    path = write_figure(fig, output, (*parts, "words") if words else parts)
+    with stage("writing the picture..."):
+        path = write_figure(fig, output, (*parts, "words") if words else parts)
     typer.echo(str(path))
 
 
 # -- entropy ----------------------------------------------------------------------------------
-@command("entropy")
+@command("entropy", rich_help_panel=PICTURES)
 def entropy_cmd(
     text: TextArg = None,
     layer: LayerOpt = None,
@@ -347,7 +352,7 @@ def entropy_cmd(
 
 
 # -- toy --------------------------------------------------------------------------------------
-@command("toy")
+@command("toy", rich_help_panel=PICTURES)
 def toy_cmd(
     tokens: Annotated[
         str,
@@ -446,7 +451,7 @@ def toy_cmd(
 
 
 # -- explain --------------------------------------------------------------------------------------
-@command("explain")
+@command("explain", rich_help_panel=PICTURES)
 def explain_cmd(
     text: TextArg = None,
     layer: LayerOpt = None,

@@ -8,11 +8,11 @@ from typing import Annotated
 
 import typer
 
-from attnviz.cli._app import command
+from attnviz.cli._app import EXPLORE, command
 from attnviz.cli._options import DeviceOpt, DtypeOpt, TrustOpt, load
 
 
-@command("serve")
+@command("serve", rich_help_panel=EXPLORE)
 def serve_cmd(
     model: Annotated[
         list[str] | None,
@@ -44,17 +44,19 @@ def serve_cmd(
         log.setLevel(logging.INFO)
     names = list(dict.fromkeys(model or ["minilm"]))
     sock = bind(host, port)
-    loaded = {}
-    try:
+    loaded, took = {}, []
+    try:  # every model loads before any "loaded" line: a failure is the one line printed
         for name in names:
             start = time.perf_counter()
             loaded[name] = load(name, device, dtype, trust_remote_code)
-            typer.echo(f"loaded {name} in {time.perf_counter() - start:.1f} s", err=True)
+            took.append(f"loaded {name} in {time.perf_counter() - start:.1f} s")
     except BaseException:
         sock.close()
         raise
+    for line in took:
+        typer.echo(line, err=True)
     shown = f"[{host}]" if ":" in host else host
     typer.echo(f"serving on http://{shown}:{sock.getsockname()[1]}/ (Ctrl-C stops)", err=True)
     with contextlib.suppress(KeyboardInterrupt):
-        serve(create_app(loaded), sock)
+        serve(create_app(loaded), sock, host)
     typer.echo("stopped", err=True)

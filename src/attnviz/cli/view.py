@@ -7,8 +7,7 @@ from typing import Annotated
 
 import typer
 
-from attnviz.analyses.transform import transform
-from attnviz.cli._app import command
+from attnviz.cli._app import EXPLORE, command
 from attnviz.cli._options import (
     AggregateOpt,
     DeviceOpt,
@@ -31,7 +30,7 @@ from attnviz.cli._options import (
 from attnviz.selection import parse_indices
 
 
-@command("view")
+@command("view", rich_help_panel=EXPLORE)
 def view_cmd(
     text: TextArg = None,
     output: Annotated[
@@ -66,8 +65,8 @@ def view_cmd(
 ) -> None:
     """Write an interactive explorer (head, matrix, model and text views) as one HTML file that works
     offline; prints its path. --aggregate shows the pooled heads as one head."""
+    from attnviz.analyses.transform import ExtractOptions, extract_shown
     from attnviz.errors import InputError
-    from attnviz.extraction import extract
     from attnviz.plots._common import parse_scale
     from attnviz.views.html import VIEWS, check_output, check_page_fits, output_path, render_html, write_html
 
@@ -85,11 +84,15 @@ def view_cmd(
     check_page_fits(
         loaded, body, layers=layer_list, heads=head_list, options=options, truncate=truncate, max_mb=max_mb
     )
-    att = extract(body, loaded, layers=layer_list, heads=head_list, truncate=truncate, qkv=options.qkv)
-    att = transform(att, options, loaded)
+    from attnviz.cli._progress import stage
+
+    with stage("extracting attention..."):
+        shown = ExtractOptions(layers=layer_list, heads=head_list, truncate=truncate, view=options)
+        att = extract_shown(body, loaded, shown)
     if att.truncated:
         typer.echo(f"note: cut {att.truncated} tokens to fit the model's limit", err=True)
-    page = render_html(att, level="word" if words else "token", scale=scale, view=start, max_mb=max_mb)
+    with stage(f"building the page ({len(att.tokens)} tokens)..."):
+        page = render_html(att, level="word" if words else "token", scale=scale, view=start, max_mb=max_mb)
     path = write_html(page, output_path(output, body, loaded.name))
     typer.echo(str(path))
     if open_:

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from attnviz.attention import HeadResult
 from attnviz.errors import InputError, check_seed, param
+from attnviz.selection import format_indices
 
 if TYPE_CHECKING:
     from attnviz.attention import Attention
@@ -33,26 +35,24 @@ ENCODERS = frozenset(
 
 
 @dataclass(frozen=True)
-class Generation:
+class Generation(HeadResult):
     """A continuation and, for each new token, the attention row of the step that produced it."""
 
-    model: str
-    kind: str  # "decoder" or "encoder-decoder"
+    kind: Literal["decoder", "encoder-decoder"]
     prompt: str  # the prompt as given (before any chat template)
     text: str  # the continuation, decoded without special tokens
     tokens: tuple[str, ...]  # readable labels of the context: prompt (or decoder start) + new tokens
     token_ids: tuple[int, ...]
     special: tuple[bool, ...]
     prompt_length: int  # context tokens before the first new one (encoder-decoder: the decoder start)
-    layers: tuple[int, ...]  # model layer of each row of `attn`
-    heads: tuple[int, ...]  # model head of each column of `attn`
     attn: np.ndarray  # [layers, heads, new, context] float32: row t reads keys 0..prompt_length+t-1
     source_tokens: tuple[str, ...] = ()  # encoder-decoder: the encoder's tokens (the prompt)
     source_special: tuple[bool, ...] = ()
     cross: np.ndarray | None = None  # encoder-decoder: [layers, heads, new, source]
     settings: dict[str, Any] = field(default_factory=dict)  # how it was generated (greedy, seed...)
     prompt_attn: np.ndarray | None = None  # `prompt_rows=True`: [layers, heads, prompt, prompt] (square)
-    notes: tuple[str, ...] = ()  # how a transform changed it, e.g. 'mean of heads 0-8'
+
+    _verb = "recorded"
 
     @property
     def generated_ids(self) -> tuple[int, ...]:
@@ -85,14 +85,11 @@ class Generation:
 
     def head(self, layer: int, head: int, stream: str = "self") -> np.ndarray:
         """One head's [new, context] (or [new, source] for `cross`) rows, by model layer and head."""
-        if layer not in self.layers:
-            raise InputError(f"layer {layer} was not recorded (have {_span(self.layers)})")
-        if head not in self.heads:
-            raise InputError(f"head {head} was not recorded (have {_span(self.heads)})")
+        row, col = self.layer_pos(layer), self.head_pos(head)
         if stream == "cross" and self.cross is None:
             raise InputError(f"{self.model} is not an encoder-decoder model: it has no cross-attention")
         arr = self.cross if stream == "cross" else self.attn
-        return arr[self.layers.index(layer), self.heads.index(head)]
+        return arr[row, col]
 
     def as_attention(self) -> Attention:
         """Prompt and continuation (less the last token, which nothing read) as a square Attention,
@@ -149,7 +146,7 @@ class Generation:
             heads=(self.heads[0],),
             notes=(
                 *self.notes,
-                f"attention rollout over layers {_span(self.layers)} ({head_fusion} of heads)",
+                f"attention rollout over layers {format_indices(self.layers)} ({head_fusion} of heads)",
             ),
         )
 
@@ -244,10 +241,6 @@ class Generation:
             settings=dict(settings),
             notes=r.texts("notes", ()),
         )
-
-
-def _span(values: Sequence[int]) -> str:
-    return ", ".join(str(v) for v in values) if len(values) < 8 else f"{values[0]}-{values[-1]}"
 
 
 # -- the API ------------------------------------------------------------------------------------
@@ -371,12 +364,16 @@ def generate(
     device: str | None = "auto",
     dtype: str | None = "float32",
     trust_remote_code: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+    on_text: Callable[[str], None] | None = None,
 ) -> Generation:
     """Continue `prompt` with the model's own `generate`, recording each new token's attention row.
 
     Greedy unless `sample`; stops at EOS or after `max_new_tokens`. Encoder-decoder models also
     record each new token's cross-attention over the source. `prompt_rows` also keeps the prompt's
     own rows (one square [prompt, prompt] per head, at the first step): `as_attention` needs them.
+    `progress(new tokens so far, max_new_tokens)` is called after each step (from (0, max) on), and
+    `on_text(piece)` with the continuation as it grows: the pieces join to the result's `text`.
     """
     if prompt is not None and not isinstance(prompt, str):
         raise TypeError(f"prompt must be a string, not {type(prompt).__name__}")
@@ -398,7 +395,8 @@ def generate(
 
     inputs = _prompt_inputs(loaded, prompt, chat, max_new_tokens)
     rec = recorder(loaded, inputs, layers, heads, max_new_tokens, prompt_rows)
-    ids = _run(loaded, inputs, rec, settings)
+    streamer = _Streamer(loaded.tokenizer, max_new_tokens, progress, on_text) if progress or on_text else None
+    ids = _run(loaded, inputs, rec, settings, streamer)
     return _result(loaded, prompt, inputs, rec, ids, settings)
 
 
@@ -449,20 +447,56 @@ def _prompt_inputs(loaded: LoadedModel, prompt: str, chat: bool, max_new: int) -
     return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
 
 
+class _Streamer:
+    """transformers' streamer interface: counts the new tokens and hands on the text as it grows."""
+
+    def __init__(self, tokenizer: Any, total: int, progress: Any, on_text: Any) -> None:
+        self.tokenizer, self.total, self.progress, self.on_text = tokenizer, total, progress, on_text
+        self.ids: list[int] | None = None  # None until the prompt's put (the first) has passed
+        self.shown = ""
+        if progress is not None:
+            progress(0, total)
+
+    def put(self, value: Any) -> None:
+        if self.ids is None:
+            self.ids = []
+            return
+        self.ids.extend(int(i) for i in value.reshape(-1).tolist())
+        if self.progress is not None:
+            self.progress(min(len(self.ids), self.total), self.total)
+        self._emit(final=False)
+
+    def end(self) -> None:
+        self._emit(final=True)
+
+    def _emit(self, final: bool) -> None:
+        """The text not yet handed on; a piece ending in a half character waits for the next token."""
+        if self.on_text is None or self.ids is None:
+            return
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if text.startswith(self.shown) and (final or not text.endswith("\ufffd")) and text != self.shown:
+            self.on_text(text[len(self.shown) :])
+            self.shown = text
+
+
 def _run(
-    loaded: LoadedModel, inputs: dict[str, Any], rec: StepRecorder, settings: dict[str, Any]
+    loaded: LoadedModel,
+    inputs: dict[str, Any],
+    rec: StepRecorder,
+    settings: dict[str, Any],
+    streamer: Any = None,
 ) -> list[int]:
     """model.generate with the recorder active; its hook and recorder always removed."""
     import torch
 
     from attnviz.models.capture import recording
+    from attnviz.models.generation_capture import sampling
 
-    if settings.get("sample") and settings.get("seed") is not None:
-        torch.manual_seed(int(settings["seed"]))
     hook = loaded.model.register_forward_pre_hook(rec.next_step)
     try:
-        with torch.inference_mode(), recording(rec):
-            out = loaded.model.generate(**inputs, **generate_kwargs(loaded, settings))
+        with torch.inference_mode(), recording(rec), sampling(settings.get("sample"), settings.get("seed")):
+            extra = {"streamer": streamer} if streamer is not None else {}
+            out = loaded.model.generate(**inputs, **generate_kwargs(loaded, settings), **extra)
     finally:
         hook.remove()
     return [int(i) for i in out[0].tolist()]

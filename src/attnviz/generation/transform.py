@@ -1,22 +1,21 @@
 """What `Generation.transformed` applies: special tokens hidden and heads or layers pooled.
 
-Kept apart from generation.py (the result type and the API) so each stays small; the same
-operations as analyses/aggregate.py performs on an Attention, on [layers, heads, new, context] rows.
+Kept apart from run.py (the result type and the API) so each stays small; the same operations as
+analyses/aggregate.py performs on an Attention (with its `pool`), on [layers, heads, new, context] rows.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-Generation = Any  # attnviz.generation.run.Generation (not imported: generation.py imports this module)
+from attnviz.analyses.aggregate import pool
+from attnviz.selection import format_indices
 
-
-def span(values: Sequence[int]) -> str:
-    return ", ".join(str(v) for v in values) if len(values) < 8 else f"{values[0]}-{values[-1]}"
+if TYPE_CHECKING:  # run.py imports this module
+    from attnviz.generation.run import Generation
 
 
 def without_special(gen: Generation) -> Generation:
@@ -58,24 +57,21 @@ def pooled(gen: Generation, how: str, over: str) -> Generation:
     """Heads (or layers, or both) pooled into one by their mean or maximum."""
     axes = {"heads": (1,), "layers": (0,), "both": (0, 1)}[over]
 
-    def pool(a: np.ndarray | None) -> np.ndarray | None:
-        if a is None:
-            return None
-        out = a.mean(axis=axes, keepdims=True) if how == "mean" else a.max(axis=axes, keepdims=True)
-        return out.astype(np.float32)
+    def pooled_or_none(a: np.ndarray | None) -> np.ndarray | None:
+        return None if a is None else pool(a, axes, how)
 
     layers = (gen.layers[0],) if 0 in axes else gen.layers
     heads = (gen.heads[0],) if 1 in axes else gen.heads
     what = " and ".join(
-        f"{name} {span(v)}"
+        f"{name} {format_indices(v)}"
         for name, v, ax in (("layers", gen.layers, 0), ("heads", gen.heads, 1))
         if ax in axes
     )
     return replace(
         gen,
-        attn=pool(gen.attn),
-        cross=pool(gen.cross),
-        prompt_attn=pool(gen.prompt_attn),
+        attn=pooled_or_none(gen.attn),
+        cross=pooled_or_none(gen.cross),
+        prompt_attn=pooled_or_none(gen.prompt_attn),
         layers=layers,
         heads=heads,
         notes=(*gen.notes, f"{how} of {what}"),

@@ -1,10 +1,11 @@
 """Removing heads and measuring the effect: the check that attention rankings cannot give.
 
-A head is ablated inside attnviz's registered attention function, where every architecture hands
-over each head's output before the output projection ([batch, q, heads, head_dim]): the head's
-slice is set to zero (`zero`) or to its mean over reference texts (`mean`), which equals removing
-its columns of W_O (plus, for `mean`, a constant). No module names, so it works on every model whose
-attention goes through transformers' attention interface; the editor is always switched off.
+A head is ablated where every architecture hands over each head's output before the output
+projection ([batch, q, heads, head_dim]; capture.Editor): inside attnviz's registered attention
+function, or, on a model whose attention is its own code, at the input of its output projection
+(found by data flow, models/architecture.py). The head's slice is set to zero (`zero`) or to its
+mean over reference texts (`mean`), which equals removing its columns of W_O (plus, for `mean`, a
+constant). No module names; the editor is always switched off.
 
 The measure depends on the model: a causal LM's log-probability of a target, a masked LM's
 probability of the original token at a masked position, else 1 - cosine similarity of the
@@ -14,7 +15,7 @@ mean-pooled sentence embedding. A scan ablates every head in turn, one head per 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -22,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from attnviz.errors import AttnvizError, InputError, param
-from attnviz.models.architecture import main_stream, require_interface
+from attnviz.heads.arguments import ablation_model
+from attnviz.models.architecture import main_stream, require_editable
 
 if TYPE_CHECKING:
     from attnviz.models.loading import LoadedModel
@@ -170,7 +172,7 @@ def for_ablation(loaded: LoadedModel, trust_remote_code: bool = False) -> Loaded
     """The same model with the LM head its measure needs (loaded once and cached)."""
     from attnviz.models.loading import load_model
 
-    require_interface(loaded, "ablation")  # before loading the model again with its head
+    require_editable(loaded, "ablation")  # before loading the model again with its head
     task = choose_task(loaded)
     if task == loaded.task:
         return loaded
@@ -181,16 +183,6 @@ def for_ablation(loaded: LoadedModel, trust_remote_code: bool = False) -> Loaded
         trust_remote_code=trust_remote_code,
         task=task,
     )
-
-
-def _model_of(loaded: object) -> LoadedModel:
-    """The public entry points' model: a LoadedModel as given; a name or a path loaded with the LM
-    head its measure needs (`for_ablation`); anything else a TypeError naming the parameter."""
-    from attnviz.models.loading import LoadedModel, as_loaded
-
-    if isinstance(loaded, LoadedModel):
-        return loaded
-    return for_ablation(as_loaded(loaded, "loaded"))
 
 
 def _measure_of(loaded: LoadedModel) -> tuple[str, str]:
@@ -265,7 +257,7 @@ def ablating(loaded: LoadedModel, means: list[Any] | None = None) -> Iterator[_A
     """Each head's output edited inside the attention function, driven by the yielded state; always undone."""
     from attnviz.models.capture import Editor, editing
 
-    require_interface(loaded, "ablation")
+    require_editable(loaded, "ablation")
     state = _Ablator(loaded, means)
     cap = loaded.capture
     with editing(Editor(index=cap.index, edit=state.edit, shared=cap.shared)):
@@ -287,7 +279,7 @@ def reference_means(loaded: LoadedModel, texts: Sequence[str], batch_size: int =
     from attnviz.extraction import tokenize
     from attnviz.models.capture import Editor, editing
 
-    require_interface(loaded, "ablation")
+    require_editable(loaded, "ablation")
     texts = [t for t in texts if t.strip()]
     if not texts:
         raise InputError(f"{param('reference')} has no text: give at least one text that is not blank")
@@ -433,14 +425,12 @@ def ablate(
 ) -> Ablation:
     """The measure on `text` with and without the given (layer, head)s ablated together.
 
-    `loaded`: a model name or path (loaded with the LM head its measure needs), or a LoadedModel,
-    which should carry that head (see `for_ablation`): one without is measured on its embedding.
+    `loaded`: a name or path (loaded with its LM head), or a LoadedModel (without one: its embedding).
     """
     import torch
 
     check_mode(mode, reference)
-    loaded = _model_of(loaded)
-    require_interface(loaded, "ablation")
+    loaded = ablation_model(loaded, for_ablation)  # a name or a path: loaded with its LM head
     pairs = check_heads(loaded, heads)
     prep = _prepare(loaded, text, target, occurrence, truncate)
     means = reference_means(loaded, reference) if mode == "mean" and reference else None
@@ -476,22 +466,22 @@ def scan_heads(
     reference: Sequence[str] | None = None,
     truncate: bool = False,
     batch_size: int = 64,
+    progress: Callable[[int, int], None] | None = None,
 ) -> HeadScan:
-    """Ablate every head in turn, `batch_size` copies of the text per forward pass (one head each).
-    `loaded` as `ablate` takes it: a model name, a path or a LoadedModel."""
+    """Ablate every head in turn, `batch_size` copies of the text per forward pass (one head each);
+    `progress(done, total)` is called with the heads scanned so far, from (0, total) on."""
     import time
 
     import torch
 
     check_mode(mode, reference)
-    loaded = _model_of(loaded)
-    require_interface(loaded, "ablation")
+    loaded = ablation_model(loaded, for_ablation)  # a name or a path: loaded with its LM head
     prep = _prepare(loaded, text, target, occurrence, truncate)
     means = reference_means(loaded, reference) if mode == "mean" and reference else None
     start = time.perf_counter()
     with torch.inference_mode():
         before, base = _scores(loaded, prep, 1, None)
-        delta = _scan(loaded, means, batch_size, lambda rows: _scores(loaded, prep, rows, base)[0])
+        delta = _scan(loaded, means, batch_size, lambda rows: _scores(loaded, prep, rows, base)[0], progress)
     delta -= float(before[0])
     return HeadScan(
         model=loaded.name,
@@ -508,7 +498,7 @@ def scan_heads(
     )
 
 
-def _scan(loaded: LoadedModel, means: list[Any] | None, batch_size: int, score: Any) -> np.ndarray:
+def _scan(loaded: LoadedModel, means: Any, batch_size: int, score: Any, progress: Any) -> np.ndarray:
     """The measure with each head ablated alone: [layers, heads], rows of a batch = heads."""
     import torch
 
@@ -516,6 +506,8 @@ def _scan(loaded: LoadedModel, means: list[Any] | None, batch_size: int, score: 
     every = [(layer, head) for layer in range(n_layers) for head in range(n_heads)]
     out = np.zeros(len(every))
     step = max(1, batch_size)
+    tell = progress or (lambda done, total: None)
+    tell(0, len(every))
     with ablating(loaded, means) as state:
         for start in range(0, len(every), step):
             chunk = every[start : start + step]
@@ -525,16 +517,23 @@ def _scan(loaded: LoadedModel, means: list[Any] | None, batch_size: int, score: 
                     state.keep[layer] = torch.ones(len(chunk), n_heads)
                 state.keep[layer][row, head] = 0.0
             out[start : start + len(chunk)] = score(len(chunk)).double().cpu().numpy()
+            tell(start + len(chunk), len(every))
     return out.reshape(n_layers, n_heads)
 
 
 def repeat_loss_scan(
-    loaded: LoadedModel, *, seq_len: int = 20, batch: int = 2, seed: int = 0, batch_size: int = 64
+    loaded: LoadedModel,
+    *,
+    seq_len: int = 20,
+    batch: int = 2,
+    seed: int = 0,
+    batch_size: int = 64,
+    progress: Callable[[int, int], None] | None = None,
 ) -> HeadScan:
     """Ablate each head on the induction test's repeated random tokens: the rise in loss on the second copy.
 
     The same sequences as `induction_scores` with the same seed; rows of a forward pass are
-    (head, sequence) pairs.
+    (head, sequence) pairs. `progress(done, total)` is called with the heads done, from (0, total) on.
     """
     import time
 
@@ -542,7 +541,7 @@ def repeat_loss_scan(
 
     from attnviz.heads.induction import random_repeats
 
-    require_interface(loaded, "ablation")
+    require_editable(loaded, "ablation")
     if loaded.task != "causal-lm":
         raise InputError(f"the repeat-loss ablation needs a causal LM head; {loaded.name} has none")
     enc, prefix = random_repeats(loaded, seq_len, batch, seed)
@@ -563,6 +562,8 @@ def repeat_loss_scan(
     per = max(1, batch_size // batch)  # heads per forward pass
     every = [(layer, head) for layer in range(n_layers) for head in range(n_heads)]
     out = np.zeros(len(every))
+    tell = progress or (lambda done, total: None)
+    tell(0, len(every))
     with torch.inference_mode():
         before = float(loss(batch)[0])
         with ablating(loaded) as state:
@@ -574,6 +575,7 @@ def repeat_loss_scan(
                         state.keep[layer] = torch.ones(len(chunk) * batch, n_heads)
                     state.keep[layer][row * batch : (row + 1) * batch, head] = 0.0
                 out[s : s + len(chunk)] = loss(len(chunk) * batch).cpu().numpy()
+                tell(s + len(chunk), len(every))
     return HeadScan(
         model=loaded.name,
         measure="repeat-loss",

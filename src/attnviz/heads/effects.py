@@ -7,6 +7,7 @@ commands only print them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -37,7 +38,11 @@ class InductionEffects:
 
 
 def search_effects(
-    loaded: LoadedModel, result: HeadSearch, text: str, truncate: bool = False
+    loaded: LoadedModel,
+    result: HeadSearch,
+    text: str,
+    truncate: bool = False,
+    progress: Callable[[int, int], None] | None = None,
 ) -> SearchEffects:
     """Ablate every head on `text`, measuring B (as the search found it), and correlate with the scores."""
     import numpy as np
@@ -45,20 +50,29 @@ def search_effects(
     from attnviz.heads.ablation import scan_heads, spearman
 
     ub = result.units[0][1]
-    scan = scan_heads(loaded, text, target=result.b, occurrence=ub.occurrence or None, truncate=truncate)
+    scan = scan_heads(
+        loaded, text, target=result.b, occurrence=ub.occurrence or None, truncate=truncate, progress=progress
+    )
     delta = tuple(float(scan.delta[h.layer, h.head]) for h in result.ranking)
     effect = np.array([scan.effect[h.layer, h.head] for h in result.ranking], dtype=np.float64)
     rho = spearman(np.array([h.score for h in result.ranking]), effect)
     return SearchEffects(scan=scan, delta=delta, rho=rho)
 
 
-def induction_effects(loaded: LoadedModel, result: InductionResult, k: int = 10) -> InductionEffects:
+def induction_effects(
+    loaded: LoadedModel,
+    result: InductionResult,
+    k: int = 10,
+    progress: Callable[[int, int], None] | None = None,
+) -> InductionEffects:
     """Zero each head on the same repeated sequences as `result`; overlap of the top-k by each measure."""
     import numpy as np
 
     from attnviz.heads.ablation import repeat_loss_scan, top_overlap
 
-    scan = repeat_loss_scan(loaded, seq_len=result.seq_len, batch=result.batch, seed=result.seed)
+    scan = repeat_loss_scan(
+        loaded, seq_len=result.seq_len, batch=result.batch, seed=result.seed, progress=progress
+    )
     rise = {(r.layer, r.head): r.delta for r in scan.ranking()}
     sub = scan.delta[np.ix_(list(result.layers), list(result.heads))]
     overlap, used = top_overlap(result.induction, sub, k)

@@ -262,9 +262,10 @@ def head_patterns(
 ) -> PatternTable:
     """Score every head on one text, or on many (mean and standard deviation; streams, one pass)."""
     from attnviz.attention import Attention
+    from attnviz.generation.run import Generation
 
     check_thresholds(threshold, broad_threshold)
-    if hasattr(atts, "as_attention"):  # a Generation: its steps' rows on the context
+    if isinstance(atts, Generation):  # its steps' rows on the context
         atts = atts.as_attention()  # type: ignore[union-attr]
     first: Attention | None = None
     total: dict[str, np.ndarray] = {}

@@ -23,6 +23,14 @@ if TYPE_CHECKING:
 
 Direction = Literal["both", "a2b", "b2a"]
 DIRECTIONS: tuple[str, ...] = ("both", "a2b", "b2a")
+
+
+def check_direction(direction: str) -> None:
+    """InputError unless `direction` is one of DIRECTIONS: the one copy of this rule (CLI, server, API)."""
+    if direction not in DIRECTIONS:
+        raise InputError(f"unknown {param('direction')} '{direction}': use {', '.join(DIRECTIONS)}")
+
+
 EACH_OCCURRENCE = param("occurrence", "N,M")  # which occurrence of A and of B, separately
 Occurrence = int | Literal["all"] | None
 
@@ -120,7 +128,8 @@ def combine(a2b: np.ndarray, b2a: np.ndarray, direction: str) -> np.ndarray:
         return a2b
     if direction == "b2a":
         return b2a
-    raise InputError(f"unknown direction '{direction}': use {', '.join(DIRECTIONS)}")
+    check_direction(direction)
+    raise AssertionError("unreachable")
 
 
 def ranked_positions(score: np.ndarray, top: int | None = None) -> list[tuple[int, int]]:
@@ -370,11 +379,12 @@ def _checked_arguments(att: Any, a: Any, b: Any) -> Any:
     """find_heads' arguments of the wrong type are TypeErrors naming them (a Generation becomes
     its Attention)."""
     from attnviz.attention import Attention
+    from attnviz.generation.run import Generation
 
     for name, query in (("a", a), ("b", b)):
         if not isinstance(query, str):
             raise TypeError(f"{name} must be a word, a phrase or '@N' (a string), not {type(query).__name__}")
-    if hasattr(att, "as_attention"):  # a Generation: its steps' rows on the context
+    if isinstance(att, Generation):  # its steps' rows on the context
         att = att.as_attention()
     if isinstance(att, (str, bytes)) or not (isinstance(att, Attention) or hasattr(att, "__iter__")):
         raise TypeError(
@@ -417,8 +427,7 @@ def find_heads(
     from attnviz.attention import Attention
 
     att = _checked_arguments(att, a, b)
-    if direction not in DIRECTIONS:
-        raise InputError(f"unknown direction '{direction}': use {', '.join(DIRECTIONS)}")
+    check_direction(direction)
     occ = occurrence if isinstance(occurrence, tuple) else parse_occurrence(occurrence)
     items = _each_attention([att] if isinstance(att, Attention) else att)
     role_items = None

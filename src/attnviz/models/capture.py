@@ -8,6 +8,10 @@ slices, the same mask, scaling, softcapping and position bias as the model's eag
 block of query rows at a time, written straight into one preallocated [batch, layers, heads, q, k]
 array. So recording one head costs about one head's weights, and recording everything costs the
 result plus one block. Models that cannot switch fall back to `eager` + `output_attentions`.
+
+The active recorder and editor are per call, not per process: each lives in a `ContextVar`, so any
+number of threads (the server's pool, two models, `generate` beside `extract`) each see only their
+own. A new `threading.Thread` starts with neither; `contextvars.copy_context().run` carries them.
 """
 
 from __future__ import annotations
@@ -15,18 +19,30 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
 ATTN_IMPLEMENTATION = "attnviz"
 STORES = ("float32", "float16")
+
+
+def check_store(store: str) -> None:
+    """InputError unless `store` is a dtype the weights can be kept in: the one copy of this rule."""
+    if store not in STORES:
+        from attnviz.errors import InputError, param
+
+        raise InputError(f"unknown {param('store')} '{store}': use {' or '.join(STORES)}")
+
+
 _CROSS_NAMES = ("encdecattention", "encoder_attn", "crossattention", "cross_attn")
 _BLOCK_ELEMENTS = 1 << 22  # scores computed at once (16 MB of float32): bounds the working set
 _EAGER_ONLY = {"s_aux", "sinks"}  # weight terms head_weights does not model (attention sinks): eager
 
 _registered = False
-_active: Recorder | None = None
-_editor: Editor | None = None
+# this call's recorder (a Recorder, or generation's StepRecorder) and editor: per thread and task
+_ACTIVE: ContextVar[Any] = ContextVar("attnviz_recorder", default=None)
+_EDITOR: ContextVar[Editor | None] = ContextVar("attnviz_editor", default=None)
 
 
 @dataclass
@@ -244,12 +260,12 @@ def attention_forward(module: Any, query: Any, key: Any, value: Any, attention_m
     Any other kind of active recorder (generation's step recorder) is handed the layer through its
     own `forward(module, query, key, value, mask, **kwargs)`. An active Editor then edits the output.
     """
-    rec = _active
+    rec = _ACTIVE.get()
     if rec is not None and not isinstance(rec, Recorder):
         out, _ = rec.forward(module, query, key, value, attention_mask, **kwargs)
     else:
-        out, _ = _recorded(module, query, key, value, attention_mask, **kwargs)
-    edit = _editor
+        out, _ = _recorded(rec, module, query, key, value, attention_mask, **kwargs)
+    edit = _EDITOR.get()
     if edit is not None:
         ident = edit.key(module)
         if ident is not None:
@@ -257,9 +273,10 @@ def attention_forward(module: Any, query: Any, key: Any, value: Any, attention_m
     return out, None
 
 
-def _recorded(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, **kwargs: Any):
+def _recorded(
+    rec: Recorder | None, module: Any, query: Any, key: Any, value: Any, attention_mask: Any, **kwargs: Any
+):
     """The layer's output, recording its weights (and vectors) when the active recorder wants them."""
-    rec = _active
     ident = rec.key(module) if rec is not None else None
     if rec is None or not rec.wants(ident):
         return _plain(module, query, key, value, attention_mask, **kwargs)
@@ -324,27 +341,36 @@ def register() -> None:
 
 @contextmanager
 def recording(rec: Recorder) -> Iterator[Recorder]:
-    """Activate a recorder for one forward pass; always deactivated, even on error."""
-    global _active
-    previous, _active = _active, rec
+    """Activate a recorder for one forward pass in this thread (or task); always deactivated."""
     if isinstance(rec, Recorder):
         rec.calls.clear()
+    token = _ACTIVE.set(rec)
     try:
         yield rec
     finally:
-        _active = previous
+        _ACTIVE.reset(token)
+
+
+def active() -> Any:
+    """The recorder active in this thread (or task), or None."""
+    return _ACTIVE.get()
+
+
+def active_editor() -> Editor | None:
+    """The editor active in this thread (or task), or None."""
+    return _EDITOR.get()
 
 
 @contextmanager
 def editing(editor: Editor) -> Iterator[Editor]:
-    """Activate an editor of heads' outputs (ablation) for any number of passes; always deactivated."""
-    global _editor
-    previous, _editor = _editor, editor
+    """Activate an editor of heads' outputs (ablation) for any number of passes in this thread (or
+    task); always deactivated."""
     editor.calls.clear()
+    token = _EDITOR.set(editor)
     try:
         yield editor
     finally:
-        _editor = previous
+        _EDITOR.reset(token)
 
 
 def _stream_of(name: str, encoder_decoder: bool) -> str:
@@ -374,6 +400,12 @@ class Capture:
         if self.encoder_decoder:
             inputs["decoder_input_ids"] = inputs["input_ids"]
         self.probe = inputs  # a three-token input: discovery, and tracing where outputs go
+        # where an Editor edits heads: in our attention function, or (own attention code, set by
+        # architecture.install_head_edits) at W_O's input; else edit_problem says why it cannot
+        self.edit_at: str | None = "attention" if self.interface else None
+        self.edit_problem: str | None = None
+        self.projections: tuple[Any, ...] = ()  # own attention code: W_O per main-stream layer
+        self.head_sizes: tuple[int, ...] = ()  # and its head size (W_O may take more: ConvBERT)
         names = {id(m): n for n, m in model.named_modules()}
         sdpa_ok = bool(getattr(model, "_supports_sdpa", False))
         self.index: dict[int, tuple[str, int]] = {}  # id(module) -> (stream, layer) of its first call
@@ -435,10 +467,7 @@ class Capture:
         """
         import torch
 
-        if store not in STORES:
-            from attnviz.errors import InputError
-
-            raise InputError(f"unknown store '{store}': use {' or '.join(STORES)}")
+        check_store(store)
         rec = Recorder(
             index=self.index,
             layers=frozenset(layers) if layers is not None else None,

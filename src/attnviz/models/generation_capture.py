@@ -7,7 +7,9 @@ into one zeroed [layers, heads, new tokens, context] buffer per stream.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -34,8 +36,12 @@ class StepRecorder:
     step: int = -1  # the forward call in progress (0: the prompt's)
 
     def next_step(self, *_: Any) -> None:
-        """A forward pre-hook on the model: every call is one generation step."""
-        self.step += 1
+        """A forward pre-hook on the model: every call is one generation step, when it is this
+        recorder's call (the same model may run in other threads at the same time: not counted)."""
+        from attnviz.models.capture import active
+
+        if active() is self:
+            self.step += 1
 
     def forward(self, module: Any, query: Any, key: Any, value: Any, mask: Any, **kwargs: Any):
         """The layer's output as without recording; the step's last query row saved on the side."""
@@ -127,6 +133,24 @@ def recorder(
         if prompt_rows and not cap.encoder_decoder
         else None,
     )
+
+
+_SAMPLING = threading.Lock()
+
+
+@contextmanager
+def sampling(sample: bool | None, seed: int | None) -> Iterator[None]:
+    """Sampling draws from torch's one global generator: one sampling run at a time, seeded inside
+    the lock, so a seed gives the same text whatever other threads sample meanwhile."""
+    if not sample:
+        yield
+        return
+    import torch
+
+    with _SAMPLING:
+        if seed is not None:
+            torch.manual_seed(int(seed))
+        yield
 
 
 def check_size(n_bytes: int, device: str) -> None:

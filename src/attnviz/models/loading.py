@@ -11,6 +11,7 @@ import importlib.util
 import json
 import os
 import re
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from attnviz.errors import DeviceError, InputError, ModelNotFoundError, param
+from attnviz.models.arguments import model_spec  # re-exported: the public functions' check
 from attnviz.models.folders import (  # re-exported: info.py and the tests import them from here
     check_config,
     check_tokenizer,
@@ -127,19 +129,6 @@ def bundled_path(alias: str) -> Path | None:
 
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-
-
-def model_spec(model: object, name: str = "model") -> str | None:
-    """A model argument as `resolve_model` takes it: a name or a path (str or os.PathLike), or
-    None for the default. TypeError naming the parameter for anything else (`model=123`), never an
-    AttributeError from deep inside."""
-    if model is None or isinstance(model, str):
-        return model
-    if isinstance(model, os.PathLike):
-        return os.fspath(model)  # type: ignore[return-value]
-    raise TypeError(
-        f"{name} must be a model name, a path or a LoadedModel (from load_model), not {type(model).__name__}"
-    )
 
 
 def as_loaded(
@@ -489,6 +478,7 @@ def hub_reachable(timeout: float = 2.0) -> bool:
 
 
 _CACHE: dict[tuple[str, str, str, bool], LoadedModel] = {}
+_LOADING = threading.RLock()
 
 
 def load_model(
@@ -513,10 +503,24 @@ def load_model(
     key = (source.path, dev, str(torch_dtype), trust_remote_code, task)
     if key in _CACHE:
         return _CACHE[key]
+    with _LOADING:  # one load at a time: threads asking for one model at once share one copy
+        if key not in _CACHE:
+            _CACHE[key] = _load(source, dev, torch_dtype, trust_remote_code, progress, task)
+    return _CACHE[key]
 
+
+def _load(
+    source: ModelSource,
+    dev: str,
+    torch_dtype: Any,
+    trust_remote_code: bool,
+    progress: Callable[[LoadNotice], None] | None,
+    task: str,
+) -> LoadedModel:
     quiet_transformers()
     from transformers import AutoTokenizer
 
+    from attnviz.models.architecture import install_head_edits
     from attnviz.models.capture import ATTN_IMPLEMENTATION, Capture, register
 
     register()
@@ -546,6 +550,7 @@ def load_model(
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     capture = Capture(hf_model, tokenizer)
+    install_head_edits(hf_model, capture)  # own attention code: heads are edited at W_O's input
     config = hf_model.config
     enc_config = config.get_text_config() if hasattr(config, "get_text_config") else config
     num_heads = int(getattr(enc_config, "num_attention_heads", 0) or capture.num_heads)
@@ -566,7 +571,6 @@ def load_model(
         from_cache=from_cache,
         task=task,
     )
-    _CACHE[key] = loaded
     return loaded
 
 

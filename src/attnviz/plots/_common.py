@@ -4,6 +4,7 @@ the hatched mask, numbers written in cells, titles with the text, and the one `s
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -201,6 +202,53 @@ def resolve_scale(
     return ColourScale(below, note=f"auto: sink {who}(key {sink}, up to {top:.2f}) left out")
 
 
+CONTRAST_STEP = 0.25  # of the colour range: a row shows structure when its top cell stands this far out
+
+
+def contrast_fraction(panels: Sequence[np.ndarray], visible: np.ndarray | None, scale: ColourScale) -> float:
+    """The share of panels with visible contrast on `scale`: at least half their rows have a cell at
+    least CONTRAST_STEP of the colour range above the row's median colour (a uniform row has none)."""
+    if not panels:
+        return 1.0
+    norm = scale.norm()
+    shown = 0
+    for p in panels:
+        values = np.maximum(np.asarray(p, dtype=np.float64), scale.vmin) if scale.log else np.asarray(p)
+        colour = np.clip(np.asarray(norm(values), dtype=np.float64), 0.0, 1.0)  # [q, k]
+        if visible is not None:
+            colour = np.where(visible, colour, np.nan)
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a row with nothing visible: NaN
+            spread = np.nanmax(colour, -1) - np.nanmedian(colour, -1)
+        shown += int(np.mean(np.nan_to_num(spread) >= CONTRAST_STEP) >= 0.5)
+    return shown / len(panels)
+
+
+def readable_scale(
+    panels: Sequence[np.ndarray],
+    visible: np.ndarray | None,
+    sink: int | None = None,
+    sink_label: str = "",
+) -> ColourScale:
+    """`auto` for a grid of many panels: the linear auto scale, unless the text is long (over
+    LABEL_EVERY_PANEL keys) and at most half the panels show contrast on it (the rows spread thin),
+    then a log scale, and the legend says why. A short text's rows cannot spread thin."""
+    linear = resolve_scale("auto", panels, visible, sink, sink_label)
+    if not panels or np.shape(panels[0])[-1] <= LABEL_EVERY_PANEL:
+        return linear
+    share = contrast_fraction(panels, visible, linear)
+    if share > 0.5:
+        return linear
+    top = resolve_vmax(None, panels, visible)
+    log = ColourScale(top, log=True)
+    k = round(contrast_fraction(panels, visible, log) * len(panels))
+    note = (
+        f"auto: log scale, {top * LOG_RANGE:.2g} to {top:.2g} (contrast in {k} of {len(panels)} panels;"
+        f" linear: {round(share * len(panels))})"
+    )
+    return ColourScale(top, log=True, note=note)
+
+
 def colorbar(fig: Any, image: AxesImage, ax: Any, vmax: float, top: float, label: str) -> Any:
     """A colour bar that says (with an arrow) when weights above the scale's top were clipped."""
     bar = fig.colorbar(image, ax=ax, extend="max" if top > vmax * 1.0001 else "neither", shrink=0.9)
@@ -254,13 +302,6 @@ def text_inches(text: str, fontsize: float = 12.0) -> float:
     return longest * fontsize * 0.6 / 72 + 0.4
 
 
-def ranges(values: Sequence[int]) -> str:
-    """[0, 1, 2, 3] -> '0-3'; anything else listed."""
-    if len(values) > 2 and list(values) == list(range(values[0], values[-1] + 1)):
-        return f"{values[0]}-{values[-1]}"
-    return ", ".join(str(v) for v in values)
-
-
 def label_step(n: int, axis_inches: float, font: float = FONT) -> tuple[int, float]:
     """Show every `step`-th label at `fontsize` so labels of n cells in `axis_inches` never overlap."""
     if n <= 0:
@@ -310,6 +351,15 @@ def set_ticks(
     token_ticks(ax.xaxis, cols, axis_inches[0], highlight, show[1])
     ax.tick_params(axis="x", labelrotation=90, length=2)
     ax.tick_params(axis="y", length=2)
+
+
+def layer_head_ticks(ax: Axes, layers: Sequence[int], heads: Sequence[int], fontsize: float = 8.0) -> None:
+    """Every layers x heads grid labels its cells the same way: rows L0, L1..., columns H0, H1...
+    (as the overview's panels and the printed tables, e.g. L18H6)."""
+    ax.set_xticks(range(len(heads)), [f"H{h}" for h in heads], fontsize=fontsize)
+    ax.set_yticks(range(len(layers)), [f"L{layer}" for layer in layers], fontsize=fontsize)
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
 
 
 # -- drawing ---------------------------------------------------------------------------------

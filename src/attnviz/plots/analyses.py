@@ -22,6 +22,7 @@ from attnviz.plots._common import (
     colormap,
     draw_matrix,
     label_step,
+    layer_head_ticks,
     new_figure,
     quoted,
     with_text,
@@ -97,10 +98,7 @@ def change_figure(cmp: Comparison, *, cmap: str = "magma", dpi: float = DEFAULT_
     fig = new_figure((max(4.5, n_heads * 0.45 + 2.2), max(3.0, n_layers * 0.45 + 1.6)), dpi)
     ax = fig.add_subplot()
     image = ax.imshow(cmp.change, cmap=colormap(cmap), vmin=0.0, aspect="auto")
-    ax.set_xticks(range(n_heads), [str(h) for h in cmp.heads])
-    ax.set_yticks(range(n_layers), [str(layer) for layer in cmp.layers])
-    ax.set_xlabel("head")
-    ax.set_ylabel("layer")
+    layer_head_ticks(ax, cmp.layers, cmp.heads)
     ax.set_title(
         f"{cmp.model} · change per head (JS divergence, bits)\n{_both(cmp)}", fontsize=10, parse_math=False
     )
@@ -186,24 +184,34 @@ def cluster_map(dist: HeadDistances, *, cmap: str = "viridis_r") -> Any:
         xticklabels=True,
         yticklabels=True,
         cbar_kws={"label": "mean JS divergence (bits)"},
+        cbar_pos=(0.02, 0.74, 0.03, 0.16),  # below the title's band
     )
     font = max(3.0, min(8.0, 500 / max(1, len(labels))))
     grid.ax_heatmap.tick_params(labelsize=font)
+    # the grid leaves a band on the right for the layer legend (beside the row labels, off the
+    # dendrograms) and one at the top for the title (never touching the picture's edge)
+    grid.gs.update(top=CLUSTER_TOP, right=CLUSTER_RIGHT)
     handles = [Patch(facecolor=colour, label=f"L{layer}") for layer, colour in palette.items()]
     grid.figure.legend(
         handles=handles,
         title="layer",
-        loc="upper left",
-        bbox_to_anchor=(0.005, 0.78),
-        ncols=max(1, -(-len(handles) // 12)),
+        loc="upper right",
+        bbox_to_anchor=(0.995, CLUSTER_TOP),
+        ncols=max(1, -(-len(handles) // 16)),
         fontsize=6,
         title_fontsize=7,
         frameon=False,
     )
     grid.figure.suptitle(
-        f"{dist.model} · head distances over {dist.texts} texts (side colours: layer)", y=0.998, va="top"
+        f"{dist.model} · head distances over {dist.texts} texts (side colours: layer)",
+        y=1 - 0.25 / side,
+        va="top",
     )
     return grid
+
+
+CLUSTER_TOP = 0.91  # of the clustermap's height: the grid's top, below the title
+CLUSTER_RIGHT = 0.86  # of its width: the grid's right edge, the layer legend beyond it
 
 
 def layer_colours(layers: Sequence[int]) -> dict[int, Any]:
@@ -278,9 +286,6 @@ def embedding_figure(dist: HeadDistances, *, dpi: float = DEFAULT_DPI) -> Figure
             edgecolors="black",
             linewidths=0.4,
         )
-    if len(dist.labels) <= 150:
-        for (x, y), label in zip(coords, dist.labels, strict=True):
-            ax.annotate(label, (x, y), fontsize=5, xytext=(2, 2), textcoords="offset points", alpha=0.7)
     handles = [
         Line2D([], [], marker=ROLE_MARKERS[r], linestyle="", color="grey", markeredgecolor="black", label=r)
         for r in present
@@ -300,7 +305,27 @@ def embedding_figure(dist: HeadDistances, *, dpi: float = DEFAULT_DPI) -> Figure
     ax.set_xlabel("MDS 1")
     ax.set_ylabel("MDS 2")
     ax.set_title(f"{dist.model} · heads placed by attention similarity ({dist.texts} texts)", fontsize=10)
+    if len(dist.labels) <= 150:
+        _point_labels(fig, ax, coords, dist.labels)
     return fig
+
+
+def _point_labels(fig: Figure, ax: Any, coords: np.ndarray, labels: Sequence[str]) -> None:
+    """Name the points whose labels do not pile up: outermost first, a label that would overlap one
+    already placed (or leave the axes) is left out, so every name shown can be read."""
+    order = np.argsort(-np.linalg.norm(coords - coords.mean(0), axis=1), kind="stable")
+    fig.canvas.draw()  # the final layout, so label boxes are where they will be saved
+    renderer = fig.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    placed: list[Any] = []
+    for i in order:
+        text = ax.annotate(labels[i], tuple(coords[i]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        box = text.get_window_extent(renderer)
+        inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+        if not inside or any(box.overlaps(other) for other in placed):
+            text.remove()
+        else:
+            placed.append(box)
 
 
 # -- norm weighting -----------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from attnviz.plots._common import (
     SUBTITLE_COLOUR,
     colormap,
     label_inches,
+    layer_head_ticks,
     new_figure,
     quoted,
     text_inches,
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 
 ENTROPY_LABEL = "row entropy (bits)"
 BOUND_LABEL = "uniform attention: log2(visible keys)"
+LEGEND_ROOM = 1.4  # the y axis reaches this times the bound: the top band holds the legend
 
 
 def bound_line(ax: Axes, bound: np.ndarray) -> None:
@@ -85,13 +87,14 @@ def entropy_bars(
     ax.bar(np.arange(n), entropy, width=0.8, color="#3b6ea8", label="row entropy", zorder=2)
     bound_line(ax, bound)
     ax.set_xlim(-0.5, n - 0.5)
-    ax.set_ylim(0, max(1.0, float(bound.max()) if n else 1.0) * 1.12)
+    # headroom above the bound for the one-row legend: it never covers the dashed line or a bar
+    ax.set_ylim(0, max(1.0, float(bound.max()) if n else 1.0) * LEGEND_ROOM)
     token_ticks(ax.xaxis, labels, width, highlight)
     ax.tick_params(axis="x", labelrotation=90)
     ax.set_ylabel(ENTROPY_LABEL)
     ax.set_xlabel(QUERY_LABEL)
     ax.grid(axis="y", alpha=0.3, zorder=0)
-    ax.legend(loc="upper left", fontsize=8, framealpha=0.95)
+    ax.legend(loc="upper left", ncols=2, fontsize=8, framealpha=0.95, borderaxespad=0.3)
     if title:
         ax.set_title(title, parse_math=False)
     return fig
@@ -123,10 +126,7 @@ def entropy_grid(
     cm = colormap(cmap)
     top = max(bound, float(np.nanmax(values)) if values.size else 0.0, 1e-6)
     image = ax.imshow(values, cmap=cm, vmin=0.0, vmax=top, aspect="auto")
-    ax.set_xticks(range(nh), [f"H{h}" for h in heads], fontsize=8)
-    ax.set_yticks(range(nl), [f"L{layer}" for layer in layers], fontsize=8)
-    ax.set_xlabel("head")
-    ax.set_ylabel("layer")
+    layer_head_ticks(ax, layers, heads)
     cell_pts = min(size[0] / max(nh, 1), size[1] / max(nl, 1)) * 72
     if annotate and cell_pts >= 14:
         write_cells(ax, values, cm, top, fmt="{:.1f}", fontsize=min(8.0, cell_pts * 0.3))

@@ -34,8 +34,9 @@ from attnviz.plots._common import (
     label_inches,
     mask_patch,
     new_figure,
+    parse_scale,
     quoted,
-    ranges,
+    readable_scale,
     resolve_scale,
     resolve_vmax,
     set_ticks,
@@ -44,6 +45,7 @@ from attnviz.plots._common import (
     with_text,
 )
 from attnviz.plots.fonts import with_fonts
+from attnviz.selection import format_indices
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -54,6 +56,8 @@ if TYPE_CHECKING:
 OVERVIEW_PANEL = 1.25  # inches: a panel of the whole-model overview, unless the text needs more
 OVERVIEW_MAX = 50.0  # inches: an overview that needs more (a long text, many heads) is refused
 OVERVIEW_ASPECT = 1.5  # width / height the overview's blocks of layers are wrapped towards
+# --weighting norm draws ||alpha f(x)|| (Kobayashi et al. 2020): a vector norm, not a probability
+NORM_LABEL = "norm-weighted attention ‖α·f(x)‖ (not a probability)"
 OVERVIEW_NOTE = "each panel: rows = query tokens (attending from), columns = key tokens (attending to)"
 
 
@@ -74,6 +78,7 @@ def heatmap(
     size: tuple[float, float] | None = None,
     text: str | None = None,
     sink: tuple[int, str] | None = None,
+    label: str = WEIGHT_LABEL,
 ) -> Figure:
     """One head: queries as rows ("attending from"), keys as columns ("attending to").
 
@@ -117,7 +122,7 @@ def heatmap(
         ax.set_title(title, parse_math=False)
     if text:
         fig.suptitle(quoted(text), fontsize=9, color=SUBTITLE_COLOUR, parse_math=False)
-    colorbar(fig, image, ax, cs.vmax, top, cs.label(WEIGHT_LABEL))
+    colorbar(fig, image, ax, cs.vmax, top, cs.label(label))
     if visible is not None and not visible.all():
         fig.legend(handles=[mask_patch()], loc="outside lower right", fontsize=8)
     return fig
@@ -140,6 +145,7 @@ def heatmap_panels(
     dpi: float = DEFAULT_DPI,
     size: tuple[float, float] | None = None,
     sink: tuple[int, str] | None = None,
+    label: str = WEIGHT_LABEL,
 ) -> Figure:
     """A few heads side by side (or a layer's heads in a grid), one shared colour scale."""
     cols = rows if cols is None else cols
@@ -187,7 +193,7 @@ def heatmap_panels(
             ax.set_xlabel(KEY_LABEL, fontsize=8)
     if title:
         fig.suptitle(title, parse_math=False)
-    colorbar(fig, image, axes[:n].tolist(), cs.vmax, top, cs.label(WEIGHT_LABEL))
+    colorbar(fig, image, axes[:n].tolist(), cs.vmax, top, cs.label(label))
     if visible is not None and not visible.all():
         fig.legend(handles=[mask_patch()], loc="outside lower right", fontsize=8)
     return fig
@@ -285,6 +291,7 @@ def overview(
     dpi: float = OVERVIEW_DPI,
     size: tuple[float, float] | None = None,
     sink: tuple[int, str] | None = None,
+    label: str = WEIGHT_LABEL,
 ) -> Figure:
     """The whole model at a glance: a layers x heads grid of small heatmaps, each titled "L1 H5".
 
@@ -298,7 +305,11 @@ def overview(
     width, height = lay.size
     fig = new_figure(lay.size, dpi, constrained=False)
     flat = [attn[li, hi] for li in range(nl) for hi in range(nh)]
-    top, cs = resolve_vmax(None, flat, visible), resolve_scale(vmax, flat, visible, *(sink or (None,)))
+    top = resolve_vmax(None, flat, visible)
+    if parse_scale(vmax, "vmax") == "auto":  # many small panels: linear, or log where linear shows nothing
+        cs = readable_scale(flat, visible, *(sink or (None,)))
+    else:
+        cs = resolve_scale(vmax, flat, visible, *(sink or (None,)))
     cm = colormap(cmap)
     font = max(7.0, min(9.0, lay.panel * 72 * 0.12))
     for li, layer in enumerate(layers):
@@ -319,7 +330,7 @@ def overview(
     bar_y = height - lay.top - grid_h / 2 - bar_h / 2  # centred on the grid
     cax = fig.add_axes(((width - lay.right + 0.2) / width, bar_y / height, 0.18 / width, bar_h / height))
     bar = fig.colorbar(image, cax=cax, extend="max" if top > cs.vmax * 1.0001 else "neither")
-    bar.set_label(cs.label(WEIGHT_LABEL))
+    bar.set_label(cs.label(label))
     if visible is not None and not visible.all():
         fig.legend(
             handles=[mask_patch()], loc="lower right", bbox_to_anchor=(1, 0), fontsize=7, frameon=False
@@ -358,6 +369,7 @@ def attention_figure(
     sink = sink_key([att.attn], labels, att.special, att.causal)
     found = (sink, f"'{labels[sink]}'") if sink is not None else None
     style = {"visible": att.visible(), "vmax": vmax, "cmap": cmap, "size": size, "sink": found}
+    style["label"] = NORM_LABEL if att.weighting == "norm" else WEIGHT_LABEL
     many = {"annotate": annotate, "highlight": highlight, "dpi": dpi or DEFAULT_DPI, **style}
     layers, heads = list(att.layers), list(att.heads)
     if average:
@@ -375,7 +387,7 @@ def attention_figure(
     if len(layers) == 1:
         titles = [f"head {h}" for h in heads]
         where = "pooled layers" if att.pooled_layers is not None else f"layer {layers[0]}"
-        title = with_text(f"{att.model} · {where} · heads {ranges(heads)}{level}", att.text)
+        title = with_text(f"{att.model} · {where} · heads {format_indices(heads)}{level}", att.text)
         return heatmap_panels(list(att.attn[0]), titles, labels, title=title, **many)
     if len(heads) == 1:
         titles = [f"layer {layer}" for layer in layers]

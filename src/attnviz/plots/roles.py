@@ -40,10 +40,9 @@ def _grid(n_layers: int, n_heads: int, dpi: float, title: str) -> tuple[Figure, 
 
 
 def _axes(ax: Axes, layers: Sequence[int], heads: Sequence[int]) -> None:
-    ax.set_xticks(range(len(heads)), [str(h) for h in heads])
-    ax.set_yticks(range(len(layers)), [str(layer) for layer in layers])
-    ax.set_xlabel("head")
-    ax.set_ylabel("layer")
+    from attnviz.plots._common import layer_head_ticks
+
+    layer_head_ticks(ax, layers, heads)
 
 
 @with_fonts

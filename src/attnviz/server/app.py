@@ -24,10 +24,11 @@ from attnviz.errors import (
     api_terms,
     param,
 )
+from attnviz.server.web import MAX_QUERY_BYTES, RequestError, bind, serve, turn, uvicorn_server
+
+__all__ = ["MAX_QUERY_BYTES", "Pool", "RequestError", "bind", "create_app", "serve", "uvicorn_server"]
 
 if TYPE_CHECKING:
-    import socket
-
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import Response
@@ -36,7 +37,6 @@ if TYPE_CHECKING:
     from attnviz.models.loading import LoadedModel
 
 MAX_TEXT_CHARS = 100_000  # longer texts are refused before tokenising (413)
-MAX_QUERY_BYTES = 200_000  # the whole query string (a long text, percent-encoded)
 MAX_BODY_BYTES = 1_000_000  # a POST body (JSON or form): long texts go this way
 MAX_PAGE_MB = 25.0
 CACHE_BYTES = 256_000_000  # attention arrays kept for the last texts
@@ -53,14 +53,6 @@ STATIC = {
     "serve.js": "text/javascript",
 }
 log = logging.getLogger("attnviz.serve")
-
-
-class RequestError(AttnvizError):
-    """A bad request, with the HTTP status it gets."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 @dataclass
@@ -102,7 +94,7 @@ class Pool:
             if key in self.cache:
                 self.cache.move_to_end(key)
                 return self.cache[key]
-        with self.locks[model]:
+        with self.turn(model):
             with self.cache_lock:  # another request may have run this text while we waited
                 if key in self.cache:
                     return self.cache[key]
@@ -119,6 +111,10 @@ class Pool:
                     or sum(a.attn.nbytes for a in self.cache.values()) > self.cache_bytes
                 ):
                     self.cache.popitem(last=False)
+
+    def turn(self, model: str) -> Any:
+        """The model's lock, held for one forward pass; a request given up stops waiting for it."""
+        return turn(self.locks[model])
 
     def length(self, model: str, text: str, truncate: bool) -> int:
         """How many tokens the model reads for `text` (tokenising only). Blocking."""
@@ -146,7 +142,7 @@ class Pool:
             if key in self.cache:
                 self.cache.move_to_end(key)
                 return self.cache[key]
-        with self.locks[model]:
+        with self.turn(model):
             att = extract(text, loaded, layers=[layer_i], heads=[head_i], truncate=truncate)
         self._keep(key, att)
         return att
@@ -219,14 +215,9 @@ class Params:
     @classmethod
     async def read(cls, request: Request, max_bytes: int = MAX_QUERY_BYTES) -> Params:
         """The parameters of a GET, or of a POST whose body (up to MAX_BODY_BYTES) carries them."""
-        body = b""
-        if request.method == "POST":
-            size = request.headers.get("content-length", "")
-            if size.isdigit() and int(size) > MAX_BODY_BYTES:
-                raise RequestError(f"the request body is over {MAX_BODY_BYTES} bytes", 413)
-            body = await request.body()
-            if len(body) > MAX_BODY_BYTES:
-                raise RequestError(f"the request body is over {MAX_BODY_BYTES} bytes", 413)
+        from attnviz.server.web import read_body
+
+        body = await read_body(request, MAX_BODY_BYTES) if request.method == "POST" else b""
         return cls(request, max_bytes, body)
 
     def text(self) -> str:
@@ -309,15 +300,15 @@ class Handlers:
     def view(self, p: Params) -> dict[str, Any]:
         """The explorer's data; with `lazy=1`, a text too long for one page comes without weights
         (`"lazy": true`) and the page fetches its heads one at a time from /api/head."""
-        from attnviz.views.html import estimate_bytes, page_data
+        from attnviz.views.html import estimate_bytes, least_bytes, page_data
 
         text, name = p.text(), self.pool.name(p.q.get("model"))
         options = p.view_options()
         if p.flag("lazy") and not options.changes:
             loaded, truncate = self.pool.models[name], p.flag("truncate")
             n = self.pool.length(name, text, truncate)
-            values = n * n * loaded.num_layers * loaded.capture.num_heads
-            if not self.pool.fits(name, n) or values * 0.22 > self.max_page_mb * 1e6:
+            least = least_bytes(loaded.num_layers, loaded.capture.num_heads, n)  # the page's own rule
+            if not self.pool.fits(name, n) or least > self.max_page_mb * 1e6:
                 return self._lazy(name, text, truncate)
         att = self.pool.extract(
             name, text, layers=p.indices("layers"), heads=p.indices("heads"), truncate=p.flag("truncate")
@@ -364,7 +355,7 @@ class Handlers:
         }
 
     def find_head(self, p: Params) -> list[dict[str, Any]]:
-        from attnviz.heads.search import DIRECTIONS, find_heads
+        from attnviz.heads.search import check_direction, find_heads
 
         text, name = p.text(), self.pool.name(p.q.get("model"))
         a, b = p.word("a"), p.word("b")
@@ -372,8 +363,7 @@ class Handlers:
         if top is None or top < 0:
             raise RequestError("parameter 'top' must be 0 (all) or more")
         direction = p.q.get("direction", "both")
-        if direction not in DIRECTIONS:
-            raise RequestError(f"unknown direction '{direction}': use {', '.join(DIRECTIONS)}")
+        check_direction(direction)
         att = self.pool.extract(name, text, layers=p.indices("layers"), truncate=p.flag("truncate"))
         result = find_heads(att, a, b, direction=direction, top=top or None)
         return [h.as_dict() for h in result.ranking]
@@ -410,23 +400,30 @@ class Handlers:
         ]
 
 
-def _error(message: str, status: int) -> Response:
+def _error(message: str, status: int, close: bool = False) -> Response:
     from starlette.responses import JSONResponse
 
-    return JSONResponse({"error": message}, status_code=status)
+    return JSONResponse(
+        {"error": message}, status_code=status, headers={"Connection": "close"} if close else None
+    )
 
 
 def _api(handler: Callable[[Params], Any], max_query_bytes: int) -> Callable[[Request], Any]:
-    """Run a blocking handler in a worker thread; library errors become 4xx JSON, bugs one 500 line."""
-    from starlette.concurrency import run_in_threadpool
+    """Run a blocking handler in a worker thread; library errors become 4xx JSON, bugs one 500 line.
+    When the client goes away first, its work is dropped (499, logged as cancelled)."""
     from starlette.responses import JSONResponse, Response
+
+    from attnviz.server.web import CLIENT_GONE, ClientGone, run_until_gone
 
     async def endpoint(request: Request) -> Response:
         try:
             params = await Params.read(request, max_query_bytes)
-            result = await run_in_threadpool(handler, params)
+            result = await run_until_gone(request.receive, lambda: handler(params))
+        except ClientGone:
+            return Response(status_code=CLIENT_GONE)  # unheard; the log says "cancelled"
         except AttnvizError as exc:
-            return _error(exc.render(api_terms), _status(exc))  # query parameters, not flags
+            close = isinstance(exc, RequestError) and exc.close
+            return _error(exc.render(api_terms), _status(exc), close)  # query parameters, not flags
         except Exception as exc:  # a bug: logged here, one line to the client
             log.exception("request failed: %s", request.url.path)
             return _error(f"internal error ({type(exc).__name__})", 500)
@@ -503,55 +500,3 @@ def create_app(
     )
     app.state.pool = pool
     return app
-
-
-def bind(host: str, port: int) -> socket.socket:
-    """A listening socket on host:port, or one InputError line (in use, not this machine's...).
-
-    Bound before the models load, so a taken port fails fast; requests queue on it until uvicorn
-    accepts them.
-    """
-    import socket
-
-    if not 0 <= port < 65536:
-        raise InputError(f"bad {param('port')} {port}: use 1-65535 (or 0: any free port)")
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror:
-        raise InputError(f"unknown {param('host')} '{host}'") from None
-    family, _, _, _, addr = infos[0]
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind(addr)
-        sock.listen(128)
-    except OSError as exc:
-        sock.close()
-        raise InputError(
-            f"cannot listen on {host}:{port}: {exc.strerror or exc}; pass another {param('port')}"
-        ) from None
-    return sock
-
-
-def uvicorn_server(app: Starlette, host: str = "127.0.0.1", port: int = 8000) -> Any:
-    """The uvicorn server `serve` runs (tests run it in a thread, on a socket of their own)."""
-    import uvicorn
-
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        log_level="warning",
-        limit_concurrency=64,
-        h11_max_incomplete_event_size=MAX_QUERY_BYTES + 16_384,  # a long text fits in the request line
-    )
-    return uvicorn.Server(config)
-
-
-def serve(app: Starlette, sock: socket.socket) -> None:
-    """Run uvicorn on a socket from `bind` until Ctrl-C (which uvicorn turns into a clean shutdown)."""
-    host, port = sock.getsockname()[:2]
-    try:
-        uvicorn_server(app, host, port).run(sockets=[sock])
-    finally:
-        sock.close()

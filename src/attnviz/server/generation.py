@@ -19,7 +19,7 @@ def serve_generation(pool: Any, p: Any, max_mb: float | None = DEFAULT_MAX_MB) -
     if n is None or not 1 <= n <= MAX_SERVED_TOKENS:
         raise InputError(f"parameter 'max_new_tokens' must be between 1 and {MAX_SERVED_TOKENS}")
     options = p.view_options()
-    with pool.locks[name]:
+    with pool.turn(name):  # a request given up stops waiting for the model
         loaded = load_for_generation(pool.models[name])  # the LM-head model, loaded once and cached
         gen = generate(
             text,

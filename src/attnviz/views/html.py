@@ -14,7 +14,6 @@ import html
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import replace
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -28,7 +27,6 @@ if TYPE_CHECKING:
     from attnviz.models.loading import LoadedModel
 
 DEFAULT_MAX_MB = 25.0
-BYTES_PER_WEIGHT = 0.22  # the page's encoding, measured on MiniLM at 512 tokens (causal models: less)
 VIEWS = ("head", "matrix", "model", "text")
 HTML_SUFFIXES = (".html", ".htm")
 
@@ -67,6 +65,32 @@ def _half(array: Any) -> str:
     return base64.b64encode(np.ascontiguousarray(array, dtype="<f2").tobytes()).decode("ascii")
 
 
+def _top(head: Any) -> float:
+    """A head's largest weight outside the first key column: its codes' scale."""
+    rest = head[..., 1:]
+    return float(rest.max()) if rest.size else 0.0
+
+
+def _codes(head: Any, out: Any, work: Any, top: float) -> None:
+    """Rows of one head [q, k] -> their uint8 codes in `out` (first key column 0), steps of `top`.
+
+    `work` is a float32 buffer of the rows' shape: no array of the whole attention is made.
+    """
+    import numpy as np
+
+    np.divide(head, top if top > 0 else 1.0, out=work, dtype=np.float32)
+    np.multiply(work, QUANT_LEVELS, out=work)
+    work[:, 0] = 0.0
+    np.rint(work, out=work)
+    np.clip(work, 0, QUANT_LEVELS, out=work)
+    out[...] = work  # float -> uint8, in place
+
+
+def _head_order(shape: Sequence[int]) -> Any:
+    """(layer, head) pairs in the order the page stores them."""
+    return ((layer, h) for layer in range(shape[0]) for h in range(shape[1]))
+
+
 def encode_weights(attn: Any) -> dict[str, Any]:
     """[layers, heads, q, k] -> the page's compact form, decoded by the page's script.
 
@@ -74,24 +98,33 @@ def encode_weights(attn: Any) -> dict[str, Any]:
     rounded to one of QUANT_LEVELS + 1 steps of its head's largest weight outside that column
     (so the error is at most top / 126, under half a colour step of the auto scale), and the bytes
     are deflated (zlib) and base64-encoded. Attention is mostly near zero, so this shrinks ~10x.
+    Encoded one head at a time, streamed through one deflate: the memory it needs beyond `attn`
+    is one head's codes and the compressed page.
     """
     import zlib
 
     import numpy as np
 
-    attn = np.asarray(attn, dtype=np.float32)  # [layers, heads, q, k]
-    first = attn[..., 0]  # [layers, heads, q]
-    rest = attn.copy()
-    rest[..., 0] = 0.0
-    top = rest.max(axis=(-1, -2)) if rest.size else np.zeros(attn.shape[:2], np.float32)  # [layers, heads]
-    safe = np.where(top > 0, top, 1.0)[..., None, None]
-    codes = np.clip(np.rint(rest / safe * QUANT_LEVELS), 0, QUANT_LEVELS).astype(np.uint8)  # [l, h, q, k]
-    packed = zlib.compress(codes.tobytes(), 6)
+    attn = np.asarray(attn)  # [layers, heads, q, k], float32 as extracted (any float is read per head)
+    n_q, n_k = attn.shape[-2:]
+    tops = np.zeros(attn.shape[:2], np.float32)  # [layers, heads]
+    work = np.empty((n_q, n_k), np.float32)
+    codes = np.empty((n_q, n_k), np.uint8)
+    deflate = zlib.compressobj(6)
+    chunks = []
+    for layer, h in _head_order(attn.shape):
+        head = np.asarray(attn[layer, h], dtype=np.float32)
+        tops[layer, h] = top = _top(head)
+        _codes(head, codes, work, top)
+        chunks.append(deflate.compress(codes))
+    chunks.append(deflate.flush())
+    packed = b"".join(chunks)
+    del chunks
     return {
         "encoding": ENCODING,
         "steps": QUANT_LEVELS,
-        "top": [float(x) for x in top.ravel()],
-        "first": _half(first),
+        "top": [float(x) for x in tops.ravel()],
+        "first": _half(attn[..., 0]),
         "data": base64.b64encode(packed).decode("ascii"),
     }
 
@@ -119,33 +152,94 @@ def _word_map(att: Attention) -> dict[str, Any] | None:
 
     if att.level != "token" or not att.word_ids:
         return None
-    _, unit_of = word_units(att.tokens, att.word_ids, att.words)
-    one = replace(att, attn=att.attn[:1, :1], layers=att.layers[:1], heads=att.heads[:1], qkv=None)
-    words = replace(one, cross=None, decoder=None).to_words()  # labels and flags as `--words` has them
-    if words.labels == att.labels:
+    labels, unit_of = word_units(att.tokens, att.word_ids, att.words)  # as `to_words` merges them
+    special = [True] * len(labels)
+    for u, wid in zip(unit_of, att.word_ids, strict=True):
+        special[u] = wid is None
+    if labels == att.labels:
         return None
-    return {"unit": unit_of, "tokens": words.labels, "special": [bool(s) for s in words.special]}
+    return {"unit": unit_of, "tokens": labels, "special": special}
 
 
-def estimate_bytes(att: Attention) -> int:
-    """About how big the page for `att` will be before encoding it (measured: ~0.22 bytes a weight
-    on MiniLM at 512 tokens), plus the code; the real size is checked after encoding."""
-    return int(att.attn.size * BYTES_PER_WEIGHT) + 60_000
+SAMPLE_HEADS = 12  # heads encoded to estimate a page, spread over the layers
+SAMPLE_CODES = 1 << 20  # codes encoded per sampled head (8 blocks of whole rows), at most
+LEAST_ROW_BYTES = 16  # a head's row on a page, at the least (smollm2 at 1,882 tokens: 34; MiniLM: more)
+
+
+@cache
+def _code_bytes() -> int:
+    """The page's fixed part: its script, styles and markup."""
+    return sum(len(asset(name).encode()) for name in (*SCRIPTS, "attnviz.css")) + 1500
+
+
+def _sampled_codes(attn: Any) -> float:
+    """About how many deflated bytes every head's codes take: a few heads, in blocks of rows."""
+    import zlib
+
+    import numpy as np
+
+    n_layers, n_heads, n_q, n_k = attn.shape
+    count = n_layers * n_heads
+    if count == 0 or n_q == 0:
+        return 0.0
+    picks = sorted({int(x) for x in np.linspace(0, count - 1, min(count, SAMPLE_HEADS)).round()})
+    block = max(1, min(n_q, SAMPLE_CODES // (8 * max(n_k, 1))))
+    starts = sorted({int(x) for x in np.linspace(0, n_q - block, 8).round()}) if 8 * block < n_q else [0]
+    rows = np.concatenate([np.arange(a, min(n_q, a + block)) for a in starts])
+    work = np.empty((len(rows), n_k), np.float32)
+    codes = np.empty((len(rows), n_k), np.uint8)
+    total = 0
+    for k in picks:
+        head = np.asarray(attn[k // n_heads, k % n_heads], dtype=np.float32)
+        _codes(head[rows], codes, work, _top(head))
+        total += len(zlib.compress(codes, 6))
+    return total / len(picks) * count * n_q / len(rows)
+
+
+def estimate_bytes(att: Attention, meta: dict[str, Any] | None = None) -> int:
+    """About how big the page for `att` will be, without encoding it: a few heads spread over the
+    layers are encoded (blocks of their rows, up to a megabyte of codes each) and their deflated
+    size scaled to every head; the float16 first column, the tokens and the code are counted as
+    they are. Within 1.5x of the real size (tests/test_views.py); `page_data` checks the real one."""
+    base64_of = lambda size: 4 * ((int(size) + 2) // 3)  # noqa: E731
+    layers, heads, n_q = att.attn.shape[:3]
+    meta = page_meta(att) if meta is None else meta
+    return (
+        base64_of(_sampled_codes(att.attn))
+        + base64_of(2 * layers * heads * n_q)  # the first key column, float16
+        + 14 * layers * heads  # each head's top, as JSON
+        + len(safe_json(meta).encode())
+        + _code_bytes()
+    )
+
+
+def least_bytes(n_layers: int, n_heads: int, n: int) -> int:
+    """How big an n-token page will be at the least, before any attention is known (the early check)."""
+    return n_layers * n_heads * n * LEAST_ROW_BYTES + _code_bytes()
 
 
 ALLOW = f"allow it with {param('max_mb')}, or explore it through `attnviz serve`"  # a page in a file
 
 
-def check_page_size(size: float, shape: tuple[int, ...], max_mb: float, allow: str = ALLOW) -> None:
+def _mb(size: float) -> str:
+    mb = size / 1e6
+    return f"{mb:.0f}" if mb >= 10 else f"{mb:.1f}" if mb >= 1 else f"{mb:.2f}"
+
+
+def check_page_size(
+    size: float, shape: tuple[int, ...], max_mb: float, allow: str = ALLOW, least: bool = False
+) -> None:
     """Refuse a page of about `size` bytes over `max_mb`, saying how to narrow it ([layers, heads, n, n]).
 
     `allow`: the other way out, where the caller has one (the server: one head at a time).
+    `least`: `size` is what the page takes at the least (the early check, before the forward pass).
     """
     if size > max_mb * 1e6:
         layers, heads, n = shape[:3]
+        about = "at least about" if least else "about"
         raise InputError(
-            f"the page would be about {size / 1e6:.0f} MB ({n} tokens x {layers} layers x {heads} heads, "
-            f"about {size / layers / 1e6:.1f} MB a layer); "
+            f"the page would be {about} {_mb(size)} MB ({n} tokens x {layers} layers x {heads} heads, "
+            f"about {_mb(size / layers)} MB a layer); "
             f"narrow it with {param('layers')} (e.g. {param('layers', [0])}) "
             f"or {param('heads')}, {allow}"
         )
@@ -163,8 +257,8 @@ def check_page_fits(
 ) -> None:
     """Refuse a page too large from the text's token count, before the forward pass is paid for.
 
-    Compression varies with the attention, so only a page estimated at over twice `max_mb` is
-    refused here; `page_data` checks the encoded page itself.
+    Compression varies with the attention, so this refuses only a page whose least size
+    (`least_bytes`) is over `max_mb`; `page_data` estimates, then checks, the page itself.
     """
     if max_mb is None:
         return
@@ -182,9 +276,7 @@ def check_page_fits(
     if options is not None and options.aggregate is not None:
         n_heads = 1 if options.over in ("heads", "both") else n_heads
         n_layers = 1 if options.over in ("layers", "both") else n_layers
-    size = n_layers * n_heads * n * n * BYTES_PER_WEIGHT + 60_000
-    if size > 2 * max_mb * 1e6:
-        check_page_size(size, (n_layers, n_heads, n), max_mb)
+    check_page_size(least_bytes(n_layers, n_heads, n), (n_layers, n_heads, n), max_mb, least=True)
 
 
 def page_meta(att: Attention, *, level: str = "token", scale: str = "auto") -> dict[str, Any]:
@@ -231,11 +323,14 @@ def page_data(
     A page that would pass `max_mb` is refused with the way to narrow it.
     """
     data = page_meta(att, level=level, scale=scale)
-    if max_mb is not None and estimate_bytes(att) > 2 * max_mb * 1e6:  # clearly too big: not encoded
-        check_page_size(estimate_bytes(att), att.attn.shape, max_mb, allow)
-    data["weights"] = encode_weights(att.attn)
-    if max_mb is not None:
-        size = len(data["weights"]["data"]) + len(data["weights"]["first"]) + 60_000
+    if max_mb is not None:  # clearly too big (the estimate is within 1.5x): not encoded
+        estimate = estimate_bytes(att, data)
+        if estimate > 1.5 * max_mb * 1e6:
+            check_page_size(estimate, att.attn.shape, max_mb, allow)
+    rest = len(safe_json(data).encode()) + _code_bytes()
+    data["weights"] = w = encode_weights(att.attn)
+    if max_mb is not None:  # the page's real size, to a few bytes
+        size = rest + len(w["data"]) + len(w["first"]) + len(safe_json(w["top"])) + 80
         check_page_size(size, att.attn.shape, max_mb, allow)
     return data
 

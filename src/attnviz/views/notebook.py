@@ -73,9 +73,10 @@ class HTMLView:
 def show(obj: Attention | HeadSearch | Generation, **options: Any) -> HTMLView | None:
     """Show the explorer for an Attention, a Generation or a find_heads ranking in Jupyter; elsewhere
     return it."""
+    from attnviz.generation.run import Generation
     from attnviz.heads.search import HeadSearch
 
-    if hasattr(obj, "as_attention"):  # a Generation: the explorer's generation mode
+    if isinstance(obj, Generation):  # the explorer's generation mode
         from attnviz.views.generation import render_generation_html
 
         view = HTMLView(iframe(render_generation_html(obj, **options)))  # type: ignore[arg-type]

@@ -13,7 +13,8 @@
     [39, 173, 129], [92, 200, 99], [170, 220, 50], [253, 231, 37]];
   var MASKED = "#d9d9d9";
   var MIN_LINE = 0.01; // head view: weights below this draw no line
-  var DENSE_HEAD_VIEW = 100; // tokens: beyond this the head view draws only the hovered token's lines
+  var DENSE_HEAD_VIEW = 100; // tokens: beyond this the head view draws the strongest lines, or a hovered token's
+  var STRONGEST_LINES = 2; // a long text's head view at rest: this many lines per token
   var LOG_RANGE = 1e-3; // the log scale spans top * LOG_RANGE .. top
   var CACHE_HEADS = 24; // decoded heads kept (each n x n float32)
 
@@ -76,10 +77,12 @@
     return out;
   };
 
-  // The heads of one text: decoded on demand from an inline block, or fetched one at a time.
+  // The heads of one text: decoded on demand from an inline block, or fetched one at a time. Fetches
+  // wait in a queue, one in flight: a head a view needs now goes before the background ones (the
+  // rest of the shown layer), which a server answers one at a time anyway.
   function Store(data, fetchHead) {
     this.data = data; this.n = data.n; this.fetchHead = fetchHead; this.cache = new Map();
-    this.pending = {}; this.loaded = {};
+    this.pending = {}; this.loaded = {}; this.queue = []; this.busy = 0; this.sent = [];
     this.block = data.weights ? new Block(data.weights, data.layers.length, data.heads.length, data.n) : null;
     this.ready = this.block ? this.block.ready : Promise.resolve();
     if (!this.block && data.head0) { // a served long text comes with its first head
@@ -97,16 +100,47 @@
     if (this.cache.size > CACHE_HEADS) this.cache.delete(this.cache.keys().next().value);
     return out;
   };
-  Store.prototype.load = function (l, h) {
-    var key = l + "," + h, self = this;
+  // -> a Promise resolved once head (l, h) is loaded; `background`: after every head asked for now.
+  Store.prototype.load = function (l, h, background) {
+    var key = l + "," + h, job = this.pending[key];
     if (this.block || key in this.loaded) return Promise.resolve();
-    if (!this.pending[key]) {
-      this.pending[key] = this.fetchHead(this.data.layers[l], this.data.heads[h]).then(function (w) {
-        var b = new Block(w, 1, 1, self.n);
-        return b.ready.then(function () { self.loaded[key] = b.head(0, 0); delete self.pending[key]; });
-      }, function (e) { delete self.pending[key]; throw e; });
+    if (job) {
+      if (!background) job.background = false; // wanted now: it goes before the background ones
+      return job.promise;
     }
-    return this.pending[key];
+    job = { key: key, l: l, h: h, background: !!background };
+    job.promise = new Promise(function (resolve, reject) { job.resolve = resolve; job.reject = reject; });
+    this.pending[key] = job;
+    this.queue.push(job);
+    this.pump();
+    return job.promise;
+  };
+  // Drop the fetches not yet sent (another text replaces this one).
+  Store.prototype.stop = function () {
+    this.stopped = true;
+    this.queue.forEach(function (job) { job.reject(new Error("stopped")); });
+    this.queue = [];
+  };
+  Store.prototype.pump = function () {
+    var self = this, q = this.queue;
+    if (this.busy || !q.length || this.stopped) return;
+    var i = 0;
+    while (i < q.length && q[i].background) i++;
+    var job = q.splice(i < q.length ? i : 0, 1)[0];
+    this.busy = 1;
+    this.sent.push(job.key);
+    var done = function (e) {
+      delete self.pending[job.key];
+      self.busy = 0;
+      if (e) job.reject(e); else job.resolve();
+      self.pump();
+    };
+    Promise.resolve().then(function () {
+      return self.fetchHead(self.data.layers[job.l], self.data.heads[job.h]);
+    }).then(function (w) {
+      var b = new Block(w, 1, 1, self.n);
+      return b.ready.then(function () { self.loaded[job.key] = b.head(0, 0); });
+    }).then(function () { done(null); }, function (e) { done(e || new Error("cannot load the head")); });
   };
 
   // -- the view registry: a view is {name, label, head (uses the head selector), render(ex)} ------
@@ -139,11 +173,29 @@
     this.ready = this.store.ready.then(function () { self.build(); self.render(); return self; });
   }
 
-  // A level: labels, flags, spans into the text, and (word level) each token's unit.
+  // Spans come as code-point offsets (Python's); a JS string counts UTF-16 units, in which every
+  // character beyond the BMP (an emoji, a rare CJK ideograph) is two. -> spans in UTF-16 units.
+  function utf16Spans(text, spans) {
+    if (!spans || !/[\uD800-\uDFFF]/.test(text)) return spans || [];
+    var at = [0];
+    for (var i = 0; i < text.length; i++) {
+      var c = text.charCodeAt(i);
+      if (c >= 0xD800 && c <= 0xDBFF && i + 1 < text.length) {
+        var lo = text.charCodeAt(i + 1);
+        if (lo >= 0xDC00 && lo <= 0xDFFF) i++;
+      }
+      at.push(i + 1);
+    }
+    var end = at.length - 1;
+    return spans.map(function (s) { return [at[Math.min(s[0], end)], at[Math.min(s[1], end)]]; });
+  }
+
+  // A level: labels, flags, spans into the text (UTF-16 units), and (word level) each token's unit.
   Explorer.prototype.level = function () {
     var name = this.state.level, lv = this.levels[name], d = this.data;
     if (lv) return lv;
-    var spans = d.spans || [];
+    if (!this.spans) this.spans = utf16Spans(d.text, d.spans);
+    var spans = this.spans;
     if (name === "word") {
       var w = d.words, U = w.tokens.length, count = new Float32Array(U), wspans = [];
       for (var u = 0; u < U; u++) wspans.push(null);
@@ -179,11 +231,29 @@
     if (lv.heads.size > CACHE_HEADS) lv.heads.delete(lv.heads.keys().next().value);
     return out;
   };
+  // Ask for a head a view needs now (a served long text), and draw again once it is there.
   Explorer.prototype.need = function (layer, head) {
-    var self = this;
-    if (this.store.has(layer, head) || !this.store.fetchHead || this.store.pending[layer + "," + head]) return;
-    this.store.load(layer, head).then(function () { self.render(); },
-      function (e) { self.fail(e); });
+    this.want(layer, head, false);
+  };
+  // The rest of the shown layer, in the background: the head view and a change of head are then at hand.
+  Explorer.prototype.prefetch = function () {
+    var self = this, layer = this.state.layer;
+    if (this.store.block || !this.store.fetchHead) return;
+    this.data.heads.forEach(function (_, h) { self.want(layer, h, true); });
+  };
+  Explorer.prototype.want = function (layer, head, background) {
+    var self = this, key = layer + "," + head;
+    if (this.store.has(layer, head) || !this.store.fetchHead) return;
+    var first = !this.store.pending[key];
+    var job = this.store.load(layer, head, background);
+    if (!first) return; // already asked for: its promise draws (and load() moved it up if now wanted)
+    job.then(function () { if (!self.store.stopped && self.shows(layer, head)) self.render(); },
+      function (e) { if (!self.store.stopped && self.shows(layer, head)) self.fail(e); });
+  };
+  // Whether the view on screen draws head (layer, head).
+  Explorer.prototype.shows = function (layer, head) {
+    var st = this.state;
+    return st.layer === layer && (viewSpec(st.view).name === "head" || st.head === head);
   };
   Explorer.prototype.fail = function (e) {
     this.body.textContent = "";
@@ -365,6 +435,7 @@
     this.root.setAttribute("data-layer", this.data.layers[st.layer]);
     this.root.setAttribute("data-head", this.data.heads[st.head]);
     spec.render(this);
+    this.prefetch();
     if (!this.root.hasAttribute("data-drawn-at")) { // ms since the page started: for benchmarks/browser.py
       this.root.setAttribute("data-drawn-at", performance.now().toFixed(1));
     }
@@ -385,21 +456,56 @@
   function renderHead(ex) {
     var st = ex.state, sh = ex.shown(), m = sh.keep.length;
     var rowH = 20, width = 420, top = 10, left = 150, right = width - 150;
-    var mats = [], missing = null;
-    st.heads.forEach(function (on, h) {
+    var mats = [], missing = [];
+    st.heads.forEach(function (on, h) { // a served long text: the heads loaded so far, the others asked for
       if (!on) return;
       var mat = ex.matrix(st.layer, h, sh);
-      if (mat) mats.push([h, mat]); else if (missing === null) missing = h;
+      if (mat) mats.push([h, mat]); else missing.push(h);
     });
-    if (missing !== null) { ex.loading(st.layer, missing); return; }
+    if (missing.length && !mats.length) { ex.loading(st.layer, missing[0]); return; }
     var box = el("div", "av-main");
     var s = svg("svg", { width: width, height: top * 2 + m * rowH, class: "av-headview" });
     var lines = svg("g", { class: "av-lines" });
     s.appendChild(lines);
-    // A long text draws only the hovered token's lines: every line of 500 tokens is too many to move.
-    var dense = m > DENSE_HEAD_VIEW;
+    // A long text draws the strongest lines, and a hovered token's lines: every line of 500 tokens
+    // is too many to move.
+    var dense = m > DENSE_HEAD_VIEW, sink = ex.data.causal || sh.lv.special[sh.keep[0]] ? 0 : -1;
+    function line(h, a, b, w) {
+      lines.appendChild(svg("line", {
+        x1: left, y1: top + a * rowH + rowH / 2, x2: right, y2: top + b * rowH + rowH / 2,
+        stroke: headColour(h), "stroke-width": 1.5, "stroke-opacity": Math.min(1, w).toFixed(3),
+        "data-q": a, "data-k": b, "data-head": ex.data.heads[h], "data-w": w.toFixed(4),
+      }));
+    }
+    // Each query's strongest key in each head (the first key, a sink, left out), the strongest
+    // STRONGEST_LINES per token of those.
+    var strong = null; // computed once a drawing: leaving a token draws them again
+    function strongest() {
+      if (strong) return strong;
+      var best = [];
+      mats.forEach(function (hm) {
+        var mat = hm[1];
+        for (var a = 0; a < m; a++) {
+          var most = -1, at = -1;
+          for (var b = 0; b < m; b++) {
+            var w = mat[a * m + b];
+            if (b !== sink && w > most && !ex.masked(sh, a, b)) { most = w; at = b; }
+          }
+          if (at >= 0 && most >= MIN_LINE) best.push([most, hm[0], a, at]);
+        }
+      });
+      best.sort(function (x, y) { return y[0] - x[0]; });
+      strong = best.slice(0, STRONGEST_LINES * m);
+      return strong;
+    }
     function draw(col, i) {
       lines.textContent = "";
+      if (dense && i === null) {
+        strongest().forEach(function (x) { line(x[1], x[2], x[3], x[0]); });
+        s.setAttribute("data-lines", "strongest");
+        return;
+      }
+      s.setAttribute("data-lines", dense ? "hovered" : "all");
       mats.forEach(function (hm) {
         var h = hm[0], mat = hm[1];
         for (var a = 0; a < m; a++) {
@@ -408,23 +514,25 @@
             if (dense && col === "k" && b !== i) continue;
             var w = mat[a * m + b];
             if (w < MIN_LINE || ex.masked(sh, a, b)) continue;
-            lines.appendChild(svg("line", {
-              x1: left, y1: top + a * rowH + rowH / 2, x2: right, y2: top + b * rowH + rowH / 2,
-              stroke: headColour(h), "stroke-width": 1.5, "stroke-opacity": Math.min(1, w).toFixed(3),
-              "data-q": a, "data-k": b, "data-head": ex.data.heads[h], "data-w": w.toFixed(4),
-            }));
+            line(h, a, b, w);
           }
         }
       });
     }
-    if (!dense) draw(null, null);
+    draw(null, null);
     var side = el("div", "av-side");
     side.appendChild(el("div", "av-note", "Hover a token: its lines and top keys. Click a coloured head to toggle it." +
-      (dense ? " (" + m + " tokens: only the hovered token's lines are drawn.)" : "")));
+      (dense ? " (" + m + " tokens: each token's strongest key, the first key left out, in the " +
+        STRONGEST_LINES * m + " strongest lines; a hovered token's lines are all drawn.)" : "")));
+    if (missing.length) {
+      side.appendChild(el("div", "av-note av-loading", "loading " + missing.length + " more head" +
+        (missing.length > 1 ? "s" : "") + " of layer " + ex.data.layers[st.layer] + "\u2026"));
+    }
     var panel = el("div", "av-top");
     side.appendChild(panel);
     function hover(col, i) {
-      if (dense && i !== null) draw(col, i);
+      ex.hovered = i === null ? null : [st.layer, st.level, st.hideSpecial, col, i];
+      if (dense) draw(col, i);
       var all = lines.childNodes;
       for (var j = 0; j < all.length; j++) {
         var ln = all[j], show = i === null || +ln.getAttribute(col === "q" ? "data-q" : "data-k") === i;
@@ -475,16 +583,21 @@
     box.appendChild(side);
     ex.body.appendChild(box);
     ex.hover = hover;
+    var was = ex.hovered; // drawn again as heads arrive: the hovered token stays hovered
+    if (was && was[0] === st.layer && was[1] === st.level && was[2] === st.hideSpecial && was[4] < m) {
+      hover(was[3], was[4]);
+    }
   }
   addView({ name: "head", label: "Head view", head: false, render: renderHead });
 
   var api = {
-    Explorer: Explorer, decodeHalf: decodeHalf, el: el, svg: svg, colour: colour, LUT: LUT, fmt: fmt,
+    Explorer: Explorer, decodeHalf: decodeHalf, utf16Spans: utf16Spans, el: el, svg: svg, colour: colour, LUT: LUT, fmt: fmt,
     MASKED: MASKED, addView: addView, views: VIEWS, mounted: [],
   };
   // Mount an explorer; `options.fetchHead(layer, head)` -> Promise of one head's encoded weights,
   // for data sent without weights (a served long text). Resolves once the first view is drawn.
   api.mount = function (root, data, options) {
+    if (root.attnviz) root.attnviz.store.stop(); // the explorer it replaces fetches nothing more
     var ex = new Explorer(root, data, options);
     api.mounted.push(ex);
     return ex;

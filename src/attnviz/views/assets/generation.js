@@ -56,16 +56,24 @@
   if (cross) root.append(el("div", "gen-caption", "source (the prompt)"), source);
   root.append(el("div", "gen-caption", cross ? "decoder" : "prompt and continuation"), text, top);
 
-  function spans(parent, pieces, special, first) {
-    return pieces.map((t, i) => {
-      const s = el("span", "gen-tok" + (i >= first ? " gen-new" : "") + (special[i] ? " gen-special" : ""), t);
+  // Each token on its piece of the text, with the text's own spaces and line breaks between them;
+  // a special token, or one not found in the text (a chat template's), as a small box.
+  function spans(parent, pieces, gaps, boxed, special, first) {
+    const out = pieces.map((t, i) => {
+      if (gaps[i]) parent.appendChild(document.createTextNode(gaps[i]));
+      const cls = "gen-tok" + (i >= first ? " gen-new" : "") + (special[i] ? " gen-special" : "") +
+        (boxed[i] ? " gen-box" : "");
+      const s = el("span", cls, t);
       s.dataset.index = String(i);
       parent.appendChild(s);
       return s;
     });
+    if (gaps[pieces.length]) parent.appendChild(document.createTextNode(gaps[pieces.length]));
+    return out;
   }
-  const ctx = spans(text, data.pieces, data.special, data.prompt_length);
-  const src = cross ? spans(source, data.source_pieces, data.source_special, S) : [];
+  const ctx = spans(text, data.pieces, data.gaps, data.boxed, data.special, data.prompt_length);
+  const src = cross ? spans(source, data.source_pieces, data.source_gaps, data.source_boxed,
+    data.source_special, S) : [];
 
   function row(arr, width, t) {  // the chosen layer/head (or their mean) of step t: Float32Array[width]
     const out = new Float32Array(width);

@@ -13,8 +13,9 @@
     status.className = error ? "av-note av-error" : "av-note";
   }
   // POST with a JSON body: long texts do not fit a query string.
-  function get(path, params) {
-    var init = { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(params) };
+  function get(path, params, signal) {
+    var init = { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(params),
+      signal: signal };
     return fetch(path, init).then(function (r) {
       return r.json().then(function (body) {
         if (!r.ok) throw new Error(body.error || ("HTTP " + r.status));
@@ -74,14 +75,16 @@
     var cut = document.getElementById("av-truncate").checked ? 1 : 0;
     if (!text) { say("type a text first", true); return; }
     say("computing\u2026");
+    if (current && current.abort) current.abort.abort(); // the last text's head requests: not needed now
+    var abort = new AbortController();
     var t0 = performance.now();
     get("/api/view", { text: text, model: model, lazy: 1, truncate: cut }).then(function (data) {
-      current = { text: text, model: model, data: data, truncate: cut };
+      current = { text: text, model: model, data: data, truncate: cut, abort: abort };
       document.body.setAttribute("data-answered", String(performance.now() - t0)); // ms from the request
       document.body.setAttribute("data-answered-at", String(performance.now())); // ms from page start
       var fetchHead = function (layer, head) {
         var q = { text: text, model: model, layer: layer, head: head, truncate: cut };
-        return get("/api/head", q).then(function (r) {
+        return get("/api/head", q, abort.signal).then(function (r) {
           return r.weights;
         });
       };
