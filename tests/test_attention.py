@@ -40,6 +40,74 @@ def test_repr_is_one_short_line_whatever_the_size():
     assert str(att) == text
 
 
+# -- issue 30: a crafted file is refused on load, naming the file ------------------------------
+import json  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from helpers import synthetic  # noqa: E402
+
+from attnviz.attention import Attention  # noqa: E402
+from attnviz.errors import AttnvizError  # noqa: E402
+
+
+def _crafted(tmp_path, change, arrays=None):
+    """A good file from `save`, its metadata changed by `change` (and its arrays replaced)."""
+    good = synthetic().save(tmp_path / "good.npz")
+    with np.load(good, allow_pickle=False) as data:
+        meta = json.loads(str(data["metadata"]))
+        stored = {k: data[k] for k in data.files if k != "metadata"}
+    change(meta)
+    path = tmp_path / "crafted.npz"
+    np.savez(path, metadata=np.array(json.dumps(meta)), **(arrays if arrays is not None else stored))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("change", "arrays", "needle"),
+    [
+        (lambda m: m.pop("tokens"), None, "'tokens' is missing"),
+        (lambda m: m.pop("model"), None, "'model' is missing"),
+        (
+            lambda m: m.update(tokens=[1, 2, 3, 4, 5, 6, 7]),
+            None,
+            "'tokens' holds something other than strings",
+        ),
+        (lambda m: m.update(tokens="[CLS] em"), None, "'tokens' is not a list"),
+        (lambda m: m.update(special={"a": 1}), None, "'special' is not a list"),
+        (lambda m: m.update(spans=[[0, 0]] * 3), None, "'spans' has 3 entries, not 7"),
+        (lambda m: m.update(word_ids=[None, 0, 0, 1, 2, 99, None]), None, "'word_ids' holds 99"),
+        (lambda m: m.update(layers=[0, 1, 2]), None, "its 'self' array is float32[2, 3, 7, 7]"),
+        (lambda m: m.update(heads=["a", "b", "c"]), None, "'heads' holds 'a'"),
+        (lambda m: m.update(causal="yes"), None, "'causal' is not true or false"),
+        (lambda m: m.update(kind=3), None, "'kind' is not a string"),
+        (lambda m: m.update(kind="encoder-decoder"), None, "holds no 'encoder' array"),
+        (lambda m: None, {"self": np.ones((2, 3, 7, 6), np.float32)}, "float 2x3x7x7"),
+        (lambda m: None, {"self": np.ones((2, 3, 7, 7), np.int64)}, "not float"),
+        (lambda m: None, {}, "holds no 'self' array"),
+    ],
+)
+def test_a_crafted_attention_file_is_refused_naming_it(tmp_path, change, arrays, needle):
+    path = _crafted(tmp_path, change, arrays)
+    with pytest.raises(AttnvizError, match=str(path).replace(".", r"\.")) as info:
+        Attention.load(path)
+    assert needle in str(info.value), str(info.value)
+
+
+def test_metadata_that_is_not_an_object_is_refused(tmp_path):
+    path = tmp_path / "list.npz"
+    np.savez(path, metadata=np.array("[1, 2]"), self=np.ones((1, 1, 1, 1), np.float32))
+    with pytest.raises(AttnvizError, match="metadata is not a JSON object"):
+        Attention.load(path)
+
+
+def test_a_good_file_still_loads_exactly(tmp_path):
+    att = synthetic(causal=True)
+    back = Attention.load(att.save(tmp_path / "a.safetensors"))
+    assert back.tokens == att.tokens and back.word_ids == att.word_ids and back.causal
+    np.testing.assert_array_equal(back.attn, att.attn)
+
+
 def test_attention_and_generation_share_one_result_base():
     """Issue 28: Generation ran parallel to Attention; both are HeadResults now, with one lookup rule."""
     import dataclasses

@@ -292,3 +292,92 @@ def test_usage_errors_are_one_line_from_the_console_script(argv, needle):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     lines = out.stderr.strip().splitlines()
     assert out.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0]
+
+
+# -- issue 30: what a user typed never drives the terminal -------------------------------------
+OSC = "\x1b]0;pwned\x07\x1b[31m"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["heatmap", "the cat", "--cmap", OSC],  # a library error (InputError)
+        ["heatmap", "the cat", "--layer", OSC],  # a usage error (Click's BadParameter)
+        ["nosuch" + OSC],  # an unknown command
+        ["extract", "the cat", "-o", "x" + OSC],  # an output name
+    ],
+)
+def test_control_characters_in_an_error_line_are_escaped(no_model_load, args):
+    line = _one_line_error_line(runner.invoke(app, args))
+    assert "\x1b" not in line and "\x07" not in line
+    assert "\\x1b]0;pwned\\x07" in line
+
+
+def _one_line_error_line(result) -> str:
+    assert "Traceback" not in result.output
+    return one_line_error(result)
+
+
+def test_an_unexpected_error_line_is_escaped_too():
+    """The console script's last resort (an unexpected exception) escapes its message as well."""
+    code = (
+        "import sys; import attnviz.models.info as m; from attnviz.cli import main\n"
+        "def boom(*a, **k): raise RuntimeError('bad \\x1b]0;x\\x07 \\ud800 name')\n"
+        "m.list_bundled = boom; sys.argv = ['attnviz', 'models']; main()"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True)
+    line = out.stderr.decode("utf-8")
+    assert out.returncode == 1 and "\x1b" not in line and "\x07" not in line, line
+    assert "\\x1b]0;x\\x07 \\ud800 name" in line
+
+
+# -- issue 31: a layer or head out of range is refused before the model loads ------------------
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (
+            ["heatmap", "the cat", "--layer", "7", "-m", "minilm"],
+            "layer 7 is out of range: minilm has layers 0-5",
+        ),
+        (
+            ["heatmap", "the cat", "--layer", "0", "--head", "12"],
+            "head 12 is out of range: minilm has heads 0-11",
+        ),
+        (["extract", "the cat", "--layers", "0,6"], "layer 6 is out of range"),
+        (["extract", "the cat", "--heads", "-13"], "head -13 is out of range"),
+        (["find-head", "cat", "sat", "the cat sat", "--layers", "9"], "layer 9 is out of range"),
+        (["compare", "a cat", "a dog", "--layer", "6", "--head", "0"], "layer 6 is out of range"),
+        (["view", "the cat", "--heads", "12"], "head 12 is out of range"),
+        (["find-head", "cat", "sat", "the cat sat", "--layer", "-7"], "layer -7 is out of range"),
+    ],
+)
+def test_a_layer_or_head_out_of_range_is_refused_before_loading(no_model_load, args, needle):
+    """MiniLM's sizes come from its config.json (as `info` reads them), not from a 29 s load."""
+    _one_line_error(runner.invoke(app, args), needle)
+
+
+def test_a_tiny_models_ranges_are_checked_before_loading(no_model_load, tiny_model_path):
+    for model in ("llama", "gpt2"):
+        path = str(tiny_model_path(model))
+        _one_line_error(runner.invoke(app, ["extract", "x", "-m", path, "--layers", "2"]), "layer 2")
+        _one_line_error(
+            runner.invoke(app, ["heatmap", "x", "-m", path, "--layer", "0", "--head", "4"]), "head 4"
+        )
+
+
+# -- issue 31: an option given twice is refused, not silently the last one -----------------------
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["extract", "--file", "a.txt", "--file", "b.txt"],
+        ["extract", "--file", "a.txt", "-f", "b.txt"],
+        ["heatmap", "x", "--layer", "1", "--layer", "2"],
+        ["extract", "x", "-m", "minilm", "--model", "smollm2"],
+    ],
+)
+def test_an_option_given_twice_is_refused(no_model_load, tmp_path, monkeypatch, args):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a.txt").write_text("first")
+    (tmp_path / "b.txt").write_text("second")
+    line = _one_line_error_line(runner.invoke(app, args))
+    assert "is given twice, and only one would be used: give it once" in line

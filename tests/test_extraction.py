@@ -277,3 +277,71 @@ def test_stream_and_batch_errors_number_texts_in_the_whole_input(tiny_bert) -> N
         extract_batch(texts, loaded, batch_size=3)  # the chunk [text 4, text 5] said "text 1" before
     with pytest.raises(InputError, match=r"^text 3 is empty"):
         list(extract_stream(["a", "b", " "], loaded, batch_size=2))
+
+
+# -- issue 30: sizes and texts no model can take, refused before it loads -----------------------
+@pytest.fixture
+def no_load(monkeypatch):
+    import attnviz.models.loading
+
+    monkeypatch.setattr(attnviz.models.loading, "load_model", lambda *a, **k: pytest.fail("model loaded"))
+
+
+@pytest.mark.parametrize(
+    ("call", "needle"),
+    [
+        (
+            lambda: extract_batch(["a b"], "minilm", batch_size=0),
+            "batch_size must be a whole number of at least 1",
+        ),
+        (lambda: extract_batch(["a b"], "minilm", batch_size=-1), "batch_size must be a whole number"),
+        (lambda: extract_batch(["a b"], "minilm", batch_size=2.5), "batch_size must be a whole number"),
+        (lambda: extract("a b", "minilm", max_length=0), "max_length must be a whole number of at least 2"),
+        (lambda: extract("a b", "minilm", max_length=-5), "max_length must be a whole number"),
+        (lambda: extract("caf\udce9", "minilm"), "lone surrogate at character 4 (\\udce9)"),
+        (lambda: extract("a \ud800 b", "minilm"), "lone surrogate at character 3"),
+        (lambda: extract_batch(["ok", "x\udfff"], "minilm"), "text 2 holds a lone surrogate"),
+    ],
+)
+def test_sizes_and_texts_no_model_takes_are_refused_before_loading(no_load, call, needle):
+    with pytest.raises(InputError) as info:
+        call()
+    assert needle in str(info.value)
+
+
+def test_a_text_that_is_not_a_string_is_a_type_error(no_load):
+    with pytest.raises(TypeError, match="the text must be a string, not int"):
+        extract(123, "minilm")
+
+
+def test_a_lone_surrogate_is_refused_by_a_loaded_model_and_the_stream(tiny_model_path):
+    from attnviz.extraction import extract_stream
+
+    loaded = load_model(str(tiny_model_path("bert")), device="cpu")
+    with pytest.raises(InputError, match="lone surrogate"):
+        extract("\ud83d then", loaded)
+    with pytest.raises(InputError, match="text 2 holds a lone surrogate"):
+        list(extract_stream(iter(["fine", "\ud83d"]), loaded))
+    with pytest.raises(InputError, match="batch_size"):
+        list(extract_stream(["fine"], loaded, batch_size=0))
+
+
+def test_the_server_answers_400_for_a_lone_surrogate(tiny_model_path):
+    """A JSON string may hold "\\ud800": today the tokenizer's TypeError is a 500."""
+    from starlette.testclient import TestClient
+
+    from attnviz.server.app import create_app
+
+    client = TestClient(create_app({"tiny": load_model(str(tiny_model_path("bert")), device="cpu")}))
+    got = client.post(
+        "/api/attention",
+        content=b'{"text": "caf\\ud800 au lait"}',
+        headers={"content-type": "application/json"},
+    )
+    assert got.status_code == 400, got.text
+    assert "lone surrogate" in got.json()["error"]
+
+
+def test_a_text_of_zero_width_characters_is_empty(no_load):
+    with pytest.raises(InputError, match="only invisible characters"):
+        extract("\u200b\u200c\ufeff \u2060", "minilm")

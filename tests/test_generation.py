@@ -134,9 +134,10 @@ def test_zoo_generation_equals_model_generate_and_eager(lm, spec):
 )
 def test_ids_equal_model_generate(lm, arch, sample):
     loaded = lm(arch)
-    settings = {"max_new_tokens": 5, "sample": sample, "seed": 3, "temperature": 0.7 if sample else 1.0}
+    seed = 3 if sample else None  # a seed without sampling is refused
+    settings = {"max_new_tokens": 5, "sample": sample, "seed": seed, "temperature": 0.7 if sample else 1.0}
     gen = generate(
-        PROMPT, loaded, max_new_tokens=5, sample=sample, seed=3, temperature=settings["temperature"]
+        PROMPT, loaded, max_new_tokens=5, sample=sample, seed=seed, temperature=settings["temperature"]
     )
     assert list(gen.token_ids) == plain_ids(loaded, settings)
     assert gen.text == loaded.tokenizer.decode(gen.generated_ids, skip_special_tokens=True)
@@ -289,6 +290,38 @@ def test_bad_settings_fail_before_loading():
         generate("  ", "minilm")
 
 
+@pytest.mark.parametrize(
+    ("settings", "needle"),
+    [
+        ({"temperature": 1e-300}, "temperature must be a number from 0.01 up (got 1e-300)"),
+        ({"temperature": float("inf")}, "temperature must be a number from 0.01 up (got inf)"),
+        ({"temperature": float("nan")}, "temperature must be a number from 0.01 up (got nan)"),
+        ({"seed": 2**64}, f"seed {2**64}: use a whole number from 0 to 2**64 - 1"),
+        ({"seed": -1}, "seed -1: use a whole number"),
+        ({"seed": 1.5}, "seed 1.5: use a whole number"),
+    ],
+)
+def test_sampling_settings_that_would_crash_are_refused(settings, needle):
+    """Today 1e-300 overflows the logits (RuntimeError), 2**64 overflows torch's seed, inf passes."""
+    import re
+
+    with pytest.raises(InputError, match=re.escape(needle)):
+        check_settings(5, sample=True, **settings)
+
+
+def test_a_seed_without_sampling_is_refused_not_ignored():
+    with pytest.raises(InputError, match=r"seed only matters when sampling: add sample=True$") as info:
+        check_settings(5, seed=1)
+    assert info.value.render(cli_terms) == "--seed only matters when sampling: add --sample"
+    check_settings(5, sample=True, seed=2**64 - 1, temperature=0.01)  # the limits themselves pass
+
+
+def test_sampling_at_the_extremes_runs(lm):
+    """The smallest temperature and the largest seed accepted really generate (no overflow)."""
+    gen = generate(PROMPT, lm("llama"), max_new_tokens=2, sample=True, temperature=0.01, seed=2**64 - 1)
+    assert gen.n_new == 2
+
+
 def test_seq2seq_and_causal_tasks(tiny_model_path):
     assert generation_task(str(tiny_model_path("t5"))) == "seq2seq-lm"
     assert generation_task(str(tiny_model_path("llama"))) == "causal-lm"
@@ -360,3 +393,39 @@ def test_a_step_computes_one_query_row_never_a_square(lm, monkeypatch):
     assert len(shapes) == 3  # one recorded layer, three steps
     assert all(q == 1 and out[0] == 1 and out[1] == 1 and out[2] == 1 for q, out in shapes), shapes
     assert gen.attn.shape == (1, 1, 3, gen.prompt_length + 3)
+
+
+def _crafted_generation(tmp_path, gen, change, arrays=None):
+    import json
+
+    good = gen.save(tmp_path / "good.npz")
+    with np.load(good, allow_pickle=False) as data:
+        meta = json.loads(str(data["metadata"]))
+        stored = {k: data[k] for k in data.files if k != "metadata"}
+    change(meta)
+    path = tmp_path / "crafted.npz"
+    np.savez(path, metadata=np.array(json.dumps(meta)), **(arrays if arrays is not None else stored))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("change", "arrays", "needle"),
+    [
+        (lambda m: m.pop("tokens"), None, "'tokens' is missing"),
+        (lambda m: m.update(tokens=list(range(len(m["tokens"])))), None, "other than strings"),
+        (lambda m: m.update(layers="0"), None, "'layers' is not a list"),
+        (lambda m: m.update(prompt_length=999), None, "'prompt_length' 999 is more than"),
+        (lambda m: m.update(token_ids=[1]), None, "'token_ids' has 1 entries"),
+        (lambda m: m.update(settings=[1]), None, "'settings' is not an object"),
+        (lambda m: m.update(heads=[0, 1, 2, 3, 4]), None, "its 'self' array is float32"),
+        (lambda m: None, {}, "holds no 'self' array"),
+    ],
+)
+def test_a_crafted_generation_file_is_refused_naming_it(lm, tmp_path, change, arrays, needle):
+    from attnviz.errors import AttnvizError
+
+    gen = generate(PROMPT, lm("llama"), max_new_tokens=2)
+    path = _crafted_generation(tmp_path, gen, change, arrays)
+    with pytest.raises(AttnvizError) as info:
+        Generation.load(path)
+    assert str(path) in str(info.value) and needle in str(info.value), str(info.value)

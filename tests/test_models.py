@@ -309,3 +309,108 @@ def test_cache_entries_are_written_under_a_lock(fake_gguf, monkeypatch):
     monkeypatch.setattr(models, "_read_gguf", read_while_checking_the_lock)
     _load(gguf)
     assert held == [True]
+
+
+# -- issue 30: model folders that cannot be a model are refused in one line -------------------
+def _edited(src, folder, **config):
+    import json
+    import shutil
+
+    shutil.copytree(src, folder)
+    path = folder / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **config}))
+    return str(folder)
+
+
+@pytest.mark.parametrize(
+    ("arch", "config", "needle"),
+    [
+        ("bert", {"num_attention_heads": 0}, "num_attention_heads 0"),
+        ("bert", {"max_position_embeddings": 1}, "max_position_embeddings 1"),
+        ("gpt2", {"n_positions": 1}, "n_positions 1"),
+        ("bert", {"num_hidden_layers": -2}, "num_hidden_layers -2"),
+        ("bert", {"hidden_size": 64}, "do not have the shapes"),  # weights of 32, a config of 64
+        ("gpt2", {"n_embd": 48}, "do not have the shapes"),
+    ],
+)
+def test_a_config_no_weights_fit_is_a_model_not_found_error(tiny_model_path, tmp_path, arch, config, needle):
+    folder = _edited(tiny_model_path(arch), tmp_path / "edited", **config)
+    with pytest.raises(ModelNotFoundError, match=needle):
+        load_model(folder, device="cpu")
+
+
+def test_a_folder_without_tokenizer_files_is_refused(tiny_model_path, tmp_path):
+    import shutil
+
+    folder = tmp_path / "no-tokenizer"
+    shutil.copytree(tiny_model_path("bert"), folder)
+    for path in folder.iterdir():
+        if path.name.startswith(("tokenizer", "vocab", "special_tokens")):
+            path.unlink()
+    with pytest.raises(ModelNotFoundError, match="no tokenizer files"):
+        load_model(str(folder), device="cpu")
+
+
+def test_a_tilde_naming_no_user_is_an_unknown_model():
+    with pytest.raises(ModelNotFoundError, match="unknown model '~no-such-user-attnviz/x'"):
+        resolve_model("~no-such-user-attnviz/x")
+
+
+# -- issue 31: every public function takes a model name, a path or a LoadedModel alike ---------
+def test_every_public_function_takes_a_name_a_path_or_a_loaded_model(tiny_model_path):
+    """`attnviz.ablate("smollm2", ...)` failed with AttributeError: 'str' has no 'capture'."""
+    from pathlib import Path
+
+    import attnviz
+
+    folder = tiny_model_path("gpt2")
+    loaded = load_model(str(folder), device="cpu")
+    text = "the cat sat on the mat and the cat sat"
+    for model in (str(folder), Path(folder), loaded):
+        assert attnviz.extract(text, model, device="cpu").attn.shape[:2] == (2, 4)
+        assert attnviz.extract_batch([text], model, device="cpu")[0].n_tokens > 3
+        assert attnviz.ablate(model, text, [(1, 2)]).heads == ((1, 2),)
+        assert attnviz.scan_heads(model, text).delta.shape == (2, 4)
+        assert attnviz.induction_scores(model, seq_len=5, batch=1).induction.shape == (2, 4)
+        assert attnviz.generate("the cat", model, max_new_tokens=2, device="cpu").n_new == 2
+    named = attnviz.ablate(str(folder), text, [(1, 2)])
+    from attnviz.heads.ablation import for_ablation
+
+    assert named == attnviz.ablate(for_ablation(loaded), text, [(1, 2)])  # the same measure either way
+
+
+@pytest.mark.parametrize(
+    ("call", "needle"),
+    [
+        (lambda a: a.extract("the cat", model=123), "model must be a model name, a path or a LoadedModel"),
+        (lambda a: a.extract_batch(["the cat"], model=[1]), "model must be a model name"),
+        (lambda a: a.load_model(123), "model must be a model name, a path or a LoadedModel .*, not int"),
+        (lambda a: a.resolve_model(1.5), "model must be a model name"),
+        (lambda a: a.generate("the cat", model=123), "model must be a model name"),
+        (lambda a: a.ablate(123, "the cat", [(0, 0)]), "loaded must be a model name"),
+        (lambda a: a.scan_heads(object(), "the cat"), "loaded must be a model name"),
+        (lambda a: a.induction_scores(7), "loaded must be a model name"),
+        (lambda a: a.extract(123, "minilm"), "the text must be a string, not int"),
+        (lambda a: a.extract_batch("the cat", "minilm"), "texts must be a list of strings"),
+        (lambda a: a.generate(123, "smollm2"), "prompt must be a string, not int"),
+    ],
+)
+def test_a_wrong_type_is_a_type_error_naming_the_parameter(monkeypatch, call, needle):
+    """Never `'int' object has no attribute 'strip'` from deep inside; nothing loads first."""
+    import attnviz
+
+    monkeypatch.setattr(models, "_from_pretrained", lambda *a, **k: pytest.fail("a model was loaded"))
+    with pytest.raises(TypeError, match=needle):
+        call(attnviz)
+
+
+def test_find_heads_names_its_wrong_arguments(tiny_model_path):
+    import attnviz
+
+    att = attnviz.extract("the cat sat", str(tiny_model_path("bert")), device="cpu")
+    with pytest.raises(TypeError, match="b must be a word, a phrase or '@N' \\(a string\\), not int"):
+        attnviz.find_heads(att, "cat", 123)
+    with pytest.raises(TypeError, match="att must be an Attention"):
+        attnviz.find_heads("the cat sat", "cat", "sat")
+    with pytest.raises(TypeError, match="att's item 1 must be an Attention"):
+        attnviz.find_heads([att, 5], "cat", "sat")

@@ -249,3 +249,32 @@ def test_role_scores_are_each_heads_score_on_its_own_role():
     table = PatternTable("m", (0,), (0, 1), mean, None, roles, texts=1)
     scores = table.role_scores()
     assert scores[0, 0] == pytest.approx(0.9) and np.isnan(scores[0, 1])
+
+
+# -- issue 30: a row that is not a distribution has no entropy ----------------------------------
+@pytest.mark.parametrize(
+    ("rows", "needle"),
+    [
+        ([[1, 2]], "a row sums to 3"),
+        ([[0.5, 0.6]], "a row sums to 1.1"),
+        ([[-0.5, 1.5]], "a row holds -0.5"),
+        ([[float("nan"), 1.0]], "not NaN or infinite"),
+        (0.5, "not one number"),
+    ],
+)
+def test_row_entropy_refuses_rows_that_are_not_distributions(rows, needle):
+    from attnviz.errors import InputError
+    from attnviz.heads.patterns import row_entropy
+
+    with pytest.raises(InputError, match=needle):
+        row_entropy(rows)
+
+
+def test_row_entropy_takes_distributions_float16_rows_and_padding():
+    from attnviz.heads.patterns import row_entropy
+
+    np.testing.assert_allclose(row_entropy([[0.5, 0.5], [1.0, 0.0], [0.0, 0.0]]), [1.0, 0.0, 0.0])
+    rng = np.random.default_rng(0)
+    rows = rng.random((3, 4, 40, 40))
+    half = (rows / rows.sum(-1, keepdims=True)).astype(np.float16)  # sums off by up to ~1e-3
+    assert np.isfinite(row_entropy(half)).all()

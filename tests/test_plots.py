@@ -671,6 +671,52 @@ def test_search_figure_draws_the_best_head_with_both_words_outlined(bert):
     assert outlined  # the rows and columns of 'cat' and 'mat'
 
 
+# -- issue 30: control characters in a text, and figures too large to draw ----------------------
+CONTROL_TOKENS = ("[CLS]", "the\x00cat", "\x1b]0;title\x07", "bell\x07", "\ud800", "[SEP]")
+
+
+@pytest.mark.parametrize("draw", ["heatmap", "entropy"])
+def test_control_characters_in_a_text_still_make_a_well_formed_svg(tmp_path, draw):
+    """NUL, ESC, BEL and a lone surrogate are not allowed in XML: shown as escapes, never written raw."""
+    from helpers import figure_text
+
+    from attnviz.heads.patterns import row_entropy_of
+
+    text = "the\x00cat \x1b]0;title\x07 bell\x07"
+    att = replace(fake_attention(), tokens=CONTROL_TOKENS, text=text)
+    if draw == "heatmap":
+        fig = plots.heatmap(att.head(0, 0), att.labels, title=text)
+    else:
+        fig = plots.entropy_figure(row_entropy_of(att), text=text)
+    path = plots.save(fig, tmp_path / "x.svg")
+    ET.parse(path)  # raises on malformed XML
+    body = path.read_text(encoding="utf-8")
+    assert "\x00" not in body and "\x1b" not in body and "\x07" not in body
+    assert "\\x1b]0;title\\x07" in figure_text(fig)
+
+
+def test_clean_keeps_ordinary_text_and_escapes_the_rest():
+    assert plots.clean("café 巴黎 😀\n\tok") == "café 巴黎 😀\n\tok"
+    assert plots.clean("a\x00b\x1bc\x07d\ud800") == "a\\x00b\\x1bc\\x07d\\ud800"
+
+
+@pytest.mark.parametrize(("size", "dpi"), [((100, 100), 1200), ((60, 60), 1200), ((30, 1), 1200)])
+def test_a_figure_of_too_many_pixels_is_refused_before_drawing(tmp_path, size, dpi):
+    with pytest.raises(InputError) as err:
+        plots.check_pixels(size, dpi)
+    assert "--dpi" in err.value.render(cli_terms) and "pixels" in str(err.value)
+    fig = plots.new_figure(size, 10)
+    with pytest.raises(InputError):
+        plots.save(fig, tmp_path / "big.png", dpi=dpi)
+    assert not (tmp_path / "big.png").exists()
+
+
+def test_figures_of_sane_size_pass_the_pixel_check():
+    plots.check_pixels((16, 16), 1200)  # the largest self-sized heatmap at the largest dpi
+    plots.check_pixels((30, 30), 300)
+    plots.check_pixels(None, 1200)
+
+
 # -- issue 31: figures that mislead -------------------------------------------------------------
 def _panel_contrast(fig) -> float:
     """Measured on the drawn images: the share of panels where at least half the rows have a cell a

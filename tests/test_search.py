@@ -192,7 +192,7 @@ def test_many_texts_rank_by_the_mean_over_texts_with_both_words(family):
     assert streamed.ranking == result.ranking and streamed.texts_total == 3
     with pytest.raises(TokenNotFoundError, match="none of the 3 texts"):
         find_heads(atts, "cat", "bird")
-    with pytest.raises(TokenNotFoundError, match="its tokens are"):
+    with pytest.raises(TokenNotFoundError, match="its words are"):
         find_heads(iter(atts[1:2]), "cat", "mat")  # one text: the error lists its words
 
 
@@ -281,3 +281,68 @@ def test_check_queries_before_loading():
         check_queries(["Paris", "Rome"], "paris", "rome")
     with pytest.raises(InputError, match="empty word"):
         check_queries(["Paris"], " ", "paris")
+
+
+# -- issues 30 and 31: decomposed accents, scripts without spaces, and what the message lists ----
+def _tokens_with_spans(text: str, cuts: list[tuple[int, int]], special_ends: bool = True) -> Attention:
+    """A model-free Attention whose tokens are the given character spans of `text` (plus [CLS]/[SEP])."""
+    from attnviz.tokens import align_words
+
+    spans = [(0, 0), *cuts, (0, 0)] if special_ends else list(cuts)
+    special = [s == (0, 0) for s in spans]
+    tokens = tuple(
+        "[CLS]" if s and i == 0 else "[SEP]" if s else text[a:b]
+        for i, ((a, b), s) in enumerate(zip(spans, special, strict=True))
+    )
+    word_ids, words = align_words(text, spans, special)
+    n = len(tokens)
+    attn = random_attn(2, 3, n)
+    return Attention(
+        model="fake", kind="encoder", text=text, tokens=tokens, spans=tuple(spans), word_ids=tuple(word_ids),
+        words=tuple(words), special=tuple(special), layers=(0, 1), heads=(0, 1, 2), attn=attn,
+    )  # fmt: skip
+
+
+def test_a_chinese_word_inside_an_unsegmented_run_is_the_tokens_covering_it():
+    """find-head 巴黎 法语 "我喜欢在巴黎学习法语。": the text's one 'word' holds both; a span matches."""
+    text = "我喜欢在巴黎学习法语。"
+    cuts = [(0, 1), (1, 3), (3, 4), (4, 5), (5, 6), (6, 8), (8, 10), (10, 11)]  # 巴 and 黎 apart
+    att = _tokens_with_spans(text, cuts)
+    ua, ub = resolve_pair(att, "巴黎", "法语")
+    assert ua.tokens == (4, 5) and ua.label == "巴黎"
+    assert ub.tokens == (7,) and ub.label == "法语"
+    result = find_heads(att, "巴黎", "法语", top=None)
+    assert len(result.ranking) == 6
+
+
+def test_a_span_query_counts_its_occurrences_and_a_missing_one_lists_words():
+    text = "东京和东京"
+    att = _tokens_with_spans(text, [(0, 2), (2, 3), (3, 5)])
+    assert resolve(att, "东京", 2).tokens == (3,)
+    assert resolve(att, "东京", "all").tokens == (1, 3)
+    with pytest.raises(TokenNotFoundError, match="occurrence 3 does not exist"):
+        resolve(att, "东京", 3)
+    with pytest.raises(TokenNotFoundError) as err:
+        resolve(att, "巴黎")
+    assert "its words are: [CLS] 东京和东京 [SEP]" in str(err.value), str(err.value)
+
+
+def test_latin_words_are_not_matched_inside_other_words():
+    att = _tokens_with_spans("concatenate the cat", [(0, 11), (12, 15), (16, 19)])
+    assert resolve(att, "cat").tokens == (3,)
+    with pytest.raises(TokenNotFoundError, match="'cate' is not in the text; its words are"):
+        resolve(att, "cate")
+
+
+@pytest.mark.parametrize(
+    ("text", "query"),
+    [("un café au lait", "cafe\u0301"), ("un cafe\u0301 au lait", "café"), ("un CAFÉ au lait", "cafe\u0301")],
+)
+def test_composed_and_decomposed_accents_match_both_ways(text, query):
+    from attnviz.tokens import words_of
+
+    cut = [(a, b) for _, a, b in words_of(text)]
+    att = _tokens_with_spans(text, cut)
+    assert resolve(att, query).tokens == (2,)
+    ua, ub = resolve_pair(att, query, "lait")
+    assert (ua.tokens, ub.tokens) == ((2,), (4,))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from helpers import one_line_error
@@ -63,6 +64,19 @@ CASES: dict[str, list[tuple[str, bytes | None, str]]] = {
         ("extract '{T}' --device ''", None, "unknown device"),
         ("extract '{T}' --layers 0-99999999999", None, "more indices than any model has"),
         ("extract '{T}' --heads=-99999999999--1", None, "more indices than any model has"),
+        # issue 30: names and paths over the system's limits, a lone surrogate, broken model folders
+        ("extract 'caf\udce9'", None, "lone surrogate"),
+        ("extract '\u200b\u200c\u2060'", None, "only invisible characters"),
+        ("extract '{T}' -o {long}.npz", None, "over this system's limit"),
+        ("extract '{T}' -o {deep}/x.npz", None, "over this system's limit"),
+        ("extract '{T}' -m {heads0}", None, "num_attention_heads 0"),
+        ("extract '{T}' -m {pos1}", None, "max_position_embeddings 1"),
+        ("extract '{T}' -m {badshape}", None, "do not have the shapes"),
+        ("extract '{T}' -m {notok}", None, "no tokenizer files"),
+        ("extract '{T}' -m '~no-such-user-attnviz/x'", None, "unknown model"),
+        # issue 31: an option given twice; a layer out of range, before loading
+        ("extract --file {text} --file {text}", None, "given twice"),
+        ("extract '{T}' --layers 6 -m minilm", None, "layer 6 is out of range"),
     ],
     "heatmap": [
         ("heatmap", BAD_UTF8, "not UTF-8"),
@@ -83,6 +97,11 @@ CASES: dict[str, list[tuple[str, bytes | None, str]]] = {
         ("heatmap '{T}' --layer 2 -m {tiny}", None, "out of range"),
         ("heatmap '{T}' --layer 0 --head=-9 -m {tiny}", None, "out of range"),
         ("heatmap '{T}' --highlight zzz -m {tiny}", None, "zzz"),
+        ("heatmap '{T}' --dpi 1200 --size 100x100", None, "pixels"),
+        ("heatmap '{T}' --cmap '\x1b]0;x\x07'", None, "'\\x1b]0;x\\x07'"),
+        ("heatmap '{T}' -o {long}.png", None, "over this system's limit"),
+        ("heatmap '{T}' -o {deep}.png", None, "over this system's limit"),
+        ("heatmap '{T}' --layer 7 -m minilm", None, "layer 7 is out of range: minilm has layers 0-5"),
     ],
     "entropy": [
         ("entropy '{T}' --highlight ,", None, "--highlight is empty"),
@@ -102,6 +121,7 @@ CASES: dict[str, list[tuple[str, bytes | None, str]]] = {
         ("find-head cat sat '{T}' --layers 3-1", None, "low to high"),
         ("find-head cat zzz '{T}' -m {tiny}", None, "zzz"),
         ("find-head cat sat '{T}' --layer 5 -m {tiny}", None, "out of range"),
+        ("find-head cat sat '{T}' --layer 1 --layer 2", None, "given twice"),
     ],
     "heads": [
         ("heads '{T}' --threshold nan", None, "threshold"),
@@ -131,6 +151,8 @@ CASES: dict[str, list[tuple[str, bytes | None, str]]] = {
         ("toy --steps --head 5", None, "out of range"),
         ("toy --dpi 0", None, "--dpi"),
         ("toy -o out.gif", None, "gif"),
+        ("toy --dpi 1200 --size 100x100", None, "pixels"),
+        ("toy --dpi 1200 --size 60x60", None, "pixels"),
     ],
     "explain": [
         ("explain '{T}'", None, "--layer L --head H"),
@@ -236,6 +258,8 @@ CASES: dict[str, list[tuple[str, bytes | None, str]]] = {
         ("view '{T}' --layers 3-1", None, "low to high"),
         ("view '{T}' --file {text}", None, "not both"),
         ("view '{T}' --layers 9 -m {tiny}", None, "out of range"),
+        ("view '{T}' -o {long}.html", None, "over this system's limit"),
+        ("view '{T}' -o {deep}/x.html", None, "over this system's limit"),
     ],
     # issue 21's command, checked before its model loads. Until that branch is merged these end in
     # "No such command 'generate'", also one line and exit 2; hence no message pieces here.
@@ -246,6 +270,11 @@ CASES: dict[str, list[tuple[str, bytes | None, str]]] = {
         ("generate '{T}' --max-new-tokens 0", None, ""),
         ("generate '{T}' --sample --top-p 2", None, ""),
         ("generate '{T}' --layers 3-1", None, ""),
+        ("generate '{T}' --view {long}.html", None, "over this system's limit"),
+        ("generate '{T}' --sample --temperature 1e-300", None, "--temperature must be a number from 0.01"),
+        ("generate '{T}' --sample --temperature inf", None, "--temperature must be a number from 0.01"),
+        ("generate '{T}' --sample --seed 18446744073709551616", None, "--seed"),
+        ("generate '{T}' --seed 1", None, "--seed only matters when sampling: add --sample"),
     ],
     "serve": [
         ("serve --port=-1", None, "port"),
@@ -274,6 +303,8 @@ def sweep_files(tmp_path_factory: pytest.TempPathFactory, tiny_model_path) -> di
         "cfg_empty_column": '[input]\ncolumn = ""\n',
     }
     out = {"T": T, "dir": str(root), "missing": str(root / "missing"), "tiny": str(tiny_model_path("bert"))}
+    out |= {"long": "a" * 300, "deep": "/".join(["b" * 200] * 21)}  # over NAME_MAX; over PATH_MAX
+    out |= _broken_models(root, Path(out["tiny"]))
     out["not_utf8"] = os.fsdecode(b"caf\xe9")  # a byte that is not UTF-8, as Python receives it
     out["long_name"] = "x" * 300
     out["long_path"] = "/".join(["y" * 200] * 21)
@@ -287,6 +318,29 @@ def sweep_files(tmp_path_factory: pytest.TempPathFactory, tiny_model_path) -> di
     out["latin1"] = str(root / "latin1.txt")
     (root / "cut.gguf").write_bytes(b"GGUF\x03\x00\x00\x00\x05")  # the magic, then the file ends
     out["cut"] = str(root / "cut.gguf")
+    return out
+
+
+def _broken_models(root: Path, tiny: Path) -> dict[str, str]:
+    """The tiny BERT with 0 heads, 1 position, weights of another size, and no tokenizer files."""
+    import json
+    import shutil
+
+    out = {}
+    for name, change in {
+        "heads0": {"num_attention_heads": 0},
+        "pos1": {"max_position_embeddings": 1},
+        "badshape": {"hidden_size": 64},
+        "notok": {},
+    }.items():
+        folder = root / name
+        shutil.copytree(tiny, folder)
+        config = folder / "config.json"
+        config.write_text(json.dumps({**json.loads(config.read_text()), **change}))
+        if name == "notok":
+            for path in folder.glob("*token*"):
+                path.unlink()
+        out[name] = str(folder)
     return out
 
 

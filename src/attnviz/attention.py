@@ -252,44 +252,168 @@ class Attention(HeadResult):
 
     @classmethod
     def load(cls, path: str | Path) -> Attention:
-        """Read a file written by `save`."""
+        """Read a file written by `save`; a file whose fields or shapes do not fit is an InputError
+        naming it (never a KeyError or an einsum error later)."""
         from attnviz.outputs import read_arrays
 
-        meta, arrays = read_arrays(Path(path), "attention file from `attnviz extract -o`")
-        main = arrays.get("self", arrays.get("encoder"))
+        what = "attention file from `attnviz extract -o`"
+        meta, arrays = read_arrays(Path(path), what)
+        r = FileFields(meta, arrays, Path(path), what)
+        tokens = r.texts("tokens")
+        decoder_tokens = r.texts("decoder_tokens", ())
         if meta.get("labels") != LABEL_RULE:  # written before the one labelling rule
             from attnviz.tokens import display
 
-            meta["tokens"] = [display(t) for t in meta["tokens"]]
-            meta["decoder_tokens"] = [display(t) for t in meta.get("decoder_tokens") or ()]
+            tokens = tuple(display(t) for t in tokens)
+            decoder_tokens = tuple(display(t) for t in decoder_tokens)
+        model, n, layers, heads = r.text("model"), len(tokens), r.counts("layers"), r.counts("heads")
+        lh = (len(layers), len(heads))
+        kind = r.choice("kind", ("encoder", "decoder", "encoder-decoder"))
+        main = r.array("encoder" if kind == "encoder-decoder" else "self", (*lh, n, n))
+        words = r.texts("words")
         decoder = None
-        if "decoder" in arrays and meta.get("decoder_tokens"):
-            dt = tuple(meta["decoder_tokens"])
-            decoder = _plain(meta, dt, arrays["decoder"], causal=True)
+        if "decoder" in arrays and decoder_tokens:
+            dn = len(decoder_tokens)
+            decoder = _plain(meta, decoder_tokens, r.array("decoder", (*lh, dn, dn)), causal=True)
+        cross = r.array("cross", (*lh, None, n), required=False)
         return cls(
-            model=meta["model"],
-            kind=meta["kind"],
-            text=meta["text"],
-            tokens=tuple(meta["tokens"]),
-            token_ids=tuple(meta.get("token_ids") or ()),
-            pieces=tuple(meta.get("pieces") or ()),
-            spans=tuple(tuple(s) for s in meta["spans"]),
-            word_ids=tuple(meta["word_ids"]),
-            words=tuple(meta["words"]),
-            special=tuple(meta["special"]),
-            layers=tuple(meta["layers"]),
-            heads=tuple(meta["heads"]),
+            model=model,
+            kind=kind,
+            text=r.text("text"),
+            tokens=tokens,
+            token_ids=r.counts("token_ids", ()),  # kept whole when special tokens are hidden
+            pieces=r.texts("pieces", ()),
+            spans=r.spans("spans", n),
+            word_ids=r.counts("word_ids", length=(n,), none=True, below=len(words)),
+            words=words,
+            special=r.flags("special", length=(n,)),
+            layers=layers,
+            heads=heads,
             attn=main,
-            causal=meta["causal"],
-            level=meta["level"],
-            truncated=meta["truncated"],
+            causal=r.flag("causal"),
+            level=r.choice("level", ("token", "word")),
+            truncated=r.count("truncated", 0),
             decoder=decoder,
-            cross=arrays.get("cross"),
-            weighting=meta.get("weighting", "attention"),
-            notes=tuple(meta.get("notes") or ()),
-            pooled_layers=_ints(meta.get("pooled_layers")),
-            pooled_heads=_ints(meta.get("pooled_heads")),
+            cross=cross,
+            weighting=r.choice("weighting", ("attention", "norm"), "attention"),
+            notes=r.texts("notes", ()),
+            pooled_layers=r.counts("pooled_layers", None),
+            pooled_heads=r.counts("pooled_heads", None),
         )
+
+
+_MISSING: Any = object()
+
+
+class FileFields:
+    """The metadata and arrays of a saved file, read field by field with their types and shapes
+    checked: anything else is one InputError naming the file and the field."""
+
+    def __init__(self, meta: Any, arrays: dict[str, np.ndarray], path: Path, what: str) -> None:
+        self.path, self.what = path, what
+        if not isinstance(meta, dict):
+            raise self.fail("its metadata is not a JSON object")
+        self.meta, self.arrays = meta, arrays
+
+    def fail(self, detail: str) -> Exception:
+        return _input_error(f"{self.path} is not a readable {self.what}: {detail}")
+
+    def _get(self, key: str, default: Any) -> Any:
+        if key in self.meta and not (self.meta[key] is None and default is not _MISSING):
+            return self.meta[key]
+        if default is _MISSING:
+            raise self.fail(f"'{key}' is missing")
+        return default
+
+    def text(self, key: str, default: Any = _MISSING) -> str:
+        value = self._get(key, default)
+        if not isinstance(value, str):
+            raise self.fail(f"'{key}' is not a string")
+        return value
+
+    def choice(self, key: str, choices: Sequence[str], default: Any = _MISSING) -> str:
+        value = self.text(key, default)
+        if value not in choices:
+            raise self.fail(f"'{key}' is {value!r}, not one of {', '.join(choices)}")
+        return value
+
+    def flag(self, key: str, default: Any = _MISSING) -> bool:
+        value = self._get(key, default)
+        if not isinstance(value, bool):
+            raise self.fail(f"'{key}' is not true or false")
+        return value
+
+    def count(self, key: str, default: Any = _MISSING) -> int:
+        value = self._get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise self.fail(f"'{key}' is not a whole number of at least 0")
+        return value
+
+    def _list(self, key: str, default: Any, length: Sequence[int] | None) -> Any:
+        value = self._get(key, default)
+        if value is None or value == ():
+            return value
+        if not isinstance(value, list):
+            raise self.fail(f"'{key}' is not a list")
+        if length is not None and len(value) not in length:
+            raise self.fail(f"'{key}' has {len(value)} entries, not {' or '.join(map(str, length))}")
+        return value
+
+    def texts(self, key: str, default: Any = _MISSING, length: Sequence[int] | None = None) -> Any:
+        value = self._list(key, default, length)
+        if value and not all(isinstance(v, str) for v in value):
+            raise self.fail(f"'{key}' holds something other than strings")
+        return tuple(value) if value is not None else None
+
+    def flags(self, key: str, default: Any = _MISSING, length: Sequence[int] | None = None) -> Any:
+        value = self._list(key, default, length)
+        if value and not all(isinstance(v, bool) for v in value):
+            raise self.fail(f"'{key}' holds something other than true or false")
+        return tuple(value) if value is not None else None
+
+    def counts(
+        self,
+        key: str,
+        default: Any = _MISSING,
+        length: Sequence[int] | None = None,
+        none: bool = False,
+        below: int | None = None,
+    ) -> Any:
+        """Whole numbers of at least 0 (and below `below`); `none`: null entries allowed."""
+        value = self._list(key, default, length)
+        for v in value or ():
+            if v is None and none:
+                continue
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0 or (below is not None and v >= below):
+                raise self.fail(f"'{key}' holds {v!r}, not a whole number in range")
+        return tuple(value) if value is not None else None
+
+    def spans(self, key: str, n: int) -> tuple[tuple[int, int], ...]:
+        value = self._list(key, _MISSING, (n,))
+        ok = all(
+            isinstance(s, list)
+            and len(s) == 2
+            and all(isinstance(x, int) and not isinstance(x, bool) for x in s)
+            for s in value
+        )
+        if not ok:
+            raise self.fail(f"'{key}' holds something other than [start, end] pairs")
+        return tuple((int(a), int(b)) for a, b in value)
+
+    def array(self, key: str, shape: Sequence[int | None], required: bool = True) -> Any:
+        """A float array of this shape (None: any size on that axis)."""
+        a = self.arrays.get(key)
+        if a is None:
+            if required:
+                raise self.fail(f"it holds no '{key}' array")
+            return None
+        fits = a.ndim == len(shape) and all(
+            want is None or got == want for got, want in zip(a.shape, shape, strict=True)
+        )
+        if not fits or a.dtype.kind != "f":
+            want = "x".join("N" if x is None else str(x) for x in shape)
+            raise self.fail(f"its '{key}' array is {a.dtype}{list(a.shape)}, not float {want}")
+        return a
 
 
 def _ints(values: list[int] | None) -> tuple[int, ...] | None:

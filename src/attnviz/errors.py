@@ -75,6 +75,14 @@ def render(message: str, terms: Callable[[Param], str] = python_terms) -> str:
     return _MARK.sub(one, message)
 
 
+def check_seed(seed: object) -> int:
+    """A random seed as every command takes it: a whole number from 0 to 2**64 - 1 (torch's and
+    numpy's generators take 64 bits; a negative one numpy refuses). InputError otherwise."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
+        raise InputError(f"{param('seed')} {seed}: use a whole number from 0 to 2**64 - 1")
+    return seed
+
+
 class AttnvizError(Exception):
     """Base class: a problem the user can act on; the message is one line.
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import unicodedata
 import weakref
 from collections.abc import Iterable, Iterator, Sequence, Sized
 from typing import TYPE_CHECKING, Any
@@ -137,15 +138,19 @@ def extract_batch(
     `store="float16"` keeps the weights as float16: half the memory and file, each weight rounded.
     """
     from attnviz.models.capture import check_store
-    from attnviz.models.loading import LoadedModel, load_model
+    from attnviz.models.loading import LoadedModel, as_loaded, model_spec
 
     check_store(store)
 
+    if isinstance(texts, str):  # a string is an iterable of characters: one text each, not wanted
+        raise TypeError("texts must be a list of strings, not one string (extract takes one text)")
+    if not isinstance(model, LoadedModel):
+        model_spec(model)  # a wrong type is a TypeError before anything else
     texts = list(texts)
+    check_sizes(batch_size, max_length)
     for i, t in enumerate(texts):  # checked before the model loads
-        if not isinstance(t, str) or not t.strip():
-            raise InputError(f"text {i + 1} is empty" if len(texts) > 1 else "the text is empty")
-    loaded = model if isinstance(model, LoadedModel) else load_model(model, device=device, dtype=dtype)
+        check_text(t, i + 1, len(texts) > 1)
+    loaded = as_loaded(model, device=device, dtype=dtype)
     out = list(
         extract_stream(
             texts,
@@ -182,23 +187,52 @@ def extract_stream(
 ) -> Iterator[Attention]:
     """Extract many texts lazily, `batch_size` at a time, so a long corpus never holds every
     tensor at once; an empty or over-long text is named by its place in the whole input."""
-    from attnviz.models.loading import LoadedModel, load_model
+    from attnviz.models.loading import as_loaded
 
-    loaded = model if isinstance(model, LoadedModel) else load_model(model, device=device, dtype=dtype)
+    check_sizes(batch_size, max_length)
+    loaded = as_loaded(model, device=device, dtype=dtype)
     layer_list = resolve_indices(layers, loaded.num_layers, "layer", loaded.name)
     head_list = resolve_indices(heads, loaded.capture.num_heads, "head", loaded.name)
     many = not (isinstance(texts, Sized) and len(texts) == 1)
     it = iter(texts)
     start = 0
-    while chunk := list(itertools.islice(it, max(1, batch_size))):
+    while chunk := list(itertools.islice(it, batch_size)):
         for i, t in enumerate(chunk):
-            if not isinstance(t, str) or not t.strip():
-                raise InputError(f"text {start + i + 1} is empty" if many else "the text is empty")
+            check_text(t, start + i + 1, many)
         encoded = tokenize(loaded, chunk, special_tokens, truncate, max_length, first=start + 1, many=many)
         yield from run_batch(
             loaded, encoded, layer_list, head_list, qkv=qkv, decoder_text=decoder_text, store=store
         )
         start += len(chunk)
+
+
+def check_sizes(batch_size: object, max_length: object) -> None:
+    """InputError for a batch size below 1 or a token limit below 2 (one token and one more)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"{param('batch_size')} must be a whole number of at least 1 (got {batch_size!r})")
+    if max_length is not None and (
+        isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2
+    ):
+        raise InputError(f"{param('max_length')} must be a whole number of at least 2 (got {max_length!r})")
+
+
+def check_text(text: object, number: int = 1, many: bool = False) -> None:
+    """InputError for a text that is empty or holds a lone surrogate: half of a
+    UTF-16 pair, or a byte that was not UTF-8 (Python keeps one as \\udcXX), which no tokenizer
+    can encode; TypeError for one that is not a string. `number` names the text among `many`."""
+    which = f"text {number}" if many else "the text"
+    if text is not None and not isinstance(text, str):
+        raise TypeError(f"{which} must be a string, not {type(text).__name__}")
+    if not text or not text.strip():
+        raise InputError(f"{which} is empty")
+    if all(ch.isspace() or unicodedata.category(ch) == "Cf" for ch in text):
+        raise InputError(f"{which} is empty: it holds only invisible characters (zero-width spaces...)")
+    bad = next((i for i, ch in enumerate(text) if "\ud800" <= ch <= "\udfff"), None)
+    if bad is not None:
+        raise InputError(
+            f"{which} holds a lone surrogate at character {bad + 1} ({ascii(text[bad])[1:-1]}): a byte "
+            "that is not UTF-8, or half of an emoji; fix the text's encoding"
+        )
 
 
 def tokenize(

@@ -102,12 +102,32 @@ def reserve(folder: Path, name: str) -> Path:
             raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
+def check_length(path: Path, option: str = OUTPUT) -> None:
+    """Refuse a path the system cannot take: a name over its limit (255 bytes on most), or a whole
+    path over PATH_MAX (4,096), which would end in "File name too long" deep inside a write."""
+    encoded = os.fsencode(str(path))
+    try:
+        name_max, path_max = os.pathconf(".", "PC_NAME_MAX"), os.pathconf(".", "PC_PATH_MAX")
+    except (OSError, ValueError, AttributeError):  # no pathconf here: the usual limits
+        name_max, path_max = 255, 4096
+    longest = max((len(os.fsencode(part)) for part in path.parts), default=0)
+    if longest > name_max:
+        raise InputError(
+            f"a name in {option} is {longest} bytes long, over this system's limit of {name_max}"
+        )
+    if len(encoded) >= path_max:
+        raise InputError(
+            f"{option} is {len(encoded):,} bytes long, over this system's limit of {path_max - 1:,}"
+        )
+
+
 def refuse_link(path: Path, option: str = OUTPUT) -> None:
     """Refuse an `-o` that is a link to a file (or to nothing): writing would change a file we did not write.
 
     A link to a folder is fine: new files are made inside it under names that never overwrite.
     `option` is the `param()` the path came from (`-o` unless said otherwise), for the message.
     """
+    check_length(path, option)
     if path.is_symlink() and not path.is_dir():
         raise InputError(
             f"{path} is a symbolic link; attnviz does not write through links, give another {option}"
@@ -161,6 +181,7 @@ def check_data_output(output: Path | None) -> None:
 
 def check_parent(output: Path, option: str = OUTPUT) -> None:
     """Fail fast when `output` could not be written: no rights, or a file where a folder should be."""
+    check_length(output, option)
     if output.exists() and not os.access(output, os.W_OK):
         raise InputError(f"cannot write {output}: permission denied")
     parent = output.parent

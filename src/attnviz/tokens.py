@@ -8,6 +8,7 @@ all map back to the same word whatever the tokenizer family.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -18,7 +19,9 @@ from attnviz.errors import TokenNotFoundError
 if TYPE_CHECKING:
     from attnviz.attention import Attention
 
-WORD_RE = re.compile(r"\w+(?:['’]\w+)*|[^\w\s]")
+# combining marks (Python's \w leaves them out): a decomposed "cafe\u0301" stays one word
+_MARKS = "\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f"
+WORD_RE = re.compile(rf"\w[\w{_MARKS}]*(?:['’][\w{_MARKS}]+)*|[^\w\s]")
 _PIECE_MARKS = ("Ġ", "▁", "Ċ", "##")
 
 
@@ -235,11 +238,12 @@ def display(token: str) -> str:
 
 
 def normalise(word: str) -> str:
-    """Case-folded, with subword marks removed: how user queries and tokens are compared."""
+    """Case-folded, in one Unicode form (NFKC: a decomposed "cafe\u0301" is "café"), with subword
+    marks removed: how user queries and tokens are compared."""
     out = word
     for mark in _PIECE_MARKS:
         out = out.replace(mark, "")
-    return out.casefold().strip()
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", out).casefold()).strip()
 
 
 @dataclass(frozen=True)
@@ -252,17 +256,17 @@ class Match:
     occurrence: int  # which occurrence was used (1-based)
 
 
-def locate(query: str, units: Sequence[str], occurrence: int | None = None) -> Match:
+def locate(query: str, units: Sequence[str], occurrence: int | None = None, what: str = "tokens") -> Match:
     """Find `query` in a sequence of tokens or words: by `@N` position, else by case-free text.
 
-    Raises TokenNotFoundError listing the units the text does have.
+    Raises TokenNotFoundError listing the units the text does have (`what` they are: tokens, words).
     """
     q = query.strip()
     if re.fullmatch(r"@-?\d+", q):
         pos = int(q[1:])
         if not -len(units) <= pos < len(units):
             raise TokenNotFoundError(
-                f"position {q} is out of range: the text has {len(units)} tokens (@0-@{len(units) - 1})"
+                f"position {q} is out of range: the text has {len(units)} {what} (@0-@{len(units) - 1})"
             )
         pos %= len(units)
         return Match(query=q, index=pos, occurrences=(pos,), occurrence=1)
@@ -270,13 +274,41 @@ def locate(query: str, units: Sequence[str], occurrence: int | None = None) -> M
     found = tuple(i for i, u in enumerate(units) if target and normalise(u) == target)
     if not found:
         shown = " ".join(display(u) for u in units)
-        raise TokenNotFoundError(f"'{query}' is not in the text; its tokens are: {shown}")
+        raise TokenNotFoundError(f"'{query}' is not in the text; its {what} are: {shown}")
     n = 1 if occurrence is None else occurrence
     if not 1 <= n <= len(found):
         raise TokenNotFoundError(
             f"'{query}' occurs {len(found)} time(s); occurrence {n} does not exist (1-{len(found)})"
         )
     return Match(query=q, index=found[n - 1], occurrences=found, occurrence=n)
+
+
+# scripts written without spaces between words: a query in them is looked for as a run of
+# characters inside a word (CJK ideographs, kana, Thai, Lao, Khmer, Myanmar)
+UNSEGMENTED = re.compile(
+    "^[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u0e00-\u0eff\u1000-\u109f"
+    "\u1780-\u17ff\U00020000-\U0003134f]+$"
+)
+
+
+def span_tokens(att: Attention, query: str) -> list[tuple[int, ...]]:
+    """For a query in a script written without spaces: the tokens covering each place it occurs
+    in the text (every token whose characters overlap it), in order; [] when it does not occur."""
+    q = unicodedata.normalize("NFKC", query.strip())
+    if not UNSEGMENTED.match(q):
+        return []
+    text = unicodedata.normalize("NFKC", att.text)
+    if len(text) != len(att.text):  # spans count the text as given; a changed length would shift them
+        text = att.text
+    out = []
+    start = text.find(q)
+    while start >= 0:
+        end = start + len(q)
+        covering = tuple(i for i, (a, b) in enumerate(att.spans) if a < end and b > start and b > a)
+        if covering:
+            out.append(covering)
+        start = text.find(q, end)
+    return out
 
 
 def positions(att: Attention, word: str) -> list[int]:
@@ -295,6 +327,8 @@ def positions(att: Attention, word: str) -> list[int]:
             for i, w in enumerate(att.word_ids)
             if w is not None and w < len(att.words) and normalise(att.words[w]) == target
         ]
+    if not hits and att.level == "token":  # 巴黎 inside 我喜欢在巴黎学习法语: the tokens covering it
+        hits = sorted({i for covering in span_tokens(att, q) for i in covering})
     if not hits:
         locate(q, att.tokens)  # raises, listing the tokens the text has
     return hits

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from attnviz.analyses.steps import Steps, five_steps
-from attnviz.errors import InputError, param
+from attnviz.errors import InputError, check_seed, param
 
 MAX_TOKENS = 512
 HEADS = param("heads", flag="--num-heads")  # `attnviz toy --head` picks one head's steps
@@ -114,8 +114,7 @@ def build_toy(
         )
     if not math.isfinite(temperature) or temperature <= 0:
         raise InputError(f"{param('temperature')} {temperature}: use a number above 0")
-    if not 0 <= seed < 2**64:  # torch's generator takes a 64-bit seed
-        raise InputError(f"{param('seed')} {seed}: use a whole number from 0 to 2**64 - 1")
+    check_seed(seed)  # torch's generator takes a 64-bit seed
     d_k = dim // heads
     g = torch.Generator().manual_seed(seed)
     vocab = list(dict.fromkeys(labels))

@@ -22,7 +22,7 @@ from attnviz.cli import models as _models  # noqa: F401
 from attnviz.cli import pictures as _pictures  # noqa: F401
 from attnviz.cli import serve as _serve  # noqa: F401
 from attnviz.cli import view as _view  # noqa: F401
-from attnviz.cli._app import app, command, fail
+from attnviz.cli._app import app, command, fail, printable
 
 __all__ = ["app", "command", "fail", "main"]
 
@@ -49,7 +49,7 @@ def main() -> None:
     except Exception as exc:  # an unexpected bug: still one line unless debugging
         if os.environ.get("ATTNVIZ_DEBUG"):
             raise
-        message = str(exc).splitlines()[0] if str(exc) else ""
+        message = printable(str(exc).splitlines()[0]) if str(exc) else ""
         print(
             f"error: unexpected {type(exc).__name__}: {message} (ATTNVIZ_DEBUG=1 shows the traceback)",
             file=sys.stderr,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import unicodedata
 from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any
@@ -29,6 +30,13 @@ def _tidy(params: list[Any]) -> list[Any]:
     return params
 
 
+class _Repeated(typer.BadParameter):
+    """A usage error whose message is all it says (no "Invalid value for ..." before it)."""
+
+    def format_message(self) -> str:
+        return self.message
+
+
 class Command(TyperCommand):
     """Every command's help reads the same: flags show no `<bool>`, arguments show as TEXT or [TEXT].
 
@@ -37,6 +45,24 @@ class Command(TyperCommand):
 
     def get_params(self, ctx: Any) -> list[Any]:
         return _tidy(super().get_params(ctx))
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        """Refuse an option that takes one value given twice (`--file a --file b`): Click keeps
+        the last one silently. Found by a first, dry parse; a bad line is left to the real one."""
+        if not ctx.resilient_parsing:
+            try:
+                _, _, order = self.make_parser(ctx).parse_args(args=list(args))
+            except typer.TyperException:
+                order = []
+            seen: set[str] = set()
+            for param in order:
+                if not isinstance(param, TyperOption) or param.multiple or param.count or param.is_flag:
+                    continue
+                if param.name in seen:
+                    flag = max(param.opts, key=len)
+                    raise _Repeated(f"{flag} is given twice, and only one would be used: give it once", ctx)
+                seen.add(param.name or "")
+        return super().parse_args(ctx, args)
 
     def collect_usage_pieces(self, ctx: Any) -> list[str]:
         """`[OPTIONS] A B [TEXT]`: required arguments bare, optional ones in brackets (not `{a}`)."""
@@ -125,7 +151,7 @@ class Group(TyperGroup):
                 sys.exit(0)
             ctx = getattr(exc, "ctx", None)
             hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-            typer.echo(f"error: {exc.format_message()}{hint}", err=True)
+            typer.echo(f"error: {printable(exc.format_message())}{hint}", err=True)
             sys.exit(exc.exit_code)
         sys.exit(code if isinstance(code, int) else 0)
 
@@ -141,9 +167,23 @@ app = typer.Typer(
 )
 
 
+def printable(message: str) -> str:
+    """A message safe for a terminal: control characters (ESC, BEL, NUL, a line break...) and
+    lone surrogates shown as escapes (`\\x1b`), so what a user typed cannot drive the terminal
+    (an OSC sequence retitling the window) or split the one error line."""
+    out = []
+    for ch in message:
+        code = ord(ch)
+        if unicodedata.category(ch) in ("Cc", "Cs") or ch in "\u2028\u2029":
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
 def fail(message: str, code: int = 2) -> typer.Exit:
-    """Print one error line to stderr; the caller raises the returned Exit."""
-    typer.echo(f"error: {message}", err=True)
+    """Print one error line to stderr (control characters escaped); the caller raises the Exit."""
+    typer.echo(f"error: {printable(message)}", err=True)
     return typer.Exit(code)
 
 
@@ -155,12 +195,15 @@ def command(*args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callabl
     """`app.command`, with library errors turned into one line and exit code 2."""
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        shared = _selection_options(fn)
+
         @functools.wraps(fn)
         def wrapper(*a: Any, **kw: Any) -> Any:
             from attnviz.errors import AttnvizError, cli_terms
 
             as_json = JSON_OUTPUT.set(bool(kw.get("as_json")))
             try:
+                _check_selection_early(shared, kw)
                 return fn(*a, **kw)
             except AttnvizError as exc:
                 if os.environ.get("ATTNVIZ_DEBUG"):
@@ -175,6 +218,41 @@ def command(*args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callabl
         return app.command(*args, **kwargs)(wrapper)
 
     return decorate
+
+
+# the shared options (cli/_options.py) that select layers and heads, by their annotation's name
+_SELECTION = {"LayerOpt": "layer", "LayersOpt": "layers", "HeadOpt": "head", "HeadsOpt": "heads"}
+
+
+def _selection_options(fn: Callable[..., Any]) -> dict[str, str]:
+    """Keyword -> kind (layer, layers, head, heads) of the command's shared selection options."""
+    import inspect
+
+    out = {}
+    for name, p in inspect.signature(fn).parameters.items():
+        kind = _SELECTION.get(p.annotation if isinstance(p.annotation, str) else "")
+        if kind:
+            out[name] = kind
+    return out
+
+
+def _check_selection_early(shared: dict[str, str], kw: dict[str, Any]) -> None:
+    """--layer/--layers/--head/--heads against the model's config, before the command loads it
+    (models.info.check_selection). A selection the command itself refuses is left to it."""
+    model = kw.get("model")
+    given = {shared[k]: v for k, v in kw.items() if k in shared and v is not None}
+    if not given or not isinstance(model, str) or not model.strip():
+        return
+    from attnviz.errors import InputError
+    from attnviz.models.info import check_selection
+    from attnviz.selection import parse_indices
+
+    try:
+        layers = parse_indices(given.get("layer", given.get("layers")), "layers")
+        heads = parse_indices(given.get("head", given.get("heads")), "heads")
+    except InputError:
+        return
+    check_selection(model, layers, heads, bool(kw.get("trust_remote_code")))
 
 
 def _version(value: bool) -> None:

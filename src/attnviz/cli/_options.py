@@ -253,7 +253,16 @@ ConfigOpt = Annotated[
 
 
 def read_text(text: str | None, file: Path | None) -> str:
-    """The text from the argument, --file, or standard input (`-` or nothing on a pipe)."""
+    """The text from the argument, --file, or standard input (`-` or nothing on a pipe), checked
+    (not empty, no byte that is not UTF-8) before any model loads."""
+    from attnviz.extraction import check_text
+
+    body = _read_text(text, file)
+    check_text(body)
+    return body
+
+
+def _read_text(text: str | None, file: Path | None) -> str:
     if file is not None and text not in (None, "-"):
         raise InputError("give the text as an argument or with --file, not both")
     if file is not None:
@@ -316,11 +325,12 @@ def load(
     as notices: status notices update the spinner, warnings are one `warning:` line on stderr.
     Nothing is ever written to stdout. `task` picks the head (`generate` needs the LM head).
     """
+    from attnviz.cli._app import printable
     from attnviz.models.loading import LoadNotice, load_model
 
     def warn(notice: LoadNotice) -> None:
         if notice.kind == "warning":
-            typer.echo(f"warning: {notice.message}", err=True)
+            typer.echo(f"warning: {printable(notice.message)}", err=True)
 
     if not spinner_wanted(quiet):
         return load_model(
@@ -335,7 +345,7 @@ def load(
             if notice.kind == "status":
                 status.update(notice.message)
             else:
-                console.print(f"warning: {notice.message}", markup=False, highlight=False)
+                console.print(f"warning: {printable(notice.message)}", markup=False, highlight=False)
 
         return load_model(
             model, device=device, dtype=dtype, trust_remote_code=trust_remote_code, progress=show, task=task
@@ -366,12 +376,14 @@ def note(message: str) -> None:
     typer.echo(f"note: {message}", err=True)
 
 
-def check_style(cmap: str, dpi: int | None) -> None:
-    """--cmap and --dpi checked before any model loads; InputError on the first bad one."""
-    from attnviz.plots import colormap
+def check_style(cmap: str, dpi: int | None, size: tuple[float, float] | None = None) -> None:
+    """--cmap, --dpi and the pixels of --size at that dpi, checked before any model loads;
+    InputError on the first bad one."""
+    from attnviz.plots import check_pixels, colormap
 
     if dpi is not None and not 10 <= dpi <= 1200:
         raise InputError(f"bad --dpi {dpi}: use a resolution between 10 and 1200")
+    check_pixels(size, dpi)
     colormap(cmap)
 
 

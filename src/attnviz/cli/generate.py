@@ -92,7 +92,7 @@ def generate_cmd(
     from attnviz.views.generation import check_view_output
 
     # everything the user typed is checked before the model loads
-    check_settings(max_new_tokens, 0, sample, temperature, top_p)
+    check_settings(max_new_tokens, 0, sample, temperature, top_p, seed)
     options = view_options("attention", special, aggregate, over)
     if stream not in ("self", "cross"):
         raise InputError(f"unknown --stream '{stream}': use self or cross")

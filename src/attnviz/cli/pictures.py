@@ -95,7 +95,7 @@ def _style(vmax: str | None, cmap: str, dpi: int | None, size: str | None) -> di
     """Check the drawing options before any model loads; InputError on the first bad one."""
     from attnviz.plots import parse_scale, parse_size
 
-    check_style(cmap, dpi)
+    check_style(cmap, dpi, parse_size(size))
     return {"vmax": parse_scale(vmax), "cmap": cmap, "dpi": dpi, "size": parse_size(size)}
 
 

@@ -10,6 +10,7 @@ keys up to it. A step costs [heads, 1, context] weights, written straight into o
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from attnviz.attention import HeadResult
-from attnviz.errors import InputError, param
+from attnviz.errors import InputError, check_seed, param
 from attnviz.selection import format_indices
 
 if TYPE_CHECKING:
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from attnviz.models.loading import LoadedModel
 
 FORMAT = "generation"
+MIN_TEMPERATURE = 0.01  # below, sampling is greedy decoding anyway, and 1e-300 overflows the logits
 ENCODERS = frozenset(
     {"bert", "distilbert", "roberta", "xlm-roberta", "albert", "electra", "deberta", "deberta-v2", "mpnet"}
 )
@@ -201,31 +203,43 @@ class Generation(HeadResult):
 
     @classmethod
     def load(cls, path: str | Path) -> Generation:
-        """Read a file written by `save`."""
+        """Read a file written by `save`; a file whose fields or shapes do not fit is an InputError
+        naming it."""
+        from attnviz.attention import FileFields
         from attnviz.outputs import read_arrays
 
         what = "file from `attnviz generate -o`"
         meta, arrays = read_arrays(Path(path), what)
+        r = FileFields(meta, arrays, Path(path), what)
         if meta.get("format") != FORMAT:
             raise InputError(f"{path} is not a readable {what} (not a generation file)")
+        tokens, layers, heads = r.texts("tokens"), r.counts("layers"), r.counts("heads")
+        n, lh = len(tokens), (len(layers), len(heads))
+        prompt_length = r.count("prompt_length")
+        if prompt_length > n:
+            raise r.fail(f"'prompt_length' {prompt_length} is more than its {n} tokens")
+        source_tokens = r.texts("source_tokens", ())
+        settings = r._get("settings", {})
+        if not isinstance(settings, dict):
+            raise r.fail("'settings' is not an object")
         return cls(
-            model=meta["model"],
-            kind=meta["kind"],
-            prompt=meta["prompt"],
-            text=meta["text"],
-            tokens=tuple(meta["tokens"]),
-            token_ids=tuple(meta["token_ids"]),
-            special=tuple(meta["special"]),
-            prompt_length=int(meta["prompt_length"]),
-            layers=tuple(meta["layers"]),
-            heads=tuple(meta["heads"]),
-            attn=arrays["self"],
-            prompt_attn=arrays.get("prompt"),
-            source_tokens=tuple(meta.get("source_tokens") or ()),
-            source_special=tuple(meta.get("source_special") or ()),
-            cross=arrays.get("cross"),
-            settings=dict(meta.get("settings") or {}),
-            notes=tuple(meta.get("notes") or ()),
+            model=r.text("model"),
+            kind=r.choice("kind", ("decoder", "encoder-decoder")),
+            prompt=r.text("prompt"),
+            text=r.text("text"),
+            tokens=tokens,
+            token_ids=r.counts("token_ids", length=(n,)),
+            special=r.flags("special", length=(n,)),
+            prompt_length=prompt_length,
+            layers=layers,
+            heads=heads,
+            attn=r.array("self", (*lh, n - prompt_length, n)),
+            prompt_attn=r.array("prompt", (*lh, prompt_length, prompt_length), required=False),
+            source_tokens=source_tokens,
+            source_special=r.flags("source_special", (), length=(0, len(source_tokens))),
+            cross=r.array("cross", (*lh, n - prompt_length, len(source_tokens)), required=False),
+            settings=dict(settings),
+            notes=r.texts("notes", ()),
         )
 
 
@@ -238,6 +252,7 @@ def check_settings(
     sample: bool = False,
     temperature: float = 1.0,
     top_p: float = 1.0,
+    seed: int | None = None,
 ) -> None:
     """InputError for settings `generate` would refuse, before any model loads."""
     if max_new_tokens < 1:
@@ -247,14 +262,21 @@ def check_settings(
             f"{param('min_new_tokens')} must be between 0 and {param('max_new_tokens')} "
             f"(got {min_new_tokens})"
         )
-    if not temperature > 0:
-        raise InputError(f"{param('temperature')} must be above 0 (got {temperature})")
+    if not MIN_TEMPERATURE <= temperature < math.inf:  # NaN fails too; a tinier one overflows
+        raise InputError(
+            f"{param('temperature')} must be a number from {MIN_TEMPERATURE} up (got {temperature}); "
+            "lower ones are greedy decoding, which is what leaving out sampling does"
+        )
     if not 0 < top_p <= 1:
         raise InputError(f"{param('top_p')} must be in (0, 1] (got {top_p})")
     if not sample and (temperature != 1.0 or top_p != 1.0):
         raise InputError(
             f"{param('temperature')} and {param('top_p')} shape sampling: add {param('sample', True)}"
         )
+    if seed is not None:
+        check_seed(seed)
+        if not sample:  # greedy decoding draws nothing: a seed there would be silently ignored
+            raise InputError(f"{param('seed')} only matters when sampling: add {param('sample', True)}")
 
 
 def generation_task(spec: str | None) -> str:
@@ -299,12 +321,13 @@ def load_for_generation(
     progress: Any = None,
 ) -> LoadedModel:
     """The model with its LM head (loaded once and cached like every model)."""
-    from attnviz.models.loading import LoadedModel, load_model
+    from attnviz.models.loading import LoadedModel, load_model, model_spec
 
     if isinstance(model, LoadedModel):
         if model.task in ("causal-lm", "seq2seq-lm"):
             return model
         device, dtype, model = model.device, model.dtype, model.source.spec
+    model = model_spec(model)  # a name or a path; TypeError naming `model` for anything else
     task = generation_task(model)
     loaded = load_model(
         model, device=device, dtype=dtype, trust_remote_code=trust_remote_code, progress=progress, task=task
@@ -352,9 +375,11 @@ def generate(
     `progress(new tokens so far, max_new_tokens)` is called after each step (from (0, max) on), and
     `on_text(piece)` with the continuation as it grows: the pieces join to the result's `text`.
     """
-    if not isinstance(prompt, str) or not prompt.strip():
+    if prompt is not None and not isinstance(prompt, str):
+        raise TypeError(f"prompt must be a string, not {type(prompt).__name__}")
+    if not prompt or not prompt.strip():
         raise InputError("the prompt is empty")
-    check_settings(max_new_tokens, min_new_tokens, sample, temperature, top_p)
+    check_settings(max_new_tokens, min_new_tokens, sample, temperature, top_p, seed)
     loaded = load_for_generation(model, device, dtype, trust_remote_code)
     _check_generates(loaded)
     settings = {

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from attnviz.errors import AttnvizError, InputError, param
+from attnviz.heads.arguments import ablation_model
 from attnviz.models.architecture import main_stream, require_editable
 
 if TYPE_CHECKING:
@@ -412,7 +413,7 @@ def _scores(loaded: LoadedModel, prep: _Prepared, rows: int, base: Any | None) -
 
 
 def ablate(
-    loaded: LoadedModel,
+    loaded: LoadedModel | str,
     text: str,
     heads: Sequence[tuple[int, int]],
     *,
@@ -424,13 +425,12 @@ def ablate(
 ) -> Ablation:
     """The measure on `text` with and without the given (layer, head)s ablated together.
 
-    `loaded` should carry the LM head its measure needs (see `for_ablation`); a model loaded
-    without one is measured on its embedding.
+    `loaded`: a name or path (loaded with its LM head), or a LoadedModel (without one: its embedding).
     """
     import torch
 
     check_mode(mode, reference)
-    require_editable(loaded, "ablation")
+    loaded = ablation_model(loaded, for_ablation)  # a name or a path: loaded with its LM head
     pairs = check_heads(loaded, heads)
     prep = _prepare(loaded, text, target, occurrence, truncate)
     means = reference_means(loaded, reference) if mode == "mean" and reference else None
@@ -457,7 +457,7 @@ def ablate(
 
 
 def scan_heads(
-    loaded: LoadedModel,
+    loaded: LoadedModel | str,
     text: str,
     *,
     target: str | None = None,
@@ -475,7 +475,7 @@ def scan_heads(
     import torch
 
     check_mode(mode, reference)
-    require_editable(loaded, "ablation")
+    loaded = ablation_model(loaded, for_ablation)  # a name or a path: loaded with its LM head
     prep = _prepare(loaded, text, target, occurrence, truncate)
     means = reference_means(loaded, reference) if mode == "mean" and reference else None
     start = time.perf_counter()

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from attnviz.errors import InputError, param
+from attnviz.errors import InputError, check_seed, param
 
 if TYPE_CHECKING:
     from attnviz.attention import Encoded
@@ -157,8 +157,7 @@ class InductionSettings:
     def check(self) -> InductionSettings:
         if self.seq_len < 2 or self.batch < 1:
             raise InputError(f"use {param('seq_len')} of at least 2 and {param('batch')} of at least 1")
-        if not 0 <= self.seed < 2**64:  # the same range as toy's seed (numpy refuses a negative one)
-            raise InputError(f"{param('seed')} {self.seed}: use a whole number from 0 to 2**64 - 1")
+        check_seed(self.seed)  # the same range as toy's and generate's
         if self.sort not in SCORES:
             raise InputError(
                 f"unknown {param('sort')} '{self.sort}' for the induction test: use {' or '.join(SCORES)}"
@@ -178,7 +177,7 @@ class InductionSettings:
 
 
 def induction_scores(
-    loaded: LoadedModel,
+    loaded: LoadedModel | str,
     *,
     seq_len: int = 50,
     batch: int = 4,
@@ -187,10 +186,13 @@ def induction_scores(
     heads: Sequence[int] | None = None,
     chunk: int = 8,
 ) -> InductionResult:
-    """Run the repeated-random-tokens test; causal models only."""
+    """Run the repeated-random-tokens test; causal models only. `loaded`: a model name, a path or
+    a LoadedModel."""
     from attnviz.extraction import run_batch
+    from attnviz.models.loading import as_loaded
     from attnviz.selection import resolve_indices
 
+    loaded = as_loaded(loaded, "loaded")
     if not loaded.causal:
         raise InputError(
             f"the induction test applies to causal (decoder) models; {loaded.name} is an {loaded.kind}"

@@ -54,14 +54,40 @@ BROAD_THRESHOLD = 0.8
 def row_entropy(attn: np.ndarray, visible: np.ndarray | None = None) -> np.ndarray:
     """Entropy in bits of each attention row: [..., q, k] -> [..., q].
 
-    0 log 0 counts as 0, so masked (exactly zero) keys add nothing.
+    0 log 0 counts as 0, so masked (exactly zero) keys add nothing. Each row must be a
+    distribution (weights from 0 to 1 summing to 1; an all-zero row, padding, gives 0): anything
+    else has no entropy, and is an InputError rather than a number (`[[1, 2]]` is not -2 bits).
     """
     p = np.asarray(attn, dtype=np.float64)
     if visible is not None:
         p = np.where(visible, p, 0.0)
+    _check_rows(p)
     with np.errstate(divide="ignore", invalid="ignore"):
         terms = np.where(p > 0, -p * np.log2(np.where(p > 0, p, 1.0)), 0.0)
     return terms.sum(axis=-1)
+
+
+ROW_TOLERANCE = 1e-2  # float16 rows (store="float16") sum to 1 within a few thousandths
+
+
+def _check_rows(p: np.ndarray) -> None:
+    """InputError unless every row of `p` [..., k] is a distribution (or all zero)."""
+    if p.ndim == 0 or p.size == 0:
+        if p.ndim == 0:
+            raise InputError("row_entropy needs rows of attention weights [..., q, k], not one number")
+        return
+    if not np.isfinite(p).all():
+        raise InputError("row_entropy needs attention weights, not NaN or infinite values")
+    low, high = float(p.min()), float(p.max())
+    sums = p.sum(axis=-1)
+    off = np.abs(sums - 1.0) > ROW_TOLERANCE
+    off &= sums != 0.0
+    if low < -1e-6 or high > 1.0 + ROW_TOLERANCE or off.any():
+        worst = float(sums[off].flat[0]) if off.any() else (low if low < 0 else high)
+        what = "sums to" if off.any() else "holds"
+        raise InputError(
+            f"row_entropy needs attention rows (weights from 0 to 1 that sum to 1); a row {what} {worst:.4g}"
+        )
 
 
 def uniform_bound(visible: np.ndarray) -> np.ndarray:

@@ -8,15 +8,15 @@ of the summed weight on the key word's pieces. A `@N` query is token N exactly.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from attnviz.errors import InputError, TokenNotFoundError, param
 from attnviz.heads.patterns import PATTERNS, pattern_scores, role_of
-from attnviz.tokens import display, locate, normalise
+from attnviz.tokens import display, locate, normalise, span_tokens
 
 if TYPE_CHECKING:
     from attnviz.attention import Attention
@@ -222,15 +222,20 @@ def resolve(att: Attention, query: str, occurrence: Occurrence = None, view: Att
         return _resolve_phrase(att, view, q, occurrence)
     try:
         if occurrence == "all":
-            m = locate(q, view.tokens)
+            m = locate(q, view.tokens, what="words")
             toks = tuple(sorted(t for i in m.occurrences for t in _unit_tokens(att, view, i)))
             label = display(view.tokens[m.index])
             return Unit(query=q, label=label, tokens=toks, occurrence=0, occurrences=len(m.occurrences))
-        m = locate(q, view.tokens, occurrence)
+        m = locate(q, view.tokens, occurrence, what="words")
     except TokenNotFoundError as exc:
         if "is not in the text" not in str(exc):
             raise
-        return _resolve_piece(att, q, occurrence, exc)
+        try:
+            return _resolve_piece(att, q, occurrence, exc)
+        except TokenNotFoundError:
+            if (span := _resolve_span(att, q, occurrence)) is None:
+                raise
+            return span
     return Unit(
         query=q,
         label=display(view.tokens[m.index]),
@@ -256,6 +261,27 @@ def _resolve_piece(att: Attention, q: str, occurrence: Occurrence, missing: Toke
         occurrence=m.occurrence,
         occurrences=len(m.occurrences),
     )
+
+
+def _resolve_span(att: Attention, q: str, occurrence: Occurrence) -> Unit | None:
+    """A query in a script written without spaces (巴黎 in 我喜欢在巴黎学习法语), as the tokens
+    covering its characters; None when it is not such a query or does not occur."""
+    found = span_tokens(att, q) if att.level == "token" else []
+    if not found:
+        return None
+    if occurrence == "all":
+        toks = tuple(sorted({t for covering in found for t in covering}))
+        chosen, which = found[0], 0
+    else:
+        which = 1 if occurrence is None else occurrence
+        if not 1 <= which <= len(found):
+            raise TokenNotFoundError(
+                f"'{q}' occurs {len(found)} time(s); occurrence {which} does not exist (1-{len(found)})"
+            )
+        chosen = toks = found[which - 1]
+    spans = [att.spans[i] for i in chosen]
+    label = att.text[min(a for a, _ in spans) : max(b for _, b in spans)]  # the characters they cover
+    return Unit(query=q, label=label, tokens=toks, occurrence=which, occurrences=len(found))
 
 
 def _resolve_phrase(att: Attention, view: Attention, q: str, occurrence: Occurrence) -> Unit:
@@ -349,6 +375,37 @@ def _positions(att: Attention, layers: Sequence[int] | None) -> list[int]:
     return sorted(set(out))
 
 
+def _checked_arguments(att: Any, a: Any, b: Any) -> Any:
+    """find_heads' arguments of the wrong type are TypeErrors naming them (a Generation becomes
+    its Attention)."""
+    from attnviz.attention import Attention
+    from attnviz.generation.run import Generation
+
+    for name, query in (("a", a), ("b", b)):
+        if not isinstance(query, str):
+            raise TypeError(f"{name} must be a word, a phrase or '@N' (a string), not {type(query).__name__}")
+    if isinstance(att, Generation):  # its steps' rows on the context
+        att = att.as_attention()
+    if isinstance(att, (str, bytes)) or not (isinstance(att, Attention) or hasattr(att, "__iter__")):
+        raise TypeError(
+            "att must be an Attention (from extract), a Generation or an iterable of them, "
+            f"not {type(att).__name__}"
+        )
+    return att
+
+
+def _each_attention(items: Iterable[Any]) -> Iterator[Attention]:
+    """The items of `att`, each an Attention, or a TypeError naming the first that is not."""
+    from attnviz.attention import Attention
+
+    for index, one in enumerate(items):
+        if not isinstance(one, Attention):
+            raise TypeError(
+                f"att's item {index} must be an Attention (from extract), not {type(one).__name__}"
+            )
+        yield one
+
+
 def find_heads(
     att: Attention | Iterable[Attention],
     a: str,
@@ -368,13 +425,11 @@ def find_heads(
     `att`, when `att` is norm-weighted: a head's role is what `head_patterns` says of its weights.
     """
     from attnviz.attention import Attention
-    from attnviz.generation.run import Generation
 
-    if isinstance(att, Generation):  # its steps' rows on the context
-        att = att.as_attention()  # type: ignore[union-attr]
+    att = _checked_arguments(att, a, b)
     check_direction(direction)
     occ = occurrence if isinstance(occurrence, tuple) else parse_occurrence(occurrence)
-    items = iter([att] if isinstance(att, Attention) else att)
+    items = _each_attention([att] if isinstance(att, Attention) else att)
     role_items = None
     if roles_from is not None:
         role_items = iter([roles_from] if isinstance(roles_from, Attention) else roles_from)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -120,6 +121,31 @@ def describe(model: str | None = None, trust_remote_code: bool = False) -> Model
         max_length=_config_max_length(text, folder),
         parameters=_safetensors_parameters(folder),
     )
+
+
+def check_selection(
+    model: str | None,
+    layers: Sequence[int] | None,
+    heads: Sequence[int] | None,
+    trust_remote_code: bool = False,
+) -> None:
+    """InputError for a layer or head out of range, read from the model's config as `describe`
+    reads it: a typo costs a second, not a model load. A model whose shape cannot be read without
+    loading (not cached, a config transformers must build) or whose layers are counted otherwise
+    (encoder-decoder) is left to the check after loading."""
+    from attnviz.errors import AttnvizError
+    from attnviz.selection import resolve_indices
+
+    if layers is None and heads is None:
+        return
+    try:
+        found = describe(model, trust_remote_code)
+    except (AttnvizError, OSError, ValueError):  # said again, in its own words, by the load
+        return
+    if found.kind == "encoder-decoder" or found.layers < 1 or found.heads < 1:
+        return
+    resolve_indices(layers, found.layers, "layer", found.name)
+    resolve_indices(heads, found.heads, "head", found.name)
 
 
 # Encoder families whose config.json names its sizes plainly, so `info` reads them without

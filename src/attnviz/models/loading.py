@@ -19,6 +19,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from attnviz.errors import DeviceError, InputError, ModelNotFoundError, param
+from attnviz.models.arguments import model_spec  # re-exported: the public functions' check
+from attnviz.models.folders import (  # re-exported: info.py and the tests import them from here
+    check_config,
+    check_tokenizer,
+    check_weights,
+    unreadable_safetensors,
+)
 from attnviz.models.gguf_cache import (
     ENTRY_FILE,
     cache_folder,
@@ -124,8 +131,26 @@ def bundled_path(alias: str) -> Path | None:
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
-def resolve_model(spec: str | None) -> ModelSource:
+def as_loaded(
+    model: object,
+    name: str = "model",
+    *,
+    device: str | None = "auto",
+    dtype: str | None = "float32",
+    trust_remote_code: bool = False,
+    task: str = "base",
+) -> LoadedModel:
+    """What every public function does with its model argument: a LoadedModel as it is; a name or
+    a path loaded (once per process); anything else a TypeError naming the parameter."""
+    if isinstance(model, LoadedModel):
+        return model
+    spec = model_spec(model, name)
+    return load_model(spec, device=device, dtype=dtype, trust_remote_code=trust_remote_code, task=task)
+
+
+def resolve_model(spec: str | os.PathLike[str] | None) -> ModelSource:
     """Turn what the user typed into a ModelSource; raise ModelNotFoundError with a fix if we can."""
+    spec = model_spec(spec)
     if spec is not None and not spec.strip():  # `info ''` names no model; None is the default one
         raise ModelNotFoundError(
             f"the model name is empty: give an alias ({', '.join(BUNDLED)}), a hub id, a model folder "
@@ -141,7 +166,10 @@ def resolve_model(spec: str | None) -> ModelSource:
             )
         origin = "gguf" if path.suffix == ".gguf" else "bundled"
         return ModelSource(spec=spec, name=alias, origin=origin, path=str(path))
-    path = Path(spec).expanduser()
+    try:
+        path = Path(spec).expanduser()
+    except RuntimeError:  # `~nobody/x`: no such user, or no home to expand to
+        raise ModelNotFoundError(f"unknown model '{spec}': its ~ names no user's home folder here") from None
     if path.suffix.lower() == ".gguf":
         if not path.is_file():
             raise ModelNotFoundError(f"no such GGUF file: {spec}")
@@ -150,6 +178,7 @@ def resolve_model(spec: str | None) -> ModelSource:
         if not (path / "config.json").is_file():
             raise ModelNotFoundError(f"folder {spec} has no config.json, so it is not a model folder")
         check_weights(path)
+        check_config(path)
         return ModelSource(spec=spec, name=path.resolve().name, origin="folder", path=str(path))
     looks_like_path = spec.startswith((".", "/", "~")) or os.sep in spec.strip("/").replace("/", "", 1)
     if path.exists() or looks_like_path or not _HUB_ID.match(spec):
@@ -159,34 +188,6 @@ def resolve_model(spec: str | None) -> ModelSource:
             "a .gguf file or a hub id"
         )
     return ModelSource(spec=spec, name=spec, origin="hub", path=spec)
-
-
-PICKLED = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
-
-
-def check_weights(folder: Path) -> None:
-    """Refuse a folder whose weights exist only as pickles: unpickling can run arbitrary code."""
-    if any(folder.glob("*.safetensors")):
-        return
-    pickled = sorted(p.name for pattern in PICKLED for p in folder.glob(pattern))
-    if pickled:
-        raise ModelNotFoundError(
-            f"{folder / pickled[0]} is a pickled PyTorch file, which attnviz never loads (unpickling can "
-            "run code); convert the weights to model.safetensors and try again"
-        )
-
-
-def unreadable_safetensors(folder: Path) -> Path | None:
-    """The first .safetensors file in `folder` whose header cannot be read, if any."""
-    from safetensors import safe_open
-
-    for path in sorted(folder.glob("*.safetensors")):
-        try:
-            with safe_open(str(path), framework="numpy") as f:
-                f.keys()
-        except Exception:  # safetensors raises its own error type for a bad header
-            return path
-    return None
 
 
 def resolve_device(device: str | None) -> str:
@@ -269,6 +270,11 @@ def _from_pretrained(loader: Any, source: ModelSource, **kwargs: Any) -> Any:
         if source.origin == "folder" and (bad := unreadable_safetensors(Path(source.path))) is not None:
             raise ModelNotFoundError(
                 f"{bad} is not a readable safetensors file (damaged or cut short?); download or save it again"
+            ) from exc
+        if isinstance(exc, RuntimeError) and "mismatch" in str(exc):  # shapes the config does not give
+            raise ModelNotFoundError(
+                f"the weights of '{source.spec}' do not have the shapes its config.json gives (a "
+                "config of another model, or edited?); use the config the weights were saved with"
             ) from exc
         if not isinstance(exc, (OSError, ValueError)):
             raise
@@ -476,7 +482,7 @@ _LOADING = threading.RLock()
 
 
 def load_model(
-    model: str | None = None,
+    model: str | os.PathLike[str] | None = None,
     *,
     device: str | None = "auto",
     dtype: str | None = "float32",
@@ -489,7 +495,7 @@ def load_model(
     `progress` receives LoadNotices for slow first loads and repaired caches (the CLI draws them).
     `task`: "base", or "causal-lm"/"masked-lm" for the model with its LM head (ablation measures).
     """
-    source = resolve_model(model)
+    source = resolve_model(model_spec(model))
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     if task not in TASKS:
@@ -524,6 +530,7 @@ def _load(
     else:
         common = {"trust_remote_code": trust_remote_code}
         tokenizer = _from_pretrained(AutoTokenizer, source, **common)
+        check_tokenizer(tokenizer, source)
         hf_model = _from_pretrained(
             _auto_class(task), source, dtype=torch_dtype, use_safetensors=True, **common
         )

@@ -257,8 +257,28 @@ def colorbar(fig: Any, image: AxesImage, ax: Any, vmax: float, top: float, label
 
 
 # -- text ------------------------------------------------------------------------------------
+def _unsafe(ch: str) -> bool:
+    """A character no figure may hold: a control character other than a line break or a tab (NUL,
+    ESC, BEL: not allowed in an SVG's XML), a lone surrogate, or one of XML's two non-characters."""
+    import unicodedata
+
+    return (unicodedata.category(ch) in ("Cc", "Cs") and ch not in "\n\t") or ch in "\ufffe\uffff"
+
+
+def clean(label: str) -> str:
+    """A label safe in every format: unsafe characters shown as escapes (`\\x1b`), so an SVG is
+    well-formed XML whatever the text held, and the reader still sees that something was there."""
+    if not any(_unsafe(ch) for ch in label):
+        return label
+    return "".join(
+        (f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}") if _unsafe(ch) else ch
+        for ch in label
+    )
+
+
 def cut(label: str, chars: int = LABEL_CHARS) -> str:
-    """A label of at most `chars` characters (an ellipsis marks the cut)."""
+    """A label of at most `chars` characters (an ellipsis marks the cut), unsafe characters escaped."""
+    label = clean(label)
     return label if len(label) <= chars else label[: chars - 1] + "…"
 
 
@@ -431,6 +451,36 @@ def draw_matrix(
 
 
 # -- files ----------------------------------------------------------------------------------
+MAX_PIXELS = 400_000_000  # 4 bytes a pixel while drawing: 1.6 GB at most; a 16-inch figure at 1,200 dpi fits
+MAX_PIXEL_SIDE = 32_768  # pixels on one side (Agg itself stops at 65,536)
+
+
+def check_pixels(size: Sequence[float] | None, dpi: float | None) -> None:
+    """Refuse a figure of more than MAX_PIXELS (or a side over MAX_PIXEL_SIDE) before drawing it:
+    `--size 100x100 --dpi 1200` would need tens of gigabytes. InputError naming size and dpi."""
+    if size is None:
+        return
+    dots = float(dpi or DEFAULT_DPI)
+    width, height = (float(x) * dots for x in size)
+    if width * height <= MAX_PIXELS and max(width, height) <= MAX_PIXEL_SIDE:
+        return
+    raise InputError(
+        f"the figure would be {width:,.0f} x {height:,.0f} pixels, more than attnviz draws "
+        f"({MAX_PIXELS // 1_000_000} million, at most {MAX_PIXEL_SIDE:,} a side): lower "
+        f"{param('dpi')} or {param('size')}"
+    )
+
+
+def _clean_texts(fig: Figure) -> None:
+    """Every text of the figure made safe (`clean`), whoever drew it: the last guard before a file."""
+    from matplotlib.text import Text
+
+    for text in fig.findobj(Text):
+        label = text.get_text()
+        if isinstance(label, str) and (safe := clean(label)) != label:
+            text.set_text(safe)
+
+
 def save(fig: Figure, path: str | Path, dpi: float | None = None) -> Path:
     """Write any attnviz figure; the format comes from the extension (png, svg, pdf), the folder is
     made if missing, and the file carries no date or version (the same figure, the same bytes).
@@ -440,6 +490,8 @@ def save(fig: Figure, path: str | Path, dpi: float | None = None) -> Path:
 
     path = Path(path)
     fmt = image_format(path)
+    check_pixels(fig.get_size_inches(), dpi or fig.dpi)
+    _clean_texts(fig)
     metadata: dict[str, Any] = {
         "png": {"Software": None},
         "svg": {"Date": None},
