@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from attnviz.cli._app import command
+from attnviz.cli._app import SOURCE, command
 from attnviz.cli._options import (
     DeviceOpt,
     DtypeOpt,
@@ -54,7 +54,7 @@ def _checks(plot: Path | None, output: Path | None) -> None:
     check_data_output(output)
 
 
-@command("attribute")
+@command("attribute", rich_help_panel=SOURCE)
 def attribute_cmd(
     text: TextArg = None,
     file: FileOpt = None,
@@ -91,7 +91,7 @@ def attribute_cmd(
     _write(result, plot, output, as_json)
 
 
-@command("lens")
+@command("lens", rich_help_panel=SOURCE)
 def lens_cmd(
     text: TextArg = None,
     file: FileOpt = None,
