@@ -21,8 +21,9 @@ def _logits(loaded, text: str) -> torch.Tensor:
         return loaded.model(**inputs).logits[0]
 
 
-@pytest.mark.parametrize("name", ["llama", "gpt2", "gemma2", "t5", "modernbert"])
+@pytest.mark.parametrize("name", ["llama", "gpt2", "gemma2", "t5", "modernbert", "electra", "bart"])
 def test_the_last_stage_is_the_models_own_logits(tiny_model_path, name):
+    """Post-norm models too (ELECTRA's masked LM, BART): each layer's output goes through the head as is."""
     from attnviz.analyses.residual import with_head
 
     loaded = with_head(str(tiny_model_path(name)), "lens", device="cpu")
@@ -30,7 +31,7 @@ def test_the_last_stage_is_the_models_own_logits(tiny_model_path, name):
     r = lens(text, loaded, k=3)
     logits = _logits(loaded, text)
     assert r.top_ids.shape == (
-        loaded.capture.layer_counts["decoder" if name == "t5" else "self"] + 1,
+        loaded.capture.layer_counts["decoder" if name in ("t5", "bart") else "self"] + 1,
         len(r.tokens),
         3,
     )
@@ -103,3 +104,14 @@ def test_smollm2_finds_mary_only_in_the_last_layers(smollm2):
     assert r.label(len(r.stages) - 1, len(r.tokens) - 1) == "Mary"
     ranks = r.answer_rank[:, -1]
     assert ranks[-1] == 1 and ranks[0] > 100 and (ranks[: len(ranks) // 2] > 10).all()
+
+
+def test_a_post_norm_plan_made_for_the_lens_still_refuses_attribution(tiny_model_path):
+    """The plan is cached per model: the lens making it first must not let attribution through."""
+    from attnviz.analyses.attribution import attribute
+    from attnviz.analyses.residual import with_head
+
+    loaded = with_head(str(tiny_model_path("electra")), "lens", device="cpu")
+    lens(f"{TEXT} [MASK]", loaded, k=2)
+    with pytest.raises(InputError, match="post-norm"):
+        attribute(f"{TEXT} [MASK]", loaded, answer="the")

@@ -174,7 +174,7 @@ def lens(
     if answer is not None and not answer.strip():
         raise InputError(f"{param('answer')} is empty: give a word or leave it out")
     loaded = with_head(model, PURPOSE, device, dtype)
-    p = plan(loaded, PURPOSE)
+    p = plan(loaded, PURPOSE, post_norm=True)
     label, a_id = answer_token(loaded, text, answer) if answer is not None else (None, None)
     r = run(loaded, p, text, heads=False)
     k = min(k, int(r.logits.shape[-1]))

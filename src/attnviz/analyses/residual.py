@@ -12,8 +12,8 @@ No table of module names. On one traced pass (the capture's three-token probe):
 - what a layer does to its attention output before adding it to the stream (Gemma-2's sandwich
   norm) is the chain of leaf modules whose input is the projection's output.
 
-A model whose layers normalise the stream itself (post-norm: BERT, BART) is refused: no head's
-output reaches the logits as a term of a sum.
+A model whose layers normalise the stream itself (post-norm: BERT, BART) has no head's output reaching
+the logits as a term of a sum: attribution refuses it; the lens reads each layer's output as it is.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ class Plan:
     after: dict[str, list[list[Any]]]  # stream -> per layer, leaf modules between projection and stream
     head: list[Any]  # leaf modules from the last layer's output to the unembedding, in order
     unembed: Any
+    post_norm: str = ""  # why the stream is normalised inside each layer (BERT, BART), or ""
 
 
 _PLANS: weakref.WeakKeyDictionary[Any, Plan] = weakref.WeakKeyDictionary()
@@ -89,11 +90,21 @@ def with_head(model: Any, purpose: str, device: str | None = "auto", dtype: str 
     return load_model(loaded.source.spec, device=loaded.device, dtype=loaded.dtype, task=task)
 
 
-def plan(loaded: LoadedModel, purpose: str) -> Plan:
-    """The plan of `loaded`'s model, traced once and kept while the model lives."""
+def plan(loaded: LoadedModel, purpose: str, post_norm: bool = False) -> Plan:
+    """The plan of `loaded`'s model, traced once and kept while the model lives.
+
+    A post-norm model (each layer ends in a norm of the stream) is refused unless `post_norm`: the
+    lens reads each layer's output through the head as it is, but no sum of components reaches
+    the logits, so attribution is not defined on it.
+    """
     found = _PLANS.get(loaded.model)
     if found is None:
         found = _PLANS[loaded.model] = _make_plan(loaded, purpose)
+    if found.post_norm and not post_norm:
+        raise InputError(
+            f"{describe(loaded)} normalises its residual stream at the end of every layer (post-norm): "
+            f"no head's output reaches the logits as a term of a sum, so {purpose} is not defined on it"
+        )
     return found
 
 
@@ -144,6 +155,8 @@ def _make_plan(loaded: LoadedModel, purpose: str) -> Plan:
     unembed = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if unembed is None or in_features(unembed) is None:
         raise InputError(f"{describe(loaded)} has no LM head: {purpose} needs the logits")
+    if loaded.capture.shared:  # ALBERT: one layer module run N times
+        raise InputError(f"{describe(loaded)} runs one layer module several times: its layers share weights")
     streams = ("decoder", "cross") if loaded.capture.encoder_decoder else ("self",)
     streams = tuple(s for s in streams if loaded.capture.layer_counts.get(s))
     projections = {s: output_projections(loaded, purpose, s) for s in streams}
@@ -166,13 +179,13 @@ def _make_plan(loaded: LoadedModel, purpose: str) -> Plan:
     finally:
         for handle in handles:
             handle.remove()
-    _refuse_post_norm(loaded, layers, calls, outputs, purpose)
+    post = _post_norm(layers, calls, outputs)
     head = _walk_back(loaded, calls, unembed, outputs[id(layers[-1])], purpose)
     after = {
         s: [_after(calls, proj, layer) for proj, layer in zip(projections[s], layers, strict=True)]
         for s in streams
     }
-    return Plan(streams, layers, projections, after, head, unembed)
+    return Plan(streams, layers, projections, after, head, unembed, post)
 
 
 def is_norm(module: Any, x: Any) -> bool:
@@ -191,10 +204,8 @@ def is_norm(module: Any, x: Any) -> bool:
     return bool(torch.allclose(a, b, rtol=1e-3, atol=1e-4))
 
 
-def _refuse_post_norm(
-    loaded: LoadedModel, layers: list[Any], calls: list, outputs: dict[int, Any], purpose: str
-) -> None:
-    """A layer whose output is a norm's output normalises the stream itself: no sum reaches the logits."""
+def _post_norm(layers: list[Any], calls: list, outputs: dict[int, Any]) -> str:
+    """Whether a layer's output is a norm's output (the layer normalises the stream itself)."""
     for layer in layers:
         inside = {id(m) for m in layer.modules()}
         last = [(m, x, y) for m, x, y in calls if id(m) in inside]
@@ -203,10 +214,8 @@ def _refuse_post_norm(
             continue
         module, x, y = last[-1]
         if y is not None and y.shape == out.shape and bool((y == out).all()) and is_norm(module, x):
-            raise InputError(
-                f"{describe(loaded)} normalises its residual stream at the end of every layer (post-norm): "
-                f"no head's output reaches the logits as a term of a sum, so {purpose} is not defined on it"
-            )
+            return "post-norm"
+    return ""
 
 
 def same(a: Any, b: Any) -> bool:
