@@ -116,3 +116,13 @@ def test_heatmap_says_it_is_drawing_on_a_terminal_only(gpt2, terminal, tmp_path)
     terminal()
     shown = cli_ok(args).stderr
     assert "drawing 8 heads of" in shown and "writing the picture" in shown, shown
+
+
+def test_cluster_counts_its_texts(bert):
+    """Issue 31: cluster ran silently over a corpus; cluster_texts now reports each text done."""
+    from attnviz.analyses.cluster import cluster_texts
+
+    calls: list[tuple[int, int]] = []
+    texts = ["the cat sat", "a dog ran home", "birds sing", "the sun is hot", "rain fell"]
+    cluster_texts(texts, bert, batch_size=2, device="cpu", progress=lambda d, t: calls.append((d, t)))
+    assert calls == [(i, 5) for i in range(6)]

@@ -7,7 +7,7 @@ a thousand texts cost the memory of one; pattern roles (`attnviz heads`) are sco
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -228,8 +228,12 @@ def cluster_texts(
     batch_size: int = 16,
     device: str | None = "auto",
     dtype: str | None = "float32",
+    progress: Callable[[int, int], None] | None = None,
 ) -> HeadDistances:
-    """Run texts through the model, `batch_size` at a time, and return the head distances."""
+    """Run texts through the model, `batch_size` at a time, and return the head distances.
+
+    `progress(done, total)` is called with the texts done so far (from (0, total) on).
+    """
     from attnviz.extraction import extract_stream
 
     texts = list(texts)
@@ -244,4 +248,15 @@ def cluster_texts(
         device=device,
         dtype=dtype,
     )
+    if progress is not None:
+        atts = _counted(atts, len(texts), progress)
     return head_distances(atts)
+
+
+def _counted(
+    atts: Iterable[Attention], total: int, progress: Callable[[int, int], None]
+) -> Iterator[Attention]:
+    progress(0, total)
+    for done, att in enumerate(atts, 1):
+        yield att
+        progress(done, total)

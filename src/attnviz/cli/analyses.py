@@ -218,6 +218,7 @@ def cluster_cmd(
     over the texts. Writes distances.csv, a seaborn clustermap and a 2-D MDS map coloured by layer."""
     from attnviz.analyses.cluster import check_enough_texts, cluster_texts
     from attnviz.batch.corpus import read_texts
+    from attnviz.cli._progress import progress_bar
     from attnviz.errors import InputError
     from attnviz.outputs import refuse_link, slug
     from attnviz.plots.analyses import CLUSTER_FILES, cluster_folder, save_cluster
@@ -245,9 +246,16 @@ def cluster_cmd(
         refuse_link(outdir / name)  # before the model loads: these files are replaced
     loaded = load(model, device, dtype, trust_remote_code)
     folder = cluster_folder(outdir or Path("outputs") / f"cluster-{slug(loaded.name)}")
-    dist = cluster_texts(
-        texts, loaded, layers=layer_list, heads=head_list, truncate=truncate, batch_size=batch_size
-    )
+    with progress_bar("clustering", "texts", quiet=as_json) as progress:
+        dist = cluster_texts(
+            texts,
+            loaded,
+            layers=layer_list,
+            heads=head_list,
+            truncate=truncate,
+            batch_size=batch_size,
+            progress=progress,
+        )
     found = dist.groups(groups)
     files = save_cluster(dist, folder)
     if as_json:
