@@ -84,8 +84,8 @@ def test_two_passes_equal_hooks_on_the_projections(llama, via):
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "t5"])
 def test_every_downstream_component_as_receiver_equals_activation_patching(tiny_model_path, arch):
-    from attnviz.heads.path_patching import path_patch
     from attnviz.heads.patching import for_patching, patch
+    from attnviz.heads.path_patching import path_patch
     from attnviz.models.loading import load_model
 
     loaded = for_patching(load_model(str(tiny_model_path(arch)), device="cpu"))
