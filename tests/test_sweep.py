@@ -218,6 +218,19 @@ CASES: dict[str, list[tuple[str, bytes | None, str]]] = {
         ("generate '{T}' --sample --top-p 2", None, ""),
         ("generate '{T}' --layers 3-1", None, ""),
     ],
+    "patch": [
+        ("patch '{T}' 'the dog sat'", None, "--answer"),
+        ("patch '{T}' 'the dog sat' --answer cat --wrong cat", None, "same word"),
+        ("patch '{T}' 'the dog sat on' --answer cat -m {tiny}", None, "different lengths: clean"),
+        ("patch '{T}' 'the dog' --answer zebra --at last -m {tinylm}", None, "became"),
+        ("patch '{T}' 'the dog sat' --answer cat --sender 2.0 --receivers 1.0", None, "not upstream"),
+        ("patch '{T}' 'the dog sat' --answer cat --sender 0.0", None, "--receivers"),
+        ("patch '{T}' 'the dog sat' --answer cat --sender 0.0 --receivers 1.0 --via x", None, "via"),
+        ("patch '{T}' 'the dog sat' --answer cat --unit neurons", None, "unit"),
+        ("patch '{T}' 'the dog sat' --answer cat --metric logit-diff", None, "--wrong"),
+        ("patch '{T}' 'the dog sat' --answer cat --at first", None, "--at"),
+        ("patch '{T}' 'the dog sat' --answer cat -o out.pkl", None, "pkl"),
+    ],
     "serve": [
         ("serve --port=-1", None, "port"),
         ("serve --port 70000", None, "port"),
@@ -241,6 +254,7 @@ def sweep_files(tmp_path_factory: pytest.TempPathFactory, tiny_model_path) -> di
         "cfg_empty_model": '[model]\nname = ""\n',
     }
     out = {"T": T, "dir": str(root), "missing": str(root / "missing"), "tiny": str(tiny_model_path("bert"))}
+    out["tinylm"] = str(tiny_model_path("gpt2"))  # a tiny causal LM (patch's answer is read by its head)
     for name, body in files.items():
         suffix = {"notgguf": ".gguf", "text": ".txt"}.get(name, ".toml" if name.startswith("cfg") else "")
         path = root / f"{name}{suffix}"
