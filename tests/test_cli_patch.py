@@ -53,3 +53,26 @@ def test_noising_positions(llama, unit):
     out = cli_ok(["patch", CLEAN, CORRUPT, "--answer", "mat", "-m", llama, "--unit", unit, "--positions",
                   "--noising", "--json"])  # fmt: skip
     assert np.asarray(json.loads(out.stdout)["patched"]).shape[:2] == (2, 2)
+
+
+def test_serve_answers_api_patch(llama):
+    from starlette.testclient import TestClient
+
+    from attnviz.heads.patching import patch
+    from attnviz.models.loading import load_model
+    from attnviz.server.app import create_app
+
+    with TestClient(
+        create_app({"tiny": load_model(llama, device="cpu")}), raise_server_exceptions=False
+    ) as c:
+        q = {"clean": CLEAN, "corrupt": CORRUPT, "answer": "mat", "wrong": "cat"}
+        data = c.get("/api/patch", params=q).json()
+        lib = patch(CLEAN, CORRUPT, llama, answer="mat", wrong="cat")
+        np.testing.assert_allclose(data["patched"], lib.patched, atol=1e-9)
+        assert data["top"][0]["unit"].startswith("L") and data["columns"] == ["0", "1", "2", "3"]
+        path = c.post("/api/patch", json={**q, "sender": "0.1", "receivers": "1.2", "via": "v"}).json()
+        assert path["via"] == "v" and "group 1" in path["note"]
+        bad = c.get("/api/patch", params={**q, "wrong": "mat"})
+        assert bad.status_code == 400 and "same word" in bad.json()["error"]
+        bad = c.get("/api/patch", params={**q, "sender": "1.0", "receivers": "0.1"})
+        assert bad.status_code == 400 and "not upstream" in bad.json()["error"]

@@ -477,6 +477,7 @@ def create_app(
     from starlette.middleware import Middleware
     from starlette.routing import Route
 
+    from attnviz.server.causal import serve_patch
     from attnviz.server.web import RequestLog
 
     pool = Pool(dict(models), cache_bytes=cache_bytes)
@@ -490,6 +491,7 @@ def create_app(
         "find-head": h.find_head,
         "generate": h.generate,
         "heatmap.png": h.heatmap,
+        "patch": lambda p: serve_patch(pool, p),
     }
     routes = [
         Route("/", _page),
