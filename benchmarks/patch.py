@@ -1,4 +1,4 @@
-"""How long `attnviz patch` takes on SmolLM2 (270 heads, all positions), against 270 separate patched forwards.
+"""How long `attnviz patch` takes on SmolLM2 (270 heads, all positions) against 270 separate forwards.
 
 Run: PYTHONPATH=src python benchmarks/patch.py [--model smollm2] [--device cpu] [--batch-size 64]
 Both variants run in this one process, on the indirect-object prompt, through the same hooks: the
