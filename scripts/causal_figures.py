@@ -1,0 +1,44 @@
+"""Draw docs/causal-*.png and print the numbers docs/causal.md quotes (SmolLM2, the IOI prompt).
+
+Run: PYTHONPATH=src python scripts/causal_figures.py  (several minutes on 2 CPU cores)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+CLEAN = "When Mary and John went to the store, John gave a drink to"
+CORRUPT = "When Mary and John went to the store, Mary gave a drink to"
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+
+def main() -> None:
+    from attnviz.heads.patching import for_patching, patch, unit_name
+    from attnviz.heads.path_patching import path_patch
+    from attnviz.models.loading import load_model
+    from attnviz.plots.causal import patching_map
+
+    loaded = for_patching(load_model("smollm2", device="cpu"))
+    names = {"answer": "Mary", "wrong": "John"}
+    runs = {
+        "heads": patch(CLEAN, CORRUPT, loaded, **names),
+        "noising": patch(CLEAN, CORRUPT, loaded, noising=True, **names),
+        "resid": patch(CLEAN, CORRUPT, loaded, unit="resid", **names),
+        "layer": patch(CLEAN, CORRUPT, loaded, unit="layer", **names),
+    }
+    for name, result in runs.items():
+        patching_map(result, DOCS / f"causal-{name}.png")
+        top = ", ".join(f"{unit_name(result, i)} {e:+.2f}" for i, e in result.top(8))
+        print(
+            f"{name}: clean {result.clean:.3f}, corrupt {result.corrupt:.3f}, {result.seconds:.0f} s; {top}"
+        )
+    heads = [i for i, _ in runs["heads"].top(4)]
+    late = [(a, b) for a, b in heads if a >= 23]
+    for sender in [(a, b) for a, b in heads if a < 23][:2]:
+        for via in ("q", "k", "v"):
+            r = path_patch(CLEAN, CORRUPT, loaded, sender=sender, receivers=late, via=via, **names)
+            print(f"path L{sender[0]}H{sender[1]} -> {late} via {via}: effect {r.effect:+.3f}. {r.note}")
+
+
+if __name__ == "__main__":
+    main()
