@@ -198,7 +198,7 @@ def for_patching(model: Any, trust_remote_code: bool = False) -> LoadedModel:
     from attnviz.models.architecture import require_interface
     from attnviz.models.loading import LoadedModel, load_model
 
-    loaded = model if isinstance(model, LoadedModel) else load_model(str(model), device="cpu")
+    loaded = model if isinstance(model, LoadedModel) else load_model(str(model))
     require_interface(loaded, "patching")
     task = "seq2seq-lm" if loaded.capture.encoder_decoder else choose_task(loaded)
     if task == loaded.task:
@@ -218,7 +218,6 @@ class Setup:
     stream: str
     ids: dict[str, Any]  # "clean"/"corrupt" -> [1, n] long
     tokens: dict[str, tuple[str, ...]]
-    position: int  # where the metric is read (in the destination; -1 style via `read_at`)
     answer_id: int | None
     wrong_id: int | None
     at: str | None
@@ -290,7 +289,7 @@ def prepare(
     lm = loaded.task in ("causal-lm", "masked-lm", "seq2seq-lm")
     setup = Setup(
         loaded=loaded, metric=metric if lm else "embedding", stream=chosen, ids=ids, tokens=tokens,
-        position=-1, answer_id=None, wrong_id=None, at=at,
+        answer_id=None, wrong_id=None, at=at,
     )  # fmt: skip
     if lm:
         setup.answer_id = answer_token(loaded, answer or "")
@@ -326,7 +325,11 @@ def forward(setup: Setup, ids: Any, rows: int = 1) -> Any:
     if loaded.task == "masked-lm":
         pos = int((ids[0] == loaded.tokenizer.mask_token_id).nonzero()[-1])
         return model(input_ids=x).logits[:, pos]
-    return model(input_ids=x, logits_to_keep=1).logits[:, -1]
+    import inspect
+
+    if "logits_to_keep" in inspect.signature(model.forward).parameters:
+        return model(input_ids=x, logits_to_keep=1).logits[:, -1]
+    return model(input_ids=x).logits[:, -1]
 
 
 def readout(setup: Setup, ids: Any, rows: int = 1) -> Any:
