@@ -273,3 +273,19 @@ def test_smollm2_ioi(smollm2):
     assert heads.patched.shape == (30, 9)
     (layer, _), best = heads.top(1)[0]
     assert layer >= 10 and best > 0.05  # the information moves through later heads
+
+
+def test_encoder_decoder_streams(lm):
+    from attnviz.heads.patching import patch
+
+    loaded = lm("t5")
+    word = _answer(loaded)
+    cross = patch(CLEAN, CORRUPT, loaded, answer=word, positions=True)
+    assert cross.stream == "cross" and cross.patched.shape == (2, 4, 1) and "decoder" in cross.note
+    enc = patch(CLEAN, CORRUPT, loaded, answer=word, stream="encoder", positions=True)
+    n = len(enc.positions)
+    assert enc.patched.shape == (2, 4, n) and n > 1
+    last = patch(CLEAN, "The mat sat on the big cat", loaded, answer=word, stream="encoder", at="last")
+    assert last.patched.shape == (2, 4)
+    with pytest.raises(InputError, match="unknown stream 'self'"):
+        patch(CLEAN, CORRUPT, loaded, answer=word, stream="self")

@@ -462,9 +462,10 @@ def patch(
         base = {t: float(metric_of(setup, readout(setup, setup.ids[t]))[0]) for t in ("clean", "corrupt")}
     src, dst = ("corrupt", "clean") if noising else ("clean", "corrupt")
     kinds, keys, n = _units(setup, unit, positions)
-    length = setup.ids[dst].shape[1] if not loaded.capture.encoder_decoder else 1
+    decoder_side = loaded.capture.encoder_decoder and setup.stream != "encoder"  # one decoder position
+    length = 1 if decoder_side else setup.ids[dst].shape[1]
     saved = record(setup, src, kinds, keys)
-    sources = {k: _aligned(v, v.shape[1] if length == 1 else length, at) for k, v in saved.items()}
+    sources = {k: _aligned(v, length, at) for k, v in saved.items()}
     q = next(iter(sources.values())).shape[1]
     per_pos = unit == "resid" or positions
     pos_list: list[int | None] = list(range(q)) if per_pos else [None]
@@ -482,9 +483,9 @@ def patch(
         shape = (n, 2) + ((q,) if per_pos else ())
         labels = (tuple(str(i) for i in range(n)), ("attn", "mlp"))
     values = run_rows(setup, dst, kinds, sources, rows, batch_size).reshape(shape)
-    toks = setup.tokens[dst] if per_pos and not loaded.capture.encoder_decoder else ()
+    toks = setup.tokens[dst] if per_pos and not decoder_side else ()
     note = setup.reason
-    if per_pos and loaded.capture.encoder_decoder:
+    if per_pos and decoder_side:
         note = (note + " " if note else "") + "positions are the decoder's"
     return Patching(
         model=loaded.name, metric=setup.metric, unit=unit, stream=setup.stream, answer=answer, wrong=wrong,
