@@ -32,14 +32,15 @@ def main() -> None:
     torch.set_grad_enabled(False)
     loaded = for_patching(load_model(args.model, device=args.device))
     kwargs = {"answer": "Mary", "wrong": "John"}
-    patch(CLEAN, CORRUPT, loaded, at="last", **kwargs)  # warm-up
+    ids = loaded.tokenizer(CLEAN, return_tensors="pt").to(loaded.device)
+    with torch.inference_mode():
+        loaded.model(**ids)  # warm-up
     start = time.perf_counter()
     batched = patch(CLEAN, CORRUPT, loaded, batch_size=args.batch_size, **kwargs)
     batched_s = time.perf_counter() - start
     start = time.perf_counter()
     single = patch(CLEAN, CORRUPT, loaded, batch_size=1, **kwargs)
     single_s = time.perf_counter() - start
-    ids = loaded.tokenizer(CLEAN, return_tensors="pt").to(loaded.device)
     with torch.inference_mode():
         start = time.perf_counter()
         for _ in range(batched.patched.size):

@@ -20,24 +20,24 @@ def main() -> None:
 
     loaded = for_patching(load_model("smollm2", device="cpu"))
     names = {"answer": "Mary", "wrong": "John"}
-    runs = {
-        "heads": patch(CLEAN, CORRUPT, loaded, **names),
-        "noising": patch(CLEAN, CORRUPT, loaded, noising=True, **names),
-        "resid": patch(CLEAN, CORRUPT, loaded, unit="resid", **names),
-        "layer": patch(CLEAN, CORRUPT, loaded, unit="layer", **names),
-    }
-    for name, result in runs.items():
+    senders, late = [(20, 0), (17, 4)], [(23, 3), (29, 1), (24, 4)]  # from the head map below
+    plan: dict[str, dict] = {"resid": {"unit": "resid"}, "path": {}, "noising": {"noising": True}}
+    plan.update({"layer": {"unit": "layer"}, "heads": {}})
+    for name, options in plan.items():
+        if name == "path":
+            for sender in senders:
+                for via in ("q", "k", "v"):
+                    r = path_patch(CLEAN, CORRUPT, loaded, sender=sender, receivers=late, via=via, **names)
+                    print(
+                        f"path L{sender[0]}H{sender[1]} -> {late} via {via}: effect {r.effect:+.3f}. {r.note}"
+                    )
+            continue
+        result = patch(CLEAN, CORRUPT, loaded, **names, **options)
         patching_map(result, DOCS / f"causal-{name}.png")
         top = ", ".join(f"{unit_name(result, i)} {e:+.2f}" for i, e in result.top(8))
         print(
             f"{name}: clean {result.clean:.3f}, corrupt {result.corrupt:.3f}, {result.seconds:.0f} s; {top}"
         )
-    heads = [i for i, _ in runs["heads"].top(4)]
-    late = [(a, b) for a, b in heads if a >= 23]
-    for sender in [(a, b) for a, b in heads if a < 23][:2]:
-        for via in ("q", "k", "v"):
-            r = path_patch(CLEAN, CORRUPT, loaded, sender=sender, receivers=late, via=via, **names)
-            print(f"path L{sender[0]}H{sender[1]} -> {late} via {via}: effect {r.effect:+.3f}. {r.note}")
 
 
 if __name__ == "__main__":
