@@ -1,10 +1,12 @@
 """Draw docs/causal-*.png and print the numbers docs/causal.md quotes (SmolLM2, the IOI prompt).
 
-Run: PYTHONPATH=src python scripts/causal_figures.py  (several minutes on 2 CPU cores)
+Run: PYTHONPATH=src python scripts/causal_figures.py [resid path noising layer heads]
+(several minutes on 2 CPU cores; names pick some of the runs)
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 CLEAN = "When Mary and John went to the store, John gave a drink to"
@@ -23,7 +25,10 @@ def main() -> None:
     senders, late = [(20, 0), (17, 4)], [(23, 3), (29, 1), (24, 4)]  # from the head map below
     plan: dict[str, dict] = {"resid": {"unit": "resid"}, "path": {}, "noising": {"noising": True}}
     plan.update({"layer": {"unit": "layer"}, "heads": {}})
+    wanted = sys.argv[1:] or list(plan)  # e.g. `noising heads` to redo two of them
     for name, options in plan.items():
+        if name not in wanted:
+            continue
         if name == "path":
             for sender in senders:
                 for via in ("q", "k", "v"):
@@ -34,6 +39,7 @@ def main() -> None:
             continue
         result = patch(CLEAN, CORRUPT, loaded, **names, **options)
         patching_map(result, DOCS / f"causal-{name}.png")
+        result.save(f"/tmp/causal-{name}.npz")  # to redraw without recomputing
         top = ", ".join(f"{unit_name(result, i)} {e:+.2f}" for i, e in result.top(8))
         print(
             f"{name}: clean {result.clean:.3f}, corrupt {result.corrupt:.3f}, {result.seconds:.0f} s; {top}"

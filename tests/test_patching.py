@@ -289,3 +289,14 @@ def test_encoder_decoder_streams(lm):
     assert last.patched.shape == (2, 4)
     with pytest.raises(InputError, match="unknown stream 'self'"):
         patch(CLEAN, CORRUPT, loaded, answer=word, stream="self")
+
+
+def test_top_ranks_by_the_change_from_the_run_patched_into():
+    from attnviz.heads.patching import Patching
+
+    values = np.array([[0.0, 0.5], [1.0, 2.0]])  # clean 2, corrupt 0: effect = values / 2
+    base = {"model": "m", "metric": "logit-diff", "unit": "heads", "stream": "self", "answer": "a",
+            "wrong": "b", "clean_text": "x", "corrupt_text": "y", "clean": 2.0, "corrupt": 0.0,
+            "patched": values, "rows": ("0", "1"), "columns": ("0", "1")}  # fmt: skip
+    assert Patching(**base).top(1) == [((1, 1), 1.0)]  # denoising: furthest from the corrupt run
+    assert Patching(**base, noising=True).top(1) == [((0, 0), 0.0)]  # noising: furthest from the clean run

@@ -68,9 +68,10 @@ class Patching:
         return (self.patched - self.corrupt) / span
 
     def top(self, k: int = 10) -> list[tuple[tuple[int, ...], float]]:
-        """The k entries with the largest |effect|: (index, effect), largest first."""
+        """The k entries that move the metric most from the run patched into (the corrupt one when
+        denoising: |effect|; the clean one when noising: |effect - 1|): (index, effect), largest first."""
         eff = np.nan_to_num(self.effect)
-        order = np.argsort(-np.abs(eff), axis=None, kind="stable")[:k]
+        order = np.argsort(-np.abs(eff - (1.0 if self.noising else 0.0)), axis=None, kind="stable")[:k]
         return [(tuple(int(i) for i in np.unravel_index(j, eff.shape)), float(eff.flat[j])) for j in order]
 
     def as_dict(self) -> dict[str, Any]:
