@@ -265,14 +265,11 @@ def test_smollm2_ioi(smollm2):
     """The indirect-object prompt: the clean run prefers Mary, the corrupt one John; name movers late."""
     from attnviz.heads.patching import patch
 
-    r = patch(IOI, IOI_CORRUPT, smollm2, answer="Mary", wrong="John", unit="resid")
-    assert r.clean == pytest.approx(6.1, abs=0.3) and r.corrupt == pytest.approx(-5.5, abs=0.3)
-    assert r.patched.shape == (31, 14)
-    assert r.effect[-1, -1] == pytest.approx(1.0, abs=1e-6)
     heads = patch(IOI, IOI_CORRUPT, smollm2, answer="Mary", wrong="John")
+    assert heads.clean == pytest.approx(6.1, abs=0.3) and heads.corrupt == pytest.approx(-5.5, abs=0.3)
     assert heads.patched.shape == (30, 9)
     (layer, _), best = heads.top(1)[0]
-    assert layer >= 10 and best > 0.05  # the information moves through later heads
+    assert layer >= 10 and best > 0.3  # L23H3 (0.58 in docs/causal.md): a late head carries the name
 
 
 def test_encoder_decoder_streams(lm):
