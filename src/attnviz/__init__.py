@@ -40,6 +40,10 @@ _EXPORTS = {
     "Attribution": "attnviz.analyses.attribution",
     "lens": "attnviz.analyses.lens",
     "Lens": "attnviz.analyses.lens",
+    "patch": "attnviz.heads.patching",
+    "Patching": "attnviz.heads.patching",
+    "path_patch": "attnviz.heads.path_patching",
+    "PathPatching": "attnviz.heads.path_patching",
 }
 
 __all__ = [*_EXPORTS, "__version__"]
@@ -55,6 +59,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from attnviz.generation.run import Generation, generate  # noqa: F401
     from attnviz.heads.ablation import ablate, scan_heads  # noqa: F401
     from attnviz.heads.induction import induction_scores  # noqa: F401
+    from attnviz.heads.patching import Patching, patch  # noqa: F401
+    from attnviz.heads.path_patching import PathPatching, path_patch  # noqa: F401
     from attnviz.heads.patterns import head_patterns, pattern_scores, row_entropy  # noqa: F401
     from attnviz.heads.search import HeadScore, find_heads  # noqa: F401
     from attnviz.models.loading import BUNDLED, LoadedModel, LoadNotice, load_model, resolve_model  # noqa: F401

@@ -19,6 +19,7 @@ from attnviz.cli import extract as _extract  # noqa: F401
 from attnviz.cli import generate as _generate  # noqa: F401
 from attnviz.cli import heads as _heads  # noqa: F401
 from attnviz.cli import models as _models  # noqa: F401
+from attnviz.cli import patch as _patch  # noqa: F401
 from attnviz.cli import pictures as _pictures  # noqa: F401
 from attnviz.cli import serve as _serve  # noqa: F401
 from attnviz.cli import view as _view  # noqa: F401

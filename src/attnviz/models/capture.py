@@ -133,11 +133,14 @@ class Editor:
     """Changes heads' outputs before the output projection (ablation); keyed like a Recorder.
 
     `edit(key, out, module)` gets `out` [batch, q, heads, head_dim] of layer `key` and returns the
-    output to use instead (or the same tensor).
+    output to use instead (or the same tensor). `inputs(key, query, key_, value, module)`, when set,
+    sees the layer's query [batch, heads, q, d] and key/value [batch, kv heads, k, d] first and
+    returns the three to use (path patching records and replaces them there).
     """
 
     index: dict[int, tuple[str, int]]
     edit: Any  # Callable[[tuple[str, int], Tensor, Any], Tensor]
+    inputs: Any = None  # Callable[[tuple[str, int], Tensor, Tensor, Tensor, Any], tuple[...]] | None
     shared: dict[int, tuple[tuple[str, int], ...]] = field(default_factory=dict)
     calls: dict[int, int] = field(default_factory=dict)
 
@@ -260,16 +263,17 @@ def attention_forward(module: Any, query: Any, key: Any, value: Any, attention_m
     Any other kind of active recorder (generation's step recorder) is handed the layer through its
     own `forward(module, query, key, value, mask, **kwargs)`. An active Editor then edits the output.
     """
+    edit = _EDITOR.get()
+    ident = edit.key(module) if edit is not None else None
+    if ident is not None and edit.inputs is not None:
+        query, key, value = edit.inputs(ident, query, key, value, module)
     rec = _ACTIVE.get()
     if rec is not None and not isinstance(rec, Recorder):
         out, _ = rec.forward(module, query, key, value, attention_mask, **kwargs)
     else:
         out, _ = _recorded(rec, module, query, key, value, attention_mask, **kwargs)
-    edit = _EDITOR.get()
-    if edit is not None:
-        ident = edit.key(module)
-        if ident is not None:
-            out = edit.edit(ident, out, module)
+    if ident is not None:
+        out = edit.edit(ident, out, module)
     return out, None
 
 

@@ -475,6 +475,7 @@ def create_app(
     from starlette.routing import Route
 
     from attnviz.server.attribution import serve_attribute, serve_lens
+    from attnviz.server.causal import serve_patch
     from attnviz.server.web import RequestLog
 
     pool = Pool(dict(models), cache_bytes=cache_bytes)
@@ -490,6 +491,7 @@ def create_app(
         "heatmap.png": h.heatmap,
         "attribute": lambda p: serve_attribute(pool, p),
         "lens": lambda p: serve_lens(pool, p),
+        "patch": lambda p: serve_patch(pool, p),
     }
     routes = [
         Route("/", _page),
