@@ -297,3 +297,46 @@ def test_top_ranks_by_the_change_from_the_run_patched_into():
             "patched": values, "rows": ("0", "1"), "columns": ("0", "1")}  # fmt: skip
     assert Patching(**base).top(1) == [((1, 1), 1.0)]  # denoising: furthest from the corrupt run
     assert Patching(**base, noising=True).top(1) == [((0, 0), 0.0)]  # noising: furthest from the clean run
+
+
+# issue 29 part 6: own attention code is edited at the output projection's input (found by data flow);
+# the reference names that projection by hand (tests/test_zoo.py's OUT_PROJ).
+@pytest.mark.parametrize("arch", ["bloom", "gpt_neo", "xglm", "mpt", "deberta-v2", "roformer"])
+def test_own_code_models_patch_heads_exactly(tiny_model_path, arch):
+    import torch
+    from test_zoo import HEAD_SIZE, OUT_PROJ
+
+    from attnviz.heads.patching import for_patching, forward, metric_of, patch, prepare
+
+    loaded = for_patching(str(tiny_model_path(arch)))
+    assert not loaded.capture.interface
+    result = patch(CLEAN, CORRUPT, loaded, answer="the")
+    setup = prepare(loaded, CLEAN, CORRUPT, "the", None, "log-prob", None)
+    d = HEAD_SIZE.get(arch, 8)
+    kept: dict = {}
+    for layer, head in [(0, 1), (1, 3)]:
+        proj = loaded.model.base_model.get_submodule(OUT_PROJ[arch].format(layer))
+        sl = slice(head * d, (head + 1) * d)
+
+        def put(module, args, sl=sl):
+            x = args[0].clone()
+            x[..., sl] = kept["x"][..., sl]
+            return (x, *args[1:])
+
+        with torch.inference_mode():
+            handle = proj.register_forward_pre_hook(lambda m, a: kept.__setitem__("x", a[0].detach().clone()))
+            forward(setup, setup.ids["clean"])
+            handle.remove()
+            handle = proj.register_forward_pre_hook(put)
+            out = torch.log_softmax(forward(setup, setup.ids["corrupt"]).double(), dim=-1)
+            handle.remove()
+        assert result.patched[layer, head] == pytest.approx(float(metric_of(setup, out)[0]), abs=1e-6)
+
+
+def test_path_patching_needs_the_attention_interface(tiny_model_path):
+    from attnviz.heads.path_patching import path_patch
+
+    with pytest.raises(InputError, match="its own code"):
+        path_patch(
+            CLEAN, CORRUPT, str(tiny_model_path("bloom")), answer="the", sender=(0, 1), receivers=[(1, 2)]
+        )

@@ -196,11 +196,11 @@ def check_options(
 def for_patching(model: Any, trust_remote_code: bool = False) -> LoadedModel:
     """A LoadedModel with the LM head the metric needs (name, path or LoadedModel; loaded once, cached)."""
     from attnviz.heads.ablation import choose_task
-    from attnviz.models.architecture import require_interface
+    from attnviz.models.architecture import require_editable
     from attnviz.models.loading import LoadedModel, load_model
 
     loaded = model if isinstance(model, LoadedModel) else load_model(str(model))
-    require_interface(loaded, "patching")
+    require_editable(loaded, "patching")
     task = "seq2seq-lm" if loaded.capture.encoder_decoder else choose_task(loaded)
     if task == loaded.task:
         return loaded

@@ -183,12 +183,14 @@ def path_patch(
         readout,
         record,
     )
+    from attnviz.models.architecture import require_interface
 
     sender = (int(sender[0]), int(sender[1]))
     receivers = tuple(r if isinstance(r, str) else (int(r[0]), int(r[1])) for r in receivers)
     letters = check_path(sender, receivers, via)
     chosen = check_options(answer, wrong, metric, "heads", None, False)
     loaded = for_patching(model)
+    require_interface(loaded, "path patching (the receivers' queries, keys or values)")
     setup = prepare(loaded, clean, corrupt, answer, wrong, chosen, None, stream)
     _check_ranges(loaded, setup.stream, sender, receivers)
     start = time.perf_counter()
