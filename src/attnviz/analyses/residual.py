@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from attnviz.errors import InputError
+from attnviz.heads.interventions import block_modules
 from attnviz.models.architecture import describe, in_features, output_projections
 
 if TYPE_CHECKING:
@@ -123,31 +124,6 @@ def _input(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     return first if first is not None else _tensor(kwargs.get("hidden_states"))
 
 
-def _layer_modules(loaded: LoadedModel, stream: str) -> list[Any]:
-    """The layer module of each attention module of `stream`: its outermost ancestor in a ModuleList."""
-    import torch
-
-    model = loaded.model
-    by_name = dict(model.named_modules())
-    name_of = {id(m): n for n, m in by_name.items()}
-    attn = sorted((key[1], ident) for ident, key in loaded.capture.index.items() if key[0] == stream)
-    out = []
-    for _layer, ident in attn:
-        parts = name_of.get(ident, "").split(".")
-        layer = None
-        for i in range(1, len(parts)):
-            parent = by_name.get(".".join(parts[: i - 1])) if i > 1 else model
-            if isinstance(parent, torch.nn.ModuleList):
-                layer = by_name[".".join(parts[:i])]
-                break
-        if layer is None:
-            raise InputError(f"cannot find the layers of {describe(loaded)}'s residual stream")
-        out.append(layer)
-    if len({id(m) for m in out}) != len(out):
-        raise InputError(f"{describe(loaded)} runs one layer module several times: its layers share weights")
-    return out
-
-
 def _make_plan(loaded: LoadedModel, purpose: str) -> Plan:
     import torch
 
@@ -155,12 +131,10 @@ def _make_plan(loaded: LoadedModel, purpose: str) -> Plan:
     unembed = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if unembed is None or in_features(unembed) is None:
         raise InputError(f"{describe(loaded)} has no LM head: {purpose} needs the logits")
-    if loaded.capture.shared:  # ALBERT: one layer module run N times
-        raise InputError(f"{describe(loaded)} runs one layer module several times: its layers share weights")
     streams = ("decoder", "cross") if loaded.capture.encoder_decoder else ("self",)
     streams = tuple(s for s in streams if loaded.capture.layer_counts.get(s))
     projections = {s: output_projections(loaded, purpose, s) for s in streams}
-    layers = _layer_modules(loaded, streams[0])
+    layers = block_modules(loaded, streams[0], purpose)  # the blocks patching edits, found the same way
     leaves = [m for m in model.modules() if next(m.children(), None) is None]
     calls: list[tuple[Any, Any, Any]] = []  # (module, input, output), in call order
     outputs: dict[int, Any] = {}
