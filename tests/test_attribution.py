@@ -13,8 +13,9 @@ from attnviz.errors import InputError
 from attnviz.models.loading import load_model
 
 TEXT = "The cat sat on the mat, and the"
-# every zoo model it supports (decoders, masked LMs, encoder-decoders); the others are refused in one
-# line: no LM head, post-norm layers (BERT, BART), or attention in their own code (DeBERTa, Bloom)
+# every zoo model it supports (decoders, masked LMs, encoder-decoders; own attention code too, edited at
+# the output projection); the others are refused in one line: no LM head, post-norm layers (BERT, BART,
+# I-BERT), ALBERT's shared layer, or own code whose output projection was not found
 SUPPORTED = [
     "modernbert",
     "esm",
@@ -62,8 +63,13 @@ SUPPORTED = [
     "pegasus",
     "blenderbot",
     "m2m_100",
+    "megatron-bert",
+    "gpt_neo",
+    "bloom",
+    "mpt",
+    "xglm",
 ]
-FAST = ("llama", "gpt2", "gemma2", "t5", "modernbert")
+FAST = ("llama", "gpt2", "gemma2", "t5", "modernbert", "bloom")
 
 
 def _words(loaded, text: str = TEXT) -> list[str]:
@@ -102,7 +108,7 @@ def test_components_sum_to_the_logit_difference_across_the_zoo(tiny_model_path, 
 @pytest.mark.parametrize("spec", [s for s in zoo.SPECS if s.name not in SUPPORTED], ids=lambda s: s.name)
 def test_the_rest_of_the_zoo_is_refused_in_one_line(tiny_model_path, spec):
     loaded = load_model(str(tiny_model_path(spec.name)), device="cpu")
-    with pytest.raises(InputError, match=r"no LM head|post-norm|its own code"):
+    with pytest.raises(InputError, match=r"no LM head|post-norm|its own code|several times"):
         attribute(TEXT, loaded, answer="the")
 
 

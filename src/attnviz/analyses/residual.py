@@ -145,15 +145,26 @@ def _make_plan(loaded: LoadedModel, purpose: str) -> Plan:
     def layer_hook(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
         outputs[id(module)] = _tensor(out)
 
+    inner: list[tuple[Any, Any, Any]] = []  # every module inside a layer (a norm need not be a leaf)
+
+    def inner_hook(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+        inner.append((module, _input(args, kwargs), _tensor(out)))
+
     handles = [m.register_forward_hook(leaf_hook, with_kwargs=True) for m in leaves]
     handles += [m.register_forward_hook(layer_hook, with_kwargs=True) for m in layers]
+    handles += [
+        m.register_forward_hook(inner_hook, with_kwargs=True)
+        for layer in layers
+        for m in layer.modules()
+        if m is not layer and next(m.children(), None) is not None
+    ]
     try:
         with torch.no_grad():
             model(**loaded.capture.probe)
     finally:
         for handle in handles:
             handle.remove()
-    post = _post_norm(layers, calls, outputs)
+    post = _post_norm(layers, calls + inner, outputs)
     head = _walk_back(loaded, calls, unembed, outputs[id(layers[-1])], purpose)
     after = {
         s: [_after(calls, proj, layer) for proj, layer in zip(projections[s], layers, strict=True)]
@@ -170,7 +181,7 @@ def is_norm(module: Any, x: Any) -> bool:
         return False
     with torch.no_grad():
         try:
-            a, b = module(x), module(x * 2.0)
+            a, b = _tensor(module(x)), _tensor(module(x * 2.0))
         except Exception:  # not callable on one tensor: not a norm
             return False
     if not isinstance(a, torch.Tensor) or a.shape != x.shape or torch.equal(a, x):
@@ -179,16 +190,15 @@ def is_norm(module: Any, x: Any) -> bool:
 
 
 def _post_norm(layers: list[Any], calls: list, outputs: dict[int, Any]) -> str:
-    """Whether a layer's output is a norm's output (the layer normalises the stream itself)."""
+    """Whether a layer's output is a norm's output (the layer normalises the stream itself): some
+    module inside it, a leaf or not (I-BERT's norm has children), gave exactly the layer's output
+    and ignores the scale of its input."""
     for layer in layers:
         inside = {id(m) for m in layer.modules()}
-        last = [(m, x, y) for m, x, y in calls if id(m) in inside]
         out = outputs.get(id(layer))
-        if not last or out is None:
-            continue
-        module, x, y = last[-1]
-        if y is not None and y.shape == out.shape and bool((y == out).all()) and is_norm(module, x):
-            return "post-norm"
+        for module, x, y in calls:
+            if id(module) in inside and same(y, out) and is_norm(module, x):
+                return "post-norm"
     return ""
 
 
