@@ -1,4 +1,5 @@
-"""Draw docs/causal-*.png and print the numbers docs/causal.md quotes (SmolLM2, the IOI prompt).
+"""Draw docs/causal-heads.png, causal-resid.png, causal-layer.png and causal-noising.png, and print
+the numbers docs/causal.md quotes (SmolLM2, the IOI prompt).
 
 Run: PYTHONPATH=src python scripts/causal_figures.py [resid path noising layer heads]
 (several minutes on 2 CPU cores; names pick some of the runs)
