@@ -20,6 +20,7 @@ from helpers import cli_ok
 GOLDEN = Path(__file__).parent / "data" / "cli_json.json"
 TEXT = "the cat sat on the mat"
 CORPUS = ["the cat sat on the mat", "a dog chased the cat", "attention is a weighted average"]
+INDUCTION = ["heads", "--induction", "-m", "{gpt2}", "--seq-len", "6", "--batch", "2"]
 
 CASES: dict[str, list[str]] = {
     "models": ["models"],
@@ -33,12 +34,11 @@ CASES: dict[str, list[str]] = {
     "find-head": ["find-head", "cat", "mat", TEXT, "-m", "{bert}", "--no-special"],
     "find-head-texts": ["find-head", "cat", "mat", "--texts", "c.jsonl", "-m", "{bert}", "-k", "3"],
     "heads": ["heads", TEXT, "-m", "{bert}", "-k", "4"],
-    "heads-induction": ["heads", "--induction", "-m", "{gpt2}", "--seq-len", "6", "--batch", "2"],
+    "heads-induction": INDUCTION,
     "ablate": ["ablate", TEXT, "-l", "1", "--head", "2", "--target", "mat", "-m", "{gpt2}"],
     "ablate-scan": ["ablate", TEXT, "--scan", "--top", "3", "-m", "{gpt2}"],
     "find-head-ablate": ["find-head", "cat", "mat", TEXT, "-m", "{gpt2}", "--ablate", "-k", "3"],
-    "heads-induction-ablate": ["heads", "--induction", "--ablate", "-m", "{gpt2}", "--seq-len", "6",
-                               "--batch", "2", "--top", "3"],  # fmt: skip
+    "heads-induction-ablate": [*INDUCTION, "--ablate", "--top", "3"],
     "generate": ["generate", "the cat sat", "-m", "{gpt2}", "--max-new-tokens", "3", "-o", "g.safetensors"],
 }
 

@@ -27,10 +27,10 @@ from attnviz.cli._options import (
     TrustOpt,
     WeightingOpt,
     load,
-    print_json,
     read_text,
     view_options,
 )
+from attnviz.cli._output import print_result
 from attnviz.selection import parse_indices
 
 if TYPE_CHECKING:
@@ -206,10 +206,8 @@ def find_head_cmd(
         from attnviz.cli.ablate import find_head_effects
 
         find_head_effects(loaded, result, items[result.used[0]], truncate, top, as_json)
-    elif as_json:
-        print_json([h.as_dict() for h in result.ranking])
     else:
-        _print_ranking(result)
+        print_result(result.ranking, as_json, lambda: _print_ranking(result))
     if plot is not None:
         first = next(_stream(items[result.used[0] :][:1], loaded, layer_list, head_list, truncate, options))
         _plot_best(result, first, plot)
@@ -349,10 +347,7 @@ def heads_cmd(
     atts = _stream(items, loaded, layer_list, head_list, truncate, view_options(special=special))
     table = head_patterns(atts, threshold, broad_threshold)
     rows = table.rows(sort or ("role" if top else None))[: top or None]  # -k N: the N best
-    if as_json:
-        print_json([r.as_dict() for r in rows])
-    else:
-        _print_patterns(table, rows)
+    print_result(rows, as_json, lambda: _print_patterns(table, rows))
     if plot is not None:
         from attnviz.plots import role_map
 
@@ -411,10 +406,8 @@ def _induction(
         from attnviz.cli.ablate import induction_effects
 
         induction_effects(ablate_with, result, ranking, as_json)
-    elif as_json:
-        print_json([s.as_dict() for s in ranking])
     else:
-        _print_induction(result, ranking)
+        print_result(ranking, as_json, lambda: _print_induction(result, ranking))
     if plot is not None:
         from attnviz.plots import score_map
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -37,12 +37,15 @@ from attnviz.cli._options import (
     load,
     note,
     one_index,
-    print_json,
     read_text,
     view_options,
     write_figure,
 )
+from attnviz.cli._output import print_result
 from attnviz.selection import parse_indices
+
+if TYPE_CHECKING:
+    from attnviz.analyses.explain import Explained
 
 AnnotateOpt = Annotated[
     bool, typer.Option("--annotate", help="Write the weights in the cells (short texts only).")
@@ -345,10 +348,7 @@ def entropy_cmd(
         parts = ("entropy", slug(body), loaded.name, *_selection_name(att, layer is not None))
         parts = (*parts, "nospecial") if options.hide_special else parts
         path = write_figure(fig, output, (*parts, "words") if words else parts)
-    if as_json:
-        print_json({**ent.to_dict(), "output": str(path) if path else None})
-    else:
-        typer.echo(str(path))
+    print_result(ent, as_json, str(path), output=path)
 
 
 # -- toy --------------------------------------------------------------------------------------
@@ -482,7 +482,6 @@ def explain_cmd(
     """The five steps of attention for a real model's head, from the query, key and value vectors
     it computed for this text: scores, scaling, mask, softmax, weighted sum of values."""
     from attnviz.analyses.explain import explain
-    from attnviz.analyses.steps import format_focus, format_steps
     from attnviz.errors import InputError
 
     body = read_text(text, file)
@@ -507,9 +506,12 @@ def explain_cmd(
         note(f"cut {ex.truncated} tokens to fit the model's limit")
     if len(ex.query_matches) > 1:
         note(f"'{query}' is at tokens {list(ex.query_matches)}; following the first (use @N for another)")
-    if as_json:
-        print_json(ex.to_dict())
-        return
+    print_result(ex, as_json, lambda: _print_explanation(ex, decimals, dims))
+
+
+def _print_explanation(ex: Explained, decimals: int, dims: int) -> None:
+    from attnviz.analyses.steps import format_focus, format_steps
+
     if ex.query is not None:
         typer.echo(
             format_focus(
