@@ -86,38 +86,24 @@ def _layer_choice(layer: int | None, layers: str | None) -> tuple[int, ...] | No
 
 def _stream(
     texts: list[str],
-    loaded: object,
+    loaded: LoadedModel,
     layers: Sequence[int] | None,
     heads: Sequence[int] | None,
     truncate: bool,
     options: ViewOptions | None = None,
-    chunk: int = 32,
     plain: bool = False,
 ) -> Iterator[Any]:
-    """Extract `chunk` texts at a time, so a long --texts file never holds every tensor at once.
+    """Each text's attention as `options` (--weighting, --no-special) show it, extracted a chunk of
+    texts at a time; `plain`: pairs (shown, unweighted), so roles come from the weights."""
+    from attnviz.analyses.transform import ExtractOptions, ViewOptions, extract_shown_stream
 
-    `options` (--weighting, --no-special) transform each text's attention before it is ranked;
-    `plain` yields pairs (transformed, without the weighting) so roles come from the weights.
-    """
-    from dataclasses import replace
-
-    from attnviz.analyses.norms import needs_qkv
-    from attnviz.analyses.transform import ViewOptions, transform
-    from attnviz.extraction import extract_stream
-
-    options = options or ViewOptions()
-    atts = extract_stream(
-        texts,
-        loaded,
-        layers=layers,
-        heads=heads,
+    what = ExtractOptions(
+        layers=None if layers is None else tuple(layers),
+        heads=None if heads is None else tuple(heads),
         truncate=truncate,
-        qkv=options.qkv and needs_qkv(loaded),
-        batch_size=chunk,
+        view=options or ViewOptions(),
     )
-    for att in atts:
-        shown = transform(att, options, loaded)
-        yield (shown, transform(att, replace(options, weighting="attention"))) if plain else shown
+    return extract_shown_stream(texts, loaded, what, plain=plain)
 
 
 # -- find-head ---------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from attnviz.analyses.transform import transform
+from attnviz.analyses.transform import ExtractOptions, extract_shown
 from attnviz.cli._app import PICTURES, command
 from attnviz.cli._options import (
     AddSpecialOpt,
@@ -115,41 +115,30 @@ def _words(value: str | None) -> list[str]:
 def _extract_selection(
     text: str | None,
     file: Path | None,
-    layer: int | None,
-    head_list: list[int] | None,
-    words: bool,
-    truncate: bool,
     output: Path | None,
     load_args: tuple[str, str, str, bool],
-    add_special: bool = True,
-    qkv: bool = False,
+    options: ExtractOptions,
 ) -> tuple[str, Any, Any]:
-    """Read the text, check -o before loading, load the model, extract the selection.
+    """Read the text, check -o before loading, load the model, extract and transform as `options` ask.
 
     Returns (text, loaded model, Attention); a truncation is reported as a note.
     """
-    from attnviz.analyses.norms import needs_qkv
-    from attnviz.extraction import extract
     from attnviz.outputs import check_output
 
     body = read_text(text, file)
     _one_textnote(file, body)
     check_output(output)
     loaded = load(*load_args)
-    layers = [layer] if layer is not None else None
-    att = extract(
-        body,
-        loaded,
-        layers=layers,
-        heads=head_list,
-        words=words,
-        truncate=truncate,
-        special_tokens=add_special,
-        qkv=qkv and needs_qkv(loaded),
-    )
+    att = extract_shown(body, loaded, options)
     if att.truncated:
         note(f"cut {att.truncated} tokens to fit the model's limit")
     return body, loaded, att
+
+
+def _selection(layer: int | None, heads: list[int] | None, **kwargs: Any) -> ExtractOptions:
+    """--layer and --head/--heads (and the rest of `kwargs`) as one checked ExtractOptions."""
+    layers = None if layer is None else (layer,)
+    return ExtractOptions(layers=layers, heads=None if heads is None else tuple(heads), **kwargs).check()
 
 
 def _one_textnote(file: Path | None, body: str) -> None:
@@ -221,7 +210,6 @@ def heatmap_cmd(
     """Draw attention as a heatmap: one head (--layer --head), several (--heads), a layer, their
     mean or maximum (--aggregate), or with no selection the whole model as a layers x heads grid.
     Prints the path."""
-    from attnviz.extraction import check_stream, square_stream
     from attnviz.outputs import slug
     from attnviz.plots import annotate_limit, attention_figure, cross_figure, derived_figure
     from attnviz.tokens import positions_of
@@ -230,24 +218,14 @@ def heatmap_cmd(
     head_list = _heads_arg(head, heads)
     style = _style(vmax, cmap, dpi, size)
     marked = _words(highlight)
-    check_stream(stream, layer, head_list, words, options.changes, options.weighting == "norm")
-    body, loaded, att = _extract_selection(
-        text,
-        file,
-        layer,
-        head_list,
-        words,
-        truncate,
-        output,
-        (model, device, dtype, trust_remote_code),
-        qkv=options.qkv,
-    )
+    what = _selection(layer, head_list, words=words, truncate=truncate, view=options, stream=stream)
+    load_args = (model, device, dtype, trust_remote_code)
+    body, loaded, att = _extract_selection(text, file, output, load_args, what)
     if stream == "cross":
         fig = cross_figure(att, att.layers[0], att.heads[0], annotate=annotate, **style)
         parts = ("heatmap", slug(body), loaded.name, "cross", *_selection_name(att, True))
         typer.echo(str(write_figure(fig, output, parts)))
         return
-    att = transform(square_stream(att, stream), options, loaded)
     marks = positions_of(att, marked)
     if annotate:
         limit = annotate_limit(len(att.layers), len(att.heads))
@@ -321,17 +299,9 @@ def entropy_cmd(
     head_list = _heads_arg(head, heads)
     style = _style("auto", cmap, dpi, size)
     marked = _words(highlight)
-    body, loaded, att = _extract_selection(
-        text,
-        file,
-        layer,
-        head_list,
-        words,
-        truncate,
-        output,
-        (model, device, dtype, trust_remote_code),
-    )
-    att = transform(att, options)
+    what = _selection(layer, head_list, words=words, truncate=truncate, view=options)
+    load_args = (model, device, dtype, trust_remote_code)
+    body, loaded, att = _extract_selection(text, file, output, load_args, what)
     ent = row_entropy_of(att)
     marks = positions_of(att, marked)
     path = None
