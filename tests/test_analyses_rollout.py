@@ -45,7 +45,7 @@ def test_rollout_on_tiny_models(tiny_model_path, arch: str) -> None:
     np.testing.assert_allclose(got.matrix, brute_rollout(att.attn, "mean", 0.5), atol=1e-6)
     if arch == "gpt2":  # decoder: nothing flows from the future
         assert att.causal and np.allclose(np.triu(got.matrix, 1), 0.0)
-    record = got.to_dict()
+    record = got.as_dict()
     assert record["tokens"] == list(att.tokens) and len(record["rollout"]) == att.n_tokens
 
 

@@ -88,7 +88,7 @@ def test_row_entropy_of_masks_the_future():
     assert ent.entropy.shape == (2, 3, 6)
     np.testing.assert_allclose(ent.bound, np.log2(np.arange(1, 7)))
     assert np.all(ent.entropy <= ent.bound + 1e-6)
-    data = ent.to_dict()
+    data = ent.as_dict()
     assert data["layers"] == [0, 1] and len(data["mean_entropy"]) == 2
 
 
@@ -97,7 +97,7 @@ def test_explain_follows_a_query_and_key_in_the_library(bert):
     text = "the cat sat on the cat"
     ex = explain(text, model, layer=1, head=2, query="cat", key="sat")
     assert ex.query_matches == (2, 6) and ex.query == 2 and ex.key == 3
-    assert ex.to_dict()["query"] == 2 and ex.to_dict()["key"] == 3
+    assert ex.as_dict()["query"] == 2 and ex.as_dict()["key"] == 3
     plain = explain(text, model, layer=1, head=2)
     assert plain.query is None and plain.key is None
     np.testing.assert_allclose(plain.steps.weights, ex.steps.weights)

@@ -52,7 +52,7 @@ class Alignment:
         shared = " ".join(display(self.tokens_a[i]) for i in self.a)
         return f"aligned on {len(self.pairs)} shared tokens: {shared}"
 
-    def to_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> dict[str, Any]:
         return {
             "mode": self.mode,
             "pairs": [list(p) for p in self.pairs],

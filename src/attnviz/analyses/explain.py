@@ -41,7 +41,7 @@ class Explained:
     def title(self) -> str:
         return f"{self.model} · layer {self.layer} · head {self.head}: the five steps of attention"
 
-    def to_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> dict[str, Any]:
         return {
             "model": self.model,
             "layer": self.layer,

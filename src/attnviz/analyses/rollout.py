@@ -46,7 +46,7 @@ class Rollout:
             f"{self.head_fusion} of heads · residual {self.residual:g}"
         )
 
-    def to_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> dict[str, Any]:
         """The `--json` record: model, tokens and the full rollout matrix."""
         return {
             "model": self.model,

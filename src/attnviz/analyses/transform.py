@@ -7,8 +7,9 @@ each step adds a note, so figures and saved files say how the attention was made
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from attnviz.errors import InputError, param
 
@@ -39,6 +40,13 @@ class ViewOptions:
         """Whether extraction must keep the value vectors (norm weighting needs them)."""
         return self.weighting == "norm"
 
+    def needs_qkv(self, loaded: LoadedModel) -> bool:
+        """Whether extracting from `loaded` for this view must keep the value vectors: norm weighting
+        needs them, unless the model's attention is its own code (traced at the projection)."""
+        from attnviz.analyses.norms import needs_qkv
+
+        return self.qkv and needs_qkv(loaded)
+
     def check(self, words: bool = False) -> ViewOptions:
         """InputError (one line, naming the option) on the first bad value; returns self."""
         if self.weighting not in ("attention", "norm"):
@@ -64,22 +72,30 @@ class ExtractOptions:
     truncate: bool = False
     store: str = "float32"  # or "float16"
     view: ViewOptions = ViewOptions()
+    stream: str = "self"  # an encoder-decoder's: self (the encoder), decoder or cross
 
     def check(self) -> ExtractOptions:
         """InputError (one line, naming the option) on the first bad value; returns self."""
+        from attnviz.extraction import check_stream
         from attnviz.models.capture import check_store
 
         check_store(self.store)
         self.view.check(words=self.words)
+        one_layer = self.layers[0] if self.layers is not None and len(self.layers) == 1 else None
+        view = self.view
+        check_stream(self.stream, one_layer, self.heads, self.words, view.changes, view.weighting == "norm")
         return self
 
 
 def extract_shown(text: str, model: str | LoadedModel | None, options: ExtractOptions) -> Attention:
     """`extract` then `transform`: the attention a command shows, as `options` ask. The value
     vectors are kept only when norm weighting needs them; `model` may be a LoadedModel (needed for
-    norm weighting) or anything `load_model` takes."""
-    from attnviz.analyses.norms import needs_qkv
-    from attnviz.extraction import extract
+    norm weighting) or anything `load_model` takes. `options.stream` picks an encoder-decoder's
+    square stream before the transform; "cross" returns the extraction as it is (untransformed, as
+    `check` demands), for `plots.cross_figure`."""
+    from dataclasses import replace
+
+    from attnviz.extraction import extract, square_stream
     from attnviz.models.loading import LoadedModel, load_model
 
     options.check()
@@ -93,9 +109,45 @@ def extract_shown(text: str, model: str | LoadedModel | None, options: ExtractOp
         special_tokens=options.special_tokens,
         truncate=options.truncate,
         store=options.store,
-        qkv=options.view.qkv and needs_qkv(loaded),  # own-code models: traced at the projection
+        qkv=options.view.needs_qkv(loaded),
     )
-    return transform(att, options.view, loaded)
+    if options.stream == "cross":
+        return att
+    square = square_stream(att, options.stream)
+    if square.truncated != att.truncated:  # the decoder stream reads the encoder's text, cut or not
+        square = replace(square, truncated=att.truncated)
+    return transform(square, options.view, loaded)
+
+
+def extract_shown_stream(
+    texts: Iterable[str], loaded: LoadedModel, options: ExtractOptions, chunk: int = 32, plain: bool = False
+) -> Iterator[Any]:
+    """`extract_shown` for many texts, `chunk` at a time, so a long corpus never holds every tensor at
+    once. With `plain`, pairs (shown, the same attention unweighted): one to rank, one to read roles
+    from the weights. Token level and self-attention only (`words` and `stream` are refused)."""
+    from dataclasses import replace
+
+    from attnviz.extraction import extract_stream
+
+    options.check()
+    if options.words or options.stream != "self":
+        raise InputError(f"many texts are read as tokens of the self-attention: drop {param('words', True)}"
+                         f" and {param('stream')}")  # fmt: skip
+    atts = extract_stream(
+        texts,
+        loaded,
+        layers=options.layers,
+        heads=options.heads,
+        special_tokens=options.special_tokens,
+        truncate=options.truncate,
+        store=options.store,
+        qkv=options.view.needs_qkv(loaded),
+        batch_size=chunk,
+    )
+    unweighted = replace(options.view, weighting="attention")
+    for att in atts:
+        shown = transform(att, options.view, loaded)
+        yield (shown, transform(att, unweighted)) if plain else shown
 
 
 def transform(att: Attention, options: ViewOptions, loaded: LoadedModel | None = None) -> Attention:

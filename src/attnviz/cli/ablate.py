@@ -21,9 +21,9 @@ from attnviz.cli._options import (
     TruncateOpt,
     TrustOpt,
     load,
-    print_json,
     read_text,
 )
+from attnviz.cli._output import print_result
 
 if TYPE_CHECKING:
     from attnviz.heads.ablation import Ablation, HeadScan
@@ -113,10 +113,7 @@ def ablate_cmd(
     loaded = for_ablation(load(model, device, dtype, trust_remote_code), trust_remote_code)
     if not scan:
         result = ablate(loaded, body, pairs, target=target, mode=mode, reference=refs, truncate=truncate)
-        if as_json:
-            print_json(result.as_dict())
-        else:
-            _print_ablation(result)
+        print_result(result, as_json, lambda: _print_ablation(result))
         return
     from attnviz.cli._progress import progress_bar
 
@@ -125,10 +122,7 @@ def ablate_cmd(
             loaded, body, target=target, mode=mode, reference=refs, truncate=truncate, progress=progress
         )
     rows = found.ranking(top or None)
-    if as_json:
-        print_json([r.as_dict() for r in rows])
-    else:
-        _print_scan(found, rows)
+    print_result(rows, as_json, lambda: _print_scan(found, rows))
     if plot is not None:
         effect_map(found, plot)
         typer.echo(f"wrote {plot}", err=as_json)
@@ -179,19 +173,14 @@ def find_head_effects(
         f"Spearman rank correlation of attention score and |delta| over {len(result.ranking)} heads:"
         f" {fx.rho:+.3f}"
     )
-    if as_json:
-        print_json([{**h.as_dict(), "delta": d} for h, d in zip(shown, fx.delta, strict=False)])
-        typer.echo(summary, err=True)
-        return
-    typer.echo(
-        f"{'rank':>4} {'layer':>5} {'head':>4} {'score':>7} {'A->B':>7} {'B->A':>7} {'delta':>11}  role"
-    )
+    rows = [{**h.as_dict(), "delta": d} for h, d in zip(shown, fx.delta, strict=False)]
+    lines = [f"{'rank':>4} {'layer':>5} {'head':>4} {'score':>7} {'A->B':>7} {'B->A':>7} {'delta':>11}  role"]
     for h, d in zip(shown, fx.delta, strict=False):
-        typer.echo(
+        lines.append(
             f"{h.rank:>4} {h.layer:>5} {h.head:>4} {h.score:>7.4f} {h.a2b:>7.4f} {h.b2a:>7.4f}"
             f" {d:>+11.4g}  {h.role}"
         )
-    typer.echo(summary)
+    print_result(rows, as_json, lines, summary=summary)
 
 
 def induction_effects(loaded: LoadedModel, result: InductionResult, ranking: tuple, as_json: bool) -> None:
@@ -207,18 +196,18 @@ def induction_effects(loaded: LoadedModel, result: InductionResult, ranking: tup
         f" largest rises: {by_loss}\n"
         f"top-{fx.k} overlap of induction score and loss rise: {fx.overlap} of {fx.k}"
     )
-    if as_json:
-        print_json([{**s.as_dict(), "loss_rise": fx.rise[(s.layer, s.head)]} for s in ranking])
-        typer.echo(summary, err=True)
-        return
+    rows = [{**s.as_dict(), "loss_rise": fx.rise[(s.layer, s.head)]} for s in ranking]
+    print_result(rows, as_json, lambda: _print_rises(result, ranking, fx.rise), summary=summary)
+
+
+def _print_rises(result: InductionResult, ranking: tuple, rise: dict) -> None:
     _print_ind_header(result)
     typer.echo(f"{'rank':>4} {'layer':>5} {'head':>4} {'induction':>9} {'duplicate':>9} {'loss rise':>10}")
     for s in ranking:
         typer.echo(
             f"{s.rank:>4} {s.layer:>5} {s.head:>4} {s.induction:>9.3f} {s.duplicate:>9.3f}"
-            f" {fx.rise[(s.layer, s.head)]:>+10.4f}"
+            f" {rise[(s.layer, s.head)]:>+10.4f}"
         )
-    typer.echo(summary)
 
 
 def _print_ind_header(result: InductionResult) -> None:

@@ -29,10 +29,10 @@ from attnviz.cli._options import (
     check_style,
     load,
     note,
-    print_json,
     read_text,
     write_figure,
 )
+from attnviz.cli._output import print_result
 from attnviz.selection import parse_indices, resolve_indices
 
 
@@ -94,10 +94,7 @@ def rollout_cmd(
         fig = rollout_figure(ro, index, cmap=cmap, dpi=dpi or 150)
         span = f"L{ro.layers[0]}-{ro.layers[-1]}"
         path = write_figure(fig, output, ("rollout", slug(body), loaded.name, span, head_fusion), dpi)
-    if as_json:
-        print_json({**ro.to_dict(), "token": index, "output": str(path) if path else None})
-    else:
-        typer.echo(str(path))
+    print_result(ro, as_json, str(path), token=index, output=path)
 
 
 # -- compare ------------------------------------------------------------------------------------
@@ -161,16 +158,11 @@ def compare_cmd(
             parts = ("compare", slug(text_a, 24), loaded.name)
         path = write_figure(fig, output, parts, dpi)
     rows = result.ranked(top or None)
-    if as_json:
-        print_json(
-            {
-                "model": result.model,
-                "alignment": result.alignment.to_dict(),
-                "rows": rows,
-                "output": str(path) if path else None,
-            }
-        )
-        return
+    data = {"model": result.model, "alignment": result.alignment, "rows": rows, "output": path}
+    print_result(data, as_json, lambda: _print_changes(rows, path))
+
+
+def _print_changes(rows: list[dict[str, Any]], path: Path | None) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -258,18 +250,12 @@ def cluster_cmd(
         )
     found = dist.groups(groups)
     files = save_cluster(dist, folder)
-    if as_json:
-        print_json(
-            {
-                "model": dist.model,
-                "texts": dist.texts,
-                "skipped": skipped,
-                "files": [str(f) for f in files],
-                "groups": [g.as_dict() for g in found],
-                "nearest": dist.nearest(10),
-            }
-        )
-        return
+    data = {"model": dist.model, "texts": dist.texts, "skipped": skipped, "files": files,
+            "groups": found, "nearest": dist.nearest(10)}  # fmt: skip
+    print_result(data, as_json, lambda: _print_groups(dist, found, files))
+
+
+def _print_groups(dist: Any, found: Any, files: Any) -> None:
     typer.echo(f"{dist.model}: {len(found)} groups of heads over {dist.texts} texts (average linkage)")
     for i, group in enumerate(found, start=1):
         typer.echo(f"group {i}: {group.describe()}")

@@ -9,6 +9,7 @@ import typer
 
 from attnviz.cli._app import CORPORA, command
 from attnviz.cli._options import DeviceOpt, DtypeOpt, HeadsOpt, JsonOpt, LayersOpt, ModelOpt
+from attnviz.cli._output import print_result
 
 # Every option defaults to None, "not given", so a value from --config is only overridden when the
 # option is actually typed.
@@ -207,20 +208,17 @@ def _analyse(source: str, cfg: Any, folder: Any, loaded: Any) -> Any:
 
 
 def _report(result: Any, outdir: Path, as_json: bool) -> None:
-    from attnviz.cli._options import print_json
-
-    if as_json:
-        print_json(result.as_dict())
-        return
     before = f" ({result.processed} now, {result.resumed} before)" if result.resumed else ""
     rejects = (
         f", {result.total_rejected} rejected (see {outdir / '_rejects.jsonl'})"
         if result.total_rejected
         else ", 0 rejected"
     )
-    typer.echo(
+    print_result(
+        result,
+        as_json,
         f"done: {result.total_processed} texts processed{before}{rejects} in {result.seconds:.1f} s "
-        f"({result.texts_per_second:.1f} texts/s) -> {outdir}"
+        f"({result.texts_per_second:.1f} texts/s) -> {outdir}",
     )
 
 

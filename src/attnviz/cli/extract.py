@@ -25,10 +25,10 @@ from attnviz.cli._options import (
     WeightingOpt,
     WordsOpt,
     load,
-    print_json,
     read_text,
     view_options,
 )
+from attnviz.cli._output import print_result
 from attnviz.selection import parse_indices
 
 
@@ -102,12 +102,14 @@ def extract_cmd(
     }
     if as_json:  # the weights too, [layers, heads, q, k] per stream, to 1e-7 (float32 has ~7 digits)
         summary["attention"] = {name: a.astype(float).round(7).tolist() for name, a in att.streams.items()}
-        print_json(summary)
-        return
+    print_result(summary, as_json, lambda: _print_summary(att, summary["shapes"], output))
+
+
+def _print_summary(att: Any, shapes: dict[str, list[int]], output: Path) -> None:
     if att.truncated:
         typer.echo(f"note: cut {att.truncated} tokens to fit the model's limit", err=True)
-    shapes = ", ".join(f"{k} {tuple(v)}" for k, v in summary["shapes"].items())
-    typer.echo(f"{att.model} ({att.kind}): {att.n_tokens} {att.level}s; attention {shapes}")
+    listed = ", ".join(f"{k} {tuple(v)}" for k, v in shapes.items())
+    typer.echo(f"{att.model} ({att.kind}): {att.n_tokens} {att.level}s; attention {listed}")
     typer.echo(f"wrote {output}")
 
 

@@ -23,10 +23,10 @@ from attnviz.cli._options import (
     SpecialOpt,
     TrustOpt,
     load,
-    print_json,
     read_text,
     view_options,
 )
+from attnviz.cli._output import print_result
 from attnviz.selection import parse_indices
 
 PromptArg = Annotated[
@@ -116,27 +116,27 @@ def generate_cmd(
         else gen.transformed(options.hide_special, options.aggregate, options.over)
     )
     written = _write(gen, output, plot, stream, cmap, view)
-    if as_json:
-        print_json(
-            {
-                "model": gen.model,
-                "prompt": gen.prompt,
-                "generated": gen.text,
-                "generated_ids": list(gen.generated_ids),
-                "tokens": list(gen.tokens),
-                "prompt_length": gen.prompt_length,
-                "shapes": {name: list(a.shape) for name, a in gen.streams.items()},
-                "notes": list(gen.notes),
-                "output": str(output) if output is not None else None,
-                "plot": str(plot) if plot is not None else None,
-                "view": str(view) if view is not None else None,
-            }
-        )
-        return
+    data = {
+        "model": gen.model,
+        "prompt": gen.prompt,
+        "generated": gen.text,
+        "generated_ids": gen.generated_ids,
+        "tokens": gen.tokens,
+        "prompt_length": gen.prompt_length,
+        "shapes": {name: list(a.shape) for name, a in gen.streams.items()},
+        "notes": gen.notes,
+        "output": output,
+        "plot": plot,
+        "view": view,
+    }
+    print_result(data, as_json, lambda: _print_continuation(gen.text, streamed, written))
+
+
+def _print_continuation(text: str, streamed: str | None, written: list[Path]) -> None:
     if streamed is None:
-        typer.echo(gen.text)
+        typer.echo(text)
     else:  # what streamed is on the screen already: the rest (normally only the line's end)
-        rest = gen.text[len(streamed) :] if gen.text.startswith(streamed) else "\n" + gen.text
+        rest = text[len(streamed) :] if text.startswith(streamed) else "\n" + text
         typer.echo(rest)
     for path in written:
         typer.echo(f"wrote {path}", err=True)

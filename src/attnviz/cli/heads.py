@@ -27,10 +27,10 @@ from attnviz.cli._options import (
     TrustOpt,
     WeightingOpt,
     load,
-    print_json,
     read_text,
     view_options,
 )
+from attnviz.cli._output import print_result
 from attnviz.selection import parse_indices
 
 if TYPE_CHECKING:
@@ -86,38 +86,24 @@ def _layer_choice(layer: int | None, layers: str | None) -> tuple[int, ...] | No
 
 def _stream(
     texts: list[str],
-    loaded: object,
+    loaded: LoadedModel,
     layers: Sequence[int] | None,
     heads: Sequence[int] | None,
     truncate: bool,
     options: ViewOptions | None = None,
-    chunk: int = 32,
     plain: bool = False,
 ) -> Iterator[Any]:
-    """Extract `chunk` texts at a time, so a long --texts file never holds every tensor at once.
+    """Each text's attention as `options` (--weighting, --no-special) show it, extracted a chunk of
+    texts at a time; `plain`: pairs (shown, unweighted), so roles come from the weights."""
+    from attnviz.analyses.transform import ExtractOptions, ViewOptions, extract_shown_stream
 
-    `options` (--weighting, --no-special) transform each text's attention before it is ranked;
-    `plain` yields pairs (transformed, without the weighting) so roles come from the weights.
-    """
-    from dataclasses import replace
-
-    from attnviz.analyses.norms import needs_qkv
-    from attnviz.analyses.transform import ViewOptions, transform
-    from attnviz.extraction import extract_stream
-
-    options = options or ViewOptions()
-    atts = extract_stream(
-        texts,
-        loaded,
-        layers=layers,
-        heads=heads,
+    what = ExtractOptions(
+        layers=None if layers is None else tuple(layers),
+        heads=None if heads is None else tuple(heads),
         truncate=truncate,
-        qkv=options.qkv and needs_qkv(loaded),
-        batch_size=chunk,
+        view=options or ViewOptions(),
     )
-    for att in atts:
-        shown = transform(att, options, loaded)
-        yield (shown, transform(att, replace(options, weighting="attention"))) if plain else shown
+    return extract_shown_stream(texts, loaded, what, plain=plain)
 
 
 # -- find-head ---------------------------------------------------------------------------------
@@ -206,10 +192,8 @@ def find_head_cmd(
         from attnviz.cli.ablate import find_head_effects
 
         find_head_effects(loaded, result, items[result.used[0]], truncate, top, as_json)
-    elif as_json:
-        print_json([h.as_dict() for h in result.ranking])
     else:
-        _print_ranking(result)
+        print_result(result.ranking, as_json, lambda: _print_ranking(result))
     if plot is not None:
         first = next(_stream(items[result.used[0] :][:1], loaded, layer_list, head_list, truncate, options))
         _plot_best(result, first, plot)
@@ -349,10 +333,7 @@ def heads_cmd(
     atts = _stream(items, loaded, layer_list, head_list, truncate, view_options(special=special))
     table = head_patterns(atts, threshold, broad_threshold)
     rows = table.rows(sort or ("role" if top else None))[: top or None]  # -k N: the N best
-    if as_json:
-        print_json([r.as_dict() for r in rows])
-    else:
-        _print_patterns(table, rows)
+    print_result(rows, as_json, lambda: _print_patterns(table, rows))
     if plot is not None:
         from attnviz.plots import role_map
 
@@ -411,10 +392,8 @@ def _induction(
         from attnviz.cli.ablate import induction_effects
 
         induction_effects(ablate_with, result, ranking, as_json)
-    elif as_json:
-        print_json([s.as_dict() for s in ranking])
     else:
-        _print_induction(result, ranking)
+        print_result(ranking, as_json, lambda: _print_induction(result, ranking))
     if plot is not None:
         from attnviz.plots import score_map
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-import dataclasses
+from typing import TYPE_CHECKING
 
 import typer
 
 from attnviz.cli._app import START, command
-from attnviz.cli._options import JsonOpt, TrustOpt, print_json
+from attnviz.cli._options import JsonOpt, TrustOpt
+from attnviz.cli._output import print_result
+
+if TYPE_CHECKING:
+    from attnviz.models.info import ModelInfo
 
 
 @command("models", rich_help_panel=START)
@@ -17,14 +21,13 @@ def models_cmd(as_json: JsonOpt = False) -> None:
     from attnviz.models.loading import DEFAULT_MODEL
 
     rows = list_bundled()
-    if as_json:
-        print_json([dataclasses.asdict(r) for r in rows])
-        return
+    lines = []
     for r in rows:
         mark = "installed" if r.installed else f"not installed ({r.install})"
         default = "  [used when --model is not given]" if r.alias == DEFAULT_MODEL else ""
-        typer.echo(f"{r.alias:<9} {mark:<10} {r.description}{default}")
-    typer.echo("Also accepted: a Hugging Face hub id (from the local cache), a model folder, a .gguf file.")
+        lines.append(f"{r.alias:<9} {mark:<10} {r.description}{default}")
+    lines.append("Also accepted: a Hugging Face hub id (from the local cache), a model folder, a .gguf file.")
+    print_result(rows, as_json, lines)
 
 
 @command("info", rich_help_panel=START)
@@ -37,9 +40,10 @@ def info_cmd(
     from attnviz.models.info import describe
 
     info = describe(model, trust_remote_code=trust_remote_code)
-    if as_json:
-        print_json(dataclasses.asdict(info))
-        return
+    print_result(info, as_json, lambda: _print_info(info))
+
+
+def _print_info(info: ModelInfo) -> None:
     kv = f" ({info.kv_heads} key/value heads, grouped-query)" if info.kv_heads != info.heads else ""
     lines = [
         ("model", f"{info.name} ({info.origin}: {info.path})"),

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from attnviz.analyses.transform import transform
+from attnviz.analyses.transform import ExtractOptions, extract_shown
 from attnviz.cli._app import PICTURES, command
 from attnviz.cli._options import (
     AddSpecialOpt,
@@ -37,12 +37,15 @@ from attnviz.cli._options import (
     load,
     note,
     one_index,
-    print_json,
     read_text,
     view_options,
     write_figure,
 )
+from attnviz.cli._output import print_result
 from attnviz.selection import parse_indices
+
+if TYPE_CHECKING:
+    from attnviz.analyses.explain import Explained
 
 AnnotateOpt = Annotated[
     bool, typer.Option("--annotate", help="Write the weights in the cells (short texts only).")
@@ -112,41 +115,30 @@ def _words(value: str | None) -> list[str]:
 def _extract_selection(
     text: str | None,
     file: Path | None,
-    layer: int | None,
-    head_list: list[int] | None,
-    words: bool,
-    truncate: bool,
     output: Path | None,
     load_args: tuple[str, str, str, bool],
-    add_special: bool = True,
-    qkv: bool = False,
+    options: ExtractOptions,
 ) -> tuple[str, Any, Any]:
-    """Read the text, check -o before loading, load the model, extract the selection.
+    """Read the text, check -o before loading, load the model, extract and transform as `options` ask.
 
     Returns (text, loaded model, Attention); a truncation is reported as a note.
     """
-    from attnviz.analyses.norms import needs_qkv
-    from attnviz.extraction import extract
     from attnviz.outputs import check_output
 
     body = read_text(text, file)
     _one_textnote(file, body)
     check_output(output)
     loaded = load(*load_args)
-    layers = [layer] if layer is not None else None
-    att = extract(
-        body,
-        loaded,
-        layers=layers,
-        heads=head_list,
-        words=words,
-        truncate=truncate,
-        special_tokens=add_special,
-        qkv=qkv and needs_qkv(loaded),
-    )
+    att = extract_shown(body, loaded, options)
     if att.truncated:
         note(f"cut {att.truncated} tokens to fit the model's limit")
     return body, loaded, att
+
+
+def _selection(layer: int | None, heads: list[int] | None, **kwargs: Any) -> ExtractOptions:
+    """--layer and --head/--heads (and the rest of `kwargs`) as one checked ExtractOptions."""
+    layers = None if layer is None else (layer,)
+    return ExtractOptions(layers=layers, heads=None if heads is None else tuple(heads), **kwargs).check()
 
 
 def _one_textnote(file: Path | None, body: str) -> None:
@@ -218,7 +210,6 @@ def heatmap_cmd(
     """Draw attention as a heatmap: one head (--layer --head), several (--heads), a layer, their
     mean or maximum (--aggregate), or with no selection the whole model as a layers x heads grid.
     Prints the path."""
-    from attnviz.extraction import check_stream, square_stream
     from attnviz.outputs import slug
     from attnviz.plots import annotate_limit, attention_figure, cross_figure, derived_figure
     from attnviz.tokens import positions_of
@@ -227,24 +218,14 @@ def heatmap_cmd(
     head_list = _heads_arg(head, heads)
     style = _style(vmax, cmap, dpi, size)
     marked = _words(highlight)
-    check_stream(stream, layer, head_list, words, options.changes, options.weighting == "norm")
-    body, loaded, att = _extract_selection(
-        text,
-        file,
-        layer,
-        head_list,
-        words,
-        truncate,
-        output,
-        (model, device, dtype, trust_remote_code),
-        qkv=options.qkv,
-    )
+    what = _selection(layer, head_list, words=words, truncate=truncate, view=options, stream=stream)
+    load_args = (model, device, dtype, trust_remote_code)
+    body, loaded, att = _extract_selection(text, file, output, load_args, what)
     if stream == "cross":
         fig = cross_figure(att, att.layers[0], att.heads[0], annotate=annotate, **style)
         parts = ("heatmap", slug(body), loaded.name, "cross", *_selection_name(att, True))
         typer.echo(str(write_figure(fig, output, parts)))
         return
-    att = transform(square_stream(att, stream), options, loaded)
     marks = positions_of(att, marked)
     if annotate:
         limit = annotate_limit(len(att.layers), len(att.heads))
@@ -318,17 +299,9 @@ def entropy_cmd(
     head_list = _heads_arg(head, heads)
     style = _style("auto", cmap, dpi, size)
     marked = _words(highlight)
-    body, loaded, att = _extract_selection(
-        text,
-        file,
-        layer,
-        head_list,
-        words,
-        truncate,
-        output,
-        (model, device, dtype, trust_remote_code),
-    )
-    att = transform(att, options)
+    what = _selection(layer, head_list, words=words, truncate=truncate, view=options)
+    load_args = (model, device, dtype, trust_remote_code)
+    body, loaded, att = _extract_selection(text, file, output, load_args, what)
     ent = row_entropy_of(att)
     marks = positions_of(att, marked)
     path = None
@@ -345,10 +318,7 @@ def entropy_cmd(
         parts = ("entropy", slug(body), loaded.name, *_selection_name(att, layer is not None))
         parts = (*parts, "nospecial") if options.hide_special else parts
         path = write_figure(fig, output, (*parts, "words") if words else parts)
-    if as_json:
-        print_json({**ent.to_dict(), "output": str(path) if path else None})
-    else:
-        typer.echo(str(path))
+    print_result(ent, as_json, str(path), output=path)
 
 
 # -- toy --------------------------------------------------------------------------------------
@@ -482,7 +452,6 @@ def explain_cmd(
     """The five steps of attention for a real model's head, from the query, key and value vectors
     it computed for this text: scores, scaling, mask, softmax, weighted sum of values."""
     from attnviz.analyses.explain import explain
-    from attnviz.analyses.steps import format_focus, format_steps
     from attnviz.errors import InputError
 
     body = read_text(text, file)
@@ -507,9 +476,12 @@ def explain_cmd(
         note(f"cut {ex.truncated} tokens to fit the model's limit")
     if len(ex.query_matches) > 1:
         note(f"'{query}' is at tokens {list(ex.query_matches)}; following the first (use @N for another)")
-    if as_json:
-        print_json(ex.to_dict())
-        return
+    print_result(ex, as_json, lambda: _print_explanation(ex, decimals, dims))
+
+
+def _print_explanation(ex: Explained, decimals: int, dims: int) -> None:
+    from attnviz.analyses.steps import format_focus, format_steps
+
     if ex.query is not None:
         typer.echo(
             format_focus(

@@ -325,7 +325,7 @@ class RowEntropy:
     def head(self, layer: int, head: int) -> np.ndarray:
         return self.entropy[self.layers.index(layer), self.heads.index(head)]
 
-    def to_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> dict[str, Any]:
         base: dict[str, Any] = {
             "model": self.model,
             "kind": self.kind,
