@@ -17,6 +17,8 @@ import numpy as np
 
 from attnviz.attention import QKV, Attention, Encoded
 from attnviz.errors import InputError, TextTooLongError, param
+from attnviz.models.capture import check_store
+from attnviz.models.loading import LoadedModel, as_loaded, model_spec
 from attnviz.selection import resolve_indices
 from attnviz.tokens import align_words, token_labels
 
@@ -137,8 +139,6 @@ def extract_batch(
 
     `store="float16"` keeps the weights as float16: half the memory and file, each weight rounded.
     """
-    from attnviz.models.capture import check_store
-    from attnviz.models.loading import LoadedModel, as_loaded, model_spec
 
     check_store(store)
 
@@ -187,7 +187,6 @@ def extract_stream(
 ) -> Iterator[Attention]:
     """Extract many texts lazily, `batch_size` at a time, so a long corpus never holds every
     tensor at once; an empty or over-long text is named by its place in the whole input."""
-    from attnviz.models.loading import as_loaded
 
     check_sizes(batch_size, max_length)
     loaded = as_loaded(model, device=device, dtype=dtype)

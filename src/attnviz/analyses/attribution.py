@@ -21,7 +21,19 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from attnviz.analyses.residual import (
+    after_unembed,
+    head_links,
+    link,
+    plan,
+    run,
+    unembed_rows,
+    weight_of,
+    with_head,
+)
 from attnviz.errors import InputError, param
+from attnviz.outputs import read_arrays, write_arrays
+from attnviz.tokens import token_labels
 
 if TYPE_CHECKING:
     from attnviz.models.loading import LoadedModel
@@ -114,7 +126,6 @@ class Attribution:
 
     def save(self, path: str | Path) -> Path:
         """Write to .safetensors or .npz (never pickle)."""
-        from attnviz.outputs import write_arrays
 
         meta = {
             "kind": "attribution",
@@ -127,7 +138,6 @@ class Attribution:
 
     @classmethod
     def load(cls, path: str | Path) -> Attribution:
-        from attnviz.outputs import read_arrays
 
         meta, arrays = read_arrays(Path(path), "attribution file from `attnviz attribute -o`")
         if meta.get("kind") != "attribution":
@@ -159,7 +169,6 @@ def answer_token(loaded: LoadedModel, text: str, word: str | int, what: str = "a
     """`word` as the tokenizer makes it right after `text`: (readable label, id); it must be one token.
 
     A whole number is a token id already."""
-    from attnviz.tokens import token_labels
 
     tok = loaded.tokenizer
     if isinstance(word, int):
@@ -211,7 +220,6 @@ def attribute(
     path or a LoadedModel (loaded again with its LM head when it has none). The components sum to
     the model's own logit.
     """
-    from attnviz.analyses.residual import plan, run, with_head
 
     check_answers(answer, wrong)
     loaded = with_head(model, PURPOSE, device, dtype)
@@ -228,7 +236,6 @@ def attribute(
 def head_attribution(loaded: LoadedModel, ids: Sequence[int]) -> np.ndarray:
     """[layers, heads]: each head's direct contribution to the logit of the model's own top token
     after the last of `ids` (batch's `dla` statistic). `loaded` must have its LM head (`with_head`)."""
-    from attnviz.analyses.residual import plan, run
 
     p = plan(loaded, PURPOSE)
     r = run(loaded, p, None, ids=list(ids))
@@ -246,7 +253,6 @@ def _attribution(
     text: str,
 ) -> Attribution:
     """The components of one run at `pos`, through the frozen path to the unembedding."""
-    from attnviz.analyses.residual import after_unembed, head_links, unembed_rows
 
     (label, a_id), (w_label, w_id) = answer, wrong
     names, rows, bias = _parts(p, r, pos)
@@ -286,8 +292,6 @@ def _attribution(
 def _parts(p: Any, r: Any, pos: int) -> tuple[list[str], Any, Any]:
     """The stream at `pos` as a sum: names, rows [components, d] float64 and the biases' part [d]."""
     import torch
-
-    from attnviz.analyses.residual import link, weight_of
 
     stages = r.stages[:, pos].double()
     d = stages.shape[-1]

@@ -16,6 +16,9 @@ import numpy as np
 
 from attnviz.attention import Attention
 from attnviz.errors import InputError
+from attnviz.extraction import extract_stream
+from attnviz.heads.patterns import head_patterns
+from attnviz.outputs import atomic_output
 from attnviz.selection import format_indices
 
 if TYPE_CHECKING:
@@ -46,8 +49,6 @@ class HeadDistances:
     def to_csv(self, path: str | Path) -> Path:
         """A heads x heads CSV with labelled rows and columns."""
         import csv
-
-        from attnviz.outputs import atomic_output
 
         path = Path(path)
         with atomic_output(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
@@ -202,7 +203,6 @@ class _Accumulator:
 
 def head_distances(atts: Iterable[Attention]) -> HeadDistances:
     """Distances between heads averaged over extracted texts (at least two)."""
-    from attnviz.heads.patterns import head_patterns
 
     acc = _Accumulator()
     table: PatternTable = head_patterns(acc.feed(atts))
@@ -234,7 +234,6 @@ def cluster_texts(
 
     `progress(done, total)` is called with the texts done so far (from (0, total) on).
     """
-    from attnviz.extraction import extract_stream
 
     texts = list(texts)
     check_enough_texts(len(texts))

@@ -11,6 +11,8 @@ import numpy as np
 
 from attnviz.analyses.steps import Steps, five_steps
 from attnviz.errors import InputError, param
+from attnviz.extraction import extract
+from attnviz.tokens import positions
 
 if TYPE_CHECKING:
     from attnviz.attention import Attention
@@ -66,7 +68,6 @@ def explain_head(
 
     `query` (a word or `@N`) picks the token whose row is followed, `key` the key worked out by hand.
     """
-    from attnviz.tokens import positions
 
     _check_focus(query, key)
     if att.qkv is None:
@@ -107,7 +108,6 @@ def explain(
     dtype: str | None = "float32",
 ) -> Explained:
     """Run the model on `text`, capturing one head's vectors, and return its five steps."""
-    from attnviz.extraction import extract
 
     _check_focus(query, key)
     att = extract(

@@ -19,7 +19,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from attnviz.analyses.attribution import answer_token
+from attnviz.analyses.residual import after_unembed, constant_ratio, plan, run, same, with_head
 from attnviz.errors import AttnvizError, InputError, param
+from attnviz.outputs import read_arrays, write_arrays
+from attnviz.tokens import token_labels
 
 if TYPE_CHECKING:
     from attnviz.models.loading import LoadedModel
@@ -109,7 +113,6 @@ class Lens:
 
     def save(self, path: str | Path) -> Path:
         """Write to .safetensors or .npz (never pickle)."""
-        from attnviz.outputs import write_arrays
 
         arrays = {"top_ids": self.top_ids.astype(np.int64), "top_probs": self.top_probs.astype(np.float32)}
         if self.answer_rank is not None and self.answer_prob is not None:
@@ -126,7 +129,6 @@ class Lens:
 
     @classmethod
     def load(cls, path: str | Path) -> Lens:
-        from attnviz.outputs import read_arrays
 
         meta, arrays = read_arrays(Path(path), "lens file from `attnviz lens -o`")
         if meta.get("kind") != "lens":
@@ -165,10 +167,6 @@ def lens(
     `model`: a name, a path or a LoadedModel (loaded again with its LM head when it has none).
     """
     import torch
-
-    from attnviz.analyses.attribution import answer_token
-    from attnviz.analyses.residual import plan, run, with_head
-    from attnviz.tokens import token_labels
 
     check_k(k)
     if answer is not None and not answer.strip():
@@ -215,7 +213,6 @@ def lens(
 
 def _head_steps(loaded: LoadedModel, p: Any, r: Any) -> list[Any]:
     """The path from a stage's stream to the unembedding's input: modules, and constant rescalings."""
-    from attnviz.analyses.residual import constant_ratio, same
 
     steps: list[Any] = []
     prev = r.stages[-1]
@@ -244,8 +241,6 @@ def _through(steps: list[Any], x: Any) -> Any:
 def _after_unembed(loaded: LoadedModel, p: Any, r: Any) -> Any:
     """What the model does after its unembedding (softcap, a bias, a scale), as a function."""
     import torch
-
-    from attnviz.analyses.residual import after_unembed
 
     raw = r.io[id(p.unembed)][1]  # the unembedding's output in the run: what `steps` lead to
     kind, value = after_unembed(loaded, raw, r.logits)

@@ -21,8 +21,10 @@ import numpy as np
 from attnviz.analyses.aggregate import derive
 from attnviz.attention import Attention
 from attnviz.errors import InputError
+from attnviz.extraction import extract
 from attnviz.models.architecture import output_projections as attention_output_projections
 from attnviz.models.architecture import require_editable, traced_values
+from attnviz.models.loading import LoadedModel, load_model
 
 if TYPE_CHECKING:
     from attnviz.models.loading import LoadedModel
@@ -101,8 +103,6 @@ def norm_weighted(
     Attention given here must carry its value vectors (`extract(..., qkv=True)`), except on a model
     whose attention is its own code (they are traced from its token ids then).
     """
-    from attnviz.extraction import extract
-    from attnviz.models.loading import LoadedModel, load_model
 
     loaded = model if isinstance(model, LoadedModel) else load_model(model, device=device, dtype=dtype)
     require_editable(loaded, "norm weighting")

@@ -22,9 +22,12 @@ import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from attnviz.errors import InputError
+from attnviz.errors import AttnvizError, InputError
 from attnviz.heads.interventions import block_modules
 from attnviz.models.architecture import describe, in_features, output_projections
+from attnviz.models.capture import Editor, editing
+from attnviz.models.info import describe as read_config
+from attnviz.models.loading import LoadedModel, load_model
 
 if TYPE_CHECKING:
     from attnviz.attention import Encoded
@@ -68,8 +71,6 @@ def task_with_head(loaded: LoadedModel, purpose: str) -> str:
 def head_task(spec: str | None) -> str:
     """The loading task of a named model's LM head, read from its config without loading it:
     causal-lm for a decoder, seq2seq-lm for an encoder-decoder, else base (decided once loaded)."""
-    from attnviz.errors import AttnvizError
-    from attnviz.models.info import describe as read_config
 
     try:
         kind = read_config(spec).kind
@@ -80,7 +81,6 @@ def head_task(spec: str | None) -> str:
 
 def with_head(model: Any, purpose: str, device: str | None = "auto", dtype: str | None = "float32") -> Any:
     """A model name, path or LoadedModel, loaded (once, cached) with the LM head `purpose` needs."""
-    from attnviz.models.loading import LoadedModel, load_model
 
     if not isinstance(model, LoadedModel):
         model = load_model(model, device=device, dtype=dtype, task=head_task(model))
@@ -272,8 +272,6 @@ def run(loaded: LoadedModel, p: Plan, text: str | None, heads: bool = True, ids:
     """Run `text` (or token `ids` [n], batch's texts) once, recording what attribution and the lens
     read; every hook removed after."""
     import torch
-
-    from attnviz.models.capture import Editor, editing
 
     if ids is None:
         inputs, enc = tokenized(loaded, text or "")

@@ -13,6 +13,7 @@ import numpy as np
 
 from attnviz.analyses.steps import Steps, five_steps
 from attnviz.errors import InputError, check_seed, param
+from attnviz.heads.patterns import row_entropy, uniform_bound
 
 MAX_TOKENS = 512
 HEADS = param("heads", flag="--num-heads")  # `attnviz toy --head` picks one head's steps
@@ -50,13 +51,11 @@ class Toy:
 
     def entropy(self) -> np.ndarray:
         """[heads, q] row entropy in bits (seed 000)."""
-        from attnviz.heads.patterns import row_entropy
 
         return row_entropy(self.weights, self.visible())
 
     def bound(self) -> np.ndarray:
         """[q] the entropy of uniform attention over each row's visible keys."""
-        from attnviz.heads.patterns import uniform_bound
 
         return uniform_bound(self.visible())
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from attnviz.errors import InputError, param
+from attnviz.models.capture import check_store
+from attnviz.models.loading import LoadedModel, load_model
 
 if TYPE_CHECKING:
     from attnviz.attention import Attention
@@ -77,7 +79,6 @@ class ExtractOptions:
     def check(self) -> ExtractOptions:
         """InputError (one line, naming the option) on the first bad value; returns self."""
         from attnviz.extraction import check_stream
-        from attnviz.models.capture import check_store
 
         check_store(self.store)
         self.view.check(words=self.words)
@@ -96,7 +97,6 @@ def extract_shown(text: str, model: str | LoadedModel | None, options: ExtractOp
     from dataclasses import replace
 
     from attnviz.extraction import extract, square_stream
-    from attnviz.models.loading import LoadedModel, load_model
 
     options.check()
     loaded = model if isinstance(model, LoadedModel) else load_model(model)

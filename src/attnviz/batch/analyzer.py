@@ -9,10 +9,16 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from attnviz.analyses.attribution import PURPOSE, head_attribution
+from attnviz.analyses.norms import batch_value_norms, output_projections
+from attnviz.analyses.residual import plan, with_head
 from attnviz.batch.bucketing import Entry, cut_batches, encode, tokenize_window
 from attnviz.batch.config import BatchConfig
 from attnviz.batch.corpus import Item, Reject
 from attnviz.batch.statistics import Masks, batch_statistics, probe_masks, stat_columns
+from attnviz.errors import InputError
+from attnviz.extraction import model_inputs
+from attnviz.selection import resolve_indices
 
 if TYPE_CHECKING:
     from attnviz.attention import Encoded
@@ -73,7 +79,6 @@ class Analyzer:
     """Runs batches through a loaded model and turns recorded attention into statistics."""
 
     def __init__(self, loaded: LoadedModel, config: BatchConfig) -> None:
-        from attnviz.selection import resolve_indices
 
         self.loaded = loaded
         self.config = config
@@ -98,9 +103,6 @@ class Analyzer:
 
     def _dla_model(self) -> LoadedModel:
         """The model with its LM head for the `dla` statistic (refused at once where it cannot run)."""
-        from attnviz.analyses.attribution import PURPOSE
-        from attnviz.analyses.residual import plan, with_head
-        from attnviz.errors import InputError
 
         if self.loaded.capture.encoder_decoder:
             raise InputError(
@@ -113,7 +115,6 @@ class Analyzer:
 
     def _dla(self, enc: Encoded) -> np.ndarray:
         """[B, layers, heads]: each text's per-head direct logit attribution (one pass per text)."""
-        from attnviz.analyses.attribution import head_attribution
 
         assert self._with_head is not None
         maps = [
@@ -180,14 +181,12 @@ class Analyzer:
         ]
 
     def _forward(self, enc: Encoded) -> Any:
-        from attnviz.extraction import model_inputs
 
         inputs, _ = model_inputs(self.loaded, enc)  # statistics use the encoder; a decoder reads the text
         return self.loaded.capture.run(inputs, self.layers, self.heads, qkv="norm" in self.config.statistics)
 
     def _norms(self, rec: Any) -> list[Any]:
         """Per layer [B, H, L] value-vector norms (the `norm` statistic); projections read once."""
-        from attnviz.analyses.norms import batch_value_norms, output_projections
 
         if self._projections is None:
             self._projections = output_projections(self.loaded)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from attnviz.errors import InputError, param
+from attnviz.outputs import default_mode
 
 OUTDIR, RESUME, OVERWRITE = param("outdir", flag="-o"), param("resume", True), param("overwrite", True)
 # Our temporary names: `.NAME.` + tempfile's random letters + `.tmp` (never guessable in advance).
@@ -188,7 +189,6 @@ def os_error(exc: BaseException) -> OSError | None:
 def open_rejects(path: Path) -> int:
     """The rejects file opened for appending (made if missing): never through a link, never a file
     with another name (a hard link) or one that is not a regular file."""
-    from attnviz.outputs import default_mode
 
     flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
     try:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from attnviz import __version__
 from attnviz.batch.config import BatchConfig
 from attnviz.batch.corpus import (
     CorpusReadError,
@@ -112,8 +113,6 @@ class BatchRun:
 def _versions() -> dict[str, str]:
     import platform
     from importlib.metadata import PackageNotFoundError, version
-
-    from attnviz import __version__
 
     out = {"attnviz": __version__, "python": platform.python_version()}
     for pkg in ("torch", "transformers", "tokenizers", "numpy", "pyarrow", "pandas"):

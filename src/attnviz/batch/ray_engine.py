@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from attnviz import __version__
 from attnviz.batch.analyzer import Analyzer, BatchResult, Timings
 from attnviz.batch.config import BatchConfig
 from attnviz.batch.corpus import Item, Reject, Source
@@ -79,7 +80,6 @@ class ChunkWorker:
 
     def describe(self) -> dict[str, Any]:
         """The model as `_run.json` records it, loaded here (its one-line errors reach the driver)."""
-        from attnviz import __version__
 
         analyzer = self._ready()
         return {**model_record(analyzer), "attnviz": __version__, "load_seconds": self.load_seconds}
@@ -420,7 +420,6 @@ class RayEngine:
 
 
 def _check_versions(described: list[dict[str, Any]]) -> None:
-    from attnviz import __version__
 
     other = [d["attnviz"] for d in described if d["attnviz"] != __version__]
     if other:

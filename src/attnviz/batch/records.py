@@ -14,6 +14,7 @@ import numpy as np
 from attnviz.batch.analyzer import Analyzer, BatchResult, Timings
 from attnviz.batch.config import BatchConfig
 from attnviz.batch.corpus import Item, Reject, Source, read_corpus
+from attnviz.models.loading import load_model
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -157,7 +158,6 @@ def load(config: BatchConfig, loaded: LoadedModel | None) -> LoadedModel:
     """The model to run: the one given, else loaded from the config."""
     if loaded is not None:
         return loaded
-    from attnviz.models.loading import load_model
 
     return load_model(
         config.model, device=config.device, dtype=config.dtype, trust_remote_code=config.trust_remote_code

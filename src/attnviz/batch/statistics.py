@@ -17,8 +17,8 @@ import numpy as np
 
 from attnviz.batch.config import BatchConfig
 from attnviz.errors import InputError, TokenNotFoundError
-from attnviz.heads.patterns import PATTERNS
-from attnviz.tokens import word_units
+from attnviz.heads.patterns import PATTERNS, pattern_scores, row_entropy
+from attnviz.tokens import align_words, locate, word_units
 
 if TYPE_CHECKING:
     from attnviz.attention import Attention, Encoded
@@ -207,7 +207,6 @@ def stat_columns(config: BatchConfig) -> list[str]:
 # -- the per-text reference ----------------------------------------------------------------------
 def find_unit(alternatives: Sequence[str], labels: Sequence[str]) -> int | None:
     """The earliest unit matching any alternative (`locate` rules: case-free, `@N`); None if none."""
-    from attnviz.tokens import locate
 
     best: int | None = None
     for alt in alternatives:
@@ -227,7 +226,6 @@ def statistics_of(
     Returns column -> [layers, heads] float32, with the columns of `stat_columns(config)`.
     `weighted` (analyses.norms.norm_weighted of `att`) is needed when `norm` is kept.
     """
-    from attnviz.heads.patterns import pattern_scores, row_entropy
 
     if att.level != "token":
         raise InputError("batch statistics need token-level attention (extract without words=True)")
@@ -368,8 +366,6 @@ def batch_statistics(
 def probe_masks(enc: Encoded, config: BatchConfig, device: Any) -> list[tuple[Any, Any, Any]]:
     """Per probe: A's and B's piece masks [B, L] (word-level view) and found [B]."""
     import torch
-
-    from attnviz.tokens import align_words
 
     probes = config.probes
     B, L = enc.input_ids.shape

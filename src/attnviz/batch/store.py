@@ -43,6 +43,7 @@ from attnviz.batch.integrity import (
 from attnviz.batch.integrity import PLOTS_DIR as PLOTS_DIR  # the names of a run's files, re-exported
 from attnviz.batch.integrity import RUN_FORMAT as RUN_FORMAT
 from attnviz.errors import AttnvizError, InputError
+from attnviz.outputs import default_mode
 
 if TYPE_CHECKING:
     from attnviz.batch.analyzer import BatchResult, RunShape
@@ -96,7 +97,6 @@ def atomic_write(
     """Write through a new hidden temporary file (O_EXCL, a name no one can plant a link under),
     fsync, then rename: readers never see half a file. `record(path, tmp)` runs just before the
     rename (the manifest entry is taken from the bytes that land)."""
-    from attnviz.outputs import default_mode
 
     with writing(path, outdir or path.parent):
         tmp = integrity.temporary(path)

@@ -18,6 +18,8 @@ import typer
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from attnviz import __version__
+from attnviz.errors import AttnvizError, InputError, cli_terms
+from attnviz.selection import parse_indices
 
 
 def _tidy(params: list[Any]) -> list[Any]:
@@ -199,7 +201,6 @@ def command(*args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callabl
 
         @functools.wraps(fn)
         def wrapper(*a: Any, **kw: Any) -> Any:
-            from attnviz.errors import AttnvizError, cli_terms
 
             as_json = JSON_OUTPUT.set(bool(kw.get("as_json")))
             try:
@@ -243,9 +244,7 @@ def _check_selection_early(shared: dict[str, str], kw: dict[str, Any]) -> None:
     given = {shared[k]: v for k, v in kw.items() if k in shared and v is not None}
     if not given or not isinstance(model, str) or not model.strip():
         return
-    from attnviz.errors import InputError
     from attnviz.models.info import check_selection
-    from attnviz.selection import parse_indices
 
     try:
         layers = parse_indices(given.get("layer", given.get("layers")), "layers")

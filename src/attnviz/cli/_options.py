@@ -8,7 +8,9 @@ from typing import Annotated, Any
 
 import typer
 
+from attnviz.analyses.transform import ViewOptions
 from attnviz.errors import InputError
+from attnviz.models.loading import BUNDLED, LoadNotice, load_model
 
 # -- value completion (shell Tab): cheap, never imports a heavy library at start-up -------------
 
@@ -16,8 +18,6 @@ from attnviz.errors import InputError
 def complete_model(incomplete: str) -> list[str]:
     """Bundled aliases, hub ids already in the Hugging Face cache, then folders and .gguf files."""
     import os
-
-    from attnviz.models.loading import BUNDLED
 
     out = [alias for alias in BUNDLED if alias.startswith(incomplete)]
     hub = Path(
@@ -326,7 +326,6 @@ def load(
     Nothing is ever written to stdout. `task` picks the head (`generate` needs the LM head).
     """
     from attnviz.cli._app import printable
-    from attnviz.models.loading import LoadNotice, load_model
 
     def warn(notice: LoadNotice) -> None:
         if notice.kind == "warning":
@@ -360,7 +359,6 @@ def view_options(
     words: bool = False,
 ) -> Any:
     """The checked ViewOptions of --weighting, --no-special, --aggregate and --over (before loading)."""
-    from attnviz.analyses.transform import ViewOptions
 
     return ViewOptions(weighting, not special, aggregate, over).check(words)
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from attnviz.cli._options import spinner_wanted
+
 Progress = Callable[[int, int], None]
 
 
@@ -25,7 +27,6 @@ def progress_bar(label: str, unit: str = "", quiet: bool = False) -> Iterator[Pr
 
     Yields None (no bar) off a terminal; the bar is removed when the block ends.
     """
-    from attnviz.cli._options import spinner_wanted
 
     if not spinner_wanted(quiet):
         yield None
@@ -57,7 +58,6 @@ def progress_bar(label: str, unit: str = "", quiet: bool = False) -> Iterator[Pr
 @contextmanager
 def stage(message: str, quiet: bool = False) -> Iterator[None]:
     """A spinner with `message` for a step the library cannot count (one forward pass, a page build)."""
-    from attnviz.cli._options import spinner_wanted
 
     if not spinner_wanted(quiet):
         yield

@@ -24,6 +24,7 @@ from attnviz.cli._options import (
     read_text,
 )
 from attnviz.cli._output import print_result
+from attnviz.errors import InputError
 
 if TYPE_CHECKING:
     from attnviz.heads.ablation import Ablation, HeadScan
@@ -86,7 +87,6 @@ def ablate_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Ablate heads (zero or mean) and print the change in the prediction or the embedding."""
-    from attnviz.errors import InputError
     from attnviz.heads.ablation import ablate, for_ablation, parse_heads, scan_heads
     from attnviz.plots.roles import effect_map
 

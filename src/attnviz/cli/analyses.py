@@ -33,6 +33,7 @@ from attnviz.cli._options import (
     write_figure,
 )
 from attnviz.cli._output import print_result
+from attnviz.errors import InputError
 from attnviz.selection import parse_indices, resolve_indices
 
 
@@ -70,7 +71,6 @@ def rollout_cmd(
     """Attention rollout (Abnar & Zuidema 2020): fuse heads, add the residual, renormalise, multiply
     the layers. Draws R (output positions x input tokens) and one token's row; prints the path."""
     from attnviz.analyses.rollout import check_options, rollout
-    from attnviz.errors import InputError
     from attnviz.extraction import extract
     from attnviz.outputs import check_output, slug
     from attnviz.plots.analyses import rollout_figure
@@ -122,7 +122,6 @@ def compare_cmd(
     """Which heads change between two texts? Per head, the mean Jensen-Shannon divergence (bits)
     between aligned rows. Draws a layers x heads map, or with --layer --head both heatmaps and A - B."""
     from attnviz.analyses.compare import compare
-    from attnviz.errors import InputError
     from attnviz.extraction import extract_batch
     from attnviz.outputs import check_output, slug
     from attnviz.plots.analyses import change_figure, pair_figure
@@ -211,7 +210,6 @@ def cluster_cmd(
     from attnviz.analyses.cluster import check_enough_texts, cluster_texts
     from attnviz.batch.corpus import read_texts
     from attnviz.cli._progress import progress_bar
-    from attnviz.errors import InputError
     from attnviz.outputs import refuse_link, slug
     from attnviz.plots.analyses import CLUSTER_FILES, cluster_folder, save_cluster
 

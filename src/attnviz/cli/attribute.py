@@ -21,6 +21,7 @@ from attnviz.cli._options import (
     print_json,
     read_text,
 )
+from attnviz.errors import InputError, param
 
 if TYPE_CHECKING:
     from attnviz.analyses.attribution import Attribution
@@ -47,7 +48,6 @@ DataOutOpt = Annotated[
 
 def _checks(plot: Path | None, output: Path | None) -> None:
     """--plot and -o checked before any model loads."""
-    from attnviz.errors import param
     from attnviz.outputs import check_data_output, check_output
 
     check_output(plot, param("plot"))
@@ -110,7 +110,6 @@ def lens_cmd(
     """The logit lens: the top tokens of the residual stream after each layer, at every position."""
     from attnviz.analyses.lens import PURPOSE, check_k, lens
     from attnviz.analyses.residual import head_task, with_head
-    from attnviz.errors import InputError, param
 
     check_k(k)
     if answer is not None and not answer.strip():

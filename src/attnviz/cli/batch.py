@@ -10,6 +10,8 @@ import typer
 from attnviz.cli._app import CORPORA, command
 from attnviz.cli._options import DeviceOpt, DtypeOpt, HeadsOpt, JsonOpt, LayersOpt, ModelOpt
 from attnviz.cli._output import print_result
+from attnviz.errors import InputError
+from attnviz.selection import parse_indices
 
 # Every option defaults to None, "not given", so a value from --config is only overridden when the
 # option is actually typed.
@@ -114,8 +116,6 @@ def batch_cmd(
 ) -> None:
     """Record per-head statistics (entropy, patterns, probes...) for every text of a corpus."""
     from attnviz.batch.config import make_config, parse_probe
-    from attnviz.errors import InputError
-    from attnviz.selection import parse_indices
 
     if resume and overwrite:  # one continues the run in the folder, the other replaces it
         raise InputError("give --resume (continue the run) or --overwrite (replace it), not both")

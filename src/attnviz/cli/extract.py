@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
+from attnviz.analyses.transform import ExtractOptions, extract_shown
 from attnviz.cli._app import START, command
 from attnviz.cli._options import (
     AddSpecialOpt,
@@ -66,7 +67,6 @@ def extract_cmd(
 ) -> None:
     """Extract per-layer, per-head attention for a text and save it with its tokens (and, in the
     file's metadata, how it was made: --weighting, --no-special)."""
-    from attnviz.analyses.transform import ExtractOptions, extract_shown
     from attnviz.outputs import check_data_output
 
     # everything the user typed is checked before the model loads (which can take a minute)

@@ -27,6 +27,7 @@ from attnviz.cli._options import (
     view_options,
 )
 from attnviz.cli._output import print_result
+from attnviz.errors import InputError, param
 from attnviz.selection import parse_indices
 
 PromptArg = Annotated[
@@ -86,7 +87,6 @@ def generate_cmd(
 ) -> None:
     """Continue a prompt with the model's own generate and record, for each new token, the attention
     row of the step that wrote it; prints the continuation."""
-    from attnviz.errors import InputError, param
     from attnviz.generation.run import check_settings, generation_task
     from attnviz.outputs import check_data_output, check_output
     from attnviz.views.generation import check_view_output

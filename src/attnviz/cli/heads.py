@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from attnviz.analyses.transform import ExtractOptions, ViewOptions, extract_shown_stream
 from attnviz.cli._app import HEADS, command
 from attnviz.cli._options import (
     DeviceOpt,
@@ -31,6 +32,7 @@ from attnviz.cli._options import (
     view_options,
 )
 from attnviz.cli._output import print_result
+from attnviz.errors import InputError
 from attnviz.selection import parse_indices
 
 if TYPE_CHECKING:
@@ -62,7 +64,6 @@ def _check_plot(plot: Path | None) -> None:
 
 def texts_from(text: str | None, file: Path | None, texts: Path | None) -> list[str]:
     """The text argument or --file (one text), or --texts (one text per non-empty line)."""
-    from attnviz.errors import InputError
 
     given = [name for name, v in (("the text", text), ("--file", file), ("--texts", texts)) if v is not None]
     if len(given) > 1:
@@ -77,7 +78,6 @@ def texts_from(text: str | None, file: Path | None, texts: Path | None) -> list[
 
 
 def _layer_choice(layer: int | None, layers: str | None) -> tuple[int, ...] | None:
-    from attnviz.errors import InputError
 
     if layer is not None and layers is not None:
         raise InputError("give --layer (one layer) or --layers (a list), not both")
@@ -95,7 +95,6 @@ def _stream(
 ) -> Iterator[Any]:
     """Each text's attention as `options` (--weighting, --no-special) show it, extracted a chunk of
     texts at a time; `plain`: pairs (shown, unweighted), so roles come from the weights."""
-    from attnviz.analyses.transform import ExtractOptions, ViewOptions, extract_shown_stream
 
     what = ExtractOptions(
         layers=None if layers is None else tuple(layers),
@@ -304,7 +303,6 @@ def heads_cmd(
     ablate: AblateOpt = False,
 ) -> None:
     """Score every head on the classic patterns and name its role; or find induction heads."""
-    from attnviz.errors import InputError
     from attnviz.heads.patterns import SORTS, check_thresholds, head_patterns
 
     _check_plot(plot)

@@ -9,6 +9,7 @@ import typer
 from attnviz.cli._app import START, command
 from attnviz.cli._options import JsonOpt, TrustOpt
 from attnviz.cli._output import print_result
+from attnviz.models.loading import DEFAULT_MODEL
 
 if TYPE_CHECKING:
     from attnviz.models.info import ModelInfo
@@ -18,7 +19,6 @@ if TYPE_CHECKING:
 def models_cmd(as_json: JsonOpt = False) -> None:
     """List the bundled model aliases and whether each is installed."""
     from attnviz.models.info import list_bundled
-    from attnviz.models.loading import DEFAULT_MODEL
 
     rows = list_bundled()
     lines = []

@@ -9,6 +9,7 @@ import typer
 
 from attnviz.cli._app import SOURCE, command
 from attnviz.cli._options import DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, TopOpt, TrustOpt, load, print_json
+from attnviz.errors import InputError, param
 
 if TYPE_CHECKING:
     from attnviz.heads.patching import Patching
@@ -63,7 +64,6 @@ def patch_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Patch heads (or the residual stream, or layer outputs) from one run into the other and measure."""
-    from attnviz.errors import InputError, param
     from attnviz.heads.patching import check_options, patch
     from attnviz.heads.path_patching import check_path, parse_receivers, parse_unit, path_patch
     from attnviz.outputs import check_data_output, check_output

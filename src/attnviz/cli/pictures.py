@@ -42,6 +42,7 @@ from attnviz.cli._options import (
     write_figure,
 )
 from attnviz.cli._output import print_result
+from attnviz.errors import InputError
 from attnviz.selection import parse_indices
 
 if TYPE_CHECKING:
@@ -104,7 +105,6 @@ def _style(vmax: str | None, cmap: str, dpi: int | None, size: str | None) -> di
 
 def _words(value: str | None) -> list[str]:
     """--highlight's words; given but empty (`--highlight ''`) is an error, not nothing marked."""
-    from attnviz.errors import InputError
 
     words = [w.strip() for w in (value or "").split(",") if w.strip()]
     if value is not None and not words:
@@ -149,7 +149,6 @@ def _one_textnote(file: Path | None, body: str) -> None:
 
 
 def _heads_arg(head: int | None, heads: str | None) -> list[int] | None:
-    from attnviz.errors import InputError
 
     if head is not None and heads is not None:
         raise InputError("give --head or --heads, not both")
@@ -372,7 +371,6 @@ def toy_cmd(
     draws each head's attention and row entropy; --steps prints the five steps."""
     from attnviz.analyses.steps import format_steps
     from attnviz.analyses.toy import build_toy, parse_tokens
-    from attnviz.errors import InputError
     from attnviz.outputs import check_output, slug
     from attnviz.plots import toy_figure
 
@@ -452,7 +450,6 @@ def explain_cmd(
     """The five steps of attention for a real model's head, from the query, key and value vectors
     it computed for this text: scores, scaling, mask, softmax, weighted sum of values."""
     from attnviz.analyses.explain import explain
-    from attnviz.errors import InputError
 
     body = read_text(text, file)
     if layer is None or head is None:

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from attnviz.analyses.transform import ExtractOptions, extract_shown
 from attnviz.cli._app import EXPLORE, command
 from attnviz.cli._options import (
     AggregateOpt,
@@ -27,6 +28,7 @@ from attnviz.cli._options import (
     read_text,
     view_options,
 )
+from attnviz.errors import InputError
 from attnviz.selection import parse_indices
 
 
@@ -65,8 +67,6 @@ def view_cmd(
 ) -> None:
     """Write an interactive explorer (head, matrix, model and text views) as one HTML file that works
     offline; prints its path. --aggregate shows the pooled heads as one head."""
-    from attnviz.analyses.transform import ExtractOptions, extract_shown
-    from attnviz.errors import InputError
     from attnviz.plots._common import parse_scale
     from attnviz.views.html import VIEWS, check_output, check_page_fits, output_path, render_html, write_html
 

@@ -18,9 +18,17 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from attnviz.attention import HeadResult
+from attnviz.analyses.rollout import rollout
+from attnviz.analyses.transform import ViewOptions
+from attnviz.attention import Attention, FileFields, HeadResult
 from attnviz.errors import InputError, check_seed, param
+from attnviz.generation.transform import pooled, without_special
+from attnviz.models.capture import recording
+from attnviz.models.generation_capture import recorder, sampling
+from attnviz.models.loading import LoadedModel, load_model, model_spec, resolve_model
+from attnviz.outputs import read_arrays, write_arrays
 from attnviz.selection import format_indices
+from attnviz.tokens import display, token_labels
 
 if TYPE_CHECKING:
     from attnviz.attention import Attention
@@ -65,7 +73,6 @@ class Generation(HeadResult):
     @property
     def labels(self) -> list[str]:
         """Context tokens as people read them."""
-        from attnviz.tokens import display
 
         return [display(t) for t in self.tokens]
 
@@ -98,7 +105,6 @@ class Generation(HeadResult):
         Row `prompt_length - 1 + t` is new token t's step; the prompt's rows come from
         `generate(prompt_rows=True)` (an encoder-decoder's one start token needs none).
         """
-        from attnviz.attention import Attention
 
         p = self.prompt_length
         n = p + self.n_new - 1
@@ -131,7 +137,6 @@ class Generation(HeadResult):
 
         Needs every head of consecutive layers and the prompt's rows (`generate(prompt_rows=True)`).
         """
-        from attnviz.analyses.rollout import rollout
 
         ro = rollout(self.as_attention(), head_fusion, residual)
         p, n = self.prompt_length, self.n_new
@@ -158,8 +163,6 @@ class Generation(HeadResult):
 
     def transformed(self, hide_special: bool = False, aggregate: str | None = None, over: str = "heads"):
         """Special tokens hidden (columns dropped, rows renormalised) and/or heads or layers pooled."""
-        from attnviz.analyses.transform import ViewOptions
-        from attnviz.generation.transform import pooled, without_special
 
         ViewOptions(hide_special=hide_special, aggregate=aggregate, over=over).check()
         gen = without_special(self) if hide_special else self
@@ -167,7 +170,6 @@ class Generation(HeadResult):
 
     @property
     def source_labels(self) -> list[str]:
-        from attnviz.tokens import display
 
         return [display(t) for t in self.source_tokens]
 
@@ -196,7 +198,6 @@ class Generation(HeadResult):
 
     def save(self, path: str | Path) -> Path:
         """Write `self` (and `cross`) with the metadata to .safetensors or .npz, as `extract` does."""
-        from attnviz.outputs import write_arrays
 
         arrays = {k: np.ascontiguousarray(a, dtype=np.float32) for k, a in self.streams.items()}
         return write_arrays(Path(path), arrays, json.dumps(self.metadata()))
@@ -205,8 +206,6 @@ class Generation(HeadResult):
     def load(cls, path: str | Path) -> Generation:
         """Read a file written by `save`; a file whose fields or shapes do not fit is an InputError
         naming it."""
-        from attnviz.attention import FileFields
-        from attnviz.outputs import read_arrays
 
         what = "file from `attnviz generate -o`"
         meta, arrays = read_arrays(Path(path), what)
@@ -284,7 +283,6 @@ def generation_task(spec: str | None) -> str:
 
     InputError for a model that cannot generate (an encoder such as BERT).
     """
-    from attnviz.models.loading import resolve_model
 
     source = resolve_model(spec)
     if source.origin == "gguf":
@@ -321,7 +319,6 @@ def load_for_generation(
     progress: Any = None,
 ) -> LoadedModel:
     """The model with its LM head (loaded once and cached like every model)."""
-    from attnviz.models.loading import LoadedModel, load_model, model_spec
 
     if isinstance(model, LoadedModel):
         if model.task in ("causal-lm", "seq2seq-lm"):
@@ -391,7 +388,6 @@ def generate(
         "seed": seed,
         "chat": chat,
     }
-    from attnviz.models.generation_capture import recorder
 
     inputs = _prompt_inputs(loaded, prompt, chat, max_new_tokens)
     rec = recorder(loaded, inputs, layers, heads, max_new_tokens, prompt_rows)
@@ -489,9 +485,6 @@ def _run(
     """model.generate with the recorder active; its hook and recorder always removed."""
     import torch
 
-    from attnviz.models.capture import recording
-    from attnviz.models.generation_capture import sampling
-
     hook = loaded.model.register_forward_pre_hook(rec.next_step)
     try:
         with torch.inference_mode(), recording(rec), sampling(settings.get("sample"), settings.get("seed")):
@@ -510,7 +503,6 @@ def _result(
     ids: list[int],
     settings: dict[str, Any],
 ) -> Generation:
-    from attnviz.tokens import token_labels
 
     tok = loaded.tokenizer
     encdec = loaded.capture.encoder_decoder

@@ -22,9 +22,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from attnviz.attention import Attention
 from attnviz.errors import AttnvizError, InputError, param
+from attnviz.extraction import tokenize
 from attnviz.heads.arguments import ablation_model
+from attnviz.heads.induction import random_repeats
+from attnviz.heads.search import ranked_positions, resolve
 from attnviz.models.architecture import main_stream, require_editable
+from attnviz.models.capture import Editor, editing
+from attnviz.models.loading import load_model
+from attnviz.tokens import align_words
 
 if TYPE_CHECKING:
     from attnviz.models.loading import LoadedModel
@@ -100,7 +107,6 @@ class HeadScan:
 
     def ranking(self, top: int | None = None) -> tuple[ScanRow, ...]:
         """Heads by descending effect; ties keep layer-then-head order."""
-        from attnviz.heads.search import ranked_positions
 
         return tuple(
             ScanRow(r, self.layers[li], self.heads[hi], float(self.delta[li, hi]))
@@ -170,7 +176,6 @@ def choose_task(loaded: LoadedModel) -> str:
 
 def for_ablation(loaded: LoadedModel, trust_remote_code: bool = False) -> LoadedModel:
     """The same model with the LM head its measure needs (loaded once and cached)."""
-    from attnviz.models.loading import load_model
 
     require_editable(loaded, "ablation")  # before loading the model again with its head
     task = choose_task(loaded)
@@ -255,7 +260,6 @@ def _check_heads_out(out: Any, num_heads: int, name: str) -> None:
 @contextmanager
 def ablating(loaded: LoadedModel, means: list[Any] | None = None) -> Iterator[_Ablator]:
     """Each head's output edited inside the attention function, driven by the yielded state; always undone."""
-    from attnviz.models.capture import Editor, editing
 
     require_editable(loaded, "ablation")
     state = _Ablator(loaded, means)
@@ -275,9 +279,6 @@ def _keep(rows: int, num_heads: int, heads: Sequence[int]) -> Any:
 def reference_means(loaded: LoadedModel, texts: Sequence[str], batch_size: int = 16) -> list[Any]:
     """Each head's mean output over the real tokens of the reference texts: [heads, head_dim] per layer."""
     import torch
-
-    from attnviz.extraction import tokenize
-    from attnviz.models.capture import Editor, editing
 
     require_editable(loaded, "ablation")
     texts = [t for t in texts if t.strip()]
@@ -334,10 +335,6 @@ class _Prepared:
 def _prepare(
     loaded: LoadedModel, text: str, target: str | None, occurrence: int | None, truncate: bool
 ) -> _Prepared:
-    from attnviz.attention import Attention
-    from attnviz.extraction import tokenize
-    from attnviz.heads.search import resolve
-    from attnviz.tokens import align_words
 
     if not isinstance(text, str) or not text.strip():
         raise InputError("the text is empty")
@@ -539,8 +536,6 @@ def repeat_loss_scan(
 
     import torch
 
-    from attnviz.heads.induction import random_repeats
-
     require_editable(loaded, "ablation")
     if loaded.task != "causal-lm":
         raise InputError(f"the repeat-loss ablation needs a causal LM head; {loaded.name} has none")
@@ -594,7 +589,6 @@ def repeat_loss_scan(
 
 def top_overlap(a: np.ndarray, b: np.ndarray, k: int = 10) -> tuple[int, int]:
     """How many of the k highest cells of two [layers, heads] scores coincide, and k as used."""
-    from attnviz.heads.search import ranked_positions
 
     k = min(k, a.size)
     return len(set(ranked_positions(a, k)) & set(ranked_positions(b, k))), k

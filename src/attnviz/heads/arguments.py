@@ -6,6 +6,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from attnviz.models.architecture import require_editable
+from attnviz.models.loading import LoadedModel, as_loaded
+
 if TYPE_CHECKING:
     from attnviz.models.loading import LoadedModel
 
@@ -16,8 +19,6 @@ def ablation_model(
     """A LoadedModel as given (it must allow ablation); a name or a path loaded, then given the LM
     head its measure needs by `with_head` (ablation's `for_ablation`); anything else a TypeError
     naming the parameter."""
-    from attnviz.models.architecture import require_editable
-    from attnviz.models.loading import LoadedModel, as_loaded
 
     if isinstance(loaded, LoadedModel):
         require_editable(loaded, "ablation")

@@ -14,7 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from attnviz.attention import Encoded
 from attnviz.errors import InputError, check_seed, param
+from attnviz.extraction import run_batch
+from attnviz.heads.search import ranked_positions
+from attnviz.models.loading import as_loaded
+from attnviz.selection import resolve_indices
+from attnviz.tokens import token_labels
 
 if TYPE_CHECKING:
     from attnviz.attention import Encoded
@@ -63,7 +69,6 @@ class InductionResult:
         if by not in SCORES:
             raise InputError(f"unknown score '{by}': use {' or '.join(SCORES)}")
         key = self.induction if by == "induction" else self.duplicate
-        from attnviz.heads.search import ranked_positions
 
         out = []
         for r, (li, hi) in enumerate(ranked_positions(key, top), start=1):
@@ -105,9 +110,6 @@ def chance_level(seq_len: int, prefix: int = 0) -> float:
 def random_repeats(loaded: LoadedModel, seq_len: int, batch: int, seed: int) -> tuple[Encoded, int]:
     """`batch` sequences of `seq_len` distinct random ordinary tokens, each repeated twice."""
     import torch
-
-    from attnviz.attention import Encoded
-    from attnviz.tokens import token_labels
 
     tok = loaded.tokenizer
     vocab = int(getattr(loaded.model.config, "vocab_size", 0) or len(tok))
@@ -188,9 +190,6 @@ def induction_scores(
 ) -> InductionResult:
     """Run the repeated-random-tokens test; causal models only. `loaded`: a model name, a path or
     a LoadedModel."""
-    from attnviz.extraction import run_batch
-    from attnviz.models.loading import as_loaded
-    from attnviz.selection import resolve_indices
 
     loaded = as_loaded(loaded, "loaded")
     if not loaded.causal:

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from attnviz.errors import InputError
+from attnviz.models.architecture import describe
+from attnviz.models.capture import Editor, editing
 
 if TYPE_CHECKING:
     from attnviz.models.loading import LoadedModel
@@ -40,8 +42,6 @@ def attention_modules(loaded: LoadedModel, stream: str) -> list[Any]:
 def block_modules(loaded: LoadedModel, stream: str, purpose: str) -> list[Any]:
     """Each layer's block: the outermost module-list entry that holds the layer's attention module."""
     import torch
-
-    from attnviz.models.architecture import describe
 
     if loaded.capture.shared:
         raise InputError(f"{describe(loaded)} runs one layer module several times: {purpose} is not possible")
@@ -74,8 +74,6 @@ def _swap_first(output: Any, new: Any) -> Any:
 def mlp_modules(loaded: LoadedModel, stream: str) -> list[Any]:
     """Each layer's MLP, by data flow: the submodule whose output the block adds besides attention."""
     import torch
-
-    from attnviz.models.architecture import describe
 
     blocks = block_modules(loaded, stream, "patching MLP outputs")
     cap = loaded.capture
@@ -181,7 +179,6 @@ class Interventions:
 @contextmanager
 def intervening(loaded: LoadedModel, stream: str, kinds: set[str]) -> Iterator[Interventions]:
     """Install the hooks `kinds` need ("head", "qkv", "resid", "attn", "mlp"); always removed."""
-    from attnviz.models.capture import Editor, editing
 
     state = Interventions(loaded=loaded, stream=stream)
     cap = loaded.capture

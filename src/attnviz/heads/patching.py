@@ -26,6 +26,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from attnviz.errors import InputError, param
+from attnviz.extraction import tokenize
+from attnviz.heads.ablation import choose_task
+from attnviz.heads.interventions import intervening
+from attnviz.models.architecture import require_editable
+from attnviz.models.loading import LoadedModel, load_model
+from attnviz.outputs import read_arrays, write_arrays
 
 if TYPE_CHECKING:
     from attnviz.models.loading import LoadedModel
@@ -99,7 +105,6 @@ class Patching:
 
     def save(self, path: str | Path) -> Path:
         """Write to .safetensors or .npz (never pickle)."""
-        from attnviz.outputs import write_arrays
 
         arrays = {"patched": np.ascontiguousarray(self.patched, dtype=np.float64)}
         return write_arrays(Path(path), arrays, json.dumps(self.metadata()))
@@ -107,7 +112,6 @@ class Patching:
     @classmethod
     def load(cls, path: str | Path) -> Patching:
         """Read a file written by `save`."""
-        from attnviz.outputs import read_arrays
 
         what = "patching file from `attnviz patch -o`"
         meta, arrays = read_arrays(Path(path), what)
@@ -195,9 +199,6 @@ def check_options(
 
 def for_patching(model: Any, trust_remote_code: bool = False) -> LoadedModel:
     """A LoadedModel with the LM head the metric needs (name, path or LoadedModel; loaded once, cached)."""
-    from attnviz.heads.ablation import choose_task
-    from attnviz.models.architecture import require_editable
-    from attnviz.models.loading import LoadedModel, load_model
 
     loaded = model if isinstance(model, LoadedModel) else load_model(str(model))
     require_editable(loaded, "patching")
@@ -246,7 +247,6 @@ def answer_token(loaded: LoadedModel, word: str, what: str = "answer") -> int:
 
 
 def _encode(loaded: LoadedModel, text: str, masked: bool) -> tuple[Any, tuple[str, ...]]:
-    from attnviz.extraction import tokenize
 
     if not isinstance(text, str) or not text.strip():
         raise InputError("a text is empty: give a clean and a corrupt text")
@@ -370,8 +370,6 @@ def record(setup: Setup, text: str, kinds: set[str], keys: Sequence[tuple[str, i
     """One pass on `text` ("clean"/"corrupt") keeping the activations at `keys`."""
     import torch
 
-    from attnviz.heads.interventions import intervening
-
     with torch.inference_mode(), intervening(setup.loaded, setup.stream, kinds) as state:
         state.record = set(keys)
         forward(setup, setup.ids[text])
@@ -398,8 +396,6 @@ def run_rows(
 ) -> np.ndarray:
     """The metric with each row's one patch: (key, position or None = all, head or None = all)."""
     import torch
-
-    from attnviz.heads.interventions import intervening
 
     out = np.zeros(len(rows))
     last = setup.at == "last"

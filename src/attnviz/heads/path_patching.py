@@ -25,6 +25,10 @@ from typing import Any
 import numpy as np
 
 from attnviz.errors import InputError, param
+from attnviz.heads.interventions import intervening
+from attnviz.heads.patching import check_options, for_patching, forward, metric_of, prepare, readout, record
+from attnviz.models.architecture import require_interface
+from attnviz.outputs import read_arrays, write_arrays
 
 VIA = ("q", "k", "v")
 LOGITS = "logits"
@@ -78,7 +82,6 @@ class PathPatching:
 
     def save(self, path: str | Path) -> Path:
         """Write to .safetensors or .npz (never pickle)."""
-        from attnviz.outputs import write_arrays
 
         meta = {k: v for k, v in self.__dict__.items() if k != "patched"}
         meta["format"] = FORMAT
@@ -87,7 +90,6 @@ class PathPatching:
 
     @classmethod
     def load(cls, path: str | Path) -> PathPatching:
-        from attnviz.outputs import read_arrays
 
         what = "path-patching file from `attnviz patch -o`"
         meta, arrays = read_arrays(Path(path), what)
@@ -172,18 +174,6 @@ def path_patch(
     import time
 
     import torch
-
-    from attnviz.heads.interventions import intervening
-    from attnviz.heads.patching import (
-        check_options,
-        for_patching,
-        forward,
-        metric_of,
-        prepare,
-        readout,
-        record,
-    )
-    from attnviz.models.architecture import require_interface
 
     sender = (int(sender[0]), int(sender[1]))
     receivers = tuple(r if isinstance(r, str) else (int(r[0]), int(r[1])) for r in receivers)

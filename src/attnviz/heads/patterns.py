@@ -26,7 +26,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from attnviz.attention import Attention
 from attnviz.errors import InputError, param
+from attnviz.generation.run import Generation
 from attnviz.tokens import display
 
 if TYPE_CHECKING:
@@ -261,8 +263,6 @@ def head_patterns(
     broad_threshold: float = BROAD_THRESHOLD,
 ) -> PatternTable:
     """Score every head on one text, or on many (mean and standard deviation; streams, one pass)."""
-    from attnviz.attention import Attention
-    from attnviz.generation.run import Generation
 
     check_thresholds(threshold, broad_threshold)
     if isinstance(atts, Generation):  # its steps' rows on the context

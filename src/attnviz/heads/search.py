@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from attnviz.attention import Attention
 from attnviz.errors import InputError, TokenNotFoundError, param
+from attnviz.generation.run import Generation
 from attnviz.heads.patterns import PATTERNS, pattern_scores, role_of
 from attnviz.tokens import display, locate, normalise, span_tokens
 
@@ -378,8 +380,6 @@ def _positions(att: Attention, layers: Sequence[int] | None) -> list[int]:
 def _checked_arguments(att: Any, a: Any, b: Any) -> Any:
     """find_heads' arguments of the wrong type are TypeErrors naming them (a Generation becomes
     its Attention)."""
-    from attnviz.attention import Attention
-    from attnviz.generation.run import Generation
 
     for name, query in (("a", a), ("b", b)):
         if not isinstance(query, str):
@@ -396,7 +396,6 @@ def _checked_arguments(att: Any, a: Any, b: Any) -> Any:
 
 def _each_attention(items: Iterable[Any]) -> Iterator[Attention]:
     """The items of `att`, each an Attention, or a TypeError naming the first that is not."""
-    from attnviz.attention import Attention
 
     for index, one in enumerate(items):
         if not isinstance(one, Attention):
@@ -424,7 +423,6 @@ def find_heads(
     none having both is an error. `roles_from`: the same texts' plain attention, in step with
     `att`, when `att` is norm-weighted: a head's role is what `head_patterns` says of its weights.
     """
-    from attnviz.attention import Attention
 
     att = _checked_arguments(att, a, b)
     check_direction(direction)

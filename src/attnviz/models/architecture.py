@@ -17,7 +17,8 @@ from __future__ import annotations
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
-from attnviz.errors import InputError
+from attnviz.errors import AttnvizError, InputError
+from attnviz.models.capture import Editor, active_editor, editing
 
 if TYPE_CHECKING:
     from attnviz.models.loading import LoadedModel
@@ -91,8 +92,6 @@ def output_projections(loaded: LoadedModel, purpose: str, stream: str | None = N
 def _trace(loaded: LoadedModel, stream: str | None = None) -> list[Any | None]:
     import torch
 
-    from attnviz.models.capture import Editor, active_editor, editing
-
     cap = loaded.capture
     main = stream or main_stream(loaded)
     events: list[tuple[str, Any, Any]] = []  # ("attn", layer, out) / ("proj", module, input), in order
@@ -141,8 +140,6 @@ def install_head_edits(model: Any, cap: Any) -> None:
     The hooks do nothing unless an editor is active in the calling thread.
     """
     import torch
-
-    from attnviz.models.capture import active_editor
 
     if cap.interface:
         return
@@ -286,8 +283,6 @@ def traced_values(loaded: LoadedModel, input_ids: Any) -> list[Any]:
 def _values_from(x: Any, weights: Any, name: str, layer: int) -> Any:
     """V [heads, k, d] with x = P V per head: grad of sum_q x[q, h, c(q)] by P[h, q, k] is V_h[k, c(q)]."""
     import torch
-
-    from attnviz.errors import AttnvizError
 
     heads, n = weights.shape[1], weights.shape[-1]
     xh = x.unflatten(-1, (heads, -1))  # [1, q, heads, d]

@@ -13,6 +13,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from attnviz.errors import InputError, param
+from attnviz.models.capture import _EAGER_ONLY, _additive, _eager_for, _plain, active, head_weights
+from attnviz.selection import resolve_indices
+
 if TYPE_CHECKING:
     from attnviz.models.loading import LoadedModel
 
@@ -38,14 +42,12 @@ class StepRecorder:
     def next_step(self, *_: Any) -> None:
         """A forward pre-hook on the model: every call is one generation step, when it is this
         recorder's call (the same model may run in other threads at the same time: not counted)."""
-        from attnviz.models.capture import active
 
         if active() is self:
             self.step += 1
 
     def forward(self, module: Any, query: Any, key: Any, value: Any, mask: Any, **kwargs: Any):
         """The layer's output as without recording; the step's last query row saved on the side."""
-        from attnviz.models.capture import _plain
 
         out, _ = _plain(module, query, key, value, mask, **kwargs)
         ident = self.index.get(id(module))
@@ -71,8 +73,6 @@ class StepRecorder:
     def _row(self, module: Any, query: Any, key: Any, value: Any, mask: Any, dest: Any, end: int, kwargs):
         """The last query row's weights for the asked heads, into dest[:, :end]."""
         import torch
-
-        from attnviz.models.capture import _EAGER_ONLY, _additive, _eager_for, head_weights
 
         q = query[:, :, -1:]  # [batch, heads, 1, d]
         if mask is not None and mask.dim() == 4:
@@ -106,8 +106,6 @@ def recorder(
 ) -> StepRecorder:
     """Zeroed [layers, heads, new, width] buffers for the streams generation records."""
     import torch
-
-    from attnviz.selection import resolve_indices
 
     cap = loaded.capture
     streams = ["decoder", "cross"] if cap.encoder_decoder else ["self"]
@@ -156,8 +154,6 @@ def sampling(sample: bool | None, seed: int | None) -> Iterator[None]:
 def check_size(n_bytes: int, device: str) -> None:
     """InputError, before anything is allocated, for a result larger than half the machine's memory."""
     import os
-
-    from attnviz.errors import InputError, param
 
     if device != "cpu":
         return

@@ -14,15 +14,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from attnviz.errors import ModelNotFoundError, param
+from attnviz.errors import AttnvizError, ModelNotFoundError, param
 from attnviz.models.loading import (
     BUNDLED,
     LoadedModel,
     ModelSource,
+    _max_length,
     bundled_path,
     check_weights,
+    quiet_transformers,
     resolve_model,
 )
+from attnviz.selection import resolve_indices
 
 
 @dataclass(frozen=True)
@@ -133,8 +136,6 @@ def check_selection(
     reads it: a typo costs a second, not a model load. A model whose shape cannot be read without
     loading (not cached, a config transformers must build) or whose layers are counted otherwise
     (encoder-decoder) is left to the check after loading."""
-    from attnviz.errors import AttnvizError
-    from attnviz.selection import resolve_indices
 
     if layers is None and heads is None:
         return
@@ -182,8 +183,6 @@ def _plain_config(folder: Path) -> Any | None:
 def _auto_config(folder: Path, source: ModelSource, trust_remote_code: bool) -> Any:
     """transformers' config object, which knows every model type's names for its sizes."""
     from transformers import AutoConfig
-
-    from attnviz.models.loading import quiet_transformers
 
     quiet_transformers()
     try:
@@ -245,7 +244,6 @@ def _architecture(config: Any) -> str:
 
 def _config_max_length(text: Any, folder: Path) -> int | None:
     """As `models._max_length`, with the tokenizer's limit read from tokenizer_config.json."""
-    from attnviz.models.loading import _max_length
 
     tok_max = None
     with contextlib.suppress(OSError, ValueError, AttributeError):

@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from attnviz.errors import DeviceError, InputError, ModelNotFoundError, param
+from attnviz.models.architecture import install_head_edits
 from attnviz.models.arguments import model_spec  # re-exported: the public functions' check
+from attnviz.models.capture import ATTN_IMPLEMENTATION, Capture, register
 from attnviz.models.folders import (  # re-exported: info.py and the tests import them from here
     check_config,
     check_tokenizer,
@@ -35,6 +37,7 @@ from attnviz.models.gguf_cache import (
     gguf_problem,
     locked,
 )
+from attnviz.outputs import atomic_output
 
 if TYPE_CHECKING:
     import torch
@@ -446,7 +449,6 @@ def _read_gguf(
 
 def _write_entry(model: Any, tokenizer: Any, folder: Path, gguf: Path, digest: str) -> None:
     """Save a cache entry atomically; its entry file (written last) records what makes it valid."""
-    from attnviz.outputs import atomic_output
 
     with atomic_output(folder, folder=True) as tmp:
         model.save_pretrained(tmp)
@@ -519,9 +521,6 @@ def _load(
 ) -> LoadedModel:
     quiet_transformers()
     from transformers import AutoTokenizer
-
-    from attnviz.models.architecture import install_head_edits
-    from attnviz.models.capture import ATTN_IMPLEMENTATION, Capture, register
 
     register()
     start = time.perf_counter()

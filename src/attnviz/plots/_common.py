@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from attnviz.errors import InputError, param
+from attnviz.outputs import atomic_output, image_format
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -485,7 +486,6 @@ def save(fig: Figure, path: str | Path, dpi: float | None = None) -> Path:
     """Write any attnviz figure; the format comes from the extension (png, svg, pdf), the folder is
     made if missing, and the file carries no date or version (the same figure, the same bytes).
     Written atomically; a symbolic link is refused, never written through."""
-    from attnviz.outputs import atomic_output, image_format
     from attnviz.plots.fonts import fonts
 
     path = Path(path)

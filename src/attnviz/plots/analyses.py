@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from attnviz.errors import InputError
+from attnviz.outputs import refuse_link
 from attnviz.plots import _common  # `_common.save`: the one save, as tests spy on it
 from attnviz.plots._common import (
     DEFAULT_CMAP,
@@ -241,8 +243,6 @@ CLUSTER_FILES = ("distances.csv", "clustermap.png", "embedding.png")
 
 def cluster_folder(folder: str | Path) -> Path:
     """The output folder made, and its files refused if they are links: before the texts run."""
-    from attnviz.errors import InputError
-    from attnviz.outputs import refuse_link
 
     folder = Path(folder)
     try:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from attnviz.heads.patching import unit_name
 from attnviz.plots import _common
 
 if TYPE_CHECKING:
@@ -20,7 +21,6 @@ DIVERGING = "RdBu_r"  # red: towards the clean run, blue: away from it
 def patching_figure(result: Patching, top: int = 8, dpi: float = 150) -> Figure:
     """The effect (0 = corrupt run, 1 = clean run) of patching each unit, minus 1 when noising; a
     positions axis is summed away (its largest cells are still listed)."""
-    from attnviz.heads.patching import unit_name
 
     eff = np.nan_to_num(np.asarray(result.effect, dtype=float))
     label = "effect (0 corrupt, 1 clean)"

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from attnviz.errors import InputError, param
+from attnviz.generation.transform import pooled
 from attnviz.plots._common import (
     CELL,
     DEFAULT_CMAP,
@@ -25,6 +26,8 @@ from attnviz.plots._common import (
     token_ticks,
     with_text,
 )
+from attnviz.plots.heatmaps import heatmap
+from attnviz.selection import format_indices
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -74,8 +77,6 @@ def generation_figure(
 ) -> Figure:
     """matrix: [new, context] (or [new, source] when `cross`); the prompt/continuation boundary marked."""
     from matplotlib.lines import Line2D
-
-    from attnviz.plots.heatmaps import heatmap
 
     matrix = np.asarray(matrix, dtype=np.float32)  # [new, context]
     n_new, width = matrix.shape
@@ -154,8 +155,6 @@ def wrap_title(title: str, inches: float, fontsize: float = 11.0) -> str:
 
 def generation_picture(gen0: Any, stream: str = "self", **style: Any) -> Figure:
     """A Generation's heatmap: one recorded head (or, with several, their mean, said in the title)."""
-    from attnviz.generation.transform import pooled
-    from attnviz.selection import format_indices
 
     if stream not in ("self", "cross"):
         raise InputError(f"unknown {param('stream')} '{stream}': use self or cross")

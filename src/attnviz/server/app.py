@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from attnviz.analyses.transform import transform
+from attnviz.analyses.transform import ViewOptions, transform
 from attnviz.errors import (
     AttnvizError,
     InputError,
@@ -24,7 +24,24 @@ from attnviz.errors import (
     api_terms,
     param,
 )
-from attnviz.server.web import MAX_QUERY_BYTES, RequestError, bind, serve, turn, uvicorn_server
+from attnviz.selection import parse_indices, resolve_indices
+from attnviz.server.attribution import serve_attribute, serve_lens
+from attnviz.server.causal import serve_patch
+from attnviz.server.generation import serve_generation
+from attnviz.server.web import (
+    CLIENT_GONE,
+    MAX_QUERY_BYTES,
+    ClientGone,
+    RequestError,
+    RequestLog,
+    bind,
+    read_body,
+    run_until_gone,
+    serve,
+    turn,
+    uvicorn_server,
+)
+from attnviz.views.html import asset, encode_weights, estimate_bytes, least_bytes, page_data, page_meta
 
 __all__ = ["MAX_QUERY_BYTES", "Pool", "RequestError", "bind", "create_app", "serve", "uvicorn_server"]
 
@@ -160,8 +177,6 @@ class Pool:
         """`attnviz.extract` with the same selection rules, served from `full`. Blocking."""
         import numpy as np
 
-        from attnviz.selection import resolve_indices
-
         loaded = self.models[model]
         ls = resolve_indices(layers, loaded.num_layers, "layer", loaded.name)
         hs = resolve_indices(heads, loaded.capture.num_heads, "head", loaded.name)
@@ -182,7 +197,6 @@ class Pool:
 
 
 def _index(value: int, count: int, what: str, model: str) -> int:
-    from attnviz.selection import resolve_indices
 
     return resolve_indices([value], count, what, model)[0]
 
@@ -215,7 +229,6 @@ class Params:
     @classmethod
     async def read(cls, request: Request, max_bytes: int = MAX_QUERY_BYTES) -> Params:
         """The parameters of a GET, or of a POST whose body (up to MAX_BODY_BYTES) carries them."""
-        from attnviz.server.web import read_body
 
         body = await read_body(request, MAX_BODY_BYTES) if request.method == "POST" else b""
         return cls(request, max_bytes, body)
@@ -253,7 +266,6 @@ class Params:
 
     def view_options(self) -> Any:
         """`aggregate=mean|max`, `over=heads|layers|both`, `special=0` (hide, rows renormalised)."""
-        from attnviz.analyses.transform import ViewOptions
 
         hide = not self.flag("special") if "special" in self.q else False
         options = ViewOptions(
@@ -262,7 +274,6 @@ class Params:
         return options.check()  # an InputError: one 400 line in the API's words, like any other
 
     def indices(self, name: str) -> list[int] | None:
-        from attnviz.selection import parse_indices
 
         return parse_indices(self.q.get(name) or None, name)
 
@@ -300,7 +311,6 @@ class Handlers:
     def view(self, p: Params) -> dict[str, Any]:
         """The explorer's data; with `lazy=1`, a text too long for one page comes without weights
         (`"lazy": true`) and the page fetches its heads one at a time from /api/head."""
-        from attnviz.views.html import estimate_bytes, least_bytes, page_data
 
         text, name = p.text(), self.pool.name(p.q.get("model"))
         options = p.view_options()
@@ -320,12 +330,10 @@ class Handlers:
 
     def generate(self, p: Params) -> dict[str, Any]:
         """The generation mode's data: a continuation and what each new token's step read."""
-        from attnviz.server.generation import serve_generation
 
         return serve_generation(self.pool, p, self.max_page_mb)
 
     def _lazy(self, name: str, text: str, truncate: bool) -> dict[str, Any]:
-        from attnviz.views.html import encode_weights, page_meta
 
         loaded = self.pool.models[name]
         att = self.pool.head(name, text, truncate, 0, 0)  # the tokens and spans, and the first head
@@ -340,7 +348,6 @@ class Handlers:
 
     def head(self, p: Params) -> dict[str, Any]:
         """One head of a text in the page's compact encoding (`views.html.encode_weights`)."""
-        from attnviz.views.html import encode_weights
 
         text, name = p.text(), self.pool.name(p.q.get("model"))
         layer, head = _one_head(p)
@@ -413,8 +420,6 @@ def _api(handler: Callable[[Params], Any], max_query_bytes: int) -> Callable[[Re
     When the client goes away first, its work is dropped (499, logged as cancelled)."""
     from starlette.responses import JSONResponse, Response
 
-    from attnviz.server.web import CLIENT_GONE, ClientGone, run_until_gone
-
     async def endpoint(request: Request) -> Response:
         try:
             params = await Params.read(request, max_query_bytes)
@@ -435,8 +440,6 @@ def _api(handler: Callable[[Params], Any], max_query_bytes: int) -> Callable[[Re
 async def _page(request: Request) -> Response:
     from starlette.responses import Response
 
-    from attnviz.views.html import asset
-
     return Response(
         asset("serve.html"), media_type="text/html", headers={"Content-Security-Policy": PAGE_CSP}
     )
@@ -444,8 +447,6 @@ async def _page(request: Request) -> Response:
 
 async def _static(request: Request) -> Response:
     from starlette.responses import Response
-
-    from attnviz.views.html import asset
 
     name = request.path_params["name"]
     if name not in STATIC:
@@ -473,10 +474,6 @@ def create_app(
     from starlette.exceptions import HTTPException
     from starlette.middleware import Middleware
     from starlette.routing import Route
-
-    from attnviz.server.attribution import serve_attribute, serve_lens
-    from attnviz.server.causal import serve_patch
-    from attnviz.server.web import RequestLog
 
     pool = Pool(dict(models), cache_bytes=cache_bytes)
     h = Handlers(pool, max_page_mb)

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from attnviz.analyses.residual import with_head
+
 
 def serve_attribute(pool: Any, p: Any) -> dict[str, Any]:
     """/api/attribute: text, answer, wrong (optional), position (default -1), model."""
     from attnviz.analyses.attribution import PURPOSE, attribute, check_answers
-    from attnviz.analyses.residual import with_head
 
     text, name = p.text(), pool.name(p.q.get("model"))
     answer, wrong = p.word("answer"), (p.q.get("wrong") or None)
@@ -26,7 +27,6 @@ def serve_attribute(pool: Any, p: Any) -> dict[str, Any]:
 def serve_lens(pool: Any, p: Any) -> dict[str, Any]:
     """/api/lens: text, k (default 5), answer (optional), model."""
     from attnviz.analyses.lens import PURPOSE, check_k, lens
-    from attnviz.analyses.residual import with_head
 
     text, name = p.text(), pool.name(p.q.get("model"))
     k = p.int("k", 5)

@@ -14,6 +14,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from attnviz.errors import InputError, param
+from attnviz.outputs import atomic_output, check_parent, write_error
+from attnviz.tokens import SPLIT
+from attnviz.views.html import _half, csp, safe_json
 
 if TYPE_CHECKING:
     from attnviz.generation.run import Generation
@@ -42,7 +45,6 @@ def _script() -> str:
 
 def generation_data(gen: Generation, max_mb: float | None = DEFAULT_MAX_MB) -> dict[str, Any]:
     """What the page's script reads; InputError when the weights would make the page too large."""
-    from attnviz.views.html import _half
 
     size = 2 * (gen.attn.size + (gen.cross.size if gen.cross is not None else 0)) * 4 / 3
     if max_mb is not None and size > max_mb * 1e6:
@@ -88,7 +90,6 @@ def _candidates(label: str) -> list[str]:
     """What a label may stand for in the text: itself with its whitespace marks read back, as
     written, or without the split marks of a character shared by pieces ('巴…' '…巴…' '…巴': the
     first piece takes the whole character, the others nothing)."""
-    from attnviz.tokens import SPLIT
 
     def unescape(s: str) -> str:
         for shown, char in _ESCAPED:
@@ -167,7 +168,6 @@ def layout(
 
 def render_generation_html(gen: Generation, max_mb: float | None = DEFAULT_MAX_MB) -> str:
     """The whole page: open it from file:// with the network off."""
-    from attnviz.views.html import csp, safe_json
 
     script = _script()
     payload = safe_json(generation_data(gen, max_mb))
@@ -185,7 +185,6 @@ def render_generation_html(gen: Generation, max_mb: float | None = DEFAULT_MAX_M
 
 def check_view_output(path: Path | None) -> None:
     """Fail on a bad page path (`generate --view`) before a model loads."""
-    from attnviz.outputs import check_parent
 
     if path is None:
         return
@@ -196,7 +195,6 @@ def check_view_output(path: Path | None) -> None:
 
 def write_generation_html(gen: Generation, path: str | Path, max_mb: float | None = DEFAULT_MAX_MB) -> Path:
     """Write the page atomically."""
-    from attnviz.outputs import atomic_output, write_error
 
     path = Path(path)
     check_view_output(path)

@@ -20,6 +20,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from attnviz.errors import InputError, param
+from attnviz.outputs import OUTPUT_DIR, atomic_output, default_name, refuse_link, reserve, slug
+from attnviz.selection import resolve_indices
+from attnviz.tokens import word_units
 
 if TYPE_CHECKING:
     from attnviz.analyses.transform import ViewOptions
@@ -148,7 +151,6 @@ def _word_map(att: Attention) -> dict[str, Any] | None:
     """How the page merges tokens into words itself (so the word level costs no weights): each
     token's unit, and the units' labels (the text's own words, so an uncased model's words keep
     their case); None when the word level would be the token level."""
-    from attnviz.tokens import word_units
 
     if att.level != "token" or not att.word_ids:
         return None
@@ -263,7 +265,6 @@ def check_page_fits(
     if max_mb is None:
         return
     from attnviz.extraction import tokenize
-    from attnviz.selection import resolve_indices
 
     enc = tokenize(loaded, [text], truncate=truncate)
     hidden = sum(enc.special[0]) if options is not None and options.hide_special else 0
@@ -374,7 +375,6 @@ def render_html(
 
 def output_path(output: Path | None, text: str, model: str) -> Path:
     """`-o` checked (an .html file or a folder), or a fresh name under outputs/ that never overwrites."""
-    from attnviz.outputs import OUTPUT_DIR, default_name, refuse_link, reserve, slug
 
     name = default_name("view", slug(text), Path(model).name, ext="html")
     if output is None:
@@ -392,7 +392,6 @@ def output_path(output: Path | None, text: str, model: str) -> Path:
 
 def check_output(output: Path | None) -> None:
     """Fail on a bad `-o` before a model loads."""
-    from attnviz.outputs import refuse_link
 
     if output is not None:
         refuse_link(output)
@@ -401,7 +400,6 @@ def check_output(output: Path | None) -> None:
 
 
 def write_html(page: str, path: Path) -> Path:
-    from attnviz.outputs import atomic_output
 
     try:
         with atomic_output(path) as tmp:  # refuses a symbolic link rather than write through it

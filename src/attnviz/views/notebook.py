@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from attnviz.errors import InputError
+
 if TYPE_CHECKING:
     from attnviz.attention import Attention
     from attnviz.generation.run import Generation
@@ -23,7 +25,6 @@ def iframe(page: str, height: int = 640) -> str:
 
 def attention_html(att: Attention, **options: Any) -> str:
     """The explorer; a page too large to embed is one escaped line saying how to narrow it."""
-    from attnviz.errors import InputError
     from attnviz.views.html import render_html
 
     try:
