@@ -14,11 +14,6 @@ from typing import Any, Literal
 
 import numpy as np
 
-from attnviz.errors import InputError
-from attnviz.outputs import read_arrays, write_arrays
-from attnviz.selection import format_indices
-from attnviz.tokens import word_units
-
 FORMAT_VERSION = 1
 Kind = Literal["encoder", "decoder", "encoder-decoder"]
 Level = Literal["token", "word"]
@@ -27,6 +22,7 @@ LABEL_RULE = 2  # tokens are tokens.readable labels; older files hold 'ĠParis',
 
 
 def _input_error(message: str) -> Exception:
+    from attnviz.errors import InputError
 
     return InputError(message)
 
@@ -176,6 +172,7 @@ class Attention(HeadResult):
 
         Special tokens stay units of their own; every row still sums to 1.
         """
+        from attnviz.tokens import word_units
 
         if self.level == "word":
             return self
@@ -245,6 +242,7 @@ class Attention(HeadResult):
 
     def save(self, path: str | Path) -> Path:
         """Write the arrays and metadata to .safetensors or .npz (never pickle)."""
+        from attnviz.outputs import write_arrays
 
         arrays = {  # float16 stays float16 (`store="float16"`); anything else is written as float32
             name: np.ascontiguousarray(a, dtype=np.float16 if a.dtype == np.float16 else np.float32)
@@ -256,6 +254,7 @@ class Attention(HeadResult):
     def load(cls, path: str | Path) -> Attention:
         """Read a file written by `save`; a file whose fields or shapes do not fit is an InputError
         naming it (never a KeyError or an einsum error later)."""
+        from attnviz.outputs import read_arrays
 
         what = "attention file from `attnviz extract -o`"
         meta, arrays = read_arrays(Path(path), what)
@@ -439,6 +438,7 @@ def _plain(meta: dict[str, Any], tokens: tuple[str, ...], attn: np.ndarray, caus
 
 
 def _ranges(values: Sequence[int]) -> str:
+    from attnviz.selection import format_indices  # here, not at the top: this module stays a leaf
 
     return format_indices(values)
 
