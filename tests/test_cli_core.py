@@ -240,9 +240,7 @@ def test_load_notices_reach_stderr_as_warnings_only(monkeypatch):
         progress(LoadNotice("warning", "the cached copy of smollm2 was unreadable (x); rebuilding it"))
         return "loaded"
 
-    import attnviz.models.loading
-
-    monkeypatch.setattr(attnviz.models.loading, "load_model", fake_load)
+    monkeypatch.setattr(_options, "load_model", fake_load)
     printed = []
     monkeypatch.setattr(_options.typer, "echo", lambda msg, err=False: printed.append((msg, err)))
     assert _options.load("smollm2", "cpu", "float32") == "loaded"  # not a terminal: no status line

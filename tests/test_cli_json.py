@@ -88,14 +88,3 @@ def test_the_checker_catches_order_and_value() -> None:
     for bad in ({"b": [0.5, "x"], "a": 1}, {"a": 1, "b": [0.6, "x"]}, {"a": 1.0, "b": [0.5, "x"]}):
         with pytest.raises(AssertionError):
             _same(bad, {"a": 1, "b": [0.5, "x"]})
-
-
-@pytest.mark.skipif(not os.environ.get("ATTNVIZ_CAPTURE"), reason="writes a before/after capture on demand")
-@pytest.mark.parametrize("name", list(CASES))
-@pytest.mark.parametrize("as_json", [True, False])
-def test_capture(name: str, as_json: bool, request: pytest.FixtureRequest, tmp_path: Path) -> None:
-    """ATTNVIZ_CAPTURE=DIR: write stdout and stderr of each case, to diff a refactor byte for byte."""
-    out, err = _run(name, request, tmp_path, as_json)
-    folder = Path(os.environ["ATTNVIZ_CAPTURE"])
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{name}-{'json' if as_json else 'text'}.out").write_text(out + "\n--- stderr\n" + err)

@@ -388,7 +388,10 @@ def test_a_step_computes_one_query_row_never_a_square(lm, monkeypatch):
         shapes.append((query.shape[2], tuple(out.shape)))
         return real(module, query, key, mask, heads, out, **kwargs)
 
+    import attnviz.models.generation_capture as steps
+
     monkeypatch.setattr(capture, "head_weights", spy)
+    monkeypatch.setattr(steps, "head_weights", spy)  # the step recorder's own reference
     gen = generate(PROMPT, loaded, max_new_tokens=3, layers=[1], heads=[2])
     assert len(shapes) == 3  # one recorded layer, three steps
     assert all(q == 1 and out[0] == 1 and out[1] == 1 and out[2] == 1 for q, out in shapes), shapes

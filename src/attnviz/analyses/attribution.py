@@ -138,7 +138,6 @@ class Attribution:
 
     @classmethod
     def load(cls, path: str | Path) -> Attribution:
-
         meta, arrays = read_arrays(Path(path), "attribution file from `attnviz attribute -o`")
         if meta.get("kind") != "attribution":
             raise InputError(f"{path} is not an attribution file (written by `attnviz attribute -o`)")

@@ -129,7 +129,6 @@ class Lens:
 
     @classmethod
     def load(cls, path: str | Path) -> Lens:
-
         meta, arrays = read_arrays(Path(path), "lens file from `attnviz lens -o`")
         if meta.get("kind") != "lens":
             raise InputError(f"{path} is not a lens file (written by `attnviz lens -o`)")

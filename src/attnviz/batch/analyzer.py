@@ -79,7 +79,6 @@ class Analyzer:
     """Runs batches through a loaded model and turns recorded attention into statistics."""
 
     def __init__(self, loaded: LoadedModel, config: BatchConfig) -> None:
-
         self.loaded = loaded
         self.config = config
         cap = loaded.capture
@@ -181,7 +180,6 @@ class Analyzer:
         ]
 
     def _forward(self, enc: Encoded) -> Any:
-
         inputs, _ = model_inputs(self.loaded, enc)  # statistics use the encoder; a decoder reads the text
         return self.loaded.capture.run(inputs, self.layers, self.heads, qkv="norm" in self.config.statistics)
 

@@ -420,7 +420,6 @@ class RayEngine:
 
 
 def _check_versions(described: list[dict[str, Any]]) -> None:
-
     other = [d["attnviz"] for d in described if d["attnviz"] != __version__]
     if other:
         raise InputError(

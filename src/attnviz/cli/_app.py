@@ -201,7 +201,6 @@ def command(*args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callabl
 
         @functools.wraps(fn)
         def wrapper(*a: Any, **kw: Any) -> Any:
-
             as_json = JSON_OUTPUT.set(bool(kw.get("as_json")))
             try:
                 _check_selection_early(shared, kw)

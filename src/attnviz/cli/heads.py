@@ -78,7 +78,6 @@ def texts_from(text: str | None, file: Path | None, texts: Path | None) -> list[
 
 
 def _layer_choice(layer: int | None, layers: str | None) -> tuple[int, ...] | None:
-
     if layer is not None and layers is not None:
         raise InputError("give --layer (one layer) or --layers (a list), not both")
     return (layer,) if layer is not None else parse_indices(layers, "layers")

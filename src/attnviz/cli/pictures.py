@@ -149,7 +149,6 @@ def _one_textnote(file: Path | None, body: str) -> None:
 
 
 def _heads_arg(head: int | None, heads: str | None) -> list[int] | None:
-
     if head is not None and heads is not None:
         raise InputError("give --head or --heads, not both")
     return [head] if head is not None else parse_indices(heads, "heads")

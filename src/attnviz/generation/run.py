@@ -170,7 +170,6 @@ class Generation(HeadResult):
 
     @property
     def source_labels(self) -> list[str]:
-
         return [display(t) for t in self.source_tokens]
 
     # -- files --------------------------------------------------------------------------------

@@ -247,7 +247,6 @@ def answer_token(loaded: LoadedModel, word: str, what: str = "answer") -> int:
 
 
 def _encode(loaded: LoadedModel, text: str, masked: bool) -> tuple[Any, tuple[str, ...]]:
-
     if not isinstance(text, str) or not text.strip():
         raise InputError("a text is empty: give a clean and a corrupt text")
     if masked:

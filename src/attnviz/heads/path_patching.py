@@ -90,7 +90,6 @@ class PathPatching:
 
     @classmethod
     def load(cls, path: str | Path) -> PathPatching:
-
         what = "path-patching file from `attnviz patch -o`"
         meta, arrays = read_arrays(Path(path), what)
         if meta.pop("format", None) != FORMAT or "patched" not in arrays:

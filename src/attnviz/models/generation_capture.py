@@ -61,8 +61,6 @@ class StepRecorder:
         end = key.shape[2] if stream == "cross" else self.start[stream] + t  # keys up to the query
         dest = buf[self.rows[stream][layer], :, t]  # [heads, width]
         if t == 0 and self.prompt is not None and stream == "self":
-            from attnviz.models.capture import head_weights
-
             rows = self.prompt[self.rows[stream][layer]][None]  # [1, heads, prompt, prompt]
             head_weights(module, query, key, mask, self.heads, rows, **kwargs)
             dest[:, : rows.shape[-1]] = rows[0, :, -1]

@@ -197,7 +197,6 @@ class Pool:
 
 
 def _index(value: int, count: int, what: str, model: str) -> int:
-
     return resolve_indices([value], count, what, model)[0]
 
 
@@ -274,7 +273,6 @@ class Params:
         return options.check()  # an InputError: one 400 line in the API's words, like any other
 
     def indices(self, name: str) -> list[int] | None:
-
         return parse_indices(self.q.get(name) or None, name)
 
 
@@ -334,7 +332,6 @@ class Handlers:
         return serve_generation(self.pool, p, self.max_page_mb)
 
     def _lazy(self, name: str, text: str, truncate: bool) -> dict[str, Any]:
-
         loaded = self.pool.models[name]
         att = self.pool.head(name, text, truncate, 0, 0)  # the tokens and spans, and the first head
         data = page_meta(att)

@@ -400,7 +400,6 @@ def check_output(output: Path | None) -> None:
 
 
 def write_html(page: str, path: Path) -> Path:
-
     try:
         with atomic_output(path) as tmp:  # refuses a symbolic link rather than write through it
             tmp.write_text(page, encoding="utf-8")
