@@ -62,7 +62,7 @@ def test_batch_end_to_end(minilm, tmp_path, monkeypatch, figures):
     np.testing.assert_allclose(
         image_values(saved["entropy.png"]), grid["entropy_mean"].to_numpy().reshape(2, 12), rtol=1e-5
     )
-    assert tick_labels(saved["role.png"], "y") == ["0", "5"]
+    assert tick_labels(saved["role.png"], "y") == ["L0", "L5"]  # one labelling everywhere (issue 31)
     for name in ("entropy.png", "role.png"):
         assert_png_of(Path("out/_plots") / name, saved[name])
     run = json.loads(Path("out/_run.json").read_text())

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,8 @@ def _run(name: str, request: pytest.FixtureRequest, tmp_path: Path, as_json: boo
     out, err = result.stdout, result.stderr
     for model, path in models.items():
         out, err = out.replace(path, f"<{model}>"), err.replace(path, f"<{model}>")
+    site = str(Path(sys.prefix))  # the bundled models live in this environment (a clone's own .venv)
+    out, err = out.replace(site, "<env>"), err.replace(site, "<env>")
     return out.replace(str(tmp_path), "<tmp>"), err.replace(str(tmp_path), "<tmp>")
 
 

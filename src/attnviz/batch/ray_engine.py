@@ -414,9 +414,14 @@ class RayEngine:
         state.committed(done.texts, done.part)
 
     def close(self) -> None:
+        """Kill the workers and wait until they are gone: `ray.kill` returns at once, and a worker
+        still finishing its chunk would write into the folder after the run has returned."""
         for w in self.workers:
             with contextlib.suppress(Exception):
                 self.ray.kill(w)
+        for w in self.workers:
+            with contextlib.suppress(Exception):  # RayActorError once dead (the answer we wait for)
+                self.ray.get(w.__ray_ready__.remote(), timeout=30)
 
 
 def _check_versions(described: list[dict[str, Any]]) -> None:
