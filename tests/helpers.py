@@ -95,6 +95,20 @@ def bad(*args: str, match: str, stdin: str | None = None) -> str:
     return line
 
 
+def crafted(good: Path, change: Any, arrays: dict | None = None) -> Path:
+    """A crafted copy of a saved .npz result (`good`): its metadata changed by `change(meta)`, its
+    arrays replaced by `arrays` if given; for the load-validation tests of every result type."""
+    import json
+
+    with np.load(good, allow_pickle=False) as data:
+        meta = json.loads(str(data["metadata"]))
+        stored = {k: data[k] for k in data.files if k != "metadata"}
+    change(meta)
+    path = good.with_name("crafted.npz")
+    np.savez(path, metadata=np.array(json.dumps(meta)), **(arrays if arrays is not None else stored))
+    return path
+
+
 class SavedFigures(list):
     """What the `figures` fixture (the one spy on `attnviz.plots.save`) records: (figure, path)
     pairs in save order; a file name as index gives the last figure saved under that name."""

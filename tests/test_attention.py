@@ -41,11 +41,10 @@ def test_repr_is_one_short_line_whatever_the_size():
 
 
 # -- issue 30: a crafted file is refused on load, naming the file ------------------------------
-import json  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from helpers import synthetic  # noqa: E402
+from helpers import crafted, synthetic  # noqa: E402
 
 from attnviz.attention import Attention  # noqa: E402
 from attnviz.errors import AttnvizError  # noqa: E402
@@ -53,14 +52,7 @@ from attnviz.errors import AttnvizError  # noqa: E402
 
 def _crafted(tmp_path, change, arrays=None):
     """A good file from `save`, its metadata changed by `change` (and its arrays replaced)."""
-    good = synthetic().save(tmp_path / "good.npz")
-    with np.load(good, allow_pickle=False) as data:
-        meta = json.loads(str(data["metadata"]))
-        stored = {k: data[k] for k in data.files if k != "metadata"}
-    change(meta)
-    path = tmp_path / "crafted.npz"
-    np.savez(path, metadata=np.array(json.dumps(meta)), **(arrays if arrays is not None else stored))
-    return path
+    return crafted(synthetic().save(tmp_path / "good.npz"), change, arrays)
 
 
 @pytest.mark.parametrize(

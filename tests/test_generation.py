@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import crafted
 
 from attnviz.errors import InputError, api_terms, cli_terms
 from attnviz.generation.run import Generation, check_settings, generate, generate_kwargs, generation_task
@@ -399,16 +400,7 @@ def test_a_step_computes_one_query_row_never_a_square(lm, monkeypatch):
 
 
 def _crafted_generation(tmp_path, gen, change, arrays=None):
-    import json
-
-    good = gen.save(tmp_path / "good.npz")
-    with np.load(good, allow_pickle=False) as data:
-        meta = json.loads(str(data["metadata"]))
-        stored = {k: data[k] for k in data.files if k != "metadata"}
-    change(meta)
-    path = tmp_path / "crafted.npz"
-    np.savez(path, metadata=np.array(json.dumps(meta)), **(arrays if arrays is not None else stored))
-    return path
+    return crafted(gen.save(tmp_path / "good.npz"), change, arrays)
 
 
 @pytest.mark.parametrize(
