@@ -52,13 +52,17 @@ def test_readme_python_api_block_runs(minilm, tmp_path, monkeypatch):
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _generator():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("gen_cli_docs", ROOT / "scripts" / "gen_cli_docs.py")
+@functools.cache
+def _script(name: str):
+    """A script of scripts/ as a module (the docs generators), loaded once."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _generator():
+    return _script("gen_cli_docs")
 
 
 def test_cli_reference_is_what_the_generator_writes_now():
@@ -288,12 +292,8 @@ def test_readme_limitations_are_the_limitations_guide_s_words():
 
 
 # -- docs/api.md is generated from the public API's signatures and docstrings ------------------------
-@functools.cache
 def _api_generator():
-    spec = importlib.util.spec_from_file_location("gen_api_docs", ROOT / "scripts" / "gen_api_docs.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _script("gen_api_docs")
 
 
 def test_api_reference_is_generated_from_the_code():

@@ -100,23 +100,25 @@ def extract_shown(text: str, model: str | LoadedModel | None, options: ExtractOp
 
     options.check()
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
-    att = extract(
-        text,
-        loaded,
-        layers=options.layers,
-        heads=options.heads,
-        words=options.words,
-        special_tokens=options.special_tokens,
-        truncate=options.truncate,
-        store=options.store,
-        qkv=options.view.needs_qkv(loaded),
-    )
+    att = extract(text, loaded, words=options.words, **_selection(options, loaded))
     if options.stream == "cross":
         return att
     square = square_stream(att, options.stream)
     if square.truncated != att.truncated:  # the decoder stream reads the encoder's text, cut or not
         square = replace(square, truncated=att.truncated)
     return transform(square, options.view, loaded)
+
+
+def _selection(options: ExtractOptions, loaded: LoadedModel) -> dict[str, Any]:
+    """The extraction keywords both `extract_shown` functions pass: what to record and how."""
+    return {
+        "layers": options.layers,
+        "heads": options.heads,
+        "special_tokens": options.special_tokens,
+        "truncate": options.truncate,
+        "store": options.store,
+        "qkv": options.view.needs_qkv(loaded),
+    }
 
 
 def extract_shown_stream(
@@ -133,17 +135,7 @@ def extract_shown_stream(
     if options.words or options.stream != "self":
         raise InputError(f"many texts are read as tokens of the self-attention: drop {param('words', True)}"
                          f" and {param('stream')}")  # fmt: skip
-    atts = extract_stream(
-        texts,
-        loaded,
-        layers=options.layers,
-        heads=options.heads,
-        special_tokens=options.special_tokens,
-        truncate=options.truncate,
-        store=options.store,
-        qkv=options.view.needs_qkv(loaded),
-        batch_size=chunk,
-    )
+    atts = extract_stream(texts, loaded, batch_size=chunk, **_selection(options, loaded))
     unweighted = replace(options.view, weighting="attention")
     for att in atts:
         shown = transform(att, options.view, loaded)
