@@ -330,7 +330,7 @@ def test_run_ablation_takes_the_options_whole(tiny_lm):
     scan = run_ablation(TEXT, loaded, AblationOptions(scan=True))
     assert isinstance(scan, HeadScan) and scan.delta.shape == (2, 4)
     assert scan.delta[0, 1] == pytest.approx(one.delta, abs=1e-6)  # batched: float32 rounding
-    with pytest.raises(InputError, match="^scan=True ablates every head in turn"):
+    with pytest.raises(InputError, match=r"^scan=True ablates every head in turn"):
         run_ablation(TEXT, loaded, AblationOptions(heads=((0, 1),), scan=True))
 
 

@@ -419,6 +419,9 @@ def test_cli_may_not_import_heavy_libraries_at_module_level(where, banned):
         "clustering needs at least two texts",  # analyses/cluster.check_enough_texts
         "unknown {param('store')}",  # models/capture.check_store
         "unknown {param('direction')}",  # heads/search.check_direction
+        "': use self or cross",  # generation/transform.check_stream (was in cli/generate.py too)
+        "fuses every head itself",  # generation/options.GenerateOptions.check (was the CLI's alone)
+        "ablates every head in turn: drop",  # heads/ablation_options.AblationOptions.check
     ],
 )
 def test_each_repeated_check_is_written_once(rule):
