@@ -120,6 +120,8 @@ def test_bad_find_head_and_heatmap_requests(client):
     assert r.status_code == 400 and "'b'" in r.json()["error"]
     r = client.get("/api/find-head", params={"text": TEXT, "a": "paris", "b": "french", "direction": "up"})
     assert r.status_code == 400
+    r = client.get("/api/find-head", params={"text": TEXT, "a": "paris", "b": "french", "top": -1})
+    assert r.status_code == 400 and r.json()["error"] == "bad parameter top -1: use 0 (all heads) or more"
     r = client.get("/api/heatmap.png", params={"text": TEXT})
     assert r.status_code == 400 and "layer" in r.json()["error"]
 

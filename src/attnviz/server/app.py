@@ -359,13 +359,12 @@ class Handlers:
         }
 
     def find_head(self, p: Params) -> list[dict[str, Any]]:
-        from attnviz.heads.search import check_direction, find_heads
+        from attnviz.heads.search import check_direction, check_top, find_heads
 
         text, name = p.text(), self.pool.name(p.q.get("model"))
         a, b = p.word("a"), p.word("b")
         top = p.int("top", 5)
-        if top is None or top < 0:
-            raise RequestError("parameter 'top' must be 0 (all) or more")
+        check_top(top)  # the library's rules, before the forward pass
         direction = p.q.get("direction", "both")
         check_direction(direction)
         att = self.pool.extract(name, text, layers=p.indices("layers"), truncate=p.flag("truncate"))
