@@ -284,6 +284,7 @@ def test_bad_input_is_one_line(tiny_lm):
         (lambda: ablate(loaded, TEXT, [(0, 1)], mode="half"), "^unknown mode 'half'"),
         (lambda: ablate(loaded, TEXT, [(0, 1)], target="@0"), "first token"),
         (lambda: ablate(loaded, TEXT, []), "^say which head to ablate: heads or scan=True$"),
+        (lambda: ablate(loaded, TEXT, None), "^say which head to ablate: heads or scan=True$"),
         (lambda: parse_heads("18-6"), "^bad heads '18-6': use LAYER:HEAD pairs"),
     ]
     for call, message in cases:

@@ -399,7 +399,7 @@ def ablate(
     """
     import torch
 
-    AblationOptions(tuple(heads), False, target, occurrence, mode, _texts(reference), truncate).check()
+    AblationOptions(tuple(heads or ()), False, target, occurrence, mode, _texts(reference), truncate).check()
     loaded = ablation_model(loaded, for_ablation)  # a name or a path: loaded with its LM head
     pairs = check_heads(loaded, heads)
     prep = _prepare(loaded, text, target, occurrence, truncate)
