@@ -62,6 +62,21 @@ def test_every_head_and_the_other_model_and_words(client, models):
     np.testing.assert_allclose(np.array(words["attention"]), merged.head(1, 0), atol=1e-6)
 
 
+def test_the_server_builds_the_options_the_command_line_builds(client, models):
+    """Issue 28: /api/attention builds `ExtractOptions` and gets `extract_shown`'s attention; a bad
+    combination is refused by `ExtractOptions.check` in the API's words, before any forward pass."""
+    from attnviz.analyses.transform import ExtractOptions, ViewOptions, extract_shown
+
+    q = {"text": TEXT, "words": 1, "aggregate": "max", "over": "layers", "special": 0}
+    body = client.get("/api/attention", params=q).json()
+    view = ViewOptions(hide_special=True, aggregate="max", over="layers")
+    att = extract_shown(TEXT, models["bert"], ExtractOptions(words=True, view=view))
+    assert body["tokens"] == list(att.tokens) and body["notes"] == list(att.notes)
+    np.testing.assert_allclose(np.array(body["attention"]), att.attn, atol=1e-6)
+    bad = client.get("/api/attention", params={"text": TEXT, "over": "rows"})
+    assert bad.status_code == 400 and bad.json()["error"].startswith("unknown parameter over 'rows'")
+
+
 def test_find_head_rows_equal_the_library(client, models):
     r = client.get("/api/find-head", params={"text": TEXT, "a": "paris", "b": "french", "top": 3})
     assert r.status_code == 200, r.text
@@ -120,6 +135,8 @@ def test_bad_find_head_and_heatmap_requests(client):
     assert r.status_code == 400 and "'b'" in r.json()["error"]
     r = client.get("/api/find-head", params={"text": TEXT, "a": "paris", "b": "french", "direction": "up"})
     assert r.status_code == 400
+    r = client.get("/api/find-head", params={"text": TEXT, "a": "paris", "b": "french", "top": -1})
+    assert r.status_code == 400 and r.json()["error"] == "bad parameter top -1: use 0 (all heads) or more"
     r = client.get("/api/heatmap.png", params={"text": TEXT})
     assert r.status_code == 400 and "layer" in r.json()["error"]
 
