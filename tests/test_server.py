@@ -340,3 +340,30 @@ def test_a_long_text_whose_whole_page_fits_is_served_whole(models, monkeypatch):
     with TestClient(create_app(models, max_page_mb=limit / 1e6)) as client:
         data = client.post("/api/view", json={"text": TEXT, "model": "gpt2", "lazy": 1}).json()
     assert "lazy" not in data and "weights" in data  # the (short) text's whole page
+
+
+def test_request_lines_go_to_the_stderr_of_the_moment(capsys):
+    """A serve started under a runner whose captured stream is closed later must not log 'Logging
+    error ... I/O operation on closed file' into every later test (it did, from test_concurrency)."""
+    import io
+    import logging
+    import sys
+
+    from attnviz.cli.serve import StderrHandler
+
+    captured = io.StringIO()
+    real, sys.stderr = sys.stderr, captured
+    try:
+        handler = StderrHandler()
+    finally:
+        sys.stderr = real
+    captured.close()
+    log = logging.getLogger("attnviz.test.stderr-handler")
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        log.warning("GET / 200")
+    finally:
+        log.removeHandler(handler)
+    err = capsys.readouterr().err
+    assert "GET / 200" in err and "Logging error" not in err
