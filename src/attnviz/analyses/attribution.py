@@ -7,7 +7,8 @@ its scale frozen from the run, and the unembedding, each term is a number, and t
 to the model's own logit (or logit difference with `wrong`). What the biases add is one component,
 `bias`; what a final softcap (Gemma-2) or any other step after the unembedding changes is another,
 `softcap` or `rest`, so nothing is hidden. All found by data flow (analyses/residual.py), on any
-pre-norm decoder, masked LM or encoder-decoder whose attention goes through transformers' interface.
+pre-norm decoder, masked LM or encoder-decoder whose attention goes through transformers' interface;
+post-norm ones (BERT, BART) with every norm's scale frozen too (analyses/postnorm.py).
 """
 
 from __future__ import annotations
