@@ -306,8 +306,8 @@ def _roberta_reference(loaded, text: str, a: int, w: int) -> tuple[np.ndarray, f
 
 
 def test_post_norm_heads_equal_a_hand_written_reference_on_roberta(tiny_model_path, empty_model_cache):
-    """BERT's post-norm layers (RoBERTa's MLM head), random weights and biases: a missing or unfrozen LayerNorm, a
-    norm not centred, a beta not carried through the later norms, or a wrong slice fails."""
+    """BERT's post-norm layers (RoBERTa's MLM head), random weights and biases: a missing or unfrozen
+    LayerNorm, a norm not centred, a beta not carried through the later norms, or a wrong slice fails."""
     loaded = load_model(str(tiny_model_path("roberta")), device="cpu", task="masked-lm")
     gen = torch.Generator().manual_seed(2)
     with torch.no_grad():  # every weight, gain and bias random and large: each head matters
