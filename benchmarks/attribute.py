@@ -19,7 +19,9 @@ one process so the ratios compare runs made under the same machine load:
              [49152, 576] unembedding; the faster of the lens's blocks and one call over every row
   old_lens   with --old: the lens module at PATH (an earlier version), on this checkout's residual.py
 
-Time is wall-clock seconds, the minimum over rounds. Targets (issue 29): attribute <= 1.5 x forward;
+Time is wall-clock seconds, the minimum over rounds; the process's CPU seconds (all its threads,
+also the minimum over rounds) are given too: on a machine others keep busy they swing less than
+wall-clock time, most of all with --threads 1. Targets (issue 29): attribute <= 1.5 x forward;
 lens <= 1.2 x unembed. The lens needs its own forward pass too, so it is also given against
 forward_last + unembed, and what it costs beyond its forward (lens - forward_last) against unembed.
 """
@@ -57,7 +59,10 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--old", default=None, help="an earlier lens.py to time beside this one")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (1: CPU time is the work's own)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     old_lens = _module(args.old).lens if args.old else None
     torch.set_grad_enabled(False)
     loaded = with_head(load_model("smollm2", device=args.device), "benchmark")
@@ -94,17 +99,32 @@ def main() -> None:
         if old_lens is not None:
             variants["old_lens"] = lambda text=text: old_lens(text, loaded, k=5)
         best = {v: float("inf") for v in variants}
+        cpu = {v: float("inf") for v in variants}
         for _ in range(args.rounds):
             for v, fn in variants.items():
                 sync()
-                t = time.perf_counter()
+                t, c = time.perf_counter(), time.process_time()
                 fn()
                 sync()
                 best[v] = min(best[v], time.perf_counter() - t)
+                cpu[v] = min(cpu[v], time.process_time() - c)
         best["unembed"] = un = min(best["unembed_blocks"], best["unembed_one"])
+        cpu["unembed"] = min(cpu["unembed_blocks"], cpu["unembed_one"])
         results[name] = {
             "tokens": n,
             **{f"{v}_s": round(s, 4) for v, s in best.items()},
+            "cpu_s": {v: round(s, 4) for v, s in cpu.items()},
+            "cpu_lens_over_unembed": round(cpu["lens"] / cpu["unembed"], 3),
+            "cpu_forward_last_over_unembed": round(cpu["forward_last"] / cpu["unembed"], 3),
+            "cpu_lens_minus_forward_last_over_unembed": round(
+                (cpu["lens"] - cpu["forward_last"]) / cpu["unembed"], 3
+            ),
+            "cpu_attribute_over_forward": round(cpu["attribute"] / cpu["forward"], 3),
+            **(
+                {"cpu_old_lens_over_unembed": round(cpu["old_lens"] / cpu["unembed"], 3)}
+                if "old_lens" in cpu
+                else {}
+            ),
             "attribute_over_forward": round(best["attribute"] / best["forward"], 3),
             "lens_over_unembed": round(best["lens"] / un, 3),
             "lens_answer_over_unembed": round(best["lens_answer"] / un, 3),
@@ -128,7 +148,8 @@ def main() -> None:
         f" first attribute (traces the path): {first:.2f} s"
     )
     for name, r in results.items():
-        times = ", ".join(f"{v[:-2]} {t:.3f} s" for v, t in r.items() if v.endswith("_s"))
+        times = ", ".join(f"{v[:-2]} {t:.3f} s" for v, t in r.items() if v.endswith("_s") and v != "cpu_s")
+        times += "\n  CPU: " + ", ".join(f"{v} {t:.3f} s" for v, t in r["cpu_s"].items())
         ratios = ", ".join(f"{v} {x:.2f}" for v, x in r.items() if "_over_" in v)
         print(f"{name} ({r['tokens']} tokens): {times}\n  {ratios}")
 

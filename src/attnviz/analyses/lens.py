@@ -196,10 +196,11 @@ def _scores(loaded: LoadedModel, p: Any, r: Any, k: int, a_id: int | None) -> tu
     """Every stage's rows through the path to the logits, block by block: (top ids, top
     probabilities, the answer's rank and probability or None), all [stages * n, ...].
 
-    Each block's [rows, vocab] logits are read three times after the matmul writes them: the
-    groups' maxima (for the top-k), the answer's comparison count, and one in-place exp and sum
-    (the log-sum-exp); no other [rows, vocab] tensor is made. The last stage's rows the model
-    computed itself are kept and checked against its own logits.
+    After the matmul writes a block's [rows, vocab] logits, they are read for the groups' maxima
+    (the top-k), the answer's comparison count (with an answer: one [rows, vocab] mask) and one
+    in-place exp and sum (the log-sum-exp); no float [rows, vocab] tensor but the logits is made.
+    The last stage's rows at the positions the model made logits for are kept and checked against
+    its own logits.
     """
     import torch
 

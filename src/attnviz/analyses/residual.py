@@ -18,6 +18,7 @@ the logits as a term of a sum: attribution refuses it; the lens reads each layer
 
 from __future__ import annotations
 
+import inspect
 import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -329,8 +330,6 @@ def run(
 def _keep_last(loaded: LoadedModel, last: bool) -> dict[str, Any]:
     """`logits_to_keep=1` where asked and the model's forward takes it (decoders): its own
     [n, vocab] logits are then made for the last position only."""
-    import inspect
-
     if not last:
         return {}
     try:
