@@ -142,14 +142,17 @@ def test_the_grouped_top_k_is_torch_topk(vocab):
     assert ids[1, 0] == vocab - 1 and ids[0].tolist() == [132, 131, 130, 129, 128]
 
 
-@pytest.mark.parametrize("scale", [1.0, 30.0, -5.0])
+@pytest.mark.parametrize("scale", [1.0, 30.0, -5.0, 0.0])
 def test_the_log_sum_exp_in_place(scale):
-    """Within +-60 without the shift, beyond it shifted (scale 30: maxima near 130, where an unshifted
-    exp overflows; -5 with an offset: every logit below -100, where it vanishes)."""
+    """Without the shift where no exp can overflow or vanish, shifted where one could (scale 30:
+    maxima near 130, where an unshifted exp overflows; -5 with an offset: every logit below -100,
+    where it vanishes; 0: one row of 40 near 150 among ordinary ones, shifted on its own)."""
     from attnviz.analyses.lens import log_sum_exp_
 
     gen = torch.Generator().manual_seed(0)
-    logits = torch.randn(9, 4096, generator=gen) * abs(scale) + (-150.0 if scale < 0 else 0.0)
+    logits = torch.randn(40, 4096, generator=gen) * (abs(scale) or 1.0) + (-150.0 if scale < 0 else 0.0)
+    if scale == 0.0:
+        logits[3] += 150.0
     want = torch.logsumexp(logits.double(), -1)
     got = log_sum_exp_(logits.clone(), logits.amax(-1))
     assert torch.isfinite(got).all()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -257,12 +258,21 @@ def top_k(logits: Any, k: int) -> tuple[Any, Any]:
 def log_sum_exp_(logits: Any, top: Any) -> Any:
     """log(sum(exp(logits))) of each row [rows], given each row's maximum `top`; overwrites `logits`.
 
-    Without the usual subtraction of the maximum while no exp can overflow or vanish (every maximum
-    within +-60, so the sum stays within float32): one in-place exp and a sum. Otherwise shifted.
+    The usual subtraction of the maximum only on the rows whose exp could overflow (the sum stays
+    within float32 below 88 - log(vocab)) or vanish (below -80); on the others one in-place exp
+    and a sum, which agree with the shifted form to float32 rounding.
     """
-    if bool((top.abs() < 60.0).all()):
-        return logits.exp_().sum(-1).log()
-    return top + logits.sub_(top[:, None]).exp_().sum(-1).log()
+    import torch
+
+    limit = min(80.0, 88.0 - math.log(logits.shape[-1]))
+    far = torch.nonzero(top.abs() >= limit)[:, 0].tolist()
+    if len(far) > logits.shape[0] // 8:  # many rows: one shifted pass over the block
+        return top + logits.sub_(top[:, None]).exp_().sum(-1).log()
+    shift = torch.zeros_like(top)
+    for i in far:
+        logits[i].sub_(top[i])
+        shift[i] = top[i]
+    return shift + logits.exp_().sum(-1).log()
 
 
 def _labels(tokenizer: Any, ids: np.ndarray) -> tuple[str, ...]:
