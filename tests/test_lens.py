@@ -128,17 +128,17 @@ def test_a_post_norm_plan_made_for_the_lens_still_refuses_attribution(tiny_model
 def test_the_grouped_top_k_is_torch_topk(vocab):
     """Values and ids equal torch.topk's, with a tail after the last whole group (50257), with the
     plain top-k (300), and with the top values crowded into one group."""
-    from attnviz.analyses.lens import top_k
+    from attnviz.analyses.lens import _top_k
 
     gen = torch.Generator().manual_seed(vocab)
     logits = torch.randn(37, vocab, generator=gen) * 4
     logits[0, 128:133] = 50.0 + torch.arange(5.0)  # all of row 0's top 5 in one group
     logits[1, -1] = 99.0  # row 1's top token is the very last
     for k in (1, 5, 10):
-        values, ids = top_k(logits, k)
+        values, ids = _top_k(logits, k)
         want = torch.topk(logits, k, dim=-1)
         assert torch.equal(values, want.values) and torch.equal(ids, want.indices)
-    ids = top_k(logits, 5)[1]
+    ids = _top_k(logits, 5)[1]
     assert ids[1, 0] == vocab - 1 and ids[0].tolist() == [132, 131, 130, 129, 128]
 
 
@@ -147,14 +147,14 @@ def test_the_log_sum_exp_in_place(scale):
     """Without the shift where no exp can overflow or vanish, shifted where one could (scale 30:
     maxima near 130, where an unshifted exp overflows; -5 with an offset: every logit below -100,
     where it vanishes; 0: one row of 40 near 150 among ordinary ones, shifted on its own)."""
-    from attnviz.analyses.lens import log_sum_exp_
+    from attnviz.analyses.lens import _log_sum_exp_
 
     gen = torch.Generator().manual_seed(0)
     logits = torch.randn(40, 4096, generator=gen) * (abs(scale) or 1.0) + (-150.0 if scale < 0 else 0.0)
     if scale == 0.0:
         logits[3] += 150.0
     want = torch.logsumexp(logits.double(), -1)
-    got = log_sum_exp_(logits.clone(), logits.amax(-1))
+    got = _log_sum_exp_(logits.clone(), logits.amax(-1))
     assert torch.isfinite(got).all()
     torch.testing.assert_close(got.double(), want, rtol=1e-6, atol=1e-5)
 

@@ -214,12 +214,12 @@ def _scores(loaded: LoadedModel, p: Any, r: Any, k: int, a_id: int | None) -> tu
             logits = after(p.unembed(_through(steps, flat[s : s + _ROWS]))).float()
             if s + logits.shape[0] == flat.shape[0]:
                 last = logits[-own:].clone()
-            values, top = top_k(logits, k)
+            values, top = _top_k(logits, k)
             ids.append(top)
             if a_id is not None:
                 target = logits[:, a_id : a_id + 1].clone()
-                ranks.append(above(logits, target) + 1)
-            lse = log_sum_exp_(logits, values[:, 0])
+                ranks.append(_above(logits, target) + 1)
+            lse = _log_sum_exp_(logits, values[:, 0])
             probs.append((values - lse[:, None]).exp())
             if a_id is not None:
                 aprob.append((target[:, 0] - lse).exp())
@@ -228,10 +228,10 @@ def _scores(loaded: LoadedModel, p: Any, r: Any, k: int, a_id: int | None) -> tu
     return cat(ids), cat(probs), cat(ranks) if ranks else None, cat(aprob) if aprob else None
 
 
-_GROUP = 64  # vocabulary entries per group in `top_k`
+_GROUP = 64  # vocabulary entries per group in `_top_k`
 
 
-def top_k(logits: Any, k: int) -> tuple[Any, Any]:
+def _top_k(logits: Any, k: int) -> tuple[Any, Any]:
     """torch.topk(logits, k) along the last dimension (values, ids; most probable first), faster on a
     large vocabulary: the top k lie in the k groups of `_GROUP` entries whose maxima are largest
     (any other group's maximum is below k values already), so one max over each group and a top-k
@@ -255,7 +255,7 @@ def top_k(logits: Any, k: int) -> tuple[Any, Any]:
     return best, cols.gather(1, at)
 
 
-def above(logits: Any, target: Any, rows: int = 16) -> Any:
+def _above(logits: Any, target: Any, rows: int = 16) -> Any:
     """How many entries of each row of `logits` exceed that row's `target` [rows, 1] (int32),
     compared `rows` rows at a time: each mask stays in cache (4x faster than one [rows, vocab] mask
     on a 49,152-token vocabulary)."""
@@ -265,7 +265,7 @@ def above(logits: Any, target: Any, rows: int = 16) -> Any:
     return torch.cat([torch.sum(x > t, dim=-1, dtype=torch.int32) for x, t in parts])
 
 
-def log_sum_exp_(logits: Any, top: Any) -> Any:
+def _log_sum_exp_(logits: Any, top: Any) -> Any:
     """log(sum(exp(logits))) of each row [rows], given each row's maximum `top`; overwrites `logits`.
 
     The usual subtraction of the maximum only on the rows whose exp could overflow (the sum stays
