@@ -18,6 +18,7 @@ scale frozen: attribution reads it so (analyses/postnorm.py); the lens reads eac
 
 from __future__ import annotations
 
+import inspect
 import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -254,7 +255,7 @@ class Run:
     stages: Any  # [layers + 1, n, d]: embeddings (input of layer 0), then each layer's output
     heads: dict[tuple[str, int], Any]  # (stream, layer) -> [n, heads, head_dim] before the projection
     io: dict[int, tuple[Any, Any]]  # id(module) -> (input, output) [n, ...] of each path module
-    logits: Any  # [n, vocab] the model's own
+    logits: Any  # [n, vocab] the model's own ([1, vocab], the last position's, when asked)
 
 
 def tokenized(loaded: LoadedModel, text: str) -> tuple[dict[str, Any], Encoded]:
@@ -268,9 +269,17 @@ def tokenized(loaded: LoadedModel, text: str) -> tuple[dict[str, Any], Encoded]:
     return inputs, dec if dec is not None else enc
 
 
-def run(loaded: LoadedModel, p: Plan, text: str | None, heads: bool = True, ids: Any = None) -> Run:
+def run(
+    loaded: LoadedModel,
+    p: Plan,
+    text: str | None,
+    heads: bool = True,
+    ids: Any = None,
+    last_logits: bool = False,
+) -> Run:
     """Run `text` (or token `ids` [n], batch's texts) once, recording what attribution and the lens
-    read; every hook removed after."""
+    read; every hook removed after. `last_logits`: the model's own logits at the last position only
+    (`logits_to_keep=1`, where its forward takes it), for the lens, which computes the rest itself."""
     import torch
 
     if ids is None:
@@ -303,7 +312,7 @@ def run(loaded: LoadedModel, p: Plan, text: str | None, heads: bool = True, ids:
     handles += [m.register_forward_hook(layer_hook, with_kwargs=True) for m in p.layers]
     try:
         with torch.inference_mode(), editing(Editor(index=cap.index, edit=record, shared=cap.shared)):
-            logits = loaded.model(**inputs).logits[0]
+            logits = loaded.model(**inputs, **_keep_last(loaded, last_logits)).logits[0]
     finally:
         for handle in handles:
             handle.remove()
@@ -316,6 +325,18 @@ def run(loaded: LoadedModel, p: Plan, text: str | None, heads: bool = True, ids:
         io=io,
         logits=logits,
     )
+
+
+def _keep_last(loaded: LoadedModel, last: bool) -> dict[str, Any]:
+    """`logits_to_keep=1` where asked and the model's forward takes it (decoders): its own
+    [n, vocab] logits are then made for the last position only."""
+    if not last:
+        return {}
+    try:
+        takes = "logits_to_keep" in inspect.signature(loaded.model.forward).parameters
+    except (TypeError, ValueError):  # no signature to read: keep every logit
+        takes = False
+    return {"logits_to_keep": 1} if takes else {}
 
 
 # -- frozen links: the path at one position as affine maps ----------------------------------------
