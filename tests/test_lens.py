@@ -186,3 +186,15 @@ def test_each_top_token_is_labelled_on_its_own(tiny_model_path):
     tokenizer = load_model(str(tiny_model_path("gpt2")), device="cpu", task="causal-lm").tokenizer
     ids = tokenizer.convert_tokens_to_ids(["Ã", "¤", "Ã"])
     assert _labels(tokenizer, np.array(ids)) == ("\\xc3", "\\xa4", "\\xc3")
+
+
+def test_the_options_are_checked_before_a_model_and_in_the_server(tiny_model_path):
+    """The lens's k and answer rules, once (analyses/lens.check_options): the library refuses an
+    empty answer without a model, as the command line and /api/lens do."""
+    from attnviz.analyses.lens import check_options
+
+    with pytest.raises(InputError, match="answer is empty"):
+        check_options(5, " ")
+    with pytest.raises(InputError, match="at least 1"):
+        check_options(0)
+    check_options(3, "Mary")

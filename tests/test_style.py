@@ -456,6 +456,7 @@ LIBRARY_RULES = (
     "(all heads) or more",  # heads/search.check_top
     "or --overwrite (replace it)",  # batch/store.check_resume
     "--key needs --query",  # analyses/explain.check_focus
+    "is empty: give a word or leave it out",  # analyses/lens.check_options
 )
 
 

@@ -148,9 +148,12 @@ class Lens:
         )
 
 
-def check_k(k: int) -> None:
+def check_options(k: int, answer: str | None = None) -> None:
+    """The lens's rules on its options, once: before a model loads (CLI, server) and in `lens`."""
     if not isinstance(k, int) or k < 1:
         raise InputError(f"{param('k', k, flag='-k')} must be a whole number of at least 1")
+    if answer is not None and not answer.strip():
+        raise InputError(f"{param('answer')} is empty: give a word or leave it out")
 
 
 def lens(
@@ -167,9 +170,7 @@ def lens(
     `model`: a name, a path or a LoadedModel (loaded again with its LM head when it has none).
     """
 
-    check_k(k)
-    if answer is not None and not answer.strip():
-        raise InputError(f"{param('answer')} is empty: give a word or leave it out")
+    check_options(k, answer)
     loaded = with_head(model, PURPOSE, device, dtype)
     p = plan(loaded, PURPOSE, post_norm=True)
     label, a_id = answer_token(loaded, text, answer) if answer is not None else (None, None)

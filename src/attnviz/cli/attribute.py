@@ -21,7 +21,7 @@ from attnviz.cli._options import (
     print_json,
     read_text,
 )
-from attnviz.errors import InputError, param
+from attnviz.errors import param
 
 if TYPE_CHECKING:
     from attnviz.analyses.attribution import Attribution
@@ -108,12 +108,10 @@ def lens_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """The logit lens: the top tokens of the residual stream after each layer, at every position."""
-    from attnviz.analyses.lens import PURPOSE, check_k, lens
+    from attnviz.analyses.lens import PURPOSE, check_options, lens
     from attnviz.analyses.residual import head_task, with_head
 
-    check_k(k)
-    if answer is not None and not answer.strip():
-        raise InputError(f"{param('answer')} is empty: give a word or leave it out")
+    check_options(k, answer)
     _checks(plot, output)
     body = read_text(text, file)
     loaded = with_head(load(model, device, dtype, trust_remote_code, task=head_task(model)), PURPOSE)

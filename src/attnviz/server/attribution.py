@@ -26,12 +26,12 @@ def serve_attribute(pool: Any, p: Any) -> dict[str, Any]:
 
 def serve_lens(pool: Any, p: Any) -> dict[str, Any]:
     """/api/lens: text, k (default 5), answer (optional), model."""
-    from attnviz.analyses.lens import PURPOSE, check_k, lens
+    from attnviz.analyses.lens import PURPOSE, check_options, lens
 
     text, name = p.text(), pool.name(p.q.get("model"))
     k = p.int("k", 5)
-    check_k(k)
     answer = p.q.get("answer") or None
+    check_options(k, answer)
     with pool.locks[name]:
         loaded = with_head(pool.models[name], PURPOSE)
         return lens(text, loaded, k=k, answer=answer).as_dict()
