@@ -75,6 +75,18 @@ def _build_the_cli_once():
         yield
 
 
+@pytest.fixture
+def torch_threads_of_the_goldens():
+    """Two torch threads, as when tests/data/cli_json.json was written: a sum's rounding depends on
+    how many threads share it (a loss difference moves by 5e-5 of itself), not on the machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def session_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One isolated cache per test session: every test reads and writes here, never the user's."""
