@@ -270,7 +270,8 @@ def test_hooks_never_leak_into_a_later_extraction(tiny_lm, arch):
 
 
 def test_bad_input_is_one_line(tiny_lm):
-    from attnviz.heads.ablation import ablate, parse_heads, scan_heads
+    from attnviz.heads.ablation import ablate, scan_heads
+    from attnviz.heads.ablation_options import parse_heads
 
     loaded = tiny_lm("gpt2")
     cases = [
@@ -282,7 +283,8 @@ def test_bad_input_is_one_line(tiny_lm):
         (lambda: ablate(loaded, TEXT, [(0, 1)], mode="mean", reference=[" "]), "^reference has no text"),
         (lambda: ablate(loaded, TEXT, [(0, 1)], mode="half"), "^unknown mode 'half'"),
         (lambda: ablate(loaded, TEXT, [(0, 1)], target="@0"), "first token"),
-        (lambda: ablate(loaded, TEXT, []), "no head to ablate: give heads as"),
+        (lambda: ablate(loaded, TEXT, []), "^say which head to ablate: heads or scan=True$"),
+        (lambda: ablate(loaded, TEXT, None), "^say which head to ablate: heads or scan=True$"),
         (lambda: parse_heads("18-6"), "^bad heads '18-6': use LAYER:HEAD pairs"),
     ]
     for call, message in cases:
@@ -296,17 +298,41 @@ def test_bad_input_is_one_line(tiny_lm):
 def test_errors_name_the_keyword_and_the_command_line_its_flag():
     """A Python caller never typed `--mode`; `attnviz ablate` prints the flags it has."""
     from attnviz.errors import cli_terms
-    from attnviz.heads.ablation import check_mode, parse_heads
+    from attnviz.heads.ablation_options import AblationOptions, parse_heads
+
+    def check(**kw):
+        return lambda: AblationOptions(**{"heads": ((0, 1),), **kw}).check()
 
     for call, python, cli in (
-        (lambda: check_mode("mean", None), "mode='mean' needs", "--mode mean needs"),
-        (lambda: check_mode("half", None), "unknown mode 'half'", "unknown --mode 'half'"),
+        (check(mode="mean"), "mode='mean' needs", "--mode mean needs"),
+        (check(mode="half"), "unknown mode 'half'", "unknown --mode 'half'"),
         (lambda: parse_heads("1"), "bad heads '1'", "bad --heads '1'"),
-    ):
+        (check(scan=True), "scan=True ablates every head in turn: drop heads",
+         "--scan ablates every head in turn: drop --layer/--head/--heads"),
+        (check(heads=()), "say which head to ablate: heads or scan=True",
+         "say which head to ablate: --layer L --head H, --heads L:H,... or --scan"),
+    ):  # fmt: skip
         with pytest.raises(InputError) as caught:
             call()
         assert str(caught.value).startswith(python) and "--" not in str(caught.value)
         assert caught.value.render(cli_terms).startswith(cli)
+    options = AblationOptions(scan=True, mode="mean", reference=("a text",))
+    assert options.check() is options
+
+
+def test_run_ablation_takes_the_options_whole(tiny_lm):
+    """One entry point: `run_ablation` scans or ablates as the options say, refusing bad ones itself."""
+    from attnviz.heads.ablation import Ablation, HeadScan, run_ablation
+    from attnviz.heads.ablation_options import AblationOptions
+
+    loaded = tiny_lm("gpt2")
+    one = run_ablation(TEXT, loaded, AblationOptions(heads=((0, 1),)))
+    assert isinstance(one, Ablation) and one.heads == ((0, 1),)
+    scan = run_ablation(TEXT, loaded, AblationOptions(scan=True))
+    assert isinstance(scan, HeadScan) and scan.delta.shape == (2, 4)
+    assert scan.delta[0, 1] == pytest.approx(one.delta, abs=1e-6)  # batched: float32 rounding
+    with pytest.raises(InputError, match=r"^scan=True ablates every head in turn"):
+        run_ablation(TEXT, loaded, AblationOptions(heads=((0, 1),), scan=True))
 
 
 def test_spearman_and_overlap_match_brute_force():

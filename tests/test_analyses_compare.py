@@ -101,3 +101,18 @@ def test_same_length_but_shifted_aligns_on_shared_tokens() -> None:
     got = align(a, b)
     assert got.mode == "shared"
     assert got.pairs == ((0, 0), (1, 1), (2, 5), (3, 6), (7, 7))
+
+
+def test_a_negative_top_is_refused_not_a_dropped_row() -> None:
+    """Issue 28: `ranked(-1)` silently dropped the last head; the rule was the CLI's (`--top` min 0)."""
+    from attnviz.errors import cli_terms
+
+    result = compare(
+        synthetic(("[CLS]", "too", "big", "[SEP]"), seed=1),
+        synthetic(("[CLS]", "too", "small", "[SEP]"), seed=2),
+    )
+    everything = result.ranked()
+    assert result.ranked(0) == everything and len(result.ranked(2)) == 2
+    with pytest.raises(InputError, match=r"^bad top -1: use 0 \(all heads\) or more$") as caught:
+        result.ranked(-1)
+    assert caught.value.render(cli_terms).startswith("bad --top -1")

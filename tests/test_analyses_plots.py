@@ -179,3 +179,19 @@ def test_clustermap_legend_off_the_dendrograms_and_title_off_the_edge() -> None:
     import matplotlib.pyplot as plt
 
     plt.close(fig)
+
+
+def test_the_groups_rule_is_the_librarys() -> None:
+    """Issue 28: the CLI refused `--groups 0` with its own copy; `check_groups` is the one rule,
+    asked by the CLI before the model loads (heads unknown) and by `groups` (heads known)."""
+    from attnviz.analyses.cluster import HeadDistances, check_groups
+    from attnviz.errors import InputError, cli_terms
+
+    dist = HeadDistances("m", (0,), (0, 1), np.array([[0.0, 0.5], [0.5, 0.0]]), 2, ("broad",) * 2)
+    for call in (lambda: dist.groups(0), lambda: check_groups(0), lambda: check_groups(-2, 5)):
+        with pytest.raises(InputError, match=r"^bad groups -?\d: use 1 or more$") as caught:
+            call()
+        assert caught.value.render(cli_terms).startswith("bad --groups ")
+    with pytest.raises(InputError, match=r"^cannot cut 2 heads into 3 groups: ask for 1 to 2$"):
+        check_groups(3, 2)
+    assert check_groups(3) is None and len(dist.groups(2)) == 2

@@ -13,9 +13,27 @@ from attnviz.errors import InputError
 from attnviz.models.loading import load_model
 
 TEXT = "The cat sat on the mat, and the"
-# every zoo model it supports (decoders, masked LMs, encoder-decoders; own attention code too, edited at
-# the output projection); the others are refused in one line: no LM head, post-norm layers (BERT, BART,
-# I-BERT), ALBERT's shared layer, or own code whose output projection was not found
+# post-norm: each layer normalises its stream, every norm's scale frozen from the run (analyses/postnorm.py)
+POST_NORM = [
+    "roberta",
+    "xlm-roberta",
+    "camembert",
+    "data2vec-text",
+    "electra",
+    "ernie",
+    "rembert",
+    "deberta",
+    "deberta-v2",
+    "mpnet",
+    "roformer",
+    "bart",
+    "marian",
+    "blenderbot-small",
+    "plbart",
+]
+# every zoo model it supports (decoders, masked LMs, encoder-decoders, pre-norm and post-norm; own attention
+# code too, edited at the output projection); the others are refused in one line: no LM head, ALBERT's
+# shared layer, or own code whose output projection was not found
 SUPPORTED = [
     "modernbert",
     "esm",
@@ -68,8 +86,9 @@ SUPPORTED = [
     "bloom",
     "mpt",
     "xglm",
+    *POST_NORM,
 ]
-FAST = ("llama", "gpt2", "gemma2", "t5", "modernbert", "bloom")
+FAST = ("llama", "gpt2", "gemma2", "t5", "modernbert", "bloom", "roberta", "bart")
 
 
 def _words(loaded, text: str = TEXT) -> list[str]:
@@ -226,11 +245,83 @@ def test_encoder_decoder_heads_include_cross_attention(tiny_model_path):
     assert abs(r.total - r.logit) < 1e-3
 
 
-def test_no_lm_head_and_post_norm_are_refused(tiny_model_path):
+def test_no_lm_head_and_post_norm_own_code_are_refused(tiny_model_path):
     with pytest.raises(InputError, match="no LM head"):
         attribute(TEXT, str(tiny_model_path("bert")), answer="cat")
-    with pytest.raises(InputError, match="post-norm"):
-        attribute(f"{TEXT} [MASK]", str(tiny_model_path("roberta")), answer="cat")
+    with pytest.raises(InputError, match="post-norm"):  # its layers' own code: the parts do not add up
+        attribute(f"{TEXT} [MASK]", str(tiny_model_path("ibert")), answer="cat")
+
+
+def _roberta_reference(loaded, text: str, a: int, w: int) -> tuple[np.ndarray, float]:
+    """Each head's contribution and the biases' by hand (BERT's layers, RoBERTa's MLM head): W_O slice,
+    then every later LayerNorm's gamma / sigma_run with centring, the head's dense, its gelu frozen
+    from the run, its LayerNorm, the W_U rows; each bias and beta carried the same way."""
+    model = loaded.model
+    model.requires_grad_(False)
+    layers, head = model.roberta.encoder.layer, model.lm_head
+    norms = [n for layer in layers for n in (layer.attention.output.LayerNorm, layer.output.LayerNorm)]
+    got = {}
+    hooks = [
+        layer.attention.output.dense.register_forward_pre_hook(lambda m, a, i=i: got.__setitem__(i, a[0][0]))
+        for i, layer in enumerate(layers)
+    ]
+    hooks += [n.register_forward_pre_hook(lambda m, a, n=n: got.__setitem__(n, a[0][0])) for n in norms]
+    hooks.append(head.dense.register_forward_hook(lambda m, a, out: got.__setitem__("z", out[0])))
+    hooks.append(head.layer_norm.register_forward_pre_hook(lambda m, a: got.__setitem__("hx", a[0][0])))
+    with torch.no_grad():
+        model(**loaded.tokenizer(text, return_tensors="pt"))
+    for h in hooks:
+        h.remove()
+    pos = loaded.tokenizer(text)["input_ids"].index(loaded.tokenizer.mask_token_id)
+
+    def frozen(ln, x, v):  # LayerNorm's linear part, its 1/sigma from the run's own input x
+        return (v - v.mean()) * ln.weight.double() / torch.sqrt(x.var(unbiased=False) + ln.eps)
+
+    z = got["z"][pos].double()
+    gelu = torch.nn.functional.gelu(z) / z
+    direction = (head.decoder.weight[a] - head.decoder.weight[w]).double()
+
+    def carried(v, after):  # through the norms from index `after` on, then the head
+        for ln in norms[after:]:
+            v = frozen(ln, got[ln][pos].double(), v)
+        v = (head.dense.weight.double() @ v) * gelu
+        return float(frozen(head.layer_norm, got["hx"][pos].double(), v) @ direction)
+
+    n_heads = loaded.capture.num_heads
+    out = np.zeros((len(layers), n_heads))
+    bias = 0.0
+    for i, layer in enumerate(layers):
+        dense = layer.attention.output.dense
+        w_o, o = dense.weight.double(), got[i][pos].double()
+        d = w_o.shape[1] // n_heads
+        for h in range(n_heads):
+            out[i, h] = carried(w_o[:, h * d : (h + 1) * d] @ o[h * d : (h + 1) * d], 2 * i)
+        bias += carried(dense.bias.double(), 2 * i)
+        bias += carried(layer.attention.output.LayerNorm.bias.double(), 2 * i + 1)
+        bias += carried(layer.output.LayerNorm.bias.double(), 2 * i + 2)
+    hx = got["hx"][pos].double()
+    bias += float(frozen(head.layer_norm, hx, head.dense.bias.double() * gelu) @ direction)
+    bias += float(head.layer_norm.bias.double() @ direction + (head.decoder.bias[a] - head.decoder.bias[w]))
+    return out, bias
+
+
+def test_post_norm_heads_equal_a_hand_written_reference_on_roberta(tiny_model_path, empty_model_cache):
+    """BERT's post-norm layers (RoBERTa's MLM head), random weights and biases: a missing or unfrozen
+    LayerNorm, a norm not centred, a beta not carried through the later norms, or a wrong slice fails."""
+    loaded = load_model(str(tiny_model_path("roberta")), device="cpu", task="masked-lm")
+    gen = torch.Generator().manual_seed(2)
+    with torch.no_grad():  # every weight, gain and bias random and large: each head matters
+        for p in loaded.model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    text = _text(loaded)
+    answer, wrong = _words(loaded, text)[:2]
+    r = attribute(text, loaded, answer=answer, wrong=wrong)
+    want, bias = _roberta_reference(loaded, text, r.answer_id, r.wrong_id)
+    np.testing.assert_allclose(r.head_map(), want, atol=1e-4)
+    assert np.abs(want).max() > 1e-3  # the reference is not trivially zero
+    assert r.value("bias") == pytest.approx(bias, abs=1e-4)
+    assert abs(bias) > 1e-2  # the biases really matter here
+    assert abs(r.total - r.logit) < 1e-3 and abs(r.value("rest")) < 1e-4
 
 
 def test_answers_are_checked(tiny_model_path):

@@ -118,3 +118,23 @@ def test_the_users_other_files_are_kept_and_the_run_replaced(previous_run, tiny_
     assert done.processed == 2
     names = sorted(p.name for p in (previous_run / HEADS_DIR).iterdir())
     assert names == [".DS_Store", "notes.txt", "part-00000.parquet"]
+
+
+def test_resume_and_overwrite_together_are_refused_by_the_library(previous_run, tiny_bert, tmp_path):
+    """Issue 28: `run_batch_analysis(resume=True, overwrite=True)` replaced the run it was asked to
+    continue; only `attnviz batch` refused the pair. The folder stays as it was."""
+    from attnviz.batch.store import check_outdir
+    from attnviz.errors import InputError, cli_terms
+
+    before = _snapshot(previous_run)
+    needle = r"^give resume=True \(continue the run\) or overwrite=True \(replace it\), not both$"
+    for call in (
+        lambda: run_batch_analysis(
+            ["a cat"], make_config(), previous_run, model=tiny_bert, resume=True, overwrite=True
+        ),
+        lambda: check_outdir(tmp_path / "new", make_config(), ["a cat"], True, True),
+    ):
+        with pytest.raises(InputError, match=needle) as caught:
+            call()
+        assert caught.value.render(cli_terms).startswith("give --resume (continue the run) or --overwrite")
+    assert _snapshot(previous_run) == before and not (tmp_path / "new").exists()

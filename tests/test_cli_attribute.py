@@ -24,6 +24,16 @@ def test_attribute_json_adds_up(gpt2):
     assert abs(sum(c["value"] for c in out["components"]) - out["logit"]) < 1e-3
 
 
+def test_attribute_json_adds_up_on_a_post_norm_masked_lm(tiny_model_path):
+    """A tiny RoBERTa folder (post-norm): the CLI needs nothing of its own, the library freezes every norm."""
+    text = f"{TEXT} <mask>"
+    args = ["attribute", text, "--answer", "cat", "--wrong", "the", "-m", str(tiny_model_path("roberta"))]
+    out = json.loads(cli_ok([*args, "--json"]).stdout)
+    names = [c["name"] for c in out["components"]]
+    assert "L1H3" in names and "L1MLP" in names and names[-2:] == ["bias", "rest"]
+    assert abs(sum(c["value"] for c in out["components"]) - out["logit"]) < 1e-3
+
+
 def test_attribute_text_plot_and_file(gpt2, tmp_path, figures):
     from attnviz.analyses.attribution import Attribution
 

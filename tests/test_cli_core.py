@@ -123,7 +123,12 @@ def test_errors_are_one_line(args, needles):
 @pytest.fixture
 def no_model_load(monkeypatch):
     """Make any model load fail loudly: the checks under test must come before it."""
+    import attnviz.generation.run
+    import attnviz.heads.ablation
     import attnviz.models.loading
+
+    # imported before the patch: a module first imported under it would keep `refuse` as its
+    # `load_model` for the rest of the session (test_cli_progress then failed after this file)
 
     def refuse(*a, **kw):
         raise AssertionError("the model was loaded before the input was checked")

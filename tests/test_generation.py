@@ -424,3 +424,66 @@ def test_a_crafted_generation_file_is_refused_naming_it(lm, tmp_path, change, ar
     with pytest.raises(AttnvizError) as info:
         Generation.load(path)
     assert str(path) in str(info.value) and needle in str(info.value), str(info.value)
+
+
+def test_generate_options_hold_every_rule_once():
+    """Issue 28: `attnviz generate` and /api/generate build one GenerateOptions; its check() says
+    what was wrong in each caller's words (the rollout rule was the CLI's alone)."""
+    from attnviz.analyses.transform import ViewOptions
+    from attnviz.generation.options import GenerateOptions
+
+    fuses = "rollout=True fuses every head itself: drop aggregate, heads and hide_special=True"
+    cases = [
+        ({"rollout": True, "view": ViewOptions(aggregate="mean")}, fuses,
+         "--rollout fuses every head itself: drop --aggregate, --heads and --no-special"),
+        ({"rollout": True, "heads": (0,)}, fuses, None),
+        ({"rollout": True, "view": ViewOptions(hide_special=True)}, fuses, None),
+        ({"stream": "x"}, "unknown stream 'x': use self or cross", "unknown --stream 'x'"),
+        ({"view": ViewOptions(weighting="norm")}, "a generation keeps the attention weights only", None),
+        ({"view": ViewOptions(over="rows")}, "unknown over 'rows'", "unknown --over 'rows'"),
+        ({"max_new_tokens": 0}, "max_new_tokens must be at least 1", "--max-new-tokens must be at least 1"),
+        ({"seed": 3}, "seed only matters when sampling", "--seed only matters when sampling: add --sample"),
+    ]  # fmt: skip
+    for kw, python, cli in cases:
+        with pytest.raises(InputError) as info:
+            GenerateOptions(**kw).check()
+        assert str(info.value).startswith(python) and "--" not in str(info.value)
+        assert cli is None or info.value.render(cli_terms).startswith(cli)
+    ok = GenerateOptions(rollout=True, layers=(0, 1), stream="cross")
+    assert ok.check() is ok
+
+
+def test_generate_shown_is_generate_then_what_the_options_show(lm):
+    """One entry point for the CLI and the server: the same rows as generate + transformed/rolled_out,
+    and bad options refused before any model loads (a missing model is never looked up)."""
+    from attnviz.analyses.transform import ViewOptions
+    from attnviz.generation.options import GenerateOptions, generate_shown
+
+    loaded = lm("llama")
+    pooled = generate_shown(
+        PROMPT, loaded, GenerateOptions(max_new_tokens=3, view=ViewOptions(aggregate="mean"))
+    )
+    gen = generate(PROMPT, loaded, max_new_tokens=3)
+    np.testing.assert_array_equal(pooled.attn, gen.transformed(aggregate="mean").attn)
+    rolled = generate_shown(PROMPT, loaded, GenerateOptions(max_new_tokens=3, rollout=True))
+    full = generate(PROMPT, loaded, max_new_tokens=3, prompt_rows=True)
+    np.testing.assert_allclose(rolled.attn, full.rolled_out().attn)
+    with pytest.raises(InputError, match=r"^rollout=True fuses every head"):
+        generate_shown(PROMPT, "no/such/model", GenerateOptions(rollout=True, heads=(0,)))
+
+
+def test_the_server_builds_the_same_generate_options(lm):
+    """/api/generate: the library's rules in the API's words; only the cap on new tokens is its own."""
+    from starlette.testclient import TestClient
+
+    from attnviz.server.app import create_app
+    from attnviz.server.generation import MAX_SERVED_TOKENS
+
+    client = TestClient(create_app({"tiny": lm("llama")}))
+    for params, needle in (
+        ({"max_new_tokens": 0}, "parameter max_new_tokens must be at least 1 (got 0)"),
+        ({"max_new_tokens": MAX_SERVED_TOKENS + 1}, f"this server makes at most {MAX_SERVED_TOKENS}"),
+        ({"over": "rows"}, "unknown parameter over 'rows'"),
+    ):
+        got = client.get("/api/generate", params={"text": PROMPT, **params})
+        assert got.status_code == 400 and needle in got.json()["error"], got.text

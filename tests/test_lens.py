@@ -106,12 +106,12 @@ def test_smollm2_finds_mary_only_in_the_last_layers(smollm2):
     assert ranks[-1] == 1 and ranks[0] > 100 and (ranks[: len(ranks) // 2] > 10).all()
 
 
-def test_a_post_norm_plan_made_for_the_lens_still_refuses_attribution(tiny_model_path):
-    """The plan is cached per model: the lens making it first must not let attribution through."""
+def test_a_post_norm_plan_made_for_the_lens_serves_attribution_too(tiny_model_path):
+    """The plan is cached per model: the lens making it first, attribution still freezes every norm."""
     from attnviz.analyses.attribution import attribute
     from attnviz.analyses.residual import with_head
 
     loaded = with_head(str(tiny_model_path("electra")), "lens", device="cpu")
     lens(f"{TEXT} [MASK]", loaded, k=2)
-    with pytest.raises(InputError, match="post-norm"):
-        attribute(f"{TEXT} [MASK]", loaded, answer="the")
+    r = attribute(f"{TEXT} [MASK]", loaded, answer="the", wrong="cat")
+    assert abs(r.total - r.logit) < 1e-3 and abs(r.value("rest")) < 1e-3

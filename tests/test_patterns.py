@@ -278,3 +278,17 @@ def test_row_entropy_takes_distributions_float16_rows_and_padding():
     rows = rng.random((3, 4, 40, 40))
     half = (rows / rows.sum(-1, keepdims=True)).astype(np.float16)  # sums off by up to ~1e-3
     assert np.isfinite(row_entropy(half)).all()
+
+
+def test_the_sort_rule_is_the_tables_and_names_the_parameter():
+    """Issue 28: `heads --sort` had its own copy of `PatternTable.rows`' rule, worded apart."""
+    from attnviz.errors import cli_terms
+    from attnviz.heads.patterns import PatternTable, check_sort
+
+    mean = {name: np.full((1, 2), 0.1) for name in PATTERNS}
+    table = PatternTable("m", (0,), (0, 1), mean, None, np.array([["self", "mixed"]]), texts=1)
+    for call in (lambda: table.rows("vibes"), lambda: check_sort("vibes")):
+        with pytest.raises(InputError, match=r"^unknown sort 'vibes': use one of self, ") as caught:
+            call()
+        assert caught.value.render(cli_terms).startswith("unknown --sort 'vibes'")
+    assert len(table.rows("role")) == 2 and check_sort(None) is None

@@ -724,6 +724,17 @@ def test_figures_of_sane_size_pass_the_pixel_check():
     plots.check_pixels(None, 1200)
 
 
+@pytest.mark.parametrize("dpi", [5, -1, 5000, float("nan")])
+def test_a_resolution_outside_10_to_1200_is_refused_by_the_library(tmp_path, dpi):
+    """Issue 28: `save(fig, path, dpi=5)` wrote a 5-dpi file (and NaN reached matplotlib); the
+    10-1200 rule was the CLI's `check_style` alone. Now `check_pixels`, which `save` asks, holds it."""
+    with pytest.raises(InputError, match=r"^bad dpi .*: use a resolution between 10 and 1200$") as err:
+        plots.save(plots.new_figure((2, 2), 50), tmp_path / "f.png", dpi=dpi)
+    assert err.value.render(cli_terms).startswith("bad --dpi ")
+    assert not (tmp_path / "f.png").exists()
+    plots.save(plots.new_figure((2, 2), 50), tmp_path / "ok.png", dpi=10)
+
+
 # -- issue 31: figures that mislead -------------------------------------------------------------
 def _panel_contrast(fig) -> float:
     """Measured on the drawn images: the share of panels where at least half the rows have a cell a

@@ -346,3 +346,15 @@ def test_composed_and_decomposed_accents_match_both_ways(text, query):
     assert resolve(att, query).tokens == (2,)
     ua, ub = resolve_pair(att, query, "lait")
     assert (ua.tokens, ub.tokens) == ((2,), (4,))
+
+
+def test_a_negative_top_is_refused_not_an_empty_ranking():
+    """Issue 28: `find_heads(top=-1)` returned no head at all; the server alone refused it."""
+    from analyses_helpers import synthetic
+
+    from attnviz.heads.search import find_heads
+
+    att = synthetic(("[CLS]", "the", "cat", "sat", "[SEP]"), seed=3)
+    assert len(find_heads(att, "cat", "sat", top=None).ranking) == att.attn.shape[0] * att.attn.shape[1]
+    with pytest.raises(InputError, match=r"^bad top -1: use 0 \(all heads\) or more$"):
+        find_heads(att, "cat", "sat", top=-1)

@@ -62,6 +62,21 @@ def test_every_head_and_the_other_model_and_words(client, models):
     np.testing.assert_allclose(np.array(words["attention"]), merged.head(1, 0), atol=1e-6)
 
 
+def test_the_server_builds_the_options_the_command_line_builds(client, models):
+    """Issue 28: /api/attention builds `ExtractOptions` and gets `extract_shown`'s attention; a bad
+    combination is refused by `ExtractOptions.check` in the API's words, before any forward pass."""
+    from attnviz.analyses.transform import ExtractOptions, ViewOptions, extract_shown
+
+    q = {"text": TEXT, "words": 1, "aggregate": "max", "over": "layers", "special": 0}
+    body = client.get("/api/attention", params=q).json()
+    view = ViewOptions(hide_special=True, aggregate="max", over="layers")
+    att = extract_shown(TEXT, models["bert"], ExtractOptions(words=True, view=view))
+    assert body["tokens"] == list(att.tokens) and body["notes"] == list(att.notes)
+    np.testing.assert_allclose(np.array(body["attention"]), att.attn, atol=1e-6)
+    bad = client.get("/api/attention", params={"text": TEXT, "over": "rows"})
+    assert bad.status_code == 400 and bad.json()["error"].startswith("unknown parameter over 'rows'")
+
+
 def test_find_head_rows_equal_the_library(client, models):
     r = client.get("/api/find-head", params={"text": TEXT, "a": "paris", "b": "french", "top": 3})
     assert r.status_code == 200, r.text
@@ -120,6 +135,8 @@ def test_bad_find_head_and_heatmap_requests(client):
     assert r.status_code == 400 and "'b'" in r.json()["error"]
     r = client.get("/api/find-head", params={"text": TEXT, "a": "paris", "b": "french", "direction": "up"})
     assert r.status_code == 400
+    r = client.get("/api/find-head", params={"text": TEXT, "a": "paris", "b": "french", "top": -1})
+    assert r.status_code == 400 and r.json()["error"] == "bad parameter top -1: use 0 (all heads) or more"
     r = client.get("/api/heatmap.png", params={"text": TEXT})
     assert r.status_code == 400 and "layer" in r.json()["error"]
 
@@ -324,3 +341,30 @@ def test_a_long_text_whose_whole_page_fits_is_served_whole(models, monkeypatch):
     with TestClient(create_app(models, max_page_mb=limit / 1e6)) as client:
         data = client.post("/api/view", json={"text": TEXT, "model": "gpt2", "lazy": 1}).json()
     assert "lazy" not in data and "weights" in data  # the (short) text's whole page
+
+
+def test_request_lines_go_to_the_stderr_of_the_moment(capsys):
+    """A serve started under a runner whose captured stream is closed later must not log 'Logging
+    error ... I/O operation on closed file' into every later test (it did, from test_concurrency)."""
+    import io
+    import logging
+    import sys
+
+    from attnviz.cli.serve import StderrHandler
+
+    captured = io.StringIO()
+    real, sys.stderr = sys.stderr, captured
+    try:
+        handler = StderrHandler()
+    finally:
+        sys.stderr = real
+    captured.close()
+    log = logging.getLogger("attnviz.test.stderr-handler")
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        log.warning("GET / 200")
+    finally:
+        log.removeHandler(handler)
+    err = capsys.readouterr().err
+    assert "GET / 200" in err and "Logging error" not in err

@@ -115,3 +115,22 @@ def test_toy_and_explain_use_the_one_five_steps():
         is attnviz.analyses.steps.five_steps
         is attnviz.analyses.explain.five_steps
     )
+
+
+@pytest.mark.parametrize("decimals", [-1, 11, 2.5, True])
+def test_the_tables_refuse_decimals_they_cannot_print(decimals):
+    """Issue 28: `format_steps(decimals=-1)` crashed in Python's format mini-language ("Format
+    specifier missing precision"); the 0-10 rule was the CLI's, twice. Now it is the printers'."""
+    from attnviz.analyses.steps import check_decimals
+    from attnviz.errors import cli_terms
+
+    toy = build_toy(3, dim=4, heads=1)
+    for call in (
+        lambda: format_steps(toy.steps[0], toy.labels, decimals=decimals),
+        lambda: format_focus(toy.steps[0], toy.labels, 0, decimals=decimals),
+        lambda: check_decimals(decimals),
+    ):
+        with pytest.raises(InputError, match=rf"^bad decimals {decimals}: use 0-10$") as caught:
+            call()
+        assert caught.value.render(cli_terms) == f"bad --decimals {decimals}: use 0-10"
+    assert check_decimals(0) == 0 and " 1.000" in format_steps(toy.steps[0], toy.labels, decimals=3)

@@ -419,6 +419,9 @@ def test_cli_may_not_import_heavy_libraries_at_module_level(where, banned):
         "clustering needs at least two texts",  # analyses/cluster.check_enough_texts
         "unknown {param('store')}",  # models/capture.check_store
         "unknown {param('direction')}",  # heads/search.check_direction
+        "': use self or cross",  # generation/transform.check_stream (was in cli/generate.py too)
+        "fuses every head itself",  # generation/options.GenerateOptions.check (was the CLI's alone)
+        "ablates every head in turn: drop",  # heads/ablation_options.AblationOptions.check
     ],
 )
 def test_each_repeated_check_is_written_once(rule):
@@ -433,3 +436,32 @@ def test_each_repeated_check_is_written_once(rule):
     assert not [
         name for name, text in texts.items() if "unknown --store" in text or "unknown --direction" in text
     ]
+
+
+# What a rule about values says; each is the library's now (issue 28), so cli/ must not say it again.
+# cli/ keeps what only a command line has: reading the text, flags that go together.
+LIBRARY_RULES = (
+    "use 0-10",  # analyses/steps.check_decimals (cli/pictures.py had it twice)
+    "between 10 and 1200",  # plots check_pixels (the dpi)
+    "above 0 megabytes",  # views/html.check_page_options
+    "unknown --view",  # views/html.check_page_options
+    "use self or cross",  # generation/transform.check_stream
+    "fuses every head itself",  # generation/options.GenerateOptions
+    "ablates every head in turn",  # heads/ablation_options.AblationOptions
+    "say which head to ablate",  # heads/ablation_options.AblationOptions
+    "is not divisible by",  # analyses/toy.build_toy
+    "give a count of 1 or more",  # analyses/toy.parse_tokens
+    "unknown --sort",  # heads/patterns.check_sort
+    "use 1 or more",  # analyses/cluster.check_groups, extraction.check_sizes
+    "(all heads) or more",  # heads/search.check_top
+    "or --overwrite (replace it)",  # batch/store.check_resume
+    "--key needs --query",  # analyses/explain.check_focus
+)
+
+
+def test_the_cli_states_no_rule_the_library_holds():
+    """Issue 28: a rule about values lives once, in the library (an options object's `check()` or
+    the function itself); the CLI builds the options and lets the library's one line through."""
+    cli = {p.name: p.read_text(encoding="utf-8") for p in (SRC / "cli").glob("*.py")}
+    found = [(rule, name) for rule in LIBRARY_RULES for name, text in cli.items() if rule in text]
+    assert not found, found

@@ -74,3 +74,18 @@ def test_parse_tokens_and_bad_settings():
     with pytest.raises(InputError) as caught:
         build_toy(dim=10, heads=3)
     assert caught.value.render(cli_terms).startswith("--dim 10 is not divisible by --num-heads 3")
+
+
+def test_a_negative_count_and_a_missing_head_are_refused_by_the_library():
+    """Issue 28: the CLI alone refused `--tokens -3` (build_toy made one token named "-3") and a
+    `--head` the toy lacks (toy.steps[5] is an IndexError); both rules now live in the library."""
+    for value in ("-3", " -12 "):
+        with pytest.raises(InputError, match=r"^tokens -\d+: give a count of 1 or more") as caught:
+            build_toy(value)
+        assert caught.value.render(cli_terms).startswith("--tokens -")
+    assert parse_tokens("a -3 b") == ["a", "-3", "b"]  # among words it is a token like any other
+    toy = build_toy(4, dim=4, heads=2)
+    assert toy.head_steps(1) is toy.steps[1]
+    for head in (2, -1):
+        with pytest.raises(InputError, match=rf"^head {head} is out of range: the toy has heads 0-1$"):
+            toy.head_steps(head)

@@ -440,3 +440,23 @@ def test_generation_layout_steps_over_an_unknown_token_and_reads_stray_bytes():
     # bytes a sampled model wrote that spell no character decode as U+FFFD
     pieces, gaps, boxed = layout(["ok", "\\xb9", "\\xb9\\xb9"], [False] * 3, [("ok\ufffd\ufffd\ufffd", None)])
     assert boxed == [False] * 3 and pieces == ["ok", "\ufffd", "\ufffd\ufffd"]
+
+
+@pytest.mark.parametrize("max_mb", [0.0, -1.0, float("nan")])
+def test_a_page_limit_not_above_zero_is_refused_by_the_library(max_mb):
+    """Issue 28: `render_html(max_mb=nan)` wrote any page (every comparison with NaN is false) and
+    0 refused each page as too big; the rule was `attnviz view`'s alone."""
+    from attnviz.views.html import check_page_options, page_data, render_html
+
+    att = synthetic()
+    for call in (
+        lambda: render_html(att, max_mb=max_mb),
+        lambda: page_data(att, max_mb=max_mb),
+        lambda: check_page_options("head", max_mb),
+    ):
+        with pytest.raises(InputError, match=r"^bad max_mb .*: use a size above 0 megabytes$") as caught:
+            call()
+        assert caught.value.render(cli_terms).startswith("bad --max-mb ")
+    with pytest.raises(InputError, match=r"^unknown view 'nope': use head, matrix, model, text$") as caught:
+        render_html(att, view="nope")
+    assert caught.value.render(cli_terms).startswith("unknown --view 'nope'")

@@ -7,7 +7,8 @@ its scale frozen from the run, and the unembedding, each term is a number, and t
 to the model's own logit (or logit difference with `wrong`). What the biases add is one component,
 `bias`; what a final softcap (Gemma-2) or any other step after the unembedding changes is another,
 `softcap` or `rest`, so nothing is hidden. All found by data flow (analyses/residual.py), on any
-pre-norm decoder, masked LM or encoder-decoder whose attention goes through transformers' interface.
+pre-norm decoder, masked LM or encoder-decoder whose attention goes through transformers' interface;
+post-norm ones (BERT, BART) with every norm's scale frozen too (analyses/postnorm.py).
 """
 
 from __future__ import annotations
@@ -21,12 +22,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from attnviz.analyses.postnorm import parts, run_with_norms
 from attnviz.analyses.residual import (
     after_unembed,
     head_links,
     link,
     plan,
-    run,
     unembed_rows,
     weight_of,
     with_head,
@@ -222,12 +223,12 @@ def attribute(
 
     check_answers(answer, wrong)
     loaded = with_head(model, PURPOSE, device, dtype)
-    p = plan(loaded, PURPOSE)
+    p = plan(loaded, PURPOSE, post_norm=True)
     label, a_id = answer_token(loaded, text, answer)
     w_label, w_id = answer_token(loaded, text, wrong, "wrong") if wrong is not None else (None, None)
     if w_id == a_id:
         raise InputError(f"{param('answer')} and {param('wrong')} are the same token '{label}'")
-    r = run(loaded, p, text)
+    r = run_with_norms(loaded, p, PURPOSE, text)
     pos = resolve_position(loaded, r.token_ids, position)
     return _attribution(loaded, p, r, pos, (label, a_id), (w_label, w_id), text)
 
@@ -236,8 +237,8 @@ def head_attribution(loaded: LoadedModel, ids: Sequence[int]) -> np.ndarray:
     """[layers, heads]: each head's direct contribution to the logit of the model's own top token
     after the last of `ids` (batch's `dla` statistic). `loaded` must have its LM head (`with_head`)."""
 
-    p = plan(loaded, PURPOSE)
-    r = run(loaded, p, None, ids=list(ids))
+    p = plan(loaded, PURPOSE, post_norm=True)
+    r = run_with_norms(loaded, p, PURPOSE, None, ids=list(ids))
     top = int(r.logits[-1].argmax())
     return _attribution(loaded, p, r, len(r.token_ids) - 1, (str(top), top), (None, None), "").head_map()
 
@@ -254,7 +255,7 @@ def _attribution(
     """The components of one run at `pos`, through the frozen path to the unembedding."""
 
     (label, a_id), (w_label, w_id) = answer, wrong
-    names, rows, bias = _parts(p, r, pos)
+    names, rows, bias = parts(p, r, pos) if p.post_norm else _parts(p, r, pos)
     for step in head_links(p, r, pos):
         rows, bias = step.apply(rows, bias)
     w_u, b_u = unembed_rows(p.unembed, [a_id] if w_id is None else [a_id, w_id])

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from attnviz.attention import Attention
-from attnviz.errors import InputError
+from attnviz.errors import InputError, param
 from attnviz.extraction import extract_stream
 from attnviz.heads.patterns import head_patterns
 from attnviz.outputs import atomic_output
@@ -76,8 +76,7 @@ class HeadDistances:
 
         n = len(self.matrix)
         k = default_groups(n) if k is None else k
-        if not 1 <= k <= n:
-            raise InputError(f"cannot cut {n} heads into {k} groups: ask for 1 to {n}")
+        check_groups(k, n)
         ids = fcluster(self.linkage(), t=k, criterion="maxclust") if n > 1 else np.ones(1, dtype=int)
         labels, layers = self.labels, self.head_layers
         out = []
@@ -216,6 +215,14 @@ def head_distances(atts: Iterable[Attention]) -> HeadDistances:
         texts=acc.n,
         roles=tuple(str(r) for r in table.roles.reshape(-1)),
     )
+
+
+def check_groups(k: int | None, n: int | None = None) -> None:
+    """InputError for fewer than one group of heads, or (when the `n` heads are known) more than n."""
+    if k is not None and k < 1:
+        raise InputError(f"bad {param('groups')} {k}: use 1 or more")
+    if k is not None and n is not None and k > n:
+        raise InputError(f"cannot cut {n} heads into {k} groups: ask for 1 to {n}")
 
 
 def cluster_texts(

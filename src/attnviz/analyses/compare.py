@@ -17,6 +17,7 @@ import numpy as np
 from attnviz.analyses.aggregate import renormalise
 from attnviz.attention import Attention
 from attnviz.errors import InputError
+from attnviz.heads.search import check_top
 from attnviz.tokens import display, normalise
 
 
@@ -112,7 +113,8 @@ class Comparison:
     causal: bool = False
 
     def ranked(self, top: int | None = None) -> list[dict[str, Any]]:
-        """The `--json` rows, largest change first: rank, layer, head, change."""
+        """The `--json` rows, largest change first: rank, layer, head, change (`top` 0 or None: all)."""
+        check_top(top)
         order = np.argsort(-self.change, axis=None, kind="stable")
         rows = []
         for rank, flat in enumerate(order[: top if top else None], start=1):

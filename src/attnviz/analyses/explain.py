@@ -55,7 +55,7 @@ class Explained:
         }
 
 
-def _check_focus(query: str | None, key: str | None) -> None:
+def check_focus(query: str | None, key: str | None) -> None:
     """A key is worked out against one query's row, so it needs one (checked before extraction)."""
     if key is not None and query is None:
         raise InputError(f"{param('key')} needs {param('query')} (the token whose row is followed)")
@@ -69,7 +69,7 @@ def explain_head(
     `query` (a word or `@N`) picks the token whose row is followed, `key` the key worked out by hand.
     """
 
-    _check_focus(query, key)
+    check_focus(query, key)
     if att.qkv is None:
         raise InputError("this attention has no query/key/value vectors: extract it with qkv=True")
     pos = att.head_pos(head)
@@ -109,7 +109,7 @@ def explain(
 ) -> Explained:
     """Run the model on `text`, capturing one head's vectors, and return its five steps."""
 
-    _check_focus(query, key)
+    check_focus(query, key)
     att = extract(
         text,
         model,

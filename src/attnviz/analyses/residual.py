@@ -12,8 +12,8 @@ No table of module names. On one traced pass (the capture's three-token probe):
 - what a layer does to its attention output before adding it to the stream (Gemma-2's sandwich
   norm) is the chain of leaf modules whose input is the projection's output.
 
-A model whose layers normalise the stream itself (post-norm: BERT, BART) has no head's output reaching
-the logits as a term of a sum: attribution refuses it; the lens reads each layer's output as it is.
+A model whose layers normalise the stream itself (post-norm: BERT, BART) is a sum only with every norm's
+scale frozen: attribution reads it so (analyses/postnorm.py); the lens reads each layer's output as it is.
 """
 
 from __future__ import annotations
@@ -95,8 +95,8 @@ def plan(loaded: LoadedModel, purpose: str, post_norm: bool = False) -> Plan:
     """The plan of `loaded`'s model, traced once and kept while the model lives.
 
     A post-norm model (each layer ends in a norm of the stream) is refused unless `post_norm`: the
-    lens reads each layer's output through the head as it is, but no sum of components reaches
-    the logits, so attribution is not defined on it.
+    lens reads each layer's output through the head as it is, attribution freezes every norm
+    (analyses/postnorm.py).
     """
     found = _PLANS.get(loaded.model)
     if found is None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from attnviz.errors import InputError
+from attnviz.errors import InputError, param
 
 
 @dataclass(frozen=True)
@@ -132,6 +132,13 @@ def five_steps(
 
 
 # -- printing the steps -------------------------------------------------------------------
+def check_decimals(decimals: int) -> int:
+    """InputError unless 0 <= decimals <= 10 (the tables' widths are made for that); returns it."""
+    if isinstance(decimals, bool) or not isinstance(decimals, (int, np.integer)) or not 0 <= decimals <= 10:
+        raise InputError(f"bad {param('decimals')} {decimals}: use 0-10")
+    return decimals
+
+
 def _fmt(v: float, decimals: int) -> str:
     if v == float("-inf"):
         return "-inf"
@@ -197,6 +204,7 @@ def format_steps(
     max_dims: int = 8,
 ) -> str:
     """The five steps as labelled tables, the way seed 002 prints them."""
+    check_decimals(decimals)
     n_q, n_k, d = steps.scores.shape[0], steps.scores.shape[1], steps.d_k
     d_v = steps.v.shape[1]
     shown, note = _dims(d_v, max_dims)
@@ -242,6 +250,7 @@ def format_focus(
     max_dims: int = 8,
 ) -> str:
     """The five steps for one query token, key by key, with one score worked out by hand."""
+    check_decimals(decimals)
     n_k = steps.scores.shape[1]
     d = steps.d_k
     shown, note = _dims(d, max_dims)

@@ -59,6 +59,12 @@ class Toy:
 
         return uniform_bound(self.visible())
 
+    def head_steps(self, head: int) -> Steps:
+        """One head's five steps; InputError naming the toy's heads for one it does not have."""
+        if not 0 <= head < self.num_heads:
+            raise InputError(f"head {head} is out of range: the toy has heads 0-{self.num_heads - 1}")
+        return self.steps[head]
+
     def describe(self) -> str:
         mask = ", causal" if self.causal else ""
         temp = f", temperature {self.temperature:g}" if self.temperature != 1.0 else ""
@@ -70,6 +76,10 @@ class Toy:
 
 def parse_tokens(value: str | int | Sequence[str]) -> list[str]:
     """'12' -> t0..t11; 'I like transformers' or 'a,b,c' -> those tokens."""
+    if isinstance(value, str) and re.fullmatch(r"\s*-\d+\s*", value):  # a count, not a token "-3"
+        raise InputError(
+            f"{param('tokens')} {value.strip()}: give a count of 1 or more, or the tokens themselves"
+        )
     if isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit()):
         n = int(value)
         if not 1 <= n <= MAX_TOKENS:

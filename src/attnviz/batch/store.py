@@ -173,6 +173,7 @@ class OutputFolder:
     def __init__(
         self, outdir: str | Path, config: BatchConfig, source: Source, resume: bool, overwrite: bool
     ):
+        check_resume(resume, overwrite)
         self.outdir = Path(outdir).expanduser()
         self.overwrite = overwrite
         integrity.check_name(self.outdir)
@@ -213,10 +214,17 @@ class OutputFolder:
         self.release()
 
 
+def check_resume(resume: bool, overwrite: bool) -> None:
+    """One continues the run in the folder, the other replaces it: InputError for both."""
+    if resume and overwrite:
+        raise InputError(f"give {RESUME} (continue the run) or {OVERWRITE} (replace it), not both")
+
+
 def check_outdir(
     outdir: str | Path, config: BatchConfig, source: Source, resume: bool, overwrite: bool
 ) -> None:
     """Raise the error `run_batch_analysis` would raise for this output folder, changing nothing."""
+    check_resume(resume, overwrite)
     outdir = Path(outdir).expanduser()
     integrity.check_name(outdir)
     if outdir.exists() and not outdir.is_dir():

@@ -24,7 +24,9 @@ from attnviz.cli._options import (
     read_text,
 )
 from attnviz.cli._output import print_result
-from attnviz.errors import InputError
+from attnviz.cli._progress import progress_bar
+from attnviz.errors import InputError, param
+from attnviz.outputs import check_output
 
 if TYPE_CHECKING:
     from attnviz.heads.ablation import Ablation, HeadScan
@@ -48,15 +50,11 @@ ReferenceOpt = Annotated[
 ]
 
 
-def reference_texts(mode: str, reference: Path | None) -> list[str] | None:
-    """The --reference file's lines; `--mode mean` without one is an error before the model loads."""
-    from attnviz.heads.ablation import check_mode
-
-    texts = None
-    if reference is not None:
-        texts = [line.strip() for line in read_text(None, reference).splitlines() if line.strip()]
-    check_mode(mode, texts)
-    return texts
+def reference_texts(reference: Path | None) -> tuple[str, ...] | None:
+    """The --reference file's lines (read before the model loads)."""
+    if reference is None:
+        return None
+    return tuple(line.strip() for line in read_text(None, reference).splitlines() if line.strip())
 
 
 @command("ablate", rich_help_panel=HEADS)
@@ -87,7 +85,8 @@ def ablate_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Ablate heads (zero or mean) and print the change in the prediction or the embedding."""
-    from attnviz.heads.ablation import ablate, for_ablation, parse_heads, scan_heads
+    from attnviz.heads.ablation import for_ablation, run_ablation
+    from attnviz.heads.ablation_options import AblationOptions, parse_heads
     from attnviz.plots.roles import effect_map
 
     pairs: tuple[tuple[int, int], ...] = ()
@@ -97,30 +96,20 @@ def ablate_cmd(
         if layer is None or head is None:
             raise InputError("give both --layer and --head (or --heads LAYER:HEAD,...)")
         pairs = (*pairs, (layer, head))
-    if scan and pairs:
-        raise InputError("--scan ablates every head in turn: drop --layer/--head/--heads")
-    if not scan and not pairs:
-        raise InputError("say which head to ablate: --layer L --head H, --heads L:H,... or --scan")
+    refs = reference_texts(reference)
+    options = AblationOptions(pairs, scan, target, None, mode, refs, truncate).check()
     if plot is not None:
         if not scan:
             raise InputError("--plot draws the --scan heatmap: add --scan")
-        from attnviz.errors import param
-        from attnviz.outputs import check_output
-
         check_output(plot, param("plot"))  # format, rights, and never a symbolic link
-    refs = reference_texts(mode, reference)
     body = read_text(text, file)
     loaded = for_ablation(load(model, device, dtype, trust_remote_code), trust_remote_code)
     if not scan:
-        result = ablate(loaded, body, pairs, target=target, mode=mode, reference=refs, truncate=truncate)
+        result = run_ablation(body, loaded, options)
         print_result(result, as_json, lambda: _print_ablation(result))
         return
-    from attnviz.cli._progress import progress_bar
-
     with progress_bar("ablating each head", "heads") as progress:
-        found = scan_heads(
-            loaded, body, target=target, mode=mode, reference=refs, truncate=truncate, progress=progress
-        )
+        found = run_ablation(body, loaded, options, progress)
     rows = found.ranking(top or None)
     print_result(rows, as_json, lambda: _print_scan(found, rows))
     if plot is not None:
@@ -160,7 +149,6 @@ def find_head_effects(
     loaded: LoadedModel, result: HeadSearch, text: str, truncate: bool, top: int, as_json: bool
 ) -> None:
     """`find-head --ablate`: each ranked head's ablation effect beside its score, and Spearman's rho."""
-    from attnviz.cli._progress import progress_bar
     from attnviz.heads.effects import search_effects
 
     with progress_bar("ablating each head", "heads") as progress:
@@ -185,7 +173,6 @@ def find_head_effects(
 
 def induction_effects(loaded: LoadedModel, result: InductionResult, ranking: tuple, as_json: bool) -> None:
     """`heads --induction --ablate`: the loss rise of each ranked head, and the top-10 overlap."""
-    from attnviz.cli._progress import progress_bar
     from attnviz.heads.effects import induction_effects as compute
 
     with progress_bar("ablating each head", "heads") as progress:

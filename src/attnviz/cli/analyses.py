@@ -128,8 +128,6 @@ def compare_cmd(
 
     if (layer is None) != (head is None):
         raise InputError("--layer and --head go together: they pick the head drawn side by side")
-    if top < 0:
-        raise InputError(f"bad --top {top}: use 0 (all heads) or more")
     for name, value in (("TEXT_A", text_a), ("TEXT_B", text_b)):
         if not value.strip():
             raise InputError(f"{name} is empty")
@@ -207,9 +205,10 @@ def cluster_cmd(
 ) -> None:
     """Cluster heads by how alike they attend (Clark et al. 2019): mean JS divergence between heads
     over the texts. Writes distances.csv, a seaborn clustermap and a 2-D MDS map coloured by layer."""
-    from attnviz.analyses.cluster import check_enough_texts, cluster_texts
+    from attnviz.analyses.cluster import check_enough_texts, check_groups, cluster_texts
     from attnviz.batch.corpus import read_texts
     from attnviz.cli._progress import progress_bar
+    from attnviz.extraction import check_sizes
     from attnviz.outputs import refuse_link, slug
     from attnviz.plots.analyses import CLUSTER_FILES, cluster_folder, save_cluster
 
@@ -220,10 +219,8 @@ def cluster_cmd(
         if sys.stdin.isatty():
             raise InputError("no texts given: pass a corpus file, --file, or pipe texts (one per line)")
         where = "-"
-    if batch_size < 1:
-        raise InputError(f"bad --batch-size {batch_size}: use 1 or more")
-    if groups is not None and groups < 1:
-        raise InputError(f"bad --groups {groups}: use 1 or more")
+    check_sizes(batch_size, None)  # the library's rules, before the model loads
+    check_groups(groups)
     layer_list = parse_indices(layers, "layers")
     head_list = parse_indices(heads, "heads")
     texts, skipped = read_texts(where, fmt, field, column)

@@ -10,7 +10,6 @@ import typer
 from attnviz.cli._app import CORPORA, command
 from attnviz.cli._options import DeviceOpt, DtypeOpt, HeadsOpt, JsonOpt, LayersOpt, ModelOpt
 from attnviz.cli._output import print_result
-from attnviz.errors import InputError
 from attnviz.selection import parse_indices
 
 # Every option defaults to None, "not given", so a value from --config is only overridden when the
@@ -117,8 +116,6 @@ def batch_cmd(
     """Record per-head statistics (entropy, patterns, probes...) for every text of a corpus."""
     from attnviz.batch.config import make_config, parse_probe
 
-    if resume and overwrite:  # one continues the run in the folder, the other replaces it
-        raise InputError("give --resume (continue the run) or --overwrite (replace it), not both")
     for value, option in ((layers, "layers"), (heads, "heads")):
         parse_indices(value, option)  # extract's one-line errors, naming the option ("all" stays)
     cfg = make_config(

@@ -27,7 +27,7 @@ from attnviz.cli._options import (
     view_options,
 )
 from attnviz.cli._output import print_result
-from attnviz.errors import InputError, param
+from attnviz.errors import param
 from attnviz.selection import parse_indices
 
 PromptArg = Annotated[
@@ -87,34 +87,25 @@ def generate_cmd(
 ) -> None:
     """Continue a prompt with the model's own generate and record, for each new token, the attention
     row of the step that wrote it; prints the continuation."""
-    from attnviz.generation.run import check_settings, generation_task
+    from attnviz.generation.options import GenerateOptions
+    from attnviz.generation.run import generation_task
     from attnviz.outputs import check_data_output, check_output
     from attnviz.views.generation import check_view_output
 
     # everything the user typed is checked before the model loads
-    check_settings(max_new_tokens, 0, sample, temperature, top_p, seed)
-    options = view_options("attention", special, aggregate, over)
-    if stream not in ("self", "cross"):
-        raise InputError(f"unknown --stream '{stream}': use self or cross")
+    options = GenerateOptions(
+        max_new_tokens=max_new_tokens, layers=parse_indices(layers, "layers"),
+        heads=parse_indices(heads, "heads"), sample=sample, temperature=temperature, top_p=top_p,
+        seed=seed, chat=chat, rollout=rollout, view=view_options("attention", special, aggregate, over),
+        stream=stream,
+    ).check()  # fmt: skip
     body = read_text(prompt, file)  # refuses an empty prompt
-    layer_list = parse_indices(layers, "layers")
-    head_list = parse_indices(heads, "heads")
-    if rollout and (aggregate or heads or not special):
-        raise InputError("--rollout fuses every head itself: drop --aggregate, --heads and --no-special")
     check_data_output(output)
     check_output(plot, param("plot"))
     check_view_output(view)
     task = generation_task(model)
     loaded = load(model, device, dtype, trust_remote_code, quiet=as_json, task=task)
-    settings = {"max_new_tokens": max_new_tokens, "layers": layer_list, "heads": head_list,
-                "sample": sample, "temperature": temperature, "top_p": top_p, "seed": seed,
-                "chat": chat, "prompt_rows": rollout}  # fmt: skip
-    gen, streamed = _generate(body, loaded, settings)
-    gen = (
-        gen.rolled_out()
-        if rollout
-        else gen.transformed(options.hide_special, options.aggregate, options.over)
-    )
+    gen, streamed = _generate(body, loaded, options)
     written = _write(gen, output, plot, stream, cmap, view)
     data = {
         "model": gen.model,
@@ -142,14 +133,14 @@ def _print_continuation(text: str, streamed: str | None, written: list[Path]) ->
         typer.echo(f"wrote {path}", err=True)
 
 
-def _generate(body: str, loaded, settings: dict) -> tuple:
-    """The generation, and the text already shown: on a terminal the continuation streams to stdout
-    as it grows (or, with stdout redirected, a bar counts the tokens on stderr); else nothing shows."""
+def _generate(body: str, loaded, options) -> tuple:
+    """The generation as shown, and the text already shown: on a terminal the continuation streams
+    to stdout as it grows (or, with stdout redirected, a bar counts the tokens on stderr)."""
     import sys
 
     from attnviz.cli._options import spinner_wanted
     from attnviz.cli._progress import progress_bar, stdout_terminal
-    from attnviz.generation.run import generate
+    from attnviz.generation.options import generate_shown
 
     shown: list[str] = []
     if spinner_wanted() and stdout_terminal():
@@ -159,9 +150,9 @@ def _generate(body: str, loaded, settings: dict) -> tuple:
             sys.stdout.write(piece)
             sys.stdout.flush()
 
-        return generate(body, loaded, on_text=show, **settings), "".join(shown)
+        return generate_shown(body, loaded, options, on_text=show), "".join(shown)
     with progress_bar("generating", "tokens") as progress:
-        return generate(body, loaded, progress=progress, **settings), None
+        return generate_shown(body, loaded, options, progress=progress), None
 
 
 def _write(

@@ -302,7 +302,7 @@ def heads_cmd(
     ablate: AblateOpt = False,
 ) -> None:
     """Score every head on the classic patterns and name its role; or find induction heads."""
-    from attnviz.heads.patterns import SORTS, check_thresholds, head_patterns
+    from attnviz.heads.patterns import check_sort, check_thresholds, head_patterns
 
     _check_plot(plot)
     layer_list = parse_indices(layers, "layers")
@@ -322,8 +322,7 @@ def heads_cmd(
         return
     if ablate:
         raise InputError("--ablate works with --induction (for a text, use attnviz ablate TEXT --scan)")
-    if sort is not None and sort not in SORTS:
-        raise InputError(f"unknown --sort '{sort}': use one of {', '.join(SORTS)}")
+    check_sort(sort)
     check_thresholds(threshold, broad_threshold)
     items = texts_from(text, file, texts)
     loaded = load(model, device, dtype, trust_remote_code)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -368,29 +367,20 @@ def toy_cmd(
 ) -> None:
     """A toy self-attention built from scratch (random embeddings and Q/K/V, no pretrained model):
     draws each head's attention and row entropy; --steps prints the five steps."""
-    from attnviz.analyses.steps import format_steps
+    from attnviz.analyses.steps import check_decimals, format_steps
     from attnviz.analyses.toy import build_toy, parse_tokens
     from attnviz.outputs import check_output, slug
     from attnviz.plots import toy_figure
 
     style = _style(vmax, cmap, dpi, size)
-    if re.fullmatch(r"\s*-\d+\s*", tokens):
-        raise InputError(f"--tokens {tokens.strip()}: give a count of 1 or more, or the tokens themselves")
-    if num_heads < 1 or dim % num_heads:
-        raise InputError(
-            f"--dim {dim} is not divisible by --num-heads {num_heads}; each head gets dim/num-heads"
-        )
-    if not 0 <= decimals <= 10:
-        raise InputError(f"bad --decimals {decimals}: use 0-10")
+    check_decimals(decimals)
     check_output(output)
     toy = build_toy(tokens, dim=dim, heads=num_heads, seed=seed, causal=causal, temperature=temperature)
-    if head is not None and not 0 <= head < toy.num_heads:
-        raise InputError(f"head {head} is out of range: the toy has heads 0-{toy.num_heads - 1}")
-    if steps:
-        for h in [head] if head is not None else range(toy.num_heads):
-            title = f"{toy.describe()} · head {h}"
-            typer.echo(format_steps(toy.steps[h], toy.labels, title=title, decimals=decimals, max_dims=dims))
-            typer.echo("")
+    picked = [(h, toy.head_steps(h)) for h in ([head] if head is not None else range(toy.num_heads))]
+    for h, one in picked if steps else ():  # a --head the toy lacks is refused with or without --steps
+        title = f"{toy.describe()} · head {h}"
+        typer.echo(format_steps(one, toy.labels, title=title, decimals=decimals, max_dims=dims))
+        typer.echo("")
     fig = toy_figure(
         toy.weights,
         toy.entropy(),
@@ -448,15 +438,14 @@ def explain_cmd(
 ) -> None:
     """The five steps of attention for a real model's head, from the query, key and value vectors
     it computed for this text: scores, scaling, mask, softmax, weighted sum of values."""
-    from attnviz.analyses.explain import explain
+    from attnviz.analyses.explain import check_focus, explain
+    from attnviz.analyses.steps import check_decimals
 
     body = read_text(text, file)
     if layer is None or head is None:
         raise InputError("explain needs one head: pass --layer L --head H")
-    if key is not None and query is None:
-        raise InputError("--key needs --query (the token whose row is followed)")
-    if not 0 <= decimals <= 10:
-        raise InputError(f"bad --decimals {decimals}: use 0-10")
+    check_focus(query, key)
+    check_decimals(decimals)
     loaded = load(model, device, dtype, trust_remote_code)
     ex = explain(
         body,

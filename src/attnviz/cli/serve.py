@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import logging
+import sys
 import time
 from typing import Annotated
 
@@ -10,6 +12,19 @@ import typer
 
 from attnviz.cli._app import EXPLORE, command
 from attnviz.cli._options import DeviceOpt, DtypeOpt, TrustOpt, load
+
+
+class StderrHandler(logging.StreamHandler):
+    """Log lines go to whatever `sys.stderr` is when they are written, not when serving began (a
+    test runner's captured stream is closed by the time a later server logs)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> object:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: object) -> None:  # StreamHandler.__init__ sets it: ignored
+        pass
 
 
 @command("serve", rich_help_panel=EXPLORE)
@@ -32,13 +47,10 @@ def serve_cmd(
 ) -> None:
     """Serve the explorer and a JSON API (attention, find-head, heatmap PNG) on a local web page;
     Ctrl-C stops it."""
-    import logging
-    import sys
-
     from attnviz.server.app import bind, create_app, log, serve
 
     if not log.handlers:  # one line per request on stderr
-        handler = logging.StreamHandler(sys.stderr)
+        handler = StderrHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)

@@ -28,7 +28,6 @@ from attnviz.cli._options import (
     read_text,
     view_options,
 )
-from attnviz.errors import InputError
 from attnviz.selection import parse_indices
 
 
@@ -68,13 +67,17 @@ def view_cmd(
     """Write an interactive explorer (head, matrix, model and text views) as one HTML file that works
     offline; prints its path. --aggregate shows the pooled heads as one head."""
     from attnviz.plots._common import parse_scale
-    from attnviz.views.html import VIEWS, check_output, check_page_fits, output_path, render_html, write_html
+    from attnviz.views.html import (
+        check_output,
+        check_page_fits,
+        check_page_options,
+        output_path,
+        render_html,
+        write_html,
+    )
 
-    if start not in VIEWS:
-        raise InputError(f"unknown --view '{start}': use {', '.join(VIEWS)}")
+    check_page_options(start, max_mb)
     parse_scale(scale)
-    if not max_mb > 0:  # NaN too
-        raise InputError(f"bad --max-mb {max_mb}: use a size above 0 megabytes")
     options = view_options(weighting, special, aggregate, over)
     body = read_text(text, file)
     check_output(output)

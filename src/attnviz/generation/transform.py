@@ -1,4 +1,4 @@
-"""What `Generation.transformed` applies: special tokens hidden and heads or layers pooled.
+"""What `Generation.transformed` applies: special tokens hidden and heads or layers pooled; the streams.
 
 Kept apart from run.py (the result type and the API) so each stays small; the same operations as
 analyses/aggregate.py performs on an Attention (with its `pool`), on [layers, heads, new, context] rows.
@@ -12,10 +12,21 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from attnviz.analyses.aggregate import pool
+from attnviz.errors import InputError, param
 from attnviz.selection import format_indices
 
 if TYPE_CHECKING:  # run.py imports this module
     from attnviz.generation.run import Generation
+
+
+STREAMS = ("self", "cross")  # a Generation's rows: decoder self-attention, or cross over the source
+
+
+def check_stream(stream: str) -> str:
+    """InputError for a stream a Generation does not record; returns it."""
+    if stream not in STREAMS:
+        raise InputError(f"unknown {param('stream')} '{stream}': use self or cross")
+    return stream
 
 
 def without_special(gen: Generation) -> Generation:

@@ -25,6 +25,7 @@ import numpy as np
 from attnviz.attention import Attention
 from attnviz.errors import AttnvizError, InputError, param
 from attnviz.extraction import tokenize
+from attnviz.heads.ablation_options import AblationOptions
 from attnviz.heads.arguments import ablation_model
 from attnviz.heads.induction import random_repeats
 from attnviz.heads.search import ranked_positions, resolve
@@ -36,7 +37,6 @@ from attnviz.tokens import align_words
 if TYPE_CHECKING:
     from attnviz.models.loading import LoadedModel
 
-MODES = ("zero", "mean")
 MEASURES = ("log-prob", "masked-prob", "embedding")
 
 
@@ -114,31 +114,6 @@ class HeadScan:
         )
 
 
-# -- parsing, before any model loads -------------------------------------------------------------
-
-
-def parse_heads(value: str) -> tuple[tuple[int, int], ...]:
-    """'18:6,17:3' -> ((18, 6), (17, 3)); a one-line error otherwise."""
-    out = []
-    for part in value.split(","):
-        m = re.fullmatch(r"\s*(-?\d+)\s*:\s*(\d+)\s*", part)
-        if not m:
-            raise InputError(f"bad {param('heads')} '{value}': use LAYER:HEAD pairs like 18:6,17:3")
-        out.append((int(m.group(1)), int(m.group(2))))
-    return tuple(dict.fromkeys(out))
-
-
-def check_mode(mode: str, reference: Sequence[str] | None) -> None:
-    """`mode="mean"` needs reference texts; checked before the model loads."""
-    if mode not in MODES:
-        raise InputError(f"unknown {param('mode')} '{mode}': use {' or '.join(MODES)}")
-    if mode == "mean" and not reference:
-        raise InputError(
-            f"{param('mode', 'mean')} needs reference texts to take each head's mean output over:"
-            f" pass {param('reference')}"
-        )
-
-
 def spearman(x: np.ndarray, y: np.ndarray) -> float:
     """Spearman rank correlation (average ranks for ties); NaN when either side is constant."""
 
@@ -213,8 +188,6 @@ def _measure_of(loaded: LoadedModel) -> tuple[str, str]:
 
 def check_heads(loaded: LoadedModel, heads: Sequence[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
     """Layer and head numbers in range (negative layers count from the end); one-line errors."""
-    if not heads:
-        raise InputError(f"no head to ablate: give {param('heads')} as (layer, head) pairs")
     n_layers, n_heads = loaded.capture.num_layers, loaded.capture.num_heads
     out = []
     for layer, head in heads:
@@ -426,7 +399,7 @@ def ablate(
     """
     import torch
 
-    check_mode(mode, reference)
+    AblationOptions(tuple(heads or ()), False, target, occurrence, mode, _texts(reference), truncate).check()
     loaded = ablation_model(loaded, for_ablation)  # a name or a path: loaded with its LM head
     pairs = check_heads(loaded, heads)
     prep = _prepare(loaded, text, target, occurrence, truncate)
@@ -471,7 +444,7 @@ def scan_heads(
 
     import torch
 
-    check_mode(mode, reference)
+    AblationOptions((), True, target, occurrence, mode, _texts(reference), truncate).check()
     loaded = ablation_model(loaded, for_ablation)  # a name or a path: loaded with its LM head
     prep = _prepare(loaded, text, target, occurrence, truncate)
     means = reference_means(loaded, reference) if mode == "mean" and reference else None
@@ -493,6 +466,24 @@ def scan_heads(
         delta=delta,
         seconds=time.perf_counter() - start,
     )
+
+
+def run_ablation(
+    text: str,
+    model: LoadedModel | str,
+    options: AblationOptions,
+    progress: Callable[[int, int], None] | None = None,
+) -> Ablation | HeadScan:
+    """`scan_heads` (with `options.scan`) or `ablate` of `options.heads`, as `options` ask."""
+    kw = {"target": options.target, "occurrence": options.occurrence, "mode": options.mode,
+          "reference": options.reference, "truncate": options.truncate}  # fmt: skip
+    if options.check().scan:
+        return scan_heads(model, text, progress=progress, **kw)
+    return ablate(model, text, options.heads, **kw)
+
+
+def _texts(reference: Sequence[str] | None) -> tuple[str, ...] | None:
+    return None if reference is None else tuple(reference)
 
 
 def _scan(loaded: LoadedModel, means: Any, batch_size: int, score: Any, progress: Any) -> np.ndarray:

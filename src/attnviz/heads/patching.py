@@ -28,7 +28,8 @@ import numpy as np
 from attnviz.errors import InputError, param
 from attnviz.extraction import tokenize
 from attnviz.heads.ablation import choose_task
-from attnviz.heads.interventions import intervening
+from attnviz.heads.interventions import block_modules, intervening
+from attnviz.heads.skipping import Skipper, chunks
 from attnviz.models.architecture import require_editable
 from attnviz.models.loading import LoadedModel, load_model
 from attnviz.outputs import read_arrays, write_arrays
@@ -327,8 +328,10 @@ def forward(setup: Setup, ids: Any, rows: int = 1) -> Any:
         return model(input_ids=x).logits[:, pos]
     import inspect
 
-    if "logits_to_keep" in inspect.signature(model.forward).parameters:
-        return model(input_ids=x, logits_to_keep=1).logits[:, -1]
+    params = inspect.signature(model.forward).parameters
+    if "logits_to_keep" in params:
+        extra = {"use_cache": False} if "use_cache" in params else {}  # no cache to build for one pass
+        return model(input_ids=x, logits_to_keep=1, **extra).logits[:, -1]
     return model(input_ids=x).logits[:, -1]
 
 
@@ -393,15 +396,21 @@ def run_rows(
     rows: Sequence[tuple[tuple[str, int], int | None, int | None]],
     batch_size: int = 64,
 ) -> np.ndarray:
-    """The metric with each row's one patch: (key, position or None = all, head or None = all)."""
+    """The metric with each row's one patch: (key, position or None = all, head or None = all).
+
+    Rows run `batch_size` at a time, whole layers together; the layers below a batch's lowest patch
+    replay the destination run's outputs (heads/skipping.py) instead of being computed per row.
+    """
     import torch
 
     out = np.zeros(len(rows))
     last = setup.at == "last"
+    ids = setup.ids[dst]
     with torch.inference_mode(), intervening(setup.loaded, setup.stream, kinds) as state:
         state.sources = sources
-        for start in range(0, len(rows), max(1, batch_size)):
-            chunk = rows[start : start + max(1, batch_size)]
+        skipper = _skipper(setup, ids)
+        for start, stop, lowest in chunks([key[1] for key, _, _ in rows], batch_size):
+            chunk = rows[start:stop]
             masks: dict[Any, Any] = {}
             for r, (key, pos, head) in enumerate(chunk):
                 src = sources[key]
@@ -417,9 +426,26 @@ def run_rows(
                 else:
                     mask[r, where, head] = True
             state.masks = masks
-            vals = metric_of(setup, readout(setup, setup.ids[dst], len(chunk)))
-            out[start : start + len(chunk)] = vals.cpu().numpy()
+            with skipper.replaying(lowest, len(chunk)):
+                vals = metric_of(setup, readout(setup, ids, len(chunk)))
+            out[start:stop] = vals.cpu().numpy()
     return out
+
+
+def _skipper(setup: Setup, ids: Any) -> Skipper:
+    """The stream's blocks with the destination run's outputs, proven replayable on this model (or not)."""
+    loaded = setup.loaded
+    try:
+        blocks = block_modules(loaded, setup.stream, "skipping layers")
+        encoder = []
+        if loaded.capture.encoder_decoder and setup.stream != "encoder":  # decoder-side patches
+            encoder = block_modules(loaded, "encoder", "skipping layers")
+    except InputError:  # one layer module run several times: every layer is computed
+        return Skipper(blocks=[])
+    skipper = Skipper(blocks=encoder + blocks, offset=len(encoder))
+    skipper.record(lambda: forward(setup, ids))
+    skipper.check(lambda rows: forward(setup, ids, rows))
+    return skipper
 
 
 def patch(

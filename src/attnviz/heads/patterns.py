@@ -53,6 +53,12 @@ THRESHOLD = 0.5
 BROAD_THRESHOLD = 0.8
 
 
+def check_sort(sort: str | None) -> None:
+    """InputError for a `sort` that `PatternTable.rows` (and `heads --sort`) does not take."""
+    if sort is not None and sort not in SORTS:
+        raise InputError(f"unknown {param('sort')} '{sort}': use one of {', '.join(SORTS)}")
+
+
 def row_entropy(attn: np.ndarray, visible: np.ndarray | None = None) -> np.ndarray:
     """Entropy in bits of each attention row: [..., q, k] -> [..., q].
 
@@ -217,8 +223,7 @@ class PatternTable:
         `sort="role"` ranks the heads by the score of their own role, the heads with a role first
         (what "the N best heads" means when no pattern is named).
         """
-        if sort is not None and sort != "role" and sort not in self.mean:
-            raise InputError(f"unknown pattern '{sort}': use one of {', '.join(SORTS)}")
+        check_sort(sort)
         out = []
         std = self.std
         for li, layer in enumerate(self.layers):

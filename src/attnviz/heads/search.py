@@ -134,6 +134,12 @@ def combine(a2b: np.ndarray, b2a: np.ndarray, direction: str) -> np.ndarray:
     raise AssertionError("unreachable")
 
 
+def check_top(top: int | None) -> None:
+    """InputError for a negative `top` (it would silently rank no head, or drop the last)."""
+    if top is not None and top < 0:
+        raise InputError(f"bad {param('top')} {top}: use 0 (all heads) or more")
+
+
 def ranked_positions(score: np.ndarray, top: int | None = None) -> list[tuple[int, int]]:
     """(layer row, head column) pairs of a [layers, heads] score, best first; ties in layer-head order."""
     order = np.argsort(-score.ravel(), kind="stable")
@@ -426,6 +432,7 @@ def find_heads(
 
     att = _checked_arguments(att, a, b)
     check_direction(direction)
+    check_top(top)
     occ = occurrence if isinstance(occurrence, tuple) else parse_occurrence(occurrence)
     items = _each_attention([att] if isinstance(att, Attention) else att)
     role_items = None

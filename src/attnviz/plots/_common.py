@@ -458,7 +458,10 @@ MAX_PIXEL_SIDE = 32_768  # pixels on one side (Agg itself stops at 65,536)
 
 def check_pixels(size: Sequence[float] | None, dpi: float | None) -> None:
     """Refuse a figure of more than MAX_PIXELS (or a side over MAX_PIXEL_SIDE) before drawing it:
-    `--size 100x100 --dpi 1200` would need tens of gigabytes. InputError naming size and dpi."""
+    `--size 100x100 --dpi 1200` would need tens of gigabytes. InputError naming size and dpi, and
+    for a resolution outside 10-1200 dots per inch (NaN too)."""
+    if dpi is not None and not 10 <= dpi <= 1200:
+        raise InputError(f"bad {param('dpi')} {dpi}: use a resolution between 10 and 1200")
     if size is None:
         return
     dots = float(dpi or DEFAULT_DPI)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from attnviz.errors import InputError, param
-from attnviz.generation.transform import pooled
+from attnviz.generation.transform import check_stream, pooled
 from attnviz.plots._common import (
     CELL,
     DEFAULT_CMAP,
@@ -156,8 +156,7 @@ def wrap_title(title: str, inches: float, fontsize: float = 11.0) -> str:
 def generation_picture(gen0: Any, stream: str = "self", **style: Any) -> Figure:
     """A Generation's heatmap: one recorded head (or, with several, their mean, said in the title)."""
 
-    if stream not in ("self", "cross"):
-        raise InputError(f"unknown {param('stream')} '{stream}': use self or cross")
+    check_stream(stream)
     if gen0.n_new == 0:
         hint = param("hide_special", True, flag="--no-special")
         raise InputError(f"no new token is left to draw (were they all special tokens? drop {hint})")

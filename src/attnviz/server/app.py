@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from attnviz.analyses.transform import ViewOptions, transform
+from attnviz.analyses.transform import ExtractOptions, ViewOptions, transform
 from attnviz.errors import (
     AttnvizError,
     InputError,
@@ -195,6 +195,12 @@ class Pool:
             )
         return att.to_words() if words else att
 
+    def shown(self, model: str, text: str, options: ExtractOptions) -> Attention:
+        """`extract_shown` served from `full`: `options`' selection, then their view. Blocking."""
+        o = options.check()
+        att = self.extract(model, text, layers=o.layers, heads=o.heads, words=o.words, truncate=o.truncate)
+        return transform(att, o.view, self.models[model])
+
 
 def _index(value: int, count: int, what: str, model: str) -> int:
     return resolve_indices([value], count, what, model)[0]
@@ -272,6 +278,18 @@ class Params:
         )
         return options.check()  # an InputError: one 400 line in the API's words, like any other
 
+    def extract_options(
+        self, layers: Sequence[int] | None = None, heads: Sequence[int] | None = None, words: bool = False
+    ) -> ExtractOptions:
+        """The `ExtractOptions` the CLI builds, from `truncate` and the view options: checked."""
+        sel = {
+            "layers": tuple(layers) if layers is not None else None,
+            "heads": tuple(heads) if heads is not None else None,
+        }
+        return ExtractOptions(
+            **sel, words=words, truncate=self.flag("truncate"), view=self.view_options()
+        ).check()
+
     def indices(self, name: str) -> list[int] | None:
         return parse_indices(self.q.get(name) or None, name)
 
@@ -294,9 +312,7 @@ class Handlers:
         text, name = p.text(), self.pool.name(p.q.get("model"))
         layer, head = _one_head(p)
         sel = {"layers": [layer], "heads": [head]} if layer is not None else {}
-        options = p.view_options()
-        att = self.pool.extract(name, text, words=p.flag("words"), truncate=p.flag("truncate"), **sel)
-        att = transform(att, options)
+        att = self.pool.shown(name, text, p.extract_options(words=p.flag("words"), **sel))
         out: dict[str, Any] = {"model": att.model, "tokens": list(att.tokens), "level": att.level}
         if layer is None:
             out.update(layers=list(att.layers), heads=list(att.heads), attention=att.attn.tolist())
@@ -311,20 +327,18 @@ class Handlers:
         (`"lazy": true`) and the page fetches its heads one at a time from /api/head."""
 
         text, name = p.text(), self.pool.name(p.q.get("model"))
-        options = p.view_options()
-        if p.flag("lazy") and not options.changes:
-            loaded, truncate = self.pool.models[name], p.flag("truncate")
-            n = self.pool.length(name, text, truncate)
+        o = p.extract_options(p.indices("layers"), p.indices("heads"))
+        if p.flag("lazy") and not o.view.changes:
+            loaded = self.pool.models[name]
+            n = self.pool.length(name, text, o.truncate)
             least = least_bytes(loaded.num_layers, loaded.capture.num_heads, n)  # the page's own rule
             if not self.pool.fits(name, n) or least > self.max_page_mb * 1e6:
-                return self._lazy(name, text, truncate)
-        att = self.pool.extract(
-            name, text, layers=p.indices("layers"), heads=p.indices("heads"), truncate=p.flag("truncate")
-        )
+                return self._lazy(name, text, o.truncate)
+        att = self.pool.extract(name, text, layers=o.layers, heads=o.heads, truncate=o.truncate)
         if p.flag("lazy") and estimate_bytes(att) > self.max_page_mb * 1e6:
-            return self._lazy(name, text, p.flag("truncate"))
+            return self._lazy(name, text, o.truncate)
         lazy = f"or ask for {param('lazy', True)} (the page then fetches one head at a time)"
-        return page_data(transform(att, options), max_mb=self.max_page_mb, allow=lazy)
+        return page_data(transform(att, o.view), max_mb=self.max_page_mb, allow=lazy)
 
     def generate(self, p: Params) -> dict[str, Any]:
         """The generation mode's data: a continuation and what each new token's step read."""
@@ -359,16 +373,15 @@ class Handlers:
         }
 
     def find_head(self, p: Params) -> list[dict[str, Any]]:
-        from attnviz.heads.search import check_direction, find_heads
+        from attnviz.heads.search import check_direction, check_top, find_heads
 
         text, name = p.text(), self.pool.name(p.q.get("model"))
         a, b = p.word("a"), p.word("b")
         top = p.int("top", 5)
-        if top is None or top < 0:
-            raise RequestError("parameter 'top' must be 0 (all) or more")
+        check_top(top)  # the library's rules, before the forward pass
         direction = p.q.get("direction", "both")
         check_direction(direction)
-        att = self.pool.extract(name, text, layers=p.indices("layers"), truncate=p.flag("truncate"))
+        att = self.pool.shown(name, text, p.extract_options(p.indices("layers")))
         result = find_heads(att, a, b, direction=direction, top=top or None)
         return [h.as_dict() for h in result.ranking]
 
@@ -381,9 +394,7 @@ class Handlers:
         layer, head = _one_head(p)
         if layer is None:
             raise RequestError("missing parameters 'layer' and 'head'")
-        att = self.pool.extract(
-            name, text, layers=[layer], heads=[head], words=p.flag("words"), truncate=p.flag("truncate")
-        )
+        att = self.pool.shown(name, text, p.extract_options([layer], [head], words=p.flag("words")))
         with self.pool.plot_lock:
             fig = attention_figure(att)
             buf = io.BytesIO()

@@ -228,6 +228,14 @@ def _mb(size: float) -> str:
     return f"{mb:.0f}" if mb >= 10 else f"{mb:.1f}" if mb >= 1 else f"{mb:.2f}"
 
 
+def check_page_options(view: str = "head", max_mb: float | None = DEFAULT_MAX_MB) -> None:
+    """InputError for a view the page lacks, or a size limit that is not above 0 (NaN too)."""
+    if view not in VIEWS:
+        raise InputError(f"unknown {param('view')} '{view}': use {', '.join(VIEWS)}")
+    if max_mb is not None and not max_mb > 0:
+        raise InputError(f"bad {param('max_mb')} {max_mb}: use a size above 0 megabytes")
+
+
 def check_page_size(
     size: float, shape: tuple[int, ...], max_mb: float, allow: str = ALLOW, least: bool = False
 ) -> None:
@@ -262,6 +270,7 @@ def check_page_fits(
     Compression varies with the attention, so this refuses only a page whose least size
     (`least_bytes`) is over `max_mb`; `page_data` estimates, then checks, the page itself.
     """
+    check_page_options(max_mb=max_mb)
     if max_mb is None:
         return
     from attnviz.extraction import tokenize
@@ -323,6 +332,7 @@ def page_data(
 
     A page that would pass `max_mb` is refused with the way to narrow it.
     """
+    check_page_options(max_mb=max_mb)
     data = page_meta(att, level=level, scale=scale)
     if max_mb is not None:  # clearly too big (the estimate is within 1.5x): not encoded
         estimate = estimate_bytes(att, data)
@@ -355,8 +365,7 @@ def render_html(
     max_mb: float | None = DEFAULT_MAX_MB,
 ) -> str:
     """The whole explorer page for `att`: open it from file:// with the network off."""
-    if view not in VIEWS:
-        raise InputError(f"unknown view '{view}': use {', '.join(VIEWS)}")
+    check_page_options(view, max_mb)
     data = page_data(att, level=level, scale=scale, max_mb=max_mb)
     data["view"] = view
     script = "\n".join(asset(name) for name in SCRIPTS)
