@@ -12,6 +12,32 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 SEED_TEXT = "Emily always wanted to visit Paris so she took some French lessons"
 
+# Under pytest-xdist (`-n 2`, README's test command) each worker is its own process: session
+# fixtures run once per worker, environment variables and signals stay in it. What is real and
+# shared on the machine runs on one worker at a time: the tests of one group go to one worker
+# (`--dist loadgroup`, which the command names), so there is one local Ray instance and one
+# headless Chromium at a time. Ports are free ones (bound to port 0), folders are per test.
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+GROUPS = {
+    "test_batch_ray.py": "ray",  # ray.init(address="local"): one local instance at a time
+    "test_browser.py": "browser",  # Chromium + chromedriver
+    "test_server_security.py::test_a_page_of_another_origin_in_chromium_cannot_run_the_model": "browser",
+}
+
+if XDIST_WORKER:
+    # Two workers on two cores: one torch thread each, not two each fighting for the same cores.
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        file, _, name = item.nodeid.rpartition("/")[2].partition("::")
+        group = GROUPS.get(f"{file}::{name.partition('[')[0]}") or GROUPS.get(file)
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
+
 
 def _user_cache() -> Path:
     """The user's own attnviz cache (read before any test changes the environment)."""
@@ -49,6 +75,18 @@ def _build_the_cli_once():
         yield
 
 
+@pytest.fixture
+def torch_threads_of_the_goldens():
+    """Two torch threads, as when tests/data/cli_json.json was written: a sum's rounding depends on
+    how many threads share it (a loss difference moves by 5e-5 of itself), not on the machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def session_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One isolated cache per test session: every test reads and writes here, never the user's."""
@@ -56,13 +94,21 @@ def session_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def model_cache(session_cache: Path) -> Path:
+def model_cache(session_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The GGUF cache of the slow real-model fixtures: the user's when it has entries already.
 
     Sharing it spares every run the 18 s de-quantisation of SmolLM2; entries are keyed by content
     and verified before use, so a shared entry is never a stale one. Other tests stay isolated.
+    Without one, the xdist workers of a run share one folder: an entry is written under a lock
+    (models/gguf_cache.py), so the second worker waits for the first one's and reads it.
     """
-    return USER_CACHE if (USER_CACHE / "gguf").is_dir() else session_cache
+    if (USER_CACHE / "gguf").is_dir():
+        return USER_CACHE
+    if XDIST_WORKER:
+        shared = tmp_path_factory.getbasetemp().parent / "attnviz-model-cache"  # beside popen-gw0, gw1
+        shared.mkdir(exist_ok=True)
+        return shared
+    return session_cache
 
 
 @pytest.fixture(autouse=True)

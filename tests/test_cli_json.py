@@ -19,6 +19,7 @@ import pytest
 from helpers import cli_ok
 
 GOLDEN = Path(__file__).parent / "data" / "cli_json.json"
+pytestmark = pytest.mark.usefixtures("torch_threads_of_the_goldens")
 TEXT = "the cat sat on the mat"
 CORPUS = ["the cat sat on the mat", "a dog chased the cat", "attention is a weighted average"]
 INDUCTION = ["heads", "--induction", "-m", "{gpt2}", "--seq-len", "6", "--batch", "2"]

@@ -32,7 +32,7 @@ def test_every_command_is_in_the_readme():
 
 def test_readme_shows_the_two_commands_ci_runs():
     ci = (Path(__file__).resolve().parents[1] / ".ci" / "run").read_text()
-    for line in ("bash scripts/setup.sh", ".venv/bin/python -m pytest"):
+    for line in ("bash scripts/setup.sh", ".venv/bin/python -m pytest -n 2"):
         assert line in README and line in ci
 
 

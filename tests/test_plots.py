@@ -362,11 +362,18 @@ def test_default_names_never_overwrite(tmp_path: Path):
 
 
 # -- layout: nothing overlaps, nothing is cut off, big grids stay legible --------------------------
+def _drawn(fig):
+    """The figure's renderer after a draw: a new draw only when the figure changed since the last one
+    (matplotlib marks a changed figure, or one saved at another dpi, stale), not one per measured box."""
+    if fig.stale:
+        fig.canvas.draw()
+    return fig.canvas.get_renderer()
+
+
 def text_boxes(fig) -> list[tuple[str, object]]:
     """Every drawn piece of text (titles, axis and tick labels, figure texts) and every legend as
     one box, in pixels; legend entries count as their legend, cell numbers are left out."""
-    fig.canvas.draw()
-    renderer = fig.canvas.get_renderer()
+    renderer = _drawn(fig)
     out = []
     seen: set[int] = set()
 
@@ -785,8 +792,7 @@ def _generation(n_new: int, prompt: int, seed: int = 0):
 
 
 def _extent(fig, artist):
-    fig.canvas.draw()
-    return artist.get_window_extent(fig.canvas.get_renderer())
+    return artist.get_window_extent(_drawn(fig))
 
 
 def test_generation_plot_leaves_the_sink_out_of_its_colour_scale_as_heatmap_does():

@@ -199,6 +199,7 @@ def test_bind_errors_name_the_keyword_and_the_cli_the_flag():
     assert info.value.render(cli_terms).endswith("; pass another --port")
 
 
+@pytest.mark.slow  # a real `attnviz serve` process: imports torch and loads a model
 def test_serve_answers_and_stops_cleanly_on_ctrl_c(bert):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
