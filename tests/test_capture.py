@@ -141,6 +141,8 @@ def test_head_sliced_weights_equal_eager(tiny_model_path, arch, block, monkeypat
     """Heads 1 and 2 (two KV groups in the GQA Llama) of the last layer, whole or in 1-row blocks."""
     from attnviz.models import capture
 
+    path = tiny_model_path(arch)
+    loaded = load_model(str(path), device="cpu")  # first: a first load's probe pass computes heads too
     monkeypatch.setattr(capture, "_BLOCK_ELEMENTS", block)
     computed: list[tuple[int, ...]] = []
     real = capture.head_weights
@@ -150,8 +152,6 @@ def test_head_sliced_weights_equal_eager(tiny_model_path, arch, block, monkeypat
         return real(module, query, key, mask, heads, out, **kwargs)
 
     monkeypatch.setattr(capture, "head_weights", spy)
-    path = tiny_model_path(arch)
-    loaded = load_model(str(path), device="cpu")
     att = extract(TEXT, loaded, layers=[-1], heads=[2, 1])
     out = _eager_reference(path, loaded, TEXT)
     streams = {"self": out.attentions} if arch != "t5" else {}
