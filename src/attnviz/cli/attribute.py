@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -18,9 +18,9 @@ from attnviz.cli._options import (
     TextArg,
     TrustOpt,
     load,
-    print_json,
     read_text,
 )
+from attnviz.cli._output import print_result
 from attnviz.errors import param
 
 if TYPE_CHECKING:
@@ -44,6 +44,13 @@ DataOutOpt = Annotated[
     Path | None,
     typer.Option("--output", "-o", metavar="FILE", help="Save the result to a .safetensors or .npz file."),
 ]
+
+
+def _load_with_head(model: str, device: str, dtype: str, trust: bool, quiet: bool, purpose: str) -> Any:
+    """The model with the LM head attribute and the lens read through (one line if it has none)."""
+    from attnviz.analyses.residual import head_task, with_head
+
+    return with_head(load(model, device, dtype, trust, quiet=quiet, task=head_task(model)), purpose)
 
 
 def _checks(plot: Path | None, output: Path | None) -> None:
@@ -77,17 +84,13 @@ def attribute_cmd(
 ) -> None:
     """Direct logit attribution: each head's, MLP's and the embeddings' share of the answer's logit."""
     from attnviz.analyses.attribution import PURPOSE, attribute, check_answers
-    from attnviz.analyses.residual import head_task, with_head
 
     check_answers(answer, wrong)
     _checks(plot, output)
     body = read_text(text, file)
-    loaded = with_head(load(model, device, dtype, trust_remote_code, task=head_task(model)), PURPOSE)
+    loaded = _load_with_head(model, device, dtype, trust_remote_code, as_json, PURPOSE)
     result = attribute(body, loaded, answer=answer or "", wrong=wrong, position=position)
-    if as_json:
-        print_json(result.as_dict())
-    else:
-        _print_attribution(result, top)
+    print_result(result, as_json, lambda: _print_attribution(result, top))
     _write(result, plot, output, as_json)
 
 
@@ -109,17 +112,13 @@ def lens_cmd(
 ) -> None:
     """The logit lens: the top tokens of the residual stream after each layer, at every position."""
     from attnviz.analyses.lens import PURPOSE, check_options, lens
-    from attnviz.analyses.residual import head_task, with_head
 
     check_options(k, answer)
     _checks(plot, output)
     body = read_text(text, file)
-    loaded = with_head(load(model, device, dtype, trust_remote_code, task=head_task(model)), PURPOSE)
+    loaded = _load_with_head(model, device, dtype, trust_remote_code, as_json, PURPOSE)
     result = lens(body, loaded, k=k, answer=answer)
-    if as_json:
-        print_json(result.as_dict())
-    else:
-        _print_lens(result)
+    print_result(result, as_json, lambda: _print_lens(result))
     _write(result, plot, output, as_json)
 
 

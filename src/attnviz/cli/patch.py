@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from attnviz.cli._app import SOURCE, command
-from attnviz.cli._options import DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, TopOpt, TrustOpt, load, print_json
+from attnviz.cli._options import DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, TopOpt, TrustOpt, load
+from attnviz.cli._output import print_result
 from attnviz.errors import InputError, param
 
 if TYPE_CHECKING:
@@ -93,10 +94,7 @@ def patch_cmd(
         clean, corrupt, loaded, answer=answer, wrong=wrong, metric=metric, noising=noising,
         positions=positions, unit=unit, at=at, stream=stream,
     )  # fmt: skip
-    if as_json:
-        print_json(result.as_dict())
-    else:
-        _print(result, top)
+    print_result(result, as_json, lambda: _print(result, top))
     if output is not None:
         typer.echo(f"wrote {result.save(output)}", err=as_json)
     if plot is not None:
@@ -125,14 +123,15 @@ def _print(r: Patching, top: int) -> None:
 
 
 def _finish_path(r: PathPatching, output: Path | None, as_json: bool) -> None:
-    if as_json:
-        print_json(r.as_dict())
-    else:
-        recv = ", ".join(x if isinstance(x, str) else f"L{x[0]}H{x[1]}" for x in r.receivers)
-        typer.echo(f"{r.model}: path L{r.sender[0]}H{r.sender[1]} -> {recv} via {r.via}")
-        typer.echo(f"metric: {r.metric}; clean {r.clean:.6g}, corrupt {r.corrupt:.6g}")
-        typer.echo(f"patched {r.patched:.6g}, effect {r.effect:+.4f} (0 = corrupt run, 1 = clean run)")
-        if r.note:
-            typer.echo(f"note: {r.note}")
+    print_result(r, as_json, lambda: _print_path(r))
     if output is not None:
         typer.echo(f"wrote {r.save(output)}", err=as_json)
+
+
+def _print_path(r: PathPatching) -> None:
+    recv = ", ".join(x if isinstance(x, str) else f"L{x[0]}H{x[1]}" for x in r.receivers)
+    typer.echo(f"{r.model}: path L{r.sender[0]}H{r.sender[1]} -> {recv} via {r.via}")
+    typer.echo(f"metric: {r.metric}; clean {r.clean:.6g}, corrupt {r.corrupt:.6g}")
+    typer.echo(f"patched {r.patched:.6g}, effect {r.effect:+.4f} (0 = corrupt run, 1 = clean run)")
+    if r.note:
+        typer.echo(f"note: {r.note}")
