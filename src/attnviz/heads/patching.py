@@ -42,6 +42,15 @@ UNITS = ("heads", "resid", "layer")
 FORMAT = "attnviz-patching-1"
 
 
+def normalised(patched: Any, clean: float, corrupt: float) -> np.ndarray:
+    """A patched metric (or array of them) as an effect: 0 = the corrupt run, 1 = the clean run (NaN
+    where the two runs agree)."""
+    span = clean - corrupt
+    if span == 0:
+        return np.full(np.shape(patched), np.nan)
+    return (np.asarray(patched, dtype=np.float64) - corrupt) / span
+
+
 @dataclass(frozen=True)
 class Patching:
     """The metric after patching each unit, beside the clean and corrupt runs' own values."""
@@ -69,10 +78,7 @@ class Patching:
     @property
     def effect(self) -> np.ndarray:
         """`patched` normalised: 0 = the corrupt run's metric, 1 = the clean run's."""
-        span = self.clean - self.corrupt
-        if span == 0:
-            return np.full(self.patched.shape, np.nan)
-        return (self.patched - self.corrupt) / span
+        return normalised(self.patched, self.clean, self.corrupt)
 
     def top(self, k: int = 10) -> list[tuple[tuple[int, ...], float]]:
         """The k entries that move the metric most from the run patched into (the corrupt one when

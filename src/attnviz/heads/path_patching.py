@@ -26,7 +26,16 @@ import numpy as np
 
 from attnviz.errors import InputError, param
 from attnviz.heads.interventions import intervening
-from attnviz.heads.patching import check_options, for_patching, forward, metric_of, prepare, readout, record
+from attnviz.heads.patching import (
+    check_options,
+    for_patching,
+    forward,
+    metric_of,
+    normalised,
+    prepare,
+    readout,
+    record,
+)
 from attnviz.models.architecture import require_interface
 from attnviz.outputs import read_arrays, write_arrays
 
@@ -60,8 +69,7 @@ class PathPatching:
     @property
     def effect(self) -> float:
         """`patched` normalised: 0 = the corrupt run's metric, 1 = the clean run's."""
-        span = self.clean - self.corrupt
-        return float("nan") if span == 0 else (self.patched - self.corrupt) / span
+        return float(normalised(self.patched, self.clean, self.corrupt))
 
     def as_dict(self) -> dict[str, Any]:
         eff = self.effect
