@@ -400,6 +400,7 @@ def run_rows(
     kinds: set[str],
     sources: dict[Any, Any],
     rows: Sequence[tuple[tuple[str, int], int | None, int | None]],
+    skipper: Skipper,
     batch_size: int = 64,
 ) -> np.ndarray:
     """The metric with each row's one patch: (key, position or None = all, head or None = all).
@@ -414,7 +415,6 @@ def run_rows(
     ids = setup.ids[dst]
     with torch.inference_mode(), intervening(setup.loaded, setup.stream, kinds) as state:
         state.sources = sources
-        skipper = _skipper(setup, ids)
         for start, stop, lowest in chunks([key[1] for key, _, _ in rows], batch_size):
             chunk = rows[start:stop]
             masks: dict[Any, Any] = {}
@@ -439,17 +439,18 @@ def run_rows(
 
 
 def _skipper(setup: Setup, ids: Any) -> Skipper:
-    """The stream's blocks with the destination run's outputs, proven replayable on this model (or not)."""
+    """The destination run (`ids`), measured once: its readout (`result`) and its blocks' outputs,
+    proven replayable on this model (or not: then every layer is computed)."""
     loaded = setup.loaded
     try:
         blocks = block_modules(loaded, setup.stream, "skipping layers")
         encoder = []
         if loaded.capture.encoder_decoder and setup.stream != "encoder":  # decoder-side patches
             encoder = block_modules(loaded, "encoder", "skipping layers")
-    except InputError:  # one layer module run several times: every layer is computed
-        return Skipper(blocks=[])
+    except InputError:  # one layer module run several times
+        blocks, encoder = [], []
     skipper = Skipper(blocks=encoder + blocks, offset=len(encoder))
-    skipper.record(lambda: forward(setup, ids))
+    skipper.record(lambda: readout(setup, ids))
     skipper.check(lambda rows: forward(setup, ids, rows))
     return skipper
 
@@ -486,9 +487,13 @@ def patch(
     loaded = for_patching(model)
     setup = prepare(loaded, clean, corrupt, answer, wrong, chosen, at, stream)
     start = time.perf_counter()
-    with torch.inference_mode():
-        base = {t: float(metric_of(setup, readout(setup, setup.ids[t]))[0]) for t in ("clean", "corrupt")}
     src, dst = ("corrupt", "clean") if noising else ("clean", "corrupt")
+    with torch.inference_mode():
+        skipper = _skipper(setup, setup.ids[dst])
+        outs = {"clean": setup.reference["clean"], dst: skipper.result}  # prepare ran the clean text
+        if "corrupt" not in outs:
+            outs["corrupt"] = readout(setup, setup.ids["corrupt"])
+        base = {t: float(metric_of(setup, out)[0]) for t, out in outs.items()}
     kinds, keys, n = _units(setup, unit, positions)
     decoder_side = loaded.capture.encoder_decoder and setup.stream != "encoder"  # one decoder position
     length = 1 if decoder_side else setup.ids[dst].shape[1]
@@ -510,7 +515,7 @@ def patch(
         rows = [(k, p, None) for k in keys for p in pos_list]
         shape = (n, 2) + ((q,) if per_pos else ())
         labels = (tuple(str(i) for i in range(n)), ("attn", "mlp"))
-    values = run_rows(setup, dst, kinds, sources, rows, batch_size).reshape(shape)
+    values = run_rows(setup, dst, kinds, sources, rows, skipper, batch_size).reshape(shape)
     toks = setup.tokens[dst] if per_pos and not decoder_side else ()
     note = setup.reason
     if per_pos and decoder_side:

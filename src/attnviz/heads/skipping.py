@@ -66,9 +66,10 @@ class Skipper:
     offset: int = 0
     outputs: list[Any] = field(default_factory=list)
     usable: bool = False
+    result: Any = None  # what the recorded run returned (the destination's own readout)
 
     def record(self, run: Callable[[], Any]) -> None:
-        """Run the destination text once (`run()`), keeping every block's output."""
+        """Run the destination text once (`run()`), keeping every block's output and its result."""
         kept: dict[int, Any] = {}
         handles = []
         for i, block in enumerate(self.blocks):
@@ -78,7 +79,7 @@ class Skipper:
 
             handles.append(block.register_forward_hook(keep))
         try:
-            run()
+            self.result = run()
         finally:
             for h in handles:
                 h.remove()
